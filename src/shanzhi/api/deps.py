@@ -1,0 +1,28 @@
+"""What routes get from the running server: the database, the fleet, the controller."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from shanzhi.config import Settings
+from shanzhi.controllers import ControllerManager, Fleet
+from shanzhi.store import Database
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    db: Database
+    fleet: Fleet
+    controller: ControllerManager | None
+
+    def wake(self) -> None:
+        if self.controller is not None:
+            self.controller.wake()
+
+
+def runtime(request: Request) -> Runtime:
+    rt: Runtime = request.app.state.runtime
+    return rt

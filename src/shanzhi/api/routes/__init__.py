@@ -1,0 +1,1 @@
+"""One router per resource; all of them behind token authentication."""

@@ -1,0 +1,145 @@
+"""Request and response bodies. Quantities are integers: cpu in millicores, memory in bytes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shanzhi.domain.spec import NAME_RE
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CloudIn(_In):
+    name: str = Field(pattern=NAME_RE)
+    kind: str
+    site: str
+    region: str
+    tags: dict[str, str] = Field(default_factory=dict)
+    options: dict[str, str | int | float] = Field(default_factory=dict)
+
+
+class FailureIn(_In):
+    host: str | None = None
+
+
+class VdcIn(_In):
+    path: str
+    quota: dict[str, str | int | float | None] = Field(default_factory=dict)
+    parents: bool = False
+
+
+class QuotaIn(_In):
+    quota: dict[str, str | int | float | None]
+
+
+class Resources(BaseModel):
+    cpu: int | None
+    memory: int | None
+    instances: int | None
+
+
+class HostOut(BaseModel):
+    name: str
+    cpu: int
+    memory: int
+    max_instances: int
+    healthy: bool
+    used: Resources
+
+
+class CloudOut(BaseModel):
+    name: str
+    kind: str
+    site: str
+    region: str
+    tags: dict[str, Any]
+    options: dict[str, Any]
+    health: str
+    health_message: str
+    draining: bool
+    hosts: int
+    healthy_hosts: int
+    capacity: Resources
+    used: Resources
+    created_at: datetime
+    host_list: list[HostOut] | None = None
+
+
+class VdcOut(BaseModel):
+    path: str
+    parent: str | None
+    quota: Resources
+    usage: Resources
+    apps: int
+    created_at: datetime
+
+
+class InstanceOut(BaseModel):
+    name: str
+    app: str
+    vdc: str
+    component: str
+    cloud: str | None
+    site: str | None
+    host: str | None
+    state: str
+    endpoint: str | None
+    reason: str
+    restarts: int
+    created_at: datetime
+    explain: dict[str, Any] | None = None
+
+
+class ComponentStatus(BaseModel):
+    name: str
+    desired: int
+    ready: int
+    instances: int
+
+
+class AppOut(BaseModel):
+    name: str
+    vdc: str
+    generation: int
+    status: str
+    deleting: bool
+    components: list[ComponentStatus]
+    created_at: datetime
+    updated_at: datetime
+    spec: dict[str, Any] | None = None
+    instances: list[InstanceOut] | None = None
+
+
+class ApplyOut(BaseModel):
+    app: AppOut
+    outcome: str
+
+
+class EventOut(BaseModel):
+    id: int
+    at: datetime
+    type: str
+    reason: str
+    object_kind: str
+    object_name: str
+    vdc: str | None
+    app: str | None
+    message: str
+
+
+class RemoveOut(BaseModel):
+    name: str
+    outcome: str
+
+
+class StatusOut(BaseModel):
+    version: str
+    database: str
+    leader: bool
+    controller_passes: int
+    data_dir: str

@@ -1,0 +1,23 @@
+"""Running the API with uvicorn (SIGTERM stops the server, never the workloads)."""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+
+from shanzhi.api.app import create_app
+from shanzhi.config import Settings
+
+
+def serve(settings: Settings) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # health probes are not news
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )

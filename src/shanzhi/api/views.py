@@ -1,0 +1,118 @@
+"""Turning store rows into response bodies."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from shanzhi.api import schemas
+from shanzhi.domain.quota import Usage, rollup
+from shanzhi.domain.spec import AppSpec
+from shanzhi.store.tables import App, Cloud, Instance, Vdc
+
+
+def cloud(
+    c: Cloud, used: tuple[int, int, int], hosts: bool = False, host_used: dict[str, tuple[int, int, int]] | None = None
+) -> schemas.CloudOut:
+    out = schemas.CloudOut(
+        name=c.name,
+        kind=c.kind,
+        site=c.site.name,
+        region=c.region,
+        tags=c.tags,
+        options=c.options,
+        health=c.health,
+        health_message=c.health_message,
+        draining=c.draining,
+        hosts=len(c.hosts),
+        healthy_hosts=sum(1 for h in c.hosts if h.healthy),
+        capacity=schemas.Resources(
+            cpu=sum(h.cpu for h in c.hosts),
+            memory=sum(h.memory for h in c.hosts),
+            instances=sum(h.max_instances for h in c.hosts),
+        ),
+        used=schemas.Resources(cpu=used[0], memory=used[1], instances=used[2]),
+        created_at=c.created_at,
+    )
+    if hosts:
+        hu = host_used or {}
+        out.host_list = [
+            schemas.HostOut(
+                name=h.name,
+                cpu=h.cpu,
+                memory=h.memory,
+                max_instances=h.max_instances,
+                healthy=h.healthy,
+                used=schemas.Resources(
+                    **dict(zip(("cpu", "memory", "instances"), hu.get(h.name, (0, 0, 0)), strict=True))
+                ),
+            )
+            for h in c.hosts
+        ]
+    return out
+
+
+def vdc(v: Vdc, parent: str | None, usage_by_vdc: dict[str, Usage], apps: int) -> schemas.VdcOut:
+    u = rollup(v.path, usage_by_vdc)
+    return schemas.VdcOut(
+        path=v.path,
+        parent=parent,
+        quota=schemas.Resources(cpu=v.quota_cpu, memory=v.quota_memory, instances=v.quota_instances),
+        usage=schemas.Resources(cpu=u.cpu, memory=u.memory, instances=u.instances),
+        apps=apps,
+        created_at=v.created_at,
+    )
+
+
+def instance(r: Instance, explain: bool = False) -> schemas.InstanceOut:
+    return schemas.InstanceOut(
+        name=r.name,
+        app=r.app.name,
+        vdc=r.app.vdc.path,
+        component=r.component,
+        cloud=r.cloud.name if r.cloud else None,
+        site=r.cloud.site.name if r.cloud else None,
+        host=r.host,
+        state=r.state,
+        endpoint=r.endpoint,
+        reason=r.reason,
+        restarts=r.restarts,
+        created_at=r.created_at,
+        explain=r.explain if explain else None,
+    )
+
+
+def app(s: Session, a: App, detail: bool = False) -> schemas.AppOut:
+    rows = list(s.scalars(select(Instance).where(Instance.app_id == a.id).order_by(Instance.component, Instance.name)))
+    spec = AppSpec.model_validate(a.spec)
+    comps = []
+    for c in spec.spec.components:
+        mine = [r for r in rows if r.component == c.name and r.state not in ("terminating", "lost")]
+        comps.append(
+            schemas.ComponentStatus(
+                name=c.name,
+                desired=c.replicas,
+                ready=sum(1 for r in mine if r.state == "running"),
+                instances=len(mine),
+            )
+        )
+    if a.deleting:
+        status = "Deleting"
+    elif all(c.ready == c.desired and c.instances == c.desired for c in comps):
+        status = "Ready"
+    elif any(r.state == "pending" for r in rows):
+        status = "Unschedulable"
+    else:
+        status = "Progressing"
+    return schemas.AppOut(
+        name=a.name,
+        vdc=a.vdc.path,
+        generation=a.generation,
+        status=status,
+        deleting=a.deleting,
+        components=comps,
+        created_at=a.created_at,
+        updated_at=a.updated_at,
+        spec=a.spec if detail else None,
+        instances=[instance(r, explain=True) for r in rows] if detail else None,
+    )

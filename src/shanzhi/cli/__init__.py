@@ -1,0 +1,1 @@
+"""The `shanzhi` command line. Client commands talk to the API only, through `shanzhi.client`."""

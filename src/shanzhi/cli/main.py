@@ -1,0 +1,473 @@
+"""`shanzhi`: serve the platform, or talk to it (SHANZHI_URL, SHANZHI_TOKEN)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+import yaml
+
+from shanzhi.cli.output import Columns, Fmt, OutputOpt, cpu, emit, err, handle_errors, mem, out
+from shanzhi.client import Client, discover_token
+from shanzhi.config import Settings
+
+app = typer.Typer(
+    help="Shanzhi (善治): many clouds, one cloud. Serve the platform or manage it through its API.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+cloud_app = typer.Typer(help="Register and inspect clouds (resource pools).", no_args_is_help=True)
+vdc_app = typer.Typer(help="Virtual data centres: the organisation tree and its quotas.", no_args_is_help=True)
+app_app = typer.Typer(help="Business systems (apps): list, inspect, delete.", no_args_is_help=True)
+instance_app = typer.Typer(help="Running replicas.", no_args_is_help=True)
+workloads_app = typer.Typer(help="Local workload processes (offline, no server needed).", no_args_is_help=True)
+app.add_typer(cloud_app, name="cloud")
+app.add_typer(vdc_app, name="vdc")
+app.add_typer(app_app, name="app")
+app.add_typer(instance_app, name="instance")
+app.add_typer(workloads_app, name="workloads")
+
+DataDirOpt = typer.Option(None, "--data-dir", envvar="SHANZHI_HOME", help="Data directory (token, SQLite, workloads).")
+
+
+def client(data_dir: Path | None = None) -> Client:
+    return Client(token=discover_token(data_dir))
+
+
+def _pairs(items: list[str] | None, what: str) -> dict[str, str]:
+    outp: dict[str, str] = {}
+    for item in items or []:
+        for part in item.split(","):
+            k, sep, v = part.partition("=")
+            if not sep or not k.strip():
+                err.print(f"[red]error[/]: {what} {part!r} is not key=value")
+                raise typer.Exit(1)
+            outp[k.strip()] = v.strip()
+    return outp
+
+
+# ------------------------------------------------------------------ serve
+@app.command()
+def serve(
+    data_dir: Path | None = DataDirOpt,
+    database_url: str | None = typer.Option(
+        None,
+        "--database-url",
+        envvar="SHANZHI_DATABASE_URL",
+        help="postgresql+psycopg://... (default: SQLite in data dir)",
+    ),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: int = typer.Option(8700, "--port", help="Port to listen on."),
+    demo: bool = typer.Option(False, "--demo", help="Create the demo world on first start."),
+    interval: float = typer.Option(1.0, "--interval", help="Seconds between reconcile passes."),
+    failover_grace: float = typer.Option(3.0, "--failover-grace", help="Seconds a cloud may be down before failover."),
+) -> None:
+    """Run the API server and the controller. SIGTERM stops Shanzhi, never the workloads."""
+    from shanzhi.api.server import serve as run
+
+    settings = Settings.build(
+        data_dir, database_url, host=host, port=port, demo=demo, interval=interval, failover_grace=failover_grace
+    )
+    url = f"http://{host}:{port}"
+    err.print(f"Shanzhi on {url}  data dir {settings.data_dir}  token in {settings.token_file}")
+    if demo:
+        err.print(
+            "Try (in another terminal):\n"
+            f"  export SHANZHI_URL={url} SHANZHI_HOME={settings.data_dir}\n"
+            "  shanzhi cloud list\n  shanzhi vdc list\n  shanzhi app get hello\n"
+            "  shanzhi instance list --app hello      # then curl an endpoint\n"
+            "  shanzhi cloud fail city-a              # watch hello fail over to city-b\n"
+            "  shanzhi events --app hello\n"
+            f"  API docs: {url}/api/v1/docs"
+        )
+    run(settings)
+
+
+@app.command()
+def status(data_dir: Path | None = DataDirOpt, output: Fmt = OutputOpt) -> None:
+    """Show the server's version, database and whether its controller leads."""
+    with handle_errors(), client(data_dir) as c:
+        emit(c.status(), output)
+
+
+# ----------------------------------------------------------------- clouds
+CLOUD_COLS: Columns = [
+    ("NAME", lambda r: r["name"]),
+    ("KIND", lambda r: r["kind"]),
+    ("SITE", lambda r: r["site"]),
+    ("REGION", lambda r: r["region"]),
+    ("HEALTH", lambda r: r["health"] + (" (draining)" if r["draining"] else "")),
+    ("HOSTS", lambda r: f"{r['healthy_hosts']}/{r['hosts']}"),
+    ("CPU", lambda r: f"{cpu(r['used']['cpu'])}/{cpu(r['capacity']['cpu'])}"),
+    ("MEMORY", lambda r: f"{mem(r['used']['memory'])}/{mem(r['capacity']['memory'])}"),
+    ("INSTANCES", lambda r: f"{r['used']['instances']}/{r['capacity']['instances']}"),
+    ("TAGS", lambda r: ",".join(f"{k}={v}" for k, v in r["tags"].items())),
+]
+
+
+@cloud_app.command("add")
+def cloud_add(
+    name: str,
+    kind: str = typer.Option(..., "--kind", help="Provider kind: local or sim."),
+    site: str = typer.Option(..., "--site", help="Site (data centre) the cloud is in."),
+    region: str = typer.Option(..., "--region", help="Region (for data residency)."),
+    tag: list[str] = typer.Option(None, "--tag", help="k=v, repeatable (e.g. level=city)."),
+    option: list[str] = typer.Option(None, "--option", help="Provider option k=v, repeatable (e.g. cpu=8)."),
+    data_dir: Path | None = DataDirOpt,
+    output: Fmt = OutputOpt,
+) -> None:
+    """Register a cloud."""
+    with handle_errors(), client(data_dir) as c:
+        r = c.add_cloud(name, kind, site, region, _pairs(tag, "tag"), _pairs(option, "option"))
+        emit(r, output, CLOUD_COLS)
+
+
+@cloud_app.command("list")
+def cloud_list(data_dir: Path | None = DataDirOpt, output: Fmt = OutputOpt) -> None:
+    """List clouds with health and capacity."""
+    with handle_errors(), client(data_dir) as c:
+        emit(c.list_clouds(), output, CLOUD_COLS)
+
+
+@cloud_app.command("get")
+def cloud_get(name: str, data_dir: Path | None = DataDirOpt, output: Fmt = OutputOpt) -> None:
+    """Show one cloud and its hosts."""
+    with handle_errors(), client(data_dir) as c:
+        r = c.get_cloud(name)
+        if output is Fmt.json:
+            emit(r, output)
+            return
+        emit(r, output, CLOUD_COLS)
+        out.print(f"\nhealth: {r['health']} {r['health_message']}\noptions: {json.dumps(r['options'])}\n")
+        emit(
+            r["host_list"],
+            output,
+            [
+                ("HOST", lambda h: h["name"]),
+                ("HEALTHY", lambda h: "yes" if h["healthy"] else "NO"),
+                ("CPU", lambda h: f"{cpu(h['used']['cpu'])}/{cpu(h['cpu'])}"),
+                ("MEMORY", lambda h: f"{mem(h['used']['memory'])}/{mem(h['memory'])}"),
+                ("INSTANCES", lambda h: f"{h['used']['instances']}/{h['max_instances']}"),
+            ],
+        )
+
+
+@cloud_app.command("remove")
+def cloud_remove(
+    name: str,
+    drain: bool = typer.Option(False, "--drain", help="Move its instances to other clouds first."),
+    data_dir: Path | None = DataDirOpt,
+    output: Fmt = OutputOpt,
+) -> None:
+    """Remove a cloud (refused while it runs instances, unless --drain)."""
+    with handle_errors(), client(data_dir) as c:
+        emit(c.remove_cloud(name, drain), output, [("NAME", lambda r: r["name"]), ("OUTCOME", lambda r: r["outcome"])])
+
+
+@cloud_app.command("fail")
+def cloud_fail(
+    name: str,
+    host: str | None = typer.Option(None, "--host", help="Fail one host instead of the whole cloud."),
+    data_dir: Path | None = DataDirOpt,
+    output: Fmt = OutputOpt,
+) -> None:
+    """Inject a failure (drills and tests): the cloud or host stops working."""
+    with handle_errors(), client(data_dir) as c:
+        emit(c.fail_cloud(name, host), output, [("NAME", lambda r: r["name"]), ("OUTCOME", lambda r: r["outcome"])])
+
+
+@cloud_app.command("recover")
+def cloud_recover(
+    name: str,
+    host: str | None = typer.Option(None, "--host", help="Recover one host."),
+    data_dir: Path | None = DataDirOpt,
+    output: Fmt = OutputOpt,
+) -> None:
+    """Undo an injected failure."""
+    with handle_errors(), client(data_dir) as c:
+        emit(c.recover_cloud(name, host), output, [("NAME", lambda r: r["name"]), ("OUTCOME", lambda r: r["outcome"])])
+
+
+# ------------------------------------------------------------------- vdcs
+VDC_COLS: Columns = [
+    ("PATH", lambda r: r["path"]),
+    ("APPS", lambda r: r["apps"]),
+    ("CPU", lambda r: f"{cpu(r['usage']['cpu'])}/{cpu(r['quota']['cpu'])}"),
+    ("MEMORY", lambda r: f"{mem(r['usage']['memory'])}/{mem(r['quota']['memory'])}"),
+    (
+        "INSTANCES",
+        lambda r: (
+            f"{r['usage']['instances']}/{r['quota']['instances'] if r['quota']['instances'] is not None else '-'}"
+        ),
+    ),
+]
+
+
+@vdc_app.command("create")
+def vdc_create(
+    path: str,
+    quota: str | None = typer.Option(None, "--quota", help="e.g. cpu=2,memory=4Gi,instances=10"),
+    parents: bool = typer.Option(False, "--parents", "-p", help="Create missing ancestors too."),
+    data_dir: Path | None = DataDirOpt,
+    output: Fmt = OutputOpt,
+) -> None:
+    """Create a VDC (path like gz/health/it); its quota may not exceed its ancestors'."""
+    with handle_errors(), client(data_dir) as c:
+        emit(c.create_vdc(path, dict(_pairs([quota] if quota else [], "quota")), parents), output, VDC_COLS)
+
+
+@vdc_app.command("list")
+def vdc_list(data_dir: Path | None = DataDirOpt, output: Fmt = OutputOpt) -> None:
+    """List VDCs with usage (rolled up over each subtree) against quota."""
+    with handle_errors(), client(data_dir) as c:
+        emit(c.list_vdcs(), output, VDC_COLS)
+
+
+@vdc_app.command("get")
+def vdc_get(path: str, data_dir: Path | None = DataDirOpt, output: Fmt = OutputOpt) -> None:
+    """Show one VDC."""
+    with handle_errors(), client(data_dir) as c:
+        emit(c.get_vdc(path), output, VDC_COLS)
+
+
+@vdc_app.command("set-quota")
+def vdc_set_quota(path: str, quota: str, data_dir: Path | None = DataDirOpt, output: Fmt = OutputOpt) -> None:
+    """Change a VDC's quota, e.g. `shanzhi vdc set-quota gz/health cpu=16,memory=32Gi`."""
+    with handle_errors(), client(data_dir) as c:
+        emit(c.set_quota(path, dict(_pairs([quota], "quota"))), output, VDC_COLS)
+
+
+@vdc_app.command("delete")
+def vdc_delete(path: str, data_dir: Path | None = DataDirOpt, output: Fmt = OutputOpt) -> None:
+    """Delete an empty VDC."""
+    with handle_errors(), client(data_dir) as c:
+        emit(c.delete_vdc(path), output, [("PATH", lambda r: r["name"]), ("OUTCOME", lambda r: r["outcome"])])
+
+
+# ------------------------------------------------------------------- apps
+APP_COLS: Columns = [
+    ("NAME", lambda r: r["name"]),
+    ("VDC", lambda r: r["vdc"]),
+    ("STATUS", lambda r: r["status"]),
+    ("READY", lambda r: " ".join(f"{c['name']}:{c['ready']}/{c['desired']}" for c in r["components"])),
+    ("GEN", lambda r: r["generation"]),
+]
+INSTANCE_COLS: Columns = [
+    ("NAME", lambda r: r["name"]),
+    ("APP", lambda r: r["app"]),
+    ("COMPONENT", lambda r: r["component"]),
+    ("CLOUD", lambda r: r["cloud"] or "-"),
+    ("SITE", lambda r: r["site"] or "-"),
+    ("HOST", lambda r: r["host"] or "-"),
+    ("STATE", lambda r: r["state"]),
+    ("ENDPOINT", lambda r: r["endpoint"] or "-"),
+    ("RESTARTS", lambda r: r["restarts"]),
+]
+
+
+def _load_documents(path: str) -> list[dict[str, Any]]:
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    except OSError as e:
+        err.print(f"[red]error[/]: cannot read {path}: {e.strerror}")
+        raise typer.Exit(1) from None
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as e:
+        err.print(f"[red]error[/]: {path} is not valid YAML or JSON: {e}")
+        raise typer.Exit(1) from None
+    if not docs:
+        err.print(f"[red]error[/]: {path} holds no document")
+        raise typer.Exit(1)
+    for d in docs:
+        if not isinstance(d, dict):
+            err.print(f"[red]error[/]: {path}: each document must be a mapping (an App spec)")
+            raise typer.Exit(1)
+    return docs
+
+
+def _wait_ready(c: Client, name: str, vdc: str, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    with err.status(f"waiting for {name} to be ready") as st:
+        while True:
+            a = c.get_app(name, vdc)
+            ready = " ".join(f"{x['name']} {x['ready']}/{x['desired']}" for x in a["components"])
+            st.update(f"{name}: {a['status']} ({ready})")
+            if a["status"] == "Ready":
+                return dict(a)
+            if time.monotonic() > deadline:
+                err.print(
+                    f"[red]error[/]: {name} not ready after {timeout:.0f}s: {a['status']} ({ready}); "
+                    f"see 'shanzhi app get {name}'"
+                )
+                raise typer.Exit(1)
+            time.sleep(0.5)
+
+
+@app.command()
+def apply(
+    file: str = typer.Option(..., "-f", "--file", help="App spec file (YAML or JSON; '-' for stdin)."),
+    wait: bool = typer.Option(False, "--wait", help="Wait until every replica is running."),
+    timeout: float = typer.Option(120, "--timeout", help="Seconds to wait with --wait."),
+    data_dir: Path | None = DataDirOpt,
+    output: Fmt = OutputOpt,
+) -> None:
+    """Create or update apps from a spec. Re-applying an unchanged spec changes nothing."""
+    docs = _load_documents(file)
+    results = []
+    with handle_errors(), client(data_dir) as c:
+        for doc in docs:
+            r = c.apply(doc)
+            results.append(r)
+            if output is Fmt.table:
+                out.print(f"app/{r['app']['name']} ({r['app']['vdc']}) {r['outcome']}")
+        if wait:
+            for r in results:
+                r["app"] = _wait_ready(c, r["app"]["name"], r["app"]["vdc"], timeout)
+                if output is Fmt.table:
+                    out.print(f"app/{r['app']['name']} ready")
+    if output is Fmt.json:
+        emit(results if len(results) > 1 else results[0], output)
+
+
+@app_app.command("list")
+def app_list(
+    vdc: str | None = typer.Option(None, "--vdc", help="Only this VDC and its subtree."),
+    data_dir: Path | None = DataDirOpt,
+    output: Fmt = OutputOpt,
+) -> None:
+    """List apps and their readiness."""
+    with handle_errors(), client(data_dir) as c:
+        emit(c.list_apps(vdc), output, APP_COLS)
+
+
+@app_app.command("get")
+def app_get(
+    name: str,
+    vdc: str | None = typer.Option(None, "--vdc", help="VDC of the app, if its name is not unique."),
+    data_dir: Path | None = DataDirOpt,
+    output: Fmt = OutputOpt,
+) -> None:
+    """Show an app, where each replica runs and why (or why it could not be placed)."""
+    with handle_errors(), client(data_dir) as c:
+        a = c.get_app(name, vdc)
+    if output is Fmt.json:
+        emit(a, output)
+        return
+    emit(a, output, APP_COLS)
+    out.print()
+    emit(a["instances"], output, INSTANCE_COLS)
+    out.print("\n[bold]Placement[/]")
+    for i in a["instances"]:
+        out.print(f"  {i['name']}: {i['reason']}")
+        for cloud, why in (i.get("explain") or {}).get("excluded", {}).items():
+            out.print(f"      {cloud}: excluded: {why}")
+
+
+@app_app.command("delete")
+def app_delete(
+    name: str,
+    vdc: str | None = typer.Option(None, "--vdc", help="VDC of the app, if its name is not unique."),
+    wait: bool = typer.Option(False, "--wait", help="Wait until every replica is gone."),
+    timeout: float = typer.Option(120, "--timeout", help="Seconds to wait with --wait."),
+    data_dir: Path | None = DataDirOpt,
+    output: Fmt = OutputOpt,
+) -> None:
+    """Delete an app: its replicas are stopped, then the app is removed."""
+    with handle_errors(), client(data_dir) as c:
+        a = c.delete_app(name, vdc)
+        if wait:
+            from shanzhi.client import ApiError
+
+            deadline = time.monotonic() + timeout
+            with err.status(f"deleting {name}"):
+                while time.monotonic() < deadline:
+                    try:
+                        c.get_app(name, a["vdc"])
+                    except ApiError as e:
+                        if e.status == 404:
+                            break
+                        raise
+                    time.sleep(0.5)
+                else:
+                    err.print(f"[red]error[/]: {name} still being deleted after {timeout:.0f}s")
+                    raise typer.Exit(1)
+        emit(a, output, APP_COLS)
+
+
+@instance_app.command("list")
+def instance_list(
+    app_name: str | None = typer.Option(None, "--app", help="Only this app's replicas."),
+    vdc: str | None = typer.Option(None, "--vdc", help="Only this VDC (and subtree)."),
+    cloud: str | None = typer.Option(None, "--cloud", help="Only replicas on this cloud."),
+    data_dir: Path | None = DataDirOpt,
+    output: Fmt = OutputOpt,
+) -> None:
+    """List replicas: where each runs, its state and endpoint."""
+    with handle_errors(), client(data_dir) as c:
+        emit(c.list_instances(app_name, vdc, cloud), output, INSTANCE_COLS)
+
+
+# ----------------------------------------------------------------- events
+EVENT_COLS: Columns = [
+    ("TIME", lambda r: r["at"][11:19]),
+    ("TYPE", lambda r: r["type"]),
+    ("REASON", lambda r: r["reason"]),
+    ("OBJECT", lambda r: f"{r['object_kind']}/{r['object_name']}"),
+    ("MESSAGE", lambda r: r["message"]),
+]
+
+
+@app.command()
+def events(
+    app_name: str | None = typer.Option(None, "--app", help="Only this app's events."),
+    vdc: str | None = typer.Option(None, "--vdc", help="Only this VDC (and subtree)."),
+    limit: int = typer.Option(50, "--limit", help="How many of the latest events."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new events."),
+    data_dir: Path | None = DataDirOpt,
+    output: Fmt = OutputOpt,
+) -> None:
+    """Show what happened, to what, and why."""
+    with handle_errors(), client(data_dir) as c:
+        rows = c.events(app_name, vdc, limit=limit)
+        emit(rows, output, EVENT_COLS)
+        since = rows[-1]["id"] if rows else 0
+        while follow:
+            time.sleep(1)
+            rows = c.events(app_name, vdc, since=since)
+            if rows:
+                if output is Fmt.json:
+                    for r in rows:
+                        sys.stdout.write(json.dumps(r) + "\n")
+                else:
+                    for r in rows:
+                        out.print("  ".join(str(get(r)) for _, get in EVENT_COLS))
+                since = rows[-1]["id"]
+
+
+# -------------------------------------------------------------- workloads
+@workloads_app.command("stop-all")
+def workloads_stop_all(data_dir: Path | None = DataDirOpt, output: Fmt = OutputOpt) -> None:
+    """Stop every local workload process under the data directory (stop the server first)."""
+    from shanzhi.providers.local import stop_all_under
+
+    d = Settings.build(data_dir).data_dir
+    n = stop_all_under(d / "clouds")
+    emit(
+        {"data_dir": str(d), "stopped": n},
+        output,
+        [("DATA DIR", lambda r: r["data_dir"]), ("STOPPED", lambda r: r["stopped"])],
+    )
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""Printing results as tables (default) or JSON (`-o json`), and errors on stderr."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from enum import StrEnum
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from shanzhi.client import ApiError, Unreachable
+from shanzhi.domain.quantity import format_cpu, format_memory
+
+# Piped output is never cut to 80 columns: scripts and logs get whole values.
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 400)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class Fmt(StrEnum):
+    table = "table"
+    json = "json"
+
+
+Columns = Sequence[tuple[str, Callable[[dict[str, Any]], Any]]]
+OutputOpt = typer.Option(Fmt.table, "-o", "--output", help="Output format: table or json.")
+
+
+def cpu(v: int | None) -> str:
+    return "-" if v is None else format_cpu(int(v))
+
+
+def mem(v: int | None) -> str:
+    return "-" if v is None else format_memory(int(v))
+
+
+def emit(data: Any, fmt: Fmt, columns: Columns | None = None) -> None:
+    if fmt is Fmt.json:
+        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+        return
+    rows = data if isinstance(data, list) else [data]
+    if columns is None:
+        for row in rows:
+            for k, v in row.items():
+                out.print(f"[bold]{k}[/]: {v}")
+        return
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for title, _ in columns:
+        table.add_column(title, no_wrap=True, overflow="ignore")
+    for row in rows:
+        table.add_row(*("" if (v := get(row)) is None else str(v) for _, get in columns))
+    out.print(table)
+    if not rows:
+        err.print("(none)")
+
+
+@contextmanager
+def handle_errors() -> Iterator[None]:
+    """Turn API and connection errors into a message on stderr and a non-zero exit."""
+    try:
+        yield
+    except ApiError as e:
+        p = e.problem
+        err.print(f"[red]error[/] ({e.status} {p.get('title', '')}): {p.get('detail', e)}")
+        for item in p.get("errors", [])[1:]:
+            err.print(f"  {item.get('field')}: {item.get('message')}")
+        raise typer.Exit(1) from None
+    except Unreachable as e:
+        err.print(f"[red]error[/]: {e}\nIs the server running? Start it with 'shanzhi serve' or set SHANZHI_URL.")
+        raise typer.Exit(2) from None

@@ -1,0 +1,36 @@
+"""One provider object per cloud, kept for the life of the process.
+
+Keeping the object matters for `local`: it holds the child process handles it must reap.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+from shanzhi.providers import Provider, load_provider
+
+
+class Fleet:
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self._providers: dict[str, tuple[str, str, Provider]] = {}
+        self._lock = threading.Lock()
+
+    def state_dir(self, cloud: str) -> Path:
+        return self.data_dir / "clouds" / cloud
+
+    def provider(self, name: str, kind: str, options: dict[str, Any]) -> Provider:
+        key = repr(sorted(options.items()))
+        with self._lock:
+            cached = self._providers.get(name)
+            if cached and cached[0] == kind and cached[1] == key:
+                return cached[2]
+            p = load_provider(kind, name, options, self.state_dir(name))
+            self._providers[name] = (kind, key, p)
+            return p
+
+    def forget(self, name: str) -> None:
+        with self._lock:
+            self._providers.pop(name, None)

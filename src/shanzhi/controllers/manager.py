@@ -1,0 +1,60 @@
+"""Runs the reconciler in a background thread while this process holds the leader lock.
+
+Any number of `shanzhi serve` processes may share a database; only the lock holder acts,
+the others stand by and take over within one interval when the leader goes away.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from shanzhi.controllers.fleet import Fleet
+from shanzhi.controllers.reconciler import Reconciler
+from shanzhi.store import Database
+from shanzhi.store.locks import LeaderLock
+
+log = logging.getLogger("shanzhi.controller")
+
+
+class ControllerManager:
+    def __init__(self, db: Database, fleet: Fleet, *, interval: float = 1.0, failover_grace: float = 3.0) -> None:
+        self.db = db
+        self.interval = interval
+        self.reconciler = Reconciler(db, fleet, failover_grace=failover_grace)
+        self._lock = LeaderLock(db)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.is_leader = False
+        self.passes = 0
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="controller", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        self._lock.release()
+        self.reconciler.close()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            leader = self._lock.try_acquire()
+            if leader != self.is_leader:
+                log.info("controller %s", "is now the leader" if leader else "lost leadership; standing by")
+                self.is_leader = leader
+            if leader:
+                try:
+                    self.reconciler.run_once()
+                    self.passes += 1
+                except Exception:
+                    log.exception("reconcile pass failed; retrying in %.1fs", self.interval)
+            self._wake.wait(self.interval)
+            self._wake.clear()

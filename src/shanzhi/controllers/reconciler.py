@@ -1,0 +1,518 @@
+"""The reconciler: one pass brings every app and cloud a step closer to its desired state.
+
+A pass: sync clouds (health, hosts, instance listings) -> per app: probe health (outside any
+transaction), then in one transaction update instance states, schedule new replicas and mark
+surplus ones `terminating` -> call providers for what was decided -> remove orphans (provider
+instances with no row) -> finish removals of drained clouds.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import shutil
+import sqlite3
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from shanzhi.controllers import health
+from shanzhi.controllers.fleet import Fleet
+from shanzhi.domain.errors import ShanzhiError
+from shanzhi.domain.spec import AppSpec, Component
+from shanzhi.providers import CloudStatus, InstanceRequest, ObservedInstance, Provider
+from shanzhi.scheduler import HostState, Replica, Request, place
+from shanzhi.store import Database
+from shanzhi.store.events import record_event
+from shanzhi.store.tables import App, Cloud, Host, Instance, utcnow
+
+log = logging.getLogger("shanzhi.reconciler")
+
+ACTIVE_EXCLUDED = ("terminating", "lost")
+PROBED_STATES = ("starting", "running", "unhealthy")
+STARTUP_TIMEOUT = timedelta(seconds=60)
+
+
+@dataclass(frozen=True)
+class _Action:
+    kind: Literal["create", "delete", "restart"]
+    name: str
+    cloud: str
+    request: InstanceRequest | None = None
+
+
+@dataclass(frozen=True)
+class _CloudRef:
+    name: str
+    kind: str
+    options: dict[str, object]
+
+
+def _backoff(restarts: int) -> timedelta:
+    return timedelta(seconds=min(2 ** min(restarts, 6), 60))
+
+
+class Reconciler:
+    def __init__(self, db: Database, fleet: Fleet, *, failover_grace: float = 3.0) -> None:
+        self.db = db
+        self.fleet = fleet
+        self.failover_grace = timedelta(seconds=failover_grace)
+        self._observed: dict[str, dict[str, ObservedInstance] | None] = {}
+        self._probes: dict[str, health.ProbeState] = {}
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="probe")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # ----------------------------------------------------------------- pass
+    def run_once(self) -> None:
+        self._sync_clouds()
+        with self.db.session() as s, s.begin():
+            app_ids = list(s.scalars(select(App.id).order_by(App.id)))
+        for app_id in app_ids:
+            try:
+                self._reconcile_app(app_id)
+            except Exception:
+                log.exception("reconciling app id %s failed; will retry next pass", app_id)
+        self._sweep_orphans()
+        self._finish_removals()
+
+    def _provider(self, ref: _CloudRef) -> Provider:
+        return self.fleet.provider(ref.name, ref.kind, dict(ref.options))
+
+    # --------------------------------------------------------------- clouds
+    def _sync_clouds(self) -> None:
+        with self.db.session() as s, s.begin():
+            refs = [_CloudRef(c.name, c.kind, dict(c.options)) for c in s.scalars(select(Cloud))]
+        results = {}
+        for ref in refs:
+            p = self._provider(ref)
+            observed: dict[str, ObservedInstance] | None = None
+            hosts = None
+            try:
+                status = p.status()
+                hosts = p.hosts()
+                if status.healthy:
+                    observed = {o.name: o for o in p.list_instances()}
+            except (ShanzhiError, OSError, sqlite3.Error) as err:
+                status = CloudStatus(False, str(err))
+            self._observed[ref.name] = observed
+            results[ref.name] = (status, hosts)
+        for gone in set(self._observed) - {r.name for r in refs}:
+            del self._observed[gone]
+        with self.db.session() as s, s.begin():
+            for cloud in s.scalars(select(Cloud)):
+                if cloud.name not in results:
+                    continue
+                status, hosts = results[cloud.name]
+                new_health = "healthy" if status.healthy else "down"
+                if cloud.health != new_health:
+                    record_event(
+                        s,
+                        "CloudHealthy" if status.healthy else "CloudDown",
+                        "cloud",
+                        cloud.name,
+                        f"cloud {cloud.name} is {new_health}: {status.message}",
+                        warning=not status.healthy,
+                    )
+                    cloud.health = new_health
+                    cloud.health_changed_at = utcnow()
+                cloud.health_message = status.message
+                if hosts is not None:
+                    existing = {h.name: h for h in cloud.hosts}
+                    for info in hosts:
+                        row = existing.pop(info.name, None)
+                        if row is None:
+                            row = Host(name=info.name, cpu=0, memory=0, max_instances=0)
+                            cloud.hosts.append(row)
+                        row.cpu, row.memory = info.cpu, info.memory
+                        row.max_instances, row.healthy = info.max_instances, info.healthy
+                    for stale in existing.values():
+                        cloud.hosts.remove(stale)
+
+    def _down_long_enough(self, cloud: Cloud, now: datetime) -> bool:
+        return cloud.health == "down" and now - cloud.health_changed_at >= self.failover_grace
+
+    # ----------------------------------------------------------------- apps
+    def _reconcile_app(self, app_id: int) -> None:
+        self._probe_app(app_id)
+        actions: list[_Action] = []
+        with self.db.session() as s, s.begin():
+            app = s.get(App, app_id)
+            if app is None:
+                return
+            rows = list(s.scalars(select(Instance).where(Instance.app_id == app_id).order_by(Instance.id)))
+            if app.deleting:
+                for r in rows:
+                    actions += self._terminate(s, r, "app deleted")
+                if not rows:
+                    record_event(
+                        s, "AppDeleted", "app", app.name, f"app {app.name} deleted", vdc=app.vdc.path, app=app.name
+                    )
+                    s.delete(app)
+            else:
+                spec = AppSpec.model_validate(app.spec)
+                names = {c.name for c in spec.spec.components}
+                for r in rows:
+                    if r.component not in names:
+                        actions += self._terminate(s, r, f"component {r.component} removed from the spec")
+                hosts: list[HostState] | None = None
+                for comp in spec.spec.components:
+                    comp_rows = [r for r in rows if r.component == comp.name]
+                    acts, hosts = self._reconcile_component(s, app, spec, comp, comp_rows, hosts)
+                    actions += acts
+        self._execute(actions)
+
+    def _probe_app(self, app_id: int) -> None:
+        """Run due health probes for the app's instances, outside any transaction."""
+        with self.db.session() as s, s.begin():
+            app = s.get(App, app_id)
+            if app is None or app.deleting:
+                return
+            spec = AppSpec.model_validate(app.spec)
+            rows = [
+                (r.name, r.component, r.cloud.name if r.cloud else None)
+                for r in s.scalars(select(Instance).where(Instance.app_id == app_id))
+                if r.state in PROBED_STATES
+            ]
+        comps = {c.name: c for c in spec.spec.components}
+        jobs = []
+        now = time.monotonic()
+        for name, comp_name, cloud in rows:
+            comp = comps.get(comp_name)
+            obs = (self._observed.get(cloud) or {}).get(name) if cloud else None
+            if comp is None or comp.health is None or obs is None or obs.state != "running":
+                continue
+            port = health.probe_port(comp, obs.ports)
+            state = self._probes.setdefault(name, health.ProbeState())
+            if port is None or now - state.last < comp.health.period_seconds:
+                continue
+            host = (obs.endpoint or "127.0.0.1:0").rsplit(":", 1)[0]
+            jobs.append((state, self._pool.submit(health.probe, comp.health, host, port)))
+        for state, fut in jobs:
+            health.update(state, fut.result())
+
+    def _set_state(self, s: Session, r: Instance, state: str, reason: str | None = None) -> None:
+        if r.state != state:
+            r.state = state
+            r.state_changed_at = utcnow()
+        if reason is not None:
+            r.reason = reason
+
+    def _terminate(self, s: Session, r: Instance, why: str) -> list[_Action]:
+        if r.state != "terminating":
+            self._set_state(s, r, "terminating", why)
+            record_event(s, "Terminating", "instance", r.name, why, vdc=r.app.vdc.path, app=r.app.name)
+        if r.cloud is None:
+            s.delete(r)
+            return []
+        if self._observed.get(r.cloud.name) is None:
+            return []  # cloud unreachable: delete once it answers again
+        return [_Action("delete", r.name, r.cloud.name)]
+
+    def _request(self, app: App, comp: Component, r: Instance) -> InstanceRequest:
+        return InstanceRequest(
+            name=r.name,
+            app=app.name,
+            component=comp.name,
+            vdc=app.vdc.path,
+            host=r.host or "",
+            cpu=r.cpu,
+            memory=r.memory,
+            command=tuple(comp.run.command) if comp.run else None,
+            env=dict(comp.run.env) if comp.run else {},
+            ports=tuple((p.name, p.port) for p in comp.ports),
+            image=comp.image,
+            flavor=comp.flavor,
+        )
+
+    def _observe_row(self, s: Session, app: App, comp: Component, r: Instance, now: datetime) -> list[_Action]:
+        """Update one placed row from what its cloud reports; return provider actions."""
+        cloud = r.cloud
+        assert cloud is not None
+        ev: dict[str, Any] = {"vdc": app.vdc.path, "app": app.name}
+        obs = self._observed.get(cloud.name)
+        if obs is None:
+            if r.state != "lost" and self._down_long_enough(cloud, now):
+                self._set_state(s, r, "lost", f"cloud {cloud.name} unreachable: {cloud.health_message}")
+                record_event(s, "InstanceLost", "instance", r.name, r.reason, warning=True, **ev)
+            return []
+        o = obs.get(r.name)
+        create = _Action("create", r.name, cloud.name, self._request(app, comp, r))
+        if r.state == "lost":
+            return self._terminate(s, r, f"cloud {cloud.name} is back; a replacement already runs elsewhere")
+        if o is None:
+            if r.state in ("scheduled", "pending"):
+                return [create]
+            r.restarts += 1
+            self._set_state(s, r, "scheduled", "instance vanished from its cloud; recreating it")
+            record_event(s, "InstanceVanished", "instance", r.name, r.reason, warning=True, **ev)
+            return [create]
+        r.endpoint = o.endpoint
+        if o.state == "failed":
+            return self._terminate(s, r, f"instance failed: {o.detail}")
+        if o.state == "exited":
+            if r.state != "exited":
+                self._set_state(s, r, "exited", f"process exited ({o.detail})")
+                record_event(s, "InstanceExited", "instance", r.name, r.reason, warning=True, **ev)
+            if now - r.state_changed_at >= _backoff(r.restarts):
+                r.restarts += 1
+                self._set_state(s, r, "scheduled", f"restarting (restart #{r.restarts})")
+                record_event(s, "InstanceRestarting", "instance", r.name, r.reason, **ev)
+                return [_Action("restart", r.name, cloud.name, create.request)]
+            return []
+        if o.state == "starting":
+            self._set_state(s, r, "starting", "booting")
+            return []
+        probes = self.fleet.provider(cloud.name, cloud.kind, dict(cloud.options)).probes_endpoints
+        if comp.health is None or not probes:
+            if r.state != "running":
+                self._set_state(s, r, "running", "process is running" if probes else "running")
+            return []
+        ps = self._probes.get(r.name)
+        if ps is None or (ps.successes == 0 and ps.failures == 0):
+            if r.state not in ("running", "starting"):
+                self._set_state(s, r, "starting", "waiting for the first health check")
+            return []
+        if ps.successes > 0:
+            if r.state != "running":
+                self._set_state(s, r, "running", "health check passing")
+                record_event(s, "InstanceReady", "instance", r.name, f"{r.name} is healthy at {r.endpoint}", **ev)
+            return []
+        too_long = not ps.ever_ok and now - r.created_at > STARTUP_TIMEOUT
+        if ps.failures >= comp.health.failure_threshold and (ps.ever_ok or too_long):
+            self._set_state(s, r, "unhealthy", f"health check failed {ps.failures} times")
+            record_event(s, "InstanceUnhealthy", "instance", r.name, r.reason, warning=True, **ev)
+            if now - r.state_changed_at >= _backoff(r.restarts) or ps.ever_ok:
+                r.restarts += 1
+                self._probes.pop(r.name, None)
+                self._set_state(s, r, "scheduled", f"restarting after failed health checks (restart #{r.restarts})")
+                return [_Action("restart", r.name, cloud.name, create.request)]
+        elif r.state == "running" and ps.failures:
+            r.reason = f"health check failing ({ps.failures}/{comp.health.failure_threshold})"
+        return []
+
+    def _reconcile_component(
+        self,
+        s: Session,
+        app: App,
+        spec: AppSpec,
+        comp: Component,
+        rows: list[Instance],
+        hosts: list[HostState] | None,
+    ) -> tuple[list[_Action], list[HostState] | None]:
+        now = utcnow()
+        actions: list[_Action] = []
+        for r in rows:
+            if r.state == "terminating":
+                actions += self._terminate(s, r, r.reason)
+            elif r.cloud is not None:
+                actions += self._observe_row(s, app, comp, r, now)
+
+        placement = spec.spec.placement
+        want = comp.spec_hash(placement)
+        active = [r for r in rows if r.state not in ACTIVE_EXCLUDED]
+
+        def current(r: Instance) -> bool:
+            return r.spec_hash == want and not (r.cloud is not None and r.cloud.draining)
+
+        def ready(r: Instance) -> bool:
+            return r.state == "running"
+
+        cur = [r for r in active if current(r)]
+        old = [r for r in active if not current(r)]
+        desired = comp.replicas
+        if len(cur) > desired:
+            surplus = sorted(cur, key=lambda r: (r.cloud is not None, ready(r), -r.id))[: len(cur) - desired]
+            for r in surplus:
+                actions += self._terminate(s, r, f"scaled down to {desired} replicas")
+            cur = [r for r in cur if r not in surplus]
+        old_ready = [r for r in old if ready(r)]
+        for r in old:
+            if not ready(r):
+                actions += self._terminate(s, r, "replaced by the new version (old one was not ready)")
+        n_remove = max(0, sum(1 for r in cur if ready(r)) + len(old_ready) - desired)
+        for r in old_ready[:n_remove]:
+            actions += self._terminate(s, r, "rolled over to the new version")
+        remaining_old = len(old_ready) - n_remove
+        surge = 1 if remaining_old else 0
+        to_add = max(0, min(desired - len(cur), desired + surge - len(cur) - remaining_old))
+        unplaced = [r for r in cur if r.cloud is None]
+        if not unplaced and not to_add:
+            return actions, hosts
+        if hosts is None:
+            hosts = self._host_states(s)
+        req = Request(
+            cpu=comp.resources.cpu_millis,
+            memory=comp.resources.memory_bytes,
+            runtime="process" if comp.run else "vm",
+            placement=placement,
+            total_replicas=desired,
+            existing=tuple(Replica(r.cloud.name, r.cloud.site.name, r.host or "") for r in cur if r.cloud is not None),
+        )
+        decisions = place(hosts, req, len(unplaced) + to_add)
+        clouds = {c.name: c for c in s.scalars(select(Cloud))}
+        for i, d in enumerate(decisions):
+            if i < len(unplaced):
+                r = unplaced[i]
+            else:
+                r = Instance(
+                    name=f"{app.name}-{comp.name}-{secrets.token_hex(3)}",
+                    app=app,
+                    component=comp.name,
+                    spec_hash=want,
+                    cpu=req.cpu,
+                    memory=req.memory,
+                    state="pending",
+                )
+                s.add(r)
+            changed = r.reason != d.reason
+            r.explain = d.explain
+            if d.placed:
+                assert d.cloud is not None
+                r.cloud = clouds[d.cloud]
+                r.host = d.host
+                self._set_state(s, r, "scheduled", d.reason)
+                s.flush()
+                record_event(s, "Scheduled", "instance", r.name, d.reason, vdc=app.vdc.path, app=app.name)
+                actions.append(_Action("create", r.name, d.cloud, self._request(app, comp, r)))
+            else:
+                self._set_state(s, r, "pending", d.reason)
+                s.flush()
+                if changed:
+                    record_event(
+                        s,
+                        "FailedScheduling",
+                        "instance",
+                        r.name,
+                        d.reason,
+                        warning=True,
+                        vdc=app.vdc.path,
+                        app=app.name,
+                    )
+        return actions, hosts
+
+    def _host_states(self, s: Session) -> list[HostState]:
+        usage = {
+            (cid, host): (cpu, mem, n)
+            for cid, host, cpu, mem, n in s.execute(
+                select(
+                    Instance.cloud_id,
+                    Instance.host,
+                    func.sum(Instance.cpu),
+                    func.sum(Instance.memory),
+                    func.count(),
+                )
+                .where(Instance.cloud_id.is_not(None), Instance.state != "lost")
+                .group_by(Instance.cloud_id, Instance.host)
+            )
+        }
+        out = []
+        for cloud in s.scalars(select(Cloud).order_by(Cloud.name)):
+            runtimes = self.fleet.provider(cloud.name, cloud.kind, dict(cloud.options)).runtimes
+            for h in cloud.hosts:
+                cpu, mem, n = usage.get((cloud.id, h.name), (0, 0, 0))
+                out.append(
+                    HostState(
+                        cloud=cloud.name,
+                        site=cloud.site.name,
+                        region=cloud.region,
+                        host=h.name,
+                        cpu=h.cpu,
+                        memory=h.memory,
+                        max_instances=h.max_instances,
+                        used_cpu=int(cpu),
+                        used_memory=int(mem),
+                        used_instances=int(n),
+                        healthy=h.healthy and cloud.health == "healthy" and not cloud.draining,
+                        cloud_tags={str(k): str(v) for k, v in cloud.tags.items()},
+                        runtimes=runtimes,
+                    )
+                )
+        return out
+
+    # -------------------------------------------------------------- actions
+    def _execute(self, actions: Sequence[_Action]) -> None:
+        for a in actions:
+            with self.db.session() as s, s.begin():
+                cloud = s.scalar(select(Cloud).where(Cloud.name == a.cloud))
+                if cloud is None:
+                    continue
+                ref = _CloudRef(cloud.name, cloud.kind, dict(cloud.options))
+            p = self._provider(ref)
+            try:
+                observed = None
+                if a.kind in ("delete", "restart"):
+                    p.delete_instance(a.name)
+                if a.kind in ("create", "restart"):
+                    assert a.request is not None
+                    observed = p.create_instance(a.request)
+            except (ShanzhiError, OSError, sqlite3.Error) as err:
+                with self.db.session() as s, s.begin():
+                    row = s.scalar(select(Instance).where(Instance.name == a.name))
+                    if row is not None:
+                        row.reason = f"{a.kind} failed on cloud {a.cloud}: {err}"
+                    record_event(
+                        s,
+                        f"{a.kind.capitalize()}Failed",
+                        "instance",
+                        a.name,
+                        f"{a.kind} failed on cloud {a.cloud}: {err}",
+                        warning=True,
+                        app=row.app.name if row else None,
+                        vdc=row.app.vdc.path if row else None,
+                    )
+                continue
+            with self.db.session() as s, s.begin():
+                row = s.scalar(select(Instance).where(Instance.name == a.name))
+                if row is None:
+                    continue
+                if a.kind == "delete":
+                    if row.state == "terminating":
+                        s.delete(row)
+                        self._probes.pop(a.name, None)
+                elif observed is not None and row.state == "scheduled":
+                    self._set_state(s, row, "starting", f"created on {a.cloud}/{row.host}")
+                    row.endpoint = observed.endpoint
+
+    # ------------------------------------------------------------ cleanups
+    def _sweep_orphans(self) -> None:
+        """Delete provider instances that no row claims (left by a crash or a manual change)."""
+        with self.db.session() as s, s.begin():
+            claimed = {
+                (cloud, name)
+                for name, cloud in s.execute(
+                    select(Instance.name, Cloud.name).join(Cloud, Instance.cloud_id == Cloud.id)
+                )
+            }
+            refs = {c.name: _CloudRef(c.name, c.kind, dict(c.options)) for c in s.scalars(select(Cloud))}
+        for cloud, observed in list(self._observed.items()):
+            if observed is None or cloud not in refs:
+                continue
+            for name in observed:
+                if (cloud, name) in claimed:
+                    continue
+                try:
+                    self._provider(refs[cloud]).delete_instance(name)
+                except (ShanzhiError, OSError, sqlite3.Error) as err:
+                    log.warning("could not remove orphan %s on %s: %s", name, cloud, err)
+                    continue
+                with self.db.session() as s, s.begin():
+                    record_event(s, "OrphanRemoved", "instance", name, f"removed {name} from {cloud}: no app claims it")
+
+    def _finish_removals(self) -> None:
+        with self.db.session() as s, s.begin():
+            for cloud in s.scalars(select(Cloud).where(Cloud.draining.is_(True))):
+                left = s.scalar(select(func.count()).select_from(Instance).where(Instance.cloud_id == cloud.id))
+                if left:
+                    continue
+                record_event(s, "CloudRemoved", "cloud", cloud.name, f"cloud {cloud.name} drained and removed")
+                s.delete(cloud)
+                self.fleet.forget(cloud.name)
+                shutil.rmtree(self.fleet.state_dir(cloud.name), ignore_errors=True)

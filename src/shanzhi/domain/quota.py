@@ -1,0 +1,175 @@
+"""VDC paths, nested quotas and usage roll-up.
+
+A VDC path is like `gz/health/it`; its ancestors are `gz` and `gz/health`. A quota limits cpu
+(millicores), memory (bytes) and instances; `None` means "no limit of its own" (the nearest
+ancestor's limit still applies, because usage rolls up the tree). Two invariants:
+a child's limit never exceeds the effective limit of its ancestors, and the usage of a VDC's
+whole subtree never exceeds any limit on the path from it to the root.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, fields
+
+from shanzhi.domain.errors import InvalidInput, QuotaExceeded
+from shanzhi.domain.quantity import format_cpu, format_memory, parse_cpu, parse_memory
+
+RESOURCES = ("cpu", "memory", "instances")
+
+
+@dataclass(frozen=True)
+class Usage:
+    cpu: int = 0  # millicores
+    memory: int = 0  # bytes
+    instances: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(self.cpu + other.cpu, self.memory + other.memory, self.instances + other.instances)
+
+    def __sub__(self, other: Usage) -> Usage:
+        return Usage(self.cpu - other.cpu, self.memory - other.memory, self.instances - other.instances)
+
+
+@dataclass(frozen=True)
+class Quota:
+    cpu: int | None = None  # millicores
+    memory: int | None = None  # bytes
+    instances: int | None = None
+
+    def items(self) -> Iterable[tuple[str, int | None]]:
+        return ((f.name, getattr(self, f.name)) for f in fields(self))
+
+    def to_json(self) -> dict[str, int | None]:
+        return dict(self.items())
+
+
+def format_amount(resource: str, amount: int) -> str:
+    if resource == "cpu":
+        return format_cpu(amount)
+    if resource == "memory":
+        return format_memory(amount)
+    return str(amount)
+
+
+def parse_quota(text: str | Mapping[str, str | int | float | None] | None) -> Quota:
+    """Parse `cpu=2,memory=4Gi,instances=10` (or a mapping); raise InvalidInput naming the key."""
+    if text is None or text == "":
+        return Quota()
+    if isinstance(text, str):
+        pairs: dict[str, str | int | float | None] = {}
+        for part in text.split(","):
+            key, sep, value = part.partition("=")
+            if not sep:
+                raise InvalidInput(f"quota item {part!r} is not key=value", field="quota")
+            pairs[key.strip()] = value.strip()
+    else:
+        pairs = dict(text)
+    values: dict[str, int | None] = {}
+    for key, raw in pairs.items():
+        if key not in RESOURCES:
+            raise InvalidInput(
+                f"unknown quota resource {key!r}; use one of {', '.join(RESOURCES)}",
+                field=f"quota.{key}",
+            )
+        if raw is None:
+            values[key] = None
+            continue
+        try:
+            if key == "cpu":
+                values[key] = parse_cpu(raw)
+            elif key == "memory":
+                values[key] = parse_memory(raw)
+            else:
+                n = int(raw)
+                if n < 0:
+                    raise ValueError(f"instances must be >= 0, not {raw!r}")
+                values[key] = n
+        except (ValueError, TypeError) as err:
+            raise InvalidInput(str(err), field=f"quota.{key}") from None
+    return Quota(**values)
+
+
+def ancestors(path: str) -> list[str]:
+    """`gz/health/it` -> [`gz`, `gz/health`] (root first)."""
+    parts = path.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def parent_of(path: str) -> str | None:
+    head, sep, _ = path.rpartition("/")
+    return head if sep else None
+
+
+def effective_limits(path: str, quotas: Mapping[str, Quota]) -> dict[str, tuple[int, str] | None]:
+    """For each resource, the tightest limit on the path root..path and the VDC that sets it."""
+    out: dict[str, tuple[int, str] | None] = dict.fromkeys(RESOURCES)
+    for p in [*ancestors(path), path]:
+        q = quotas.get(p)
+        if q is None:
+            continue
+        for resource, limit in q.items():
+            current = out[resource]
+            if limit is not None and (current is None or limit < current[0]):
+                out[resource] = (limit, p)
+    return out
+
+
+def check_child_quota(path: str, quota: Quota, quotas: Mapping[str, Quota]) -> None:
+    """Refuse a quota for `path` above its ancestors' limits (the nesting invariant)."""
+    parent = parent_of(path)
+    if parent is None:
+        return
+    limits = effective_limits(parent, quotas)
+    for resource, value in quota.items():
+        bound = limits[resource]
+        if value is not None and bound is not None and value > bound[0]:
+            raise InvalidInput(
+                f"quota {resource}={format_amount(resource, value)} for VDC {path} exceeds "
+                f"the limit {format_amount(resource, bound[0])} set by VDC {bound[1]}",
+                field=f"quota.{resource}",
+            )
+
+
+def check_descendants_fit(path: str, quota: Quota, child_quotas: Mapping[str, Quota]) -> None:
+    """Refuse lowering a quota below a descendant's own quota."""
+    for child, cq in sorted(child_quotas.items()):
+        for resource, value in quota.items():
+            cv = getattr(cq, resource)
+            if value is not None and cv is not None and cv > value:
+                raise InvalidInput(
+                    f"quota {resource}={format_amount(resource, value)} for VDC {path} is below "
+                    f"the {format_amount(resource, cv)} already granted to VDC {child}",
+                    field=f"quota.{resource}",
+                )
+
+
+def rollup(path: str, usage_by_vdc: Mapping[str, Usage]) -> Usage:
+    """Usage of `path` and all its descendants."""
+    total = Usage()
+    prefix = path + "/"
+    for p, u in usage_by_vdc.items():
+        if p == path or p.startswith(prefix):
+            total = total + u
+    return total
+
+
+def check_usage(path: str, delta: Usage, quotas: Mapping[str, Quota], usage_by_vdc: Mapping[str, Usage]) -> None:
+    """Refuse adding `delta` to `path` if any VDC on the way to the root would go over quota."""
+    for p in [path, *reversed(ancestors(path))]:
+        q = quotas.get(p)
+        if q is None:
+            continue
+        after = rollup(p, usage_by_vdc) + delta
+        for resource, limit in q.items():
+            amount = getattr(after, resource)
+            if limit is not None and getattr(delta, resource) > 0 and amount > limit:
+                raise QuotaExceeded(
+                    f"VDC {p} quota exceeded: {resource} would be {format_amount(resource, amount)}, "
+                    f"limit is {format_amount(resource, limit)}; lower the request or raise the quota "
+                    f"with 'shanzhi vdc set-quota {p} {resource}=...'",
+                    vdc=p,
+                    resource=resource,
+                    limit=limit,
+                    requested=amount,
+                )

@@ -1,0 +1,226 @@
+"""The declarative App spec (`apiVersion: shanzhi.io/v1`, `kind: App`).
+
+Parsed with pydantic in strict "forbid" mode so that an unknown or misspelt field is refused
+with its full path (for example `spec.components[0].replica`). The spec is stored as given
+(after validation) and hashed per component, so that re-applying the same spec changes
+nothing and a changed component rolls out alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from shanzhi.domain.errors import InvalidInput
+from shanzhi.domain.quantity import parse_cpu, parse_memory
+
+NAME_RE = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+VDC_PATH_RE = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(/[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
+Name = Annotated[str, Field(pattern=NAME_RE)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class Metadata(_Model):
+    name: Name
+    vdc: Annotated[str, Field(pattern=VDC_PATH_RE)]
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class Resources(_Model):
+    cpu: float | int | str = 0.1
+    memory: int | str = "64Mi"
+
+    @field_validator("cpu")
+    @classmethod
+    def _cpu(cls, v: float | int | str) -> float | int | str:
+        parse_cpu(v)
+        return v
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, v: int | str) -> int | str:
+        parse_memory(v)
+        return v
+
+    @property
+    def cpu_millis(self) -> int:
+        return parse_cpu(self.cpu)
+
+    @property
+    def memory_bytes(self) -> int:
+        return parse_memory(self.memory)
+
+
+class Run(_Model):
+    command: Annotated[list[str], Field(min_length=1)]
+    env: dict[str, str] = Field(default_factory=dict)
+
+
+class Port(_Model):
+    name: Name
+    port: Annotated[int, Field(ge=1, le=65535)]
+    protocol: Literal["tcp", "udp"] = "tcp"
+
+
+class HttpCheck(_Model):
+    path: str = "/"
+    port: str | int
+
+
+class TcpCheck(_Model):
+    port: str | int
+
+
+class Health(_Model):
+    http: HttpCheck | None = None
+    tcp: TcpCheck | None = None
+    period_seconds: Annotated[float, Field(alias="periodSeconds", gt=0)] = 2.0
+    timeout_seconds: Annotated[float, Field(alias="timeoutSeconds", gt=0)] = 1.0
+    failure_threshold: Annotated[int, Field(alias="failureThreshold", ge=1)] = 3
+
+    @model_validator(mode="after")
+    def _one_check(self) -> Health:
+        if (self.http is None) == (self.tcp is None):
+            raise ValueError("health needs exactly one of 'http' or 'tcp'")
+        return self
+
+
+class Component(_Model):
+    name: Name
+    replicas: Annotated[int, Field(ge=0, le=10_000)] = 1
+    resources: Resources = Field(default_factory=Resources)
+    run: Run | None = None
+    image: str | None = None
+    flavor: str | None = None
+    ports: list[Port] = Field(default_factory=list)
+    health: Health | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Component:
+        if self.run is None and self.image is None:
+            raise ValueError("a component needs 'run' (process runtime) or 'image' (VM runtime)")
+        names = [p.name for p in self.ports]
+        if len(set(names)) != len(names):
+            raise ValueError("port names must be unique within a component")
+        if self.health is not None:
+            check = self.health.http or self.health.tcp
+            assert check is not None
+            if isinstance(check.port, str) and check.port not in names:
+                raise ValueError(f"health check names port {check.port!r}, which is not in 'ports'")
+        return self
+
+    def spec_hash(self, placement: Placement) -> str:
+        """Hash of everything that requires replacing a replica (replicas excluded)."""
+        body = self.model_dump(mode="json", by_alias=True, exclude={"replicas"})
+        body["placement"] = placement.model_dump(mode="json", by_alias=True)
+        raw = json.dumps(body, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+class CloudSelector(_Model):
+    tags: dict[str, str] = Field(default_factory=dict)
+    names: list[str] = Field(default_factory=list)
+
+
+class Spread(_Model):
+    over: Literal["site", "cloud"] = "site"
+    min_groups: Annotated[int, Field(alias="minGroups", ge=1)] = 1
+
+
+class AntiAffinity(_Model):
+    over: Literal["host", "cloud", "site"] = "host"
+
+
+class Placement(_Model):
+    clouds: CloudSelector = Field(default_factory=CloudSelector)
+    spread: Spread | None = None
+    anti_affinity: AntiAffinity | None = Field(default=None, alias="antiAffinity")
+    strategy: Literal["spread", "least-allocated", "binpack"] = "least-allocated"
+
+
+class AppSpecBody(_Model):
+    components: Annotated[list[Component], Field(min_length=1)]
+    placement: Placement = Field(default_factory=Placement)
+
+    @model_validator(mode="after")
+    def _unique(self) -> AppSpecBody:
+        names = [c.name for c in self.components]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"component names must be unique; repeated: {', '.join(dup)}")
+        return self
+
+
+class AppSpec(_Model):
+    api_version: Literal["shanzhi.io/v1"] = Field(alias="apiVersion")
+    kind: Literal["App"]
+    metadata: Metadata
+    spec: AppSpecBody
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part.startswith("function-after") or part in {"str", "int", "float"}:
+            continue
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
+def validation_problems(err: ValidationError) -> list[dict[str, str]]:
+    """Turn pydantic's errors into `{field, message}` pairs with dotted paths."""
+    problems = []
+    for e in err.errors():
+        field = _loc(tuple(e["loc"]))
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = f"unknown field '{field.rsplit('.', 1)[-1]}'"
+        problems.append({"field": field or "(document)", "message": msg})
+    # A union failing on every branch yields one error per branch; keep the first per field.
+    seen: set[str] = set()
+    unique = []
+    for p in problems:
+        if p["field"] not in seen:
+            seen.add(p["field"])
+            unique.append(p)
+    return unique
+
+
+class SpecInvalid(InvalidInput):
+    def __init__(self, problems: list[dict[str, str]]) -> None:
+        first = problems[0]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        super().__init__(f"{first['field']}: {first['message']}{more}", field=first["field"])
+        self.problems = problems
+
+
+def parse_app(doc: Any) -> AppSpec:
+    """Validate a decoded document as an App spec; raise SpecInvalid naming each field."""
+    if not isinstance(doc, dict):
+        raise SpecInvalid([{"field": "(document)", "message": "an App spec must be a mapping"}])
+    try:
+        return AppSpec.model_validate(doc)
+    except ValidationError as err:
+        raise SpecInvalid(validation_problems(err)) from None
+
+
+def load_app_text(text: str) -> AppSpec:
+    """Parse YAML or JSON text (JSON is YAML) into an App spec."""
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise SpecInvalid([{"field": "(document)", "message": f"not valid YAML/JSON: {err}"}]) from None
+    return parse_app(doc)

@@ -1,0 +1,142 @@
+"""The provider base class and the plain data it exchanges with the controllers."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from shanzhi.domain.errors import InvalidInput
+
+InstanceState = Literal["starting", "running", "exited", "failed"]
+
+
+@dataclass(frozen=True)
+class HostInfo:
+    name: str
+    cpu: int  # millicores
+    memory: int  # bytes
+    max_instances: int
+    healthy: bool = True
+
+
+@dataclass(frozen=True)
+class CloudStatus:
+    healthy: bool
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class InstanceRequest:
+    name: str
+    app: str
+    component: str
+    vdc: str
+    host: str
+    cpu: int
+    memory: int
+    command: tuple[str, ...] | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    ports: tuple[tuple[str, int], ...] = ()
+    image: str | None = None
+    flavor: str | None = None
+
+
+@dataclass(frozen=True)
+class ObservedInstance:
+    name: str
+    host: str
+    state: InstanceState
+    endpoint: str | None = None
+    ports: Mapping[str, int] = field(default_factory=dict)
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """One provider option: its parser and default, for `cloud add --option k=v`."""
+
+    parse: Any
+    default: Any
+    help: str
+
+
+class Provider(ABC):
+    """One cloud. Subclasses set `kind`, `runtimes` and `options`, and implement the methods."""
+
+    kind: ClassVar[str]
+    runtimes: ClassVar[frozenset[str]]
+    options: ClassVar[dict[str, OptionSpec]]
+    #: whether instance endpoints are reachable from this machine (so health checks can probe)
+    probes_endpoints: ClassVar[bool] = False
+
+    def __init__(self, name: str, options: Mapping[str, Any], state_dir: Path) -> None:
+        self.name = name
+        self.opts = dict(options)
+        self.state_dir = state_dir
+
+    @classmethod
+    def validate_options(cls, raw: Mapping[str, Any]) -> dict[str, Any]:
+        """Parse `--option` values; refuse unknown keys and bad values, naming them."""
+        out: dict[str, Any] = {}
+        for key, value in raw.items():
+            spec = cls.options.get(key)
+            if spec is None:
+                known = ", ".join(sorted(cls.options)) or "none"
+                raise InvalidInput(
+                    f"unknown option {key!r} for a {cls.kind} cloud (known: {known})",
+                    field=f"options.{key}",
+                )
+            try:
+                out[key] = spec.parse(value)
+            except (ValueError, TypeError) as err:
+                raise InvalidInput(f"option {key}: {err}", field=f"options.{key}") from None
+        for key, spec in cls.options.items():
+            if key not in out:
+                default = spec.default() if callable(spec.default) else spec.default
+                out[key] = default
+        return out
+
+    @abstractmethod
+    def status(self) -> CloudStatus:
+        """Is the cloud reachable and working?"""
+
+    @abstractmethod
+    def hosts(self) -> list[HostInfo]:
+        """The cloud's hosts and their capacity."""
+
+    @abstractmethod
+    def list_instances(self) -> list[ObservedInstance]:
+        """Every instance Shanzhi created in this cloud. Raises CloudUnavailable when down."""
+
+    @abstractmethod
+    def create_instance(self, req: InstanceRequest) -> ObservedInstance:
+        """Create (or, if it already exists under this name, return) an instance."""
+
+    @abstractmethod
+    def delete_instance(self, name: str) -> None:
+        """Stop and remove an instance; succeed if it is already gone."""
+
+    def inject_failure(self, host: str | None = None) -> None:
+        """Fail a host or (host=None) the whole cloud, for drills and tests."""
+        raise InvalidInput(f"a {self.kind} cloud does not support failure injection")
+
+    def recover(self, host: str | None = None) -> None:
+        """Undo `inject_failure`."""
+        raise InvalidInput(f"a {self.kind} cloud does not support failure injection")
+
+
+def positive_int(value: Any) -> int:
+    n = int(value)
+    if n <= 0:
+        raise ValueError(f"must be a positive integer, not {value!r}")
+    return n
+
+
+def non_negative_float(value: Any) -> float:
+    x = float(value)
+    if x < 0:
+        raise ValueError(f"must be >= 0, not {value!r}")
+    return x

@@ -1,0 +1,148 @@
+"""`sim`: a simulated fleet of hosts, for scale tests, drills and demos.
+
+The same role as Nova's fake driver or KWOK: N hosts with declared cpu/memory, instances
+that take `boot` seconds to become running, and failure injection for a host or the whole
+cloud. State lives in a small SQLite file of its own (stdlib sqlite3, WAL), so it survives a
+restart of Shanzhi and is shared safely by two processes on one data directory.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from shanzhi.domain.errors import CloudUnavailable, InvalidInput
+from shanzhi.domain.quantity import parse_cpu, parse_memory
+from shanzhi.providers.base import (
+    CloudStatus,
+    HostInfo,
+    InstanceRequest,
+    InstanceState,
+    ObservedInstance,
+    OptionSpec,
+    Provider,
+    non_negative_float,
+    positive_int,
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS instances (name TEXT PRIMARY KEY, host TEXT NOT NULL,
+    created REAL NOT NULL, ports TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS failures (target TEXT PRIMARY KEY);
+"""
+_CLOUD = "*"
+
+
+class SimProvider(Provider):
+    kind = "sim"
+    runtimes = frozenset({"process", "vm"})
+    probes_endpoints = False
+    options = {
+        "hosts": OptionSpec(positive_int, 10, "number of simulated hosts"),
+        "cpu": OptionSpec(parse_cpu, 16_000, "cpu per host (default 16)"),
+        "memory": OptionSpec(parse_memory, 64 * 2**30, "memory per host (default 64Gi)"),
+        "instances": OptionSpec(positive_int, 110, "instances per host"),
+        "boot": OptionSpec(non_negative_float, 1.0, "seconds from create to running"),
+    }
+
+    def __init__(self, name: str, options: dict[str, Any], state_dir: Path) -> None:
+        super().__init__(name, options, state_dir)
+        self._db_path = state_dir / "sim.sqlite3"
+
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self._db_path, timeout=30, isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.executescript(_SCHEMA)
+            conn.execute("BEGIN IMMEDIATE")
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        finally:
+            conn.close()
+
+    def _failures(self, conn: sqlite3.Connection) -> set[str]:
+        return {row[0] for row in conn.execute("SELECT target FROM failures")}
+
+    def _host_names(self) -> list[str]:
+        return [f"{self.name}-h{i:04d}" for i in range(int(self.opts["hosts"]))]
+
+    def status(self) -> CloudStatus:
+        with self._db() as conn:
+            failed = self._failures(conn)
+        if _CLOUD in failed:
+            return CloudStatus(False, "cloud failed (failure injection)")
+        return CloudStatus(True, f"ok ({len(failed)} failed hosts)" if failed else "ok")
+
+    def hosts(self) -> list[HostInfo]:
+        with self._db() as conn:
+            failed = self._failures(conn)
+        down = _CLOUD in failed
+        return [
+            HostInfo(
+                name=h,
+                cpu=int(self.opts["cpu"]),
+                memory=int(self.opts["memory"]),
+                max_instances=int(self.opts["instances"]),
+                healthy=not down and h not in failed,
+            )
+            for h in self._host_names()
+        ]
+
+    def _observe(self, name: str, host: str, created: float, port: int, failed: set[str]) -> ObservedInstance:
+        endpoint = f"{host}.sim:{port}"
+        if host in failed:
+            return ObservedInstance(name, host, "failed", endpoint, {"port": port}, "host failed")
+        booted = time.time() >= created + float(self.opts["boot"])
+        state: InstanceState = "running" if booted else "starting"
+        return ObservedInstance(name, host, state, endpoint, {"port": port})
+
+    def list_instances(self) -> list[ObservedInstance]:
+        with self._db() as conn:
+            failed = self._failures(conn)
+            if _CLOUD in failed:
+                raise CloudUnavailable(f"cloud {self.name} is not answering (failure injection)")
+            rows = conn.execute("SELECT name, host, created, ports FROM instances").fetchall()
+        return [self._observe(n, h, c, int(p), failed) for n, h, c, p in rows]
+
+    def create_instance(self, req: InstanceRequest) -> ObservedInstance:
+        if req.host not in set(self._host_names()):
+            raise InvalidInput(f"cloud {self.name} has no host {req.host!r}")
+        with self._db() as conn:
+            failed = self._failures(conn)
+            if _CLOUD in failed:
+                raise CloudUnavailable(f"cloud {self.name} is not answering (failure injection)")
+            if req.host in failed:
+                raise CloudUnavailable(f"host {req.host} of cloud {self.name} has failed")
+            row = conn.execute("SELECT host, created, ports FROM instances WHERE name = ?", (req.name,)).fetchone()
+            if row is None:
+                port = 30000 + zlib.crc32(req.name.encode()) % 30000
+                row = (req.host, time.time(), str(port))
+                conn.execute("INSERT INTO instances VALUES (?, ?, ?, ?)", (req.name, *row))
+        return self._observe(req.name, row[0], row[1], int(row[2]), failed)
+
+    def delete_instance(self, name: str) -> None:
+        with self._db() as conn:
+            if _CLOUD in self._failures(conn):
+                raise CloudUnavailable(f"cloud {self.name} is not answering (failure injection)")
+            conn.execute("DELETE FROM instances WHERE name = ?", (name,))
+
+    def inject_failure(self, host: str | None = None) -> None:
+        if host is not None and host not in set(self._host_names()):
+            raise InvalidInput(f"cloud {self.name} has no host {host!r}", field="host")
+        with self._db() as conn:
+            conn.execute("INSERT OR IGNORE INTO failures VALUES (?)", (host or _CLOUD,))
+
+    def recover(self, host: str | None = None) -> None:
+        with self._db() as conn:
+            conn.execute("DELETE FROM failures WHERE target = ?", (host or _CLOUD,))

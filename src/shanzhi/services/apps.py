@@ -1,0 +1,89 @@
+"""Applying, finding and deleting apps; the quota check happens here, at apply time."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from shanzhi.domain.errors import Conflict, NotFound
+from shanzhi.domain.quota import Usage, check_usage
+from shanzhi.domain.spec import AppSpec
+from shanzhi.services.vdcs import get_vdc, lock_path, quotas, usage_by_vdc
+from shanzhi.store.events import record_event
+from shanzhi.store.tables import App, Vdc, utcnow
+
+
+def desired_usage(spec: AppSpec) -> Usage:
+    total = Usage()
+    for c in spec.spec.components:
+        total = total + Usage(c.resources.cpu_millis * c.replicas, c.resources.memory_bytes * c.replicas, c.replicas)
+    return total
+
+
+def apply_app(s: Session, spec: AppSpec) -> tuple[App, str]:
+    """Create or update an app. Returns the app and `created`, `configured` or `unchanged`."""
+    path = spec.metadata.vdc
+    vdc = get_vdc(s, path)
+    lock_path(s, path)
+    body = spec.to_json()
+    app = s.scalar(select(App).where(App.vdc_id == vdc.id, App.name == spec.metadata.name))
+    if app is not None and app.deleting:
+        raise Conflict(f"app {spec.metadata.name} is being deleted; wait until it is gone", field="metadata.name")
+    if app is not None and app.spec == body:
+        return app, "unchanged"
+    want = desired_usage(spec)
+    have = Usage(app.cpu, app.memory, app.instances) if app is not None else Usage()
+    check_usage(path, want - have, quotas(s), usage_by_vdc(s))
+    outcome = "configured"
+    if app is None:
+        app = App(vdc=vdc, name=spec.metadata.name, spec=body, generation=1)
+        s.add(app)
+        outcome = "created"
+    else:
+        app.spec = body
+        app.generation += 1
+        app.updated_at = utcnow()
+    app.cpu, app.memory, app.instances = want.cpu, want.memory, want.instances
+    s.flush()
+    record_event(
+        s,
+        "AppApplied",
+        "app",
+        app.name,
+        f"app {app.name} {outcome} (generation {app.generation})",
+        vdc=path,
+        app=app.name,
+    )
+    return app, outcome
+
+
+def find_app(s: Session, name: str, vdc: str | None = None) -> App:
+    q = select(App).join(Vdc).where(App.name == name)
+    if vdc is not None:
+        q = q.where(Vdc.path == vdc)
+    found = list(s.scalars(q))
+    if not found:
+        where = f" in VDC {vdc}" if vdc else ""
+        raise NotFound(f"app {name}{where} does not exist; see 'shanzhi app list'", field="name")
+    if len(found) > 1:
+        paths = ", ".join(sorted(a.vdc.path for a in found))
+        raise Conflict(f"app {name} exists in several VDCs ({paths}); pass --vdc", field="vdc")
+    return found[0]
+
+
+def list_apps(s: Session, vdc: str | None = None) -> list[App]:
+    q = select(App).join(Vdc).order_by(Vdc.path, App.name)
+    if vdc is not None:
+        q = q.where((Vdc.path == vdc) | Vdc.path.startswith(vdc + "/"))
+    return list(s.scalars(q))
+
+
+def delete_app(s: Session, name: str, vdc: str | None = None) -> App:
+    app = find_app(s, name, vdc)
+    if not app.deleting:
+        app.deleting = True
+        app.updated_at = utcnow()
+        record_event(
+            s, "AppDeleting", "app", app.name, f"app {app.name} marked for deletion", vdc=app.vdc.path, app=app.name
+        )
+    return app

@@ -1,0 +1,116 @@
+"""VDCs: the organisation tree, its nested quotas and usage roll-up."""
+
+from __future__ import annotations
+
+import re
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from shanzhi.domain.errors import Conflict, InvalidInput, NotFound
+from shanzhi.domain.quota import (
+    Quota,
+    Usage,
+    ancestors,
+    check_child_quota,
+    check_descendants_fit,
+    parent_of,
+)
+from shanzhi.domain.spec import VDC_PATH_RE
+from shanzhi.store.events import record_event
+from shanzhi.store.tables import App, Vdc
+
+
+def _quota(v: Vdc) -> Quota:
+    return Quota(v.quota_cpu, v.quota_memory, v.quota_instances)
+
+
+def quotas(s: Session) -> dict[str, Quota]:
+    return {v.path: _quota(v) for v in s.scalars(select(Vdc))}
+
+
+def usage_by_vdc(s: Session) -> dict[str, Usage]:
+    """Desired usage of each VDC's own apps (apps being deleted no longer count)."""
+    rows = s.execute(
+        select(Vdc.path, func.sum(App.cpu), func.sum(App.memory), func.sum(App.instances))
+        .join(App, App.vdc_id == Vdc.id)
+        .where(App.deleting.is_(False))
+        .group_by(Vdc.path)
+    )
+    return {p: Usage(int(c or 0), int(m or 0), int(n or 0)) for p, c, m, n in rows}
+
+
+def get_vdc(s: Session, path: str) -> Vdc:
+    v = s.scalar(select(Vdc).where(Vdc.path == path))
+    if v is None:
+        raise NotFound(f"VDC {path} does not exist; see 'shanzhi vdc list'", field="vdc")
+    return v
+
+
+def lock_path(s: Session, path: str) -> None:
+    """Serialise quota decisions on `path` and its ancestors (row locks on PostgreSQL;
+    on SQLite every write transaction already holds the database lock)."""
+    if s.get_bind().dialect.name == "postgresql":
+        s.execute(select(Vdc.id).where(Vdc.path.in_([*ancestors(path), path])).order_by(Vdc.path).with_for_update())
+
+
+def create_vdc(s: Session, path: str, quota: Quota, *, parents: bool = False) -> Vdc:
+    if not re.match(VDC_PATH_RE, path):
+        raise InvalidInput(
+            f"invalid VDC path {path!r}: use lowercase names of letters, digits and '-' joined by '/'",
+            field="path",
+        )
+    if s.scalar(select(Vdc.id).where(Vdc.path == path)) is not None:
+        raise Conflict(f"VDC {path} already exists", field="path")
+    parent_path = parent_of(path)
+    parent = None
+    if parent_path is not None:
+        parent = s.scalar(select(Vdc).where(Vdc.path == parent_path))
+        if parent is None:
+            if not parents:
+                raise NotFound(
+                    f"parent VDC {parent_path} does not exist; create it first or pass --parents",
+                    field="path",
+                )
+            parent = create_vdc(s, parent_path, Quota(), parents=True)
+        lock_path(s, parent_path)
+    check_child_quota(path, quota, quotas(s))
+    v = Vdc(
+        path=path,
+        parent_id=parent.id if parent else None,
+        quota_cpu=quota.cpu,
+        quota_memory=quota.memory,
+        quota_instances=quota.instances,
+    )
+    s.add(v)
+    s.flush()
+    record_event(s, "VdcCreated", "vdc", path, f"VDC {path} created", vdc=path)
+    return v
+
+
+def set_quota(s: Session, path: str, quota: Quota) -> Vdc:
+    v = get_vdc(s, path)
+    lock_path(s, path)
+    all_quotas = quotas(s)
+    merged = Quota(**{k: (val if val is not None else getattr(_quota(v), k)) for k, val in quota.items()})
+    check_child_quota(path, merged, all_quotas)
+    prefix = path + "/"
+    check_descendants_fit(path, merged, {p: q for p, q in all_quotas.items() if p.startswith(prefix)})
+    v.quota_cpu, v.quota_memory, v.quota_instances = merged.cpu, merged.memory, merged.instances
+    s.flush()
+    record_event(s, "QuotaChanged", "vdc", path, f"quota of {path} set to {merged.to_json()}", vdc=path)
+    return v
+
+
+def list_vdcs(s: Session) -> list[Vdc]:
+    return list(s.scalars(select(Vdc).order_by(Vdc.path)))
+
+
+def delete_vdc(s: Session, path: str) -> None:
+    v = get_vdc(s, path)
+    if s.scalar(select(func.count()).select_from(Vdc).where(Vdc.parent_id == v.id)):
+        raise Conflict(f"VDC {path} has child VDCs; delete them first", field="path")
+    if s.scalar(select(func.count()).select_from(App).where(App.vdc_id == v.id)):
+        raise Conflict(f"VDC {path} still has apps; delete them first", field="path")
+    s.delete(v)
+    record_event(s, "VdcDeleted", "vdc", path, f"VDC {path} deleted", vdc=path)

@@ -1,0 +1,89 @@
+"""Engines and sessions for SQLite (embedded default) and PostgreSQL, and migrations.
+
+SQLite runs in WAL mode with a busy timeout and every transaction opened with
+`BEGIN IMMEDIATE`, so that two writers (two processes, or the API and the controller)
+queue on the database lock instead of failing on a lock upgrade. PostgreSQL is used as is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def sqlite_url(data_dir: Path) -> str:
+    return f"sqlite+pysqlite:///{data_dir / 'shanzhi.db'}"
+
+
+def _sqlite_setup(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+@dataclass
+class Database:
+    url: str
+    engine: Engine
+    sessions: sessionmaker[Session]
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.engine.dialect.name == "sqlite"
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        if not self.is_sqlite:
+            return None
+        database = make_url(self.url).database
+        return Path(database) if database and database != ":memory:" else None
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest Alembic revision (safe to run concurrently)."""
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        with self.engine.begin() as conn:
+            if not self.is_sqlite:
+                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7306102)")
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+
+    def session(self) -> Session:
+        return self.sessions()
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def open_database(url: str) -> Database:
+    """Create an engine for `url` (sqlite+pysqlite:///... or postgresql+psycopg://...)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        _sqlite_setup(engine)
+    elif parsed.get_backend_name() == "postgresql":
+        engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    else:
+        raise ValueError(f"unsupported database {parsed.get_backend_name()!r}: use sqlite or postgresql")
+    return Database(url, engine, sessionmaker(engine, expire_on_commit=False))

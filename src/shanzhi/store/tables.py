@@ -1,0 +1,176 @@
+"""ORM tables. Quantities are integers (millicores, bytes); times are aware UTC datetimes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime on every backend (SQLite keeps no zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC) if value is not None else None
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSON, int: BigInteger}
+
+
+class Site(Base):
+    __tablename__ = "sites"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Cloud(Base):
+    __tablename__ = "clouds"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    site_id: Mapped[int] = mapped_column(ForeignKey("sites.id"))
+    region: Mapped[str] = mapped_column(String(63))
+    tags: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    options: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    health: Mapped[str] = mapped_column(String(16), default="unknown")  # unknown|healthy|down
+    health_message: Mapped[str] = mapped_column(Text, default="")
+    health_changed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # draining: no new placements; the controller moves its instances away, then removes it
+    draining: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    site: Mapped[Site] = relationship(lazy="joined")
+    hosts: Mapped[list[Host]] = relationship(cascade="all, delete-orphan", order_by="Host.name")
+
+
+class Host(Base):
+    __tablename__ = "hosts"
+    __table_args__ = (UniqueConstraint("cloud_id", "name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    cloud_id: Mapped[int] = mapped_column(ForeignKey("clouds.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(128))
+    cpu: Mapped[int] = mapped_column()
+    memory: Mapped[int] = mapped_column()
+    max_instances: Mapped[int] = mapped_column()
+    healthy: Mapped[bool] = mapped_column(default=True)
+
+
+class Vdc(Base):
+    __tablename__ = "vdcs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    path: Mapped[str] = mapped_column(String(512), unique=True)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("vdcs.id"))
+    quota_cpu: Mapped[int | None] = mapped_column()
+    quota_memory: Mapped[int | None] = mapped_column()
+    quota_instances: Mapped[int | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class App(Base):
+    __tablename__ = "apps"
+    __table_args__ = (UniqueConstraint("vdc_id", "name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    vdc_id: Mapped[int] = mapped_column(ForeignKey("vdcs.id"))
+    name: Mapped[str] = mapped_column(String(63))
+    spec: Mapped[dict[str, Any]] = mapped_column()
+    generation: Mapped[int] = mapped_column(default=1)
+    deleting: Mapped[bool] = mapped_column(default=False)
+    # desired totals, kept for quota roll-up without re-parsing specs
+    cpu: Mapped[int] = mapped_column(default=0)
+    memory: Mapped[int] = mapped_column(default=0)
+    instances: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    vdc: Mapped[Vdc] = relationship(lazy="joined")
+
+
+class Instance(Base):
+    """One replica. The row exists before the provider creates it (the intent)."""
+
+    __tablename__ = "instances"
+    __table_args__ = (Index("ix_instances_app", "app_id"), Index("ix_instances_cloud", "cloud_id"))
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    app_id: Mapped[int] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"))
+    component: Mapped[str] = mapped_column(String(63))
+    spec_hash: Mapped[str] = mapped_column(String(32))
+    cloud_id: Mapped[int | None] = mapped_column(ForeignKey("clouds.id"))
+    host: Mapped[str | None] = mapped_column(String(128))
+    cpu: Mapped[int] = mapped_column()
+    memory: Mapped[int] = mapped_column()
+    # pending (no host yet) | scheduled | starting | running | unhealthy | exited | failed |
+    # lost (cloud down) | terminating
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    endpoint: Mapped[str | None] = mapped_column(String(255))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    explain: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    restarts: Mapped[int] = mapped_column(default=0)
+    state_changed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    app: Mapped[App] = relationship(lazy="joined")
+    cloud: Mapped[Cloud | None] = relationship(lazy="joined")
+
+
+class Event(Base):
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_app", "app"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    type: Mapped[str] = mapped_column(String(16), default="Normal")  # Normal|Warning
+    reason: Mapped[str] = mapped_column(String(64))
+    object_kind: Mapped[str] = mapped_column(String(32))
+    object_name: Mapped[str] = mapped_column(String(255))
+    vdc: Mapped[str | None] = mapped_column(String(512))
+    app: Mapped[str | None] = mapped_column(String(63))
+    message: Mapped[str] = mapped_column(Text)
+
+
+class AuditRecord(Base):
+    __tablename__ = "audit"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    actor: Mapped[str] = mapped_column(String(128))
+    source: Mapped[str] = mapped_column(String(64), default="")
+    method: Mapped[str] = mapped_column(String(8))
+    path: Mapped[str] = mapped_column(Text)
+    status: Mapped[int] = mapped_column(Integer)
+    outcome: Mapped[str] = mapped_column(String(16))  # success|denied|error
+    detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class Token(Base):
+    __tablename__ = "tokens"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(32), default="admin")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
