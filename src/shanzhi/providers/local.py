@@ -2,12 +2,13 @@
 
 Every instance gets its own working directory (`<state>/instances/<name>/`), a log file and
 ports allocated on 127.0.0.1; `${PORT}` (first port) and `${PORT_<NAME>}` are substituted
-in the command and environment. Processes run in their own session, so stopping Shanzhi
-never stops them, and are found again after a restart through `state.json` (pid plus the
-process start time, so a recycled pid is never mistaken for ours).
+in the command and environment. Workloads are started through a launcher shell that
+backgrounds them and exits, so they are never children of Shanzhi: they run in their own
+session, outlive the server, leave no zombies in it, and are found again after a restart
+through `state.json` (pid plus the process start time, so a recycled pid is never ours).
 
-The start is gated: the process is a `sh` that waits for a line on stdin before it execs
-the workload, and we send that line only after `state.json` is durable. If Shanzhi dies in
+The start is gated: the workload is a `sh` that waits for a line on stdin before it execs
+the command, and we send that line only after `state.json` is durable. If Shanzhi dies in
 between, the pipe closes, the gate reads EOF and the shell exits: no untracked process.
 """
 
@@ -40,6 +41,10 @@ from shanzhi.providers.base import (
 )
 
 _GATE = 'read -r go && [ "$go" = go ] && exec "$@"; exit 111'
+# fd 3 keeps our pipe as the gate's stdin (a background job's stdin is /dev/null otherwise)
+_LAUNCH = f"""exec 3<&0
+/bin/sh -c '{_GATE}' sh "$@" <&3 >>log 2>&1 3<&- &
+echo $!"""
 _VAR = re.compile(r"\$\{(PORT(?:_[A-Z0-9_]+)?)\}")
 
 
@@ -89,10 +94,6 @@ class LocalProvider(Provider):
         "hosts": OptionSpec(positive_int, 1, "split the capacity into this many logical hosts"),
     }
 
-    def __init__(self, name: str, options: dict[str, Any], state_dir: Path) -> None:
-        super().__init__(name, options, state_dir)
-        self._children: dict[str, subprocess.Popen[bytes]] = {}
-
     @property
     def _instances(self) -> Path:
         return self.state_dir / "instances"
@@ -134,9 +135,6 @@ class LocalProvider(Provider):
 
     def _observe(self, st: dict[str, Any]) -> ObservedInstance:
         name = str(st["name"])
-        child = self._children.get(name)
-        if child is not None and child.poll() is not None:
-            self._children.pop(name, None)
         ports = {str(k): int(v) for k, v in st.get("ports", {}).items()}
         first = next(iter(ports.values()), None)
         endpoint = f"127.0.0.1:{first}" if first else None
@@ -185,58 +183,51 @@ class LocalProvider(Provider):
                 "SHANZHI_VDC": req.vdc,
             }
         )
-        log = open(workdir / "log", "ab")  # noqa: SIM115 - handed to the child
+        launcher = subprocess.Popen(
+            ["/bin/sh", "-c", _LAUNCH, "sh", *argv],
+            cwd=workdir,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            start_new_session=True,
+        )
+        assert launcher.stdin is not None and launcher.stdout is not None
+        line = launcher.stdout.readline()
+        launcher.stdout.close()
+        launcher.wait()
+        pid = int(line)
         try:
-            proc = subprocess.Popen(
-                ["/bin/sh", "-c", _GATE, "sh", *argv],
-                cwd=workdir,
-                env=env,
-                stdin=subprocess.PIPE,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        finally:
-            log.close()
-        try:
-            create_time = psutil.Process(proc.pid).create_time()
+            create_time = psutil.Process(pid).create_time()
         except psutil.Error:
             create_time = time.time()
         state = {
             "name": req.name,
             "host": req.host,
-            "pid": proc.pid,
+            "pid": pid,
+            "pgid": launcher.pid,  # the launcher's session; the workload stays in it
             "create_time": create_time,
             "ports": ports,
             "argv": argv,
             "started_at": time.time(),
         }
         _write_json(workdir / "state.json", state)
-        assert proc.stdin is not None
         with contextlib.suppress(BrokenPipeError):
-            proc.stdin.write(b"go\n")
-            proc.stdin.close()
-        self._children[req.name] = proc
+            launcher.stdin.write(b"go\n")
+            launcher.stdin.close()
         return self._observe(state)
 
     def _kill(self, st: dict[str, Any]) -> None:
         pid = st.get("pid")
         if not pid or not _alive(int(pid), float(st.get("create_time", 0))):
             return
+        pgid = int(st.get("pgid", pid))
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(int(pid), signal.SIGTERM)
+            os.killpg(pgid, signal.SIGTERM)
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and _alive(int(pid), float(st["create_time"])):
-            child = self._children.get(str(st["name"]))
-            if child is not None:
-                child.poll()
-            time.sleep(0.05)
+            time.sleep(0.02)
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(int(pid), signal.SIGKILL)
-        child = self._children.pop(str(st["name"]), None)
-        if child is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                child.wait(timeout=2)
+            os.killpg(pgid, signal.SIGKILL)
 
     def delete_instance(self, name: str) -> None:
         workdir = self._instances / name

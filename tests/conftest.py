@@ -1,0 +1,61 @@
+"""Shared fixtures: a database on each backend, a data directory whose workloads are stopped."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shanzhi.providers.local import stop_all_under
+from shanzhi.store import Database, open_database
+from tests.pg import pg_available, throwaway_database
+
+_PG_OK, _PG_WHY = pg_available()
+REQUIRE_PG = bool(os.environ.get("SHANZHI_REQUIRE_POSTGRES"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Slow end-to-end tests run last."""
+    items.sort(key=lambda item: item.get_closest_marker("e2e") is not None)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite+pysqlite:///{tmp_path / 'shanzhi.db'}"
+        return
+    if not _PG_OK:
+        if REQUIRE_PG:
+            pytest.fail(f"PostgreSQL required but not reachable: {_PG_WHY}")
+        pytest.skip(f"PostgreSQL not reachable: {_PG_WHY}")
+    with throwaway_database() as url:
+        yield url
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    if not _PG_OK:
+        if REQUIRE_PG:
+            pytest.fail(f"PostgreSQL required but not reachable: {_PG_WHY}")
+        pytest.skip(f"PostgreSQL not reachable: {_PG_WHY}")
+    with throwaway_database() as url:
+        yield url
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[Database]:
+    database = open_database(database_url)
+    database.migrate()
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Iterator[Path]:
+    """A data directory; every local workload started under it is stopped afterwards."""
+    d = tmp_path / "data"
+    d.mkdir()
+    yield d
+    stop_all_under(d / "clouds")

@@ -1,0 +1,95 @@
+import pytest
+
+from shanzhi.domain.spec import SpecInvalid, load_app_text, parse_app
+
+EXAMPLE = """
+apiVersion: shanzhi.io/v1
+kind: App
+metadata:
+  name: hello
+  vdc: gz/health
+spec:
+  components:
+    - name: web
+      replicas: 4
+      resources: {cpu: 0.1, memory: 64Mi}
+      run:
+        command: ["python3", "-m", "http.server", "${PORT}", "--bind", "127.0.0.1"]
+      ports: [{name: http, port: 8080}]
+      health: {http: {path: /, port: http}}
+  placement:
+    clouds: {tags: {level: city}}
+    spread: {over: site, minGroups: 2}
+"""
+
+
+def test_the_issue_example_is_accepted_as_written() -> None:
+    app = load_app_text(EXAMPLE)
+    web = app.spec.components[0]
+    assert (app.metadata.name, app.metadata.vdc) == ("hello", "gz/health")
+    assert web.replicas == 4
+    assert web.resources.cpu_millis == 100
+    assert web.resources.memory_bytes == 64 * 2**20
+    assert app.spec.placement.spread is not None and app.spec.placement.spread.min_groups == 2
+    assert app.spec.placement.clouds.tags == {"level": "city"}
+
+
+def test_json_is_accepted_too() -> None:
+    doc = load_app_text(EXAMPLE).to_json()
+    again = parse_app(doc)
+    assert again.to_json() == doc
+
+
+def _problems(text: str) -> list[dict[str, str]]:
+    with pytest.raises(SpecInvalid) as info:
+        load_app_text(text)
+    return info.value.problems
+
+
+def test_unknown_field_is_named_with_its_path() -> None:
+    problems = _problems(EXAMPLE.replace("replicas: 4", "replica: 4"))
+    assert {"field": "spec.components[0].replica", "message": "unknown field 'replica'"} in problems
+
+
+def test_unknown_top_level_field() -> None:
+    problems = _problems(EXAMPLE + "status: {}\n")
+    assert problems[0]["field"] == "status"
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (("replicas: 4", "replicas: -1"), "spec.components[0].replicas"),
+        (("memory: 64Mi", "memory: lots"), "spec.components[0].resources.memory"),
+        (("name: hello", "name: Hello_World"), "metadata.name"),
+        (("apiVersion: shanzhi.io/v1", "apiVersion: v2"), "apiVersion"),
+        (("over: site", "over: planet"), "spec.placement.spread.over"),
+        (("port: http}}", "port: admin}}"), "spec.components[0]"),
+    ],
+)
+def test_bad_values_are_named(change: tuple[str, str], field: str) -> None:
+    problems = _problems(EXAMPLE.replace(*change))
+    assert problems[0]["field"] == field, problems
+
+
+def test_missing_runtime_and_duplicates_are_refused() -> None:
+    no_run = EXAMPLE.replace(
+        '      run:\n        command: ["python3", "-m", "http.server", "${PORT}", "--bind", "127.0.0.1"]\n', ""
+    )
+    assert "needs 'run'" in _problems(no_run)[0]["message"]
+    doubled = EXAMPLE.replace("  placement:", "    - name: web\n      image: x\n  placement:")
+    assert "repeated: web" in _problems(doubled)[0]["message"]
+
+
+def test_not_yaml_and_not_a_mapping() -> None:
+    assert _problems("a: [")[0]["field"] == "(document)"
+    assert _problems("- 1\n- 2")[0]["message"] == "an App spec must be a mapping"
+
+
+def test_spec_hash_ignores_replicas_but_not_the_command() -> None:
+    a = load_app_text(EXAMPLE)
+    b = load_app_text(EXAMPLE.replace("replicas: 4", "replicas: 9"))
+    c = load_app_text(EXAMPLE.replace("--bind", "-b"))
+    h = [x.spec.components[0].spec_hash(x.spec.placement) for x in (a, b, c)]
+    assert h[0] == h[1]
+    assert h[0] != h[2]

@@ -1,0 +1,189 @@
+"""The local provider starts real processes; these tests talk to them over loopback."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from shanzhi.domain.errors import CloudUnavailable, InvalidInput
+from shanzhi.providers import InstanceRequest, load_provider
+from shanzhi.providers.local import LocalProvider, stop_all_under
+
+SERVE = ("python3", "-m", "http.server", "${PORT}", "--bind", "127.0.0.1")
+
+
+def provider(data_dir: Path, **opts: object) -> LocalProvider:
+    p = load_provider("local", "loc", LocalProvider.validate_options(opts), data_dir / "clouds" / "loc")
+    assert isinstance(p, LocalProvider)
+    return p
+
+
+def request(
+    name: str = "web-1", command: tuple[str, ...] = SERVE, env: dict[str, str] | None = None
+) -> InstanceRequest:
+    return InstanceRequest(
+        name=name,
+        app="hello",
+        component="web",
+        vdc="gz",
+        host="node-0",
+        cpu=100,
+        memory=2**26,
+        command=command,
+        env=env or {},
+        ports=(("http", 8080),),
+    )
+
+
+def pid_of(detail: str) -> int:
+    return int(detail.split()[1])
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def wait_until(cond, timeout: float = 10) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def get(endpoint: str) -> httpx.Response:
+    for _ in range(200):
+        try:
+            return httpx.get(f"http://{endpoint}/", timeout=1)
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    raise AssertionError(f"nothing answers on {endpoint}")
+
+
+def test_options_are_validated_and_defaulted() -> None:
+    opts = LocalProvider.validate_options({"cpu": "2", "memory": "1Gi", "hosts": 2})
+    assert (opts["cpu"], opts["memory"], opts["hosts"], opts["instances"]) == (2000, 2**30, 2, 50)
+    with pytest.raises(InvalidInput, match="unknown option 'gpus'"):
+        LocalProvider.validate_options({"gpus": 1})
+    with pytest.raises(InvalidInput, match="option hosts"):
+        LocalProvider.validate_options({"hosts": 0})
+
+
+def test_hosts_split_capacity(data_dir: Path) -> None:
+    hs = provider(data_dir, cpu=4, memory="4Gi", instances=10, hosts=2).hosts()
+    assert [(h.name, h.cpu, h.memory, h.max_instances) for h in hs] == [
+        ("node-0", 2000, 2 * 2**30, 5),
+        ("node-1", 2000, 2 * 2**30, 5),
+    ]
+
+
+def test_instance_is_a_real_process_serving_on_its_port(data_dir: Path) -> None:
+    p = provider(data_dir)
+    obs = p.create_instance(request(env={"GREETING": "port=${PORT}"}))
+    assert obs.state == "running" and obs.endpoint is not None
+    assert get(obs.endpoint).status_code == 200
+    workdir = data_dir / "clouds" / "loc" / "instances" / "web-1"
+    assert (workdir / "log").exists()
+    proc = psutil.Process(pid_of(obs.detail))
+    env = proc.environ()
+    assert env["GREETING"] == f"port={obs.ports['http']}"
+    assert env["SHANZHI_INSTANCE"] == "web-1"
+    assert proc.cwd() == str(workdir)
+    # its own session, and not our child: it outlives us and a signal to our group never reaches it
+    assert os.getpgid(proc.pid) != os.getpgid(0)
+    assert os.getsid(proc.pid) != os.getsid(0)
+    assert proc.ppid() != os.getpid()
+
+
+def test_create_is_idempotent_by_name(data_dir: Path) -> None:
+    p = provider(data_dir)
+    a = p.create_instance(request())
+    b = p.create_instance(request())
+    assert a.endpoint == b.endpoint and a.detail == b.detail
+    assert len(p.list_instances()) == 1
+
+
+def test_a_new_provider_object_adopts_running_processes(data_dir: Path) -> None:
+    a = provider(data_dir).create_instance(request())
+    (seen,) = provider(data_dir).list_instances()  # as after a restart of Shanzhi
+    assert (seen.name, seen.state, seen.endpoint, seen.detail) == ("web-1", "running", a.endpoint, a.detail)
+
+
+def test_exit_is_observed_and_delete_stops_the_process(data_dir: Path) -> None:
+    p = provider(data_dir)
+    obs = p.create_instance(request())
+    os.kill(pid_of(obs.detail), signal.SIGKILL)
+    assert wait_until(lambda: p.list_instances()[0].state == "exited")
+    second = p.create_instance(request())  # same name: restarts in place
+    assert second.state == "running" and second.detail != obs.detail
+    p.delete_instance("web-1")
+    assert p.list_instances() == []
+    assert gone(pid_of(second.detail))
+    p.delete_instance("web-1")  # idempotent
+
+
+def test_a_recycled_pid_is_not_mistaken_for_ours(data_dir: Path) -> None:
+    p = provider(data_dir)
+    p.create_instance(request())
+    state_file = data_dir / "clouds" / "loc" / "instances" / "web-1" / "state.json"
+    state = json.loads(state_file.read_text())
+    p.delete_instance("web-1")
+    state_file.parent.mkdir(parents=True)
+    state["pid"] = os.getpid()  # a live process, but not the one that was started
+    state_file.write_text(json.dumps(state))
+    (seen,) = p.list_instances()
+    assert seen.state == "exited"
+
+
+def test_the_start_gate_leaves_no_process_if_the_starter_dies(tmp_path: Path) -> None:
+    """Kill the parent between spawning and releasing the gate: the workload never runs."""
+    from shanzhi.providers.local import _GATE
+
+    marker = tmp_path / "ran"
+    code = (
+        "import subprocess, os\n"
+        f"p = subprocess.Popen(['/bin/sh', '-c', {_GATE!r}, 'sh', 'touch', {str(marker)!r}],"
+        " stdin=subprocess.PIPE, start_new_session=True)\n"
+        "print(p.pid, flush=True)\n"
+        "os._exit(0)\n"  # dies before writing 'go'
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert wait_until(lambda: gone(int(out.stdout)))
+    assert not marker.exists()
+
+
+def test_failure_injection_stops_processes_and_refuses_work(data_dir: Path) -> None:
+    p = provider(data_dir)
+    pid = pid_of(p.create_instance(request()).detail)
+    p.inject_failure()
+    assert not p.status().healthy
+    with pytest.raises(CloudUnavailable):
+        p.list_instances()
+    with pytest.raises(CloudUnavailable):
+        p.create_instance(request("web-2"))
+    assert gone(pid)
+    p.recover()
+    assert [o.state for o in p.list_instances()] == ["exited"]
+
+
+def test_a_component_without_a_command_is_refused(data_dir: Path) -> None:
+    with pytest.raises(InvalidInput, match=r"no run\.command"):
+        provider(data_dir).create_instance(request(command=()))
+
+
+def test_stop_all_under_stops_everything(data_dir: Path) -> None:
+    p = provider(data_dir)
+    pids = [pid_of(p.create_instance(request(f"w-{i}")).detail) for i in range(3)]
+    assert stop_all_under(data_dir / "clouds") == 3
+    assert all(gone(pid) for pid in pids)
