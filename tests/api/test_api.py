@@ -1,0 +1,202 @@
+"""The REST API: auth, problem documents, clouds, VDCs, apply, audit. Bad input changes nothing."""
+
+import stat
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from shanzhi.config import Settings
+from tests.api.conftest import hello
+
+PROBLEM = "application/problem+json"
+
+
+def snapshot(api: TestClient) -> dict[str, Any]:
+    """Everything a bad request must leave unchanged."""
+    return {
+        "clouds": api.get("/api/v1/clouds").json(),
+        "vdcs": api.get("/api/v1/vdcs").json(),
+        "apps": api.get("/api/v1/apps").json(),
+    }
+
+
+def problem(r: Any, status: int) -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith(PROBLEM)
+    body: dict[str, Any] = r.json()
+    assert body["status"] == status and body["title"] and body["detail"]
+    return body
+
+
+@pytest.fixture
+def world(api: TestClient) -> TestClient:
+    for name, site in (("city-a", "site-a"), ("city-b", "site-b")):
+        r = api.post(
+            "/api/v1/clouds",
+            json={"name": name, "kind": "local", "site": site, "region": "gz", "tags": {"level": "city"}},
+        )
+        assert r.status_code == 201, r.text
+    assert api.post("/api/v1/vdcs", json={"path": "gz", "quota": {"cpu": "4", "instances": 20}}).status_code == 201
+    assert api.post("/api/v1/vdcs", json={"path": "gz/health", "quota": {"cpu": "1"}}).status_code == 201
+    return api
+
+
+def test_token_file_is_private_and_required(settings: Settings, api: TestClient) -> None:
+    assert stat.S_IMODE(settings.token_file.stat().st_mode) == 0o600
+    anonymous = TestClient(api.app)
+    assert "Bearer" in problem(anonymous.get("/api/v1/clouds"), 401)["detail"]
+    wrong = anonymous.get("/api/v1/clouds", headers={"Authorization": "Bearer szt_nope"})
+    assert problem(wrong, 401)["detail"] == "invalid token"
+    assert anonymous.get("/healthz").json() == {"status": "ok"}
+
+
+def test_token_survives_restart(settings: Settings, api: TestClient) -> None:
+    from shanzhi.api import create_app
+
+    first = settings.token_file.read_text()
+    with TestClient(create_app(settings)) as again:
+        assert settings.token_file.read_text() == first
+        assert again.get("/api/v1/clouds", headers={"Authorization": f"Bearer {first.strip()}"}).status_code == 200
+
+
+def test_openapi_document(api: TestClient) -> None:
+    doc = api.get("/api/v1/openapi.json").json()
+    assert {"/api/v1/clouds", "/api/v1/apps", "/api/v1/vdcs", "/api/v1/instances", "/api/v1/events"} <= set(
+        doc["paths"]
+    )
+
+
+def test_cloud_lifecycle(world: TestClient) -> None:
+    clouds = {c["name"]: c for c in world.get("/api/v1/clouds").json()}
+    assert set(clouds) == {"city-a", "city-b"}
+    assert clouds["city-a"]["site"] == "site-a" and clouds["city-a"]["tags"] == {"level": "city"}
+    assert clouds["city-a"]["options"]["instances"] == 50  # defaults are filled in
+    assert world.delete("/api/v1/clouds/city-b").json() == {"name": "city-b", "outcome": "removed"}
+    problem(world.get("/api/v1/clouds/city-b"), 404)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "field"),
+    [
+        ({"name": "city-a", "kind": "local", "site": "s", "region": "r"}, 409, "name"),
+        ({"name": "x", "kind": "vmware", "site": "s", "region": "r"}, 422, "kind"),
+        ({"name": "x", "kind": "local", "site": "s", "region": "r", "options": {"gpus": 1}}, 422, "options.gpus"),
+        ({"name": "x", "kind": "local", "site": "s", "region": "r", "options": {"cpu": "lots"}}, 422, "options.cpu"),
+        ({"name": "Bad_Name", "kind": "local", "site": "s", "region": "r"}, 422, "name"),
+        ({"name": "x", "kind": "local", "site": "s", "region": "r", "colour": "red"}, 422, "colour"),
+        ({"name": "x", "kind": "local", "site": "s"}, 422, "region"),
+    ],
+)
+def test_bad_cloud_requests_name_the_problem_and_change_nothing(
+    world: TestClient, body: dict[str, Any], status: int, field: str
+) -> None:
+    before = snapshot(world)
+    assert problem(world.post("/api/v1/clouds", json=body), status)["field"] == field
+    assert snapshot(world) == before
+
+
+def test_vdc_tree_and_nested_quotas(world: TestClient) -> None:
+    body = problem(world.post("/api/v1/vdcs", json={"path": "gz/health/it", "quota": {"cpu": "2"}}), 422)
+    assert body["field"] == "quota.cpu" and "set by VDC gz/health" in body["detail"]
+    assert "--parents" in problem(world.post("/api/v1/vdcs", json={"path": "sz/a"}), 404)["detail"]
+    assert world.post("/api/v1/vdcs", json={"path": "sz/a/b", "parents": True}).status_code == 201
+    assert [v["path"] for v in world.get("/api/v1/vdcs").json()] == ["gz", "gz/health", "sz", "sz/a", "sz/a/b"]
+    low = problem(world.put("/api/v1/vdcs/gz/quota", json={"quota": {"cpu": "500m"}}), 422)
+    assert "already granted to VDC gz/health" in low["detail"]
+    ok = world.put("/api/v1/vdcs/gz/quota", json={"quota": {"cpu": "8"}})
+    assert ok.json()["quota"] == {"cpu": 8000, "memory": None, "instances": 20}
+    problem(world.delete("/api/v1/vdcs/gz"), 409)
+    problem(world.post("/api/v1/vdcs", json={"path": "gz"}), 409)
+    problem(world.post("/api/v1/vdcs", json={"path": "Bad Path"}), 422)
+    assert problem(world.post("/api/v1/vdcs", json={"path": "x", "quota": {"gpu": 1}}), 422)["field"] == "quota.gpu"
+
+
+def test_apply_is_idempotent_and_updates_bump_the_generation(world: TestClient) -> None:
+    r = world.post("/api/v1/apps", json=hello())
+    assert r.status_code == 201 and r.json()["outcome"] == "created"
+    assert r.json()["app"]["generation"] == 1
+    again = world.post("/api/v1/apps", json=hello())
+    assert again.status_code == 200 and again.json()["outcome"] == "unchanged"
+    assert again.json()["app"]["generation"] == 1
+    changed = world.post("/api/v1/apps", json=hello(replicas=5))
+    assert changed.json()["outcome"] == "configured" and changed.json()["app"]["generation"] == 2
+    got = world.get("/api/v1/apps/hello").json()
+    assert got["spec"]["spec"]["components"][0]["replicas"] == 5
+    assert got["components"] == [{"name": "web", "desired": 5, "ready": 0, "instances": 0}]
+
+
+def test_bad_specs_name_the_field_and_change_nothing(world: TestClient) -> None:
+    world.post("/api/v1/apps", json=hello())
+    before = snapshot(world)
+    bad = hello()
+    bad["spec"]["components"][0]["replica"] = 3
+    body = problem(world.post("/api/v1/apps", json=bad), 422)
+    assert body["field"] == "spec.components[0].replica"
+    assert {"field": "spec.components[0].replica", "message": "unknown field 'replica'"} in body["errors"]
+    problem(world.post("/api/v1/apps", json=[1, 2]), 422)
+    nowhere = hello()
+    nowhere["metadata"]["vdc"] = "gz/nowhere"
+    assert "gz/nowhere" in problem(world.post("/api/v1/apps", json=nowhere), 404)["detail"]
+    assert snapshot(world) == before
+
+
+def test_quota_is_checked_at_apply_naming_the_vdc_and_limit(world: TestClient) -> None:
+    world.post("/api/v1/apps", json=hello())  # 4 x 100m of gz/health's 1 cpu
+    before = snapshot(world)
+    body = problem(world.post("/api/v1/apps", json=hello(replicas=11)), 403)
+    assert (body["vdc"], body["resource"], body["limit"], body["requested"]) == ("gz/health", "cpu", 1000, 1100)
+    assert "set-quota" in body["detail"]
+    assert snapshot(world) == before
+    assert world.get("/api/v1/vdcs/gz").json()["usage"] == {"cpu": 400, "memory": 4 * 64 * 2**20, "instances": 4}
+
+
+def test_unknown_objects_are_404(world: TestClient) -> None:
+    for path in ("/api/v1/apps/nope", "/api/v1/clouds/nope", "/api/v1/vdcs/nope", "/api/v1/instances?app=nope"):
+        problem(world.get(path), 404)
+    problem(world.delete("/api/v1/apps/nope"), 404)
+
+
+def test_same_app_name_in_two_vdcs_needs_vdc(world: TestClient) -> None:
+    world.post("/api/v1/vdcs", json={"path": "gz/transport"})
+    world.post("/api/v1/apps", json=hello())
+    other = hello()
+    other["metadata"]["vdc"] = "gz/transport"
+    assert world.post("/api/v1/apps", json=other).status_code == 201
+    assert "pass --vdc" in problem(world.get("/api/v1/apps/hello"), 409)["detail"]
+    assert world.get("/api/v1/apps/hello", params={"vdc": "gz/transport"}).json()["vdc"] == "gz/transport"
+
+
+def test_delete_marks_the_app_and_reapply_waits(world: TestClient) -> None:
+    world.post("/api/v1/apps", json=hello())
+    r = world.delete("/api/v1/apps/hello")
+    assert r.status_code == 202 and r.json()["status"] == "Deleting"
+    problem(world.post("/api/v1/apps", json=hello()), 409)
+
+
+def test_every_mutating_request_is_audited(world: TestClient) -> None:
+    from sqlalchemy import select
+
+    from shanzhi.store.tables import AuditRecord
+
+    world.post("/api/v1/apps", json=hello())
+    world.post("/api/v1/apps", json={"bad": 1})
+    TestClient(world.app).delete("/api/v1/apps/hello")  # no token
+    db = world.app.state.db
+    with db.session() as s, s.begin():
+        rows = [(r.method, r.path, r.status, r.outcome, r.actor) for r in s.scalars(select(AuditRecord))]
+    admin = rows[0][4]
+    assert admin.startswith("admin@")
+    assert ("POST", "/api/v1/clouds", 201, "success", admin) in rows
+    assert ("POST", "/api/v1/apps", 201, "success", admin) in rows
+    assert ("POST", "/api/v1/apps", 422, "error", admin) in rows
+    assert ("DELETE", "/api/v1/apps/hello", 401, "denied", "anonymous") in rows
+    assert all(m != "GET" for m, *_ in rows)
+
+
+def test_events_record_what_happened(world: TestClient) -> None:
+    world.post("/api/v1/apps", json=hello())
+    reasons = [e["reason"] for e in world.get("/api/v1/events").json()]
+    assert reasons.count("CloudAdded") == 2 and "VdcCreated" in reasons and "AppApplied" in reasons
+    mine = world.get("/api/v1/events", params={"app": "hello"}).json()
+    assert {e["app"] for e in mine} == {"hello"}

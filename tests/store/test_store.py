@@ -1,0 +1,108 @@
+"""Migrations, the UTC column type and the leader lock, on SQLite and PostgreSQL."""
+
+import subprocess
+import sys
+import textwrap
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import inspect, select
+
+from shanzhi.store import Database, open_database
+from shanzhi.store.locks import LeaderLock
+from shanzhi.store.tables import Event, Site
+
+
+def test_migrations_create_every_table_and_rerun_cleanly(db: Database) -> None:
+    names = set(inspect(db.engine).get_table_names())
+    assert {"sites", "clouds", "hosts", "vdcs", "apps", "instances", "events", "audit", "tokens"} <= names
+    assert "alembic_version" in names
+    db.migrate()  # a second run is a no-op
+    with db.engine.connect() as c:
+        assert c.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0001"
+
+
+def test_datetimes_come_back_aware_and_in_utc(db: Database) -> None:
+    at = datetime(2026, 5, 1, 8, 0, tzinfo=timezone(timedelta(hours=8)))
+    with db.session() as s, s.begin():
+        s.add(Event(at=at, reason="R", object_kind="k", object_name="n", message="m"))
+    with db.session() as s, s.begin():
+        got = s.scalar(select(Event.at))
+    assert got == at and got is not None and got.tzinfo == UTC
+
+
+def test_naive_datetimes_are_refused(db: Database) -> None:
+    with pytest.raises(Exception, match="naive datetime"), db.session() as s, s.begin():
+        s.add(Site(name="x", created_at=datetime(2026, 1, 1)))  # noqa: DTZ001
+
+
+def test_a_failed_transaction_changes_nothing(db: Database) -> None:
+    with pytest.raises(RuntimeError), db.session() as s, s.begin():
+        s.add(Site(name="half"))
+        s.flush()
+        raise RuntimeError("boom")
+    with db.session() as s, s.begin():
+        assert s.scalar(select(Site).where(Site.name == "half")) is None
+
+
+def test_leader_lock_is_exclusive_within_and_across_processes(database_url: str) -> None:
+    a, b = open_database(database_url), open_database(database_url)
+    la, lb = LeaderLock(a), LeaderLock(b)
+    try:
+        assert la.try_acquire()
+        assert la.held()
+        assert not lb.try_acquire()
+        probe = textwrap.dedent(
+            f"""
+            from shanzhi.store import open_database
+            from shanzhi.store.locks import LeaderLock
+            print(LeaderLock(open_database({database_url!r})).try_acquire())
+            """
+        )
+        other = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+        assert other.stdout.strip() == "False"
+        la.release()
+        assert lb.try_acquire()
+    finally:
+        la.release()
+        lb.release()
+        a.dispose()
+        b.dispose()
+
+
+def test_a_killed_leader_frees_the_lock(database_url: str) -> None:
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from shanzhi.store import open_database\n"
+            "from shanzhi.store.locks import LeaderLock\n"
+            f"lock = LeaderLock(open_database({database_url!r}))\n"
+            "assert lock.try_acquire()\n"
+            "print('held', flush=True)\n"
+            "time.sleep(60)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        db = open_database(database_url)
+        lock = LeaderLock(db)
+        assert not lock.try_acquire()
+        holder.kill()
+        holder.wait()
+        import time
+
+        deadline = time.monotonic() + 10
+        while not lock.try_acquire():
+            assert time.monotonic() < deadline, "lock not freed after the holder died"
+            time.sleep(0.1)
+        lock.release()
+        db.dispose()
+    finally:
+        holder.kill()
+        holder.wait()
+        if holder.stdout:
+            holder.stdout.close()
