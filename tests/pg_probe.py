@@ -6,7 +6,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
-from pg import BASE_URL, pg_available  # noqa: E402
+from pg import BASE_URL, pg_available
 
 ok, why = pg_available()
 if ok:

@@ -40,7 +40,7 @@ def test_ancestors() -> None:
 def test_child_may_not_exceed_the_nearest_limit_above() -> None:
     quotas = {"gz": Quota(cpu=8000), "gz/health": Quota(memory=2**30)}
     check_child_quota("gz/health/it", Quota(cpu=8000, memory=2**30), quotas)
-    with pytest.raises(InvalidInput, match="set by VDC gz$"):
+    with pytest.raises(InvalidInput, match=r"set by VDC gz$"):
         check_child_quota("gz/health/it", Quota(cpu=9000), quotas)
     with pytest.raises(InvalidInput, match="set by VDC gz/health"):
         check_child_quota("gz/health/it", Quota(memory=2**31), quotas)

@@ -33,7 +33,7 @@ def test_datetimes_come_back_aware_and_in_utc(db: Database) -> None:
 
 def test_naive_datetimes_are_refused(db: Database) -> None:
     with pytest.raises(Exception, match="naive datetime"), db.session() as s, s.begin():
-        s.add(Site(name="x", created_at=datetime(2026, 1, 1)))  # noqa: DTZ001
+        s.add(Site(name="x", created_at=datetime(2026, 1, 1)))
 
 
 def test_a_failed_transaction_changes_nothing(db: Database) -> None:
