@@ -90,6 +90,7 @@ class InstanceOut(BaseModel):
     state: str
     endpoint: str | None
     reason: str
+    placement: str
     restarts: int
     created_at: datetime
     explain: dict[str, Any] | None = None

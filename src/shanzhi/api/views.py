@@ -76,6 +76,7 @@ def instance(r: Instance, explain: bool = False) -> schemas.InstanceOut:
         state=r.state,
         endpoint=r.endpoint,
         reason=r.reason,
+        placement=r.placement,
         restarts=r.restarts,
         created_at=r.created_at,
         explain=r.explain if explain else None,

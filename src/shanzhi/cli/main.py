@@ -362,9 +362,10 @@ def app_get(
     emit(a, output, APP_COLS)
     out.print()
     emit(a["instances"], output, INSTANCE_COLS)
-    out.print("\n[bold]Placement[/]")
+    out.print("\n[bold]Placement[/] (why each replica is where it is)")
     for i in a["instances"]:
-        out.print(f"  {i['name']}: {i['reason']}")
+        out.print(f"  {i['name']}: {i['placement']}")
+        out.print(f"      now {i['state']}: {i['reason']}")
         for cloud, why in (i.get("explain") or {}).get("excluded", {}).items():
             out.print(f"      {cloud}: excluded: {why}")
 

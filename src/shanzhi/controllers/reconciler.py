@@ -372,7 +372,8 @@ class Reconciler:
                     state="pending",
                 )
                 s.add(r)
-            changed = r.reason != d.reason
+            changed = r.placement != d.reason
+            r.placement = d.reason
             r.explain = d.explain
             if d.placed:
                 assert d.cloud is not None

@@ -131,7 +131,8 @@ class Instance(Base):
     # lost (cloud down) | terminating
     state: Mapped[str] = mapped_column(String(16), default="pending")
     endpoint: Mapped[str | None] = mapped_column(String(255))
-    reason: Mapped[str] = mapped_column(Text, default="")
+    reason: Mapped[str] = mapped_column(Text, default="")  # why it is in its current state
+    placement: Mapped[str] = mapped_column(Text, default="")  # why it is where it is (or unplaced)
     explain: Mapped[dict[str, Any]] = mapped_column(default=dict)
     restarts: Mapped[int] = mapped_column(default=0)
     state_changed_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -147,6 +147,7 @@ def upgrade() -> None:
         sa.Column("state", sa.String(length=16), nullable=False),
         sa.Column("endpoint", sa.String(length=255), nullable=True),
         sa.Column("reason", sa.Text(), nullable=False),
+        sa.Column("placement", sa.Text(), nullable=False),
         sa.Column("explain", sa.JSON(), nullable=False),
         sa.Column("restarts", sa.BigInteger(), nullable=False),
         sa.Column("state_changed_at", sa.DateTime(timezone=True), nullable=False),
