@@ -94,7 +94,13 @@ class Cli:
         if token is not None:
             env["SHANZHI_TOKEN"] = token
         return subprocess.run(
-            [sys.executable, "-m", "shanzhi", *args], capture_output=True, text=True, env=env, input=stdin, timeout=180
+            [sys.executable, "-m", "shanzhi", *args],
+            check=False,
+            capture_output=True,
+            text=True,
+            env=env,
+            input=stdin,
+            timeout=180,
         )
 
     def ok(self, *args: str) -> str:
