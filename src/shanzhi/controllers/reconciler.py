@@ -73,8 +73,7 @@ class Reconciler:
     # ----------------------------------------------------------------- pass
     def run_once(self) -> None:
         self._sync_clouds()
-        with self.db.session() as s, s.begin():
-            app_ids = list(s.scalars(select(App.id).order_by(App.id)))
+        app_ids = self._probe_all()
         for app_id in app_ids:
             try:
                 self._reconcile_app(app_id)
@@ -141,7 +140,6 @@ class Reconciler:
 
     # ----------------------------------------------------------------- apps
     def _reconcile_app(self, app_id: int) -> None:
-        self._probe_app(app_id)
         actions: list[_Action] = []
         with self.db.session() as s, s.begin():
             app = s.get(App, app_id)
@@ -169,23 +167,23 @@ class Reconciler:
                     actions += acts
         self._execute(actions)
 
-    def _probe_app(self, app_id: int) -> None:
-        """Run due health probes for the app's instances, outside any transaction."""
+    def _probe_all(self) -> list[int]:
+        """Run the due health probes of every app at once, outside any transaction.
+
+        Returns the ids of all apps, read in the same snapshot.
+        """
         with self.db.session() as s, s.begin():
-            app = s.get(App, app_id)
-            if app is None or app.deleting:
-                return
-            spec = AppSpec.model_validate(app.spec)
+            apps = {a.id: a for a in s.scalars(select(App).order_by(App.id))}
             rows = [
-                (r.name, r.component, r.cloud.name if r.cloud else None)
-                for r in s.scalars(select(Instance).where(Instance.app_id == app_id))
-                if r.state in PROBED_STATES
+                (r.name, r.app_id, r.component, r.cloud.name if r.cloud else None)
+                for r in s.scalars(select(Instance).where(Instance.state.in_(PROBED_STATES)))
             ]
-        comps = {c.name: c for c in spec.spec.components}
-        jobs = []
+            specs = {i: AppSpec.model_validate(a.spec) for i, a in apps.items() if not a.deleting}
         now = time.monotonic()
-        for name, comp_name, cloud in rows:
-            comp = comps.get(comp_name)
+        jobs = []
+        for name, app_id, comp_name, cloud in rows:
+            spec = specs.get(app_id)
+            comp = next((c for c in spec.spec.components if c.name == comp_name), None) if spec else None
             obs = (self._observed.get(cloud) or {}).get(name) if cloud else None
             if comp is None or comp.health is None or obs is None or obs.state != "running":
                 continue
@@ -197,6 +195,7 @@ class Reconciler:
             jobs.append((state, self._pool.submit(health.probe, comp.health, host, port)))
         for state, fut in jobs:
             health.update(state, fut.result())
+        return list(apps)
 
     def _set_state(self, s: Session, r: Instance, state: str, reason: str | None = None) -> None:
         if r.state != state:
@@ -440,12 +439,20 @@ class Reconciler:
 
     # -------------------------------------------------------------- actions
     def _execute(self, actions: Sequence[_Action]) -> None:
+        """Call the providers for what the pass decided, then record every outcome at once.
+
+        The intent is already committed, so a crash here loses nothing: the next pass
+        sees the same rows and repeats the (idempotent) calls.
+        """
+        if not actions:
+            return
+        with self.db.session() as s, s.begin():
+            refs = {c.name: _CloudRef(c.name, c.kind, dict(c.options)) for c in s.scalars(select(Cloud))}
+        outcomes: list[tuple[_Action, ObservedInstance | None, str | None]] = []
         for a in actions:
-            with self.db.session() as s, s.begin():
-                cloud = s.scalar(select(Cloud).where(Cloud.name == a.cloud))
-                if cloud is None:
-                    continue
-                ref = _CloudRef(cloud.name, cloud.kind, dict(cloud.options))
+            ref = refs.get(a.cloud)
+            if ref is None:
+                continue
             p = self._provider(ref)
             try:
                 observed = None
@@ -454,27 +461,32 @@ class Reconciler:
                 if a.kind in ("create", "restart"):
                     assert a.request is not None
                     observed = p.create_instance(a.request)
+                outcomes.append((a, observed, None))
             except (ShanzhiError, OSError, sqlite3.Error) as err:
-                with self.db.session() as s, s.begin():
-                    row = s.scalar(select(Instance).where(Instance.name == a.name))
+                outcomes.append((a, None, f"{a.kind} failed on cloud {a.cloud}: {err}"))
+        with self.db.session() as s, s.begin():
+            rows = {
+                r.name: r
+                for r in s.scalars(select(Instance).where(Instance.name.in_([a.name for a, _, _ in outcomes])))
+            }
+            for a, observed, error in outcomes:
+                row = rows.get(a.name)
+                if error is not None:
                     if row is not None:
-                        row.reason = f"{a.kind} failed on cloud {a.cloud}: {err}"
+                        row.reason = error
                     record_event(
                         s,
                         f"{a.kind.capitalize()}Failed",
                         "instance",
                         a.name,
-                        f"{a.kind} failed on cloud {a.cloud}: {err}",
+                        error,
                         warning=True,
                         app=row.app.name if row else None,
                         vdc=row.app.vdc.path if row else None,
                     )
-                continue
-            with self.db.session() as s, s.begin():
-                row = s.scalar(select(Instance).where(Instance.name == a.name))
-                if row is None:
+                elif row is None:
                     continue
-                if a.kind == "delete":
+                elif a.kind == "delete":
                     if row.state == "terminating":
                         s.delete(row)
                         self._probes.pop(a.name, None)

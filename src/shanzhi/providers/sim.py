@@ -9,6 +9,7 @@ restart of Shanzhi and is shared safely by two processes on one data directory.
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 import zlib
 from collections.abc import Iterator
@@ -53,23 +54,34 @@ class SimProvider(Provider):
     def __init__(self, name: str, options: dict[str, Any], state_dir: Path) -> None:
         super().__init__(name, options, state_dir)
         self._db_path = state_dir / "sim.sqlite3"
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+        self._hosts = frozenset(self._host_names())
+
+    def __del__(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self._db_path, timeout=30, isolation_level=None)
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.executescript(_SCHEMA)
+        """One transaction on the provider's own connection (opened once, shared by threads)."""
+        with self._lock:
+            if self._conn is None:
+                self.state_dir.mkdir(parents=True, exist_ok=True)
+                conn = sqlite3.connect(self._db_path, timeout=30, isolation_level=None, check_same_thread=False)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.executescript(_SCHEMA)
+                self._conn = conn
+            conn = self._conn
             conn.execute("BEGIN IMMEDIATE")
-            yield conn
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        finally:
-            conn.close()
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
 
     def _failures(self, conn: sqlite3.Connection) -> set[str]:
         return {row[0] for row in conn.execute("SELECT target FROM failures")}
@@ -116,7 +128,7 @@ class SimProvider(Provider):
         return [self._observe(n, h, c, int(p), failed) for n, h, c, p in rows]
 
     def create_instance(self, req: InstanceRequest) -> ObservedInstance:
-        if req.host not in set(self._host_names()):
+        if req.host not in self._hosts:
             raise InvalidInput(f"cloud {self.name} has no host {req.host!r}")
         with self._db() as conn:
             failed = self._failures(conn)
@@ -138,7 +150,7 @@ class SimProvider(Provider):
             conn.execute("DELETE FROM instances WHERE name = ?", (name,))
 
     def inject_failure(self, host: str | None = None) -> None:
-        if host is not None and host not in set(self._host_names()):
+        if host is not None and host not in self._hosts:
             raise InvalidInput(f"cloud {self.name} has no host {host!r}", field="host")
         with self._db() as conn:
             conn.execute("INSERT OR IGNORE INTO failures VALUES (?)", (host or _CLOUD,))
