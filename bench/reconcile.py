@@ -171,7 +171,7 @@ def main() -> None:
             v = r[key] * 1000 if key in ("idle_pass_s", "provider_listing_s") else r[key]
             row.append(fmt.format(v))
         table.add_row(*row)
-    Console().print(table)
+    Console(width=160).print(table)
     if args.output:
         args.output.write_text(
             json.dumps({"benchmark": "reconcile", "quick": args.quick, "results": results}, indent=2)
