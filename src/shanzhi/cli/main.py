@@ -81,7 +81,7 @@ def serve(
             f"  export SHANZHI_URL={url} SHANZHI_HOME={settings.data_dir}\n"
             "  shanzhi cloud list\n  shanzhi vdc list\n  shanzhi app get hello\n"
             "  shanzhi instance list --app hello      # then curl an endpoint\n"
-            "  shanzhi cloud fail city-a              # watch hello fail over to city-b\n"
+            "  shanzhi cloud fail city-a              # lose a site: hello fails over to city-b and city-c\n"
             "  shanzhi events --app hello\n"
             f"  API docs: {url}/api/v1/docs"
         )

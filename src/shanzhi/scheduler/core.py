@@ -175,8 +175,8 @@ def place(hosts: Sequence[HostState], req: Request, count: int) -> list[Decision
                 cloud=best.cloud,
                 site=best.site,
                 host=best.host,
-                reason=f"placed on {best.cloud}/{best.host}: {why}; {len(fitting)} feasible hosts in "
-                f"{len(ranked)} clouds",
+                reason=f"placed on {best.cloud}/{best.host}: {why}; {_count(len(fitting), 'feasible host')} in "
+                f"{_count(len(ranked), 'cloud')}",
                 explain={
                     "considered": clouds_considered,
                     "feasible": ranked,
@@ -186,6 +186,10 @@ def place(hosts: Sequence[HostState], req: Request, count: int) -> list[Decision
             )
         )
     return decisions
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _unplaced(reason: str, considered: list[str], reasons: dict[str, str]) -> Decision:
