@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    LargeBinary,
     DateTime,
     ForeignKey,
     Index,
@@ -174,4 +175,47 @@ class Token(Base):
     name: Mapped[str] = mapped_column(String(128))
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     role: Mapped[str] = mapped_column(String(32), default="admin")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class LedgerTile(Base):
+    """A C2SP tlog-tiles Merkle tile: up to 256 hashes of one level (partial while growing)."""
+
+    __tablename__ = "ledger_tiles"
+    level: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    idx: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class LedgerBundle(Base):
+    """Up to 256 entries, each prefixed by its big-endian uint16 length (a tlog-tiles bundle)."""
+
+    __tablename__ = "ledger_bundles"
+    idx: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class LedgerState(Base):
+    """The tree size and root, updated in the same transaction as the tiles."""
+
+    __tablename__ = "ledger_state"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    size: Mapped[int] = mapped_column()
+    root: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class LedgerCheckpoint(Base):
+    __tablename__ = "ledger_checkpoints"
+    size: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    note: Mapped[str] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class LedgerKey(Base):
+    """Public keys the ledger trusts: departments that submit entries, the log, witnesses."""
+
+    __tablename__ = "ledger_keys"
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16))  # department | log | witness
+    vkey: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
