@@ -142,11 +142,8 @@ class Log:
         """`count` hashes of a level from `start`; partial tiles of a tree of `size` come from memory."""
         idx, off = divmod(start, TILE)
         mine = partial.get(level)
-        data: bytes | bytearray
-        if mine is not None and idx == size // TILE ** (level + 1):
-            data = mine
-        else:
-            data = self._read_tile(conn, level, idx)
+        current = mine is not None and idx == size // TILE ** (level + 1)
+        data: bytes | bytearray = mine if current and mine is not None else self._read_tile(conn, level, idx)
         got = data[32 * off : 32 * (off + count)]
         if len(got) != 32 * count:
             raise LedgerError(f"tile {level}/{idx} lacks hashes {off}..{off + count - 1}")

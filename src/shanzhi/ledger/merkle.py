@@ -115,7 +115,7 @@ def consistency_proof(old: int, new: int, mth: Callable[[int, int], bytes]) -> l
     """RFC 6962 PROOF(old, D[0:new]) using `mth` for subtree hashes."""
     if not 0 <= old <= new:
         raise ValueError(f"no consistency proof from size {old} to size {new}")
-    if old == 0 or old == new:
+    if old in (0, new):
         return []
     proof: list[bytes] = []
     start, end, complete = 0, new, True

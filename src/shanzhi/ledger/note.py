@@ -55,7 +55,7 @@ class Verifier:
 
     @classmethod
     def decode(cls, vkey: str) -> Verifier:
-        parts = vkey.strip().split("+")
+        parts = vkey.strip().split("+", 2)
         if len(parts) != 3:
             raise NoteError(f"malformed verifier key {vkey!r}")
         name, hexid, raw = parts
@@ -104,7 +104,7 @@ class Signer:
 
     @classmethod
     def decode(cls, skey: str) -> Signer:
-        parts = skey.strip().split("+")
+        parts = skey.strip().split("+", 4)
         if len(parts) != 5 or parts[:2] != ["PRIVATE", "KEY"]:
             raise NoteError("malformed signer key (expected PRIVATE+KEY+name+id+key)")
         blob = base64.b64decode(parts[4])

@@ -1,0 +1,249 @@
+"""The running ledger of one server: submissions, batching, checkpoints and witnesses.
+
+- `submit` checks each entry (registered submitter key, signature, canonical form, type,
+  links to existing entries with matching leaf hashes) and hands it to the sequencer, which
+  appends everything waiting in one transaction and acknowledges only after the commit.
+- The publisher signs a checkpoint whenever the tree has grown (at most every `interval`
+  seconds), asks the witnesses to cosign it (C2SP tlog-witness) and publishes it only with
+  `quorum` cosignatures. Only the holder of the "ledger" leader lock publishes.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import httpx
+from sqlalchemy import select, text
+
+from shanzhi.ledger.checkpoint import Checkpoint
+from shanzhi.ledger.entries import EntryError, Envelope, make_entry, open_entry
+from shanzhi.ledger.log import Log
+from shanzhi.ledger.merkle import leaf_hash
+from shanzhi.ledger.note import NoteError, Signer, Verifier, sign, verify
+from shanzhi.store import Database
+from shanzhi.store.locks import LeaderLock
+from shanzhi.store.tables import LedgerCheckpoint, LedgerKey
+
+log = logging.getLogger("shanzhi.ledger")
+
+
+@dataclass(frozen=True)
+class Witness:
+    url: str
+    verifier: Verifier
+
+
+@dataclass
+class _Pending:
+    entries: list[bytes]
+    done: Future[int] = field(default_factory=Future)
+
+
+class Ledger:
+    def __init__(
+        self,
+        db: Database,
+        signer: Signer,
+        platform: Signer | None = None,
+        witnesses: Sequence[Witness] = (),
+        quorum: int = 0,
+        interval: float = 0.25,
+    ) -> None:
+        if quorum > len(witnesses):
+            raise ValueError(f"quorum {quorum} is larger than the {len(witnesses)} witnesses configured")
+        self.db = db
+        self.log = Log(db)
+        self.signer = signer
+        self.platform = platform
+        self.origin = signer.name
+        self.witnesses = list(witnesses)
+        self.quorum = quorum
+        self.interval = interval
+        self._keys: dict[str, Verifier] = {}
+        self._queue: list[_Pending] = []
+        self._queue_cv = threading.Condition()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._witness_size: dict[str, int] = {}
+        self._pool = ThreadPoolExecutor(max_workers=max(1, len(witnesses)), thread_name_prefix="witness")
+        self._http = httpx.Client(timeout=5)
+        self._lock = LeaderLock(db, "ledger")
+        self.register_key(signer.name, signer.verifier.encode(), "log")
+        if platform is not None:
+            self.register_key(platform.name, platform.verifier.encode(), "department")
+
+    # -------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        for target, name in ((self._sequence, "ledger-sequencer"), (self._publish_loop, "ledger-publisher")):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._queue_cv:
+            self._queue_cv.notify_all()
+        for t in self._threads:
+            t.join(timeout=10)
+        self._lock.release()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._http.close()
+
+    # ----------------------------------------------------------------- keys
+    def register_key(self, name: str, vkey: str, role: str) -> Verifier:
+        v = Verifier.decode(vkey)
+        if v.name != name:
+            raise NoteError(f"the key is for {v.name!r}, not {name!r}")
+        with self.db.session() as s, s.begin():
+            row = s.get(LedgerKey, name)
+            if row is not None and row.vkey != vkey:
+                raise NoteError(f"{name} already has a different key; keys are never replaced silently")
+            if row is None:
+                s.add(LedgerKey(name=name, role=role, vkey=vkey))
+        self._keys[name] = v
+        return v
+
+    def keys(self) -> dict[str, Verifier]:
+        with self.db.session() as s, s.begin():
+            rows = list(s.scalars(select(LedgerKey).where(LedgerKey.role == "department")))
+        self._keys.update({r.name: Verifier.decode(r.vkey) for r in rows})
+        return dict(self._keys)
+
+    # ----------------------------------------------------------- submission
+    def check(self, data: bytes) -> Envelope:
+        keys = self._keys
+        try:
+            env = open_entry(data, keys)
+        except EntryError as err:
+            if "has no registered key" not in str(err):
+                raise
+            env = open_entry(data, self.keys())  # a key registered by another server
+        size = self.log.refresh()
+        for link in env.links:
+            if link.index >= size:
+                raise EntryError(f"link {link.rel} points at entry {link.index}, beyond the log's {size}")
+            if base64.b64encode(leaf_hash(self.log.entry(link.index))).decode() != link.leaf:
+                raise EntryError(f"link {link.rel} to entry {link.index}: leaf hash does not match")
+        return env
+
+    def submit(self, entries: Sequence[bytes], timeout: float = 30) -> list[tuple[int, bytes]]:
+        """Check and durably append; returns (index, leaf hash) per entry. All or nothing."""
+        for e in entries:
+            self.check(e)
+        return self.append_checked(entries, timeout)
+
+    def append_checked(self, entries: Sequence[bytes], timeout: float = 30) -> list[tuple[int, bytes]]:
+        if not self._threads:  # no sequencer running: append directly
+            first = self.log.append(entries)
+        else:
+            p = _Pending(list(entries))
+            with self._queue_cv:
+                self._queue.append(p)
+                self._queue_cv.notify()
+            first = p.done.result(timeout)
+        return [(first + i, leaf_hash(e)) for i, e in enumerate(entries)]
+
+    def record(self, type_: str, subject: str, body: dict[str, object]) -> tuple[int, bytes]:
+        """Append an entry signed by the platform's own key (the audit trail uses this)."""
+        if self.platform is None:
+            raise EntryError("this ledger has no platform key")
+        return self.append_checked([make_entry(self.platform, type_, subject, body)])[0]
+
+    def _sequence(self) -> None:
+        while not self._stop.is_set():
+            with self._queue_cv:
+                while not self._queue and not self._stop.is_set():
+                    self._queue_cv.wait(0.5)
+                batch, self._queue = self._queue, []
+            if not batch:
+                continue
+            try:
+                first = self.log.append([e for p in batch for e in p.entries])
+            except Exception as err:
+                for p in batch:
+                    p.done.set_exception(err)
+                continue
+            for p in batch:
+                p.done.set_result(first)
+                first += len(p.entries)
+
+    # ---------------------------------------------------------- checkpoints
+    def latest_checkpoint(self) -> str | None:
+        with self.db.session() as s, s.begin():
+            row = s.scalar(select(LedgerCheckpoint).order_by(LedgerCheckpoint.size.desc()).limit(1))
+            return row.note if row else None
+
+    def checkpoints(self, since: int = 0, limit: int = 1000) -> list[tuple[int, str]]:
+        with self.db.session() as s, s.begin():
+            rows = s.scalars(
+                select(LedgerCheckpoint)
+                .where(LedgerCheckpoint.size >= since)
+                .order_by(LedgerCheckpoint.size)
+                .limit(limit)
+            )
+            return [(r.size, r.note) for r in rows]
+
+    def publish(self) -> str | None:
+        """Sign, get cosigned and store a checkpoint of the current tree (if it grew)."""
+        size = self.log.refresh()
+        with self.db.engine.connect() as c:
+            last = c.execute(text("SELECT max(size) FROM ledger_checkpoints")).scalar()
+        if last is not None and int(last) >= size:
+            return None
+        cp = Checkpoint(self.origin, size, self.log.root_at(size))
+        note = sign(cp.body(), self.signer)
+        cosigs = [line for line in self._pool.map(lambda w: self._cosign(w, cp, note), self.witnesses) if line]
+        if len(cosigs) < self.quorum:
+            log.warning("checkpoint %d not published: %d of %d cosignatures", size, len(cosigs), self.quorum)
+            return None
+        full = note + "".join(cosigs)
+        with self.db.session() as s, s.begin():
+            if s.get(LedgerCheckpoint, size) is None:
+                s.add(LedgerCheckpoint(size=size, note=full))
+        return full
+
+    def _cosign(self, w: Witness, cp: Checkpoint, note: str) -> str | None:
+        old = self._witness_size.get(w.url, 0)
+        for _ in range(3):
+            proof = self.log.consistency_proof(old, cp.size) if 0 < old < cp.size else []
+            body = f"old {old}\n" + "".join(base64.b64encode(p).decode() + "\n" for p in proof) + "\n" + note
+            try:
+                r = self._http.post(f"{w.url.rstrip('/')}/add-checkpoint", content=body.encode())
+            except httpx.HTTPError as err:
+                log.warning("witness %s unreachable: %s", w.url, err)
+                return None
+            if r.status_code == 409 and r.headers.get("content-type", "").startswith("text/x.tlog.size"):
+                old = int(r.text.strip())
+                if old > cp.size:
+                    log.error("witness %s has seen size %d, beyond ours %d: rollback or fork?", w.url, old, cp.size)
+                    return None
+                continue
+            if r.status_code != 200:
+                log.warning("witness %s refused checkpoint %d: %s %s", w.url, cp.size, r.status_code, r.text.strip())
+                return None
+            for line in r.text.splitlines(keepends=True):
+                try:
+                    verify(note + line, w.verifier)
+                except NoteError:
+                    continue
+                self._witness_size[w.url] = cp.size
+                return line
+            log.warning("witness %s answered without a valid cosignature", w.url)
+            return None
+        return None
+
+    def _publish_loop(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                if self._lock.try_acquire():
+                    self.publish()
+            except Exception:
+                log.exception("publishing a checkpoint failed; retrying")
+            self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
