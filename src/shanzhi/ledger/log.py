@@ -16,6 +16,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Connection, text
 
@@ -87,7 +88,7 @@ class Log:
         self._grown = threading.Condition()
         self._cache: OrderedDict[tuple[int, int], bytes] = OrderedDict()
         self._cache_max = cache_tiles
-        with db.engine.connect() as conn:
+        with db.reader.connect() as conn:
             self._edge = self._load(conn)
 
     # ------------------------------------------------------------ state
@@ -167,12 +168,10 @@ class Log:
             return self.size
         with self._lock:
             with self.db.engine.begin() as conn:
-                if self.db.is_sqlite:
-                    row = conn.execute(text("SELECT size FROM ledger_state WHERE id = 1")).first()
-                else:
-                    row = conn.execute(text("SELECT size FROM ledger_state WHERE id = 1 FOR UPDATE")).first()
-                if (int(row[0]) if row else 0) != self.size:
-                    self._edge = self._load(conn)  # another writer appended
+                lock = "" if self.db.is_sqlite else " FOR UPDATE"
+                row = conn.execute(text("SELECT size, root FROM ledger_state WHERE id = 1" + lock)).first()
+                if not self._matches(row):
+                    self._edge = self._load(conn)  # another writer appended (or the store was changed)
                 edge = self._edge.copy()
                 first = edge.range.size
                 tiles_out: dict[tuple[int, int], bytes] = {}
@@ -209,11 +208,16 @@ class Log:
             self._grown.notify_all()
         return first
 
+    def _matches(self, row: Any) -> bool:
+        if row is None:
+            return self.size == 0
+        return int(row[0]) == self.size and bytes(row[1]) == self.root()
+
     def refresh(self) -> int:
         """Pick up entries appended by another process; returns the size."""
-        with self._lock, self.db.engine.connect() as conn:
-            row = conn.execute(text("SELECT size FROM ledger_state WHERE id = 1")).first()
-            if (int(row[0]) if row else 0) != self.size:
+        with self._lock, self.db.reader.connect() as conn:
+            row = conn.execute(text("SELECT size, root FROM ledger_state WHERE id = 1")).first()
+            if not self._matches(row):
                 self._edge = self._load(conn)
         return self.size
 
@@ -228,7 +232,7 @@ class Log:
         """Merkle Tree Hash of leaves [start, end) (end <= size)."""
         if end > self.size:
             raise LedgerError(f"the log has only {self.size} entries")
-        with self.db.engine.connect() as conn:
+        with self.db.reader.connect() as conn:
             return self._mth(conn, start, end, self._edge)
 
     def _mth(self, conn: Connection, start: int, end: int, edge: _Edge) -> bytes:
@@ -248,7 +252,7 @@ class Log:
         if size > self.size:
             raise LedgerError(f"the log has only {self.size} entries")
         edge = self._edge
-        with self.db.engine.connect() as conn:
+        with self.db.reader.connect() as conn:
             return inclusion_proof(index, size, lambda a, b: self._mth(conn, a, b, edge))
 
     def consistency_proof(self, old: int, new: int | None = None) -> list[bytes]:
@@ -256,12 +260,12 @@ class Log:
         if new > self.size:
             raise LedgerError(f"the log has only {self.size} entries")
         edge = self._edge
-        with self.db.engine.connect() as conn:
+        with self.db.reader.connect() as conn:
             return consistency_proof(old, new, lambda a, b: self._mth(conn, a, b, edge))
 
     def tile(self, level: int, idx: int, width: int | None = None) -> bytes | None:
         """A tile as tlog-tiles serves it (None if it does not exist at that width)."""
-        with self.db.engine.connect() as conn:
+        with self.db.reader.connect() as conn:
             data = self._read_tile(conn, level, idx)
         want = TILE if width is None else width
         if not 1 <= want <= TILE or len(data) < 32 * want:
@@ -269,7 +273,7 @@ class Log:
         return data[: 32 * want]
 
     def bundle(self, idx: int, width: int | None = None) -> bytes | None:
-        with self.db.engine.connect() as conn:
+        with self.db.reader.connect() as conn:
             row = conn.execute(text("SELECT data FROM ledger_bundles WHERE idx = :i"), {"i": idx}).first()
         if row is None:
             return None
@@ -285,7 +289,7 @@ class Log:
         out: list[bytes] = []
         if start >= end:
             return out
-        with self.db.engine.connect() as conn:
+        with self.db.reader.connect() as conn:
             rows = conn.execute(
                 text("SELECT idx, data FROM ledger_bundles WHERE idx >= :a AND idx <= :b ORDER BY idx"),
                 {"a": start // TILE, "b": (end - 1) // TILE},

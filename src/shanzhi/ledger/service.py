@@ -54,6 +54,7 @@ class Ledger:
         witnesses: Sequence[Witness] = (),
         quorum: int = 0,
         interval: float = 0.25,
+        http: httpx.Client | None = None,
     ) -> None:
         if quorum > len(witnesses):
             raise ValueError(f"quorum {quorum} is larger than the {len(witnesses)} witnesses configured")
@@ -72,7 +73,7 @@ class Ledger:
         self._threads: list[threading.Thread] = []
         self._witness_size: dict[str, int] = {}
         self._pool = ThreadPoolExecutor(max_workers=max(1, len(witnesses)), thread_name_prefix="witness")
-        self._http = httpx.Client(timeout=5)
+        self._http = http or httpx.Client(timeout=5)
         self._lock = LeaderLock(db, "ledger")
         self.register_key(signer.name, signer.verifier.encode(), "log")
         if platform is not None:

@@ -70,38 +70,40 @@ class DatabaseSource:
         self.db = db
 
     def head(self) -> int | None:
-        with self.db.engine.connect() as c:
+        with self.db.reader.connect() as c:
             row = c.execute(text("SELECT size FROM ledger_state WHERE id = 1")).first()
         return int(row[0]) if row else None
 
     def bundle(self, idx: int) -> bytes | None:
-        with self.db.engine.connect() as c:
+        with self.db.reader.connect() as c:
             row = c.execute(text("SELECT data FROM ledger_bundles WHERE idx = :i"), {"i": idx}).first()
         return bytes(row[0]) if row else None
 
-    def bundles(self, start: int, end: int) -> Iterator[tuple[int, bytes]]:
-        with self.db.engine.connect() as c:
-            rows = c.execution_options(stream_results=True).execute(
-                text("SELECT idx, data FROM ledger_bundles WHERE idx >= :a AND idx < :b ORDER BY idx"),
-                {"a": start, "b": end},
-            )
+    def bundles(self, start: int, end: int, chunk: int = 256) -> Iterator[tuple[int, bytes]]:
+        """Bundles in order, read `chunk` at a time (no cursor stays open between reads)."""
+        for a in range(start, end, chunk):
+            with self.db.reader.connect() as c:
+                rows = c.execute(
+                    text("SELECT idx, data FROM ledger_bundles WHERE idx >= :a AND idx < :b ORDER BY idx"),
+                    {"a": a, "b": min(a + chunk, end)},
+                ).all()
             for idx, data in rows:
                 yield int(idx), bytes(data)
 
     def tile(self, level: int, idx: int) -> bytes | None:
-        with self.db.engine.connect() as c:
+        with self.db.reader.connect() as c:
             row = c.execute(
                 text("SELECT data FROM ledger_tiles WHERE level = :l AND idx = :i"), {"l": level, "i": idx}
             ).first()
         return bytes(row[0]) if row else None
 
     def tiles(self, level: int) -> dict[int, bytes]:
-        with self.db.engine.connect() as c:
+        with self.db.reader.connect() as c:
             rows = c.execute(text("SELECT idx, data FROM ledger_tiles WHERE level = :l"), {"l": level})
             return {int(i): bytes(d) for i, d in rows}
 
     def checkpoints(self) -> list[str]:
-        with self.db.engine.connect() as c:
+        with self.db.reader.connect() as c:
             return [str(r[0]) for r in c.execute(text("SELECT note FROM ledger_checkpoints ORDER BY size"))]
 
 
@@ -245,8 +247,6 @@ def _verify(
             entries = split_bundle(data)
         except LedgerError:
             raise _Fail(f"bundle {idx} (entries {start}..) is truncated or corrupt") from None
-        if len(entries) < count:
-            raise _Fail(f"entry {start + len(entries)} is missing (bundle {idx} holds {len(entries)} of {count})")
         entries = entries[:count]
         hashes = [leaf_hash(e) for e in entries]
         stored = source.tile(0, idx) or b""
@@ -256,6 +256,8 @@ def _verify(
             raise _Fail(
                 f"entry {start + first} does not match its leaf hash in tile 0/{idx}: it was changed, removed or moved"
             )
+        if len(entries) < count:
+            raise _Fail(f"entry {start + len(entries)} is missing (bundle {idx} holds {len(entries)} of {count})")
         if dept is not None:
             for i, e in enumerate(entries):
                 try:
@@ -277,7 +279,7 @@ def _verify(
         if upper[level]:
             check_upper(level, (cr.size // TILE**level) // TILE, True)
     if isinstance(source, DatabaseSource):
-        with source.db.engine.connect() as c:
+        with source.db.reader.connect() as c:
             row = c.execute(text("SELECT size, root FROM ledger_state WHERE id = 1")).first()
         if row is not None and (int(row[0]) != cr.size or bytes(row[1]) != cr.root()):
             raise _Fail("the stored tree head does not match the entries")

@@ -16,6 +16,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
+
 from shanzhi.ledger.checkpoint import Checkpoint
 from shanzhi.ledger.merkle import ProofError, verify_consistency
 from shanzhi.ledger.note import NoteError, Signer, Verifier, verify
@@ -115,3 +117,21 @@ class WitnessState:
                 conn.execute("ROLLBACK")
             raise
         return Answer(200, self.signer.cosign_line(text))  # over the exact note text, extensions included
+
+
+def transport(states: dict[str, WitnessState]) -> httpx.MockTransport:
+    """An httpx transport that hands requests for `<url>/add-checkpoint` to in-process witnesses.
+
+    For tests and single-machine drills: the witness logic is the real one, only the
+    network hop is skipped (as httpx ships its own fake transport for the same purpose).
+    """
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        base = str(request.url).removesuffix("/add-checkpoint")
+        state = states.get(base)
+        if state is None or request.method != "POST":
+            return httpx.Response(404, text="no such witness\n")
+        a = state.add_checkpoint(request.content.decode())
+        return httpx.Response(a.status, text=a.body, headers={"content-type": a.content_type})
+
+    return httpx.MockTransport(handle)

@@ -24,7 +24,7 @@ def sqlite_url(data_dir: Path) -> str:
     return f"sqlite+pysqlite:///{data_dir / 'shanzhi.db'}"
 
 
-def _sqlite_setup(engine: Engine) -> None:
+def _sqlite_setup(engine: Engine, begin: str = "BEGIN IMMEDIATE") -> None:
     @event.listens_for(engine, "connect")
     def _connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
@@ -37,7 +37,7 @@ def _sqlite_setup(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        conn.exec_driver_sql(begin)
 
 
 @dataclass
@@ -45,6 +45,18 @@ class Database:
     url: str
     engine: Engine
     sessions: sessionmaker[Session]
+    _reader: Engine | None = None
+
+    @property
+    def reader(self) -> Engine:
+        """An engine for read-only work. On SQLite its transactions begin deferred: they read
+        a WAL snapshot and never wait for, or block, a writer. Elsewhere it is `engine`."""
+        if not self.is_sqlite:
+            return self.engine
+        if self._reader is None:
+            self._reader = create_engine(self.url, connect_args={"timeout": 30, "check_same_thread": False})
+            _sqlite_setup(self._reader, "BEGIN")
+        return self._reader
 
     @property
     def is_sqlite(self) -> bool:
@@ -72,6 +84,8 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        if self._reader is not None:
+            self._reader.dispose()
 
 
 def open_database(url: str) -> Database:
