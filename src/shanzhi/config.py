@@ -27,6 +27,10 @@ class Settings:
     controller: bool = True
     interval: float = 1.0
     failover_grace: float = 3.0
+    ledger: bool = True
+    ledger_origin: str = "shanzhi.local/ledger"
+    witnesses: tuple[tuple[str, str], ...] = ()  # (url, verifier key)
+    witness_quorum: int | None = None  # default: a majority of the witnesses
 
     @classmethod
     def build(

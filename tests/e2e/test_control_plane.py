@@ -33,8 +33,25 @@ def server(data_dir: Path, database_url: str) -> Iterator[Server]:
 
 def setup_world(cli: Cli) -> None:
     cli.ok("cloud", "add", "city-a", "--kind", "local", "--site", "huangpu", "--region", "gz", "--tag", "level=city")
-    cli.ok("cloud", "add", "city-b", "--kind", "local", "--site", "nansha", "--region", "gz", "--tag", "level=city",
-           "--option", "cpu=2", "--option", "memory=2Gi", "--option", "instances=20")  # fmt: skip
+    cli.ok(
+        "cloud",
+        "add",
+        "city-b",
+        "--kind",
+        "local",
+        "--site",
+        "nansha",
+        "--region",
+        "gz",
+        "--tag",
+        "level=city",
+        "--option",
+        "cpu=2",
+        "--option",
+        "memory=2Gi",
+        "--option",
+        "instances=20",
+    )
     cli.ok("vdc", "create", "gz", "--quota", "cpu=8,memory=16Gi,instances=100")
     cli.ok("vdc", "create", "gz/health", "--quota", "cpu=2,memory=4Gi,instances=10")
 
@@ -113,8 +130,16 @@ def test_the_cli_reports_an_unreachable_server(tmp_path: Path) -> None:
 def test_every_command_takes_json_output(server: Server) -> None:
     cli = Cli(server)
     setup_world(cli)
-    for args in (["cloud", "list"], ["cloud", "get", "city-a"], ["vdc", "list"], ["vdc", "get", "gz"], ["app", "list"],
-                 ["instance", "list"], ["events"], ["status"]):  # fmt: skip
+    for args in (
+        ["cloud", "list"],
+        ["cloud", "get", "city-a"],
+        ["vdc", "list"],
+        ["vdc", "get", "gz"],
+        ["app", "list"],
+        ["instance", "list"],
+        ["events"],
+        ["status"],
+    ):
         json.loads(cli.ok(*args, "-o", "json"))
 
 
@@ -218,9 +243,11 @@ def test_concurrent_applies_never_oversubscribe_a_quota(server: Server) -> None:
             "apiVersion": "shanzhi.io/v1",
             "kind": "App",
             "metadata": {"name": f"r{i}", "vdc": "gz/race"},
-            "spec": {"components": [{"name": "c", "replicas": 1, "resources": {"cpu": "100m"}, "image": "x"}],
-                     "placement": {"clouds": {"names": ["none"]}}},
-        }  # fmt: skip
+            "spec": {
+                "components": [{"name": "c", "replicas": 1, "resources": {"cpu": "100m"}, "image": "x"}],
+                "placement": {"clouds": {"names": ["none"]}},
+            },
+        }
         r = httpx.post(f"{server.url}/api/v1/apps", json=doc, headers={"Authorization": f"Bearer {token}"}, timeout=60)
         results.append(r.status_code)
 

@@ -41,17 +41,29 @@ def test_links_must_point_at_real_entries(ledger: Ledger) -> None:
     resp = make_entry(DEPT, "responsibility", "resp/health-01", {"code": "health-01", "title": "Clinic licensing"})
     [(i, h)] = ledger.submit([resp])
     cat = make_entry(
-        DEPT, "catalog", "catalog/clinics",
+        DEPT,
+        "catalog",
+        "catalog/clinics",
         {"code": "clinics", "version": 1, "name": "Clinics", "provider": "gz/health", "share_type": "unconditional"},
         links=[("responsibility", i, h)],
-    )  # fmt: skip
+    )
     assert ledger.submit([cat])[0][0] == i + 1
     with pytest.raises(EntryError, match="beyond the log"):
-        ledger.submit([make_entry(DEPT, "access", "c", {"catalog": "c", "consumer": "x", "records": 1},
-                                  links=[("grant", 99, h)])])  # fmt: skip
+        ledger.submit(
+            [make_entry(DEPT, "access", "c", {"catalog": "c", "consumer": "x", "records": 1}, links=[("grant", 99, h)])]
+        )
     with pytest.raises(EntryError, match="leaf hash does not match"):
-        ledger.submit([make_entry(DEPT, "access", "c", {"catalog": "c", "consumer": "x", "records": 1},
-                                  links=[("grant", i, bytes(32))])])  # fmt: skip
+        ledger.submit(
+            [
+                make_entry(
+                    DEPT,
+                    "access",
+                    "c",
+                    {"catalog": "c", "consumer": "x", "records": 1},
+                    links=[("grant", i, bytes(32))],
+                )
+            ]
+        )
     assert ledger.log.size == 2  # refused submissions appended nothing
 
 
@@ -73,8 +85,9 @@ def test_checkpoints_carry_quorum_cosignatures(ledger: Ledger) -> None:
 
 
 def test_the_platform_audit_trail_writes_signed_entries(ledger: Ledger) -> None:
-    idx, _ = ledger.record("audit", "api/apps", {"actor": "admin", "action": "POST /api/v1/apps", "target": "hello",
-                                                 "outcome": "success"})  # fmt: skip
+    idx, _ = ledger.record(
+        "audit", "api/apps", {"actor": "admin", "action": "POST /api/v1/apps", "target": "hello", "outcome": "success"}
+    )
     assert idx == 0 and b'"type":"audit"' in ledger.log.entry(0)
 
 
@@ -165,8 +178,10 @@ def test_an_operator_rewrite_with_recomputed_tiles_fails_on_witnesses(ledger: Le
     forged_log.append(entries)
     with db.engine.begin() as c:
         body = Checkpoint(LOG_KEY.name, 300, forged_log.root()).body()
-        c.execute(text("INSERT INTO ledger_checkpoints (size, note, at) VALUES (300, :n, CURRENT_TIMESTAMP)"),
-                  {"n": sign(body, LOG_KEY)})  # fmt: skip
+        c.execute(
+            text("INSERT INTO ledger_checkpoints (size, note, at) VALUES (300, :n, CURRENT_TIMESTAMP)"),
+            {"n": sign(body, LOG_KEY)},
+        )
     r = check(ledger)
     assert not r.ok and "0 witness cosignatures, 2 required" in r.problem  # type: ignore[attr-defined]
     # and the witnesses themselves refuse to cosign the rewritten history

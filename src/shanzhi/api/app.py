@@ -13,12 +13,31 @@ from shanzhi.api import audit, errors
 from shanzhi.api.auth import ensure_admin_token, require_token
 from shanzhi.api.deps import Runtime
 from shanzhi.api.routes import apps, clouds, observe, vdcs
+from shanzhi.api.routes import ledger as ledger_routes
 from shanzhi.config import Settings
 from shanzhi.controllers import ControllerManager, Fleet
+from shanzhi.ledger.keys import load_or_create
+from shanzhi.ledger.note import Verifier
+from shanzhi.ledger.service import Ledger, Witness
 from shanzhi.services.demo import seed_demo
-from shanzhi.store import open_database
+from shanzhi.store import Database, open_database
 
 log = logging.getLogger("shanzhi.api")
+
+
+def _start_ledger(settings: Settings, db: Database) -> Ledger | None:
+    if not settings.ledger:
+        return None
+    signer = load_or_create(settings.data_dir / "ledger.key", settings.ledger_origin)
+    platform = load_or_create(
+        settings.data_dir / "platform.key", settings.ledger_origin.rsplit("/", 1)[0] + "/platform"
+    )
+    witnesses = [Witness(url, Verifier.decode(vkey)) for url, vkey in settings.witnesses]
+    quorum = settings.witness_quorum if settings.witness_quorum is not None else len(witnesses) // 2 + bool(witnesses)
+    ledger = Ledger(db, signer, platform=platform, witnesses=witnesses, quorum=quorum)
+    ledger.start()
+    log.info("ledger %s: %d entries, log key %s", ledger.origin, ledger.log.size, signer.verifier.encode())
+    return ledger
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -33,19 +52,22 @@ def create_app(settings: Settings) -> FastAPI:
         if settings.demo:
             with db.session() as s, s.begin():
                 seed_demo(s)
+        ledger = _start_ledger(settings, db)
         controller = None
         if settings.controller:
             controller = ControllerManager(
                 db, fleet, interval=settings.interval, failover_grace=settings.failover_grace
             )
             controller.start()
-        app.state.runtime = Runtime(settings, db, fleet, controller)
+        app.state.runtime = Runtime(settings, db, fleet, controller, ledger)
         log.info("shanzhi %s up: database %s, data dir %s", __version__, db.engine.dialect.name, settings.data_dir)
         try:
             yield
         finally:
             if controller is not None:
                 controller.stop()  # stops reconciling; workloads keep running by design
+            if ledger is not None:
+                ledger.stop()
             db.dispose()
             log.info("shanzhi stopped; workloads left running")
 
@@ -62,7 +84,7 @@ def create_app(settings: Settings) -> FastAPI:
     errors.install(app)
     audit.install(app)
     api = APIRouter(prefix="/api/v1", dependencies=[Depends(require_token)])
-    for module in (clouds, vdcs, apps, observe):
+    for module in (clouds, vdcs, apps, observe, ledger_routes):
         api.include_router(module.router)
     app.include_router(api)
 

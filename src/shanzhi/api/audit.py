@@ -36,5 +36,15 @@ def install(app: FastAPI) -> None:
                 outcome=outcome,
             )
             await run_in_threadpool(_write, request.app.state.db, record)
+            ledger = getattr(getattr(request.app.state, "runtime", None), "ledger", None)
+            if ledger is not None and not request.url.path.startswith("/api/v1/ledger/entries"):
+                body = {
+                    "actor": record.actor[:128],
+                    "action": f"{record.method} {record.path}"[:4000],
+                    "target": request.url.path[:4000],
+                    "outcome": record.outcome,
+                    "source": record.source[:128],
+                }
+                await run_in_threadpool(ledger.record, "audit", f"api:{request.url.path}"[:128], body)
             log.info("%s %s %s -> %s", record.actor, record.method, record.path, status)
         return response

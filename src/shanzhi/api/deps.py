@@ -8,6 +8,7 @@ from fastapi import Request
 
 from shanzhi.config import Settings
 from shanzhi.controllers import ControllerManager, Fleet
+from shanzhi.ledger.service import Ledger
 from shanzhi.store import Database
 
 
@@ -17,6 +18,7 @@ class Runtime:
     db: Database
     fleet: Fleet
     controller: ControllerManager | None
+    ledger: Ledger | None = None
 
     def wake(self) -> None:
         if self.controller is not None:

@@ -11,6 +11,7 @@ from typing import Any
 import typer
 import yaml
 
+from shanzhi.cli.ledger import ledger_app, witness_app
 from shanzhi.cli.output import Columns, Fmt, OutputOpt, cpu, emit, err, handle_errors, mem, out
 from shanzhi.client import Client, discover_token
 from shanzhi.config import Settings
@@ -31,6 +32,8 @@ app.add_typer(vdc_app, name="vdc")
 app.add_typer(app_app, name="app")
 app.add_typer(instance_app, name="instance")
 app.add_typer(workloads_app, name="workloads")
+app.add_typer(ledger_app, name="ledger")
+app.add_typer(witness_app, name="witness")
 
 DataDirOpt = typer.Option(None, "--data-dir", envvar="SHANZHI_HOME", help="Data directory (token, SQLite, workloads).")
 
@@ -66,12 +69,33 @@ def serve(
     demo: bool = typer.Option(False, "--demo", help="Create the demo world on first start."),
     interval: float = typer.Option(1.0, "--interval", help="Seconds between reconcile passes."),
     failover_grace: float = typer.Option(3.0, "--failover-grace", help="Seconds a cloud may be down before failover."),
+    ledger_origin: str = typer.Option("shanzhi.local/ledger", "--ledger-origin", help="The ledger's name (origin)."),
+    witness: list[str] = typer.Option(None, "--witness", help="URL=VKEY of a witness, repeatable."),
+    witness_quorum: int | None = typer.Option(
+        None, "--witness-quorum", help="Cosignatures needed (default: majority)."
+    ),
 ) -> None:
     """Run the API server and the controller. SIGTERM stops Shanzhi, never the workloads."""
     from shanzhi.api.server import serve as run
 
+    witnesses = []
+    for item in witness or []:
+        url, sep, vkey = item.partition("=")
+        if not sep:
+            err.print(f"[red]error[/]: --witness {item!r} is not URL=VKEY")
+            raise typer.Exit(1)
+        witnesses.append((url, vkey))
     settings = Settings.build(
-        data_dir, database_url, host=host, port=port, demo=demo, interval=interval, failover_grace=failover_grace
+        data_dir,
+        database_url,
+        host=host,
+        port=port,
+        demo=demo,
+        interval=interval,
+        failover_grace=failover_grace,
+        ledger_origin=ledger_origin,
+        witnesses=tuple(witnesses),
+        witness_quorum=witness_quorum,
     )
     url = f"http://{host}:{port}"
     err.print(f"Shanzhi on {url}  data dir {settings.data_dir}  token in {settings.token_file}")

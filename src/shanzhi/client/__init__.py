@@ -6,7 +6,9 @@ in-process server in tests.
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +136,41 @@ class Client:
 
     def status(self) -> Any:
         return self._call("GET", "/status")
+
+    # ledger
+    def ledger_status(self) -> Any:
+        return self._call("GET", "/ledger/status")
+
+    def ledger_submit(self, entries: list[str]) -> Any:
+        return self._call("POST", "/ledger/entries", json={"entries": entries})
+
+    def ledger_entry(self, index: int) -> Any:
+        return self._call("GET", f"/ledger/entries/{index}")
+
+    def ledger_inclusion(self, index: int, size: int | None = None) -> Any:
+        return self._call("GET", "/ledger/proof/inclusion", params=_params(index=index, size=size))
+
+    def ledger_consistency(self, old: int, new: int | None = None) -> Any:
+        return self._call("GET", "/ledger/proof/consistency", params=_params(old=old, new=new))
+
+    def ledger_keys(self) -> Any:
+        return self._call("GET", "/ledger/keys")
+
+    def ledger_add_key(self, name: str, vkey: str, role: str) -> Any:
+        return self._call("POST", "/ledger/keys", json={"name": name, "vkey": vkey, "role": role})
+
+    def ledger_watch(self, start: int = 0) -> Iterator[dict[str, Any]]:
+        """Entries from `start` on, as the server acknowledges them (server-sent events)."""
+        try:
+            with self._http.stream("GET", "/ledger/watch", params={"from": start}, timeout=None) as r:
+                if r.status_code >= 400:
+                    r.read()
+                    raise ApiError(r.status_code, r.json())
+                for line in r.iter_lines():
+                    if line.startswith("data: "):
+                        yield json.loads(line[6:])
+        except httpx.TransportError as err:
+            raise Unreachable(f"cannot reach Shanzhi at {self.url}: {err}") from None
 
 
 def _params(**kw: Any) -> dict[str, Any]:

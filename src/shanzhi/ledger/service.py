@@ -195,7 +195,7 @@ class Ledger:
         size = self.log.refresh()
         with self.db.engine.connect() as c:
             last = c.execute(text("SELECT max(size) FROM ledger_checkpoints")).scalar()
-        if last is not None and int(last) >= size:
+        if size == 0 or (last is not None and int(last) >= size):
             return None
         cp = Checkpoint(self.origin, size, self.log.root_at(size))
         note = sign(cp.body(), self.signer)

@@ -21,7 +21,7 @@ from sqlalchemy import text
 from shanzhi.ledger.checkpoint import Checkpoint
 from shanzhi.ledger.entries import EntryError, open_entry
 from shanzhi.ledger.log import TILE, LedgerError, split_bundle
-from shanzhi.ledger.merkle import CompactRange, leaf_hash
+from shanzhi.ledger.merkle import EMPTY_ROOT, CompactRange, leaf_hash
 from shanzhi.ledger.note import NoteError, Verifier, verify
 from shanzhi.store import Database
 
@@ -228,6 +228,8 @@ def _verify(
                 check_upper(level, index // TILE, False)
                 upper[level] = []
 
+    if 0 in wanted and wanted.pop(0)[0] != EMPTY_ROOT:
+        raise _Fail("checkpoint at size 0: its root is not the empty tree's")
     checkpoint_sizes = sorted(wanted)
     next_cp = 0
     n_bundles = -(-size // TILE)

@@ -1,0 +1,185 @@
+"""/ledger: the tlog-tiles read API, entry submission, proofs, keys and a live change feed."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import PlainTextResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from shanzhi.api.deps import Runtime, runtime
+from shanzhi.domain.errors import InvalidInput, NotFound
+from shanzhi.ledger.entries import EntryError
+from shanzhi.ledger.log import LedgerError
+from shanzhi.ledger.merkle import leaf_hash
+from shanzhi.ledger.note import NoteError
+from shanzhi.ledger.service import Ledger
+from shanzhi.ledger.verify import parse_tile_index
+
+router = APIRouter(prefix="/ledger", tags=["ledger"])
+IMMUTABLE = {"Cache-Control": "public, max-age=31536000, immutable"}
+
+
+def _ledger(rt: Runtime = Depends(runtime)) -> Ledger:
+    if rt.ledger is None:
+        raise NotFound("the ledger is not enabled on this server")
+    return rt.ledger
+
+
+def b64(b: bytes) -> str:
+    return base64.b64encode(b).decode()
+
+
+class SubmitIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    entries: list[str] = Field(min_length=1, max_length=10_000, description="signed entries (C2SP signed notes)")
+
+
+class KeyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    vkey: str
+    role: str = Field(pattern="^(department|witness)$")
+
+
+@router.get("/status")
+def status(led: Ledger = Depends(_ledger)) -> dict[str, Any]:
+    size = led.log.refresh()
+    latest = led.latest_checkpoint()
+    return {
+        "origin": led.origin,
+        "log_key": led.signer.verifier.encode(),
+        "size": size,
+        "root": b64(led.log.root()),
+        "checkpoint": latest,
+        "witnesses": [{"url": w.url, "key": w.verifier.encode()} for w in led.witnesses],
+        "quorum": led.quorum,
+    }
+
+
+@router.get("/checkpoint", response_class=PlainTextResponse)
+def checkpoint(led: Ledger = Depends(_ledger)) -> Response:
+    note = led.latest_checkpoint()
+    if note is None:
+        raise NotFound("no checkpoint has been published yet")
+    return PlainTextResponse(note, headers={"Cache-Control": "no-cache, max-age=1"})
+
+
+@router.get("/checkpoints")
+def checkpoints(since: int = Query(0, ge=0), led: Ledger = Depends(_ledger)) -> list[dict[str, Any]]:
+    return [{"size": s, "note": n} for s, n in led.checkpoints(since)]
+
+
+@router.get("/tile/{path:path}")
+def tile(path: str, led: Ledger = Depends(_ledger)) -> Response:
+    kind, _, rest = path.partition("/")
+    try:
+        idx, width = parse_tile_index(rest)
+    except ValueError as err:
+        raise InvalidInput(f"bad tile path {path!r}: {err}", field="path") from None
+    led.log.refresh()
+    if kind == "entries":
+        data = led.log.bundle(idx, width)
+    elif kind.isdigit() and int(kind) <= 63 and not (len(kind) > 1 and kind.startswith("0")):
+        data = led.log.tile(int(kind), idx, width)
+    else:
+        raise InvalidInput(f"bad tile level {kind!r}", field="path")
+    if data is None:
+        raise NotFound(f"no tile {path}")
+    return Response(data, media_type="application/octet-stream", headers=IMMUTABLE)
+
+
+@router.post("/entries", status_code=201)
+def submit(body: SubmitIn, led: Ledger = Depends(_ledger)) -> list[dict[str, Any]]:
+    raw = [e.encode() for e in body.entries]
+    for i, e in enumerate(raw):
+        try:
+            led.check(e)
+        except (EntryError, LedgerError) as err:
+            raise InvalidInput(f"entries[{i}]: {err}", field=f"entries[{i}]") from None
+    return [{"index": i, "leaf": b64(h)} for i, h in led.append_checked(raw)]
+
+
+@router.get("/entries/{index}")
+def entry(index: int, led: Ledger = Depends(_ledger)) -> dict[str, Any]:
+    led.log.refresh()
+    if not 0 <= index < led.log.size:
+        raise NotFound(f"no entry {index}: the log has {led.log.size}")
+    data = led.log.entry(index)
+    return {"index": index, "leaf": b64(leaf_hash(data)), "entry": data.decode(errors="replace")}
+
+
+@router.get("/proof/inclusion")
+def inclusion(
+    index: int = Query(..., ge=0), size: int | None = Query(None, ge=1), led: Ledger = Depends(_ledger)
+) -> dict[str, Any]:
+    n = led.log.refresh() if size is None else size
+    if index >= n or n > led.log.refresh():
+        raise InvalidInput(f"no entry {index} in a tree of size {n} (the log has {led.log.size})", field="index")
+    return {
+        "index": index,
+        "size": n,
+        "leaf": b64(leaf_hash(led.log.entry(index))),
+        "root": b64(led.log.root_at(n)),
+        "proof": [b64(p) for p in led.log.inclusion_proof(index, n)],
+    }
+
+
+@router.get("/proof/consistency")
+def consistency(
+    old: int = Query(..., ge=1), new: int | None = Query(None, ge=1), led: Ledger = Depends(_ledger)
+) -> dict[str, Any]:
+    n = led.log.refresh() if new is None else new
+    if old > n or n > led.log.size:
+        raise InvalidInput(f"no consistency proof from {old} to {n} (the log has {led.log.size})", field="old")
+    return {
+        "old": old,
+        "new": n,
+        "old_root": b64(led.log.root_at(old)),
+        "new_root": b64(led.log.root_at(n)),
+        "proof": [b64(p) for p in led.log.consistency_proof(old, n)],
+    }
+
+
+@router.get("/keys")
+def keys(led: Ledger = Depends(_ledger)) -> list[dict[str, str]]:
+    return [{"name": n, "vkey": v.encode()} for n, v in sorted(led.keys().items())]
+
+
+@router.post("/keys", status_code=201)
+def add_key(body: KeyIn, led: Ledger = Depends(_ledger)) -> dict[str, str]:
+    try:
+        v = led.register_key(body.name, body.vkey, body.role)
+    except NoteError as err:
+        raise InvalidInput(str(err), field="vkey") from None
+    return {"name": v.name, "vkey": v.encode()}
+
+
+@router.get("/watch")
+async def watch(
+    request: Request, start: int = Query(0, ge=0, alias="from"), led: Ledger = Depends(_ledger)
+) -> StreamingResponse:
+    """Server-sent events: every entry from `from` on, as it is acknowledged."""
+
+    async def stream() -> AsyncIterator[str]:
+        nxt = start
+        yield ": shanzhi ledger feed\n\n"
+        while not await request.is_disconnected():
+            size = await run_in_threadpool(led.log.refresh)
+            if size > nxt:
+                batch = await run_in_threadpool(led.log.entries, nxt, min(size, nxt + 1000))
+                for e in batch:
+                    doc = {"index": nxt, "leaf": b64(leaf_hash(e)), "entry": e.decode(errors="replace")}
+                    yield f"id: {nxt}\nevent: entry\ndata: {json.dumps(doc)}\n\n"
+                    nxt += 1
+                continue
+            await run_in_threadpool(led.log.wait_for_growth, nxt, 0.25)
+            await asyncio.sleep(0)
+
+    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

@@ -1,0 +1,217 @@
+"""End to end: a server with three real witness processes, driven through the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.harness import Cli, Server, free_port, stop_everything, wait_for
+
+pytestmark = pytest.mark.e2e
+ORIGIN = "ledger.gz.example/directory"
+
+
+class WitnessProc:
+    def __init__(self, data_dir: Path, name: str, log_vkey: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SHANZHI_")}
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "shanzhi",
+                "witness",
+                "serve",
+                "--log",
+                f"{ORIGIN}={log_vkey}",
+                "--name",
+                name,
+                "--data-dir",
+                str(data_dir),
+                "--port",
+                str(self.port),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
+        self.vkey = wait_for(self._status, 30, f"witness {name}")["key"]
+
+    def _status(self) -> dict[str, str] | None:
+        try:
+            return dict(httpx.get(f"{self.url}/status", timeout=1).json())
+        except httpx.HTTPError:
+            return None
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def world(tmp_path: Path, database_url: str) -> Iterator[tuple[Server, list[WitnessProc], Cli, str, str | None]]:
+    data = tmp_path / "data"
+    data.mkdir()
+    # the log key must exist before the witnesses are told about it: make it the way the server will
+    from shanzhi.ledger.keys import load_or_create
+
+    log_key = load_or_create(data / "ledger.key", ORIGIN).verifier.encode()
+    witnesses = [
+        WitnessProc(tmp_path / f"w{i}", f"witness.gz.example/{d}", log_key)
+        for i, d in enumerate(("health", "transport", "finance"))
+    ]
+    args = ["--ledger-origin", ORIGIN, "--witness-quorum", "2"]
+    for w in witnesses:
+        args += ["--witness", f"{w.url}={w.vkey}"]
+    url = None if database_url.startswith("sqlite") else database_url
+    server = Server(data, url, *args)
+    db_url = url or f"sqlite+pysqlite:///{data / 'shanzhi.db'}"
+    try:
+        yield server, witnesses, Cli(server), log_key, db_url
+    finally:
+        for w in witnesses:
+            if w.proc.poll() is None:
+                w.stop()
+        stop_everything(data, server)
+
+
+def test_departments_submit_link_prove_watch_and_anyone_verifies(world: tuple, tmp_path: Path) -> None:  # type: ignore[type-arg]
+    server, witnesses, cli, log_key, db_url = world
+    key = tmp_path / "health.key"
+    made = cli.json("ledger", "keygen", "gz.gov.cn/health", "--file", str(key))
+    cli.ok("ledger", "add-key", "gz.gov.cn/health", made["vkey"])
+    # a live subscriber sees every entry
+    seen: list[dict[str, object]] = []
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "shanzhi", "ledger", "watch", "--count", "4", "-o", "json"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "SHANZHI_URL": server.url, "SHANZHI_HOME": str(server.data_dir)},
+    )
+
+    def read() -> None:
+        assert watcher.stdout is not None
+        seen.extend(json.loads(line) for line in watcher.stdout)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    r = cli.json(
+        "ledger",
+        "submit",
+        "--key",
+        str(key),
+        "--type",
+        "responsibility",
+        "--subject",
+        "resp/clinics",
+        "--body",
+        '{"code": "clinics", "title": "Licensing of clinics", "basis": "Regulation 12"}',
+    )
+    catalog = {
+        "code": "440100-HEALTH-0001",
+        "version": 1,
+        "name": "Licensed clinics",
+        "provider": "gz/health",
+        "share_type": "conditional",
+        "share_conditions": "inspection only",
+        "update_cycle": "daily",
+    }
+    c = cli.json(
+        "ledger",
+        "submit",
+        "--key",
+        str(key),
+        "--type",
+        "catalog",
+        "--subject",
+        "catalog/440100-HEALTH-0001",
+        "--body",
+        json.dumps(catalog),
+        "--link",
+        f"responsibility={r['index']}",
+    )
+    assert c["index"] == r["index"] + 1
+    cli.ok("vdc", "create", "gz")  # a platform action: its audit record goes into the ledger too
+    reader.join(timeout=30)
+    watcher.wait(timeout=10)
+    assert watcher.stdout is not None
+    watcher.stdout.close()
+    # registering the key was audited (0), then the two submissions (1, 2), then the VDC (3)
+    assert [e["index"] for e in seen] == [0, 1, 2, 3]
+    kinds = [json.loads(str(e["entry"]).split("\n\n")[0])["type"] for e in seen]
+    assert kinds == ["audit", "responsibility", "catalog", "audit"]
+
+    # a cosigned checkpoint appears within a second or so
+    def checkpoint_at(size: int) -> dict[str, str] | None:
+        s = cli.json("ledger", "status")
+        return s if s["checkpoint"] and s["checkpoint"].split("\n")[1] == str(size) else None
+
+    status = wait_for(lambda: checkpoint_at(4), 20, "checkpoint")
+    assert status["checkpoint"].count("\u2014 witness.gz.example/") >= 2
+    proof = cli.json("ledger", "prove", "1")
+    assert proof["verified"] and proof["size"] == 4
+    assert cli.json("ledger", "consistency", "1", "4")["verified"]
+    # a bad submission is refused, naming the problem, and changes nothing
+    bad = cli.run(
+        "ledger", "submit", "--key", str(key), "--type", "catalog", "--subject", "x", "--body", '{"code": "x"}'
+    )
+    assert bad.returncode == 1 and "version" in bad.stderr
+    stranger = tmp_path / "stranger.key"
+    cli.json("ledger", "keygen", "gz.gov.cn/stranger", "--file", str(stranger))
+    refused = cli.run(
+        "ledger",
+        "submit",
+        "--key",
+        str(stranger),
+        "--type",
+        "access",
+        "--subject",
+        "c",
+        "--body",
+        '{"catalog": "c", "consumer": "x", "records": 1}',
+    )
+    assert refused.returncode == 1 and "no registered key" in refused.stderr
+    assert cli.json("ledger", "status")["size"] == 4
+    # one witness down: 2 of 3 still make a quorum
+    witnesses[0].stop()
+    cli.ok("vdc", "create", "sz")
+    wait_for(lambda: cli.json("ledger", "status")["checkpoint"].split("\n")[1] == "5", 30, "checkpoint with 2 of 3")
+    # anyone verifies, without the server, from the database and from an export
+    wkeys = [a for w in witnesses for a in ("--witness-key", w.vkey)]
+    v = cli.json(
+        "ledger", "verify", "--database-url", db_url, "--log-key", log_key, *wkeys, "--quorum", "2", "--signatures"
+    )
+    assert v["ok"] and v["entries_checked"] == 5 and v["signatures_checked"] == 5
+    out = tmp_path / "export"
+    cli.json("ledger", "export", str(out), "--database-url", db_url)
+    assert cli.json("ledger", "verify", "--dir", str(out), "--log-key", log_key, *wkeys, "--quorum", "2")["ok"]
+    # the tlog-tiles read API serves the same bytes
+    token = (server.data_dir / "admin.token").read_text().strip()
+    auth = {"Authorization": f"Bearer {token}"}
+    tile = httpx.get(f"{server.url}/api/v1/ledger/tile/0/000.p/5", headers=auth)
+    assert tile.status_code == 200 and tile.content == (out / "tile/0/000.p/5").read_bytes()
+    older = httpx.get(f"{server.url}/api/v1/ledger/tile/0/000.p/4", headers=auth)  # an earlier checkpoint's tile
+    assert older.content == tile.content[: 4 * 32]
+    assert httpx.get(f"{server.url}/api/v1/ledger/tile/0/000", headers=auth).status_code == 404  # not full yet
+    assert httpx.get(f"{server.url}/api/v1/ledger/tile/0/000.p/4").status_code == 401
+    # tampering is caught and named
+    if db_url and db_url.startswith("sqlite"):
+        import sqlite3
+
+        path = db_url.split("///", 1)[1]
+        with sqlite3.connect(path) as conn:
+            data = bytearray(conn.execute("SELECT data FROM ledger_bundles WHERE idx = 0").fetchone()[0])
+            data[40] ^= 1
+            conn.execute("UPDATE ledger_bundles SET data = ? WHERE idx = 0", (bytes(data),))
+        failed = cli.run("ledger", "verify", "--database-url", db_url, "--log-key", log_key)
+        assert failed.returncode == 1 and "entry 0 does not match its leaf hash" in failed.stderr
