@@ -1,0 +1,88 @@
+"""The ledger's REST surface in-process: tiles, submissions, proofs, keys, errors."""
+
+from __future__ import annotations
+
+import base64
+
+from fastapi.testclient import TestClient
+
+from shanzhi.ledger.entries import make_entry
+from shanzhi.ledger.merkle import verify_consistency, verify_inclusion
+from shanzhi.ledger.note import Signer, Verifier, verify
+
+DEPT = Signer.generate("gz.gov.cn/health")
+
+
+def b(s: str) -> bytes:
+    return base64.b64decode(s)
+
+
+def access(i: int) -> str:
+    return make_entry(DEPT, "access", "catalog/c", {"catalog": "c", "consumer": "x", "records": i}).decode()
+
+
+def test_submit_prove_and_read_tiles(api: TestClient) -> None:
+    r = api.post("/api/v1/ledger/keys", json={"name": DEPT.name, "vkey": DEPT.verifier.encode(), "role": "department"})
+    assert r.status_code == 201
+    got = api.post("/api/v1/ledger/entries", json={"entries": [access(i) for i in range(300)]})
+    assert got.status_code == 201
+    rows = got.json()
+    assert len(rows) == 300 and rows[-1]["index"] - rows[0]["index"] == 299
+    size = api.get("/api/v1/ledger/status").json()["size"]
+    assert size == 301  # the key registration was audited into the ledger first
+    p = api.get("/api/v1/ledger/proof/inclusion", params={"index": 7}).json()
+    verify_inclusion(b(p["leaf"]), 7, p["size"], [b(x) for x in p["proof"]], b(p["root"]))
+    c = api.get("/api/v1/ledger/proof/consistency", params={"old": 5}).json()
+    verify_consistency(5, c["new"], [b(x) for x in c["proof"]], b(c["old_root"]), b(c["new_root"]))
+    full = api.get("/api/v1/ledger/tile/0/000")
+    assert full.status_code == 200 and len(full.content) == 8192 and "immutable" in full.headers["cache-control"]
+    part = api.get("/api/v1/ledger/tile/0/001.p/45")
+    assert part.status_code == 200 and len(part.content) == 45 * 32
+    assert api.get("/api/v1/ledger/tile/entries/001.p/45").status_code == 200
+    assert api.get("/api/v1/ledger/tile/0/001.p/46").status_code == 404
+    for bad in ("0/1", "0/x1/000", "07/000", "entries/000.p/0", "z/000"):
+        assert api.get(f"/api/v1/ledger/tile/{bad}").status_code == 422, bad
+    entry = api.get("/api/v1/ledger/entries/1").json()
+    assert '"records":0' in entry["entry"]
+    assert api.get("/api/v1/ledger/entries/99999").status_code == 404
+
+
+def test_bad_submissions_name_the_entry_and_append_nothing(api: TestClient) -> None:
+    api.post("/api/v1/ledger/keys", json={"name": DEPT.name, "vkey": DEPT.verifier.encode(), "role": "department"})
+    before = api.get("/api/v1/ledger/status").json()["size"]
+    stranger = Signer.generate("gz.gov.cn/nobody")
+    bad = make_entry(stranger, "access", "c", {"catalog": "c", "consumer": "x", "records": 1}).decode()
+    r = api.post("/api/v1/ledger/entries", json={"entries": [access(1), bad]})
+    assert r.status_code == 422 and r.json()["field"] == "entries[1]" and "no registered key" in r.json()["detail"]
+    tampered = access(2).replace('"records":2', '"records":3')
+    assert "does not verify" in api.post("/api/v1/ledger/entries", json={"entries": [tampered]}).json()["detail"]
+    assert api.post("/api/v1/ledger/entries", json={"entries": []}).status_code == 422
+    assert api.get("/api/v1/ledger/status").json()["size"] == before
+
+
+def test_keys_are_never_silently_replaced(api: TestClient) -> None:
+    api.post("/api/v1/ledger/keys", json={"name": DEPT.name, "vkey": DEPT.verifier.encode(), "role": "department"})
+    other = Signer.generate(DEPT.name)
+    r = api.post("/api/v1/ledger/keys", json={"name": DEPT.name, "vkey": other.verifier.encode(), "role": "department"})
+    assert r.status_code == 422 and "different key" in r.json()["detail"]
+    mismatch = api.post("/api/v1/ledger/keys", json={"name": "x", "vkey": DEPT.verifier.encode(), "role": "department"})
+    assert mismatch.status_code == 422
+    assert {k["name"] for k in api.get("/api/v1/ledger/keys").json()} >= {DEPT.name}
+
+
+def test_checkpoints_are_signed_by_the_log_key(api: TestClient) -> None:
+    import time
+
+    api.post("/api/v1/vdcs", json={"path": "gz"})  # audited: the log grows
+    status = api.get("/api/v1/ledger/status").json()
+    deadline = time.monotonic() + 10
+    while (r := api.get("/api/v1/ledger/checkpoint")).status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert r.status_code == 200 and r.text.startswith(status["origin"] + "\n")
+    verify(r.text, Verifier.decode(status["log_key"]))
+
+
+def test_ledger_reads_need_a_token(api: TestClient) -> None:
+    anon = TestClient(api.app)
+    for path in ("/api/v1/ledger/checkpoint", "/api/v1/ledger/tile/0/000", "/api/v1/ledger/status"):
+        assert anon.get(path).status_code == 401
