@@ -82,7 +82,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.db = db
     errors.install(app)
-    audit.install(app)
+    app.add_middleware(audit.AuditMiddleware)
     api = APIRouter(prefix="/api/v1", dependencies=[Depends(require_token)])
     for module in (clouds, vdcs, apps, observe, ledger_routes):
         api.include_router(module.router)

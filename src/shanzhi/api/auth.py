@@ -50,9 +50,9 @@ def require_token(request: Request) -> str:
             headers={"WWW-Authenticate": "Bearer"},
         )
     db: Database = request.app.state.db
-    with db.session() as s, s.begin():
-        row = s.scalar(select(Token).where(Token.token_hash == token_hash(token.strip())))
-        if row is None:
-            raise HTTPException(401, "invalid token", headers={"WWW-Authenticate": "Bearer"})
-        request.state.actor = row.name
-        return row.name
+    with db.reader.connect() as conn:  # a read: never queue behind writers
+        name = conn.execute(select(Token.name).where(Token.token_hash == token_hash(token.strip()))).scalar()
+    if name is None:
+        raise HTTPException(401, "invalid token", headers={"WWW-Authenticate": "Bearer"})
+    request.state.actor = name
+    return str(name)

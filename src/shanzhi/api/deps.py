@@ -25,6 +25,7 @@ class Runtime:
             self.controller.wake()
 
 
-def runtime(request: Request) -> Runtime:
+async def runtime(request: Request) -> Runtime:
+    """Async on purpose: a plain lookup, so FastAPI need not hop to a worker thread for it."""
     rt: Runtime = request.app.state.runtime
     return rt

@@ -117,7 +117,8 @@ class Ledger:
         return dict(self._keys)
 
     # ----------------------------------------------------------- submission
-    def check(self, data: bytes) -> Envelope:
+    def check(self, data: bytes, size: int | None = None) -> Envelope:
+        """Check one entry; `size` is the tree size its links may point below (default: now)."""
         keys = self._keys
         try:
             env = open_entry(data, keys)
@@ -125,7 +126,9 @@ class Ledger:
             if "has no registered key" not in str(err):
                 raise
             env = open_entry(data, self.keys())  # a key registered by another server
-        size = self.log.refresh()
+        if not env.links:
+            return env
+        size = self.log.refresh() if size is None else size
         for link in env.links:
             if link.index >= size:
                 raise EntryError(f"link {link.rel} points at entry {link.index}, beyond the log's {size}")
@@ -135,8 +138,9 @@ class Ledger:
 
     def submit(self, entries: Sequence[bytes], timeout: float = 30) -> list[tuple[int, bytes]]:
         """Check and durably append; returns (index, leaf hash) per entry. All or nothing."""
+        size = self.log.refresh()
         for e in entries:
-            self.check(e)
+            self.check(e, size)
         return self.append_checked(entries, timeout)
 
     def append_checked(self, entries: Sequence[bytes], timeout: float = 30) -> list[tuple[int, bytes]]:
@@ -193,7 +197,7 @@ class Ledger:
     def publish(self) -> str | None:
         """Sign, get cosigned and store a checkpoint of the current tree (if it grew)."""
         size = self.log.refresh()
-        with self.db.engine.connect() as c:
+        with self.db.reader.connect() as c:
             last = c.execute(text("SELECT max(size) FROM ledger_checkpoints")).scalar()
         if size == 0 or (last is not None and int(last) >= size):
             return None

@@ -26,7 +26,7 @@ router = APIRouter(prefix="/ledger", tags=["ledger"])
 IMMUTABLE = {"Cache-Control": "public, max-age=31536000, immutable"}
 
 
-def _ledger(rt: Runtime = Depends(runtime)) -> Ledger:
+async def _ledger(rt: Runtime = Depends(runtime)) -> Ledger:
     if rt.ledger is None:
         raise NotFound("the ledger is not enabled on this server")
     return rt.ledger
@@ -98,9 +98,10 @@ def tile(path: str, led: Ledger = Depends(_ledger)) -> Response:
 @router.post("/entries", status_code=201)
 def submit(body: SubmitIn, led: Ledger = Depends(_ledger)) -> list[dict[str, Any]]:
     raw = [e.encode() for e in body.entries]
+    size = led.log.refresh()
     for i, e in enumerate(raw):
         try:
-            led.check(e)
+            led.check(e, size)
         except (EntryError, LedgerError) as err:
             raise InvalidInput(f"entries[{i}]: {err}", field=f"entries[{i}]") from None
     return [{"index": i, "leaf": b64(h)} for i, h in led.append_checked(raw)]
