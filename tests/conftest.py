@@ -21,27 +21,27 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=lambda item: item.get_closest_marker("e2e") is not None)
 
 
+def _postgres() -> Iterator[str]:
+    """A throwaway PostgreSQL database; skip (or fail, where CI requires it) if none answers."""
+    if not _PG_OK:
+        if REQUIRE_PG:
+            pytest.fail(f"PostgreSQL required but not reachable: {_PG_WHY}")
+        pytest.skip(f"PostgreSQL not reachable: {_PG_WHY}")
+    with throwaway_database() as url:
+        yield url
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite+pysqlite:///{tmp_path / 'shanzhi.db'}"
-        return
-    if not _PG_OK:
-        if REQUIRE_PG:
-            pytest.fail(f"PostgreSQL required but not reachable: {_PG_WHY}")
-        pytest.skip(f"PostgreSQL not reachable: {_PG_WHY}")
-    with throwaway_database() as url:
-        yield url
+    else:
+        yield from _postgres()
 
 
 @pytest.fixture
 def pg_url() -> Iterator[str]:
-    if not _PG_OK:
-        if REQUIRE_PG:
-            pytest.fail(f"PostgreSQL required but not reachable: {_PG_WHY}")
-        pytest.skip(f"PostgreSQL not reachable: {_PG_WHY}")
-    with throwaway_database() as url:
-        yield url
+    yield from _postgres()
 
 
 @pytest.fixture
