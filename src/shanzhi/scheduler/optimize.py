@@ -144,7 +144,8 @@ def plan(
             over_terms.append(over)
     if max_moves is not None:
         m.add(sum(moves_expr) <= max_moves)
-    m.minimize(10_000 * sum(stuck_vars) + 100 * sum(moves_expr) + sum(over_terms))
+    # a move must buy more than 5 percentage points of overload relief to be worth making
+    m.minimize(10_000 * sum(stuck_vars) + 5 * sum(moves_expr) + sum(over_terms))
     solver = cp_model.CpSolver()
     solver.parameters.max_time_in_seconds = time_limit
     solver.parameters.num_workers = 2
