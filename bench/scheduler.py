@@ -238,8 +238,9 @@ def durable(db: Database, s: FleetState, apps: list[AppRequest], batch: int = 25
                 c.execute(
                     text(
                         "INSERT INTO instances (id, name, app_id, component, spec_hash, cloud_id, host, cpu, memory, "
-                        "state, reason, placement, explain, restarts, state_changed_at, created_at) VALUES (:id, :name, "
-                        ":app, 'main', 'h', :cloud, :host, :cpu, :mem, 'scheduled', '', 'bench', '{}', 0, "
+                        "state, reason, placement, explain, restarts, state_changed_at, created_at) "
+                        "VALUES (:id, :name, :app, 'main', 'h', :cloud, :host, :cpu, :mem, 'scheduled', '', 'bench', "
+                        "'{}', 0, "
                         "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
                     ),
                     inst_rows,
@@ -286,6 +287,7 @@ def quality(time_limit: float) -> dict[str, float]:
     for r in apps:
         ev.add_app(r)
     must = sum(1 for hs in ev.placement.values() for h in hs if ev.host_cloud[h] == 3)
+    greedy = copy.deepcopy(ev).fail_cloud("c003")
     evac = plan(ev, evacuate=["c003"], time_limit=time_limit)
     return {
         "std_fast": std_fast,
@@ -296,6 +298,7 @@ def quality(time_limit: float) -> dict[str, float]:
         "evacuate_moves": len(evac.moves),
         "evacuate_needed": must,
         "evacuate_stuck": evac.stuck,
+        "greedy_failover_unplaced": greedy["unplaced"],
         "violations_after_plan": len(s.violations()),
     }
 
@@ -421,13 +424,13 @@ def show(r: dict[str, Any]) -> None:
     t.add_row(
         "balance: host utilisation std, fast / CP-SAT plan",
         f"{q['balance_ratio']:.2f}",
-        f"{q['std_fast']:.3f} vs {q['std_optimised']:.3f} after {q['rebalance_moves']} of {q['replicas']} replicas moved",
+        f"{q['std_fast']:.3f} vs {q['std_optimised']:.3f}; {q['rebalance_moves']} of {q['replicas']} replicas moved",
         "",
     )
     t.add_row(
-        "evacuation plan: moves / needed (stuck)",
+        "evacuation plan: moves / needed (left stranded)",
         f"{q['evacuate_moves']} / {q['evacuate_needed']} ({q['evacuate_stuck']})",
-        "",
+        f"greedy failover of the same cloud strands {q['greedy_failover_unplaced']}",
         "",
     )
     t.add_row(
