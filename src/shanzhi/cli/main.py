@@ -13,6 +13,7 @@ import yaml
 
 from shanzhi.cli.ledger import ledger_app, witness_app
 from shanzhi.cli.output import Columns, Fmt, OutputOpt, cpu, emit, err, handle_errors, mem, out
+from shanzhi.cli.plans import plan_app
 from shanzhi.client import Client, discover_token
 from shanzhi.config import Settings
 
@@ -34,6 +35,7 @@ app.add_typer(instance_app, name="instance")
 app.add_typer(workloads_app, name="workloads")
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(witness_app, name="witness")
+app.add_typer(plan_app, name="plan")
 
 DataDirOpt = typer.Option(None, "--data-dir", envvar="SHANZHI_HOME", help="Data directory (token, SQLite, workloads).")
 

@@ -137,6 +137,17 @@ class Client:
     def status(self) -> Any:
         return self._call("GET", "/status")
 
+    # plans
+    def propose_plan(self, kind: str, cloud: str | None, target: float | None, time_limit: float) -> Any:
+        body = {"kind": kind, "cloud": cloud, "target_utilisation": target, "time_limit": time_limit}
+        return self._call("POST", "/plans", json=body, timeout=time_limit + 60)
+
+    def get_plan(self, plan_id: int) -> Any:
+        return self._call("GET", f"/plans/{plan_id}")
+
+    def apply_plan(self, plan_id: int) -> Any:
+        return self._call("POST", f"/plans/{plan_id}/apply")
+
     # ledger
     def ledger_status(self) -> Any:
         return self._call("GET", "/ledger/status")

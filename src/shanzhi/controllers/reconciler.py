@@ -318,8 +318,10 @@ class Reconciler:
         want = comp.spec_hash(placement)
         active = [r for r in rows if r.state not in ACTIVE_EXCLUDED]
 
+        replaced = {r.replaces for r in active if r.replaces}  # migrations: these stop once their successor runs
+
         def current(r: Instance) -> bool:
-            return r.spec_hash == want and not (r.cloud is not None and r.cloud.draining)
+            return r.spec_hash == want and r.name not in replaced and not (r.cloud is not None and r.cloud.draining)
 
         def ready(r: Instance) -> bool:
             return r.state == "running"

@@ -136,10 +136,25 @@ class Instance(Base):
     placement: Mapped[str] = mapped_column(Text, default="")  # why it is where it is (or unplaced)
     explain: Mapped[dict[str, Any]] = mapped_column(default=dict)
     restarts: Mapped[int] = mapped_column(default=0)
+    # set on a migration's new replica: the old one stops once this one is healthy
+    replaces: Mapped[str | None] = mapped_column(String(128))
     state_changed_at: Mapped[datetime] = mapped_column(default=utcnow)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     app: Mapped[App] = relationship(lazy="joined")
     cloud: Mapped[Cloud | None] = relationship(lazy="joined")
+
+
+class PlanRecord(Base):
+    """A reviewable re-placement plan (rebalance or evacuation) and whether it was applied."""
+
+    __tablename__ = "plans"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), default="proposed")  # proposed | applied
+    summary: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    moves: Mapped[dict[str, Any]] = mapped_column(default=dict)  # {"moves": [...]}
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    applied_at: Mapped[datetime | None] = mapped_column()
 
 
 class Event(Base):

@@ -1,0 +1,54 @@
+"""/plans: propose a rebalance or an evacuation, review it, apply it as migrations."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, ConfigDict, Field
+
+from shanzhi.api.deps import Runtime, runtime
+from shanzhi.services import plans as svc
+from shanzhi.store.tables import PlanRecord
+
+router = APIRouter(prefix="/plans", tags=["plans"])
+
+
+class PlanIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["rebalance", "evacuate"]
+    cloud: str | None = None
+    target_utilisation: float | None = Field(None, gt=0, le=1)
+    time_limit: float = Field(10.0, gt=0, le=600)
+
+
+def _out(p: PlanRecord) -> dict[str, Any]:
+    return {
+        "id": p.id,
+        "kind": p.kind,
+        "status": p.status,
+        "summary": p.summary,
+        "moves": p.moves.get("moves", []),
+        "created_at": p.created_at,
+        "applied_at": p.applied_at,
+    }
+
+
+@router.post("", status_code=201)
+def propose(body: PlanIn, rt: Runtime = Depends(runtime)) -> dict[str, Any]:
+    with rt.db.session() as s, s.begin():
+        return _out(svc.make_plan(s, body.kind, body.cloud, body.target_utilisation, body.time_limit))
+
+
+@router.get("/{plan_id}")
+def get(plan_id: int, rt: Runtime = Depends(runtime)) -> dict[str, Any]:
+    with rt.db.session() as s, s.begin():
+        return _out(svc.get_plan(s, plan_id))
+
+
+@router.post("/{plan_id}/apply")
+def apply(plan_id: int, rt: Runtime = Depends(runtime)) -> dict[str, Any]:
+    with rt.db.session() as s, s.begin():
+        out = _out(svc.apply(s, plan_id))
+    rt.wake()
+    return out
