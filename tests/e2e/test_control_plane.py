@@ -258,3 +258,40 @@ def test_concurrent_applies_never_oversubscribe_a_quota(server: Server) -> None:
         t.join()
     assert sorted(results) == [201] * 10 + [403] * 14
     assert cli.json("vdc", "get", "gz/race")["usage"]["cpu"] == 1000
+
+
+def test_plan_evacuate_through_the_cli(server: Server) -> None:
+    cli = Cli(server)
+    for name in ("d1", "d2", "d3"):
+        cli.ok(
+            "cloud",
+            "add",
+            name,
+            "--kind",
+            "sim",
+            "--site",
+            f"site-{name}",
+            "--region",
+            "gz",
+            "--tag",
+            "level=district",
+            "--option",
+            "hosts=6",
+            "--option",
+            "boot=0",
+        )
+    cli.ok("vdc", "create", "gz/transport", "--parents")
+    cli.ok("apply", "-f", str(ROOT / "examples" / "permits.yaml"), "--wait", "--timeout", "60")
+    before = {i["name"] for i in cli.json("instance", "list") if i["cloud"] == "d1"}
+    proposed = cli.json("plan", "evacuate", "d1", "--time-limit", "5")
+    assert proposed["status"] == "proposed" and {m["instance"] for m in proposed["moves"]} == before
+    assert "review, then: shanzhi plan apply" in cli.ok("plan", "get", str(proposed["id"]))
+    cli.json("plan", "apply", str(proposed["id"]))
+
+    def evacuated() -> bool:
+        rows = cli.json("instance", "list")
+        return len(rows) == 8 and all(i["cloud"] != "d1" and i["state"] == "running" for i in rows)
+
+    wait_for(evacuated, 60, "evacuation")
+    again = cli.run("plan", "apply", str(proposed["id"]))
+    assert again.returncode == 1 and "already applied" in again.stderr
