@@ -18,7 +18,7 @@ Decisions are all-or-nothing per app: an app that cannot be placed changes nothi
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -107,6 +107,9 @@ class FleetState:
         self.apps: dict[str, AppRequest] = {}
         self.placement: dict[str, list[int]] = {}
         self.groups: dict[str, set[int]] = {}
+        # apps a failure left short of replicas: their survivors stay put, so spread may be
+        # below `min_groups` until room appears; reported, not counted as violations
+        self.degraded: set[str] = set()
         self.sample = sample
         self.rng = np.random.default_rng(seed)
         self._tag_cache: dict[tuple[tuple[str, str], ...], BoolArray] = {}
@@ -322,11 +325,18 @@ class FleetState:
                 self.groups[req.group].difference_update(lost)
             self.placement[name] = keep
             affected += len(lost)
-            out = self.place(req, keep)
-            if out.placed:
-                replaced += len(lost)
-            else:
-                unplaced += len(lost)
+            # as many as the constraints allow: losing two replicas and finding room for one
+            # should bring one back, not none (the rest stay wanted and wait for room)
+            n_keep = len(keep)
+            for k in range(len(lost), 0, -1):
+                if self.place(replace(req, replicas=n_keep + k), list(keep)).placed:
+                    replaced += k
+                    break
+            self.apps[name] = req
+            short = len(lost) - (len(self.placement[name]) - n_keep)
+            unplaced += short
+            if short:
+                self.degraded.add(name)
         return {"affected": affected, "replaced": replaced, "unplaced": unplaced}
 
     # ------------------------------------------------------- invariants
@@ -346,7 +356,7 @@ class FleetState:
                     out.append(f"{name}: replica on host {h} breaks a cloud filter or health")
             if req.anti_affinity and len(set(hosts)) != len(hosts):
                 out.append(f"{name}: two replicas share a host")
-            if req.spread_over is not None and hosts:
+            if req.spread_over is not None and hosts and name not in self.degraded:
                 groups = {self.group_of(h, req.spread_over) for h in hosts}
                 if len(groups) < min(req.min_groups, len(hosts)):
                     out.append(f"{name}: spread over {req.spread_over} is {len(groups)} < {req.min_groups}")
