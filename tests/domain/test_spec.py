@@ -93,3 +93,19 @@ def test_spec_hash_ignores_replicas_but_not_the_command() -> None:
     h = [x.spec.components[0].spec_hash(x.spec.placement) for x in (a, b, c)]
     assert h[0] == h[1]
     assert h[0] != h[2]
+
+
+def test_spec_hash_ignores_fields_left_at_their_defaults() -> None:
+    a = load_app_text(EXAMPLE)
+    b = load_app_text(
+        EXAMPLE.replace(
+            "    spread: {over: site, minGroups: 2}", "    spread: {over: site, minGroups: 2}\n    regions: []"
+        )
+    )
+    c = load_app_text(
+        EXAMPLE.replace(
+            "    spread: {over: site, minGroups: 2}", "    spread: {over: site, minGroups: 2}\n    regions: [gz]"
+        )
+    )
+    h = [x.spec.components[0].spec_hash(x.spec.placement) for x in (a, b, c)]
+    assert h[0] == h[1] != h[2]

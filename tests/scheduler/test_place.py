@@ -151,3 +151,15 @@ def test_no_placement_ever_violates_a_hard_constraint(
     if spread and placed:  # spread: either enough groups or nothing placed at all... per step
         groups = {d.site if spread == "site" else d.cloud for d in placed}
         assert len(groups) >= min(min_groups, n, len(placed))
+
+
+def test_data_residency_keeps_replicas_in_allowed_regions() -> None:
+    hs = [
+        HostState("gz-1", "s1", "gz", "h0", 4000, 8 * GiB, 10),
+        HostState("sz-1", "s2", "sz", "h0", 4000, 8 * GiB, 10),
+    ]
+    decisions = place(hs, req(Placement(regions=["sz"])), 3)
+    assert {d.cloud for d in decisions} == {"sz-1"}
+    assert "outside the allowed regions ['sz'] (data residency)" in decisions[0].explain["excluded"]["gz-1"]
+    blocked = place(hs, req(Placement(regions=["hk"])), 1)
+    assert not blocked[0].placed

@@ -117,9 +117,13 @@ class Component(_Model):
         return self
 
     def spec_hash(self, placement: Placement) -> str:
-        """Hash of everything that requires replacing a replica (replicas excluded)."""
-        body = self.model_dump(mode="json", by_alias=True, exclude={"replicas"})
-        body["placement"] = placement.model_dump(mode="json", by_alias=True)
+        """Hash of everything that requires replacing a replica (replicas excluded).
+
+        Defaults are left out, so a field added to the spec later (with a default) does not
+        change the hash of existing apps and roll every replica on upgrade.
+        """
+        body = self.model_dump(mode="json", by_alias=True, exclude={"replicas"}, exclude_defaults=True)
+        body["placement"] = placement.model_dump(mode="json", by_alias=True, exclude_defaults=True)
         raw = json.dumps(body, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
@@ -140,6 +144,8 @@ class AntiAffinity(_Model):
 
 class Placement(_Model):
     clouds: CloudSelector = Field(default_factory=CloudSelector)
+    # data residency: replicas only in clouds of these regions (empty: any region)
+    regions: list[str] = Field(default_factory=list)
     spread: Spread | None = None
     anti_affinity: AntiAffinity | None = Field(default=None, alias="antiAffinity")
     strategy: Literal["spread", "least-allocated", "binpack"] = "least-allocated"

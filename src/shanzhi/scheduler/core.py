@@ -89,6 +89,8 @@ def _replica_group(r: Replica, over: str) -> str:
 
 def _static_filter(h: HostState, req: Request) -> str | None:
     sel = req.placement.clouds
+    if req.placement.regions and h.region not in req.placement.regions:
+        return f"region {h.region} is outside the allowed regions {req.placement.regions} (data residency)"
     if sel.names and h.cloud not in sel.names:
         return f"not in clouds.names {sel.names}"
     for k, v in sel.tags.items():

@@ -66,6 +66,7 @@ def snapshot(s: Session) -> _Snapshot:
             comp.resources.cpu_millis,
             comp.resources.memory_bytes,
             len(insts),
+            regions=frozenset(p.regions) if p.regions else None,
             tags=dict(p.clouds.tags),
             clouds=frozenset(p.clouds.names) if p.clouds.names else None,
             spread_over=p.spread.over if p.spread else None,
