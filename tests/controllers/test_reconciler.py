@@ -352,3 +352,17 @@ def test_draining_a_cloud_moves_its_instances_then_removes_it(districts: World) 
     districts.converge(lambda: gone() and districts.running("permits", 4)())
     assert all(r.cloud and r.cloud.name != target for r in districts.rows())
     assert districts.events("CloudRemoved") == [target]
+
+
+def test_weights_in_the_spec_divide_replicas_and_scaling_moves_nothing(districts: World) -> None:
+    doc = sim_doc("weighted", 8, weights={"d1": 3, "d2": 1})
+    districts.apply(doc)
+    districts.converge(districts.running("weighted", 8))
+    clouds = sorted(r.cloud.name for r in districts.rows() if r.cloud)
+    assert clouds == ["d1"] * 6 + ["d2"] * 2
+    assert all(r.explain.get("engine") == "fleet" for r in districts.rows())
+    before = {r.name: (r.cloud.name if r.cloud else None, r.host) for r in districts.rows()}
+    districts.apply(sim_doc("weighted", 9, weights={"d1": 3, "d2": 1}))
+    districts.converge(districts.running("weighted", 9))
+    after = {r.name: (r.cloud.name if r.cloud else None, r.host) for r in districts.rows()}
+    assert {k: v for k, v in after.items() if k in before} == before  # n -> n+1 moved nothing

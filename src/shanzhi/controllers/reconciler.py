@@ -27,7 +27,8 @@ from shanzhi.controllers.fleet import Fleet
 from shanzhi.domain.errors import ShanzhiError
 from shanzhi.domain.spec import AppSpec, Component
 from shanzhi.providers import CloudStatus, InstanceRequest, ObservedInstance, Provider
-from shanzhi.scheduler import HostState, Replica, Request, place
+from shanzhi.scheduler import HostState, Replica, Request
+from shanzhi.scheduler.engine import Engine
 from shanzhi.store import Database
 from shanzhi.store.events import record_event
 from shanzhi.store.tables import App, Cloud, Host, Instance, utcnow
@@ -66,12 +67,14 @@ class Reconciler:
         self._observed: dict[str, dict[str, ObservedInstance] | None] = {}
         self._probes: dict[str, health.ProbeState] = {}
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="probe")
+        self._engine: Engine | None = None
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     # ----------------------------------------------------------------- pass
     def run_once(self) -> None:
+        self._engine = None  # the fleet state of this pass, built at its first placement
         self._sync_clouds()
         app_ids = self._probe_all()
         for app_id in app_ids:
@@ -160,11 +163,9 @@ class Reconciler:
                 for r in rows:
                     if r.component not in names:
                         actions += self._terminate(s, r, f"component {r.component} removed from the spec")
-                hosts: list[HostState] | None = None
                 for comp in spec.spec.components:
                     comp_rows = [r for r in rows if r.component == comp.name]
-                    acts, hosts = self._reconcile_component(s, app, spec, comp, comp_rows, hosts)
-                    actions += acts
+                    actions += self._reconcile_component(s, app, spec, comp, comp_rows)
         self._execute(actions)
 
     def _probe_all(self) -> list[int]:
@@ -304,8 +305,7 @@ class Reconciler:
         spec: AppSpec,
         comp: Component,
         rows: list[Instance],
-        hosts: list[HostState] | None,
-    ) -> tuple[list[_Action], list[HostState] | None]:
+    ) -> list[_Action]:
         now = utcnow()
         actions: list[_Action] = []
         for r in rows:
@@ -346,9 +346,9 @@ class Reconciler:
         to_add = max(0, min(desired - len(cur), desired + surge - len(cur) - remaining_old))
         unplaced = [r for r in cur if r.cloud is None]
         if not unplaced and not to_add:
-            return actions, hosts
-        if hosts is None:
-            hosts = self._host_states(s)
+            return actions
+        if self._engine is None:
+            self._engine = Engine(self._host_states(s))
         req = Request(
             cpu=comp.resources.cpu_millis,
             memory=comp.resources.memory_bytes,
@@ -357,7 +357,7 @@ class Reconciler:
             total_replicas=desired,
             existing=tuple(Replica(r.cloud.name, r.cloud.site.name, r.host or "") for r in cur if r.cloud is not None),
         )
-        decisions = place(hosts, req, len(unplaced) + to_add)
+        decisions = self._engine.decide(f"{app.id}/{comp.name}", req, len(unplaced) + to_add)
         clouds = {c.name: c for c in s.scalars(select(Cloud))}
         for i, d in enumerate(decisions):
             if i < len(unplaced):
@@ -398,7 +398,7 @@ class Reconciler:
                         vdc=app.vdc.path,
                         app=app.name,
                     )
-        return actions, hosts
+        return actions
 
     def _host_states(self, s: Session) -> list[HostState]:
         usage = {

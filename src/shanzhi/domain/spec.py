@@ -146,6 +146,8 @@ class Placement(_Model):
     clouds: CloudSelector = Field(default_factory=CloudSelector)
     # data residency: replicas only in clouds of these regions (empty: any region)
     regions: list[str] = Field(default_factory=list)
+    # divide replicas over clouds by these static weights (empty: by free capacity)
+    weights: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
     spread: Spread | None = None
     anti_affinity: AntiAffinity | None = Field(default=None, alias="antiAffinity")
     strategy: Literal["spread", "least-allocated", "binpack"] = "least-allocated"

@@ -34,6 +34,7 @@ class CloudInfo:
     site: str
     region: str
     tags: Mapping[str, str] = field(default_factory=dict)
+    runtimes: frozenset[str] = frozenset({"process", "vm"})
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class AppRequest:
     group: str | None = None  # apps of one group never share a host
     strategy: Literal["least-allocated", "binpack"] = "least-allocated"
     weights: Mapping[str, float] | None = None  # static division weights per cloud
+    runtime: str | None = None  # "process" or "vm": clouds must support it
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,8 @@ class FleetState:
                 cached = np.array([all(c.tags.get(k) == v for k, v in key) for c in self.clouds], dtype=bool)
                 self._tag_cache[key] = cached
             apply("tags", cached)
+        if req.runtime is not None:
+            apply("runtime", np.array([req.runtime in c.runtimes for c in self.clouds], dtype=bool))
         if req.regions is not None:
             allowed = np.zeros(len(self.region_ix), dtype=bool)
             for r in req.regions:
