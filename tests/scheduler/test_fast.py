@@ -163,3 +163,23 @@ def test_optimiser_plans_keep_every_constraint(seed: int) -> None:
     assert p.status in ("OPTIMAL", "FEASIBLE")
     apply_plan(s, p)
     assert s.violations() == []
+
+
+def test_a_whole_site_fails_over_in_one_batch() -> None:
+    s = world(n_clouds=6, hosts=8)
+    for i in range(15):
+        s.add_app(AppRequest(f"a{i}", 2000, 2 * GiB, 3, spread_over="cloud", min_groups=2))
+    site_clouds = {i for i, c in enumerate(s.clouds) if c.site == "s1"}
+    stats = s.fail_site("s1")
+    assert stats["affected"] > 0 and stats["affected"] == stats["replaced"] + stats["unplaced"]
+    assert all(int(s.host_cloud[h]) not in site_clouds for hs in s.placement.values() for h in hs)
+    assert s.violations() == []
+
+
+def test_explanations_carry_filters_seats_and_scores() -> None:
+    s = world()
+    out = s.add_app(AppRequest("a", 1000, GiB, 4, regions=frozenset({"r0"}), spread_over="cloud", min_groups=2))
+    ex = out.explain
+    assert ex["removed"]["residency"] == 4 and ex["eligible_clouds"] == 2
+    assert sum(ex["seats"].values()) == 4 and set(ex["seats"]) == set(ex["clouds"])
+    assert all(0 <= v <= 1 for v in ex["host_scores"].values())

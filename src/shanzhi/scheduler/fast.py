@@ -17,6 +17,7 @@ Decisions are all-or-nothing per app: an app that cannot be placed changes nothi
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
@@ -286,11 +287,21 @@ class FleetState:
         if req.group is not None:
             self.groups.setdefault(req.group, set()).update(chosen)
         clouds = sorted({self.clouds[int(self.host_cloud[h])].name for h in chosen})
+        seats_by_cloud = dict(Counter(self.clouds[int(self.host_cloud[h])].name for h in chosen))
+        scores = {
+            str(h): round(1 - (float(self.used_cpu[h]) / float(self.cap_cpu[h])), 4) for h in sorted(set(chosen))
+        }  # free cpu fraction of each chosen host after placing
         return Outcome(
             req.name,
             tuple(chosen),
             f"placed {m} on {len(clouds)} clouds ({req.strategy})",
-            {"eligible_clouds": int(eligible.sum()), "removed": removed, "clouds": clouds},
+            {
+                "eligible_clouds": int(eligible.sum()),
+                "removed": removed,
+                "clouds": clouds,
+                "seats": seats_by_cloud,
+                "host_scores": scores,
+            },
         )
 
     def add_app(self, req: AppRequest) -> Outcome:
@@ -307,23 +318,34 @@ class FleetState:
             self.groups[req.group].difference_update(hosts)
 
     # --------------------------------------------------------- failover
-    def fail_cloud(self, cloud: str) -> dict[str, int]:
-        """Mark a cloud failed and re-decide every replica it held, in one batch.
+    def fail_site(self, site: str) -> dict[str, int]:
+        """Mark every cloud of a site failed and re-decide their replicas in one batch."""
+        return self.fail_clouds([c.name for c in self.clouds if c.site == site])
 
+    def fail_cloud(self, cloud: str) -> dict[str, int]:
+        return self.fail_clouds([cloud])
+
+    def fail_clouds(self, clouds: Sequence[str]) -> dict[str, int]:
+        """Mark clouds failed, then re-decide every replica they held, in one batch.
+
+        All of them are marked first, so no replacement lands on another failing cloud.
         Replicas elsewhere do not move. Returns counts: affected, re-placed, unplaced.
         """
-        c = self.cloud_ix[cloud]
-        self.cloud_healthy[c] = False
-        s, e = int(self.cloud_start[c]), int(self.cloud_end[c])
-        self.host_healthy[s:e] = False
+        down = np.zeros(len(self.host_cloud), dtype=bool)
+        for cloud in clouds:
+            c = self.cloud_ix[cloud]
+            self.cloud_healthy[c] = False
+            s, e = int(self.cloud_start[c]), int(self.cloud_end[c])
+            self.host_healthy[s:e] = False
+            down[s:e] = True
         affected = replaced = unplaced = 0
         for name in sorted(self.placement):
             hosts = self.placement[name]
-            lost = [h for h in hosts if s <= h < e]
+            lost = [h for h in hosts if down[h]]
             if not lost:
                 continue
             req = self.apps[name]
-            keep = [h for h in hosts if not s <= h < e]
+            keep = [h for h in hosts if not down[h]]
             self._take(lost, req.cpu, req.memory, -1)
             if req.group is not None:
                 self.groups[req.group].difference_update(lost)
