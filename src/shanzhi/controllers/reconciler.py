@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-import shutil
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -23,6 +22,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from shanzhi.controllers import health
+from shanzhi.controllers.cleanup import finish_removals, sweep_orphans
 from shanzhi.controllers.fleet import Fleet
 from shanzhi.domain.errors import ShanzhiError
 from shanzhi.domain.spec import AppSpec, Component
@@ -82,8 +82,8 @@ class Reconciler:
                 self._reconcile_app(app_id)
             except Exception:
                 log.exception("reconciling app id %s failed; will retry next pass", app_id)
-        self._sweep_orphans()
-        self._finish_removals()
+        sweep_orphans(self.db, self.fleet, self._observed)
+        finish_removals(self.db, self.fleet)
 
     def _provider(self, ref: _CloudRef) -> Provider:
         return self.fleet.provider(ref.name, ref.kind, dict(ref.options))
@@ -495,39 +495,3 @@ class Reconciler:
                 elif observed is not None and row.state == "scheduled":
                     self._set_state(s, row, "starting", f"created on {a.cloud}/{row.host}")
                     row.endpoint = observed.endpoint
-
-    # ------------------------------------------------------------ cleanups
-    def _sweep_orphans(self) -> None:
-        """Delete provider instances that no row claims (left by a crash or a manual change)."""
-        with self.db.session() as s, s.begin():
-            claimed = {
-                (cloud, name)
-                for name, cloud in s.execute(
-                    select(Instance.name, Cloud.name).join(Cloud, Instance.cloud_id == Cloud.id)
-                )
-            }
-            refs = {c.name: _CloudRef(c.name, c.kind, dict(c.options)) for c in s.scalars(select(Cloud))}
-        for cloud, observed in list(self._observed.items()):
-            if observed is None or cloud not in refs:
-                continue
-            for name in observed:
-                if (cloud, name) in claimed:
-                    continue
-                try:
-                    self._provider(refs[cloud]).delete_instance(name)
-                except (ShanzhiError, OSError, sqlite3.Error) as err:
-                    log.warning("could not remove orphan %s on %s: %s", name, cloud, err)
-                    continue
-                with self.db.session() as s, s.begin():
-                    record_event(s, "OrphanRemoved", "instance", name, f"removed {name} from {cloud}: no app claims it")
-
-    def _finish_removals(self) -> None:
-        with self.db.session() as s, s.begin():
-            for cloud in s.scalars(select(Cloud).where(Cloud.draining.is_(True))):
-                left = s.scalar(select(func.count()).select_from(Instance).where(Instance.cloud_id == cloud.id))
-                if left:
-                    continue
-                record_event(s, "CloudRemoved", "cloud", cloud.name, f"cloud {cloud.name} drained and removed")
-                s.delete(cloud)
-                self.fleet.forget(cloud.name)
-                shutil.rmtree(self.fleet.state_dir(cloud.name), ignore_errors=True)

@@ -1,0 +1,60 @@
+"""End-of-pass cleanups: provider instances no row claims, and clouds that finished draining."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sqlite3
+from collections.abc import Mapping
+
+from sqlalchemy import func, select
+
+from shanzhi.controllers.fleet import Fleet
+from shanzhi.domain.errors import ShanzhiError
+from shanzhi.providers import ObservedInstance
+from shanzhi.store import Database
+from shanzhi.store.events import record_event
+from shanzhi.store.tables import Cloud, Instance
+
+log = logging.getLogger("shanzhi.reconciler")
+
+
+def sweep_orphans(db: Database, fleet: Fleet, observed: Mapping[str, Mapping[str, ObservedInstance] | None]) -> None:
+    """Delete provider instances that no row claims (left by a crash or a manual change).
+
+    `observed` is the pass's listing, taken before its rows were read, so an instance created
+    during the pass is never mistaken for an orphan.
+    """
+    with db.session() as s, s.begin():
+        claimed = {
+            (cloud, name)
+            for name, cloud in s.execute(select(Instance.name, Cloud.name).join(Cloud, Instance.cloud_id == Cloud.id))
+        }
+        clouds = {c.name: (c.kind, dict(c.options)) for c in s.scalars(select(Cloud))}
+    for cloud, seen in list(observed.items()):
+        if seen is None or cloud not in clouds:
+            continue
+        kind, options = clouds[cloud]
+        for name in seen:
+            if (cloud, name) in claimed:
+                continue
+            try:
+                fleet.provider(cloud, kind, options).delete_instance(name)
+            except (ShanzhiError, OSError, sqlite3.Error) as err:
+                log.warning("could not remove orphan %s on %s: %s", name, cloud, err)
+                continue
+            with db.session() as s, s.begin():
+                record_event(s, "OrphanRemoved", "instance", name, f"removed {name} from {cloud}: no app claims it")
+
+
+def finish_removals(db: Database, fleet: Fleet) -> None:
+    """Remove clouds that were draining and now hold no instance."""
+    with db.session() as s, s.begin():
+        for cloud in s.scalars(select(Cloud).where(Cloud.draining.is_(True))):
+            left = s.scalar(select(func.count()).select_from(Instance).where(Instance.cloud_id == cloud.id))
+            if left:
+                continue
+            record_event(s, "CloudRemoved", "cloud", cloud.name, f"cloud {cloud.name} drained and removed")
+            s.delete(cloud)
+            fleet.forget(cloud.name)
+            shutil.rmtree(fleet.state_dir(cloud.name), ignore_errors=True)
