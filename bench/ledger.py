@@ -22,7 +22,6 @@ import json
 import os
 import random
 import resource
-import secrets
 import signal
 import statistics
 import subprocess
@@ -34,12 +33,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 
+from _pg import throwaway_postgres
 from shanzhi.ledger.entries import make_entry
 from shanzhi.ledger.keys import load_or_create
 from shanzhi.ledger.log import Log
@@ -48,7 +46,6 @@ from shanzhi.ledger.note import Signer
 from shanzhi.ledger.verify import DatabaseSource, verify_log
 from shanzhi.store import Database, open_database
 
-PG = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 ORIGIN = "bench.shanzhi.example/ledger"
 DEPT = Signer.generate("gz.gov.cn/health")
 console = Console(width=160)
@@ -309,24 +306,6 @@ def storage(path: Path, db: Database, n: int, entry_bytes: int) -> dict[str, flo
 
 
 # ----------------------------------------------------------------- main
-def pg_database() -> tuple[str, str] | None:
-    base = make_url(PG).set(drivername="postgresql").render_as_string(hide_password=False)
-    name = f"shanzhi_bench_{secrets.token_hex(4)}"
-    try:
-        with psycopg.connect(base, autocommit=True, connect_timeout=3) as c:
-            c.execute(f'CREATE DATABASE "{name}"')
-    except psycopg.Error as err:
-        console.print(f"PostgreSQL not reachable, skipping it: {err}")
-        return None
-    return make_url(PG).set(database=name).render_as_string(hide_password=False), name
-
-
-def drop_pg(name: str) -> None:
-    base = make_url(PG).set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(base, autocommit=True) as c:
-        c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="about a minute: 1 M-entry proofs and verification")
@@ -344,17 +323,13 @@ def main() -> None:
         db.migrate()
         results["sqlite"] = bench_appends(db, n_append, 10_000)
         db.dispose()
-        got = pg_database()
-        if got:
-            console.print("appends, PostgreSQL ...")
-            url, name = got
-            try:
+        with throwaway_postgres() as url:
+            if url is not None:
+                console.print("appends, PostgreSQL ...")
                 db = open_database(url)
                 db.migrate()
                 results["postgresql"] = bench_appends(db, n_append // 4, 10_000)
                 db.dispose()
-            finally:
-                drop_pg(name)
         console.print("HTTP API and witnessed checkpoints ...")
         results["http"] = bench_http(tmp, 6_000 if quick else 30_000, 600 if quick else 3_000, 40 if quick else 200)
         console.print(f"building a {n_verify:,}-entry log ...")

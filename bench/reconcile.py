@@ -15,19 +15,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import secrets
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import psycopg
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 
+from _pg import throwaway_postgres
 from shanzhi.controllers import Fleet, Reconciler
 from shanzhi.domain.quota import Quota
 from shanzhi.domain.spec import parse_app
@@ -35,8 +32,6 @@ from shanzhi.services.apps import apply_app
 from shanzhi.services.clouds import add_cloud
 from shanzhi.services.vdcs import create_vdc
 from shanzhi.store import Database, open_database
-
-PG = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
 
 def doc(i: int, replicas: int) -> dict[str, Any]:
@@ -138,20 +133,9 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         results.append(run_backend("sqlite", f"sqlite+pysqlite:///{tmp}/bench.db", apps, 3, Path(tmp)))
-        dbname = f"shanzhi_bench_{secrets.token_hex(4)}"
-        base = make_url(PG).set(drivername="postgresql").render_as_string(hide_password=False)
-        try:
-            with psycopg.connect(base, autocommit=True, connect_timeout=3) as c:
-                c.execute(f'CREATE DATABASE "{dbname}"')
-        except psycopg.Error as err:
-            print(f"PostgreSQL not reachable, skipping it: {err}", file=sys.stderr)
-        else:
-            try:
-                url = make_url(PG).set(database=dbname).render_as_string(hide_password=False)
+        with throwaway_postgres() as url:
+            if url is not None:
                 results.append(run_backend("postgresql", url, apps, 3, Path(tmp)))
-            finally:
-                with psycopg.connect(base, autocommit=True) as c:
-                    c.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
     table = Table(title=f"Shanzhi control plane ({apps} apps x 3 replicas on 6 sim clouds x 50 hosts)")
     cols = [
         ("backend", "backend", "{}"),

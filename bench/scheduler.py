@@ -19,7 +19,6 @@ import copy
 import json
 import random
 import resource
-import secrets
 import statistics
 import tempfile
 import time
@@ -28,17 +27,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psycopg
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 
+from _pg import throwaway_postgres
 from shanzhi.scheduler.fast import AppRequest, CloudInfo, FleetState, HostSpec
 from shanzhi.scheduler.optimize import apply_plan, plan
 from shanzhi.store import Database, open_database
 
-PG = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 GiB = 2**30
 console = Console(width=170)
 JURISDICTIONS = [f"j{i}" for i in range(8)]
@@ -303,24 +300,6 @@ def quality(time_limit: float) -> dict[str, float]:
     }
 
 
-def pg_database() -> tuple[str, str] | None:
-    base = make_url(PG).set(drivername="postgresql").render_as_string(hide_password=False)
-    name = f"shanzhi_bench_{secrets.token_hex(4)}"
-    try:
-        with psycopg.connect(base, autocommit=True, connect_timeout=3) as c:
-            c.execute(f'CREATE DATABASE "{name}"')
-    except psycopg.Error as err:
-        console.print(f"PostgreSQL not reachable, skipping it: {err}")
-        return None
-    return make_url(PG).set(database=name).render_as_string(hide_password=False), name
-
-
-def drop_pg(name: str) -> None:
-    base = make_url(PG).set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(base, autocommit=True) as c:
-        c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="a smaller city, under a minute")
@@ -345,16 +324,12 @@ def main() -> None:
         db.migrate()
         r["durable_sqlite"] = durable(db, copy.deepcopy(base), apps)
         db.dispose()
-    got = pg_database()
-    if got:
-        url, name = got
-        try:
+    with throwaway_postgres() as url:
+        if url is not None:
             db = open_database(url)
             db.migrate()
             r["durable_postgresql"] = durable(db, copy.deepcopy(base), apps)
             db.dispose()
-        finally:
-            drop_pg(name)
     console.print("failover ...")
     per_cloud_replicas = np.bincount(
         [int(s.host_cloud[h]) for hs in s.placement.values() for h in hs], minlength=n_clouds
