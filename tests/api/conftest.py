@@ -1,3 +1,4 @@
+import copy
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -7,6 +8,7 @@ from fastapi.testclient import TestClient
 
 from shanzhi.api import create_app
 from shanzhi.config import Settings
+from shanzhi.services.demo import HELLO
 
 
 @pytest.fixture
@@ -23,23 +25,7 @@ def api(settings: Settings) -> Iterator[TestClient]:
 
 
 def hello(**changes: Any) -> dict[str, Any]:
-    spec: dict[str, Any] = {
-        "apiVersion": "shanzhi.io/v1",
-        "kind": "App",
-        "metadata": {"name": "hello", "vdc": "gz/health"},
-        "spec": {
-            "components": [
-                {
-                    "name": "web",
-                    "replicas": 4,
-                    "resources": {"cpu": 0.1, "memory": "64Mi"},
-                    "run": {"command": ["python3", "-m", "http.server", "${PORT}", "--bind", "127.0.0.1"]},
-                    "ports": [{"name": "http", "port": 8080}],
-                    "health": {"http": {"path": "/", "port": "http"}},
-                }
-            ],
-            "placement": {"clouds": {"tags": {"level": "city"}}, "spread": {"over": "site", "minGroups": 2}},
-        },
-    }
+    """The issue's example app (as the demo ships it), with component fields changed."""
+    spec: dict[str, Any] = copy.deepcopy(HELLO)
     spec["spec"]["components"][0].update(changes)
     return spec
