@@ -86,3 +86,27 @@ def test_ledger_reads_need_a_token(api: TestClient) -> None:
     anon = TestClient(api.app)
     for path in ("/api/v1/ledger/checkpoint", "/api/v1/ledger/tile/0/000", "/api/v1/ledger/status"):
         assert anon.get(path).status_code == 401
+
+
+def test_the_demo_seeds_a_linked_signed_chain(settings: object) -> None:
+    import json
+
+    from shanzhi.api import create_app
+
+    settings.demo = True  # type: ignore[attr-defined]
+    with TestClient(create_app(settings)) as c:  # type: ignore[arg-type]
+        c.headers["Authorization"] = f"Bearer {settings.token_file.read_text().strip()}"  # type: ignore[attr-defined]
+        entries = [json.loads(c.get(f"/api/v1/ledger/entries/{i}").json()["entry"].split("\n\n")[0]) for i in range(5)]
+        assert [e["type"] for e in entries] == [
+            "responsibility",
+            "catalog",
+            "share-request",
+            "share-approval",
+            "access",
+        ]
+        for i in range(1, 5):  # each links to the one before it, by index and leaf hash
+            leaf = c.get(f"/api/v1/ledger/entries/{i - 1}").json()["leaf"]
+            assert [(lk["index"], lk["leaf"]) for lk in entries[i]["links"]] == [(i - 1, leaf)]
+    with TestClient(create_app(settings)) as c:  # type: ignore[arg-type]
+        c.headers["Authorization"] = f"Bearer {settings.token_file.read_text().strip()}"  # type: ignore[attr-defined]
+        assert c.get("/api/v1/ledger/status").json()["size"] == 5  # a restart seeds nothing twice

@@ -19,7 +19,7 @@ from shanzhi.controllers import ControllerManager, Fleet
 from shanzhi.ledger.keys import load_or_create
 from shanzhi.ledger.note import Verifier
 from shanzhi.ledger.service import Ledger, Witness
-from shanzhi.services.demo import seed_demo
+from shanzhi.services.demo import seed_demo, seed_ledger
 from shanzhi.store import Database, open_database
 
 log = logging.getLogger("shanzhi.api")
@@ -53,6 +53,8 @@ def create_app(settings: Settings) -> FastAPI:
             with db.session() as s, s.begin():
                 seed_demo(s)
         ledger = _start_ledger(settings, db)
+        if settings.demo and ledger is not None:
+            seed_ledger(ledger, settings.data_dir)
         controller = None
         if settings.controller:
             controller = ControllerManager(

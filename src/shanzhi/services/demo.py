@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shanzhi.domain.quota import parse_quota
 from shanzhi.domain.spec import parse_app
+from shanzhi.ledger.entries import make_entry
+from shanzhi.ledger.keys import load_or_create
+from shanzhi.ledger.note import Signer
+from shanzhi.ledger.service import Ledger
 from shanzhi.services.apps import apply_app
 from shanzhi.services.clouds import add_cloud
 from shanzhi.services.vdcs import create_vdc
@@ -100,3 +106,66 @@ def seed_demo(s: Session) -> bool:
     for doc in (HELLO, PERMITS):
         apply_app(s, parse_app(doc))
     return True
+
+
+def seed_ledger(ledger: Ledger, data_dir: Path) -> int:
+    """A small verifiable chain in an empty ledger: a duty, the catalog entry it justifies,
+    a sharing request, its approval and a data access, each signed by its department."""
+    if ledger.log.size:
+        return 0
+    health = load_or_create(data_dir / "demo-gz-health.key", "gz.gov.cn/health")
+    transport = load_or_create(data_dir / "demo-gz-transport.key", "gz.gov.cn/transport")
+    for dept in (health, transport):
+        ledger.register_key(dept.name, dept.verifier.encode(), "department")
+    code = "440100-HEALTH-0001"
+    chain: list[tuple[Signer, str, str, dict[str, object], str]] = [
+        (
+            health,
+            "responsibility",
+            "resp/clinic-licensing",
+            {"code": "clinic-licensing", "title": "Licensing and inspection of clinics", "basis": "Regulation 12"},
+            "",
+        ),
+        (
+            health,
+            "catalog",
+            f"catalog/{code}",
+            {
+                "code": code,
+                "version": 1,
+                "name": "Licensed clinics",
+                "provider": "gz/health",
+                "items": [{"name": "licence_no"}, {"name": "address"}],
+                "share_type": "conditional",
+                "share_conditions": "for licensing and inspection only",
+                "update_cycle": "daily",
+            },
+            "responsibility",
+        ),
+        (
+            transport,
+            "share-request",
+            f"catalog/{code}",
+            {"catalog": code, "requester": "gz/transport", "purpose": "ambulance route planning"},
+            "catalog",
+        ),
+        (
+            health,
+            "share-approval",
+            f"catalog/{code}",
+            {"decision": "approved", "approver": "gz/health", "conditions": "monthly pull"},
+            "request",
+        ),
+        (
+            transport,
+            "access",
+            f"catalog/{code}",
+            {"catalog": code, "consumer": "gz/transport", "records": 1842},
+            "grant",
+        ),
+    ]
+    previous: tuple[int, bytes] | None = None
+    for signer, type_, subject, body, rel in chain:
+        links = [(rel, previous[0], previous[1])] if previous and rel else []
+        [previous] = ledger.submit([make_entry(signer, type_, subject, body, links)])
+    return len(chain)
