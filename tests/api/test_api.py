@@ -200,3 +200,12 @@ def test_events_record_what_happened(world: TestClient) -> None:
     assert reasons.count("CloudAdded") == 2 and "VdcCreated" in reasons and "AppApplied" in reasons
     mine = world.get("/api/v1/events", params={"app": "hello"}).json()
     assert {e["app"] for e in mine} == {"hello"}
+
+
+def test_the_audit_trail_is_a_verifiable_chain(world: TestClient) -> None:
+    world.post("/api/v1/apps", json=hello())
+    world.post("/api/v1/apps", json={"bad": 1})
+    records = world.get("/api/v1/audit").json()
+    assert len(records) >= 5 and all(r["hash"] and r["prev_hash"] for r in records)
+    assert records[1]["prev_hash"] == records[0]["hash"]
+    assert world.get("/api/v1/audit/verify").json() == {"ok": True, "records": len(records), "problem": ""}

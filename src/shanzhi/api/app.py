@@ -13,6 +13,7 @@ from shanzhi.api import audit, errors
 from shanzhi.api.auth import ensure_admin_token, require_token
 from shanzhi.api.deps import Runtime
 from shanzhi.api.routes import apps, clouds, observe, plans, vdcs
+from shanzhi.api.routes import audit as audit_routes
 from shanzhi.api.routes import ledger as ledger_routes
 from shanzhi.config import Settings
 from shanzhi.controllers import ControllerManager, Fleet
@@ -86,7 +87,7 @@ def create_app(settings: Settings) -> FastAPI:
     errors.install(app)
     app.add_middleware(audit.AuditMiddleware)
     api = APIRouter(prefix="/api/v1", dependencies=[Depends(require_token)])
-    for module in (clouds, vdcs, apps, observe, plans, ledger_routes):
+    for module in (clouds, vdcs, apps, observe, plans, audit_routes, ledger_routes):
         api.include_router(module.router)
     app.include_router(api)
 

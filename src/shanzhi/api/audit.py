@@ -13,6 +13,7 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shanzhi.store import audit as chain
 from shanzhi.store.tables import AuditRecord
 
 log = logging.getLogger("shanzhi.audit")
@@ -56,7 +57,7 @@ def _record(scope: Scope, status: int) -> None:
         outcome="success" if status < 400 else ("denied" if status in (401, 403) else "error"),
     )
     with app.state.db.session() as s, s.begin():
-        s.add(record)
+        chain.append(s, record)
     ledger = getattr(getattr(app.state, "runtime", None), "ledger", None)
     if ledger is not None and not path.startswith("/api/v1/ledger/entries"):
         body = {

@@ -11,6 +11,7 @@ from typing import Any
 import typer
 import yaml
 
+from shanzhi.cli.audit import audit_app
 from shanzhi.cli.ledger import ledger_app, witness_app
 from shanzhi.cli.output import Columns, Fmt, OutputOpt, cpu, emit, err, handle_errors, mem, out
 from shanzhi.cli.plans import plan_app
@@ -36,6 +37,7 @@ app.add_typer(workloads_app, name="workloads")
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(witness_app, name="witness")
 app.add_typer(plan_app, name="plan")
+app.add_typer(audit_app, name="audit")
 
 DataDirOpt = typer.Option(None, "--data-dir", envvar="SHANZHI_HOME", help="Data directory (token, SQLite, workloads).")
 

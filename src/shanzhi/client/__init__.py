@@ -137,6 +137,13 @@ class Client:
     def status(self) -> Any:
         return self._call("GET", "/status")
 
+    # audit
+    def audit_records(self, since: int = 0, limit: int = 200) -> Any:
+        return self._call("GET", "/audit", params={"since": since, "limit": limit})
+
+    def audit_verify(self) -> Any:
+        return self._call("GET", "/audit/verify")
+
     # plans
     def propose_plan(self, kind: str, cloud: str | None, target: float | None, time_limit: float) -> Any:
         body = {"kind": kind, "cloud": cloud, "target_utilisation": target, "time_limit": time_limit}

@@ -182,6 +182,9 @@ class AuditRecord(Base):
     status: Mapped[int] = mapped_column(Integer)
     outcome: Mapped[str] = mapped_column(String(16))  # success|denied|error
     detail: Mapped[str] = mapped_column(Text, default="")
+    # hash chain: each record commits to the one before it (see shanzhi.store.audit)
+    prev_hash: Mapped[str] = mapped_column(String(64), default="")
+    hash: Mapped[str] = mapped_column(String(64), default="")
 
 
 class Token(Base):

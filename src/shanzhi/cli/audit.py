@@ -1,0 +1,68 @@
+"""`shanzhi audit ...`: read the audit trail and verify its hash chain."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from shanzhi.cli.output import Fmt, OutputOpt, emit, err, handle_errors, out
+from shanzhi.client import Client, discover_token
+
+audit_app = typer.Typer(help="The audit trail: who did what, from where, with what outcome.", no_args_is_help=True)
+DataDirOpt = typer.Option(None, "--data-dir", envvar="SHANZHI_HOME", help="Data directory (for the token).")
+
+
+@audit_app.command("list")
+def list_cmd(
+    since: int = typer.Option(0, "--since", help="Only records after this id."),
+    limit: int = typer.Option(50, "--limit", help="How many records."),
+    data_dir: Path | None = DataDirOpt,
+    output: Fmt = OutputOpt,
+) -> None:
+    """Show audit records in order."""
+    with handle_errors(), Client(token=discover_token(data_dir)) as c:
+        rows = c.audit_records(since, limit)
+    emit(
+        rows,
+        output,
+        [
+            ("ID", lambda r: r["id"]),
+            ("TIME", lambda r: str(r["at"])[:19]),
+            ("ACTOR", lambda r: r["actor"]),
+            ("FROM", lambda r: r["source"]),
+            ("REQUEST", lambda r: f"{r['method']} {r['path']}"),
+            ("STATUS", lambda r: r["status"]),
+            ("OUTCOME", lambda r: r["outcome"]),
+        ],
+    )
+
+
+@audit_app.command("verify")
+def verify(
+    database_url: str | None = typer.Option(
+        None, "--database-url", help="Verify this database directly (no server needed)."
+    ),
+    data_dir: Path | None = DataDirOpt,
+    output: Fmt = OutputOpt,
+) -> None:
+    """Recompute the audit hash chain; exit 1 naming the first edited, deleted or moved record."""
+    if database_url:
+        from shanzhi.store import open_database
+        from shanzhi.store.audit import verify_chain
+
+        db = open_database(database_url)
+        with db.reader.connect() as conn:
+            rep = verify_chain(conn)
+        db.dispose()
+        result = {"ok": rep.ok, "records": rep.records, "problem": rep.problem}
+    else:
+        with handle_errors(), Client(token=discover_token(data_dir)) as c:
+            result = c.audit_verify()
+    if output is Fmt.json:
+        emit(result, output)
+    elif result["ok"]:
+        out.print(f"OK: {result['records']} audit records form an unbroken chain")
+    if not result["ok"]:
+        err.print(f"[red]error[/]: audit chain broken: {result['problem']}")
+        raise typer.Exit(1)
