@@ -71,7 +71,8 @@ def plan(
     for c in evac:
         bad_host[int(state.cloud_start[c]) : int(state.cloud_end[c])] = True
     m = cp_model.CpModel()
-    x: dict[tuple[str, int, int], cp_model.IntVar] = {}
+    # choices[app][replica] = [(host, var), ...]: every lookup below stays within one app
+    choices: dict[str, list[list[tuple[int, cp_model.IntVar]]]] = {}
     host_terms: dict[int, list[tuple[int, int, cp_model.IntVar]]] = {}
     must_move = 0
     moves_expr = []
@@ -88,9 +89,10 @@ def plan(
             else:
                 cands = sorted({*alt, cur})
             vs = []
+            options = []
             for h in cands:
                 v = m.new_bool_var(f"x_{app}_{i}_{h}")
-                x[(app, i, h)] = v
+                options.append((h, v))
                 host_terms.setdefault(h, []).append((req.cpu, req.memory, v))
                 vs.append(v)
                 if h == cur:
@@ -100,17 +102,15 @@ def plan(
                         must_move += 1
                     stuck_vars.append(v)
             m.add_exactly_one(vs)
+            choices.setdefault(app, []).append(options)
+        mine = [hv for options in choices.get(app, []) for hv in options]
         if req.anti_affinity:
-            for h in {h for (a, _, h) in x if a == app}:
-                same = [x[(app, i, h)] for i in range(len(hosts)) if (app, i, h) in x]
-                if len(same) > 1:
-                    m.add(sum(same) <= 1)
+            _at_most_one_per_host(m, mine)
         if req.spread_over is not None and len(hosts) > 1:
             need = min(req.min_groups, len(hosts))
             by_group: dict[int, list[cp_model.IntVar]] = {}
-            for (a, _, h), v in x.items():
-                if a == app:
-                    by_group.setdefault(state.group_of(h, req.spread_over), []).append(v)
+            for h, v in mine:
+                by_group.setdefault(state.group_of(h, req.spread_over), []).append(v)
             ys = []
             for g, vs2 in by_group.items():
                 y = m.new_bool_var(f"y_{app}_{g}")
@@ -122,15 +122,8 @@ def plan(
         if req.group is not None and app in state.placement:
             groups.setdefault(req.group, []).append(app)
     for members in groups.values():
-        if len(members) < 2:
-            continue
-        per_host: dict[int, list[cp_model.IntVar]] = {}
-        for (a, _, h), v in x.items():
-            if a in members:
-                per_host.setdefault(h, []).append(v)
-        for vs in per_host.values():
-            if len(vs) > 1:
-                m.add(sum(vs) <= 1)
+        if len(members) > 1:
+            _at_most_one_per_host(m, [hv for a in members for options in choices[a] for hv in options])
     over_terms = []
     for h, terms in host_terms.items():
         m.add(sum(c * v for c, _, v in terms) <= int(state.cap_cpu[h]))
@@ -158,13 +151,22 @@ def plan(
     result.objective = solver.objective_value
     for app in sorted(state.placement):
         for i, cur in enumerate(state.placement[app]):
-            target = next(h for (a, j, h), v in x.items() if a == app and j == i and solver.value(v))
+            target = next(h for h, v in choices[app][i] if solver.value(v))
             if target != cur:
                 why = "leaves an evacuated or failed host" if bad_host[cur] else "rebalances toward the target"
                 result.moves.append(Move(app, i, cur, target, why))
             elif bad_host[cur]:
                 result.stuck += 1
     return result
+
+
+def _at_most_one_per_host(m: cp_model.CpModel, options: Iterable[tuple[int, cp_model.IntVar]]) -> None:
+    per_host: dict[int, list[cp_model.IntVar]] = {}
+    for h, v in options:
+        per_host.setdefault(h, []).append(v)
+    for vs in per_host.values():
+        if len(vs) > 1:
+            m.add(sum(vs) <= 1)
 
 
 def apply_plan(state: FleetState, p: Plan) -> None:
