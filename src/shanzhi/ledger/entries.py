@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -167,7 +168,7 @@ def make_entry(
     return sign(canonical(env.model_dump(mode="json")) + "\n", signer).encode()
 
 
-def open_entry(data: bytes, keys: dict[str, Verifier]) -> Envelope:
+def open_entry(data: bytes, keys: Mapping[str, Verifier] | Callable[[str], Verifier | None]) -> Envelope:
     """Check an entry: a signed note from its submitter's registered key, canonical, typed."""
     try:
         note = data.decode()
@@ -182,7 +183,8 @@ def open_entry(data: bytes, keys: dict[str, Verifier]) -> Envelope:
     if not isinstance(raw, dict):
         raise EntryError("entry text is not a JSON object")
     submitter = raw.get("submitter")
-    key = keys.get(submitter) if isinstance(submitter, str) else None
+    lookup = keys if callable(keys) else keys.get
+    key = lookup(submitter) if isinstance(submitter, str) else None
     if key is None:
         raise EntryError(f"submitter {submitter!r} has no registered key")
     try:

@@ -23,7 +23,7 @@ from sqlalchemy import select, text
 
 from shanzhi.ledger.checkpoint import Checkpoint
 from shanzhi.ledger.entries import EntryError, Envelope, make_entry, open_entry
-from shanzhi.ledger.log import Log
+from shanzhi.ledger.log import LedgerError, Log
 from shanzhi.ledger.merkle import leaf_hash
 from shanzhi.ledger.note import NoteError, Signer, Verifier, sign, verify
 from shanzhi.store import Database
@@ -31,6 +31,14 @@ from shanzhi.store.locks import LeaderLock
 from shanzhi.store.tables import LedgerCheckpoint, LedgerKey
 
 log = logging.getLogger("shanzhi.ledger")
+
+
+class SubmissionError(EntryError):
+    """Entry `index` of a submission was refused (so the whole submission was)."""
+
+    def __init__(self, index: int, message: str) -> None:
+        super().__init__(f"entries[{index}]: {message}")
+        self.index = index
 
 
 @dataclass(frozen=True)
@@ -116,16 +124,16 @@ class Ledger:
         self._keys.update({r.name: Verifier.decode(r.vkey) for r in rows})
         return dict(self._keys)
 
+    def _key(self, name: str) -> Verifier | None:
+        """A submitter's key; an unknown name re-reads the registry (another server may have added it)."""
+        if name not in self._keys:
+            self.keys()
+        return self._keys.get(name)
+
     # ----------------------------------------------------------- submission
     def check(self, data: bytes, size: int | None = None) -> Envelope:
         """Check one entry; `size` is the tree size its links may point below (default: now)."""
-        keys = self._keys
-        try:
-            env = open_entry(data, keys)
-        except EntryError as err:
-            if "has no registered key" not in str(err):
-                raise
-            env = open_entry(data, self.keys())  # a key registered by another server
+        env = open_entry(data, self._key)
         if not env.links:
             return env
         size = self.log.refresh() if size is None else size
@@ -137,10 +145,14 @@ class Ledger:
         return env
 
     def submit(self, entries: Sequence[bytes], timeout: float = 30) -> list[tuple[int, bytes]]:
-        """Check and durably append; returns (index, leaf hash) per entry. All or nothing."""
+        """Check and durably append; returns (index, leaf hash) per entry. All or nothing:
+        the first bad entry raises `SubmissionError` naming its position, and nothing is appended."""
         size = self.log.refresh()
-        for e in entries:
-            self.check(e, size)
+        for i, e in enumerate(entries):
+            try:
+                self.check(e, size)
+            except (EntryError, LedgerError) as err:
+                raise SubmissionError(i, str(err)) from None
         return self.append_checked(entries, timeout)
 
     def append_checked(self, entries: Sequence[bytes], timeout: float = 30) -> list[tuple[int, bytes]]:

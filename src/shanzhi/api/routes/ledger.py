@@ -15,11 +15,9 @@ from starlette.concurrency import run_in_threadpool
 
 from shanzhi.api.deps import Runtime, runtime
 from shanzhi.domain.errors import InvalidInput, NotFound
-from shanzhi.ledger.entries import EntryError
-from shanzhi.ledger.log import LedgerError
 from shanzhi.ledger.merkle import leaf_hash
 from shanzhi.ledger.note import NoteError
-from shanzhi.ledger.service import Ledger
+from shanzhi.ledger.service import Ledger, SubmissionError
 from shanzhi.ledger.verify import parse_tile_index
 
 router = APIRouter(prefix="/ledger", tags=["ledger"])
@@ -97,14 +95,11 @@ def tile(path: str, led: Ledger = Depends(_ledger)) -> Response:
 
 @router.post("/entries", status_code=201)
 def submit(body: SubmitIn, led: Ledger = Depends(_ledger)) -> list[dict[str, Any]]:
-    raw = [e.encode() for e in body.entries]
-    size = led.log.refresh()
-    for i, e in enumerate(raw):
-        try:
-            led.check(e, size)
-        except (EntryError, LedgerError) as err:
-            raise InvalidInput(f"entries[{i}]: {err}", field=f"entries[{i}]") from None
-    return [{"index": i, "leaf": b64(h)} for i, h in led.append_checked(raw)]
+    try:
+        done = led.submit([e.encode() for e in body.entries])
+    except SubmissionError as err:
+        raise InvalidInput(str(err), field=f"entries[{err.index}]") from None
+    return [{"index": i, "leaf": b64(h)} for i, h in done]
 
 
 @router.get("/entries/{index}")
