@@ -19,9 +19,7 @@ from shanzhi.ledger.merkle import (
     verify_inclusion,
 )
 
-VECTORS = Path(__file__).resolve().parents[2].parent / "shared" / "testdata" / "merkle"
-if not VECTORS.exists():  # CI lays shared/ beside the clone as well
-    VECTORS = Path(__file__).resolve().parents[3] / "shared" / "testdata" / "merkle"
+VECTORS = Path(__file__).resolve().parents[3] / "shared" / "testdata" / "merkle"  # shared/ beside the clone
 
 TREE = json.loads((VECTORS / "rfc6962-tree.json").read_text())
 LEAVES = [bytes.fromhex(h) for h in TREE["leaf_inputs_hex"]]

@@ -15,7 +15,7 @@ from shanzhi.cli.audit import audit_app
 from shanzhi.cli.ledger import ledger_app, witness_app
 from shanzhi.cli.output import Columns, Fmt, OutputOpt, cpu, emit, err, handle_errors, mem, out
 from shanzhi.cli.plans import plan_app
-from shanzhi.client import Client, discover_token
+from shanzhi.client import ApiError, Client, discover_token
 from shanzhi.config import Settings
 
 app = typer.Typer(
@@ -411,8 +411,6 @@ def app_delete(
     with handle_errors(), client(data_dir) as c:
         a = c.delete_app(name, vdc)
         if wait:
-            from shanzhi.client import ApiError
-
             deadline = time.monotonic() + timeout
             with err.status(f"deleting {name}"):
                 while time.monotonic() < deadline:

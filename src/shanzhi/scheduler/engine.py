@@ -91,7 +91,7 @@ class Engine:
                 return decisions
         decisions = place(self.hosts, req, count)  # exact, explained, replica by replica
         taken = [self.index[(d.cloud, d.host)] for d in decisions if d.placed and d.cloud and d.host]
-        self.state._take(taken, req.cpu, req.memory)
+        self.state.charge(taken, req.cpu, req.memory)
         return decisions
 
 

@@ -118,7 +118,8 @@ class FleetState:
         self._tag_cache: dict[tuple[tuple[str, str], ...], BoolArray] = {}
 
     # -------------------------------------------------------------- usage
-    def _take(self, hosts: Sequence[int], cpu: int, mem: int, sign: int = 1) -> None:
+    def charge(self, hosts: Sequence[int], cpu: int, mem: int, sign: int = 1) -> None:
+        """Add (sign=1) or release (sign=-1) one replica's usage on each of `hosts`."""
         if not hosts:
             return
         h = np.asarray(hosts, dtype=np.int64)
@@ -263,12 +264,12 @@ class FleetState:
         for _ in range(8):  # re-divide when a cloud's hosts cannot take its share
             seats = self._divide(req, eligible & ~blocked, slots, have, m - len(chosen))
             if isinstance(seats, str):
-                self._take(chosen, req.cpu, req.memory, -1)
+                self.charge(chosen, req.cpu, req.memory, -1)
                 return Outcome(req.name, (), f"unschedulable: {seats}", {"removed": removed})
             short = False
             for c in np.flatnonzero(seats):
                 got = self._hosts_in(req, int(c), int(seats[c]), taken)
-                self._take(got, req.cpu, req.memory)
+                self.charge(got, req.cpu, req.memory)
                 chosen.extend(got)
                 have[c] += len(got)
                 if req.anti_affinity or req.group is not None:
@@ -280,7 +281,7 @@ class FleetState:
                 break
             slots = self._slots(req)
         if len(chosen) < m:
-            self._take(chosen, req.cpu, req.memory, -1)
+            self.charge(chosen, req.cpu, req.memory, -1)
             return Outcome(req.name, (), "unschedulable: not enough feasible hosts", {"removed": removed})
         self.apps[req.name] = req
         self.placement.setdefault(req.name, []).extend(chosen)
@@ -313,7 +314,7 @@ class FleetState:
     def remove_app(self, name: str) -> None:
         req = self.apps.pop(name)
         hosts = self.placement.pop(name, [])
-        self._take(hosts, req.cpu, req.memory, -1)
+        self.charge(hosts, req.cpu, req.memory, -1)
         if req.group is not None:
             self.groups[req.group].difference_update(hosts)
 
@@ -346,7 +347,7 @@ class FleetState:
                 continue
             req = self.apps[name]
             keep = [h for h in hosts if not down[h]]
-            self._take(lost, req.cpu, req.memory, -1)
+            self.charge(lost, req.cpu, req.memory, -1)
             if req.group is not None:
                 self.groups[req.group].difference_update(lost)
             self.placement[name] = keep

@@ -175,8 +175,8 @@ def apply_plan(state: FleetState, p: Plan) -> None:
         req = state.apps[mv.app]
         hosts = state.placement[mv.app]
         assert hosts[mv.replica] == mv.source
-        state._take([mv.source], req.cpu, req.memory, -1)
-        state._take([mv.target], req.cpu, req.memory)
+        state.charge([mv.source], req.cpu, req.memory, -1)
+        state.charge([mv.target], req.cpu, req.memory)
         hosts[mv.replica] = mv.target
         if req.group is not None:
             state.groups[req.group].discard(mv.source)

@@ -77,7 +77,7 @@ def snapshot(s: Session) -> _Snapshot:
         hosts = [index[(r.cloud.name, r.host)] for r in insts if r.cloud is not None and r.host is not None]
         state.apps[key] = req
         state.placement[key] = hosts
-        state._take(hosts, req.cpu, req.memory)
+        state.charge(hosts, req.cpu, req.memory)
         replicas[key] = [r.name for r in insts]
     return _Snapshot(state, names, replicas)
 
