@@ -31,6 +31,10 @@ class Settings:
     ledger_origin: str = "shanzhi.local/ledger"
     witnesses: tuple[tuple[str, str], ...] = ()  # (url, verifier key)
     witness_quorum: int | None = None  # default: a majority of the witnesses
+    audit_retention_days: int = 180  # the Cybersecurity Law asks for at least six months
+    max_login_failures: int = 5
+    lockout_minutes: float = 15.0
+    session_hours: float = 12.0
 
     @classmethod
     def build(

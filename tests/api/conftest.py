@@ -29,3 +29,14 @@ def hello(**changes: Any) -> dict[str, Any]:
     spec: dict[str, Any] = copy.deepcopy(HELLO)
     spec["spec"]["components"][0].update(changes)
     return spec
+
+
+@pytest.fixture
+def tokens(settings: Settings, api: TestClient) -> dict[str, str]:
+    """The bootstrap administrators' tokens: admin (system), security, audit."""
+    files = {"admin": "admin.token", "security": "security.token", "audit": "audit.token"}
+    return {who: (settings.data_dir / f).read_text().strip() for who, f in files.items()}
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}

@@ -9,6 +9,7 @@ from fastapi.testclient import TestClient
 from shanzhi.ledger.entries import make_entry
 from shanzhi.ledger.merkle import verify_consistency, verify_inclusion
 from shanzhi.ledger.note import Signer, Verifier, verify
+from tests.api.conftest import bearer
 
 DEPT = Signer.generate("gz.gov.cn/health")
 
@@ -21,8 +22,12 @@ def access(i: int) -> str:
     return make_entry(DEPT, "access", "catalog/c", {"catalog": "c", "consumer": "x", "records": i}).decode()
 
 
-def test_submit_prove_and_read_tiles(api: TestClient) -> None:
-    r = api.post("/api/v1/ledger/keys", json={"name": DEPT.name, "vkey": DEPT.verifier.encode(), "role": "department"})
+def test_submit_prove_and_read_tiles(api: TestClient, tokens: dict[str, str]) -> None:
+    r = api.post(
+        "/api/v1/ledger/keys",
+        json={"name": DEPT.name, "vkey": DEPT.verifier.encode(), "role": "department"},
+        headers=bearer(tokens["security"]),
+    )
     assert r.status_code == 201
     got = api.post("/api/v1/ledger/entries", json={"entries": [access(i) for i in range(300)]})
     assert got.status_code == 201
@@ -47,8 +52,12 @@ def test_submit_prove_and_read_tiles(api: TestClient) -> None:
     assert api.get("/api/v1/ledger/entries/99999").status_code == 404
 
 
-def test_bad_submissions_name_the_entry_and_append_nothing(api: TestClient) -> None:
-    api.post("/api/v1/ledger/keys", json={"name": DEPT.name, "vkey": DEPT.verifier.encode(), "role": "department"})
+def test_bad_submissions_name_the_entry_and_append_nothing(api: TestClient, tokens: dict[str, str]) -> None:
+    api.post(
+        "/api/v1/ledger/keys",
+        json={"name": DEPT.name, "vkey": DEPT.verifier.encode(), "role": "department"},
+        headers=bearer(tokens["security"]),
+    )
     before = api.get("/api/v1/ledger/status").json()["size"]
     stranger = Signer.generate("gz.gov.cn/nobody")
     bad = make_entry(stranger, "access", "c", {"catalog": "c", "consumer": "x", "records": 1}).decode()
@@ -60,17 +69,29 @@ def test_bad_submissions_name_the_entry_and_append_nothing(api: TestClient) -> N
     assert api.get("/api/v1/ledger/status").json()["size"] == before
 
 
-def test_keys_are_never_silently_replaced(api: TestClient) -> None:
-    api.post("/api/v1/ledger/keys", json={"name": DEPT.name, "vkey": DEPT.verifier.encode(), "role": "department"})
+def test_keys_are_never_silently_replaced(api: TestClient, tokens: dict[str, str]) -> None:
+    api.post(
+        "/api/v1/ledger/keys",
+        json={"name": DEPT.name, "vkey": DEPT.verifier.encode(), "role": "department"},
+        headers=bearer(tokens["security"]),
+    )
     other = Signer.generate(DEPT.name)
-    r = api.post("/api/v1/ledger/keys", json={"name": DEPT.name, "vkey": other.verifier.encode(), "role": "department"})
+    r = api.post(
+        "/api/v1/ledger/keys",
+        json={"name": DEPT.name, "vkey": other.verifier.encode(), "role": "department"},
+        headers=bearer(tokens["security"]),
+    )
     assert r.status_code == 422 and "different key" in r.json()["detail"]
-    mismatch = api.post("/api/v1/ledger/keys", json={"name": "x", "vkey": DEPT.verifier.encode(), "role": "department"})
+    mismatch = api.post(
+        "/api/v1/ledger/keys",
+        json={"name": "x", "vkey": DEPT.verifier.encode(), "role": "department"},
+        headers=bearer(tokens["security"]),
+    )
     assert mismatch.status_code == 422
     assert {k["name"] for k in api.get("/api/v1/ledger/keys").json()} >= {DEPT.name}
 
 
-def test_checkpoints_are_signed_by_the_log_key(api: TestClient) -> None:
+def test_checkpoints_are_signed_by_the_log_key(api: TestClient, tokens: dict[str, str]) -> None:
     import time
 
     api.post("/api/v1/vdcs", json={"path": "gz"})  # audited: the log grows
@@ -82,7 +103,7 @@ def test_checkpoints_are_signed_by_the_log_key(api: TestClient) -> None:
     verify(r.text, Verifier.decode(status["log_key"]))
 
 
-def test_ledger_reads_need_a_token(api: TestClient) -> None:
+def test_ledger_reads_need_a_token(api: TestClient, tokens: dict[str, str]) -> None:
     anon = TestClient(api.app)
     for path in ("/api/v1/ledger/checkpoint", "/api/v1/ledger/tile/0/000", "/api/v1/ledger/status"):
         assert anon.get(path).status_code == 401

@@ -84,7 +84,7 @@ def test_the_example_runs_across_two_sites_and_serves_http(server: Server) -> No
     assert "placed on city-a/node-0" in detail and "spread over site" in detail
     assert {c["name"] for c in cli.json("cloud", "list")} == {"city-a", "city-b"}
     usage = cli.json("vdc", "get", "gz")["usage"]
-    assert usage == {"cpu": 400, "memory": 4 * 64 * 2**20, "instances": 4}
+    assert usage == {"cpu": 400, "memory": 4 * 64 * 2**20, "instances": 4, "storage": 0}
     reasons = {e["reason"] for e in cli.json("events", "--app", "hello")}
     assert {"AppApplied", "Scheduled", "InstanceReady"} <= reasons
     # delete stops every process

@@ -10,9 +10,10 @@ from fastapi import APIRouter, Depends, FastAPI
 
 from shanzhi import __version__
 from shanzhi.api import audit, errors
-from shanzhi.api.auth import ensure_admin_token, require_token
+from shanzhi.api.auth import authorize
 from shanzhi.api.deps import Runtime
-from shanzhi.api.routes import apps, clouds, observe, plans, vdcs
+from shanzhi.api.policy import check_routes
+from shanzhi.api.routes import approvals, apps, clouds, identity, metering, observe, plans, vdcs
 from shanzhi.api.routes import audit as audit_routes
 from shanzhi.api.routes import ledger as ledger_routes
 from shanzhi.config import Settings
@@ -21,6 +22,7 @@ from shanzhi.ledger.keys import load_or_create
 from shanzhi.ledger.note import Verifier
 from shanzhi.ledger.service import Ledger, Witness
 from shanzhi.services.demo import seed_demo, seed_ledger
+from shanzhi.services.identity import ensure_bootstrap
 from shanzhi.store import Database, open_database
 
 log = logging.getLogger("shanzhi.api")
@@ -48,7 +50,8 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         db.migrate()
-        ensure_admin_token(db, settings.token_file)
+        with db.session() as s, s.begin():
+            ensure_bootstrap(s, settings.data_dir)
         fleet = Fleet(settings.data_dir)
         if settings.demo:
             with db.session() as s, s.begin():
@@ -59,7 +62,11 @@ def create_app(settings: Settings) -> FastAPI:
         controller = None
         if settings.controller:
             controller = ControllerManager(
-                db, fleet, interval=settings.interval, failover_grace=settings.failover_grace
+                db,
+                fleet,
+                interval=settings.interval,
+                failover_grace=settings.failover_grace,
+                audit_retention_days=settings.audit_retention_days,
             )
             controller.start()
         app.state.runtime = Runtime(settings, db, fleet, controller, ledger)
@@ -86,10 +93,11 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.db = db
     errors.install(app)
     app.add_middleware(audit.AuditMiddleware)
-    api = APIRouter(prefix="/api/v1", dependencies=[Depends(require_token)])
-    for module in (clouds, vdcs, apps, observe, plans, audit_routes, ledger_routes):
+    api = APIRouter(prefix="/api/v1", dependencies=[Depends(authorize)])
+    for module in (identity, clouds, vdcs, apps, observe, plans, approvals, metering, audit_routes, ledger_routes):
         api.include_router(module.router)
     app.include_router(api)
+    check_routes(app)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:

@@ -1,18 +1,33 @@
-"""Audit: every mutating request is recorded (who, from where, what, outcome), in the audit
-table and, signed by the platform key, in the directory ledger.
+"""Audit: every change, every privileged read and every refusal, recorded (who, with what role,
+from where, what action on what target, outcome, when) in the hash-chained audit trail and,
+signed by the platform key, in the directory ledger.
+
+Fail-closed. A change is recorded by `transaction`, inside the route's own database
+transaction: if the record cannot be written nothing commits and the request fails. A
+privileged read's answer is held back until its record is written; if that fails, the
+caller gets a 500 instead of the data. Refused and failed requests changed nothing and are
+recorded afterwards by the middleware.
 
 Plain ASGI middleware (not Starlette's BaseHTTPMiddleware, which wraps every response in
-extra streams and tasks): it only watches the response status go by.
+extra streams and tasks).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+from fastapi import Request, Response
+from fastapi.routing import APIRoute
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shanzhi.api.policy import Rule
+from shanzhi.domain.rbac import Principal
 from shanzhi.store import audit as chain
 from shanzhi.store.tables import AuditRecord
 
@@ -20,52 +35,144 @@ log = logging.getLogger("shanzhi.audit")
 MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
 
 
+def _outcome(status: int) -> str:
+    if status < 300:
+        return "success" if status != 202 else "held"
+    return "denied" if status in (401, 403, 423) else "error"
+
+
+def build(scope: Scope, status: int, target: str = "") -> AuditRecord:
+    state = scope.get("state") or {}
+    principal: Principal | None = state.get("principal")
+    rule: Rule | None = state.get("rule")
+    query = scope.get("query_string", b"").decode()
+    client = scope.get("client")
+    path = scope["path"]
+    actor = principal.user if principal else "anonymous"
+    if principal is not None and principal.user == "anonymous" and state.get("login_user"):
+        actor = state["login_user"]
+    return AuditRecord(
+        actor=actor[:128],
+        role=(principal.label if principal and principal.user != "anonymous" else "")[:255],
+        action=(rule.action or rule.kind) if rule else "",
+        target=target or state.get("target") or path.removeprefix("/api/v1"),
+        source=(client[0] if client else "")[:64],
+        method=scope["method"],
+        path=path + (f"?{query}" if query else ""),
+        status=status,
+        outcome=_outcome(status),
+    )
+
+
+@contextmanager
+def transaction(request: Request, response: Response | None = None) -> Iterator[Session]:
+    """The route's write transaction, with its audit record appended inside it."""
+    db = request.app.state.db
+    with db.session() as s, s.begin():
+        yield s
+        route = request.scope.get("route")
+        status = (response.status_code if response is not None else None) or (
+            route.status_code if isinstance(route, APIRoute) and route.status_code else 200
+        )
+        record = chain.append(s, build(request.scope, status))
+        s.flush()
+        request.state.audited = _ledger_body(record)
+
+
+def _ledger_body(r: AuditRecord) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "actor": r.actor,
+        "role": r.role,
+        "action": f"{r.method} {r.path}"[:4000],
+        "target": r.target[:4000],
+        "outcome": r.outcome,
+        "source": r.source,
+    }
+
+
 class AuditMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] not in MUTATING or not scope["path"].startswith("/api/"):
+        if scope["type"] != "http" or not scope["path"].startswith("/api/"):
             await self.app(scope, receive, send)
             return
         status = 500
+        held: list[Message] = []
+        holding = False
+
+        def privileged() -> bool:
+            rule: Rule | None = (scope.get("state") or {}).get("rule")
+            return bool(rule and rule.privileged)
 
         async def watch(message: Message) -> None:
-            nonlocal status
+            nonlocal status, holding
             if message["type"] == "http.response.start":
                 status = int(message["status"])
-            await send(message)
+                holding = scope["method"] not in MUTATING and privileged() and status < 400
+            if holding:
+                held.append(message)
+            else:
+                await send(message)
 
         try:
             await self.app(scope, receive, watch)
         finally:
-            await run_in_threadpool(_record, scope, status)
+            state = scope.get("state") or {}
+            in_tx = state.get("audited")
+            wanted = scope["method"] in MUTATING or privileged() or status in (401, 403, 423)
+            body: dict[str, Any] | None = in_tx
+            if in_tx is None and wanted:
+                try:
+                    body = await run_in_threadpool(_record, scope, status)
+                except Exception:
+                    log.exception("audit record for %s %s could not be written", scope["method"], scope["path"])
+                    if holding:  # fail closed: the data is not released without its record
+                        await _refuse(send)
+                        return
+                    raise
+            if held:
+                for m in held:
+                    await send(m)
+            if body is not None:
+                await run_in_threadpool(_to_ledger, scope, body)
 
 
-def _record(scope: Scope, status: int) -> None:
-    app: Any = scope["app"]
-    state = scope.get("state") or {}
-    query = scope.get("query_string", b"").decode()
-    path = scope["path"]
-    client = scope.get("client")
-    record = AuditRecord(
-        actor=state.get("actor", "anonymous"),
-        source=client[0] if client else "",
-        method=scope["method"],
-        path=path + (f"?{query}" if query else ""),
-        status=status,
-        outcome="success" if status < 400 else ("denied" if status in (401, 403) else "error"),
-    )
-    with app.state.db.session() as s, s.begin():
-        chain.append(s, record)
-    ledger = getattr(getattr(app.state, "runtime", None), "ledger", None)
-    if ledger is not None and not path.startswith("/api/v1/ledger/entries"):
-        body = {
-            "actor": record.actor[:128],
-            "action": f"{record.method} {record.path}"[:4000],
-            "target": path[:4000],
-            "outcome": record.outcome,
-            "source": record.source[:128],
+async def _refuse(send: Send) -> None:
+    doc = {
+        "type": "about:blank",
+        "title": "Audit unavailable",
+        "status": 500,
+        "detail": "the audit record for this request could not be written, so its answer is withheld; see the log",
+    }
+    raw = json.dumps(doc).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 500,
+            "headers": [(b"content-type", b"application/problem+json"), (b"content-length", str(len(raw)).encode())],
         }
-        ledger.record("audit", f"api:{path}"[:128], body)
+    )
+    await send({"type": "http.response.body", "body": raw})
+
+
+def _record(scope: Scope, status: int) -> dict[str, Any]:
+    with scope["app"].state.db.session() as s, s.begin():
+        record = chain.append(s, build(scope, status))
+        body = _ledger_body(record)
     log.info("%s %s %s -> %s", record.actor, record.method, record.path, status)
+    return body
+
+
+def _to_ledger(scope: Scope, body: dict[str, Any]) -> None:
+    """The signed copy in the directory ledger (after the commit: the chain is what fails closed)."""
+    ledger = getattr(getattr(scope["app"].state, "runtime", None), "ledger", None)
+    path = scope["path"]
+    if ledger is None or path.startswith("/api/v1/ledger/entries"):
+        return
+    try:
+        ledger.record("audit", f"api:{path}"[:128], {k: v for k, v in body.items() if k != "id"})
+    except Exception:
+        log.exception("ledger copy of audit record %s failed", body.get("id"))

@@ -1,58 +1,76 @@
-"""Bearer-token authentication. Tokens are stored as SHA-256 hashes, never in clear."""
+"""Authentication and authorization on every API route, in one dependency.
+
+`authorize` finds the route's rule in `shanzhi.api.policy`, authenticates the bearer token
+(unless the route is public) and refuses what the caller's roles do not allow. It leaves the
+principal in `request.state` for the route (VDC scoping) and the audit trail.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import os
-import secrets
-from pathlib import Path
+from datetime import timedelta
 
 from fastapi import Request
-from sqlalchemy import select
-from starlette.exceptions import HTTPException
+from fastapi.routing import APIRoute
+from sqlalchemy.orm import Session
 
+from shanzhi.api.policy import Rule, rule_for
+from shanzhi.domain.errors import Forbidden, NotFound, Unauthorized
+from shanzhi.domain.rbac import Principal
+from shanzhi.services import identity
 from shanzhi.store import Database
-from shanzhi.store.tables import Token
+from shanzhi.store.tables import utcnow
+
+ANONYMOUS = Principal("anonymous")
 
 
-def token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+def bearer(request: Request) -> str | None:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
-def ensure_admin_token(db: Database, path: Path) -> str:
-    """Make sure `path` holds a valid admin token (mode 0600); create one if needed."""
-    if path.exists():
-        token = path.read_text().strip()
-        with db.session() as s, s.begin():
-            if s.scalar(select(Token.id).where(Token.token_hash == token_hash(token))) is not None:
-                os.chmod(path, 0o600)
-                return token
-    token = "szt_" + secrets.token_urlsafe(32)
-    with db.session() as s, s.begin():
-        s.add(Token(name=f"admin@{path.parent}", token_hash=token_hash(token), role="admin"))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
-    os.replace(tmp, path)
-    return token
-
-
-def require_token(request: Request) -> str:
-    """FastAPI dependency: the caller's identity, or 401."""
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        raise HTTPException(
-            401,
-            "missing bearer token: send 'Authorization: Bearer <token>' (see <data-dir>/admin.token)",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+def authorize(request: Request) -> Principal:
+    """FastAPI dependency on the whole /api/v1 router: the caller, or 401/403."""
+    route = request.scope.get("route")
+    rule: Rule | None = rule_for(route, request.method) if isinstance(route, APIRoute) else None
+    request.state.rule = rule
+    if rule is None:  # check_routes makes this unreachable; deny anyway
+        raise Forbidden(f"no authorization rule for {request.method} {request.url.path}: denied by default")
+    if rule.kind == "public":
+        request.state.principal = ANONYMOUS
+        return ANONYMOUS
+    secret = bearer(request)
+    if secret is None:
+        raise Unauthorized("missing bearer token: log in with 'shanzhi login', or send 'Authorization: Bearer <token>'")
     db: Database = request.app.state.db
-    with db.reader.connect() as conn:  # a read: never queue behind writers
-        name = conn.execute(select(Token.name).where(Token.token_hash == token_hash(token.strip()))).scalar()
-    if name is None:
-        raise HTTPException(401, "invalid token", headers={"WWW-Authenticate": "Bearer"})
-    request.state.actor = name
-    return str(name)
+    with Session(db.reader) as s, s.begin():  # a read: never queue behind writers
+        principal, token = identity.authenticate(s, secret)
+        token_id, last_used = token.id, token.last_used_at
+    request.state.principal = principal
+    request.state.token_id = token_id
+    if last_used is None or utcnow() - last_used > timedelta(minutes=5):
+        with db.session() as s, s.begin():
+            identity.touch_token(s, token_id)
+    if rule.kind == "platform" and not principal.platform_allows(rule.action):
+        raise Forbidden(_denied(principal, rule.action))
+    if rule.kind == "vdc" and not principal.allows(rule.action):
+        raise Forbidden(_denied(principal, rule.action))
+    return principal
+
+
+def _denied(p: Principal, action: str) -> str:
+    return f"{p.user} ({p.label}) may not {action}: no role of theirs allows it; ask a security administrator"
+
+
+def principal(request: Request) -> Principal:
+    """The caller, as `authorize` found them (for routes)."""
+    p: Principal = request.state.principal
+    return p
+
+
+def require(p: Principal, action: str, path: str, *, visible: str) -> None:
+    """Allow `action` on the VDC `path`: 404 if the caller cannot see it (`visible` is the action
+    that would show it), 403 if they can see it but not do this."""
+    if not p.scope(visible).contains(path):
+        raise NotFound(f"VDC {path} does not exist; see 'shanzhi vdc list'", field="vdc")
+    if not p.scope(action).contains(path):
+        raise Forbidden(f"{p.user} ({p.label}) may not {action} in VDC {path}")

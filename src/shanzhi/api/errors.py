@@ -39,7 +39,10 @@ def install(app: FastAPI) -> None:
             extra["errors"] = err.problems
         if isinstance(err, QuotaExceeded):
             extra.update(vdc=err.vdc, resource=err.resource, limit=err.limit, requested=err.requested)
-        return problem(err.status, err.title, err.detail, **extra)
+        resp = problem(err.status, err.title, err.detail, **extra)
+        if err.status == 401:
+            resp.headers["WWW-Authenticate"] = "Bearer"
+        return resp
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, err: RequestValidationError) -> JSONResponse:

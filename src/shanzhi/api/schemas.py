@@ -31,16 +31,19 @@ class VdcIn(_In):
     path: str
     quota: dict[str, str | int | float | None] = Field(default_factory=dict)
     parents: bool = False
+    strict: bool = Field(False, description="the children's quotas together may not exceed this VDC's")
 
 
 class QuotaIn(_In):
-    quota: dict[str, str | int | float | None]
+    quota: dict[str, str | int | float | None] = Field(default_factory=dict)
+    strict: bool | None = Field(None, description="turn strict mode on or off (unchanged if absent)")
 
 
 class Resources(BaseModel):
     cpu: int | None
     memory: int | None
     instances: int | None
+    storage: int | None = None
 
 
 class HostOut(BaseModel):
@@ -75,6 +78,7 @@ class VdcOut(BaseModel):
     parent: str | None
     quota: Resources
     usage: Resources
+    strict: bool = False
     apps: int
     created_at: datetime
 
@@ -117,8 +121,9 @@ class AppOut(BaseModel):
 
 
 class ApplyOut(BaseModel):
-    app: AppOut
-    outcome: str
+    app: AppOut | None
+    outcome: str  # created | configured | unchanged | held (waiting for approval: see `approval`)
+    approval: dict[str, Any] | None = None
 
 
 class EventOut(BaseModel):

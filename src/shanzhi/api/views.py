@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shanzhi.api import schemas
 from shanzhi.domain.quota import Usage, rollup
 from shanzhi.domain.spec import AppSpec
-from shanzhi.store.tables import App, Cloud, Instance, Vdc
+from shanzhi.store.tables import App, ApprovalRequest, Cloud, Instance, Vdc
 
 
 def cloud(
@@ -57,8 +59,11 @@ def vdc(v: Vdc, parent: str | None, usage_by_vdc: dict[str, Usage], apps: int) -
     return schemas.VdcOut(
         path=v.path,
         parent=parent,
-        quota=schemas.Resources(cpu=v.quota_cpu, memory=v.quota_memory, instances=v.quota_instances),
-        usage=schemas.Resources(cpu=u.cpu, memory=u.memory, instances=u.instances),
+        quota=schemas.Resources(
+            cpu=v.quota_cpu, memory=v.quota_memory, instances=v.quota_instances, storage=v.quota_storage
+        ),
+        usage=schemas.Resources(cpu=u.cpu, memory=u.memory, instances=u.instances, storage=u.storage),
+        strict=v.strict,
         apps=apps,
         created_at=v.created_at,
     )
@@ -117,3 +122,22 @@ def app(s: Session, a: App, detail: bool = False) -> schemas.AppOut:
         spec=a.spec if detail else None,
         instances=[instance(r, explain=True) for r in rows] if detail else None,
     )
+
+
+def approval(r: ApprovalRequest) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "vdc": r.vdc.path,
+        "app": r.app,
+        "requester": r.requester,
+        "status": r.status,
+        "stage": r.stage,
+        "stages": r.stages["stages"],
+        "reasons": r.reasons["rules"],
+        "comments": r.comments["comments"],
+        "outcome": r.outcome,
+        "created_at": r.created_at,
+        "expires_at": r.expires_at,
+        "decided_at": r.decided_at,
+        "document": r.document,
+    }

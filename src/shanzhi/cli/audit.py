@@ -10,19 +10,22 @@ from shanzhi.cli.output import Fmt, OutputOpt, emit, err, handle_errors, out
 from shanzhi.client import Client, discover_token
 
 audit_app = typer.Typer(help="The audit trail: who did what, from where, with what outcome.", no_args_is_help=True)
-DataDirOpt = typer.Option(None, "--data-dir", envvar="SHANZHI_HOME", help="Data directory (for the token).")
+DataDirOpt = typer.Option(
+    None, "--data-dir", envvar="SHANZHI_HOME", help="Data directory (its audit.token, if you have not logged in)."
+)
 
 
 @audit_app.command("list")
 def list_cmd(
     since: int = typer.Option(0, "--since", help="Only records after this id."),
     limit: int = typer.Option(50, "--limit", help="How many records."),
+    actor: str | None = typer.Option(None, "--actor", help="Only this user's records."),
     data_dir: Path | None = DataDirOpt,
     output: Fmt = OutputOpt,
 ) -> None:
-    """Show audit records in order."""
-    with handle_errors(), Client(token=discover_token(data_dir)) as c:
-        rows = c.audit_records(since, limit)
+    """Show audit records in order (audit administrators)."""
+    with handle_errors(), Client(token=discover_token(data_dir, fallback="audit.token")) as c:
+        rows = c.audit_records(since, limit, actor)
     emit(
         rows,
         output,
@@ -30,6 +33,7 @@ def list_cmd(
             ("ID", lambda r: r["id"]),
             ("TIME", lambda r: str(r["at"])[:19]),
             ("ACTOR", lambda r: r["actor"]),
+            ("ROLE", lambda r: r.get("role", "")),
             ("FROM", lambda r: r["source"]),
             ("REQUEST", lambda r: f"{r['method']} {r['path']}"),
             ("STATUS", lambda r: r["status"]),
@@ -57,7 +61,7 @@ def verify(
         db.dispose()
         result = {"ok": rep.ok, "records": rep.records, "problem": rep.problem}
     else:
-        with handle_errors(), Client(token=discover_token(data_dir)) as c:
+        with handle_errors(), Client(token=discover_token(data_dir, fallback="audit.token")) as c:
             result = c.audit_verify()
     if output is Fmt.json:
         emit(result, output)
@@ -66,3 +70,21 @@ def verify(
     if not result["ok"]:
         err.print(f"[red]error[/]: audit chain broken: {result['problem']}")
         raise typer.Exit(1)
+
+
+@audit_app.command("prune")
+def prune(
+    before: str | None = typer.Option(
+        None, "--before", help="Remove records before this UTC time (default and latest: now minus the retention)."
+    ),
+    data_dir: Path | None = DataDirOpt,
+    output: Fmt = OutputOpt,
+) -> None:
+    """Remove records older than the retention period (audit administrators; the server also
+    does this hourly). The chain stays verifiable from an anchor."""
+    with handle_errors(), Client(token=discover_token(data_dir, fallback="audit.token")) as c:
+        r = c.audit_prune(before)
+    if output is Fmt.json:
+        emit(r, output)
+    else:
+        out.print(f"pruned {r['pruned']} records before {str(r['before'])[:19]}")

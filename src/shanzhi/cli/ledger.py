@@ -19,8 +19,8 @@ witness_app = typer.Typer(help="Run a witness that cosigns the ledger's checkpoi
 DataDirOpt = typer.Option(None, "--data-dir", envvar="SHANZHI_HOME", help="Data directory (for the token).")
 
 
-def _client(data_dir: Path | None) -> Client:
-    return Client(token=discover_token(data_dir))
+def _client(data_dir: Path | None, fallback: str = "admin.token") -> Client:
+    return Client(token=discover_token(data_dir, fallback=fallback))
 
 
 def _fail(message: str) -> typer.Exit:
@@ -69,8 +69,9 @@ def add_key(
     data_dir: Path | None = DataDirOpt,
     output: Fmt = OutputOpt,
 ) -> None:
-    """Register a department's public key, so the ledger accepts its signed entries."""
-    with handle_errors(), _client(data_dir) as c:
+    """Register a department's public key, so the ledger accepts its signed entries (security
+    administrators; on the server's machine the data dir's security.token is used)."""
+    with handle_errors(), _client(data_dir, "security.token") as c:
         emit(c.ledger_add_key(name, vkey, role), output)
 
 

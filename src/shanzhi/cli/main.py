@@ -11,6 +11,7 @@ from typing import Any
 import typer
 import yaml
 
+from shanzhi.cli import governance, identity
 from shanzhi.cli.audit import audit_app
 from shanzhi.cli.ledger import ledger_app, witness_app
 from shanzhi.cli.output import Columns, Fmt, OutputOpt, cpu, emit, err, handle_errors, mem, out
@@ -38,6 +39,13 @@ app.add_typer(ledger_app, name="ledger")
 app.add_typer(witness_app, name="witness")
 app.add_typer(plan_app, name="plan")
 app.add_typer(audit_app, name="audit")
+app.add_typer(identity.user_app, name="user")
+app.add_typer(identity.token_app, name="token")
+app.add_typer(identity.grant_app, name="grant")
+app.add_typer(governance.approval_app, name="approval")
+app.add_typer(governance.rate_app, name="rate")
+for _cmd in (identity.login, identity.logout, identity.whoami, identity.passwd, governance.bill):
+    app.command()(_cmd)
 
 DataDirOpt = typer.Option(None, "--data-dir", envvar="SHANZHI_HOME", help="Data directory (token, SQLite, workloads).")
 
@@ -233,6 +241,8 @@ VDC_COLS: Columns = [
             f"{r['usage']['instances']}/{r['quota']['instances'] if r['quota']['instances'] is not None else '-'}"
         ),
     ),
+    ("STORAGE", lambda r: f"{mem(r['usage'].get('storage'))}/{mem(r['quota'].get('storage'))}"),
+    ("STRICT", lambda r: "yes" if r.get("strict") else ""),
 ]
 
 
@@ -241,12 +251,14 @@ def vdc_create(
     path: str,
     quota: str | None = typer.Option(None, "--quota", help="e.g. cpu=2,memory=4Gi,instances=10"),
     parents: bool = typer.Option(False, "--parents", "-p", help="Create missing ancestors too."),
+    strict: bool = typer.Option(False, "--strict", help="Children's quotas together may not exceed this one's."),
     data_dir: Path | None = DataDirOpt,
     output: Fmt = OutputOpt,
 ) -> None:
     """Create a VDC (path like gz/health/it); its quota may not exceed its ancestors'."""
     with handle_errors(), client(data_dir) as c:
-        emit(c.create_vdc(path, dict(_pairs([quota] if quota else [], "quota")), parents), output, VDC_COLS)
+        q = dict(_pairs([quota] if quota else [], "quota"))
+        emit(c.create_vdc(path, q, parents, strict), output, VDC_COLS)
 
 
 @vdc_app.command("list")
@@ -264,10 +276,18 @@ def vdc_get(path: str, data_dir: Path | None = DataDirOpt, output: Fmt = OutputO
 
 
 @vdc_app.command("set-quota")
-def vdc_set_quota(path: str, quota: str, data_dir: Path | None = DataDirOpt, output: Fmt = OutputOpt) -> None:
+def vdc_set_quota(
+    path: str,
+    quota: str = typer.Argument("", help="e.g. cpu=16,memory=32Gi,storage=1Ti,instances=100"),
+    strict: bool | None = typer.Option(
+        None, "--strict/--no-strict", help="Turn strict mode on or off (children's quotas must fit in this one)."
+    ),
+    data_dir: Path | None = DataDirOpt,
+    output: Fmt = OutputOpt,
+) -> None:
     """Change a VDC's quota, e.g. `shanzhi vdc set-quota gz/health cpu=16,memory=32Gi`."""
     with handle_errors(), client(data_dir) as c:
-        emit(c.set_quota(path, dict(_pairs([quota], "quota"))), output, VDC_COLS)
+        emit(c.set_quota(path, dict(_pairs([quota] if quota else [], "quota")), strict), output, VDC_COLS)
 
 
 @vdc_app.command("delete")
@@ -352,10 +372,20 @@ def apply(
         for doc in docs:
             r = c.apply(doc)
             results.append(r)
-            if output is Fmt.table:
+            if output is Fmt.table and r["outcome"] == "held":
+                a = r["approval"]
+                why = "; ".join(f"{x['rule']}: {x['why']}" for x in a["reasons"])
+                out.print(
+                    f"app/{a['app']} ({a['vdc']}) held for approval {a['id']} ({why}); nothing changed yet. "
+                    f"Approvers of stage 1: {', '.join(a['stages'][0]['approvers'])}; "
+                    f"see 'shanzhi approval get {a['id']}'"
+                )
+            elif output is Fmt.table:
                 out.print(f"app/{r['app']['name']} ({r['app']['vdc']}) {r['outcome']}")
         if wait:
             for r in results:
+                if r["outcome"] == "held":
+                    continue
                 r["app"] = _wait_ready(c, r["app"]["name"], r["app"]["vdc"], timeout)
                 if output is Fmt.table:
                     out.print(f"app/{r['app']['name']} ready")

@@ -30,11 +30,51 @@ class Unreachable(Exception):
     pass
 
 
-def discover_token(data_dir: Path | None = None) -> str | None:
+def credentials_file() -> Path:
+    """Where `shanzhi login` keeps session tokens, one per server URL (mode 0600)."""
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "shanzhi" / "credentials.json"
+
+
+def server_url(url: str | None = None) -> str:
+    return (url or os.environ.get("SHANZHI_URL") or DEFAULT_URL).rstrip("/")
+
+
+def load_credentials() -> dict[str, str]:
+    try:
+        data = json.loads(credentials_file().read_text())
+    except (OSError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+def save_credentials(url: str, token: str | None) -> Path:
+    """Remember (or with None, forget) the token for `url`."""
+    creds = load_credentials()
+    if token is None:
+        creds.pop(url, None)
+    else:
+        creds[url] = token
+    path = credentials_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(creds, f, indent=2)
+    os.replace(tmp, path)
+    return path
+
+
+def discover_token(data_dir: Path | None = None, fallback: str = "admin.token", url: str | None = None) -> str | None:
+    """The token to use: $SHANZHI_TOKEN, else the one `shanzhi login` saved for this server,
+    else the bootstrap token file `fallback` in the data dir (on the server's own machine)."""
     token = os.environ.get("SHANZHI_TOKEN")
     if token:
         return token.strip()
-    path = (data_dir or default_data_dir()) / "admin.token"
+    saved = load_credentials().get(server_url(url))
+    if saved:
+        return saved
+    path = (data_dir or default_data_dir()) / fallback
     try:
         return path.read_text().strip()
     except OSError:
@@ -50,7 +90,7 @@ class Client:
         timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        self.url = (url or os.environ.get("SHANZHI_URL") or DEFAULT_URL).rstrip("/")
+        self.url = server_url(url)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(base_url=self.url + "/api/v1", headers=headers, timeout=timeout, transport=transport)
 
@@ -99,8 +139,8 @@ class Client:
         return self._call("POST", f"/clouds/{name}/recover", json={"host": host})
 
     # vdcs
-    def create_vdc(self, path: str, quota: dict[str, Any], parents: bool = False) -> Any:
-        return self._call("POST", "/vdcs", json={"path": path, "quota": quota, "parents": parents})
+    def create_vdc(self, path: str, quota: dict[str, Any], parents: bool = False, strict: bool = False) -> Any:
+        return self._call("POST", "/vdcs", json={"path": path, "quota": quota, "parents": parents, "strict": strict})
 
     def list_vdcs(self) -> Any:
         return self._call("GET", "/vdcs")
@@ -108,8 +148,8 @@ class Client:
     def get_vdc(self, path: str) -> Any:
         return self._call("GET", f"/vdcs/{path}")
 
-    def set_quota(self, path: str, quota: dict[str, Any]) -> Any:
-        return self._call("PUT", f"/vdcs/{path}/quota", json={"quota": quota})
+    def set_quota(self, path: str, quota: dict[str, Any], strict: bool | None = None) -> Any:
+        return self._call("PUT", f"/vdcs/{path}/quota", json={"quota": quota, "strict": strict})
 
     def delete_vdc(self, path: str) -> Any:
         return self._call("DELETE", f"/vdcs/{path}")
@@ -138,8 +178,100 @@ class Client:
         return self._call("GET", "/status")
 
     # audit
-    def audit_records(self, since: int = 0, limit: int = 200) -> Any:
-        return self._call("GET", "/audit", params={"since": since, "limit": limit})
+    def audit_records(self, since: int = 0, limit: int = 200, actor: str | None = None) -> Any:
+        return self._call("GET", "/audit", params=_params(since=since, limit=limit, actor=actor))
+
+    def audit_prune(self, before: str | None = None) -> Any:
+        return self._call("POST", "/audit/prune", json={"before": before})
+
+    # identity
+    def login(self, user: str, password: str) -> Any:
+        return self._call("POST", "/auth/login", json={"user": user, "password": password})
+
+    def logout(self) -> Any:
+        return self._call("POST", "/auth/logout")
+
+    def whoami(self) -> Any:
+        return self._call("GET", "/auth/whoami")
+
+    def change_password(self, password: str, old_password: str | None) -> Any:
+        return self._call("PUT", "/auth/password", json={"password": password, "old_password": old_password})
+
+    def list_tokens(self, user: str | None = None, all_users: bool = False) -> Any:
+        return self._call("GET", "/tokens", params=_params(user=user, all=all_users or None))
+
+    def create_token(self, name: str, expires_in_days: float | None) -> Any:
+        return self._call("POST", "/tokens", json={"name": name, "expires_in_days": expires_in_days})
+
+    def revoke_token(self, token_id: int) -> Any:
+        return self._call("DELETE", f"/tokens/{token_id}")
+
+    def list_users(self) -> Any:
+        return self._call("GET", "/users")
+
+    def get_user(self, name: str) -> Any:
+        return self._call("GET", f"/users/{name}")
+
+    def create_user(self, name: str, password: str | None, display_name: str = "") -> Any:
+        return self._call("POST", "/users", json={"name": name, "password": password, "display_name": display_name})
+
+    def delete_user(self, name: str) -> Any:
+        return self._call("DELETE", f"/users/{name}")
+
+    def reset_password(self, name: str, password: str) -> Any:
+        return self._call("PUT", f"/users/{name}/password", json={"password": password})
+
+    def lock_user(self, name: str, locked: bool) -> Any:
+        return self._call("POST", f"/users/{name}/{'lock' if locked else 'unlock'}")
+
+    def list_grants(self, user: str | None = None) -> Any:
+        return self._call("GET", "/grants", params=_params(user=user))
+
+    def grant(self, user: str, role: str, vdc: str | None) -> Any:
+        return self._call("POST", "/grants", json={"user": user, "role": role, "vdc": vdc})
+
+    def revoke_grant(self, grant_id: int) -> Any:
+        return self._call("DELETE", f"/grants/{grant_id}")
+
+    # approvals
+    def list_approvals(self, status: str | None = None) -> Any:
+        return self._call("GET", "/approvals", params=_params(status=status))
+
+    def get_approval(self, request_id: int) -> Any:
+        return self._call("GET", f"/approvals/{request_id}")
+
+    def decide(self, request_id: int, approve: bool, comment: str = "") -> Any:
+        verb = "approve" if approve else "reject"
+        return self._call("POST", f"/approvals/{request_id}/{verb}", json={"comment": comment})
+
+    def comment(self, request_id: int, text: str) -> Any:
+        return self._call("POST", f"/approvals/{request_id}/comment", json={"text": text})
+
+    def list_rules(self) -> Any:
+        return self._call("GET", "/approval-rules")
+
+    def add_rule(
+        self, vdc: str, name: str, conditions: dict[str, Any], stages: list[list[str]], expire_hours: int = 72
+    ) -> Any:
+        body = {"vdc": vdc, "name": name, "conditions": conditions, "stages": stages, "expire_hours": expire_hours}
+        return self._call("POST", "/approval-rules", json=body)
+
+    def delete_rule(self, rule_id: int) -> Any:
+        return self._call("DELETE", f"/approval-rules/{rule_id}")
+
+    # metering
+    def list_rates(self) -> Any:
+        return self._call("GET", "/rates")
+
+    def set_rate(self, cloud: str, cpu: str, memory: str, storage: str, currency: str = "CNY") -> Any:
+        body = {"cpu": cpu, "memory": memory, "storage": storage, "currency": currency}
+        return self._call("PUT", f"/rates/{cloud}", json=body)
+
+    def usage(self, start: str, end: str, vdc: str | None = None, limit: int = 1000) -> Any:
+        return self._call("GET", "/usage", params=_params(**{"from": start, "to": end}, vdc=vdc, limit=limit))
+
+    def bill(self, start: str, end: str, vdc: str | None = None) -> Any:
+        return self._call("GET", "/bill", params=_params(**{"from": start, "to": end}, vdc=vdc))
 
     def audit_verify(self) -> Any:
         return self._call("GET", "/audit/verify")

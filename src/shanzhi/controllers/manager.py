@@ -10,6 +10,7 @@ import logging
 import threading
 
 from shanzhi.controllers.fleet import Fleet
+from shanzhi.controllers.housekeeping import Housekeeping
 from shanzhi.controllers.reconciler import Reconciler
 from shanzhi.store import Database
 from shanzhi.store.locks import LeaderLock
@@ -18,10 +19,19 @@ log = logging.getLogger("shanzhi.controller")
 
 
 class ControllerManager:
-    def __init__(self, db: Database, fleet: Fleet, *, interval: float = 1.0, failover_grace: float = 3.0) -> None:
+    def __init__(
+        self,
+        db: Database,
+        fleet: Fleet,
+        *,
+        interval: float = 1.0,
+        failover_grace: float = 3.0,
+        audit_retention_days: int = 180,
+    ) -> None:
         self.db = db
         self.interval = interval
         self.reconciler = Reconciler(db, fleet, failover_grace=failover_grace)
+        self.housekeeping = Housekeeping(db, audit_retention_days=audit_retention_days)
         self._lock = LeaderLock(db)
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -53,6 +63,7 @@ class ControllerManager:
             if leader:
                 try:
                     self.reconciler.run_once()
+                    self.housekeeping.run_once()
                     self.passes += 1
                 except Exception:
                     log.exception("reconcile pass failed; retrying in %.1fs", self.interval)

@@ -370,6 +370,7 @@ class Reconciler:
                     spec_hash=want,
                     cpu=req.cpu,
                     memory=req.memory,
+                    storage=comp.resources.storage_bytes,
                     state="pending",
                 )
                 s.add(r)

@@ -52,3 +52,22 @@ class ProviderError(ShanzhiError):
 class CloudUnavailable(ProviderError):
     status = 503
     title = "Cloud unavailable"
+
+
+class Unauthorized(ShanzhiError):
+    """No valid credentials (missing, wrong, expired or revoked token; wrong password)."""
+
+    status = 401
+    title = "Unauthorized"
+
+
+class Forbidden(ShanzhiError):
+    """Authenticated, but no role allows this (only said where the target is visible anyway)."""
+
+    status = 403
+    title = "Forbidden"
+
+
+class Locked(ShanzhiError):
+    status = 423
+    title = "Locked"

@@ -1,10 +1,11 @@
 """VDC paths, nested quotas and usage roll-up.
 
 A VDC path is like `gz/health/it`; its ancestors are `gz` and `gz/health`. A quota limits cpu
-(millicores), memory (bytes) and instances; `None` means "no limit of its own" (the nearest
-ancestor's limit still applies, because usage rolls up the tree). Two invariants:
-a child's limit never exceeds the effective limit of its ancestors, and the usage of a VDC's
-whole subtree never exceeds any limit on the path from it to the root.
+(millicores), memory and storage (bytes) and instances; `None` means "no limit of its own" (the
+nearest ancestor's limit still applies, because usage rolls up the tree). Invariants:
+a child's limit never exceeds the effective limit of its ancestors; the usage of a VDC's
+whole subtree never exceeds any limit on the path from it to the root; and under a *strict*
+VDC the children's own limits together never exceed the parent's.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass, fields
 from shanzhi.domain.errors import InvalidInput, QuotaExceeded
 from shanzhi.domain.quantity import format_cpu, format_memory, parse_cpu, parse_memory
 
-RESOURCES = ("cpu", "memory", "instances")
+RESOURCES = ("cpu", "memory", "instances", "storage")
 
 
 @dataclass(frozen=True)
@@ -23,12 +24,23 @@ class Usage:
     cpu: int = 0  # millicores
     memory: int = 0  # bytes
     instances: int = 0
+    storage: int = 0  # bytes
 
     def __add__(self, other: Usage) -> Usage:
-        return Usage(self.cpu + other.cpu, self.memory + other.memory, self.instances + other.instances)
+        return Usage(
+            self.cpu + other.cpu,
+            self.memory + other.memory,
+            self.instances + other.instances,
+            self.storage + other.storage,
+        )
 
     def __sub__(self, other: Usage) -> Usage:
-        return Usage(self.cpu - other.cpu, self.memory - other.memory, self.instances - other.instances)
+        return Usage(
+            self.cpu - other.cpu,
+            self.memory - other.memory,
+            self.instances - other.instances,
+            self.storage - other.storage,
+        )
 
 
 @dataclass(frozen=True)
@@ -36,6 +48,7 @@ class Quota:
     cpu: int | None = None  # millicores
     memory: int | None = None  # bytes
     instances: int | None = None
+    storage: int | None = None  # bytes
 
     def items(self) -> Iterable[tuple[str, int | None]]:
         return ((f.name, getattr(self, f.name)) for f in fields(self))
@@ -47,7 +60,7 @@ class Quota:
 def format_amount(resource: str, amount: int) -> str:
     if resource == "cpu":
         return format_cpu(amount)
-    if resource == "memory":
+    if resource in ("memory", "storage"):
         return format_memory(amount)
     return str(amount)
 
@@ -78,7 +91,7 @@ def parse_quota(text: str | Mapping[str, str | int | float | None] | None) -> Qu
         try:
             if key == "cpu":
                 values[key] = parse_cpu(raw)
-            elif key == "memory":
+            elif key in ("memory", "storage"):
                 values[key] = parse_memory(raw)
             else:
                 n = int(raw)
@@ -140,6 +153,33 @@ def check_descendants_fit(path: str, quota: Quota, child_quotas: Mapping[str, Qu
                 raise InvalidInput(
                     f"quota {resource}={format_amount(resource, value)} for VDC {path} is below "
                     f"the {format_amount(resource, cv)} already granted to VDC {child}",
+                    field=f"quota.{resource}",
+                )
+
+
+def children_of(path: str, paths: Iterable[str]) -> list[str]:
+    prefix = path + "/"
+    return sorted(p for p in paths if p.startswith(prefix) and "/" not in p[len(prefix) :])
+
+
+def check_strict(path: str, quotas: Mapping[str, Quota], strict: Iterable[str]) -> None:
+    """Refuse if `path` or its parent is strict and its children's own limits together exceed
+    its limit (`quotas` holds the proposed quotas). A child without a limit of its own takes
+    nothing out of the parent's: it shares what the others leave."""
+    strict_set = set(strict)
+    for p in (parent_of(path), path):
+        if p is None or p not in strict_set or p not in quotas:
+            continue
+        kids = children_of(p, quotas)
+        for resource, limit in quotas[p].items():
+            if limit is None:
+                continue
+            given = sum(getattr(quotas[k], resource) or 0 for k in kids)
+            if given > limit:
+                raise InvalidInput(
+                    f"VDC {p} is strict: its children's {resource} quotas would total "
+                    f"{format_amount(resource, given)}, above its own {format_amount(resource, limit)}; "
+                    f"lower a child's quota or raise {p}'s",
                     field=f"quota.{resource}",
                 )
 

@@ -36,6 +36,7 @@ class Metadata(_Model):
 class Resources(_Model):
     cpu: float | int | str = 0.1
     memory: int | str = "64Mi"
+    storage: int | str = 0  # disk the replica needs (metered and counted against quota)
 
     @field_validator("cpu")
     @classmethod
@@ -43,7 +44,7 @@ class Resources(_Model):
         parse_cpu(v)
         return v
 
-    @field_validator("memory")
+    @field_validator("memory", "storage")
     @classmethod
     def _memory(cls, v: int | str) -> int | str:
         parse_memory(v)
@@ -56,6 +57,10 @@ class Resources(_Model):
     @property
     def memory_bytes(self) -> int:
         return parse_memory(self.memory)
+
+    @property
+    def storage_bytes(self) -> int:
+        return parse_memory(self.storage)
 
 
 class Run(_Model):

@@ -82,6 +82,7 @@ class Audit(_Body):
     target: Text
     outcome: Code
     source: Code = ""
+    role: Text = ""
 
 
 BODIES: dict[str, type[_Body]] = {

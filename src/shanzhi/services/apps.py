@@ -7,8 +7,9 @@ from sqlalchemy.orm import Session
 
 from shanzhi.domain.errors import Conflict, NotFound
 from shanzhi.domain.quota import Usage, check_usage
+from shanzhi.domain.rbac import EVERYWHERE, Scope
 from shanzhi.domain.spec import AppSpec
-from shanzhi.services.vdcs import get_vdc, lock_path, quotas, usage_by_vdc
+from shanzhi.services.vdcs import get_vdc, lock_path, quotas, scope_filter, usage_by_vdc
 from shanzhi.store.events import record_event
 from shanzhi.store.tables import App, Vdc, utcnow
 
@@ -16,7 +17,8 @@ from shanzhi.store.tables import App, Vdc, utcnow
 def desired_usage(spec: AppSpec) -> Usage:
     total = Usage()
     for c in spec.spec.components:
-        total = total + Usage(c.resources.cpu_millis * c.replicas, c.resources.memory_bytes * c.replicas, c.replicas)
+        r, n = c.resources, c.replicas
+        total = total + Usage(r.cpu_millis * n, r.memory_bytes * n, n, r.storage_bytes * n)
     return total
 
 
@@ -32,7 +34,7 @@ def apply_app(s: Session, spec: AppSpec) -> tuple[App, str]:
     if app is not None and app.spec == body:
         return app, "unchanged"
     want = desired_usage(spec)
-    have = Usage(app.cpu, app.memory, app.instances) if app is not None else Usage()
+    have = Usage(app.cpu, app.memory, app.instances, app.storage) if app is not None else Usage()
     check_usage(path, want - have, quotas(s), usage_by_vdc(s))
     outcome = "configured"
     if app is None:
@@ -43,7 +45,7 @@ def apply_app(s: Session, spec: AppSpec) -> tuple[App, str]:
         app.spec = body
         app.generation += 1
         app.updated_at = utcnow()
-    app.cpu, app.memory, app.instances = want.cpu, want.memory, want.instances
+    app.cpu, app.memory, app.instances, app.storage = want.cpu, want.memory, want.instances, want.storage
     s.flush()
     record_event(
         s,
@@ -57,8 +59,9 @@ def apply_app(s: Session, spec: AppSpec) -> tuple[App, str]:
     return app, outcome
 
 
-def find_app(s: Session, name: str, vdc: str | None = None) -> App:
-    q = select(App).join(Vdc).where(App.name == name)
+def find_app(s: Session, name: str, vdc: str | None = None, scope: Scope = EVERYWHERE) -> App:
+    """The app `name` (in `vdc`), among those in `scope`: others are never confirmed or named."""
+    q = select(App).join(Vdc).where(App.name == name, scope_filter(scope))
     if vdc is not None:
         q = q.where(Vdc.path == vdc)
     found = list(s.scalars(q))
@@ -71,15 +74,15 @@ def find_app(s: Session, name: str, vdc: str | None = None) -> App:
     return found[0]
 
 
-def list_apps(s: Session, vdc: str | None = None) -> list[App]:
-    q = select(App).join(Vdc).order_by(Vdc.path, App.name)
+def list_apps(s: Session, vdc: str | None = None, scope: Scope = EVERYWHERE) -> list[App]:
+    q = select(App).join(Vdc).where(scope_filter(scope)).order_by(Vdc.path, App.name)
     if vdc is not None:
         q = q.where((Vdc.path == vdc) | Vdc.path.startswith(vdc + "/"))
     return list(s.scalars(q))
 
 
-def delete_app(s: Session, name: str, vdc: str | None = None) -> App:
-    app = find_app(s, name, vdc)
+def delete_app(s: Session, name: str, vdc: str | None = None, scope: Scope = EVERYWHERE) -> App:
+    app = find_app(s, name, vdc, scope)
     if not app.deleting:
         app.deleting = True
         app.updated_at = utcnow()

@@ -159,6 +159,7 @@ def apply(s: Session, plan_id: int) -> PlanRecord:
             host=mv["to"]["host"],
             cpu=old.cpu,
             memory=old.memory,
+            storage=old.storage,
             state="scheduled",
             placement=f"plan {plan_id}: moved from {mv['from']['cloud']}/{mv['from']['host']} ({mv['reason']})",
             replaces=old.name,

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, false, func, or_, select, true
+from sqlalchemy.orm import QueryableAttribute, Session
 
 from shanzhi.domain.errors import Conflict, InvalidInput, NotFound
 from shanzhi.domain.quota import (
@@ -14,15 +15,34 @@ from shanzhi.domain.quota import (
     ancestors,
     check_child_quota,
     check_descendants_fit,
+    check_strict,
     parent_of,
 )
+from shanzhi.domain.rbac import EVERYWHERE, Scope
 from shanzhi.domain.spec import VDC_PATH_RE
 from shanzhi.store.events import record_event
 from shanzhi.store.tables import App, Vdc
 
 
 def _quota(v: Vdc) -> Quota:
-    return Quota(v.quota_cpu, v.quota_memory, v.quota_instances)
+    return Quota(v.quota_cpu, v.quota_memory, v.quota_instances, v.quota_storage)
+
+
+def scope_filter(
+    scope: Scope, column: ColumnElement[Any] | QueryableAttribute[Any] | None = None
+) -> ColumnElement[bool]:
+    """SQL for "`column` (default: Vdc.path) lies in `scope`"."""
+    col = Vdc.path if column is None else column
+    roots = scope.minimal_roots()
+    if scope.everywhere:
+        return true()
+    if not roots:
+        return false()
+    return or_(*(or_(col == r, col.startswith(r + "/", autoescape=True)) for r in roots))
+
+
+def strict_paths(s: Session) -> set[str]:
+    return set(s.scalars(select(Vdc.path).where(Vdc.strict.is_(True))))
 
 
 def quotas(s: Session) -> dict[str, Quota]:
@@ -32,16 +52,17 @@ def quotas(s: Session) -> dict[str, Quota]:
 def usage_by_vdc(s: Session) -> dict[str, Usage]:
     """Desired usage of each VDC's own apps (apps being deleted no longer count)."""
     rows = s.execute(
-        select(Vdc.path, func.sum(App.cpu), func.sum(App.memory), func.sum(App.instances))
+        select(Vdc.path, func.sum(App.cpu), func.sum(App.memory), func.sum(App.instances), func.sum(App.storage))
         .join(App, App.vdc_id == Vdc.id)
         .where(App.deleting.is_(False))
         .group_by(Vdc.path)
     )
-    return {p: Usage(int(c or 0), int(m or 0), int(n or 0)) for p, c, m, n in rows}
+    return {p: Usage(int(c or 0), int(m or 0), int(n or 0), int(d or 0)) for p, c, m, n, d in rows}
 
 
-def get_vdc(s: Session, path: str) -> Vdc:
-    v = s.scalar(select(Vdc).where(Vdc.path == path))
+def get_vdc(s: Session, path: str, scope: Scope = EVERYWHERE) -> Vdc:
+    """The VDC at `path`; one outside `scope` is answered exactly like one that does not exist."""
+    v = s.scalar(select(Vdc).where(Vdc.path == path)) if scope.contains(path) else None
     if v is None:
         raise NotFound(f"VDC {path} does not exist; see 'shanzhi vdc list'", field="vdc")
     return v
@@ -54,7 +75,7 @@ def lock_path(s: Session, path: str) -> None:
         s.execute(select(Vdc.id).where(Vdc.path.in_([*ancestors(path), path])).order_by(Vdc.path).with_for_update())
 
 
-def create_vdc(s: Session, path: str, quota: Quota, *, parents: bool = False) -> Vdc:
+def create_vdc(s: Session, path: str, quota: Quota, *, parents: bool = False, strict: bool = False) -> Vdc:
     if not re.match(VDC_PATH_RE, path):
         raise InvalidInput(
             f"invalid VDC path {path!r}: use lowercase names of letters, digits and '-' joined by '/'",
@@ -74,13 +95,17 @@ def create_vdc(s: Session, path: str, quota: Quota, *, parents: bool = False) ->
                 )
             parent = create_vdc(s, parent_path, Quota(), parents=True)
         lock_path(s, parent_path)
-    check_child_quota(path, quota, quotas(s))
+    all_quotas = quotas(s)
+    check_child_quota(path, quota, all_quotas)
+    check_strict(path, {**all_quotas, path: quota}, strict_paths(s))
     v = Vdc(
         path=path,
         parent_id=parent.id if parent else None,
         quota_cpu=quota.cpu,
         quota_memory=quota.memory,
         quota_instances=quota.instances,
+        quota_storage=quota.storage,
+        strict=strict,
     )
     s.add(v)
     s.flush()
@@ -88,7 +113,7 @@ def create_vdc(s: Session, path: str, quota: Quota, *, parents: bool = False) ->
     return v
 
 
-def set_quota(s: Session, path: str, quota: Quota) -> Vdc:
+def set_quota(s: Session, path: str, quota: Quota, *, strict: bool | None = None) -> Vdc:
     v = get_vdc(s, path)
     lock_path(s, path)
     all_quotas = quotas(s)
@@ -96,14 +121,25 @@ def set_quota(s: Session, path: str, quota: Quota) -> Vdc:
     check_child_quota(path, merged, all_quotas)
     prefix = path + "/"
     check_descendants_fit(path, merged, {p: q for p, q in all_quotas.items() if p.startswith(prefix)})
-    v.quota_cpu, v.quota_memory, v.quota_instances = merged.cpu, merged.memory, merged.instances
+    strict_set = strict_paths(s)
+    if strict is not None:
+        strict_set = (strict_set | {path}) if strict else (strict_set - {path})
+        v.strict = strict
+    check_strict(path, {**all_quotas, path: merged}, strict_set)
+    v.quota_cpu, v.quota_memory, v.quota_instances, v.quota_storage = (
+        merged.cpu,
+        merged.memory,
+        merged.instances,
+        merged.storage,
+    )
     s.flush()
-    record_event(s, "QuotaChanged", "vdc", path, f"quota of {path} set to {merged.to_json()}", vdc=path)
+    mode = " (strict)" if v.strict else ""
+    record_event(s, "QuotaChanged", "vdc", path, f"quota of {path} set to {merged.to_json()}{mode}", vdc=path)
     return v
 
 
-def list_vdcs(s: Session) -> list[Vdc]:
-    return list(s.scalars(select(Vdc).order_by(Vdc.path)))
+def list_vdcs(s: Session, scope: Scope = EVERYWHERE) -> list[Vdc]:
+    return list(s.scalars(select(Vdc).where(scope_filter(scope)).order_by(Vdc.path)))
 
 
 def delete_vdc(s: Session, path: str) -> None:

@@ -4,6 +4,10 @@ Each record stores the hash of the record before it and its own hash over that a
 fields (SHA-256 of canonical JSON). Writers are serialised, by the write lock on SQLite and
 a transaction-scoped advisory lock on PostgreSQL, so the chain never forks. `verify_chain`
 recomputes it from the first record and names the first one that does not fit.
+
+Retention: `prune` removes records older than a cut-off and leaves an anchor (the first id
+kept and the hash of the last one removed), so the rest still verifies; the prune itself is
+an audit record, and every record also has a signed copy in the directory ledger.
 """
 
 from __future__ import annotations
@@ -11,12 +15,12 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, datetime
 
-from sqlalchemy import Connection, select, text
+from sqlalchemy import Connection, delete, func, select, text
 from sqlalchemy.orm import Session
 
-from shanzhi.store.tables import AuditRecord, utcnow
+from shanzhi.store.tables import AuditAnchor, AuditRecord, utcnow
 
 GENESIS = "0" * 64
 _LOCK = 7306103
@@ -34,6 +38,11 @@ def chain_hash(r: AuditRecord, prev_hash: str) -> str:
         "outcome": r.outcome,
         "detail": r.detail,
     }
+    # fields added later are hashed only when set, so records written before them still verify
+    for extra in ("role", "action", "target"):
+        value = getattr(r, extra)
+        if value:
+            body[extra] = value
     raw = prev_hash + "\n" + json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(raw.encode()).hexdigest()
 
@@ -43,10 +52,14 @@ def append(s: Session, record: AuditRecord) -> AuditRecord:
     if s.get_bind().dialect.name == "postgresql":
         s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK})
     last = s.scalar(select(AuditRecord.hash).order_by(AuditRecord.id.desc()).limit(1))
+    if last is None:
+        anchor = s.get(AuditAnchor, 1)
+        last = anchor.prev_hash if anchor is not None else None
     record.prev_hash = last or GENESIS
     record.at = utcnow()
     record.source = record.source or ""
     record.detail = record.detail or ""
+    record.role, record.action, record.target = record.role or "", record.action or "", record.target or ""
     s.add(record)
     s.flush()  # assigns the id, which the hash covers
     record.hash = chain_hash(record, record.prev_hash)
@@ -60,9 +73,36 @@ class ChainReport:
     problem: str = ""
 
 
+def prune(s: Session, before: datetime) -> int:
+    """Remove the records older than `before` (whole prefix of the chain) and move the anchor."""
+    if s.get_bind().dialect.name == "postgresql":
+        s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK})
+    last = s.execute(
+        select(AuditRecord.id, AuditRecord.hash).where(AuditRecord.at < before).order_by(AuditRecord.id.desc()).limit(1)
+    ).first()
+    if last is None:
+        return 0
+    # only a prefix: a record kept must never follow a removed one out of order
+    first_kept = s.scalar(select(func.min(AuditRecord.id)).where(AuditRecord.id > last.id))
+    n = s.execute(delete(AuditRecord).where(AuditRecord.id <= last.id)).rowcount  # type: ignore[attr-defined]
+    anchor = s.get(AuditAnchor, 1)
+    if anchor is None:
+        anchor = AuditAnchor(id=1, first_id=0, prev_hash=GENESIS, pruned=0)
+        s.add(anchor)
+    anchor.first_id = first_kept if first_kept is not None else last.id + 1
+    anchor.prev_hash = last.hash
+    anchor.pruned += n
+    anchor.at = utcnow()
+    s.flush()
+    return int(n)
+
+
 def verify_chain(conn: Connection) -> ChainReport:
     prev = GENESIS
     n = 0
+    anchor = conn.execute(select(AuditAnchor.prev_hash).where(AuditAnchor.id == 1)).scalar()
+    if anchor is not None:
+        prev = anchor
     rows = conn.execute(select(AuditRecord.__table__).order_by(AuditRecord.id))
     for row in rows:
         r = AuditRecord(**{k: getattr(row, k) for k in row._fields})

@@ -93,6 +93,9 @@ class Vdc(Base):
     quota_cpu: Mapped[int | None] = mapped_column()
     quota_memory: Mapped[int | None] = mapped_column()
     quota_instances: Mapped[int | None] = mapped_column()
+    quota_storage: Mapped[int | None] = mapped_column()
+    # strict: the children's quotas together may not exceed this VDC's own
+    strict: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -109,6 +112,7 @@ class App(Base):
     cpu: Mapped[int] = mapped_column(default=0)
     memory: Mapped[int] = mapped_column(default=0)
     instances: Mapped[int] = mapped_column(default=0)
+    storage: Mapped[int] = mapped_column(default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     vdc: Mapped[Vdc] = relationship(lazy="joined")
@@ -128,6 +132,7 @@ class Instance(Base):
     host: Mapped[str | None] = mapped_column(String(128))
     cpu: Mapped[int] = mapped_column()
     memory: Mapped[int] = mapped_column()
+    storage: Mapped[int] = mapped_column(default=0)
     # pending (no host yet) | scheduled | starting | running | unhealthy | exited | failed |
     # lost (cloud down) | terminating
     state: Mapped[str] = mapped_column(String(16), default="pending")
@@ -176,6 +181,9 @@ class AuditRecord(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     at: Mapped[datetime] = mapped_column(default=utcnow)
     actor: Mapped[str] = mapped_column(String(128))
+    role: Mapped[str] = mapped_column(String(255), default="")
+    action: Mapped[str] = mapped_column(String(32), default="")
+    target: Mapped[str] = mapped_column(Text, default="")
     source: Mapped[str] = mapped_column(String(64), default="")
     method: Mapped[str] = mapped_column(String(8))
     path: Mapped[str] = mapped_column(Text)
@@ -187,13 +195,128 @@ class AuditRecord(Base):
     hash: Mapped[str] = mapped_column(String(64), default="")
 
 
+class AuditAnchor(Base):
+    """Where the audit chain starts after records older than the retention period were pruned."""
+
+    __tablename__ = "audit_anchor"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    first_id: Mapped[int] = mapped_column()  # the oldest record kept
+    prev_hash: Mapped[str] = mapped_column(String(64))  # the hash of the newest record pruned
+    pruned: Mapped[int] = mapped_column(default=0)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class User(Base):
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    display_name: Mapped[str] = mapped_column(String(128), default="")
+    password_hash: Mapped[str | None] = mapped_column(String(255))  # argon2id; None: tokens only
+    failed_logins: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[datetime | None] = mapped_column()
+    disabled: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_login_at: Mapped[datetime | None] = mapped_column()
+
+
+class Grant(Base):
+    """A role for a user: a platform role (`vdc_id` None) or a VDC role on a VDC subtree."""
+
+    __tablename__ = "grants"
+    __table_args__ = (UniqueConstraint("user_id", "role", "vdc_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    role: Mapped[str] = mapped_column(String(32))
+    vdc_id: Mapped[int | None] = mapped_column(ForeignKey("vdcs.id", ondelete="CASCADE"))
+    granted_by: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    user: Mapped[User] = relationship(lazy="joined")
+    vdc: Mapped[Vdc | None] = relationship(lazy="joined")
+
+
 class Token(Base):
     __tablename__ = "tokens"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(128))
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    role: Mapped[str] = mapped_column(String(32), default="admin")
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    expires_at: Mapped[datetime | None] = mapped_column()
+    revoked_at: Mapped[datetime | None] = mapped_column()
+    last_used_at: Mapped[datetime | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    user: Mapped[User] = relationship(lazy="joined")
+
+
+class ApprovalRule(Base):
+    """Applies to apps in a VDC's subtree: which applies need approval, and by whom, in order."""
+
+    __tablename__ = "approval_rules"
+    __table_args__ = (UniqueConstraint("vdc_id", "name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    vdc_id: Mapped[int] = mapped_column(ForeignKey("vdcs.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(63))
+    # {"cpuOver": millicores, "sites": [...], "always": bool}: any condition that holds triggers it
+    conditions: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    stages: Mapped[dict[str, Any]] = mapped_column(default=dict)  # {"stages": [["alice", "role:vdc-admin"], ...]}
+    expire_hours: Mapped[int] = mapped_column(Integer, default=72)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    vdc: Mapped[Vdc] = relationship(lazy="joined")
+
+
+class ApprovalRequest(Base):
+    """A held apply: nothing changes until every stage approves; then the spec is applied."""
+
+    __tablename__ = "approval_requests"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    vdc_id: Mapped[int] = mapped_column(ForeignKey("vdcs.id", ondelete="CASCADE"))
+    app: Mapped[str] = mapped_column(String(63))
+    document: Mapped[dict[str, Any]] = mapped_column()
+    requester: Mapped[str] = mapped_column(String(64))
+    # pending | approved | rejected | expired | failed
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    reasons: Mapped[dict[str, Any]] = mapped_column(default=dict)  # {"rules": [{"rule":..., "why":...}]}
+    stages: Mapped[dict[str, Any]] = mapped_column(default=dict)  # {"stages": [{"approvers": [...], ...}]}
+    stage: Mapped[int] = mapped_column(Integer, default=0)
+    comments: Mapped[dict[str, Any]] = mapped_column(default=dict)  # {"comments": [{"by","at","text"}]}
+    outcome: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()
+    decided_at: Mapped[datetime | None] = mapped_column()
+    vdc: Mapped[Vdc] = relationship(lazy="joined")
+
+
+class Rate(Base):
+    """Prices of one cloud, in micro-yuan per unit-hour (integers: no float money)."""
+
+    __tablename__ = "rates"
+    cloud: Mapped[str] = mapped_column(String(63), primary_key=True)
+    cpu: Mapped[int] = mapped_column(default=0)  # per core-hour
+    memory: Mapped[int] = mapped_column(default=0)  # per GiB-hour
+    storage: Mapped[int] = mapped_column(default=0)  # per GiB-hour
+    currency: Mapped[str] = mapped_column(String(8), default="CNY")
+
+
+class UsageRecord(Base):
+    """Metered use of one instance during one clock hour."""
+
+    __tablename__ = "usage_records"
+    __table_args__ = (UniqueConstraint("hour", "instance"), Index("ix_usage_vdc_hour", "vdc", "hour"))
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    hour: Mapped[datetime] = mapped_column()
+    instance: Mapped[str] = mapped_column(String(128))
+    app: Mapped[str] = mapped_column(String(63))
+    vdc: Mapped[str] = mapped_column(String(512))
+    cloud: Mapped[str] = mapped_column(String(63))
+    cpu: Mapped[int] = mapped_column()  # millicores while running
+    memory: Mapped[int] = mapped_column()  # bytes
+    storage: Mapped[int] = mapped_column(default=0)  # bytes
+    seconds: Mapped[int] = mapped_column(default=0)  # running seconds within the hour
+
+
+class MeterState(Base):
+    __tablename__ = "meter_state"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    metered_to: Mapped[datetime] = mapped_column()
 
 
 class LedgerTile(Base):

@@ -1,29 +1,41 @@
-"""/audit: read the audit trail and verify its hash chain."""
+"""/audit: read the audit trail, verify its hash chain, prune what is past retention."""
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, ConfigDict
 from sqlalchemy import select
 
+from shanzhi.api.audit import transaction
 from shanzhi.api.deps import Runtime, runtime
+from shanzhi.domain.errors import InvalidInput
+from shanzhi.store.audit import prune as prune_chain
 from shanzhi.store.audit import verify_chain
-from shanzhi.store.tables import AuditRecord
+from shanzhi.store.tables import AuditAnchor, AuditRecord, utcnow
 
 router = APIRouter(prefix="/audit", tags=["audit"])
+
+
+class PruneIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    before: datetime | None = None  # default: now minus the retention period
 
 
 @router.get("")
 def records(
     since: int = Query(0, ge=0, description="only records with id greater than this"),
     limit: int = Query(200, ge=1, le=5000),
+    actor: str | None = Query(None, description="only this user's records"),
     rt: Runtime = Depends(runtime),
 ) -> list[dict[str, Any]]:
     with rt.db.reader.connect() as c:
-        rows = c.execute(
-            select(AuditRecord.__table__).where(AuditRecord.id > since).order_by(AuditRecord.id).limit(limit)
-        )
+        q = select(AuditRecord.__table__).where(AuditRecord.id > since)
+        if actor is not None:
+            q = q.where(AuditRecord.actor == actor)
+        rows = c.execute(q.order_by(AuditRecord.id).limit(limit))
         return [dict(r._mapping) for r in rows]
 
 
@@ -31,4 +43,30 @@ def records(
 def verify(rt: Runtime = Depends(runtime)) -> dict[str, Any]:
     with rt.db.reader.connect() as c:
         report = verify_chain(c)
-    return {"ok": report.ok, "records": report.records, "problem": report.problem}
+        anchor = c.execute(select(AuditAnchor.first_id, AuditAnchor.pruned).where(AuditAnchor.id == 1)).first()
+    return {
+        "ok": report.ok,
+        "records": report.records,
+        "problem": report.problem,
+        "pruned": anchor.pruned if anchor else 0,
+        "retention_days": rt.settings.audit_retention_days,
+    }
+
+
+@router.post("/prune")
+def prune(request: Request, body: PruneIn, rt: Runtime = Depends(runtime)) -> dict[str, Any]:
+    """Remove records older than the retention period (never younger ones)."""
+    limit = utcnow() - timedelta(days=rt.settings.audit_retention_days)
+    before = body.before or limit
+    if before.tzinfo is None:
+        raise InvalidInput("give 'before' with a time zone, e.g. 2026-01-01T00:00:00Z", field="before")
+    if before > limit:
+        raise InvalidInput(
+            f"records are kept {rt.settings.audit_retention_days} days: 'before' may be at most "
+            f"{limit:%Y-%m-%d %H:%M} UTC",
+            field="before",
+        )
+    request.state.target = f"audit records before {before.isoformat()}"
+    with transaction(request) as s:
+        n = prune_chain(s, before)
+    return {"pruned": n, "before": before}

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from sqlalchemy import func, select
 
 from shanzhi.api import schemas, views
+from shanzhi.api.audit import transaction
 from shanzhi.api.deps import Runtime, runtime
 from shanzhi.services import clouds as svc
 from shanzhi.store.tables import Instance
@@ -14,8 +15,8 @@ router = APIRouter(prefix="/clouds", tags=["clouds"])
 
 
 @router.post("", status_code=201, response_model=schemas.CloudOut)
-def add_cloud(body: schemas.CloudIn, rt: Runtime = Depends(runtime)) -> schemas.CloudOut:
-    with rt.db.session() as s, s.begin():
+def add_cloud(request: Request, body: schemas.CloudIn, rt: Runtime = Depends(runtime)) -> schemas.CloudOut:
+    with transaction(request) as s:
         c = svc.add_cloud(s, body.name, body.kind, body.site, body.region, body.tags, body.options)
         out = views.cloud(c, (0, 0, 0))
     rt.wake()
@@ -46,8 +47,10 @@ def get_cloud(name: str, rt: Runtime = Depends(runtime)) -> schemas.CloudOut:
 
 
 @router.delete("/{name}", response_model=schemas.RemoveOut)
-def remove_cloud(name: str, drain: bool = Query(False), rt: Runtime = Depends(runtime)) -> schemas.RemoveOut:
-    with rt.db.session() as s, s.begin():
+def remove_cloud(
+    request: Request, name: str, drain: bool = Query(False), rt: Runtime = Depends(runtime)
+) -> schemas.RemoveOut:
+    with transaction(request) as s:
         outcome = svc.remove_cloud(s, name, drain=drain)
     if outcome == "removed":
         rt.fleet.forget(name)
@@ -56,16 +59,20 @@ def remove_cloud(name: str, drain: bool = Query(False), rt: Runtime = Depends(ru
 
 
 @router.post("/{name}/fail", response_model=schemas.RemoveOut)
-def fail_cloud(name: str, body: schemas.FailureIn, rt: Runtime = Depends(runtime)) -> schemas.RemoveOut:
-    with rt.db.session() as s, s.begin():
+def fail_cloud(
+    request: Request, name: str, body: schemas.FailureIn, rt: Runtime = Depends(runtime)
+) -> schemas.RemoveOut:
+    with transaction(request) as s:
         svc.inject_failure(s, rt.fleet, name, body.host, recover=False)
     rt.wake()
     return schemas.RemoveOut(name=name, outcome="failed")
 
 
 @router.post("/{name}/recover", response_model=schemas.RemoveOut)
-def recover_cloud(name: str, body: schemas.FailureIn, rt: Runtime = Depends(runtime)) -> schemas.RemoveOut:
-    with rt.db.session() as s, s.begin():
+def recover_cloud(
+    request: Request, name: str, body: schemas.FailureIn, rt: Runtime = Depends(runtime)
+) -> schemas.RemoveOut:
+    with transaction(request) as s:
         svc.inject_failure(s, rt.fleet, name, body.host, recover=True)
     rt.wake()
     return schemas.RemoveOut(name=name, outcome="recovered")

@@ -13,6 +13,7 @@ from fastapi.responses import PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
+from shanzhi.api.audit import transaction
 from shanzhi.api.deps import Runtime, runtime
 from shanzhi.domain.errors import InvalidInput, NotFound
 from shanzhi.ledger.merkle import leaf_hash
@@ -94,11 +95,15 @@ def tile(path: str, led: Ledger = Depends(_ledger)) -> Response:
 
 
 @router.post("/entries", status_code=201)
-def submit(body: SubmitIn, led: Ledger = Depends(_ledger)) -> list[dict[str, Any]]:
-    try:
-        done = led.submit([e.encode() for e in body.entries])
-    except SubmissionError as err:
-        raise InvalidInput(str(err), field=f"entries[{err.index}]") from None
+def submit(request: Request, body: SubmitIn, led: Ledger = Depends(_ledger)) -> list[dict[str, Any]]:
+    """The entries are the record of what was submitted; the audit record says who sent them.
+    Entries are durable when acknowledged; if the audit record then fails, the request fails."""
+    request.state.target = f"{len(body.entries)} ledger entries"
+    with transaction(request):
+        try:
+            done = led.submit([e.encode() for e in body.entries])
+        except SubmissionError as err:
+            raise InvalidInput(str(err), field=f"entries[{err.index}]") from None
     return [{"index": i, "leaf": b64(h)} for i, h in done]
 
 
@@ -149,11 +154,13 @@ def keys(led: Ledger = Depends(_ledger)) -> list[dict[str, str]]:
 
 
 @router.post("/keys", status_code=201)
-def add_key(body: KeyIn, led: Ledger = Depends(_ledger)) -> dict[str, str]:
-    try:
-        v = led.register_key(body.name, body.vkey, body.role)
-    except NoteError as err:
-        raise InvalidInput(str(err), field="vkey") from None
+def add_key(request: Request, body: KeyIn, led: Ledger = Depends(_ledger)) -> dict[str, str]:
+    request.state.target = f"{body.role} key {body.name}"
+    with transaction(request):
+        try:
+            v = led.register_key(body.name, body.vkey, body.role)
+        except NoteError as err:
+            raise InvalidInput(str(err), field="vkey") from None
     return {"name": v.name, "vkey": v.encode()}
 
 

@@ -7,9 +7,12 @@ from sqlalchemy import select
 
 from shanzhi import __version__
 from shanzhi.api import schemas, views
+from shanzhi.api.auth import principal
 from shanzhi.api.deps import Runtime, runtime
+from shanzhi.domain.rbac import Principal
 from shanzhi.services.apps import find_app
 from shanzhi.services.clouds import get_cloud
+from shanzhi.services.vdcs import scope_filter
 from shanzhi.store.tables import App, Event, Instance, Vdc
 
 router = APIRouter(tags=["observe"])
@@ -20,12 +23,15 @@ def list_instances(
     app: str | None = Query(None),
     vdc: str | None = Query(None),
     cloud: str | None = Query(None),
+    p: Principal = Depends(principal),
     rt: Runtime = Depends(runtime),
 ) -> list[schemas.InstanceOut]:
+    scope = p.scope("app.read")
     with rt.db.session() as s, s.begin():
-        q = select(Instance).join(App).join(Vdc).order_by(Vdc.path, App.name, Instance.component, Instance.name)
+        q = select(Instance).join(App).join(Vdc).where(scope_filter(scope))
+        q = q.order_by(Vdc.path, App.name, Instance.component, Instance.name)
         if app is not None:
-            q = q.where(Instance.app_id == find_app(s, app, vdc).id)
+            q = q.where(Instance.app_id == find_app(s, app, vdc, scope).id)
         elif vdc is not None:
             q = q.where((Vdc.path == vdc) | Vdc.path.startswith(vdc + "/"))
         if cloud is not None:
@@ -39,12 +45,15 @@ def list_events(
     vdc: str | None = Query(None),
     since: int = Query(0, ge=0, description="only events with id greater than this"),
     limit: int = Query(200, ge=1, le=5000),
+    p: Principal = Depends(principal),
     rt: Runtime = Depends(runtime),
 ) -> list[schemas.EventOut]:
+    """Events in the caller's VDCs; platform events (clouds, plans) only for those who see all."""
+    scope = p.scope("app.read")
     with rt.db.session() as s, s.begin():
-        q = select(Event).where(Event.id > since)
+        q = select(Event).where(Event.id > since, scope_filter(scope, Event.vdc))
         if app is not None:
-            found = find_app(s, app, vdc)
+            found = find_app(s, app, vdc, scope)
             q = q.where(Event.app == found.name, Event.vdc == found.vdc.path)
         elif vdc is not None:
             q = q.where((Event.vdc == vdc) | Event.vdc.startswith(vdc + "/"))

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from shanzhi.api.audit import transaction
 from shanzhi.api.deps import Runtime, runtime
 from shanzhi.services import plans as svc
 from shanzhi.store.tables import PlanRecord
@@ -35,8 +36,8 @@ def _out(p: PlanRecord) -> dict[str, Any]:
 
 
 @router.post("", status_code=201)
-def propose(body: PlanIn, rt: Runtime = Depends(runtime)) -> dict[str, Any]:
-    with rt.db.session() as s, s.begin():
+def propose(request: Request, body: PlanIn) -> dict[str, Any]:
+    with transaction(request) as s:
         return _out(svc.make_plan(s, body.kind, body.cloud, body.target_utilisation, body.time_limit))
 
 
@@ -47,8 +48,8 @@ def get(plan_id: int, rt: Runtime = Depends(runtime)) -> dict[str, Any]:
 
 
 @router.post("/{plan_id}/apply")
-def apply(plan_id: int, rt: Runtime = Depends(runtime)) -> dict[str, Any]:
-    with rt.db.session() as s, s.begin():
+def apply(request: Request, plan_id: int, rt: Runtime = Depends(runtime)) -> dict[str, Any]:
+    with transaction(request) as s:
         out = _out(svc.apply(s, plan_id))
     rt.wake()
     return out

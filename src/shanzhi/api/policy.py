@@ -1,0 +1,141 @@
+"""The one table that says which action every API route needs. A route without a rule is
+refused (default deny), and the server will not start with one (`check_routes`).
+
+Kinds:
+- `platform`: a platform role must allow the action.
+- `vdc`: any grant allowing the action somewhere lets the call through; the route then works
+  only inside the caller's scope for that action (outside it, objects do not exist: 404).
+- `self`: any authenticated user, acting on their own things (the route checks which).
+- `public`: no authentication (only logging in).
+
+`privileged` reads are written to the audit trail like changes are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+
+from shanzhi.domain.rbac import ACTIONS
+
+Kind = Literal["platform", "vdc", "self", "public"]
+PREFIX = "/api/v1"
+
+
+@dataclass(frozen=True)
+class Rule:
+    kind: Kind
+    action: str = ""
+    privileged: bool = False
+
+
+def _p(action: str, privileged: bool = False) -> Rule:
+    return Rule("platform", action, privileged)
+
+
+def _v(action: str, privileged: bool = False) -> Rule:
+    return Rule("vdc", action, privileged)
+
+
+SELF = Rule("self")
+PUBLIC = Rule("public")
+
+RULES: dict[tuple[str, str], Rule] = {
+    # identity
+    ("POST", "/auth/login"): PUBLIC,
+    ("POST", "/auth/logout"): SELF,
+    ("GET", "/auth/whoami"): SELF,
+    ("PUT", "/auth/password"): SELF,
+    ("GET", "/tokens"): SELF,
+    ("POST", "/tokens"): SELF,
+    ("DELETE", "/tokens/{token_id}"): SELF,
+    ("GET", "/users"): _p("user.read", privileged=True),
+    ("POST", "/users"): _p("user.write"),
+    ("GET", "/users/{name}"): _p("user.read", privileged=True),
+    ("DELETE", "/users/{name}"): _p("user.write"),
+    ("PUT", "/users/{name}/password"): _p("user.write"),
+    ("POST", "/users/{name}/lock"): _p("user.write"),
+    ("POST", "/users/{name}/unlock"): _p("user.write"),
+    ("GET", "/grants"): _v("grant.read", privileged=True),
+    ("POST", "/grants"): _v("grant.write"),
+    ("DELETE", "/grants/{grant_id}"): _v("grant.write"),
+    # the platform
+    ("GET", "/status"): SELF,
+    ("GET", "/clouds"): _v("cloud.read"),
+    ("POST", "/clouds"): _p("cloud.write"),
+    ("GET", "/clouds/{name}"): _v("cloud.read"),
+    ("DELETE", "/clouds/{name}"): _p("cloud.write"),
+    ("POST", "/clouds/{name}/fail"): _p("cloud.write"),
+    ("POST", "/clouds/{name}/recover"): _p("cloud.write"),
+    ("GET", "/vdcs"): _v("vdc.read"),
+    ("POST", "/vdcs"): _v("vdc.write"),
+    ("GET", "/vdcs/{path}"): _v("vdc.read"),
+    ("PUT", "/vdcs/{path}/quota"): _v("vdc.write"),
+    ("DELETE", "/vdcs/{path}"): _v("vdc.write"),
+    ("GET", "/apps"): _v("app.read"),
+    ("POST", "/apps"): _v("app.write"),
+    ("GET", "/apps/{name}"): _v("app.read"),
+    ("DELETE", "/apps/{name}"): _v("app.write"),
+    ("GET", "/instances"): _v("app.read"),
+    ("GET", "/events"): _v("app.read"),
+    ("POST", "/plans"): _p("plan.write"),
+    ("GET", "/plans/{plan_id}"): _p("plan.read"),
+    ("POST", "/plans/{plan_id}/apply"): _p("plan.write"),
+    # approvals
+    ("GET", "/approvals"): SELF,
+    ("GET", "/approvals/{request_id}"): SELF,
+    ("POST", "/approvals/{request_id}/approve"): SELF,
+    ("POST", "/approvals/{request_id}/reject"): SELF,
+    ("POST", "/approvals/{request_id}/comment"): SELF,
+    ("GET", "/approval-rules"): _v("approval.read"),
+    ("POST", "/approval-rules"): _v("approval.rules"),
+    ("DELETE", "/approval-rules/{rule_id}"): _v("approval.rules"),
+    # metering
+    ("GET", "/rates"): _v("cloud.read"),
+    ("PUT", "/rates/{cloud}"): _p("rate.write"),
+    ("GET", "/usage"): _v("bill.read", privileged=True),
+    ("GET", "/bill"): _v("bill.read", privileged=True),
+    # audit
+    ("GET", "/audit"): _p("audit.read", privileged=True),
+    ("GET", "/audit/verify"): _p("audit.read", privileged=True),
+    ("POST", "/audit/prune"): _p("audit.prune"),
+    # ledger
+    ("GET", "/ledger/status"): _p("ledger.read"),
+    ("GET", "/ledger/checkpoint"): _p("ledger.read"),
+    ("GET", "/ledger/checkpoints"): _p("ledger.read"),
+    ("GET", "/ledger/tile/{path}"): _p("ledger.read"),
+    ("POST", "/ledger/entries"): _v("ledger.submit"),
+    ("GET", "/ledger/entries/{index}"): _p("ledger.read"),
+    ("GET", "/ledger/proof/inclusion"): _p("ledger.read"),
+    ("GET", "/ledger/proof/consistency"): _p("ledger.read"),
+    ("GET", "/ledger/keys"): _p("ledger.read"),
+    ("POST", "/ledger/keys"): _p("ledger.keys"),
+    ("GET", "/ledger/watch"): _p("ledger.read"),
+}
+
+
+def route_key(route: APIRoute, method: str) -> tuple[str, str]:
+    path = route.path_format.removeprefix(PREFIX)
+    return method, path
+
+
+def rule_for(route: APIRoute, method: str) -> Rule | None:
+    return RULES.get(route_key(route, method))
+
+
+def check_routes(app: FastAPI) -> None:
+    """Refuse to build an application with an API route that has no rule (or names an unknown
+    action): a forgotten rule must fail at start-up, not open a hole."""
+    missing = []
+    for route in app.routes:
+        if not isinstance(route, APIRoute) or not route.path_format.startswith(PREFIX):
+            continue
+        for method in sorted((route.methods or set()) - {"HEAD", "OPTIONS"}):
+            rule = rule_for(route, method)
+            if rule is None or (rule.action and rule.action not in ACTIONS):
+                missing.append(f"{method} {route.path_format}")
+    if missing:
+        raise RuntimeError(f"API routes without an authorization rule: {', '.join(missing)}")

@@ -1,0 +1,248 @@
+"""/auth, /tokens, /users, /grants: logging in, API tokens, users and their roles."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from shanzhi.api.audit import transaction
+from shanzhi.api.auth import principal
+from shanzhi.api.deps import Runtime, runtime
+from shanzhi.domain.errors import Forbidden, NotFound, Unauthorized
+from shanzhi.domain.rbac import PLATFORM_ROLES, Principal
+from shanzhi.services import identity as svc
+from shanzhi.store.tables import Grant, Token, User
+
+router = APIRouter(tags=["identity"])
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LoginIn(_In):
+    user: str
+    password: str
+
+
+class PasswordIn(_In):
+    password: str
+    old_password: str | None = Field(None, description="required when changing your own password")
+
+
+class TokenIn(_In):
+    name: str = Field(min_length=1, max_length=128)
+    expires_in_days: float | None = Field(90, gt=0, le=365, description="null: until revoked")
+
+
+class UserIn(_In):
+    name: str
+    password: str | None = None
+    display_name: str = ""
+
+
+class GrantIn(_In):
+    user: str
+    role: str
+    vdc: str | None = None
+
+
+def _policy(rt: Runtime) -> svc.Policy:
+    st = rt.settings
+    return svc.Policy(
+        max_failures=st.max_login_failures,
+        lockout=timedelta(minutes=st.lockout_minutes),
+        session_ttl=timedelta(hours=st.session_hours),
+    )
+
+
+def token_out(t: Token, secret: str | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": t.id,
+        "name": t.name,
+        "user": t.user.name,
+        "created_at": t.created_at,
+        "expires_at": t.expires_at,
+        "revoked_at": t.revoked_at,
+        "last_used_at": t.last_used_at,
+    }
+    if secret is not None:
+        out["token"] = secret
+    return out
+
+
+def user_out(u: User, grants: list[Grant] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "name": u.name,
+        "display_name": u.display_name,
+        "password": u.password_hash is not None,
+        "locked": u.disabled,
+        "locked_until": u.locked_until,
+        "failed_logins": u.failed_logins,
+        "created_at": u.created_at,
+        "last_login_at": u.last_login_at,
+    }
+    if grants is not None:
+        out["roles"] = [grant_out(g) for g in grants]
+    return out
+
+
+def grant_out(g: Grant) -> dict[str, Any]:
+    return {"id": g.id, "user": g.user.name, "role": g.role, "vdc": g.vdc.path if g.vdc else None, "by": g.granted_by}
+
+
+# ------------------------------------------------------------------ auth
+@router.post("/auth/login", status_code=201)
+def login(request: Request, body: LoginIn, rt: Runtime = Depends(runtime)) -> dict[str, Any]:
+    """Exchange a user name and password for a session token (expires after `session_hours`)."""
+    request.state.login_user = body.user[:64]
+    request.state.target = f"user {body.user[:64]}"
+    source = request.client.host if request.client else "?"
+    failure: Exception | None = None
+    with transaction(request) as s:
+        try:
+            secret, t = svc.login(s, body.user, body.password, source, _policy(rt))
+            out = token_out(t, secret)
+        except Unauthorized as err:  # keep the failure count: commit, then refuse
+            failure = err
+    if failure is not None:
+        raise failure
+    return out
+
+
+@router.post("/auth/logout")
+def logout(request: Request, p: Principal = Depends(principal)) -> dict[str, Any]:
+    with transaction(request) as s:
+        t = svc.revoke_token(s, request.state.token_id, owner=p.user)
+        return {"revoked": t.id}
+
+
+@router.get("/auth/whoami")
+def whoami(request: Request, p: Principal = Depends(principal), rt: Runtime = Depends(runtime)) -> dict[str, Any]:
+    return {
+        "user": p.user,
+        "platform_roles": sorted(p.platform),
+        "vdc_roles": [{"vdc": v, "role": r} for v, roles in sorted(p.vdc.items()) for r in sorted(roles)],
+        "token_id": request.state.token_id,
+    }
+
+
+@router.put("/auth/password")
+def change_password(request: Request, body: PasswordIn, p: Principal = Depends(principal)) -> dict[str, Any]:
+    with transaction(request) as s:
+        u = svc.get_user(s, p.user)
+        if u.password_hash is not None:
+            svc.check_password(u, body.old_password or "")
+        svc.set_password(s, p.user, body.password)
+    return {"user": p.user, "changed": True}
+
+
+# ------------------------------------------------------------------ tokens
+@router.get("/tokens")
+def list_tokens(
+    user: str | None = Query(None, description="another user's tokens (security administrators)"),
+    all_users: bool = Query(False, alias="all", description="every user's tokens (security administrators)"),
+    p: Principal = Depends(principal),
+    rt: Runtime = Depends(runtime),
+) -> list[dict[str, Any]]:
+    if (all_users or (user is not None and user != p.user)) and not p.platform_allows("token.admin"):
+        raise Forbidden(f"{p.user} may list only their own tokens")
+    with rt.db.session() as s, s.begin():
+        return [token_out(t) for t in svc.list_tokens(s, None if all_users else (user or p.user))]
+
+
+@router.post("/tokens", status_code=201)
+def create_token(request: Request, body: TokenIn, p: Principal = Depends(principal)) -> dict[str, Any]:
+    """A new API token for yourself; its secret is shown once."""
+    ttl = timedelta(days=body.expires_in_days) if body.expires_in_days is not None else None
+    request.state.target = f"token {body.name} of {p.user}"
+    with transaction(request) as s:
+        secret, t = svc.issue_token(s, svc.get_user(s, p.user), body.name, ttl)
+        return token_out(t, secret)
+
+
+@router.delete("/tokens/{token_id}")
+def revoke_token(request: Request, token_id: int, p: Principal = Depends(principal)) -> dict[str, Any]:
+    owner = None if p.platform_allows("token.admin") else p.user
+    with transaction(request) as s:
+        return token_out(svc.revoke_token(s, token_id, owner=owner))
+
+
+# ------------------------------------------------------------------ users
+@router.get("/users")
+def list_users(rt: Runtime = Depends(runtime)) -> list[dict[str, Any]]:
+    with rt.db.session() as s, s.begin():
+        return [user_out(u) for u in svc.list_users(s)]
+
+
+@router.post("/users", status_code=201)
+def create_user(request: Request, body: UserIn) -> dict[str, Any]:
+    request.state.target = f"user {body.name}"
+    with transaction(request) as s:
+        return user_out(svc.create_user(s, body.name, body.password, body.display_name), [])
+
+
+@router.get("/users/{name}")
+def get_user(name: str, p: Principal = Depends(principal), rt: Runtime = Depends(runtime)) -> dict[str, Any]:
+    with rt.db.session() as s, s.begin():
+        u = svc.get_user(s, name)
+        return user_out(u, svc.list_grants(s, p.scope("user.read"), name))
+
+
+@router.delete("/users/{name}")
+def delete_user(request: Request, name: str) -> dict[str, Any]:
+    with transaction(request) as s:
+        svc.delete_user(s, name)
+    return {"name": name, "outcome": "deleted"}
+
+
+@router.put("/users/{name}/password")
+def reset_password(request: Request, name: str, body: PasswordIn) -> dict[str, Any]:
+    with transaction(request) as s:
+        return user_out(svc.set_password(s, name, body.password))
+
+
+@router.post("/users/{name}/lock")
+def lock_user(request: Request, name: str) -> dict[str, Any]:
+    with transaction(request) as s:
+        return user_out(svc.set_locked(s, name, True))
+
+
+@router.post("/users/{name}/unlock")
+def unlock_user(request: Request, name: str) -> dict[str, Any]:
+    with transaction(request) as s:
+        return user_out(svc.set_locked(s, name, False))
+
+
+# ------------------------------------------------------------------ grants
+@router.get("/grants")
+def list_grants(
+    user: str | None = Query(None), p: Principal = Depends(principal), rt: Runtime = Depends(runtime)
+) -> list[dict[str, Any]]:
+    """Role grants: all of them for security administrators, those in their subtree for VDC admins."""
+    with rt.db.session() as s, s.begin():
+        return [grant_out(g) for g in svc.list_grants(s, p.scope("grant.read"), user)]
+
+
+@router.post("/grants", status_code=201)
+def add_grant(request: Request, body: GrantIn, p: Principal = Depends(principal)) -> dict[str, Any]:
+    request.state.target = f"user {body.user}: {body.role}" + (f"@{body.vdc}" if body.vdc else "")
+    scope = p.scope("grant.write")
+    if body.role in PLATFORM_ROLES and not scope.everywhere:
+        raise Forbidden(f"{p.user} ({p.label}) may not grant platform roles", field="role")
+    if body.vdc is not None and not scope.contains(body.vdc):
+        if p.scope("grant.read").contains(body.vdc) or p.scope("vdc.read").contains(body.vdc):
+            raise Forbidden(f"{p.user} ({p.label}) may not grant roles on VDC {body.vdc}", field="vdc")
+        raise NotFound(f"VDC {body.vdc} does not exist; see 'shanzhi vdc list'", field="vdc")
+    with transaction(request) as s:
+        return grant_out(svc.grant(s, body.user, body.role, body.vdc, p.user))
+
+
+@router.delete("/grants/{grant_id}")
+def remove_grant(request: Request, grant_id: int, p: Principal = Depends(principal)) -> dict[str, Any]:
+    with transaction(request) as s:
+        g = svc.revoke_grant(s, grant_id, p.scope("grant.write"))
+        return grant_out(g)

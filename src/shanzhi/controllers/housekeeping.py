@@ -1,0 +1,155 @@
+"""Housekeeping the leader does every pass besides reconciling: metering, expiring approval
+requests, and pruning audit records past their retention.
+
+Metering moves a persistent mark forward by whole seconds and credits that time to every
+instance holding resources (starting, running, unhealthy), split at clock-hour boundaries, in
+the same transaction as the mark: a crash never counts a second twice or loses one. Between
+passes an instance is taken to stay in the state it was seen in, so records are exact to
+one pass interval.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, tuple_, update
+from sqlalchemy.orm import Session
+
+from shanzhi.store import Database
+from shanzhi.store import audit as chain
+from shanzhi.store.tables import (
+    App,
+    ApprovalRequest,
+    AuditRecord,
+    Cloud,
+    Instance,
+    MeterState,
+    UsageRecord,
+    Vdc,
+    utcnow,
+)
+
+log = logging.getLogger("shanzhi.housekeeping")
+
+BILLABLE = ("starting", "running", "unhealthy")
+
+
+def hour_of(t: datetime) -> datetime:
+    return t.replace(minute=0, second=0, microsecond=0)
+
+
+def _split(start: datetime, end: datetime) -> list[tuple[datetime, int]]:
+    """[(hour, seconds)] covering [start, end) (whole seconds)."""
+    out = []
+    t = start
+    while t < end:
+        nxt = min(end, hour_of(t) + timedelta(hours=1))
+        out.append((hour_of(t), int((nxt - t).total_seconds())))
+        t = nxt
+    return out
+
+
+def meter(s: Session, now: datetime | None = None) -> int:
+    """Credit the time since the last call to the instances holding resources now; returns the
+    seconds credited per instance (0 on the first call, which only sets the mark)."""
+    now = now or utcnow()
+    state = s.get(MeterState, 1)
+    if state is None:
+        s.add(MeterState(id=1, metered_to=now.replace(microsecond=0)))
+        s.flush()
+        return 0
+    elapsed = int((now - state.metered_to).total_seconds())
+    if elapsed < 1:
+        return 0
+    start, end = state.metered_to, state.metered_to + timedelta(seconds=elapsed)
+    state.metered_to = end
+    rows = s.execute(
+        select(Instance.name, Instance.cpu, Instance.memory, Instance.storage, App.name, Vdc.path, Instance.cloud_id)
+        .join(App, Instance.app_id == App.id)
+        .join(Vdc, App.vdc_id == Vdc.id)
+        .where(Instance.state.in_(BILLABLE), Instance.cloud_id.is_not(None))
+    ).all()
+    if not rows:
+        return elapsed
+    clouds = dict(s.execute(select(Cloud.id, Cloud.name)).tuples().all())
+    parts = _split(start, end)
+    keys = [(h, r[0]) for h, _ in parts for r in rows]
+    existing = {
+        (u.hour, u.instance): u
+        for u in s.scalars(select(UsageRecord).where(tuple_(UsageRecord.hour, UsageRecord.instance).in_(keys)))
+    }
+    for hour, secs in parts:
+        for name, cpu, mem, storage, app, vdc, cloud_id in rows:
+            u = existing.get((hour, name))
+            if u is None:
+                s.add(
+                    UsageRecord(
+                        hour=hour,
+                        instance=name,
+                        app=app,
+                        vdc=vdc,
+                        cloud=clouds.get(cloud_id or 0, "?"),
+                        cpu=cpu,
+                        memory=mem,
+                        storage=storage,
+                        seconds=secs,
+                    )
+                )
+            else:
+                u.seconds += secs
+    s.flush()
+    return elapsed
+
+
+def expire_approvals(s: Session, now: datetime | None = None) -> int:
+    """Pending approval requests past their expiry become `expired` (they never apply)."""
+    now = now or utcnow()
+    res = s.execute(
+        update(ApprovalRequest)
+        .where(ApprovalRequest.status == "pending", ApprovalRequest.expires_at <= now)
+        .values(status="expired", decided_at=now, outcome="expired before every stage approved; apply again")
+    )
+    return int(res.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def prune_audit(s: Session, retention_days: int, now: datetime | None = None) -> int:
+    """Remove audit records older than the retention period, recording that in the chain."""
+    before = (now or utcnow()) - timedelta(days=retention_days)
+    n = chain.prune(s, before)
+    if n:
+        chain.append(
+            s,
+            AuditRecord(
+                actor="system",
+                role="controller",
+                action="audit.prune",
+                target=f"audit records before {before.isoformat()}",
+                method="TASK",
+                path="housekeeping/audit-retention",
+                status=200,
+                outcome="success",
+                detail=f"pruned {n} records older than {retention_days} days",
+            ),
+        )
+    return n
+
+
+class Housekeeping:
+    def __init__(self, db: Database, *, audit_retention_days: int = 180, prune_every: float = 3600.0) -> None:
+        self.db = db
+        self.retention = audit_retention_days
+        self.prune_every = prune_every
+        self._last_prune = 0.0
+
+    def run_once(self) -> None:
+        with self.db.session() as s, s.begin():
+            meter(s)
+            expire_approvals(s)
+        if time.monotonic() - self._last_prune >= self.prune_every:
+            self._last_prune = time.monotonic()
+            with self.db.session() as s, s.begin():
+                n = prune_audit(s, self.retention)
+            if n:
+                log.info("pruned %d audit records older than %d days", n, self.retention)

@@ -1,0 +1,260 @@
+"""Approvals: per-VDC rules that hold an apply until named approvers agree, stage by stage.
+
+A rule on a VDC covers its subtree. It matches an apply when any of its conditions holds:
+`cpuOver` (the app's total cpu is above it), `sites` (the app may be placed in one of these
+sites), `always`. A matching apply becomes a pending request and changes nothing; each stage
+is passed by any one of its approvers (`alice`, or `role:vdc-admin` for whoever holds that
+role on the app's VDC, or `role:system-admin`); the last approval applies the spec, with the
+quota checked then. Requests expire; requesters never approve their own.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from shanzhi.domain.errors import Conflict, Forbidden, InvalidInput, NotFound, ShanzhiError
+from shanzhi.domain.quantity import format_cpu, parse_cpu
+from shanzhi.domain.quota import ancestors
+from shanzhi.domain.rbac import ROLES, Principal, Scope
+from shanzhi.domain.spec import NAME_RE, AppSpec, parse_app
+from shanzhi.services.apps import apply_app, desired_usage
+from shanzhi.services.vdcs import get_vdc, scope_filter
+from shanzhi.store.events import record_event
+from shanzhi.store.tables import App, ApprovalRequest, ApprovalRule, Cloud, Vdc, utcnow
+
+CONDITIONS = ("cpuOver", "sites", "always")
+
+
+# ------------------------------------------------------------------ rules
+def _check_approver(a: str) -> str:
+    kind, sep, name = a.partition(":")
+    if sep and kind == "role":
+        if name not in ROLES:
+            raise InvalidInput(
+                f"unknown role {name!r} in approver {a!r}; use one of {', '.join(ROLES)}", field="stages"
+            )
+    elif sep or not a:
+        raise InvalidInput(f"approver {a!r} must be a user name or role:<role>", field="stages")
+    return a
+
+
+def add_rule(
+    s: Session, vdc: str, name: str, conditions: dict[str, Any], stages: list[list[str]], expire_hours: int
+) -> ApprovalRule:
+    v = get_vdc(s, vdc)
+    if not re.match(NAME_RE, name):
+        raise InvalidInput(f"invalid rule name {name!r}: lowercase letters, digits and '-'", field="name")
+    unknown = set(conditions) - set(CONDITIONS)
+    if unknown:
+        raise InvalidInput(f"unknown condition {sorted(unknown)[0]!r}; use {', '.join(CONDITIONS)}", field="conditions")
+    if not conditions:
+        raise InvalidInput("a rule needs at least one condition (cpuOver, sites or always)", field="conditions")
+    clean: dict[str, Any] = {}
+    if "cpuOver" in conditions:
+        try:
+            clean["cpuOver"] = parse_cpu(conditions["cpuOver"])
+        except (ValueError, TypeError) as err:
+            raise InvalidInput(str(err), field="conditions.cpuOver") from None
+    if "sites" in conditions:
+        sites = conditions["sites"]
+        if not isinstance(sites, list) or not sites or not all(isinstance(x, str) and x for x in sites):
+            raise InvalidInput("sites must be a non-empty list of site names", field="conditions.sites")
+        clean["sites"] = sorted(set(sites))
+    if "always" in conditions:
+        if not isinstance(conditions["always"], bool):
+            raise InvalidInput("always must be true or false", field="conditions.always")
+        clean["always"] = conditions["always"]
+    if not stages or not all(stage for stage in stages):
+        raise InvalidInput("give at least one stage, each with at least one approver", field="stages")
+    if s.scalar(select(ApprovalRule.id).where(ApprovalRule.vdc_id == v.id, ApprovalRule.name == name)):
+        raise Conflict(f"VDC {vdc} already has an approval rule {name}", field="name")
+    rule = ApprovalRule(
+        vdc_id=v.id,
+        name=name,
+        conditions=clean,
+        stages={"stages": [[_check_approver(a) for a in stage] for stage in stages]},
+        expire_hours=expire_hours,
+    )
+    s.add(rule)
+    s.flush()
+    s.refresh(rule)
+    return rule
+
+
+def list_rules(s: Session, scope: Scope) -> list[ApprovalRule]:
+    q = select(ApprovalRule).join(Vdc).where(scope_filter(scope)).order_by(Vdc.path, ApprovalRule.name)
+    return list(s.scalars(q))
+
+
+def get_rule(s: Session, rule_id: int, scope: Scope) -> ApprovalRule:
+    r = s.get(ApprovalRule, rule_id)
+    if r is None or not scope.contains(r.vdc.path):
+        raise NotFound(f"approval rule {rule_id} does not exist; see 'shanzhi approval rules'", field="id")
+    return r
+
+
+# ------------------------------------------------------------------ holding an apply
+def _why(s: Session, rule: ApprovalRule, spec: AppSpec) -> str | None:
+    c = rule.conditions
+    if c.get("always"):
+        return "every apply needs approval"
+    cpu = desired_usage(spec).cpu
+    if "cpuOver" in c and cpu > c["cpuOver"]:
+        return f"asks for {format_cpu(cpu)} cpu, more than {format_cpu(c['cpuOver'])}"
+    if "sites" in c:
+        sel = spec.spec.placement
+        hits = set()
+        for cloud in s.scalars(select(Cloud)):
+            if sel.clouds.names and cloud.name not in sel.clouds.names:
+                continue
+            if any(cloud.tags.get(k) != v for k, v in sel.clouds.tags.items()):
+                continue
+            if sel.regions and cloud.region not in sel.regions:
+                continue
+            if cloud.site.name in c["sites"]:
+                hits.add(cloud.site.name)
+        if hits:
+            return f"may be placed in site {', '.join(sorted(hits))}"
+    return None
+
+
+def hold_if_needed(s: Session, spec: AppSpec, requester: str) -> ApprovalRequest | None:
+    """A pending request if an approval rule matches this apply (nothing else changes), else None."""
+    path = spec.metadata.vdc
+    v = get_vdc(s, path)
+    body = spec.to_json()
+    app = s.scalar(select(App).where(App.vdc_id == v.id, App.name == spec.metadata.name))
+    if app is not None and app.spec == body:
+        return None  # unchanged: nothing to approve
+    rules = s.scalars(
+        select(ApprovalRule).join(Vdc).where(Vdc.path.in_([*ancestors(path), path])).order_by(Vdc.path, ApprovalRule.id)
+    )
+    matched = [(r, why) for r in rules if (why := _why(s, r, spec)) is not None]
+    if not matched:
+        return None
+    pending = s.scalar(
+        select(ApprovalRequest).where(
+            ApprovalRequest.vdc_id == v.id,
+            ApprovalRequest.app == spec.metadata.name,
+            ApprovalRequest.status == "pending",
+        )
+    )
+    if pending is not None and pending.document == body and pending.expires_at > utcnow():
+        return pending
+    stages = [
+        {"rule": r.name, "vdc": r.vdc.path, "approvers": list(stage), "decision": None, "by": None, "at": None}
+        for r, _ in matched
+        for stage in r.stages["stages"]
+    ]
+    req = ApprovalRequest(
+        vdc_id=v.id,
+        app=spec.metadata.name,
+        document=body,
+        requester=requester,
+        status="pending",
+        reasons={"rules": [{"rule": r.name, "vdc": r.vdc.path, "why": why} for r, why in matched]},
+        stages={"stages": stages},
+        stage=0,
+        comments={"comments": []},
+        expires_at=utcnow() + timedelta(hours=min(r.expire_hours for r, _ in matched)),
+    )
+    s.add(req)
+    s.flush()
+    s.refresh(req)
+    why = "; ".join(f"{r.name}: {w}" for r, w in matched)
+    record_event(
+        s,
+        "ApprovalRequested",
+        "app",
+        spec.metadata.name,
+        f"apply held for approval {req.id} ({why})",
+        vdc=path,
+        app=spec.metadata.name,
+    )
+    return req
+
+
+# ------------------------------------------------------------------ reading and deciding
+def _approver_matches(p: Principal, approver: str, path: str) -> bool:
+    _, sep, name = approver.partition(":")
+    if not sep:
+        return approver == p.user
+    return name in p.platform or name in p.roles_at(path)
+
+
+def _is_approver(p: Principal, req: ApprovalRequest) -> bool:
+    return any(_approver_matches(p, a, req.vdc.path) for st in req.stages["stages"] for a in st["approvers"])
+
+
+def _visible(p: Principal, req: ApprovalRequest) -> bool:
+    return req.requester == p.user or p.scope("approval.read").contains(req.vdc.path) or _is_approver(p, req)
+
+
+def _expire(req: ApprovalRequest) -> None:
+    if req.status == "pending" and req.expires_at <= utcnow():
+        req.status, req.decided_at = "expired", req.expires_at
+        req.outcome = "expired before every stage approved; apply again to ask anew"
+
+
+def list_requests(s: Session, p: Principal, status: str | None = None) -> list[ApprovalRequest]:
+    q = select(ApprovalRequest).order_by(ApprovalRequest.id)
+    out = []
+    for r in s.scalars(q):
+        _expire(r)
+        if _visible(p, r) and (status is None or r.status == status):
+            out.append(r)
+    return out
+
+
+def get_request(s: Session, p: Principal, request_id: int) -> ApprovalRequest:
+    r = s.get(ApprovalRequest, request_id)
+    if r is None or not _visible(p, r):
+        raise NotFound(f"approval request {request_id} does not exist; see 'shanzhi approval list'", field="id")
+    _expire(r)
+    return r
+
+
+def comment(s: Session, p: Principal, request_id: int, text: str) -> ApprovalRequest:
+    r = get_request(s, p, request_id)
+    r.comments = {"comments": [*r.comments["comments"], {"by": p.user, "at": utcnow().isoformat(), "text": text}]}
+    return r
+
+
+def decide(s: Session, p: Principal, request_id: int, approve: bool, note: str = "") -> ApprovalRequest:
+    """Approve or reject the current stage. The last approval applies the held spec."""
+    r = get_request(s, p, request_id)
+    if r.status != "pending":
+        raise Conflict(f"approval request {r.id} is {r.status}: {r.outcome}".rstrip(": "), field="id")
+    stages: list[dict[str, Any]] = [dict(st) for st in r.stages["stages"]]
+    current = stages[r.stage]
+    if not any(_approver_matches(p, a, r.vdc.path) for a in current["approvers"]):
+        raise Forbidden(
+            f"{p.user} is not an approver of stage {r.stage + 1} ({', '.join(current['approvers'])})", field="id"
+        )
+    if p.user == r.requester:
+        raise Forbidden("requesters may not approve or reject their own requests", field="id")
+    now = utcnow()
+    current.update(decision="approved" if approve else "rejected", by=p.user, at=now.isoformat(), note=note)
+    r.stages = {"stages": stages}
+    path = r.vdc.path
+    if not approve:
+        r.status, r.decided_at, r.outcome = "rejected", now, f"rejected by {p.user} at stage {r.stage + 1}"
+        record_event(s, "ApprovalRejected", "app", r.app, f"approval {r.id} {r.outcome}", vdc=path, app=r.app)
+        return r
+    r.stage += 1
+    if r.stage < len(stages):
+        return r
+    r.decided_at = now
+    try:
+        with s.begin_nested():
+            app, outcome = apply_app(s, parse_app(r.document))
+        r.status, r.outcome = "approved", f"applied: app {app.name} {outcome} (generation {app.generation})"
+    except ShanzhiError as err:
+        r.status, r.outcome = "failed", f"approved, but the apply failed: {err.detail}"
+    record_event(s, "ApprovalDecided", "app", r.app, f"approval {r.id} {r.status}: {r.outcome}", vdc=path, app=r.app)
+    return r

@@ -1,0 +1,277 @@
+"""Users, passwords (argon2id), API tokens, role grants, login with lock-out, and bootstrap.
+
+Tokens are random (`szt_` + 256 bits) and stored only as SHA-256 hashes: a token is a
+high-entropy secret, so a fast hash is the right one; passwords are low-entropy and get
+argon2id (argon2-cffi's defaults, RFC 9106's second recommended setting).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from shanzhi.domain.errors import Conflict, InvalidInput, Locked, NotFound, Unauthorized
+from shanzhi.domain.rbac import PLATFORM_ROLES, ROLES, VDC_ROLES, Principal, Scope
+from shanzhi.services.vdcs import get_vdc, scope_filter
+from shanzhi.store.tables import Grant, Token, User, Vdc, utcnow
+
+USER_RE = r"^[a-z][a-z0-9._-]{1,63}$"
+MIN_PASSWORD = 10
+_hasher = PasswordHasher()
+# Bootstrap identities: one per separated platform role, each with a token file in the data dir.
+BOOTSTRAP = (
+    ("admin", "System administrator", "system-admin", "admin.token"),
+    ("security", "Security administrator", "security-admin", "security.token"),
+    ("auditor", "Audit administrator", "audit-admin", "audit.token"),
+)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Login and token policy (from Settings)."""
+
+    max_failures: int = 5
+    lockout: timedelta = timedelta(minutes=15)
+    session_ttl: timedelta = timedelta(hours=12)
+    max_token_ttl: timedelta = timedelta(days=365)
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _check_password(password: str) -> None:
+    if len(password) < MIN_PASSWORD:
+        raise InvalidInput(f"the password is too short: use at least {MIN_PASSWORD} characters", field="password")
+
+
+def get_user(s: Session, name: str) -> User:
+    u = s.scalar(select(User).where(User.name == name))
+    if u is None:
+        raise NotFound(f"user {name} does not exist; see 'shanzhi user list'", field="name")
+    return u
+
+
+def create_user(s: Session, name: str, password: str | None, display_name: str = "") -> User:
+    if not re.match(USER_RE, name):
+        raise InvalidInput(
+            f"invalid user name {name!r}: 2-64 lowercase letters, digits, '.', '_' or '-', starting with a letter",
+            field="name",
+        )
+    if s.scalar(select(User.id).where(User.name == name)) is not None:
+        raise Conflict(f"user {name} already exists", field="name")
+    if password is not None:
+        _check_password(password)
+    u = User(name=name, display_name=display_name, password_hash=_hasher.hash(password) if password else None)
+    s.add(u)
+    s.flush()
+    return u
+
+
+def check_password(u: User, password: str) -> None:
+    """Raise Unauthorized unless `password` is `u`'s."""
+    try:
+        _hasher.verify(u.password_hash or "", password)
+    except (VerificationError, InvalidHashError):
+        raise Unauthorized("the current password is wrong", field="old_password") from None
+
+
+def set_password(s: Session, name: str, password: str) -> User:
+    _check_password(password)
+    u = get_user(s, name)
+    u.password_hash = _hasher.hash(password)
+    u.failed_logins, u.locked_until = 0, None
+    return u
+
+
+def set_locked(s: Session, name: str, locked: bool, now: datetime | None = None) -> User:
+    """Lock a user out (their tokens stop working) or unlock them (and clear failures)."""
+    u = get_user(s, name)
+    u.disabled = locked
+    if not locked:
+        u.failed_logins, u.locked_until = 0, None
+    return u
+
+
+def list_users(s: Session) -> list[User]:
+    return list(s.scalars(select(User).order_by(User.name)))
+
+
+def delete_user(s: Session, name: str) -> None:
+    u = get_user(s, name)
+    if name in {b[0] for b in BOOTSTRAP}:
+        raise Conflict(f"user {name} is a bootstrap administrator and cannot be deleted; lock it instead")
+    s.delete(u)
+
+
+# ------------------------------------------------------------------ tokens
+def issue_token(s: Session, user: User, name: str, ttl: timedelta | None) -> tuple[str, Token]:
+    secret = "szt_" + secrets.token_urlsafe(32)
+    t = Token(
+        name=name[:128],
+        token_hash=token_hash(secret),
+        user_id=user.id,
+        expires_at=utcnow() + ttl if ttl is not None else None,
+    )
+    s.add(t)
+    s.flush()
+    return secret, t
+
+
+def list_tokens(s: Session, user: str | None) -> list[Token]:
+    q = select(Token).join(User).order_by(User.name, Token.id)
+    if user is not None:
+        q = q.where(User.name == user)
+    return list(s.scalars(q))
+
+
+def revoke_token(s: Session, token_id: int, *, owner: str | None) -> Token:
+    """Revoke token `token_id`; `owner` limits it to that user's tokens (others are 404)."""
+    t = s.get(Token, token_id)
+    if t is None or (owner is not None and t.user.name != owner):
+        raise NotFound(f"token {token_id} does not exist; see 'shanzhi token list'", field="id")
+    if t.revoked_at is None:
+        t.revoked_at = utcnow()
+    return t
+
+
+def touch_token(s: Session, token_id: int) -> None:
+    t = s.get(Token, token_id)
+    if t is not None:
+        t.last_used_at = utcnow()
+
+
+# ------------------------------------------------------------------ login
+def login(s: Session, name: str, password: str, source: str, policy: Policy) -> tuple[str, Token]:
+    """Check a password; after `max_failures` wrong ones in a row the user is locked for a while.
+    Unknown users and wrong passwords get the same answer."""
+    now = utcnow()
+    u = s.scalar(select(User).where(User.name == name))
+    bad = Unauthorized("wrong user name or password", field="password")
+    if u is None or u.password_hash is None:
+        _hasher.hash(password)  # same work as a real check: timing does not tell users apart
+        raise bad
+    if u.disabled:
+        raise Locked(f"user {name} is locked by an administrator; ask a security administrator to unlock it")
+    if u.locked_until is not None and u.locked_until > now:
+        raise Locked(
+            f"user {name} is locked after {u.failed_logins} failed logins until "
+            f"{u.locked_until:%Y-%m-%d %H:%M:%S} UTC; wait, or ask a security administrator to unlock it"
+        )
+    try:
+        _hasher.verify(u.password_hash, password)
+    except (VerificationError, InvalidHashError):
+        u.failed_logins += 1
+        if u.failed_logins >= policy.max_failures:
+            u.locked_until = now + policy.lockout
+        raise bad from None
+    if _hasher.check_needs_rehash(u.password_hash):
+        u.password_hash = _hasher.hash(password)
+    u.failed_logins, u.locked_until, u.last_login_at = 0, None, now
+    return issue_token(s, u, f"login from {source}"[:128], policy.session_ttl)
+
+
+def authenticate(s: Session, secret: str) -> tuple[Principal, Token]:
+    """The principal behind a bearer token, or Unauthorized saying why."""
+    t = s.scalar(select(Token).where(Token.token_hash == token_hash(secret)))
+    if t is None:
+        raise Unauthorized("invalid token: log in again with 'shanzhi login'")
+    now = utcnow()
+    if t.revoked_at is not None:
+        raise Unauthorized("this token was revoked: log in again with 'shanzhi login'")
+    if t.expires_at is not None and t.expires_at <= now:
+        raise Unauthorized(f"this token expired at {t.expires_at:%Y-%m-%d %H:%M} UTC: log in again")
+    if t.user.disabled:
+        raise Unauthorized(f"user {t.user.name} is locked; ask a security administrator")
+    rows = s.execute(
+        select(Grant.role, Vdc.path).outerjoin(Vdc, Grant.vdc_id == Vdc.id).where(Grant.user_id == t.user_id)
+    )
+    return Principal.of(t.user.name, [(r, p) for r, p in rows]), t
+
+
+# ------------------------------------------------------------------ grants
+def grant(s: Session, user: str, role: str, vdc: str | None, by: str) -> Grant:
+    if role not in ROLES:
+        raise InvalidInput(f"unknown role {role!r}; use one of {', '.join(ROLES)}", field="role")
+    if role in PLATFORM_ROLES and vdc is not None:
+        raise InvalidInput(f"{role} is a platform role: grant it without a VDC", field="vdc")
+    if role in VDC_ROLES and vdc is None:
+        raise InvalidInput(f"{role} is a VDC role: name the VDC it holds on", field="vdc")
+    u = get_user(s, user)
+    v = get_vdc(s, vdc) if vdc is not None else None
+    if role in PLATFORM_ROLES:
+        held = set(s.scalars(select(Grant.role).where(Grant.user_id == u.id, Grant.vdc_id.is_(None))))
+        if held - {role}:
+            raise Conflict(
+                f"user {user} already holds {', '.join(sorted(held))}: platform roles are separated "
+                "(system, security and audit administration never go to one person)",
+                field="role",
+            )
+    q = select(Grant).where(Grant.user_id == u.id, Grant.role == role)
+    q = q.where(Grant.vdc_id == v.id) if v is not None else q.where(Grant.vdc_id.is_(None))
+    existing = s.scalar(q)
+    if existing is not None:
+        return existing
+    g = Grant(user_id=u.id, role=role, vdc_id=v.id if v else None, granted_by=by)
+    s.add(g)
+    s.flush()
+    s.refresh(g)
+    return g
+
+
+def list_grants(s: Session, scope: Scope, user: str | None = None) -> list[Grant]:
+    q = select(Grant).join(User).outerjoin(Vdc, Grant.vdc_id == Vdc.id).order_by(User.name, Grant.id)
+    if not scope.everywhere:
+        q = q.where(scope_filter(scope))
+    if user is not None:
+        q = q.where(User.name == user)
+    return list(s.scalars(q))
+
+
+def revoke_grant(s: Session, grant_id: int, scope: Scope) -> Grant:
+    g = s.get(Grant, grant_id)
+    if g is None or not scope.contains(g.vdc.path if g.vdc else None):
+        raise NotFound(f"grant {grant_id} does not exist; see 'shanzhi grant list'", field="id")
+    s.delete(g)
+    return g
+
+
+# ------------------------------------------------------------------ bootstrap
+def _write_secret(path: Path, secret: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+    os.replace(tmp, path)
+
+
+def ensure_bootstrap(s: Session, data_dir: Path) -> None:
+    """Make sure the three separated administrators exist, each with a valid token in a 0600 file
+    in the data dir (admin.token, security.token, audit.token). Idempotent."""
+    for name, display, role, filename in BOOTSTRAP:
+        u = s.scalar(select(User).where(User.name == name))
+        if u is None:
+            u = create_user(s, name, None, display)
+        if not s.scalar(select(Grant.id).where(Grant.user_id == u.id, Grant.role == role)):
+            s.add(Grant(user_id=u.id, role=role, granted_by="bootstrap"))
+        path = data_dir / filename
+        if path.exists():
+            secret = path.read_text().strip()
+            t = s.scalar(select(Token).where(Token.token_hash == token_hash(secret)))
+            if t is not None and t.user_id == u.id and t.revoked_at is None:
+                os.chmod(path, 0o600)
+                continue
+        secret, _ = issue_token(s, u, f"bootstrap {filename}", None)
+        _write_secret(path, secret)
+    s.flush()
