@@ -40,3 +40,71 @@ def tokens(settings: Settings, api: TestClient) -> dict[str, str]:
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+PASSWORD = "correct-horse-battery"
+PEOPLE = {
+    # user: (role, vdc)
+    "hadmin": ("vdc-admin", "gz/health"),
+    "hmember": ("member", "gz/health"),
+    "hviewer": ("viewer", "gz/health"),
+    "itmember": ("member", "gz/health/it"),
+    "tmember": ("member", "gz/transport"),
+    "nobody": (None, None),
+}
+
+
+class Tenants:
+    """A city with two departments and one client per person (each with their own token)."""
+
+    def __init__(self, api: TestClient, tokens: dict[str, str]) -> None:
+        self.api = api
+        self.tokens = dict(tokens)
+        self.clients: dict[str, TestClient] = {}
+
+    def as_(self, who: str) -> TestClient:
+        if who not in self.clients:
+            c = TestClient(self.api.app, raise_server_exceptions=False)
+            c.headers["Authorization"] = f"Bearer {self.tokens[who]}"
+            self.clients[who] = c
+        return self.clients[who]
+
+
+@pytest.fixture
+def tenants(api: TestClient, tokens: dict[str, str]) -> Tenants:
+    t = Tenants(api, tokens)
+    for name, site in (("city-a", "site-a"), ("city-b", "site-b")):
+        r = api.post("/api/v1/clouds", json={"name": name, "kind": "sim", "site": site, "region": "gz"})
+        assert r.status_code == 201, r.text
+    for path, quota in (
+        ("gz", {"cpu": "16", "instances": 100}),
+        ("gz/health", {"cpu": "8"}),
+        ("gz/health/it", {"cpu": "2"}),
+        ("gz/transport", {"cpu": "4"}),
+    ):
+        assert api.post("/api/v1/vdcs", json={"path": path, "quota": quota}).status_code == 201
+    sec = t.as_("security")
+    for user, (role, vdc) in PEOPLE.items():
+        assert sec.post("/api/v1/users", json={"name": user, "password": PASSWORD}).status_code == 201
+        if role:
+            r = sec.post("/api/v1/grants", json={"user": user, "role": role, "vdc": vdc})
+            assert r.status_code == 201, r.text
+        r = api.post("/api/v1/auth/login", json={"user": user, "password": PASSWORD}, headers={"Authorization": ""})
+        assert r.status_code == 201, r.text
+        t.tokens[user] = r.json()["token"]
+    for vdc, name in (("gz/health", "records"), ("gz/transport", "buses")):
+        r = api.post("/api/v1/apps", json=app_spec(name, vdc))
+        assert r.status_code == 201, r.text
+    return t
+
+
+def app_spec(name: str, vdc: str, cpu: str = "100m", replicas: int = 1, **placement: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "shanzhi.io/v1",
+        "kind": "App",
+        "metadata": {"name": name, "vdc": vdc},
+        "spec": {
+            "components": [{"name": "main", "replicas": replicas, "image": "x", "resources": {"cpu": cpu}}],
+            "placement": placement,
+        },
+    }

@@ -91,6 +91,7 @@ class Cli:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SHANZHI_")}
         env["SHANZHI_URL"] = self.server.url
         env["SHANZHI_HOME"] = str(self.server.data_dir)
+        env["XDG_CONFIG_HOME"] = str(self.server.data_dir.parent / "config")  # where 'shanzhi login' saves
         if token is not None:
             env["SHANZHI_TOKEN"] = token
         return subprocess.run(

@@ -1,0 +1,302 @@
+"""The role x action matrix: every route in the OpenAPI document, called by every kind of caller,
+against a table written here by hand. A route without an entry fails; so does any mismatch.
+Every mutating call must also leave an audit record."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from shanzhi.api.policy import RULES, check_routes
+from shanzhi.store.tables import AuditRecord
+from tests.api.conftest import PASSWORD, Tenants, app_spec, bearer
+
+SYS, SEC, AUD = "admin", "security", "audit"
+VADMIN, MEMBER, VIEWER, OUTSIDER, NOBODY, ANON = "hadmin", "hmember", "hviewer", "tmember", "nobody", "anonymous"
+CALLERS = (SYS, SEC, AUD, VADMIN, MEMBER, VIEWER, OUTSIDER, NOBODY, ANON)
+AUTHED = frozenset(CALLERS) - {ANON}
+VDC_READERS = frozenset({SYS, VADMIN, MEMBER, VIEWER})  # of gz/health objects
+VDC_ROLES_ANYWHERE = frozenset({SYS, VADMIN, MEMBER, VIEWER, OUTSIDER})
+LEDGER_READERS = frozenset({SYS, SEC, AUD})
+
+# (method, path) -> who may. Targets are gz/health objects unless a route lists collections.
+EXPECTED: dict[tuple[str, str], frozenset[str]] = {
+    ("POST", "/auth/login"): frozenset(CALLERS),
+    ("POST", "/auth/logout"): AUTHED,
+    ("GET", "/auth/whoami"): AUTHED,
+    ("PUT", "/auth/password"): AUTHED,
+    ("GET", "/tokens"): AUTHED,
+    ("POST", "/tokens"): AUTHED,
+    ("DELETE", "/tokens/{token_id}"): AUTHED,
+    ("GET", "/users"): frozenset({SEC}),
+    ("POST", "/users"): frozenset({SEC}),
+    ("GET", "/users/{name}"): frozenset({SEC}),
+    ("DELETE", "/users/{name}"): frozenset({SEC}),
+    ("PUT", "/users/{name}/password"): frozenset({SEC}),
+    ("POST", "/users/{name}/lock"): frozenset({SEC}),
+    ("POST", "/users/{name}/unlock"): frozenset({SEC}),
+    ("GET", "/grants"): frozenset({SEC, VADMIN}),
+    ("POST", "/grants"): frozenset({SEC, VADMIN}),
+    ("DELETE", "/grants/{grant_id}"): frozenset({SEC, VADMIN}),
+    ("GET", "/status"): AUTHED,
+    ("GET", "/clouds"): VDC_ROLES_ANYWHERE,
+    ("POST", "/clouds"): frozenset({SYS}),
+    ("GET", "/clouds/{name}"): VDC_ROLES_ANYWHERE,
+    ("DELETE", "/clouds/{name}"): frozenset({SYS}),
+    ("POST", "/clouds/{name}/fail"): frozenset({SYS}),
+    ("POST", "/clouds/{name}/recover"): frozenset({SYS}),
+    ("GET", "/vdcs"): VDC_ROLES_ANYWHERE,
+    ("POST", "/vdcs"): frozenset({SYS, VADMIN}),
+    ("GET", "/vdcs/{path}"): VDC_READERS,
+    ("PUT", "/vdcs/{path}/quota"): frozenset({SYS, VADMIN}),
+    ("DELETE", "/vdcs/{path}"): frozenset({SYS, VADMIN}),
+    ("GET", "/apps"): VDC_ROLES_ANYWHERE,
+    ("POST", "/apps"): frozenset({SYS, VADMIN, MEMBER}),
+    ("GET", "/apps/{name}"): VDC_READERS,
+    ("DELETE", "/apps/{name}"): frozenset({SYS, VADMIN, MEMBER}),
+    ("GET", "/instances"): VDC_READERS,
+    ("GET", "/events"): VDC_READERS,
+    ("POST", "/plans"): frozenset({SYS}),
+    ("GET", "/plans/{plan_id}"): frozenset({SYS}),
+    ("POST", "/plans/{plan_id}/apply"): frozenset({SYS}),
+    ("GET", "/approvals"): AUTHED,
+    ("GET", "/approvals/{request_id}"): VDC_READERS,
+    ("POST", "/approvals/{request_id}/approve"): frozenset({VADMIN}),
+    ("POST", "/approvals/{request_id}/reject"): frozenset({VADMIN}),
+    ("POST", "/approvals/{request_id}/comment"): VDC_READERS,
+    ("GET", "/approval-rules"): VDC_ROLES_ANYWHERE,
+    ("POST", "/approval-rules"): frozenset({SYS, VADMIN}),
+    ("DELETE", "/approval-rules/{rule_id}"): frozenset({SYS, VADMIN}),
+    ("GET", "/rates"): VDC_ROLES_ANYWHERE,
+    ("PUT", "/rates/{cloud}"): frozenset({SYS}),
+    ("GET", "/usage"): frozenset({SYS, VADMIN}),
+    ("GET", "/bill"): frozenset({SYS, VADMIN}),
+    ("GET", "/audit"): frozenset({AUD}),
+    ("GET", "/audit/verify"): frozenset({AUD}),
+    ("POST", "/audit/prune"): frozenset({AUD}),
+    ("GET", "/ledger/status"): LEDGER_READERS,
+    ("GET", "/ledger/checkpoint"): LEDGER_READERS,
+    ("GET", "/ledger/checkpoints"): LEDGER_READERS,
+    ("GET", "/ledger/tile/{path}"): LEDGER_READERS,
+    ("POST", "/ledger/entries"): frozenset({SYS, VADMIN}),
+    ("GET", "/ledger/entries/{index}"): LEDGER_READERS,
+    ("GET", "/ledger/proof/inclusion"): LEDGER_READERS,
+    ("GET", "/ledger/proof/consistency"): LEDGER_READERS,
+    ("GET", "/ledger/keys"): LEDGER_READERS,
+    ("POST", "/ledger/keys"): frozenset({SEC}),
+    ("GET", "/ledger/watch"): LEDGER_READERS,
+}
+
+PERIOD = {"from": "2026-01-01T00:00:00Z", "to": "2030-01-01T00:00:00Z"}
+Call = tuple[str, dict[str, Any]]
+
+
+class World:
+    """Targets for every route; destructive calls get fresh ones each time."""
+
+    def __init__(self, t: Tenants) -> None:
+        self.t = t
+        self.n = itertools.count()
+        admin, sec = t.api, t.as_(SEC)
+        assert sec.post("/api/v1/users", json={"name": "target", "password": PASSWORD}).status_code == 201
+        r = admin.post("/api/v1/plans", json={"kind": "rebalance", "time_limit": 1})
+        assert r.status_code == 201, r.text
+        self.plan = r.json()["id"]
+        rule = {"vdc": "gz/health/it", "name": "all", "conditions": {"always": True}, "stages": [["role:vdc-admin"]]}
+        assert admin.post("/api/v1/approval-rules", json=rule).status_code == 201
+
+    def fresh(self) -> str:
+        return f"m{next(self.n)}"
+
+    def approval(self) -> int:
+        r = self.t.as_(MEMBER).post("/api/v1/apps", json=app_spec(self.fresh(), "gz/health/it"))
+        assert r.status_code == 202, r.text
+        return int(r.json()["approval"]["id"])
+
+    def own_token(self, who: str) -> tuple[int, str] | None:
+        if who == ANON:
+            return None
+        r = self.t.as_(who).post("/api/v1/tokens", json={"name": "matrix"})
+        assert r.status_code == 201, r.text
+        return r.json()["id"], r.json()["token"]
+
+
+def _calls(w: World) -> dict[tuple[str, str], Callable[[str], Call]]:
+    admin, sec = w.t.api, w.t.as_(SEC)
+
+    def new_user(_: str) -> Call:
+        name = w.fresh()
+        assert sec.post("/api/v1/users", json={"name": name, "password": PASSWORD}).status_code == 201
+        return f"/users/{name}", {}
+
+    def new_grant(_: str) -> Call:
+        g = sec.post("/api/v1/grants", json={"user": "target", "role": "viewer", "vdc": "gz/health"}).json()
+        sec.delete(f"/api/v1/grants/{g['id']}")
+        g = sec.post("/api/v1/grants", json={"user": "target", "role": "viewer", "vdc": "gz/health"}).json()
+        return f"/grants/{g['id']}", {}
+
+    def new_vdc(_: str) -> Call:
+        path = f"gz/health/{w.fresh()}"
+        assert admin.post("/api/v1/vdcs", json={"path": path}).status_code == 201
+        return f"/vdcs/{path}", {}
+
+    def new_cloud(_: str) -> Call:
+        name = w.fresh()
+        assert admin.post("/api/v1/clouds", json={"name": name, "kind": "sim", "site": "s", "region": "gz"}).is_success
+        return f"/clouds/{name}", {}
+
+    def new_rule(_: str) -> Call:
+        body = {"vdc": "gz/health", "name": w.fresh(), "conditions": {"cpuOver": "64"}, "stages": [["x"]]}
+        return f"/approval-rules/{admin.post('/api/v1/approval-rules', json=body).json()['id']}", {}
+
+    def own_token(who: str) -> Call:
+        tok = w.own_token(who)
+        return f"/tokens/{tok[0] if tok else 1}", {}
+
+    return {
+        ("POST", "/auth/login"): lambda _: ("/auth/login", {"json": {"user": "target", "password": PASSWORD}}),
+        ("POST", "/auth/logout"): lambda _: ("/auth/logout", {}),  # sent with a throwaway token below
+        ("GET", "/auth/whoami"): lambda _: ("/auth/whoami", {}),
+        ("PUT", "/auth/password"): lambda _: (
+            "/auth/password",
+            {"json": {"password": "short", "old_password": PASSWORD}},  # 422 once allowed: nothing changes
+        ),
+        ("GET", "/tokens"): lambda _: ("/tokens", {}),
+        ("POST", "/tokens"): lambda _: ("/tokens", {"json": {"name": "t"}}),
+        ("DELETE", "/tokens/{token_id}"): own_token,
+        ("GET", "/users"): lambda _: ("/users", {}),
+        ("POST", "/users"): lambda _: ("/users", {"json": {"name": w.fresh(), "password": PASSWORD}}),
+        ("GET", "/users/{name}"): lambda _: ("/users/target", {}),
+        ("DELETE", "/users/{name}"): new_user,
+        ("PUT", "/users/{name}/password"): lambda _: ("/users/target/password", {"json": {"password": PASSWORD}}),
+        ("POST", "/users/{name}/lock"): lambda _: ("/users/target/lock", {}),
+        ("POST", "/users/{name}/unlock"): lambda _: ("/users/target/unlock", {}),
+        ("GET", "/grants"): lambda _: ("/grants", {}),
+        ("POST", "/grants"): lambda _: ("/grants", {"json": {"user": "target", "role": "viewer", "vdc": "gz/health"}}),
+        ("DELETE", "/grants/{grant_id}"): new_grant,
+        ("GET", "/status"): lambda _: ("/status", {}),
+        ("GET", "/clouds"): lambda _: ("/clouds", {}),
+        ("POST", "/clouds"): lambda _: (
+            "/clouds",
+            {"json": {"name": w.fresh(), "kind": "sim", "site": "s", "region": "gz"}},
+        ),
+        ("GET", "/clouds/{name}"): lambda _: ("/clouds/city-a", {}),
+        ("DELETE", "/clouds/{name}"): new_cloud,
+        ("POST", "/clouds/{name}/fail"): lambda _: ("/clouds/city-b/fail", {"json": {}}),
+        ("POST", "/clouds/{name}/recover"): lambda _: ("/clouds/city-b/recover", {"json": {}}),
+        ("GET", "/vdcs"): lambda _: ("/vdcs", {}),
+        ("POST", "/vdcs"): lambda _: ("/vdcs", {"json": {"path": f"gz/health/{w.fresh()}"}}),
+        ("GET", "/vdcs/{path}"): lambda _: ("/vdcs/gz/health", {}),
+        ("PUT", "/vdcs/{path}/quota"): lambda _: ("/vdcs/gz/health/it/quota", {"json": {"quota": {"cpu": "2"}}}),
+        ("DELETE", "/vdcs/{path}"): new_vdc,
+        ("GET", "/apps"): lambda _: ("/apps", {}),
+        ("POST", "/apps"): lambda _: ("/apps", {"json": app_spec(w.fresh(), "gz/health")}),
+        ("GET", "/apps/{name}"): lambda _: ("/apps/records?vdc=gz/health", {}),
+        ("DELETE", "/apps/{name}"): lambda _: ("/apps/records?vdc=gz/health", {}),
+        ("GET", "/instances"): lambda _: ("/instances?app=records&vdc=gz/health", {}),
+        ("GET", "/events"): lambda _: ("/events?app=records&vdc=gz/health", {}),
+        ("POST", "/plans"): lambda _: ("/plans", {"json": {"kind": "rebalance", "time_limit": 1}}),
+        ("GET", "/plans/{plan_id}"): lambda _: (f"/plans/{w.plan}", {}),
+        ("POST", "/plans/{plan_id}/apply"): lambda _: (f"/plans/{w.plan}/apply", {}),
+        ("GET", "/approvals"): lambda _: ("/approvals", {}),
+        ("GET", "/approvals/{request_id}"): lambda _: (f"/approvals/{w.approval()}", {}),
+        ("POST", "/approvals/{request_id}/approve"): lambda _: (f"/approvals/{w.approval()}/approve", {"json": {}}),
+        ("POST", "/approvals/{request_id}/reject"): lambda _: (f"/approvals/{w.approval()}/reject", {"json": {}}),
+        ("POST", "/approvals/{request_id}/comment"): lambda _: (
+            f"/approvals/{w.approval()}/comment",
+            {"json": {"text": "looks fine"}},
+        ),
+        ("GET", "/approval-rules"): lambda _: ("/approval-rules", {}),
+        ("POST", "/approval-rules"): lambda _: (
+            "/approval-rules",
+            {"json": {"vdc": "gz/health", "name": w.fresh(), "conditions": {"cpuOver": "64"}, "stages": [["x"]]}},
+        ),
+        ("DELETE", "/approval-rules/{rule_id}"): new_rule,
+        ("GET", "/rates"): lambda _: ("/rates", {}),
+        ("PUT", "/rates/{cloud}"): lambda _: ("/rates/city-a", {"json": {"cpu": "0.1"}}),
+        ("GET", "/usage"): lambda _: ("/usage", {"params": {**PERIOD, "vdc": "gz/health"}}),
+        ("GET", "/bill"): lambda _: ("/bill", {"params": {**PERIOD, "vdc": "gz/health"}}),
+        ("GET", "/audit"): lambda _: ("/audit?limit=1", {}),
+        ("GET", "/audit/verify"): lambda _: ("/audit/verify", {}),
+        ("POST", "/audit/prune"): lambda _: ("/audit/prune", {"json": {}}),
+        ("GET", "/ledger/status"): lambda _: ("/ledger/status", {}),
+        ("GET", "/ledger/checkpoint"): lambda _: ("/ledger/checkpoint", {}),
+        ("GET", "/ledger/checkpoints"): lambda _: ("/ledger/checkpoints", {}),
+        ("GET", "/ledger/tile/{path}"): lambda _: ("/ledger/tile/0/x999", {}),  # 422 once allowed
+        ("POST", "/ledger/entries"): lambda _: ("/ledger/entries", {"json": {"entries": ["not a signed note"]}}),
+        ("GET", "/ledger/entries/{index}"): lambda _: ("/ledger/entries/0", {}),
+        ("GET", "/ledger/proof/inclusion"): lambda _: ("/ledger/proof/inclusion?index=0", {}),
+        ("GET", "/ledger/proof/consistency"): lambda _: ("/ledger/proof/consistency?old=1", {}),
+        ("GET", "/ledger/keys"): lambda _: ("/ledger/keys", {}),
+        ("POST", "/ledger/keys"): lambda _: (
+            "/ledger/keys",
+            {"json": {"name": "x", "vkey": "not-a-key", "role": "department"}},  # 422 once allowed
+        ),
+        ("GET", "/ledger/watch"): lambda _: ("/ledger/watch?from=-1", {}),  # 422 once allowed (never streams)
+    }
+
+
+def openapi_routes(app: FastAPI) -> set[tuple[str, str]]:
+    doc = app.openapi()
+    return {
+        (m.upper(), p.removeprefix("/api/v1")) for p, ops in doc["paths"].items() for m in ops if p.startswith("/api/")
+    }
+
+
+def test_every_route_has_a_rule_and_an_expectation(api: TestClient) -> None:
+    routes = openapi_routes(api.app)
+    assert routes == set(EXPECTED), f"no expectation: {routes - set(EXPECTED)}; stale: {set(EXPECTED) - routes}"
+    assert routes == set(RULES), f"no rule: {routes - set(RULES)}; stale: {set(RULES) - routes}"
+
+
+def test_a_route_added_without_a_rule_stops_the_server() -> None:
+    app = FastAPI()
+
+    @app.get("/api/v1/new-thing")
+    def new_thing() -> dict[str, str]:
+        return {}
+
+    with pytest.raises(RuntimeError, match="GET /api/v1/new-thing"):
+        check_routes(app)
+
+
+def test_role_action_matrix(tenants: Tenants) -> None:
+    world = World(tenants)
+    calls = _calls(world)
+    assert set(calls) == set(EXPECTED)
+    db = tenants.api.app.state.db
+    mismatches = []
+    unaudited = []
+    checked = 0
+    for (method, route), allowed in sorted(EXPECTED.items()):
+        for who in CALLERS:
+            url, kw = calls[(method, route)](who)
+            headers = {}
+            if who != ANON:
+                token = tenants.tokens[who]
+                if route == "/auth/logout":
+                    token = world.own_token(who)[1]  # type: ignore[index]
+                headers = bearer(token)
+            client = TestClient(tenants.api.app, raise_server_exceptions=False)
+            with db.session() as s:
+                before = s.scalar(select(func.max(AuditRecord.id))) or 0
+            r = client.request(method, "/api/v1" + url, headers=headers, **kw)
+            assert r.status_code < 500, f"{who} {method} {url}: {r.status_code} {r.text}"
+            got = r.status_code not in (401, 403, 404)
+            checked += 1
+            if got != (who in allowed):
+                mismatches.append(f"{who} {method} {route}: {r.status_code} {r.text[:160]}")
+            if method != "GET":
+                with db.session() as s:
+                    rows = s.execute(select(AuditRecord.method, AuditRecord.path).where(AuditRecord.id > before)).all()
+                if not any(m == method and p.startswith("/api/v1" + url.split("?")[0]) for m, p in rows):
+                    unaudited.append(f"{who} {method} {url}")
+    assert checked == len(EXPECTED) * len(CALLERS)
+    assert not mismatches, "\n".join(mismatches)
+    assert not unaudited, "\n".join(unaudited)
