@@ -73,7 +73,7 @@ def meter(s: Session, now: datetime | None = None) -> int:
     ).all()
     if not rows:
         return elapsed
-    clouds = dict(s.execute(select(Cloud.id, Cloud.name)).tuples().all())
+    clouds: dict[int, str] = {row.id: row.name for row in s.execute(select(Cloud.id, Cloud.name))}
     parts = _split(start, end)
     keys = [(h, r[0]) for h, _ in parts for r in rows]
     existing = {
