@@ -157,6 +157,19 @@ def check_descendants_fit(path: str, quota: Quota, child_quotas: Mapping[str, Qu
                 )
 
 
+def check_usage_fits(path: str, quota: Quota, usage_by_vdc: Mapping[str, Usage]) -> None:
+    """Refuse a quota below what the subtree already uses (it could never be honoured)."""
+    used = rollup(path, usage_by_vdc)
+    for resource, limit in quota.items():
+        amount = getattr(used, resource)
+        if limit is not None and amount > limit:
+            raise InvalidInput(
+                f"quota {resource}={format_amount(resource, limit)} for VDC {path} is below what its apps "
+                f"already use ({format_amount(resource, amount)}); scale them down or delete some first",
+                field=f"quota.{resource}",
+            )
+
+
 def children_of(path: str, paths: Iterable[str]) -> list[str]:
     prefix = path + "/"
     return sorted(p for p in paths if p.startswith(prefix) and "/" not in p[len(prefix) :])

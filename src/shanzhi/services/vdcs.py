@@ -16,6 +16,7 @@ from shanzhi.domain.quota import (
     check_child_quota,
     check_descendants_fit,
     check_strict,
+    check_usage_fits,
     parent_of,
 )
 from shanzhi.domain.rbac import EVERYWHERE, Scope
@@ -121,6 +122,7 @@ def set_quota(s: Session, path: str, quota: Quota, *, strict: bool | None = None
     check_child_quota(path, merged, all_quotas)
     prefix = path + "/"
     check_descendants_fit(path, merged, {p: q for p, q in all_quotas.items() if p.startswith(prefix)})
+    check_usage_fits(path, merged, usage_by_vdc(s))
     strict_set = strict_paths(s)
     if strict is not None:
         strict_set = (strict_set | {path}) if strict else (strict_set - {path})
