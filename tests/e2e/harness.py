@@ -87,13 +87,17 @@ class Cli:
     def __init__(self, server: Server) -> None:
         self.server = server
 
-    def run(self, *args: str, stdin: str | None = None, token: str | None = None) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *args: str, stdin: str | None = None, token: str | None = None, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        extra = env
         env = {k: v for k, v in os.environ.items() if not k.startswith("SHANZHI_")}
         env["SHANZHI_URL"] = self.server.url
         env["SHANZHI_HOME"] = str(self.server.data_dir)
         env["XDG_CONFIG_HOME"] = str(self.server.data_dir.parent / "config")  # where 'shanzhi login' saves
         if token is not None:
             env["SHANZHI_TOKEN"] = token
+        env.update(extra or {})
         return subprocess.run(
             [sys.executable, "-m", "shanzhi", *args],
             check=False,

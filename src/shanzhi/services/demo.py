@@ -13,8 +13,11 @@ from shanzhi.ledger.entries import make_entry
 from shanzhi.ledger.keys import load_or_create
 from shanzhi.ledger.note import Signer
 from shanzhi.ledger.service import Ledger
+from shanzhi.services.approvals import add_rule
 from shanzhi.services.apps import apply_app
 from shanzhi.services.clouds import add_cloud
+from shanzhi.services.identity import create_user, grant
+from shanzhi.services.metering import set_rate
 from shanzhi.services.vdcs import create_vdc
 from shanzhi.store.tables import Cloud, Vdc
 
@@ -55,8 +58,39 @@ VDCS = [
     ("gz/health/it", "cpu=8,memory=16Gi,instances=40"),
     ("gz/transport", "cpu=64,memory=128Gi,instances=400"),
     ("gz/tianhe", "cpu=64,memory=128Gi,instances=400"),
-    ("gz/tianhe/civil-affairs", ""),
+    ("gz/tianhe/civil-affairs", "cpu=32,memory=64Gi,instances=200"),
+    # eight levels deep: a district's community service station (ManageOne stops at five)
+    ("gz/tianhe/civil-affairs/social-aid", "cpu=16,memory=32Gi,instances=100"),
+    ("gz/tianhe/civil-affairs/social-aid/elderly-care", "cpu=8,memory=16Gi,instances=50"),
+    ("gz/tianhe/civil-affairs/social-aid/elderly-care/community", "cpu=4,memory=8Gi,instances=20"),
+    ("gz/tianhe/civil-affairs/social-aid/elderly-care/community/linhe", "cpu=2,memory=4Gi,instances=10"),
+    ("gz/tianhe/civil-affairs/social-aid/elderly-care/community/linhe/station-3", "cpu=1,memory=2Gi,instances=5"),
 ]
+STRICT = ("gz/tianhe",)  # its children's quotas must add up to no more than its own
+
+# Demo people (password DEMO_PASSWORD; never use it outside a demo): user, name, role, VDC
+DEMO_PASSWORD = "shanzhi-demo-2026"
+PEOPLE = [
+    ("li.wei", "Li Wei (health IT lead)", "vdc-admin", "gz/health"),
+    ("zhang.min", "Zhang Min (health developer)", "member", "gz/health"),
+    ("wang.fang", "Wang Fang (health auditor-viewer)", "viewer", "gz/health"),
+    ("chen.jie", "Chen Jie (transport developer)", "member", "gz/transport"),
+    ("liu.yang", "Liu Yang (Tianhe civil affairs)", "vdc-admin", "gz/tianhe/civil-affairs"),
+    (
+        "zhao.lei",
+        "Zhao Lei (Linhe station 3)",
+        "member",
+        "gz/tianhe/civil-affairs/social-aid/elderly-care/community/linhe/station-3",
+    ),
+]
+RATES = {  # yuan per core-hour, GiB-hour of memory, GiB-hour of storage
+    "city-a": ("0.12", "0.02", "0.0005"),
+    "city-b": ("0.12", "0.02", "0.0005"),
+    "city-c": ("0.12", "0.02", "0.0005"),
+    "tianhe": ("0.08", "0.015", "0.0004"),
+    "yuexiu": ("0.08", "0.015", "0.0004"),
+    "public-east": ("0.20", "0.03", "0.0008"),
+}
 
 HELLO = {
     "apiVersion": "shanzhi.io/v1",
@@ -102,9 +136,16 @@ def seed_demo(s: Session) -> bool:
     for name, kind, site, region, tags, options in CLOUDS:
         add_cloud(s, name, kind, site, region, tags, options)
     for path, quota in VDCS:
-        create_vdc(s, path, parse_quota(quota))
+        create_vdc(s, path, parse_quota(quota), strict=path in STRICT)
     for doc in (HELLO, PERMITS):
         apply_app(s, parse_app(doc))
+    for user, display, role, vdc in PEOPLE:
+        create_user(s, user, DEMO_PASSWORD, display)
+        grant(s, user, role, vdc, "demo")
+    for cloud, (cpu, memory, storage) in RATES.items():
+        set_rate(s, cloud, cpu, memory, storage, "CNY")
+    # big or public-cloud applies wait for the department admin, then the platform
+    add_rule(s, "gz", "big-or-public", {"cpuOver": "8", "sites": ["public-sh"]}, [["role:vdc-admin"], ["admin"]], 72)
     return True
 
 
