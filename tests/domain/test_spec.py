@@ -109,3 +109,17 @@ def test_spec_hash_ignores_fields_left_at_their_defaults() -> None:
     )
     h = [x.spec.components[0].spec_hash(x.spec.placement) for x in (a, b, c)]
     assert h[0] == h[1] != h[2]
+
+
+def test_every_example_is_a_valid_spec() -> None:
+    from pathlib import Path
+
+    import yaml
+
+    from shanzhi.domain.spec import parse_app
+
+    examples = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
+    assert len(examples) >= 3
+    for f in examples:
+        spec = parse_app(yaml.safe_load(f.read_text()))
+        assert spec.metadata.name == f.stem

@@ -12,7 +12,7 @@ import os
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 from argon2 import PasswordHasher
@@ -94,7 +94,7 @@ def set_password(s: Session, name: str, password: str) -> User:
     return u
 
 
-def set_locked(s: Session, name: str, locked: bool, now: datetime | None = None) -> User:
+def set_locked(s: Session, name: str, locked: bool) -> User:
     """Lock a user out (their tokens stop working) or unlock them (and clear failures)."""
     u = get_user(s, name)
     u.disabled = locked
