@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 
 from shanzhi.config import DEFAULT_URL, default_data_dir
+from shanzhi.files import write_private
 
 
 class ApiError(Exception):
@@ -56,12 +57,7 @@ def save_credentials(url: str, token: str | None) -> Path:
     else:
         creds[url] = token
     path = credentials_file()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(creds, f, indent=2)
-    os.replace(tmp, path)
+    write_private(path, json.dumps(creds, indent=2))
     return path
 
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from shanzhi.files import write_private
 from shanzhi.ledger.note import ED25519, Signer
 
 
@@ -16,10 +16,5 @@ def load_or_create(path: Path, name: str, alg: int = ED25519) -> Signer:
             raise ValueError(f"{path} holds a key for {signer.name!r}, not {name!r}; move it away to start afresh")
         return signer
     signer = Signer.generate(name, alg)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(signer.encode() + "\n")
-    os.replace(tmp, path)
+    write_private(path, signer.encode() + "\n")
     return signer

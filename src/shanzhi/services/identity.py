@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from shanzhi.domain.errors import Conflict, InvalidInput, Locked, NotFound, Unauthorized
 from shanzhi.domain.rbac import PLATFORM_ROLES, ROLES, VDC_ROLES, Principal, Scope
+from shanzhi.files import write_private
 from shanzhi.services.vdcs import get_vdc, scope_filter
 from shanzhi.store.tables import Grant, Token, User, Vdc, utcnow
 
@@ -247,15 +248,6 @@ def revoke_grant(s: Session, grant_id: int, scope: Scope) -> Grant:
 
 
 # ------------------------------------------------------------------ bootstrap
-def _write_secret(path: Path, secret: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(secret + "\n")
-    os.replace(tmp, path)
-
-
 def ensure_bootstrap(s: Session, data_dir: Path) -> None:
     """Make sure the three separated administrators exist, each with a valid token in a 0600 file
     in the data dir (admin.token, security.token, audit.token). Idempotent."""
@@ -273,5 +265,5 @@ def ensure_bootstrap(s: Session, data_dir: Path) -> None:
                 os.chmod(path, 0o600)
                 continue
         secret, _ = issue_token(s, u, f"bootstrap {filename}", None)
-        _write_secret(path, secret)
+        write_private(path, secret + "\n")
     s.flush()
