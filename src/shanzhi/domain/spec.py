@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -156,6 +157,18 @@ class Placement(_Model):
     spread: Spread | None = None
     anti_affinity: AntiAffinity | None = Field(default=None, alias="antiAffinity")
     strategy: Literal["spread", "least-allocated", "binpack"] = "least-allocated"
+
+    def refuses_cloud(self, name: str, region: str, tags: Mapping[str, str]) -> str | None:
+        """Why this placement rules a cloud out (data residency, names, tags), or None."""
+        if self.regions and region not in self.regions:
+            return f"region {region} is outside the allowed regions {self.regions} (data residency)"
+        if self.clouds.names and name not in self.clouds.names:
+            return f"not in clouds.names {self.clouds.names}"
+        for k, v in self.clouds.tags.items():
+            if tags.get(k) != v:
+                have = tags.get(k)
+                return f"tag {k}={v} wanted, cloud has {k}={have}" if have else f"tag {k}={v} wanted, cloud has no {k}"
+        return None
 
 
 class AppSpecBody(_Model):

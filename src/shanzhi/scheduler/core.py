@@ -88,15 +88,9 @@ def _replica_group(r: Replica, over: str) -> str:
 
 
 def _static_filter(h: HostState, req: Request) -> str | None:
-    sel = req.placement.clouds
-    if req.placement.regions and h.region not in req.placement.regions:
-        return f"region {h.region} is outside the allowed regions {req.placement.regions} (data residency)"
-    if sel.names and h.cloud not in sel.names:
-        return f"not in clouds.names {sel.names}"
-    for k, v in sel.tags.items():
-        if h.cloud_tags.get(k) != v:
-            have = h.cloud_tags.get(k)
-            return f"tag {k}={v} wanted, cloud has {k}={have}" if have else f"tag {k}={v} wanted, cloud has no {k}"
+    refused = req.placement.refuses_cloud(h.cloud, h.region, h.cloud_tags)
+    if refused is not None:
+        return refused
     if req.runtime not in h.runtimes:
         return f"cannot run a {req.runtime} component (supports {', '.join(sorted(h.runtimes))})"
     if not h.healthy:

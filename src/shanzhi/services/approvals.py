@@ -107,17 +107,12 @@ def _why(s: Session, rule: ApprovalRule, spec: AppSpec) -> str | None:
     if "cpuOver" in c and cpu > c["cpuOver"]:
         return f"asks for {format_cpu(cpu)} cpu, more than {format_cpu(c['cpuOver'])}"
     if "sites" in c:
-        sel = spec.spec.placement
-        hits = set()
-        for cloud in s.scalars(select(Cloud)):
-            if sel.clouds.names and cloud.name not in sel.clouds.names:
-                continue
-            if any(cloud.tags.get(k) != v for k, v in sel.clouds.tags.items()):
-                continue
-            if sel.regions and cloud.region not in sel.regions:
-                continue
-            if cloud.site.name in c["sites"]:
-                hits.add(cloud.site.name)
+        placement = spec.spec.placement
+        hits = {
+            cloud.site.name
+            for cloud in s.scalars(select(Cloud))
+            if cloud.site.name in c["sites"] and placement.refuses_cloud(cloud.name, cloud.region, cloud.tags) is None
+        }
         if hits:
             return f"may be placed in site {', '.join(sorted(hits))}"
     return None
