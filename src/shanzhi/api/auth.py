@@ -70,7 +70,8 @@ def principal(request: Request) -> Principal:
 def require(p: Principal, action: str, path: str, *, visible: str) -> None:
     """Allow `action` on the VDC `path`: 404 if the caller cannot see it (`visible` is the action
     that would show it), 403 if they can see it but not do this."""
-    if not p.scope(visible).contains(path):
-        raise NotFound(f"VDC {path} does not exist; see 'shanzhi vdc list'", field="vdc")
-    if not p.scope(action).contains(path):
-        raise Forbidden(f"{p.user} ({p.label}) may not {action} in VDC {path}")
+    if p.scope(action).contains(path):
+        return
+    if p.scope(visible).contains(path):
+        raise Forbidden(f"{p.user} ({p.label}) may not {action} in VDC {path}", field="vdc")
+    raise NotFound(f"VDC {path} does not exist; see 'shanzhi vdc list'", field="vdc")

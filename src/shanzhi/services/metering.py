@@ -12,7 +12,7 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
 from shanzhi.domain.errors import InvalidInput
@@ -63,14 +63,18 @@ def list_rates(s: Session) -> list[Rate]:
 
 
 # ------------------------------------------------------------------ reports
+def _records(scope: Scope, vdc: str | None, start: datetime, end: datetime) -> list[ColumnElement[bool]]:
+    """Records of the hours in [start, end), in the caller's scope and in the subtree `vdc`."""
+    where = [UsageRecord.hour >= start, UsageRecord.hour < end, scope_filter(scope, UsageRecord.vdc)]
+    if vdc is not None:
+        where.append(scope_filter(Scope(frozenset({vdc})), UsageRecord.vdc))
+    return where
+
+
 def usage_records(
     s: Session, scope: Scope, vdc: str | None, start: datetime, end: datetime, limit: int
 ) -> list[UsageRecord]:
-    q = select(UsageRecord).where(
-        UsageRecord.hour >= start, UsageRecord.hour < end, scope_filter(scope, UsageRecord.vdc)
-    )
-    if vdc is not None:
-        q = q.where(scope_filter(Scope(frozenset({vdc})), UsageRecord.vdc))
+    q = select(UsageRecord).where(*_records(scope, vdc, start, end))
     return list(s.scalars(q.order_by(UsageRecord.hour, UsageRecord.instance).limit(limit)))
 
 
@@ -103,12 +107,10 @@ def bill(s: Session, scope: Scope, vdc: str | None, start: datetime, end: dateti
             func.sum(UsageRecord.memory * UsageRecord.seconds),
             func.sum(UsageRecord.storage * UsageRecord.seconds),
         )
-        .where(UsageRecord.hour >= start, UsageRecord.hour < end, scope_filter(scope, UsageRecord.vdc))
+        .where(*_records(scope, vdc, start, end))
         .group_by(UsageRecord.vdc, UsageRecord.cloud)
         .order_by(UsageRecord.vdc, UsageRecord.cloud)
     )
-    if vdc is not None:
-        q = q.where(scope_filter(Scope(frozenset({vdc})), UsageRecord.vdc))
     rates = {r.cloud: r for r in list_rates(s)}
     lines = []
     hour = Decimal(3600)

@@ -9,9 +9,9 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from shanzhi.api.audit import transaction
-from shanzhi.api.auth import principal
+from shanzhi.api.auth import principal, require
 from shanzhi.api.deps import Runtime, runtime
-from shanzhi.domain.errors import Forbidden, NotFound, Unauthorized
+from shanzhi.domain.errors import Forbidden, Unauthorized
 from shanzhi.domain.rbac import PLATFORM_ROLES, Principal
 from shanzhi.services import identity as svc
 from shanzhi.store.tables import Grant, Token, User
@@ -233,10 +233,8 @@ def add_grant(request: Request, body: GrantIn, p: Principal = Depends(principal)
     scope = p.scope("grant.write")
     if body.role in PLATFORM_ROLES and not scope.everywhere:
         raise Forbidden(f"{p.user} ({p.label}) may not grant platform roles", field="role")
-    if body.vdc is not None and not scope.contains(body.vdc):
-        if p.scope("grant.read").contains(body.vdc) or p.scope("vdc.read").contains(body.vdc):
-            raise Forbidden(f"{p.user} ({p.label}) may not grant roles on VDC {body.vdc}", field="vdc")
-        raise NotFound(f"VDC {body.vdc} does not exist; see 'shanzhi vdc list'", field="vdc")
+    if body.vdc is not None:
+        require(p, "grant.write", body.vdc, visible="vdc.read")
     with transaction(request) as s:
         return grant_out(svc.grant(s, body.user, body.role, body.vdc, p.user))
 
