@@ -137,6 +137,7 @@ class AuditMiddleware:
                 for m in held:
                     await send(m)
             if body is not None:
+                log.info("%s %s -> %s (%s)", body["actor"], body["action"], status, body["outcome"])
                 await run_in_threadpool(_to_ledger, scope, body)
 
 
@@ -160,10 +161,7 @@ async def _refuse(send: Send) -> None:
 
 def _record(scope: Scope, status: int) -> dict[str, Any]:
     with scope["app"].state.db.session() as s, s.begin():
-        record = chain.append(s, build(scope, status))
-        body = _ledger_body(record)
-    log.info("%s %s %s -> %s", record.actor, record.method, record.path, status)
-    return body
+        return _ledger_body(chain.append(s, build(scope, status)))
 
 
 def _to_ledger(scope: Scope, body: dict[str, Any]) -> None:

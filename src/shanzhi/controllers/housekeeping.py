@@ -1,11 +1,12 @@
-"""Housekeeping the leader does every pass besides reconciling: metering, expiring approval
-requests, and pruning audit records past their retention.
+"""Housekeeping the leader does besides reconciling: metering (every `meter_every` seconds, not
+every pass: it touches every running instance), expiring approval requests, and pruning audit
+records past their retention (hourly).
 
 Metering moves a persistent mark forward by whole seconds and credits that time to every
 instance holding resources (starting, running, unhealthy), split at clock-hour boundaries, in
 the same transaction as the mark: a crash never counts a second twice or loses one. Between
-passes an instance is taken to stay in the state it was seen in, so records are exact to
-one pass interval.
+two meterings an instance is taken to stay in the state it was seen in, so records are exact
+to one metering interval.
 """
 
 from __future__ import annotations
@@ -137,18 +138,31 @@ def prune_audit(s: Session, retention_days: int, now: datetime | None = None) ->
 
 
 class Housekeeping:
-    def __init__(self, db: Database, *, audit_retention_days: int = 180, prune_every: float = 3600.0) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        audit_retention_days: int = 180,
+        meter_every: float = 5.0,
+        prune_every: float = 3600.0,
+    ) -> None:
         self.db = db
         self.retention = audit_retention_days
+        self.meter_every = meter_every
         self.prune_every = prune_every
-        self._last_prune = 0.0
+        self._last_meter = self._last_prune = -float("inf")
 
     def run_once(self) -> None:
+        now = time.monotonic()
+        metering = now - self._last_meter >= self.meter_every
         with self.db.session() as s, s.begin():
-            meter(s)
+            if metering:
+                meter(s)
             expire_approvals(s)
-        if time.monotonic() - self._last_prune >= self.prune_every:
-            self._last_prune = time.monotonic()
+        if metering:
+            self._last_meter = now
+        if now - self._last_prune >= self.prune_every:
+            self._last_prune = now
             with self.db.session() as s, s.begin():
                 n = prune_audit(s, self.retention)
             if n:

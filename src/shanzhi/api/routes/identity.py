@@ -121,7 +121,7 @@ def logout(request: Request, p: Principal = Depends(principal)) -> dict[str, Any
 
 
 @router.get("/auth/whoami")
-def whoami(request: Request, p: Principal = Depends(principal), rt: Runtime = Depends(runtime)) -> dict[str, Any]:
+def whoami(request: Request, p: Principal = Depends(principal)) -> dict[str, Any]:
     return {
         "user": p.user,
         "platform_roles": sorted(p.platform),
