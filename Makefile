@@ -26,7 +26,15 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: lint
+# The single sign-on tests run a real OpenID Connect provider (panva's oidc-provider, on Node.js).
+OIDC_PROVIDER = tests/oidc_provider/node_modules/.installed
+# Without npm those tests skip and say so (CI requires them: SHANZHI_REQUIRE_OIDC=1).
+$(OIDC_PROVIDER): tests/oidc_provider/package-lock.json
+	@if command -v npm >/dev/null; then \
+	  cd tests/oidc_provider && npm ci --no-audit --no-fund --loglevel=error && touch node_modules/.installed; \
+	else echo "npm not found: the single sign-on tests will skip (apt-get install nodejs npm)"; fi
+
+test: lint $(OIDC_PROVIDER)
 	$(BIN)/python tests/pg_probe.py
 	$(BIN)/python -m pytest -p no:cacheprovider
 

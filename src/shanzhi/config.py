@@ -35,6 +35,16 @@ class Settings:
     max_login_failures: int = 5
     lockout_minutes: float = 15.0
     session_hours: float = 12.0
+    public_url: str | None = None  # how browsers reach this server (default http://host:port)
+    # OpenID Connect login, on when an issuer is set (the client secret comes from the environment
+    # or a file, never the command line: see `shanzhi serve --help`).
+    oidc_issuer: str | None = None
+    oidc_client_id: str = "shanzhi"
+    oidc_client_secret: str = ""
+    oidc_scopes: str = "openid profile email"
+    oidc_username_claim: str = "preferred_username"
+    oidc_auto_create: bool = False
+    oidc_name: str = "single sign-on"
 
     @classmethod
     def build(
@@ -46,6 +56,10 @@ class Settings:
         d = (data_dir or default_data_dir()).expanduser().resolve()
         url = database_url or os.environ.get("SHANZHI_DATABASE_URL") or f"sqlite+pysqlite:///{d / 'shanzhi.db'}"
         return cls(data_dir=d, database_url=url, **kw)  # type: ignore[arg-type]
+
+    @property
+    def base_url(self) -> str:
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
 
     @property
     def token_file(self) -> Path:

@@ -1,5 +1,6 @@
 import copy
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -9,11 +10,37 @@ from fastapi.testclient import TestClient
 from shanzhi.api import create_app
 from shanzhi.config import Settings
 from shanzhi.services.demo import HELLO
+from tests.oidc import CLIENT_ID, CLIENT_SECRET, OidcProvider, require_provider
 
 
 @pytest.fixture
 def settings(database_url: str, data_dir: Path) -> Settings:
     return Settings.build(data_dir, database_url, controller=False)
+
+
+CALLBACK = "http://testserver/api/v1/auth/oidc/callback"
+
+
+@pytest.fixture(scope="module")
+def provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OidcProvider]:
+    """A real OpenID Connect provider that sends browsers back to the in-process server."""
+    require_provider()
+    p = OidcProvider(tmp_path_factory.mktemp("oidc"))
+    p.start([CALLBACK])
+    yield p
+    p.stop()
+
+
+def with_sso(settings: Settings, provider: OidcProvider, **kw: Any) -> Settings:
+    """`settings` with single sign-on through `provider`."""
+    return replace(
+        settings,
+        public_url="http://testserver",
+        oidc_issuer=provider.issuer,
+        oidc_client_id=CLIENT_ID,
+        oidc_client_secret=CLIENT_SECRET,
+        **kw,
+    )
 
 
 @pytest.fixture

@@ -5,7 +5,10 @@ Every mutating call must also leave an audit record."""
 from __future__ import annotations
 
 import itertools
+import secrets
 from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,8 +17,12 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from shanzhi.api.policy import RULES, check_routes
-from shanzhi.store.tables import AuditRecord
-from tests.api.conftest import PASSWORD, Tenants, app_spec, bearer
+from shanzhi.config import Settings
+from shanzhi.services.identity import token_hash
+from shanzhi.services.oidc import challenge_of
+from shanzhi.store.tables import AuditRecord, OidcFlow, User, utcnow
+from tests.api.conftest import PASSWORD, Tenants, app_spec, bearer, with_sso
+from tests.oidc import OidcProvider
 
 SYS, SEC, AUD = "admin", "security", "audit"
 VADMIN, MEMBER, VIEWER, OUTSIDER, NOBODY, ANON = "hadmin", "hmember", "hviewer", "tmember", "nobody", "anonymous"
@@ -28,6 +35,10 @@ LEDGER_READERS = frozenset({SYS, SEC, AUD})
 # (method, path) -> who may. Targets are gz/health objects unless a route lists collections.
 EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/auth/login"): frozenset(CALLERS),
+    ("GET", "/auth/oidc"): frozenset(CALLERS),
+    ("POST", "/auth/oidc/start"): frozenset(CALLERS),
+    ("GET", "/auth/oidc/callback"): frozenset(CALLERS),
+    ("POST", "/auth/oidc/exchange"): frozenset(CALLERS),
     ("POST", "/auth/logout"): AUTHED,
     ("GET", "/auth/whoami"): AUTHED,
     ("PUT", "/auth/password"): AUTHED,
@@ -93,6 +104,13 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/ledger/watch"): LEDGER_READERS,
 }
 
+
+@pytest.fixture
+def settings(database_url: str, data_dir: Path, provider: OidcProvider) -> Settings:
+    """The matrix runs with single sign-on on, so that its routes answer for real."""
+    return with_sso(Settings.build(data_dir, database_url, controller=False), provider)
+
+
 PERIOD = {"from": "2026-01-01T00:00:00Z", "to": "2030-01-01T00:00:00Z"}
 Call = tuple[str, dict[str, Any]]
 
@@ -118,6 +136,31 @@ class World:
         r = self.t.as_(MEMBER).post("/api/v1/apps", json=app_spec(self.fresh(), "gz/health/it"))
         assert r.status_code == 202, r.text
         return int(r.json()["approval"]["id"])
+
+    def sso_state(self) -> str:
+        """A single sign-on login begun by a client listening on a loopback port."""
+        body = {"challenge": challenge_of("v" * 43), "return_to": "http://127.0.0.1:9/callback"}
+        r = self.t.api.post("/api/v1/auth/oidc/start", json=body, headers={"Authorization": ""})
+        assert r.status_code == 201, r.text
+        return str(r.json()["state"])
+
+    def sso_handoff(self) -> dict[str, str]:
+        """A single sign-on login the provider finished for user `target`, ready to exchange."""
+        code, verifier = secrets.token_urlsafe(16), secrets.token_urlsafe(32)
+        with self.t.api.app.state.db.session() as s, s.begin():  # type: ignore[attr-defined]
+            user = s.scalar(select(User.id).where(User.name == "target"))
+            s.add(
+                OidcFlow(
+                    state=secrets.token_urlsafe(16),
+                    nonce="n",
+                    code_verifier="v",
+                    client_challenge=challenge_of(verifier),
+                    expires_at=utcnow() + timedelta(minutes=2),
+                    handoff_hash=token_hash(code),
+                    user_id=user,
+                )
+            )
+        return {"code": code, "verifier": verifier}
 
     def own_token(self, who: str) -> tuple[int, str] | None:
         if who == ANON:
@@ -161,6 +204,16 @@ def _calls(w: World) -> dict[tuple[str, str], Callable[[str], Call]]:
 
     return {
         ("POST", "/auth/login"): lambda _: ("/auth/login", {"json": {"user": "target", "password": PASSWORD}}),
+        ("GET", "/auth/oidc"): lambda _: ("/auth/oidc", {}),
+        ("POST", "/auth/oidc/start"): lambda _: (
+            "/auth/oidc/start",
+            {"json": {"challenge": challenge_of("v" * 43), "return_to": "http://127.0.0.1:9/callback"}},
+        ),
+        ("GET", "/auth/oidc/callback"): lambda _: (  # the provider refused: the client hears why (303)
+            f"/auth/oidc/callback?state={w.sso_state()}&error=access_denied",
+            {"follow_redirects": False},
+        ),
+        ("POST", "/auth/oidc/exchange"): lambda _: ("/auth/oidc/exchange", {"json": w.sso_handoff()}),
         ("POST", "/auth/logout"): lambda _: ("/auth/logout", {}),  # sent with a throwaway token below
         ("GET", "/auth/whoami"): lambda _: ("/auth/whoami", {}),
         ("PUT", "/auth/password"): lambda _: (

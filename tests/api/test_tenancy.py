@@ -49,6 +49,20 @@ def test_wrong_password_and_unknown_user_look_the_same_and_lock_out(tenants: Ten
     assert login(tenants.api, "hviewer", PASSWORD).status_code == 201
     user = tenants.as_("security").get(f"{V1}/users/hviewer").json()
     assert user["failed_logins"] == 0 and user["roles"][0]["role"] == "viewer"
+    # the audit trail tells failures from successes (a failure is committed, then refused)
+    with tenants.api.app.state.db.session() as s:  # type: ignore[attr-defined]
+        rows = s.execute(
+            select(AuditRecord.actor, AuditRecord.status, AuditRecord.outcome)
+            .where(AuditRecord.path == f"{V1}/auth/login", AuditRecord.actor.in_(["hviewer", "no-such-user"]))
+            .order_by(AuditRecord.id)
+        ).all()
+    assert [tuple(r) for r in rows] == [
+        ("hviewer", 201, "success"),  # the fixture's login
+        ("no-such-user", 401, "denied"),
+        *[("hviewer", 401, "denied")] * 5,
+        ("hviewer", 423, "denied"),
+        ("hviewer", 201, "success"),
+    ]
 
 
 def test_locked_user_tokens_stop_working(tenants: Tenants) -> None:

@@ -11,9 +11,9 @@ from fastapi import APIRouter, Depends, FastAPI
 from shanzhi import __version__
 from shanzhi.api import audit, errors
 from shanzhi.api.auth import authorize
-from shanzhi.api.deps import Runtime
+from shanzhi.api.deps import Runtime, relying_party
 from shanzhi.api.policy import check_routes
-from shanzhi.api.routes import approvals, apps, clouds, identity, metering, observe, plans, vdcs
+from shanzhi.api.routes import approvals, apps, clouds, identity, metering, observe, oidc, plans, vdcs
 from shanzhi.api.routes import audit as audit_routes
 from shanzhi.api.routes import ledger as ledger_routes
 from shanzhi.config import Settings
@@ -69,7 +69,10 @@ def create_app(settings: Settings) -> FastAPI:
                 audit_retention_days=settings.audit_retention_days,
             )
             controller.start()
-        app.state.runtime = Runtime(settings, db, fleet, controller, ledger)
+        oidc = relying_party(settings)
+        app.state.runtime = Runtime(settings, db, fleet, controller, ledger, oidc)
+        if oidc is not None:
+            log.info("single sign-on through %s (client %s)", oidc.config.issuer, oidc.config.client_id)
         log.info("shanzhi %s up: database %s, data dir %s", __version__, db.engine.dialect.name, settings.data_dir)
         try:
             yield
@@ -78,6 +81,8 @@ def create_app(settings: Settings) -> FastAPI:
                 controller.stop()  # stops reconciling; workloads keep running by design
             if ledger is not None:
                 ledger.stop()
+            if oidc is not None:
+                oidc.close()
             db.dispose()
             log.info("shanzhi stopped; workloads left running")
 
@@ -94,7 +99,8 @@ def create_app(settings: Settings) -> FastAPI:
     errors.install(app)
     app.add_middleware(audit.AuditMiddleware)
     api = APIRouter(prefix="/api/v1", dependencies=[Depends(authorize)])
-    for module in (identity, clouds, vdcs, apps, observe, plans, approvals, metering, audit_routes, ledger_routes):
+    routes = (identity, oidc, clouds, vdcs, apps, observe, plans, approvals, metering, audit_routes, ledger_routes)
+    for module in routes:
         api.include_router(module.router)
     app.include_router(api)
     check_routes(app)

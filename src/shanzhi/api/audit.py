@@ -19,6 +19,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
@@ -33,6 +34,7 @@ from shanzhi.store.tables import AuditRecord
 
 log = logging.getLogger("shanzhi.audit")
 MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
+SECRET_PARAMS = {"code", "state"}
 
 
 def _outcome(status: int) -> str:
@@ -45,7 +47,7 @@ def build(scope: Scope, status: int, target: str = "") -> AuditRecord:
     state = scope.get("state") or {}
     principal: Principal | None = state.get("principal")
     rule: Rule | None = state.get("rule")
-    query = scope.get("query_string", b"").decode()
+    query = _redact(scope.get("query_string", b"").decode())
     client = scope.get("client")
     path = scope["path"]
     actor = principal.user if principal else "anonymous"
@@ -64,15 +66,29 @@ def build(scope: Scope, status: int, target: str = "") -> AuditRecord:
     )
 
 
+def _redact(query: str) -> str:
+    """Query values that are secrets (the single sign-on callback's code and state) stay out."""
+    if "code=" not in query and "state=" not in query:
+        return query
+    pairs = parse_qsl(query, keep_blank_values=True)
+    return urlencode([(k, "REDACTED" if k in SECRET_PARAMS else v) for k, v in pairs])
+
+
 @contextmanager
-def transaction(request: Request, response: Response | None = None) -> Iterator[Session]:
-    """The route's write transaction, with its audit record appended inside it."""
+def transaction(request: Request, response: Response | None = None, status: int | None = None) -> Iterator[Session]:
+    """The route's write transaction, with its audit record appended inside it. The status
+    recorded is `request.state.audit_status` (set by a route that commits and then refuses,
+    like a wrong password that must still count), else `status`, else `response`'s, else the
+    route's default."""
     db = request.app.state.db
     with db.session() as s, s.begin():
         yield s
         route = request.scope.get("route")
-        status = (response.status_code if response is not None else None) or (
-            route.status_code if isinstance(route, APIRoute) and route.status_code else 200
+        status = (
+            getattr(request.state, "audit_status", None)
+            or status
+            or (response.status_code if response is not None else None)
+            or (route.status_code if isinstance(route, APIRoute) and route.status_code else 200)
         )
         record = chain.append(s, build(request.scope, status))
         s.flush()

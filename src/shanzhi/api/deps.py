@@ -9,6 +9,7 @@ from fastapi import Request
 from shanzhi.config import Settings
 from shanzhi.controllers import ControllerManager, Fleet
 from shanzhi.ledger.service import Ledger
+from shanzhi.services.oidc import OidcConfig, RelyingParty
 from shanzhi.store import Database
 
 
@@ -19,6 +20,7 @@ class Runtime:
     fleet: Fleet
     controller: ControllerManager | None
     ledger: Ledger | None = None
+    oidc: RelyingParty | None = None
 
     def wake(self) -> None:
         if self.controller is not None:
@@ -29,3 +31,21 @@ async def runtime(request: Request) -> Runtime:
     """Async on purpose: a plain lookup, so FastAPI need not hop to a worker thread for it."""
     rt: Runtime = request.app.state.runtime
     return rt
+
+
+def relying_party(settings: Settings) -> RelyingParty | None:
+    """The OpenID Connect relying party, when the settings name an issuer."""
+    if not settings.oidc_issuer:
+        return None
+    return RelyingParty(
+        OidcConfig(
+            issuer=settings.oidc_issuer,
+            client_id=settings.oidc_client_id,
+            client_secret=settings.oidc_client_secret,
+            redirect_uri=f"{settings.base_url}/api/v1/auth/oidc/callback",
+            scopes=settings.oidc_scopes,
+            username_claim=settings.oidc_username_claim,
+            auto_create=settings.oidc_auto_create,
+            name=settings.oidc_name,
+        )
+    )

@@ -6,7 +6,7 @@ Kinds:
 - `vdc`: any grant allowing the action somewhere lets the call through; the route then works
   only inside the caller's scope for that action (outside it, objects do not exist: 404).
 - `self`: any authenticated user, acting on their own things (the route checks which).
-- `public`: no authentication (only logging in).
+- `public`: no authentication (only logging in, by password or single sign-on).
 
 `privileged` reads are written to the audit trail like changes are.
 """
@@ -46,6 +46,10 @@ PUBLIC = Rule("public")
 RULES: dict[tuple[str, str], Rule] = {
     # identity
     ("POST", "/auth/login"): PUBLIC,
+    ("GET", "/auth/oidc"): PUBLIC,
+    ("POST", "/auth/oidc/start"): PUBLIC,
+    ("GET", "/auth/oidc/callback"): PUBLIC,
+    ("POST", "/auth/oidc/exchange"): PUBLIC,
     ("POST", "/auth/logout"): SELF,
     ("GET", "/auth/whoami"): SELF,
     ("PUT", "/auth/password"): SELF,

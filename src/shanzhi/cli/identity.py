@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from shanzhi.cli import sso
 from shanzhi.cli.output import Columns, Fmt, OutputOpt, emit, err, handle_errors, out
 from shanzhi.client import Client, discover_token, save_credentials, server_url
 
@@ -58,17 +59,30 @@ def _password(given: str | None, prompt: str, confirm: bool = False) -> str:
 
 # ------------------------------------------------------------------ session
 def login(
-    user: str = typer.Option(..., "--user", "-u", prompt=True, help="Your user name."),
+    user: str | None = typer.Option(None, "--user", "-u", help="Your user name (asked for if not given)."),
     password: str | None = typer.Option(
         None, "--password", help="Prefer the prompt or $SHANZHI_PASSWORD: arguments show up in 'ps'."
     ),
+    oidc: bool = typer.Option(False, "--oidc", "--sso", help="Log in through the server's single sign-on provider."),
+    browser: bool = typer.Option(
+        True, "--browser/--no-browser", help="With --oidc: open a browser here, or print the address and ask the code."
+    ),
+    timeout: float = typer.Option(300, "--timeout", help="With --oidc: seconds to wait for the browser."),
     url: str | None = UrlOpt,
     output: Fmt = OutputOpt,
 ) -> None:
-    """Log in with your password; the session token is saved for this server (mode 0600)."""
-    secret = _password(password, "Password")
+    """Log in with your password, or through single sign-on (--oidc); the session token is
+    saved for this server (mode 0600)."""
     with handle_errors(), Client(url) as c:
-        t = c.login(user, secret)
+        if oidc:
+            try:
+                t = sso.login(c, browser=browser, timeout=timeout)
+            except sso.LoginFailed as e:
+                err.print(f"[red]error[/]: {e}")
+                raise typer.Exit(1) from None
+        else:
+            name = user if user is not None else str(typer.prompt("User"))
+            t = c.login(name, _password(password, "Password"))
     path = save_credentials(server_url(url), t["token"])
     if output is Fmt.json:
         emit({k: v for k, v in t.items() if k != "token"} | {"saved_to": str(path)}, output)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -86,6 +87,24 @@ def serve(
     witness_quorum: int | None = typer.Option(
         None, "--witness-quorum", help="Cosignatures needed (default: majority)."
     ),
+    public_url: str | None = typer.Option(
+        None, "--public-url", help="How browsers reach this server (default http://HOST:PORT); for single sign-on."
+    ),
+    oidc_issuer: str | None = typer.Option(
+        None, "--oidc-issuer", envvar="SHANZHI_OIDC_ISSUER", help="Turn on single sign-on through this OIDC issuer."
+    ),
+    oidc_client_id: str = typer.Option("shanzhi", "--oidc-client-id", help="Shanzhi's client id at the provider."),
+    oidc_client_secret_file: Path | None = typer.Option(
+        None,
+        "--oidc-client-secret-file",
+        help="File holding the client secret (or set $SHANZHI_OIDC_CLIENT_SECRET; never on the command line).",
+    ),
+    oidc_username_claim: str = typer.Option(
+        "preferred_username", "--oidc-username-claim", help="The claim that names the Shanzhi user."
+    ),
+    oidc_auto_create: bool = typer.Option(
+        False, "--oidc-auto-create", help="Create unknown users on first login (with no roles) instead of refusing."
+    ),
 ) -> None:
     """Run the API server and the controller. SIGTERM stops Shanzhi, never the workloads."""
     from shanzhi.api.server import serve as run
@@ -97,9 +116,31 @@ def serve(
             err.print(f"[red]error[/]: --witness {item!r} is not URL=VKEY")
             raise typer.Exit(1)
         witnesses.append((url, vkey))
+    secret = os.environ.get("SHANZHI_OIDC_CLIENT_SECRET", "")
+    if oidc_client_secret_file is not None:
+        try:
+            secret = oidc_client_secret_file.read_text().strip()
+        except OSError as e:
+            err.print(f"[red]error[/]: cannot read --oidc-client-secret-file: {e}")
+            raise typer.Exit(1) from None
+    if oidc_issuer and not _secure_issuer(oidc_issuer):
+        err.print(f"[red]error[/]: --oidc-issuer {oidc_issuer} must be an https URL (plain http only on loopback)")
+        raise typer.Exit(1)
+    if oidc_issuer and not secret:
+        err.print(
+            "[red]error[/]: --oidc-issuer needs the client secret: --oidc-client-secret-file "
+            "or $SHANZHI_OIDC_CLIENT_SECRET"
+        )
+        raise typer.Exit(1)
     settings = Settings.build(
         data_dir,
         database_url,
+        public_url=public_url,
+        oidc_issuer=oidc_issuer,
+        oidc_client_id=oidc_client_id,
+        oidc_client_secret=secret,
+        oidc_username_claim=oidc_username_claim,
+        oidc_auto_create=oidc_auto_create,
         host=host,
         port=port,
         demo=demo,
@@ -122,6 +163,13 @@ def serve(
             f"  API docs: {url}/api/v1/docs"
         )
     run(settings)
+
+
+def _secure_issuer(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    return u.scheme == "https" or (u.scheme == "http" and u.hostname in ("127.0.0.1", "localhost", "::1"))
 
 
 @app.command()

@@ -187,6 +187,15 @@ class Client:
     def logout(self) -> Any:
         return self._call("POST", "/auth/logout")
 
+    def oidc_info(self) -> Any:
+        return self._call("GET", "/auth/oidc")
+
+    def oidc_start(self, challenge: str, return_to: str | None) -> Any:
+        return self._call("POST", "/auth/oidc/start", json={"challenge": challenge, "return_to": return_to})
+
+    def oidc_exchange(self, code: str, verifier: str) -> Any:
+        return self._call("POST", "/auth/oidc/exchange", json={"code": code, "verifier": verifier})
+
     def whoami(self) -> Any:
         return self._call("GET", "/auth/whoami")
 

@@ -54,6 +54,13 @@ class CloudUnavailable(ProviderError):
     title = "Cloud unavailable"
 
 
+class IdentityProviderError(ShanzhiError):
+    """The OpenID Connect provider did not answer, or answered something that does not hold."""
+
+    status = 502
+    title = "Identity provider error"
+
+
 class Unauthorized(ShanzhiError):
     """No valid credentials (missing, wrong, expired or revoked token; wrong password)."""
 

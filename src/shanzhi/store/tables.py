@@ -208,6 +208,7 @@ class AuditAnchor(Base):
 
 class User(Base):
     __tablename__ = "users"
+    __table_args__ = (UniqueConstraint("oidc_issuer", "oidc_subject"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
     display_name: Mapped[str] = mapped_column(String(128), default="")
@@ -217,6 +218,27 @@ class User(Base):
     disabled: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_login_at: Mapped[datetime | None] = mapped_column()
+    # The OpenID Connect identity this user logs in as (issuer + subject), once linked.
+    oidc_issuer: Mapped[str | None] = mapped_column(String(255))
+    oidc_subject: Mapped[str | None] = mapped_column(String(255))
+
+
+class OidcFlow(Base):
+    """An OpenID Connect login in progress: begun by a client, finished by the provider's
+    callback, then traded once by the same client (who proves it with its verifier)."""
+
+    __tablename__ = "oidc_flows"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    state: Mapped[str] = mapped_column(String(64), unique=True)
+    nonce: Mapped[str] = mapped_column(String(64))
+    code_verifier: Mapped[str] = mapped_column(String(128))  # PKCE towards the provider
+    client_challenge: Mapped[str] = mapped_column(String(64))  # SHA-256 of the client's verifier
+    return_to: Mapped[str | None] = mapped_column(String(255))  # a loopback URL, or None: show the code
+    source: Mapped[str] = mapped_column(String(64), default="")
+    expires_at: Mapped[datetime] = mapped_column()
+    handoff_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Grant(Base):

@@ -84,6 +84,7 @@ def user_out(u: User, grants: list[Grant] | None = None) -> dict[str, Any]:
         "failed_logins": u.failed_logins,
         "created_at": u.created_at,
         "last_login_at": u.last_login_at,
+        "oidc_subject": u.oidc_subject,
     }
     if grants is not None:
         out["roles"] = [grant_out(g) for g in grants]
@@ -108,6 +109,7 @@ def login(request: Request, body: LoginIn, rt: Runtime = Depends(runtime)) -> di
             out = token_out(t, secret)
         except Unauthorized as err:  # keep the failure count: commit, then refuse
             failure = err
+            request.state.audit_status = err.status
     if failure is not None:
         raise failure
     return out

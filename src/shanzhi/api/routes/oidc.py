@@ -1,0 +1,131 @@
+"""/auth/oidc: single sign-on through an OpenID Connect provider (see services.oidc).
+
+A client (the CLI) starts a login with the challenge of a secret verifier and sends the user's
+browser to the provider. The provider sends the browser back to the callback, which hands a
+one-time code to the client's loopback address, or shows it to paste. The client trades code
+and verifier for a session token.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from pydantic import Field
+
+from shanzhi.api.audit import transaction
+from shanzhi.api.deps import Runtime, runtime
+from shanzhi.api.routes.identity import _In, _policy, token_out
+from shanzhi.domain.errors import InvalidInput, NotFound, ShanzhiError, Unauthorized
+from shanzhi.services import oidc as sso
+
+router = APIRouter(tags=["identity"])
+
+
+class StartIn(_In):
+    challenge: str = Field(description="base64url(sha256(verifier)), unpadded: the client keeps the verifier")
+    return_to: str | None = Field(
+        None, description="a loopback URL (http://127.0.0.1:PORT/...) the code is sent to; null: shown in the browser"
+    )
+
+
+class ExchangeIn(_In):
+    code: str = Field(min_length=1, max_length=128)
+    verifier: str = Field(min_length=43, max_length=128)
+
+
+def _rp(rt: Runtime) -> sso.RelyingParty:
+    if rt.oidc is None:
+        raise NotFound("single sign-on is not configured on this server; log in with a password ('shanzhi login')")
+    return rt.oidc
+
+
+@router.get("/auth/oidc")
+def info(rt: Runtime = Depends(runtime)) -> dict[str, Any]:
+    """Whether single sign-on is on, and through which provider."""
+    if rt.oidc is None:
+        return {"enabled": False}
+    return {"enabled": True, "issuer": rt.oidc.config.issuer, "name": rt.oidc.config.name}
+
+
+@router.post("/auth/oidc/start", status_code=201)
+def start(request: Request, body: StartIn, rt: Runtime = Depends(runtime)) -> dict[str, Any]:
+    """Begin a login: the URL to send the user's browser to (valid for 10 minutes)."""
+    rp = _rp(rt)
+    rp.metadata()  # any network wait happens here, before the write transaction opens
+    source = request.client.host if request.client else "?"
+    with transaction(request) as s:
+        url, flow = sso.begin(s, rp, body.challenge, body.return_to, source)
+        return {"authorization_url": url, "state": flow.state, "expires_at": flow.expires_at}
+
+
+@router.get("/auth/oidc/callback", response_class=HTMLResponse)
+def callback(
+    request: Request,
+    state: str = Query(..., max_length=128),
+    code: str | None = Query(None, max_length=2048),
+    error: str | None = Query(None, max_length=256),
+    error_description: str | None = Query(None, max_length=1024),
+    rt: Runtime = Depends(runtime),
+) -> Response:
+    """Where the provider sends the browser back: finish the login and hand it to the client."""
+    rp = _rp(rt)
+    with rt.db.session() as s:
+        flow = sso.pending(s, state)
+        return_to, verifier, nonce = flow.return_to, flow.code_verifier, flow.nonce
+    try:
+        if error is not None:
+            reason = error_description or "no reason given"
+            raise Unauthorized(f"the OIDC provider refused the login: {error}: {reason}")
+        if not code:
+            raise InvalidInput("the provider's answer has neither a code nor an error", field="code")
+        claims = rp.claims(code, verifier, nonce)  # network: outside any transaction
+        with transaction(request, status=303 if return_to else 200) as s:
+            handoff, user = sso.finish(s, rp.config, sso.pending(s, state), claims)
+            request.state.login_user = request.state.target = user.name
+    except ShanzhiError as err:
+        if return_to is None:
+            return _page(err.title, err.detail, err.status)
+        with transaction(request, status=err.status):
+            pass  # the refusal is recorded; the client hears the reason at its loopback address
+        return RedirectResponse(f"{return_to}?{urlencode({'state': state, 'error': err.detail})}", 303)
+    if return_to is not None:
+        return RedirectResponse(f"{return_to}?{urlencode({'state': state, 'code': handoff})}", 303)
+    return _page(
+        f"Logged in as {user.name}",
+        f"Paste this code where 'shanzhi login --oidc' asks for it (it works once, within 2 minutes): {handoff}",
+        200,
+        code=handoff,
+    )
+
+
+@router.post("/auth/oidc/exchange", status_code=201)
+def exchange(request: Request, body: ExchangeIn, rt: Runtime = Depends(runtime)) -> dict[str, Any]:
+    """Trade the one-time code and the client's verifier for a session token."""
+    _rp(rt)
+    failure: Unauthorized | None = None
+    with transaction(request) as s:
+        try:
+            secret, t = sso.redeem(s, body.code, body.verifier, _policy(rt))
+            request.state.login_user = request.state.target = t.user.name
+            out = token_out(t, secret)
+        except Unauthorized as err:  # the code is burnt either way: commit, then refuse
+            failure = err
+            request.state.audit_status = err.status
+    if failure is not None:
+        raise failure
+    return out
+
+
+def _page(title: str, text: str, status: int, code: str | None = None) -> HTMLResponse:
+    code_html = f'<p><code id="code">{html.escape(code)}</code></p>' if code else ""
+    t, d = html.escape(title), html.escape(text)
+    body = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>Shanzhi: {t}</title></head>"
+        f"<body><h1>{t}</h1><p id='detail'>{d}</p>{code_html}</body></html>"
+    )
+    headers = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+    return HTMLResponse(body, status_code=status, headers=headers)
