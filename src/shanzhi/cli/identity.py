@@ -25,6 +25,7 @@ USER_COLS: Columns = [
         "LOCKED",
         lambda r: "yes" if r["locked"] else (f"until {str(r['locked_until'])[:19]}" if r["locked_until"] else ""),
     ),
+    ("SSO", lambda r: "linked" if r.get("oidc_subject") else "-"),
     ("LAST LOGIN", lambda r: str(r["last_login_at"] or "")[:19]),
 ]
 TOKEN_COLS: Columns = [
@@ -54,7 +55,7 @@ def _password(given: str | None, prompt: str, confirm: bool = False) -> str:
     env = os.environ.get("SHANZHI_PASSWORD")
     if env:
         return env
-    return str(typer.prompt(prompt, hide_input=True, confirmation_prompt=confirm))
+    return str(typer.prompt(prompt, hide_input=True, confirmation_prompt=confirm, err=True))
 
 
 # ------------------------------------------------------------------ session
@@ -81,7 +82,7 @@ def login(
                 err.print(f"[red]error[/]: {e}")
                 raise typer.Exit(1) from None
         else:
-            name = user if user is not None else str(typer.prompt("User"))
+            name = user if user is not None else str(typer.prompt("User", err=True))
             t = c.login(name, _password(password, "Password"))
     path = save_credentials(server_url(url), t["token"])
     if output is Fmt.json:
@@ -120,7 +121,9 @@ def passwd(
     output: Fmt = OutputOpt,
 ) -> None:
     """Change your own password."""
-    old = old_password if old_password is not None else typer.prompt("Current password", hide_input=True, default="")
+    old = old_password
+    if old is None:
+        old = str(typer.prompt("Current password", hide_input=True, default="", err=True))
     new = _password(password, "New password", confirm=True)
     with handle_errors(), _client(data_dir, url) as c:
         emit(c.change_password(new, old or None), output)
@@ -151,7 +154,7 @@ def user_create(
     name: str,
     display_name: str = typer.Option("", "--display-name", help="Full name."),
     password: str | None = typer.Option(None, "--password", help="Initial password (default: prompt)."),
-    no_password: bool = typer.Option(False, "--no-password", help="Token-only user (no password login)."),
+    no_password: bool = typer.Option(False, "--no-password", help="No password: single sign-on or tokens only."),
     data_dir: Path | None = DataDirOpt,
     output: Fmt = OutputOpt,
 ) -> None:

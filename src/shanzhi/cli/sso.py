@@ -95,7 +95,7 @@ def login(c: Client, *, browser: bool, timeout: float) -> Any:
     if not browser:
         start = c.oidc_start(challenge, None)
         err.print(f"Open this address in a browser and log in through {where}:\n  {start['authorization_url']}")
-        code = str(typer.prompt("Code shown after logging in")).strip()
+        code = str(typer.prompt("Code shown after logging in", err=True)).strip()
         return c.oidc_exchange(code, verifier)
     with _Receiver() as rx:
         start = c.oidc_start(challenge, rx.url)
