@@ -142,19 +142,22 @@ class Browser:
         assert action is not None
         return self._follow(self.http.post(action.group(1), data=data), stop_at)
 
-    def login(self, authorization_url: str, account: str, shanzhi: str, *, cancel: bool = False) -> httpx.Response:
-        """Log in at the provider as `account`; Shanzhi's answer at its callback (not followed)."""
+    def authorize(self, authorization_url: str, account: str, shanzhi: str, *, cancel: bool = False) -> str:
+        """Log in at the provider as `account` (or cancel): where it sends the browser back."""
         page = self._follow(self.http.get(authorization_url), shanzhi)
         if cancel:
             abort = re.search(r'href="([^"]*/abort)"', page.text)
             assert abort is not None, "no cancel link on the provider's login page"
             page = self._follow(self.http.get(str(httpx.URL(str(page.request.url)).join(abort.group(1)))), shanzhi)
         while page.status_code == 200 and "<form" in page.text:  # login, then consent
-            page = self._submit(
-                page, shanzhi, **({"login": account, "password": "any"} if 'name="login"' in page.text else {})
-            )
+            fields = {"login": account, "password": "any"} if 'name="login"' in page.text else {}
+            page = self._submit(page, shanzhi, **fields)
         assert page.status_code in (302, 303), f"the provider did not send the browser back: {page.text[:500]}"
-        return self.get(page.headers["location"])
+        return str(page.headers["location"])
+
+    def login(self, authorization_url: str, account: str, shanzhi: str, *, cancel: bool = False) -> httpx.Response:
+        """Log in at the provider as `account`; Shanzhi's answer at its callback (not followed)."""
+        return self.get(self.authorize(authorization_url, account, shanzhi, cancel=cancel))
 
     def close(self) -> None:
         self.http.close()

@@ -134,6 +134,12 @@ def test_the_subject_not_the_name_identifies_a_linked_user(sso: TestClient, prov
     _, answer = login(sso, "u-8")
     assert "already linked" in parse_qs(urlsplit(answer.headers["location"]).query)["error"][0]
     assert users(sso)["zhang.min"]["oidc_subject"] == "u-7"
+    # a security administrator mends a wrong link: the next login links again by name
+    assert sso.delete("/api/v1/users/zhang.min/oidc").json()["oidc_subject"] is None
+    v, answer = login(sso, "u-8")
+    assert exchange(sso, handoff(answer)["code"], v).json()["user"] == "zhang.min"
+    assert users(sso)["zhang.min"]["oidc_subject"] == "u-8"
+    assert sso.delete("/api/v1/users/no.such/oidc").status_code == 404
 
 
 def test_unknown_users_are_refused_unless_auto_create(
@@ -217,6 +223,8 @@ def test_a_refusal_at_the_provider_reaches_the_client(sso: TestClient, provider:
     browser.close()
     error = parse_qs(urlsplit(handoff_location := answer.headers["location"]).query)["error"][0]
     assert handoff_location.startswith(LOOPBACK) and "access_denied" in error
+    with sso.app.state.db.session() as s:  # type: ignore[attr-defined]
+        assert s.scalar(select(OidcFlow).where(OidcFlow.state == flow["state"])) is None  # cannot be finished later
 
 
 def test_a_locked_user_cannot_log_in_through_the_provider(sso: TestClient, provider: OidcProvider) -> None:

@@ -22,6 +22,7 @@ WRITER = textwrap.dedent(
     db = open_database(sys.argv[1])
     log = Log(db)
     i = log.size
+    print("ready", flush=True)              # imports done: the kill timer starts now
     while True:
         n = 1 + (i * 7919) % 300           # batch sizes vary, crossing tile boundaries
         first = log.append([f"entry-{j}".encode() for j in range(i, i + n)])
@@ -39,6 +40,7 @@ def test_twenty_random_kills_lose_nothing_acknowledged(database_url: str) -> Non
     acknowledged = 0
     for _ in range(20):
         proc = subprocess.Popen([sys.executable, "-c", WRITER, database_url], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"  # however slow the start
         time.sleep(rnd.uniform(0.05, 0.6))
         proc.kill()
         out, _ = proc.communicate()

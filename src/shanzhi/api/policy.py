@@ -62,6 +62,7 @@ RULES: dict[tuple[str, str], Rule] = {
     ("DELETE", "/users/{name}"): _p("user.write"),
     ("PUT", "/users/{name}/password"): _p("user.write"),
     ("POST", "/users/{name}/lock"): _p("user.write"),
+    ("DELETE", "/users/{name}/oidc"): _p("user.write"),
     ("POST", "/users/{name}/unlock"): _p("user.write"),
     ("GET", "/grants"): _v("grant.read", privileged=True),
     ("POST", "/grants"): _v("grant.write"),

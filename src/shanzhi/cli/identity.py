@@ -191,6 +191,13 @@ def user_unlock(name: str, data_dir: Path | None = DataDirOpt, output: Fmt = Out
         emit(c.lock_user(name, False), output, USER_COLS)
 
 
+@user_app.command("unlink-sso")
+def user_unlink_sso(name: str, data_dir: Path | None = DataDirOpt, output: Fmt = OutputOpt) -> None:
+    """Forget the single sign-on identity linked to a user (their next SSO login links again by name)."""
+    with handle_errors(), _client(data_dir) as c:
+        emit(c.unlink_oidc(name), output, USER_COLS)
+
+
 @user_app.command("delete")
 def user_delete(name: str, data_dir: Path | None = DataDirOpt, output: Fmt = OutputOpt) -> None:
     """Delete a user, their tokens and grants (their audit records stay)."""

@@ -187,6 +187,9 @@ class Client:
     def logout(self) -> Any:
         return self._call("POST", "/auth/logout")
 
+    def unlink_oidc(self, name: str) -> Any:
+        return self._call("DELETE", f"/users/{name}/oidc")
+
     def oidc_info(self) -> Any:
         return self._call("GET", "/auth/oidc")
 

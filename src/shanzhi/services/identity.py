@@ -104,6 +104,13 @@ def set_locked(s: Session, name: str, locked: bool) -> User:
     return u
 
 
+def unlink_oidc(s: Session, name: str) -> User:
+    """Forget the single sign-on identity linked to a user (the next login links again by name)."""
+    u = get_user(s, name)
+    u.oidc_issuer = u.oidc_subject = None
+    return u
+
+
 def list_users(s: Session) -> list[User]:
     return list(s.scalars(select(User).order_by(User.name)))
 

@@ -261,6 +261,11 @@ def pending(s: Session, state: str) -> OidcFlow:
     return flow
 
 
+def discard(s: Session, state: str) -> None:
+    """Forget a login that failed at the provider or here."""
+    s.execute(delete(OidcFlow).where(OidcFlow.state == state))
+
+
 def finish(s: Session, cfg: OidcConfig, flow: OidcFlow, claims: dict[str, Any]) -> tuple[str, User]:
     """The provider vouched for `claims` (see `RelyingParty.claims`): find the user, leave a handoff."""
     user = link_user(s, cfg, claims)

@@ -219,6 +219,13 @@ def unlock_user(request: Request, name: str) -> dict[str, Any]:
         return user_out(svc.set_locked(s, name, False))
 
 
+@router.delete("/users/{name}/oidc")
+def unlink_user_oidc(request: Request, name: str) -> dict[str, Any]:
+    """Forget the single sign-on identity linked to the user: a wrong link is mended this way."""
+    with transaction(request) as s:
+        return user_out(svc.unlink_oidc(s, name))
+
+
 # ------------------------------------------------------------------ grants
 @router.get("/grants")
 def list_grants(

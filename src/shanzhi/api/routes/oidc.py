@@ -87,10 +87,10 @@ def callback(
             handoff, user = sso.finish(s, rp.config, sso.pending(s, state), claims)
             request.state.login_user = request.state.target = user.name
     except ShanzhiError as err:
+        with transaction(request, status=err.status) as s:  # recorded; the login cannot be finished again
+            sso.discard(s, state)
         if return_to is None:
             return _page(err.title, err.detail, err.status)
-        with transaction(request, status=err.status):
-            pass  # the refusal is recorded; the client hears the reason at its loopback address
         return RedirectResponse(f"{return_to}?{urlencode({'state': state, 'error': err.detail})}", 303)
     if return_to is not None:
         return RedirectResponse(f"{return_to}?{urlencode({'state': state, 'code': handoff})}", 303)
