@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import ssl
 import subprocess
 import time
 from pathlib import Path
@@ -28,6 +29,7 @@ PROVIDER_DIR = Path(__file__).resolve().parent / "oidc_provider"
 CLIENT_ID = "shanzhi"
 CLIENT_SECRET = "shanzhi-test-client-secret-0123456789"
 REQUIRE = bool(os.environ.get("SHANZHI_REQUIRE_OIDC"))
+_TLS = ssl.create_default_context()  # built once: a new httpx client per browser costs tens of ms otherwise
 
 
 def require_provider() -> None:
@@ -120,7 +122,7 @@ class Browser:
     (an in-process TestClient for the API tests); everything else goes over real HTTP."""
 
     def __init__(self, local: Any = None, local_base: str = "http://testserver") -> None:
-        self.http = httpx.Client(timeout=10)
+        self.http = httpx.Client(timeout=10, verify=_TLS)
         self.local = local
         self.local_base = local_base
 

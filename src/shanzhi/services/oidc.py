@@ -25,6 +25,7 @@ import base64
 import hashlib
 import re
 import secrets
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -73,7 +74,11 @@ class OidcConfig:
 class RelyingParty:
     """Speaks to one provider. Thread-safe: discovery and keys are cached under a lock; the
     discovery document is fetched again after `cache_seconds`, the keys whenever a token names
-    a key not yet seen (the provider rotated its keys)."""
+    a key not yet seen (the provider rotated its keys). Each code exchange gets its own OAuth
+    client (authlib's keeps the last token on the instance, so one shared client could hand one
+    user's tokens to another's login); they share one TLS context, built once from the system's
+    trust store (where a government CA is installed; `SSL_CERT_FILE` points elsewhere), which
+    makes a new client cost under a millisecond instead of tens."""
 
     config: OidcConfig
     timeout: float = 10.0
@@ -83,9 +88,10 @@ class RelyingParty:
     _meta: dict[str, Any] | None = field(default=None, init=False, repr=False)
     _meta_at: float = field(default=0.0, init=False, repr=False)
     _keys: KeySet | None = field(default=None, init=False, repr=False)
+    _tls: ssl.SSLContext = field(default_factory=ssl.create_default_context, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._http = httpx.Client(timeout=self.timeout)
+        self._http = httpx.Client(timeout=self.timeout, verify=self._tls)
 
     def close(self) -> None:
         self._http.close()
@@ -146,6 +152,7 @@ class RelyingParty:
             code_challenge_method="S256",
             token_endpoint_auth_method=method,
             timeout=self.timeout,
+            verify=self._tls,
         )
 
     # -------------------------------------------------------------- the flow
