@@ -176,6 +176,54 @@ def test_delete_marks_the_app_and_reapply_waits(world: TestClient) -> None:
     problem(world.post("/api/v1/apps", json=hello()), 409)
 
 
+def test_app_status_comes_from_its_instances_and_the_list_agrees_with_each_get(world: TestClient) -> None:
+    from sqlalchemy import select
+
+    from shanzhi.store.tables import App, Instance
+
+    for name in ("ready", "progressing", "unschedulable", "starting"):
+        spec = hello(replicas=2, resources={"cpu": "10m"})
+        spec["metadata"]["name"] = name
+        assert world.post("/api/v1/apps", json=spec).status_code == 201, name
+    states = {
+        "ready": ["running", "running", "terminating"],  # a leftover being removed does not count
+        "progressing": ["running", "starting"],
+        "unschedulable": ["running", "pending"],
+        "starting": [],
+    }
+    db = world.app.state.db  # type: ignore[attr-defined]
+    with db.session() as s, s.begin():
+        for app in s.scalars(select(App)):
+            for i, state in enumerate(states[app.name]):
+                s.add(
+                    Instance(
+                        name=f"{app.name}-{i}",
+                        app_id=app.id,
+                        component="web",
+                        spec_hash="x",
+                        cpu=10,
+                        memory=0,
+                        state=state,
+                    )
+                )
+    world.delete("/api/v1/apps/starting")
+    listed = {a["name"]: a for a in world.get("/api/v1/apps").json()}
+    assert {n: a["status"] for n, a in listed.items()} == {
+        "ready": "Ready",
+        "progressing": "Progressing",
+        "unschedulable": "Unschedulable",
+        "starting": "Deleting",
+    }
+    assert listed["ready"]["components"] == [{"name": "web", "desired": 2, "ready": 2, "instances": 2}]
+    assert listed["progressing"]["components"] == [{"name": "web", "desired": 2, "ready": 1, "instances": 2}]
+    for name, summary in listed.items():
+        one = world.get(f"/api/v1/apps/{name}").json()
+        assert summary["spec"] is None and len(one["instances"]) == len(states[name])
+        assert {k: v for k, v in one.items() if k not in ("spec", "instances")} == {
+            k: v for k, v in summary.items() if k not in ("spec", "instances")
+        }
+
+
 def test_every_mutating_request_is_audited(world: TestClient) -> None:
     from sqlalchemy import select
 

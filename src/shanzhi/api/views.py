@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from typing import Any
 
 from sqlalchemy import select
@@ -9,8 +10,10 @@ from sqlalchemy.orm import Session
 
 from shanzhi.api import schemas
 from shanzhi.domain.quota import Usage, rollup
-from shanzhi.domain.spec import AppSpec
+from shanzhi.domain.spec import Component
 from shanzhi.store.tables import App, ApprovalRequest, Cloud, Instance, Vdc
+
+REPLICAS_DEFAULT = Component.model_fields["replicas"].default
 
 
 def cloud(
@@ -90,15 +93,34 @@ def instance(r: Instance, explain: bool = False) -> schemas.InstanceOut:
 
 def app(s: Session, a: App, detail: bool = False) -> schemas.AppOut:
     rows = list(s.scalars(select(Instance).where(Instance.app_id == a.id).order_by(Instance.component, Instance.name)))
-    spec = AppSpec.model_validate(a.spec)
+    out = _app(a, [(r.component, r.state) for r in rows])
+    if detail:
+        out.spec = a.spec
+        out.instances = [instance(r, explain=True) for r in rows]
+    return out
+
+
+def apps(s: Session, listed: list[App]) -> list[schemas.AppOut]:
+    """Many apps' summaries from one instance query (a list answers in one round trip, not one per app)."""
+    states: dict[int, list[tuple[str, str]]] = defaultdict(list)
+    ids = [a.id for a in listed]
+    for i in range(0, len(ids), 500):  # stay far below any backend's bound-parameter limit
+        q = select(Instance.app_id, Instance.component, Instance.state).where(Instance.app_id.in_(ids[i : i + 500]))
+        for app_id, component, state in s.execute(q):
+            states[app_id].append((component, state))
+    return [_app(a, states[a.id]) for a in listed]
+
+
+def _app(a: App, states: list[tuple[str, str]]) -> schemas.AppOut:
+    """An app's summary from its stored spec (validated when applied) and its instances' states."""
     comps = []
-    for c in spec.spec.components:
-        mine = [r for r in rows if r.component == c.name and r.state not in ("terminating", "lost")]
+    for c in a.spec["spec"]["components"]:
+        mine = [st for comp, st in states if comp == c["name"] and st not in ("terminating", "lost")]
         comps.append(
             schemas.ComponentStatus(
-                name=c.name,
-                desired=c.replicas,
-                ready=sum(1 for r in mine if r.state == "running"),
+                name=c["name"],
+                desired=c.get("replicas", REPLICAS_DEFAULT),
+                ready=sum(1 for st in mine if st == "running"),
                 instances=len(mine),
             )
         )
@@ -106,7 +128,7 @@ def app(s: Session, a: App, detail: bool = False) -> schemas.AppOut:
         status = "Deleting"
     elif all(c.ready == c.desired and c.instances == c.desired for c in comps):
         status = "Ready"
-    elif any(r.state == "pending" for r in rows):
+    elif any(st == "pending" for _, st in states):
         status = "Unschedulable"
     else:
         status = "Progressing"
@@ -119,8 +141,6 @@ def app(s: Session, a: App, detail: bool = False) -> schemas.AppOut:
         components=comps,
         created_at=a.created_at,
         updated_at=a.updated_at,
-        spec=a.spec if detail else None,
-        instances=[instance(r, explain=True) for r in rows] if detail else None,
     )
 
 

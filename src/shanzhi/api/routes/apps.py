@@ -50,7 +50,7 @@ def list_apps(
     vdc: str | None = Query(None), p: Principal = Depends(principal), rt: Runtime = Depends(runtime)
 ) -> list[schemas.AppOut]:
     with rt.db.session() as s, s.begin():
-        return [views.app(s, a) for a in svc.list_apps(s, vdc, p.scope("app.read"))]
+        return views.apps(s, svc.list_apps(s, vdc, p.scope("app.read")))
 
 
 @router.get("/{name}", response_model=schemas.AppOut)
