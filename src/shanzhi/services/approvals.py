@@ -14,7 +14,7 @@ import re
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from shanzhi.domain.errors import Conflict, Forbidden, InvalidInput, NotFound, ShanzhiError
@@ -154,6 +154,7 @@ def hold_if_needed(s: Session, spec: AppSpec, requester: str) -> ApprovalRequest
         status="pending",
         reasons={"rules": [{"rule": r.name, "vdc": r.vdc.path, "why": why} for r, why in matched]},
         stages={"stages": stages},
+        approvers=approver_keys(stages),
         stage=0,
         comments={"comments": []},
         expires_at=utcnow() + timedelta(hours=min(r.expire_hours for r, _ in matched)),
@@ -196,13 +197,38 @@ def _expire(req: ApprovalRequest) -> None:
         req.outcome = "expired before every stage approved; apply again to ask anew"
 
 
+def approver_keys(stages: list[dict[str, Any]]) -> str:
+    """Every approver of every stage, delimited for a LIKE search ("|alice|role:vdc-admin|")."""
+    names = sorted({a for st in stages for a in st["approvers"]})
+    return "|" + "|".join(names) + "|" if names else ""
+
+
 def list_requests(s: Session, p: Principal, status: str | None = None) -> list[ApprovalRequest]:
-    q = select(ApprovalRequest).order_by(ApprovalRequest.id)
-    out = []
-    for r in s.scalars(q):
+    """The requests `p` may see (as in `_visible`), filtered in SQL: their own, those in their
+    approval.read scope (every VDC role has it, so VDC-role approvers are in it too), and those
+    naming them or one of their platform roles as an approver."""
+    keys = [p.user, *(f"role:{r}" for r in p.platform)]
+    seen = or_(
+        ApprovalRequest.requester == p.user,
+        scope_filter(p.scope("approval.read")),
+        *(ApprovalRequest.approvers.contains(f"|{k}|", autoescape=True) for k in keys),
+    )
+    q = select(ApprovalRequest).join(Vdc, ApprovalRequest.vdc_id == Vdc.id).where(seen)
+    now = utcnow()
+    if status == "pending":
+        q = q.where(ApprovalRequest.status == "pending", ApprovalRequest.expires_at > now)
+    elif status == "expired":  # including those housekeeping has not marked yet
+        q = q.where(
+            or_(
+                ApprovalRequest.status == "expired",
+                and_(ApprovalRequest.status == "pending", ApprovalRequest.expires_at <= now),
+            )
+        )
+    elif status is not None:
+        q = q.where(ApprovalRequest.status == status)
+    out = list(s.scalars(q.order_by(ApprovalRequest.id)))
+    for r in out:
         _expire(r)
-        if _visible(p, r) and (status is None or r.status == status):
-            out.append(r)
     return out
 
 

@@ -298,6 +298,8 @@ class ApprovalRequest(Base):
     status: Mapped[str] = mapped_column(String(16), default="pending")
     reasons: Mapped[dict[str, Any]] = mapped_column(default=dict)  # {"rules": [{"rule":..., "why":...}]}
     stages: Mapped[dict[str, Any]] = mapped_column(default=dict)  # {"stages": [{"approvers": [...], ...}]}
+    # every stage's approvers as "|alice|role:system-admin|": what lets lists filter in SQL
+    approvers: Mapped[str] = mapped_column(Text, default="")
     stage: Mapped[int] = mapped_column(Integer, default=0)
     comments: Mapped[dict[str, Any]] = mapped_column(default=dict)  # {"comments": [{"by","at","text"}]}
     outcome: Mapped[str] = mapped_column(Text, default="")

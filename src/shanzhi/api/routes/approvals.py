@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
@@ -49,7 +49,7 @@ def _rule(r: Any) -> dict[str, Any]:
 
 @router.get("/approvals")
 def list_requests(
-    status: str | None = Query(None, description="pending, approved, rejected, expired or failed"),
+    status: Literal["pending", "approved", "rejected", "expired", "failed"] | None = Query(None),
     p: Principal = Depends(principal),
     rt: Runtime = Depends(runtime),
 ) -> list[dict[str, Any]]:

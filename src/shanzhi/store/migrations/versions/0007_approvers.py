@@ -1,0 +1,33 @@
+"""approval requests: every stage's approvers in one column, so lists filter in SQL
+
+Revision ID: 0007
+Revises: 0006
+Create Date: 2026-11-29
+"""
+
+import json
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0007"
+down_revision = "0006"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("approval_requests") as b:
+        b.add_column(sa.Column("approvers", sa.Text(), nullable=False, server_default=""))
+    conn = op.get_bind()
+    rows = conn.execute(sa.text("SELECT id, stages FROM approval_requests")).all()
+    for rid, stages in rows:
+        doc = json.loads(stages) if isinstance(stages, str) else stages
+        names = sorted({a for st in doc.get("stages", []) for a in st.get("approvers", [])})
+        keys = "|" + "|".join(names) + "|" if names else ""
+        conn.execute(sa.text("UPDATE approval_requests SET approvers = :k WHERE id = :i"), {"k": keys, "i": rid})
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("approval_requests") as b:
+        b.drop_column("approvers")
