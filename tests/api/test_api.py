@@ -172,7 +172,7 @@ def test_same_app_name_in_two_vdcs_needs_vdc(world: TestClient) -> None:
 def test_delete_marks_the_app_and_reapply_waits(world: TestClient) -> None:
     world.post("/api/v1/apps", json=hello())
     r = world.delete("/api/v1/apps/hello")
-    assert r.status_code == 202 and r.json()["status"] == "Deleting"
+    assert r.status_code == 202 and r.json()["outcome"] == "deleting" and r.json()["app"]["status"] == "Deleting"
     problem(world.post("/api/v1/apps", json=hello()), 409)
 
 

@@ -118,6 +118,40 @@ def test_the_approval_list_shows_each_caller_exactly_what_they_may_see(tenants: 
     assert tenants.as_("nobody").get(f"{V1}/approvals").json() == []
 
 
+def test_a_delete_rule_holds_deletes_not_applies(tenants: Tenants) -> None:
+    from shanzhi.store.tables import AuditRecord
+
+    _rule(tenants, vdc="gz/health", name="keep", conditions={"deletes": True}, stages=[["role:vdc-admin"]])
+    member, vadmin = tenants.as_("hmember"), tenants.as_("hadmin")
+    assert member.post(f"{V1}/apps", json=app_spec("fresh", "gz/health")).status_code == 201  # applies pass
+    held = member.delete(f"{V1}/apps/records")
+    assert held.status_code == 202 and held.json()["outcome"] == "held", held.text
+    req = held.json()["approval"]
+    assert req["action"] == "delete" and req["reasons"][0]["why"] == "deleting an app needs approval"
+    assert member.get(f"{V1}/apps/records").json()["deleting"] is False  # nothing changed
+    assert member.delete(f"{V1}/apps/records").json()["approval"]["id"] == req["id"]  # the same request
+    # a rejected delete changes nothing; an approved one deletes
+    fresh = member.delete(f"{V1}/apps/fresh").json()["approval"]["id"]
+    assert vadmin.post(f"{V1}/approvals/{fresh}/reject", json={}).json()["status"] == "rejected"
+    assert member.get(f"{V1}/apps/fresh").json()["status"] != "Deleting"
+    done = vadmin.post(f"{V1}/approvals/{req['id']}/approve", json={}).json()
+    assert done["status"] == "approved" and "deleted" in done["outcome"]
+    assert member.get(f"{V1}/apps/records").json()["status"] == "Deleting"
+    # another department, no rule: deleted at once
+    plain = tenants.as_("tmember").delete(f"{V1}/apps/buses")
+    assert plain.status_code == 202 and plain.json()["outcome"] == "deleting"
+    with tenants.api.app.state.db.session() as s:
+        outcomes = {
+            (r.actor, r.path): r.outcome for r in s.scalars(select(AuditRecord).where(AuditRecord.method == "DELETE"))
+        }
+    assert outcomes[("hmember", f"{V1}/apps/records")] == "held"
+    assert outcomes[("tmember", f"{V1}/apps/buses")] == "success"
+    r = tenants.api.post(
+        f"{V1}/approval-rules", json={"vdc": "gz", "name": "x", "conditions": {"deletes": "yes"}, "stages": [["a"]]}
+    )
+    assert r.status_code == 422 and "deletes must be true or false" in r.text
+
+
 def test_reject_and_expiry_apply_nothing(tenants: Tenants) -> None:
     _rule(tenants, vdc="gz/health", name="all", conditions={"always": True}, stages=[["role:vdc-admin"]])
     member = tenants.as_("hmember")

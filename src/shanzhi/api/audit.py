@@ -39,7 +39,7 @@ SECRET_PARAMS = {"code", "state"}
 
 def _outcome(status: int) -> str:
     if status < 300:
-        return "success" if status != 202 else "held"
+        return "success"
     return "denied" if status in (401, 403, 423) else "error"
 
 
@@ -62,7 +62,7 @@ def build(scope: Scope, status: int, target: str = "") -> AuditRecord:
         method=scope["method"],
         path=path + (f"?{query}" if query else ""),
         status=status,
-        outcome=_outcome(status),
+        outcome=state.get("audit_outcome") or _outcome(status),  # "held": a change waiting for approval
     )
 
 

@@ -122,7 +122,8 @@ class AppOut(BaseModel):
 
 class ApplyOut(BaseModel):
     app: AppOut | None
-    outcome: str  # created | configured | unchanged | held (waiting for approval: see `approval`)
+    # apply: created | configured | unchanged; delete: deleting; either: held (see `approval`)
+    outcome: str
     approval: dict[str, Any] | None = None
 
 

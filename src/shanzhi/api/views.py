@@ -149,6 +149,7 @@ def approval(r: ApprovalRequest) -> dict[str, Any]:
         "id": r.id,
         "vdc": r.vdc.path,
         "app": r.app,
+        "action": r.action,
         "requester": r.requester,
         "status": r.status,
         "stage": r.stage,

@@ -20,6 +20,7 @@ DataDirOpt = typer.Option(None, "--data-dir", envvar="SHANZHI_HOME", help="Data 
 REQUEST_COLS: Columns = [
     ("ID", lambda r: r["id"]),
     ("APP", lambda r: f"{r['vdc']}/{r['app']}"),
+    ("ACTION", lambda r: r["action"]),
     ("REQUESTER", lambda r: r["requester"]),
     ("STATUS", lambda r: r["status"]),
     ("STAGE", lambda r: f"{min(r['stage'] + 1, len(r['stages']))}/{len(r['stages'])}"),
@@ -126,6 +127,7 @@ def rule_add(
     cpu_over: str | None = typer.Option(None, "--cpu-over", help="Hold apps asking for more cpu than this."),
     site: list[str] = typer.Option(None, "--site", help="Hold apps that may run in this site (repeatable)."),
     always: bool = typer.Option(False, "--always", help="Hold every apply."),
+    deletes: bool = typer.Option(False, "--deletes", help="Hold every delete of an app."),
     stage: list[str] = typer.Option(
         ..., "--stage", help="Approvers of one stage, comma-separated (user or role:<role>); repeat, in order."
     ),
@@ -133,7 +135,7 @@ def rule_add(
     data_dir: Path | None = DataDirOpt,
     output: Fmt = OutputOpt,
 ) -> None:
-    """Hold matching applies in VDC (and below) for approval, e.g.
+    """Hold matching applies (or deletes) in VDC (and below) for approval, e.g.
     `shanzhi approval add-rule gz/health big --cpu-over 8 --stage role:vdc-admin --stage li.wei`."""
     conditions: dict[str, Any] = {}
     if cpu_over is not None:
@@ -142,6 +144,8 @@ def rule_add(
         conditions["sites"] = list(site)
     if always:
         conditions["always"] = True
+    if deletes:
+        conditions["deletes"] = True
     stages = [[a.strip() for a in st.split(",") if a.strip()] for st in stage]
     with handle_errors(), _client(data_dir) as c:
         emit(c.add_rule(vdc, name, conditions, stages, expire_hours), output, RULE_COLS)

@@ -421,13 +421,7 @@ def apply(
             r = c.apply(doc)
             results.append(r)
             if output is Fmt.table and r["outcome"] == "held":
-                a = r["approval"]
-                why = "; ".join(f"{x['rule']}: {x['why']}" for x in a["reasons"])
-                out.print(
-                    f"app/{a['app']} ({a['vdc']}) held for approval {a['id']} ({why}); nothing changed yet. "
-                    f"Approvers of stage 1: {', '.join(a['stages'][0]['approvers'])}; "
-                    f"see 'shanzhi approval get {a['id']}'"
-                )
+                _print_held(r["approval"])
             elif output is Fmt.table:
                 out.print(f"app/{r['app']['name']} ({r['app']['vdc']}) {r['outcome']}")
         if wait:
@@ -476,6 +470,15 @@ def app_get(
             out.print(f"      {cloud}: excluded: {why}")
 
 
+def _print_held(a: dict[str, Any]) -> None:
+    why = "; ".join(f"{x['rule']}: {x['why']}" for x in a["reasons"])
+    out.print(
+        f"{a['action']} of app/{a['app']} ({a['vdc']}) held for approval {a['id']} ({why}); nothing changed yet. "
+        f"Approvers of stage 1: {', '.join(a['stages'][0]['approvers'])}; "
+        f"see 'shanzhi approval get {a['id']}'"
+    )
+
+
 @app_app.command("delete")
 def app_delete(
     name: str,
@@ -485,9 +488,17 @@ def app_delete(
     data_dir: Path | None = DataDirOpt,
     output: Fmt = OutputOpt,
 ) -> None:
-    """Delete an app: its replicas are stopped, then the app is removed."""
+    """Delete an app: its replicas are stopped, then the app is removed. Where an approval rule
+    covers deletes, the delete is held for approval instead and nothing changes yet."""
     with handle_errors(), client(data_dir) as c:
-        a = c.delete_app(name, vdc)
+        r = c.delete_app(name, vdc)
+        a = r["app"]
+        if r["outcome"] == "held" and output is Fmt.table:
+            _print_held(r["approval"])
+            return
+        if r["outcome"] == "held":
+            emit(r, output)
+            return
         if wait:
             deadline = time.monotonic() + timeout
             with err.status(f"deleting {name}"):
@@ -502,7 +513,7 @@ def app_delete(
                 else:
                     err.print(f"[red]error[/]: {name} still being deleted after {timeout:.0f}s")
                     raise typer.Exit(1)
-        emit(a, output, APP_COLS)
+        emit(r if output is Fmt.json else a, output, APP_COLS)
 
 
 @instance_app.command("list")

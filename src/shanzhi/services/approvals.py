@@ -1,11 +1,13 @@
-"""Approvals: per-VDC rules that hold an apply until named approvers agree, stage by stage.
+"""Approvals: per-VDC rules that hold an apply or a delete until named approvers agree, stage
+by stage.
 
 A rule on a VDC covers its subtree. It matches an apply when any of its conditions holds:
 `cpuOver` (the app's total cpu is above it), `sites` (the app may be placed in one of these
-sites), `always`. A matching apply becomes a pending request and changes nothing; each stage
-is passed by any one of its approvers (`alice`, or `role:vdc-admin` for whoever holds that
-role on the app's VDC, or `role:system-admin`); the last approval applies the spec, with the
-quota checked then. Requests expire; requesters never approve their own.
+sites), `always`; and a delete when it says `deletes`. A matching apply or delete becomes a
+pending request and changes nothing; each stage is passed by any one of its approvers (`alice`,
+or `role:vdc-admin` for whoever holds that role on the app's VDC, or `role:system-admin`); the
+last approval carries it out (an apply with the quota checked then). Requests expire;
+requesters never approve their own.
 """
 
 from __future__ import annotations
@@ -22,12 +24,12 @@ from shanzhi.domain.quantity import format_cpu, parse_cpu
 from shanzhi.domain.quota import ancestors
 from shanzhi.domain.rbac import ROLES, Principal, Scope
 from shanzhi.domain.spec import NAME_RE, AppSpec, parse_app
-from shanzhi.services.apps import apply_app, desired_usage
+from shanzhi.services.apps import apply_app, delete_app, desired_usage
 from shanzhi.services.vdcs import get_vdc, scope_filter
 from shanzhi.store.events import record_event
 from shanzhi.store.tables import App, ApprovalRequest, ApprovalRule, Cloud, Vdc, utcnow
 
-CONDITIONS = ("cpuOver", "sites", "always")
+CONDITIONS = ("cpuOver", "sites", "always", "deletes")
 
 
 # ------------------------------------------------------------------ rules
@@ -53,7 +55,9 @@ def add_rule(
     if unknown:
         raise InvalidInput(f"unknown condition {sorted(unknown)[0]!r}; use {', '.join(CONDITIONS)}", field="conditions")
     if not conditions:
-        raise InvalidInput("a rule needs at least one condition (cpuOver, sites or always)", field="conditions")
+        raise InvalidInput(
+            "a rule needs at least one condition (cpuOver, sites, always or deletes)", field="conditions"
+        )
     clean: dict[str, Any] = {}
     if "cpuOver" in conditions:
         try:
@@ -65,10 +69,11 @@ def add_rule(
         if not isinstance(sites, list) or not sites or not all(isinstance(x, str) and x for x in sites):
             raise InvalidInput("sites must be a non-empty list of site names", field="conditions.sites")
         clean["sites"] = sorted(set(sites))
-    if "always" in conditions:
-        if not isinstance(conditions["always"], bool):
-            raise InvalidInput("always must be true or false", field="conditions.always")
-        clean["always"] = conditions["always"]
+    for flag in ("always", "deletes"):
+        if flag in conditions:
+            if not isinstance(conditions[flag], bool):
+                raise InvalidInput(f"{flag} must be true or false", field=f"conditions.{flag}")
+            clean[flag] = conditions[flag]
     if not stages or not all(stage for stage in stages):
         raise InvalidInput("give at least one stage, each with at least one approver", field="stages")
     if s.scalar(select(ApprovalRule.id).where(ApprovalRule.vdc_id == v.id, ApprovalRule.name == name)):
@@ -118,6 +123,12 @@ def _why(s: Session, rule: ApprovalRule, spec: AppSpec) -> str | None:
     return None
 
 
+def _rules_over(s: Session, path: str) -> list[ApprovalRule]:
+    """The rules of `path` and its ancestors, the root's first."""
+    q = select(ApprovalRule).join(Vdc).where(Vdc.path.in_([*ancestors(path), path]))
+    return list(s.scalars(q.order_by(Vdc.path, ApprovalRule.id)))
+
+
 def hold_if_needed(s: Session, spec: AppSpec, requester: str) -> ApprovalRequest | None:
     """A pending request if an approval rule matches this apply (nothing else changes), else None."""
     path = spec.metadata.vdc
@@ -126,21 +137,39 @@ def hold_if_needed(s: Session, spec: AppSpec, requester: str) -> ApprovalRequest
     app = s.scalar(select(App).where(App.vdc_id == v.id, App.name == spec.metadata.name))
     if app is not None and app.spec == body:
         return None  # unchanged: nothing to approve
-    rules = s.scalars(
-        select(ApprovalRule).join(Vdc).where(Vdc.path.in_([*ancestors(path), path])).order_by(Vdc.path, ApprovalRule.id)
-    )
-    matched = [(r, why) for r in rules if (why := _why(s, r, spec)) is not None]
-    if not matched:
-        return None
+    matched = [(r, why) for r in _rules_over(s, path) if (why := _why(s, r, spec)) is not None]
+    return _hold(s, v, spec.metadata.name, "apply", body, matched, requester) if matched else None
+
+
+def hold_delete_if_needed(s: Session, app: App, requester: str) -> ApprovalRequest | None:
+    """A pending request if an approval rule with `deletes` covers this app, else None."""
+    if app.deleting:
+        return None  # already going: nothing to approve
+    matched = [
+        (r, "deleting an app needs approval") for r in _rules_over(s, app.vdc.path) if r.conditions.get("deletes")
+    ]
+    return _hold(s, app.vdc, app.name, "delete", app.spec, matched, requester) if matched else None
+
+
+def _hold(
+    s: Session,
+    v: Vdc,
+    app: str,
+    action: str,
+    body: dict[str, Any],
+    matched: list[tuple[ApprovalRule, str]],
+    requester: str,
+) -> ApprovalRequest:
     pending = s.scalar(
         select(ApprovalRequest).where(
             ApprovalRequest.vdc_id == v.id,
-            ApprovalRequest.app == spec.metadata.name,
+            ApprovalRequest.app == app,
+            ApprovalRequest.action == action,
             ApprovalRequest.status == "pending",
         )
     )
     if pending is not None and pending.document == body and pending.expires_at > utcnow():
-        return pending
+        return pending  # asked again: the same request, not a second one
     stages = [
         {"rule": r.name, "vdc": r.vdc.path, "approvers": list(stage), "decision": None, "by": None, "at": None}
         for r, _ in matched
@@ -148,7 +177,8 @@ def hold_if_needed(s: Session, spec: AppSpec, requester: str) -> ApprovalRequest
     ]
     req = ApprovalRequest(
         vdc_id=v.id,
-        app=spec.metadata.name,
+        app=app,
+        action=action,
         document=body,
         requester=requester,
         status="pending",
@@ -163,15 +193,8 @@ def hold_if_needed(s: Session, spec: AppSpec, requester: str) -> ApprovalRequest
     s.flush()
     s.refresh(req)
     why = "; ".join(f"{r.name}: {w}" for r, w in matched)
-    record_event(
-        s,
-        "ApprovalRequested",
-        "app",
-        spec.metadata.name,
-        f"apply held for approval {req.id} ({why})",
-        vdc=path,
-        app=spec.metadata.name,
-    )
+    msg = f"{action} held for approval {req.id} ({why})"
+    record_event(s, "ApprovalRequested", "app", app, msg, vdc=v.path, app=app)
     return req
 
 
@@ -273,9 +296,14 @@ def decide(s: Session, p: Principal, request_id: int, approve: bool, note: str =
     r.decided_at = now
     try:
         with s.begin_nested():
-            app, outcome = apply_app(s, parse_app(r.document))
-        r.status, r.outcome = "approved", f"applied: app {app.name} {outcome} (generation {app.generation})"
+            if r.action == "delete":
+                delete_app(s, r.app, path)
+                done = f"deleted: app {r.app} is being removed"
+            else:
+                app, outcome = apply_app(s, parse_app(r.document))
+                done = f"applied: app {app.name} {outcome} (generation {app.generation})"
+        r.status, r.outcome = "approved", done
     except ShanzhiError as err:
-        r.status, r.outcome = "failed", f"approved, but the apply failed: {err.detail}"
+        r.status, r.outcome = "failed", f"approved, but the {r.action} failed: {err.detail}"
     record_event(s, "ApprovalDecided", "app", r.app, f"approval {r.id} {r.status}: {r.outcome}", vdc=path, app=r.app)
     return r

@@ -286,12 +286,13 @@ class ApprovalRule(Base):
 
 
 class ApprovalRequest(Base):
-    """A held apply: nothing changes until every stage approves; then the spec is applied."""
+    """A held apply or delete: nothing changes until every stage approves; then it is carried out."""
 
     __tablename__ = "approval_requests"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     vdc_id: Mapped[int] = mapped_column(ForeignKey("vdcs.id", ondelete="CASCADE"))
     app: Mapped[str] = mapped_column(String(63))
+    action: Mapped[str] = mapped_column(String(16), default="apply")  # apply | delete
     document: Mapped[dict[str, Any]] = mapped_column()
     requester: Mapped[str] = mapped_column(String(64))
     # pending | approved | rejected | expired | failed

@@ -36,6 +36,7 @@ def apply_app(
         held = approvals.hold_if_needed(s, spec, p.user)
         if held is not None:
             response.status_code = 202
+            request.state.audit_outcome = "held"
             return schemas.ApplyOut(app=None, outcome="held", approval=views.approval(held))
         app, outcome = svc.apply_app(s, spec)
         response.status_code = 201 if outcome == "created" else 200
@@ -61,18 +62,24 @@ def get_app(
         return views.app(s, svc.find_app(s, name, vdc, p.scope("app.read")), detail=True)
 
 
-@router.delete("/{name}", status_code=202, response_model=schemas.AppOut)
+@router.delete("/{name}", status_code=202, response_model=schemas.ApplyOut)
 def delete_app(
     request: Request,
     name: str,
     vdc: str | None = Query(None),
     p: Principal = Depends(principal),
     rt: Runtime = Depends(runtime),
-) -> schemas.AppOut:
+) -> schemas.ApplyOut:
+    """Mark an app for deletion (its replicas stop, then it goes), or, where an approval rule
+    covers deletes, hold the delete for approval (`outcome: held`) and change nothing."""
     with transaction(request) as s:
         app = svc.find_app(s, name, vdc, p.scope("app.read"))
         require(p, "app.write", app.vdc.path, visible="app.read")
         request.state.target = f"app {app.vdc.path}/{app.name}"
-        out = views.app(s, svc.delete_app(s, name, app.vdc.path))
+        held = approvals.hold_delete_if_needed(s, app, p.user)
+        if held is not None:
+            request.state.audit_outcome = "held"
+            return schemas.ApplyOut(app=views.app(s, app), outcome="held", approval=views.approval(held))
+        out = schemas.ApplyOut(app=views.app(s, svc.delete_app(s, name, app.vdc.path)), outcome="deleting")
     rt.wake()
     return out

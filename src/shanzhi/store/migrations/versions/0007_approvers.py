@@ -1,4 +1,5 @@
-"""approval requests: every stage's approvers in one column, so lists filter in SQL
+"""approval requests: every stage's approvers in one column (so lists filter in SQL), and the
+action held (apply or delete)
 
 Revision ID: 0007
 Revises: 0006
@@ -19,6 +20,7 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table("approval_requests") as b:
         b.add_column(sa.Column("approvers", sa.Text(), nullable=False, server_default=""))
+        b.add_column(sa.Column("action", sa.String(16), nullable=False, server_default="apply"))
     conn = op.get_bind()
     rows = conn.execute(sa.text("SELECT id, stages FROM approval_requests")).all()
     for rid, stages in rows:
@@ -30,4 +32,5 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     with op.batch_alter_table("approval_requests") as b:
+        b.drop_column("action")
         b.drop_column("approvers")
