@@ -116,22 +116,7 @@ def serve(
             err.print(f"[red]error[/]: --witness {item!r} is not URL=VKEY")
             raise typer.Exit(1)
         witnesses.append((url, vkey))
-    secret = os.environ.get("SHANZHI_OIDC_CLIENT_SECRET", "")
-    if oidc_client_secret_file is not None:
-        try:
-            secret = oidc_client_secret_file.read_text().strip()
-        except OSError as e:
-            err.print(f"[red]error[/]: cannot read --oidc-client-secret-file: {e}")
-            raise typer.Exit(1) from None
-    if oidc_issuer and not _secure_issuer(oidc_issuer):
-        err.print(f"[red]error[/]: --oidc-issuer {oidc_issuer} must be an https URL (plain http only on loopback)")
-        raise typer.Exit(1)
-    if oidc_issuer and not secret:
-        err.print(
-            "[red]error[/]: --oidc-issuer needs the client secret: --oidc-client-secret-file "
-            "or $SHANZHI_OIDC_CLIENT_SECRET"
-        )
-        raise typer.Exit(1)
+    secret = _oidc_secret(oidc_issuer, oidc_client_secret_file) if oidc_issuer else ""
     settings = Settings.build(
         data_dir,
         database_url,
@@ -165,11 +150,28 @@ def serve(
     run(settings)
 
 
-def _secure_issuer(url: str) -> bool:
+def _oidc_secret(issuer: str, secret_file: Path | None) -> str:
+    """Check the single sign-on options; the client secret (from the file, else the environment)."""
     from urllib.parse import urlsplit
 
-    u = urlsplit(url)
-    return u.scheme == "https" or (u.scheme == "http" and u.hostname in ("127.0.0.1", "localhost", "::1"))
+    u = urlsplit(issuer)
+    if not (u.scheme == "https" or (u.scheme == "http" and u.hostname in ("127.0.0.1", "localhost", "::1"))):
+        err.print(f"[red]error[/]: --oidc-issuer {issuer} must be an https URL (plain http only on loopback)")
+        raise typer.Exit(1)
+    secret = os.environ.get("SHANZHI_OIDC_CLIENT_SECRET", "")
+    if secret_file is not None:
+        try:
+            secret = secret_file.read_text().strip()
+        except OSError as e:
+            err.print(f"[red]error[/]: cannot read --oidc-client-secret-file: {e}")
+            raise typer.Exit(1) from None
+    if not secret:
+        err.print(
+            "[red]error[/]: --oidc-issuer needs the client secret: --oidc-client-secret-file "
+            "or $SHANZHI_OIDC_CLIENT_SECRET"
+        )
+        raise typer.Exit(1)
+    return secret
 
 
 @app.command()
