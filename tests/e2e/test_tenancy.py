@@ -98,3 +98,29 @@ def test_departments_log_in_see_only_their_own_and_approvals_gate_big_applies(de
     verified = cli.run("audit", "verify")
     assert verified.returncode == 0 and "unbroken" in verified.stdout
     assert cli.run("audit", "list", token=admin).returncode == 1  # the system admin may not
+
+
+def test_serve_flags_set_retention_lockout_and_session_length(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    flags = ("--audit-retention-days", "400", "--max-login-failures", "2", "--session-hours", "1")
+    s = Server(data_dir, None, *flags)
+    try:
+        cli = Cli(s)
+        sec = (data_dir / "security.token").read_text().strip()
+        r = cli.run("user", "create", "wu.hao", "--password", "correct-horse-9", token=sec)
+        assert r.returncode == 0, r.stderr
+        ok = json.loads(cli.ok("login", "-u", "wu.hao", "--password", "correct-horse-9", "-o", "json"))
+        from datetime import datetime, timedelta
+
+        lasts = datetime.fromisoformat(ok["expires_at"]) - datetime.fromisoformat(ok["created_at"])
+        assert timedelta(minutes=59) < lasts <= timedelta(hours=1)
+        for _ in range(2):
+            assert cli.run("login", "-u", "wu.hao", "--password", "wrong-password-1").returncode == 1
+        locked = cli.run("login", "-u", "wu.hao", "--password", "correct-horse-9")
+        assert locked.returncode == 1 and "locked after 2 failed logins" in locked.stderr
+        audit = (data_dir / "audit.token").read_text().strip()
+        verify = json.loads(cli.run("audit", "verify", "-o", "json", token=audit).stdout)
+        assert verify["retention_days"] == 400
+    finally:
+        stop_everything(data_dir, s)

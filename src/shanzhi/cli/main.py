@@ -87,6 +87,12 @@ def serve(
     witness_quorum: int | None = typer.Option(
         None, "--witness-quorum", help="Cosignatures needed (default: majority)."
     ),
+    audit_retention_days: int = typer.Option(
+        180, "--audit-retention-days", min=1, help="Keep audit records this long (the law asks for at least 180)."
+    ),
+    max_login_failures: int = typer.Option(5, "--max-login-failures", min=1, help="Wrong passwords before lock-out."),
+    lockout_minutes: float = typer.Option(15, "--lockout-minutes", min=0.1, help="How long a lock-out lasts."),
+    session_hours: float = typer.Option(12, "--session-hours", min=0.1, help="How long a login session lasts."),
     public_url: str | None = typer.Option(
         None, "--public-url", help="How browsers reach this server (default http://HOST:PORT); for single sign-on."
     ),
@@ -117,9 +123,18 @@ def serve(
             raise typer.Exit(1)
         witnesses.append((url, vkey))
     secret = _oidc_secret(oidc_issuer, oidc_client_secret_file) if oidc_issuer else ""
+    if audit_retention_days < 180:
+        err.print(
+            f"[yellow]warning[/]: audit records kept {audit_retention_days} days, less than the six months "
+            "the Cybersecurity Law (art. 21) asks for"
+        )
     settings = Settings.build(
         data_dir,
         database_url,
+        audit_retention_days=audit_retention_days,
+        max_login_failures=max_login_failures,
+        lockout_minutes=lockout_minutes,
+        session_hours=session_hours,
         public_url=public_url,
         oidc_issuer=oidc_issuer,
         oidc_client_id=oidc_client_id,
