@@ -43,6 +43,7 @@ class Settings:
     oidc_client_secret: str = ""
     oidc_scopes: str = "openid profile email"
     oidc_username_claim: str = "preferred_username"
+    oidc_groups_claim: str = "groups"
     oidc_auto_create: bool = False
     oidc_name: str = "single sign-on"
 

@@ -52,6 +52,9 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("PUT", "/users/{name}/password"): frozenset({SEC}),
     ("POST", "/users/{name}/lock"): frozenset({SEC}),
     ("DELETE", "/users/{name}/oidc"): frozenset({SEC}),
+    ("GET", "/oidc-group-maps"): frozenset({SEC}),
+    ("POST", "/oidc-group-maps"): frozenset({SEC}),
+    ("DELETE", "/oidc-group-maps/{map_id}"): frozenset({SEC}),
     ("POST", "/users/{name}/unlock"): frozenset({SEC}),
     ("GET", "/grants"): frozenset({SEC, VADMIN}),
     ("POST", "/grants"): frozenset({SEC, VADMIN}),
@@ -195,6 +198,11 @@ def _calls(w: World) -> dict[tuple[str, str], Callable[[str], Call]]:
         assert admin.post("/api/v1/clouds", json={"name": name, "kind": "sim", "site": "s", "region": "gz"}).is_success
         return f"/clouds/{name}", {}
 
+    def new_group_map(_: str) -> Call:
+        r = sec.post("/api/v1/oidc-group-maps", json={"group": w.fresh(), "role": "viewer", "vdc": "gz/health"})
+        assert r.status_code == 201, r.text
+        return f"/oidc-group-maps/{r.json()['id']}", {}
+
     def new_rule(_: str) -> Call:
         body = {"vdc": "gz/health", "name": w.fresh(), "conditions": {"cpuOver": "64"}, "stages": [["x"]]}
         return f"/approval-rules/{admin.post('/api/v1/approval-rules', json=body).json()['id']}", {}
@@ -231,6 +239,12 @@ def _calls(w: World) -> dict[tuple[str, str], Callable[[str], Call]]:
         ("PUT", "/users/{name}/password"): lambda _: ("/users/target/password", {"json": {"password": PASSWORD}}),
         ("POST", "/users/{name}/lock"): lambda _: ("/users/target/lock", {}),
         ("DELETE", "/users/{name}/oidc"): lambda _: ("/users/target/oidc", {}),
+        ("GET", "/oidc-group-maps"): lambda _: ("/oidc-group-maps", {}),
+        ("POST", "/oidc-group-maps"): lambda _: (
+            "/oidc-group-maps",
+            {"json": {"group": w.fresh(), "role": "viewer", "vdc": "gz/health"}},
+        ),
+        ("DELETE", "/oidc-group-maps/{map_id}"): new_group_map,
         ("POST", "/users/{name}/unlock"): lambda _: ("/users/target/unlock", {}),
         ("GET", "/grants"): lambda _: ("/grants", {}),
         ("POST", "/grants"): lambda _: ("/grants", {"json": {"user": "target", "role": "viewer", "vdc": "gz/health"}}),

@@ -339,3 +339,60 @@ def test_sessions_from_the_provider_expire_like_password_sessions(sso: TestClien
 
     expires = datetime.fromisoformat(t["expires_at"])
     assert timedelta(hours=hours) - timedelta(minutes=1) < expires - utcnow() <= timedelta(hours=hours)
+
+
+def test_roles_follow_the_providers_groups(sso: TestClient, provider: OidcProvider) -> None:
+    create_user(sso, "group.user", "viewer", "health")  # a grant by hand: groups never touch it
+    maps = {}
+    for group, role, vdc in (
+        ("health-staff", "member", "health"),
+        ("auditors", "audit-admin", None),
+        ("ops", "system-admin", None),
+    ):
+        r = sso.post("/api/v1/oidc-group-maps", json={"group": group, "role": role, "vdc": vdc})
+        assert r.status_code == 201, r.text
+        maps[group] = r.json()["id"]
+
+    def login_with(groups: list[str]) -> Any:
+        provider.set_accounts({"u-3": {"preferred_username": "group.user", "groups": groups}})
+        v, answer = login(sso, "u-3")
+        if answer.status_code != 303 or "code=" not in answer.headers["location"]:
+            return answer
+        t = exchange(sso, handoff(answer)["code"], v).json()
+        return sso.get("/api/v1/auth/whoami", headers=bearer(t["token"])).json()
+
+    def grants() -> set[tuple[str, str | None, str]]:
+        return {(g["role"], g["vdc"], g["by"]) for g in sso.get("/api/v1/grants", params={"user": "group.user"}).json()}
+
+    me = login_with(["health-staff", "unmapped"])
+    assert sorted(r["role"] for r in me["vdc_roles"]) == ["member", "viewer"] and me["platform_roles"] == []
+    assert ("member", "health", "oidc:health-staff") in grants()
+    me = login_with(["auditors"])  # left health-staff, joined auditors
+    assert me["platform_roles"] == ["audit-admin"] and [r["role"] for r in me["vdc_roles"]] == ["viewer"]
+    refused = login_with(["auditors", "ops"])  # two platform roles: never
+    detail = parse_qs(urlsplit(refused.headers["location"]).query)["error"][0]
+    assert "platform roles are separated" in detail and "group ops gives system-admin" in detail
+    before = grants()
+    assert ("audit-admin", None, "oidc:auditors") in before
+    # removing a map takes its grants away at once
+    assert sso.delete(f"/api/v1/oidc-group-maps/{maps['auditors']}").status_code == 200
+    assert grants() == before - {("audit-admin", None, "oidc:auditors")}
+    assert ("viewer", "health", "security") in grants()  # the grant by hand stayed throughout
+
+
+def test_bad_group_maps_are_refused(sso: TestClient) -> None:
+    cases = [
+        ({"group": "g", "role": "overlord", "vdc": None}, 422, "unknown role"),
+        ({"group": "g", "role": "audit-admin", "vdc": "health"}, 422, "platform role"),
+        ({"group": "g", "role": "member", "vdc": None}, 422, "VDC role"),
+        ({"group": "g", "role": "member", "vdc": "no/such"}, 404, "no/such"),
+        ({"group": " ", "role": "audit-admin", "vdc": None}, 422, "group"),
+    ]
+    for body, status, word in cases:
+        r = sso.post("/api/v1/oidc-group-maps", json=body)
+        assert r.status_code == status and word in r.json()["detail"], (body, r.text)
+    assert sso.post("/api/v1/oidc-group-maps", json={"group": "g", "role": "audit-admin"}).status_code == 201
+    again = sso.post("/api/v1/oidc-group-maps", json={"group": "g", "role": "audit-admin"})
+    assert again.status_code == 409
+    assert [m["group"] for m in sso.get("/api/v1/oidc-group-maps").json()] == ["g"]
+    assert sso.delete("/api/v1/oidc-group-maps/999").status_code == 404

@@ -21,7 +21,7 @@ const provider = new Provider(issuer, {
   clients: config.clients,
   jwks: config.jwks,
   findAccount: async (ctx, id) => account(id),
-  claims: { openid: ['sub'], profile: ['preferred_username', 'name'], email: ['email'] },
+  claims: { openid: ['sub'], profile: ['preferred_username', 'name', 'groups'], email: ['email'] },
   cookies: { keys: ['shanzhi-test-cookie-key'] },
   features: { devInteractions: { enabled: true } },
 });

@@ -45,6 +45,7 @@ def relying_party(settings: Settings) -> RelyingParty | None:
             redirect_uri=f"{settings.base_url}/api/v1/auth/oidc/callback",
             scopes=settings.oidc_scopes,
             username_claim=settings.oidc_username_claim,
+            groups_claim=settings.oidc_groups_claim,
             auto_create=settings.oidc_auto_create,
             name=settings.oidc_name,
         )

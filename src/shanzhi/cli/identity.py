@@ -13,6 +13,7 @@ from shanzhi.client import Client, discover_token, save_credentials, server_url
 
 user_app = typer.Typer(help="Users (security administrators).", no_args_is_help=True)
 token_app = typer.Typer(help="Your API tokens (security administrators: everyone's).", no_args_is_help=True)
+sso_app = typer.Typer(help="Single sign-on: roles from the provider's groups.", no_args_is_help=True)
 grant_app = typer.Typer(help="Roles of users: platform roles and VDC roles.", no_args_is_help=True)
 DataDirOpt = typer.Option(None, "--data-dir", envvar="SHANZHI_HOME", help="Data directory (for the token).")
 UrlOpt = typer.Option(None, "--url", envvar="SHANZHI_URL", help="Server URL (default http://127.0.0.1:8700).")
@@ -35,6 +36,13 @@ TOKEN_COLS: Columns = [
     ("EXPIRES", lambda r: str(r["expires_at"] or "never")[:19]),
     ("REVOKED", lambda r: str(r["revoked_at"] or "")[:19]),
     ("LAST USED", lambda r: str(r["last_used_at"] or "")[:19]),
+]
+GROUP_MAP_COLS: Columns = [
+    ("ID", lambda r: r["id"]),
+    ("GROUP", lambda r: r["group"]),
+    ("ROLE", lambda r: r["role"]),
+    ("VDC", lambda r: r["vdc"] or "(platform)"),
+    ("BY", lambda r: r["by"]),
 ]
 GRANT_COLS: Columns = [
     ("ID", lambda r: r["id"]),
@@ -274,3 +282,31 @@ def grant_remove(grant_id: int, data_dir: Path | None = DataDirOpt, output: Fmt 
     """Take a role away (see the ids in 'shanzhi grant list')."""
     with handle_errors(), _client(data_dir) as c:
         emit(c.revoke_grant(grant_id), output, GRANT_COLS)
+
+
+# ------------------------------------------------------------------ single sign-on groups
+@sso_app.command("list")
+def sso_list(data_dir: Path | None = DataDirOpt, output: Fmt = OutputOpt) -> None:
+    """Which provider groups give which roles (security administrators)."""
+    with handle_errors(), _client(data_dir) as c:
+        emit(c.group_maps(), output, GROUP_MAP_COLS)
+
+
+@sso_app.command("map")
+def sso_map(
+    group: str = typer.Argument(..., help="The group's name, as the provider sends it."),
+    role: str = typer.Argument(..., help="system-admin, security-admin, audit-admin, vdc-admin, member or viewer."),
+    vdc: str | None = typer.Option(None, "--vdc", help="The VDC a VDC role holds on (and its whole subtree)."),
+    data_dir: Path | None = DataDirOpt,
+    output: Fmt = OutputOpt,
+) -> None:
+    """Give members of a provider group a role at their next single sign-on login."""
+    with handle_errors(), _client(data_dir) as c:
+        emit(c.add_group_map(group, role, vdc), output, GROUP_MAP_COLS)
+
+
+@sso_app.command("unmap")
+def sso_unmap(map_id: int, data_dir: Path | None = DataDirOpt, output: Fmt = OutputOpt) -> None:
+    """Remove a group map and the grants it gave."""
+    with handle_errors(), _client(data_dir) as c:
+        emit(c.remove_group_map(map_id), output, GROUP_MAP_COLS)

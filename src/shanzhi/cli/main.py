@@ -43,6 +43,7 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(identity.user_app, name="user")
 app.add_typer(identity.token_app, name="token")
 app.add_typer(identity.grant_app, name="grant")
+app.add_typer(identity.sso_app, name="sso")
 app.add_typer(governance.approval_app, name="approval")
 app.add_typer(governance.rate_app, name="rate")
 for _cmd in (identity.login, identity.logout, identity.whoami, identity.passwd, governance.bill):
@@ -108,6 +109,9 @@ def serve(
     oidc_username_claim: str = typer.Option(
         "preferred_username", "--oidc-username-claim", help="The claim that names the Shanzhi user."
     ),
+    oidc_groups_claim: str = typer.Option(
+        "groups", "--oidc-groups-claim", help="The claim listing the user's groups (see 'shanzhi sso map')."
+    ),
     oidc_auto_create: bool = typer.Option(
         False, "--oidc-auto-create", help="Create unknown users on first login (with no roles) instead of refusing."
     ),
@@ -140,6 +144,7 @@ def serve(
         oidc_client_id=oidc_client_id,
         oidc_client_secret=secret,
         oidc_username_claim=oidc_username_claim,
+        oidc_groups_claim=oidc_groups_claim,
         oidc_auto_create=oidc_auto_create,
         host=host,
         port=port,

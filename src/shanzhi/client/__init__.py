@@ -190,6 +190,15 @@ class Client:
     def unlink_oidc(self, name: str) -> Any:
         return self._call("DELETE", f"/users/{name}/oidc")
 
+    def group_maps(self) -> Any:
+        return self._call("GET", "/oidc-group-maps")
+
+    def add_group_map(self, group: str, role: str, vdc: str | None) -> Any:
+        return self._call("POST", "/oidc-group-maps", json={"group": group, "role": role, "vdc": vdc})
+
+    def remove_group_map(self, map_id: int) -> Any:
+        return self._call("DELETE", f"/oidc-group-maps/{map_id}")
+
     def oidc_info(self) -> Any:
         return self._call("GET", "/auth/oidc")
 

@@ -16,13 +16,15 @@ to paste; the client trades code and verifier for a session token, once, within 
 Users are matched by issuer and subject. A subject seen for the first time is linked to the
 local user its username claim names (a security administrator creates users ahead and grants
 them roles), never to a bootstrap administrator; with `auto_create` an unknown name becomes a
-new user with no roles, which default deny leaves seeing nothing.
+new user with no roles, which default deny leaves seeing nothing. Roles can also come from the
+provider's groups (see services.oidc_groups), brought up to date at every login.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import re
 import secrets
 import ssl
@@ -44,8 +46,10 @@ from sqlalchemy.orm import Session
 
 from shanzhi.domain.errors import Forbidden, IdentityProviderError, InvalidInput, Locked, Unauthorized
 from shanzhi.services.identity import BOOTSTRAP, USER_RE, Policy, create_user, issue_token, token_hash
+from shanzhi.services.oidc_groups import groups_of, sync_grants
 from shanzhi.store.tables import OidcFlow, Token, User, utcnow
 
+log = logging.getLogger("shanzhi.oidc")
 FLOW_TTL = timedelta(minutes=10)  # from start to the provider's callback
 HANDOFF_TTL = timedelta(minutes=2)  # from the callback to the client's exchange
 ASYMMETRIC = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
@@ -66,6 +70,7 @@ class OidcConfig:
     redirect_uri: str
     scopes: str = "openid profile email"
     username_claim: str = "preferred_username"
+    groups_claim: str = "groups"
     auto_create: bool = False
     name: str = "single sign-on"
 
@@ -181,7 +186,8 @@ class RelyingParty:
         claims = self.verify_id_token(id_token, nonce)
         userinfo = meta.get("userinfo_endpoint")
         access = tokens.get("access_token")
-        if self.config.username_claim not in claims and isinstance(userinfo, str) and isinstance(access, str):
+        wanted = (self.config.username_claim, self.config.groups_claim)
+        if any(c not in claims for c in wanted) and isinstance(userinfo, str) and isinstance(access, str):
             info = self._get_json(userinfo, "userinfo", {"Authorization": f"Bearer {access}"})
             if info.get("sub") != claims["sub"]:  # Core 5.3.2: must match the ID token's subject
                 raise IdentityProviderError("the userinfo answer is about another subject than the ID token")
@@ -278,6 +284,8 @@ def finish(s: Session, cfg: OidcConfig, flow: OidcFlow, claims: dict[str, Any]) 
     user = link_user(s, cfg, claims)
     if user.disabled:
         raise Locked(f"user {user.name} is locked by an administrator; ask a security administrator to unlock it")
+    for change in sync_grants(s, user, groups_of(claims, cfg.groups_claim)):
+        log.info("single sign-on: %s %s", user.name, change)
     handoff = secrets.token_urlsafe(32)
     flow.handoff_hash = token_hash(handoff)
     flow.user_id = user.id

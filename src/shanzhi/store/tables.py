@@ -223,6 +223,20 @@ class User(Base):
     oidc_subject: Mapped[str | None] = mapped_column(String(255))
 
 
+class OidcGroupMap(Base):
+    """A provider group whose members get a role (on a VDC, or a platform role) at each login."""
+
+    __tablename__ = "oidc_group_maps"
+    __table_args__ = (UniqueConstraint("group", "role", "vdc_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    group: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(32))
+    vdc_id: Mapped[int | None] = mapped_column(ForeignKey("vdcs.id", ondelete="CASCADE"))
+    created_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    vdc: Mapped[Vdc | None] = relationship(lazy="joined")
+
+
 class OidcFlow(Base):
     """An OpenID Connect login in progress: begun by a client, finished by the provider's
     callback, then traded once by the same client (who proves it with its verifier)."""

@@ -17,10 +17,14 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import Field
 
 from shanzhi.api.audit import transaction
+from shanzhi.api.auth import principal
 from shanzhi.api.deps import Runtime, runtime
 from shanzhi.api.routes.identity import _In, _policy, token_out
 from shanzhi.domain.errors import InvalidInput, NotFound, ShanzhiError, Unauthorized
+from shanzhi.domain.rbac import Principal
 from shanzhi.services import oidc as sso
+from shanzhi.services import oidc_groups as groups
+from shanzhi.store.tables import OidcGroupMap
 
 router = APIRouter(tags=["identity"])
 
@@ -30,6 +34,12 @@ class StartIn(_In):
     return_to: str | None = Field(
         None, description="a loopback URL (http://127.0.0.1:PORT/...) the code is sent to; null: shown in the browser"
     )
+
+
+class GroupMapIn(_In):
+    group: str = Field(description="the group's name as the provider sends it in the groups claim")
+    role: str
+    vdc: str | None = None
 
 
 class ExchangeIn(_In):
@@ -118,6 +128,40 @@ def exchange(request: Request, body: ExchangeIn, rt: Runtime = Depends(runtime))
     if failure is not None:
         raise failure
     return out
+
+
+# ------------------------------------------------------------------ group maps (security admins)
+def group_map_out(m: OidcGroupMap) -> dict[str, Any]:
+    return {
+        "id": m.id,
+        "group": m.group,
+        "role": m.role,
+        "vdc": m.vdc.path if m.vdc else None,
+        "by": m.created_by,
+        "created_at": m.created_at,
+    }
+
+
+@router.get("/oidc-group-maps")
+def list_group_maps(rt: Runtime = Depends(runtime)) -> list[dict[str, Any]]:
+    """Which provider groups give which roles at single sign-on."""
+    with rt.db.session() as s:
+        return [group_map_out(m) for m in groups.list_maps(s)]
+
+
+@router.post("/oidc-group-maps", status_code=201)
+def add_group_map(request: Request, body: GroupMapIn, p: Principal = Depends(principal)) -> dict[str, Any]:
+    """Members of `group` get `role` (on `vdc`) at their next single sign-on login."""
+    request.state.target = f"group {body.group[:128]}"
+    with transaction(request) as s:
+        return group_map_out(groups.add_map(s, body.group, body.role, body.vdc, p.user))
+
+
+@router.delete("/oidc-group-maps/{map_id}")
+def remove_group_map(request: Request, map_id: int) -> dict[str, Any]:
+    """Remove a group map, and the grants it gave, at once."""
+    with transaction(request) as s:
+        return group_map_out(groups.remove_map(s, map_id))
 
 
 def _page(title: str, text: str, status: int, code: str | None = None) -> HTMLResponse:

@@ -1,5 +1,5 @@
 """approval requests: every stage's approvers in one column (so lists filter in SQL), and the
-action held (apply or delete)
+action held (apply or delete); single sign-on group maps
 
 Revision ID: 0007
 Revises: 0006
@@ -28,9 +28,20 @@ def upgrade() -> None:
         names = sorted({a for st in doc.get("stages", []) for a in st.get("approvers", [])})
         keys = "|" + "|".join(names) + "|" if names else ""
         conn.execute(sa.text("UPDATE approval_requests SET approvers = :k WHERE id = :i"), {"k": keys, "i": rid})
+    op.create_table(
+        "oidc_group_maps",
+        sa.Column("id", sa.Integer(), primary_key=True),
+        sa.Column("group", sa.String(255), nullable=False),
+        sa.Column("role", sa.String(32), nullable=False),
+        sa.Column("vdc_id", sa.Integer(), sa.ForeignKey("vdcs.id", ondelete="CASCADE")),
+        sa.Column("created_by", sa.String(64), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.UniqueConstraint("group", "role", "vdc_id"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("oidc_group_maps")
     with op.batch_alter_table("approval_requests") as b:
         b.drop_column("action")
         b.drop_column("approvers")
