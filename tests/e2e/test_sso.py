@@ -30,14 +30,14 @@ def world(tmp_path: Path) -> Iterator[tuple[Server, Cli, OidcProvider]]:
     args = ("--oidc-issuer", provider.issuer, "--oidc-client-id", CLIENT_ID, "--oidc-client-secret-file", str(secret))
     server = Server(data_dir, None, *args)
     provider.start([f"{server.url}/api/v1/auth/oidc/callback"])
-    provider.set_accounts({"u-2001": {"preferred_username": "li.wei", "name": "Li Wei"}})
+    provider.set_accounts({"u-2001": {"preferred_username": "li.wei", "name": "Li Wei", "groups": ["health-staff"]}})
     cli = Cli(server)
     sec = (data_dir / "security.token").read_text().strip()
     admin = (data_dir / "admin.token").read_text().strip()
     for args_, token in (
         (("vdc", "create", "health"), admin),
         (("user", "create", "li.wei", "--no-password"), sec),
-        (("grant", "add", "li.wei", "member", "--vdc", "health"), sec),
+        (("sso", "map", "health-staff", "member", "--vdc", "health"), sec),  # the role comes from the group
     ):
         r = cli.run(*args_, token=token)
         assert r.returncode == 0, r.stderr
@@ -98,6 +98,10 @@ def test_cli_logs_in_through_the_browser_and_loopback(world: tuple[Server, Cli, 
     assert me["user"] == "li.wei" and me["vdc_roles"] == [{"role": "member", "vdc": "health"}]
     users = json.loads(cli.run("user", "list", "-o", "json", token=_token(server, "security")).stdout)
     assert {u["name"]: u["oidc_subject"] for u in users}["li.wei"] == "u-2001"
+    maps = json.loads(cli.run("sso", "list", "-o", "json", token=_token(server, "security")).stdout)
+    assert [(m["group"], m["role"], m["vdc"]) for m in maps] == [("health-staff", "member", "health")]
+    grants = json.loads(cli.run("grant", "list", "-o", "json", token=_token(server, "security")).stdout)
+    assert {(g["user"], g["by"]) for g in grants} >= {("li.wei", "oidc:health-staff")}
 
 
 def test_cli_logs_in_without_a_browser_by_pasting_the_code(world: tuple[Server, Cli, OidcProvider]) -> None:
