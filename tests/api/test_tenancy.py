@@ -65,6 +65,28 @@ def test_wrong_password_and_unknown_user_look_the_same_and_lock_out(tenants: Ten
     ]
 
 
+def test_dead_tokens_are_pruned_after_a_month_live_ones_never(tenants: Tenants) -> None:
+    from shanzhi.controllers.housekeeping import prune_credentials
+
+    me = tenants.as_("tmember")
+    ids = {
+        name: me.post(f"{V1}/tokens", json={"name": name}).json()["id"]
+        for name in ("old-rev", "new-rev", "old-exp", "live")
+    }
+    now = utcnow()
+    db = tenants.api.app.state.db
+    with db.session() as s, s.begin():
+        s.execute(update(Token).where(Token.id == ids["old-rev"]).values(revoked_at=now - timedelta(days=31)))
+        s.execute(update(Token).where(Token.id == ids["new-rev"]).values(revoked_at=now - timedelta(days=1)))
+        s.execute(update(Token).where(Token.id == ids["old-exp"]).values(expires_at=now - timedelta(days=31)))
+    with db.session() as s, s.begin():
+        assert prune_credentials(s) == 2
+    names = {t["name"] for t in me.get(f"{V1}/tokens").json()}
+    assert {"new-rev", "live"} <= names and not {"old-rev", "old-exp"} & names
+    with db.session() as s, s.begin():
+        assert prune_credentials(s) == 0  # nothing more to do
+
+
 def test_locked_user_tokens_stop_working(tenants: Tenants) -> None:
     assert tenants.as_("hmember").get(f"{V1}/apps").status_code == 200
     assert tenants.as_("security").post(f"{V1}/users/hmember/lock").status_code == 200

@@ -1,6 +1,7 @@
 """Housekeeping the leader does besides reconciling: metering (every `meter_every` seconds, not
-every pass: it touches every running instance), expiring approval requests, and pruning audit
-records past their retention (hourly).
+every pass: it touches every running instance), expiring approval requests, and, hourly, pruning
+audit records past their retention and credentials that can never work again (tokens expired or
+revoked a month ago, single sign-on logins that lapsed).
 
 Metering moves a persistent mark forward by whole seconds and credits that time to every
 instance holding resources (starting, running, unhealthy), split at clock-hour boundaries, in
@@ -15,7 +16,7 @@ import logging
 import time
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, tuple_, update
+from sqlalchemy import delete, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from shanzhi.store import Database
@@ -27,6 +28,8 @@ from shanzhi.store.tables import (
     Cloud,
     Instance,
     MeterState,
+    OidcFlow,
+    Token,
     UsageRecord,
     Vdc,
     utcnow,
@@ -137,6 +140,18 @@ def prune_audit(s: Session, retention_days: int, now: datetime | None = None) ->
     return n
 
 
+TOKEN_AFTERLIFE = timedelta(days=30)  # dead tokens stay listed this long ("revoked yesterday")
+
+
+def prune_credentials(s: Session, now: datetime | None = None) -> int:
+    """Delete tokens expired or revoked more than TOKEN_AFTERLIFE ago, and lapsed SSO logins."""
+    now = now or utcnow()
+    gone = now - TOKEN_AFTERLIFE
+    tokens = s.execute(delete(Token).where(or_(Token.expires_at <= gone, Token.revoked_at <= gone)))
+    flows = s.execute(delete(OidcFlow).where(OidcFlow.expires_at <= now))
+    return int(tokens.rowcount or 0) + int(flows.rowcount or 0)  # type: ignore[attr-defined]
+
+
 class Housekeeping:
     def __init__(
         self,
@@ -165,5 +180,8 @@ class Housekeeping:
             self._last_prune = now
             with self.db.session() as s, s.begin():
                 n = prune_audit(s, self.retention)
+                dead = prune_credentials(s)
             if n:
                 log.info("pruned %d audit records older than %d days", n, self.retention)
+            if dead:
+                log.info("removed %d dead tokens and lapsed single sign-on logins", dead)
