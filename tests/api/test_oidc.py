@@ -227,6 +227,18 @@ def test_a_refusal_at_the_provider_reaches_the_client(sso: TestClient, provider:
         assert s.scalar(select(OidcFlow).where(OidcFlow.state == flow["state"])) is None  # cannot be finished later
 
 
+def test_an_answer_naming_another_issuer_is_refused(sso: TestClient, provider: OidcProvider) -> None:
+    create_user(sso, "mixup.user")
+    _, flow = start(sso)
+    browser = Browser(sso)
+    callback = browser.authorize(flow["authorization_url"], "mixup.user", "http://testserver")
+    browser.close()
+    assert "iss=" in callback  # this provider sends RFC 9207's iss parameter
+    forged = callback.replace("iss=http%3A%2F%2F127.0.0.1", "iss=http%3A%2F%2F127.0.0.2")
+    answer = sso.get(forged.removeprefix("http://testserver"), headers=anon(sso), follow_redirects=False)
+    assert "names issuer http://127.0.0.2" in parse_qs(urlsplit(answer.headers["location"]).query)["error"][0]
+
+
 def test_a_locked_user_cannot_log_in_through_the_provider(sso: TestClient, provider: OidcProvider) -> None:
     create_user(sso, "locked.one")
     assert sso.post("/api/v1/users/locked.one/lock").status_code == 200

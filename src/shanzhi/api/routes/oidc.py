@@ -79,6 +79,7 @@ def callback(
     code: str | None = Query(None, max_length=2048),
     error: str | None = Query(None, max_length=256),
     error_description: str | None = Query(None, max_length=1024),
+    iss: str | None = Query(None, max_length=1024, description="the answering issuer (RFC 9207), checked if sent"),
     rt: Runtime = Depends(runtime),
 ) -> Response:
     """Where the provider sends the browser back: finish the login and hand it to the client."""
@@ -87,6 +88,8 @@ def callback(
         flow = sso.pending(s, state)
         return_to, verifier, nonce = flow.return_to, flow.code_verifier, flow.nonce
     try:
+        if iss is not None and iss != rp.config.issuer:  # RFC 9207: an answer meant for another provider
+            raise Unauthorized(f"the answer names issuer {iss}, not {rp.config.issuer}; log in again")
         if error is not None:
             reason = error_description or "no reason given"
             raise Unauthorized(f"the OIDC provider refused the login: {error}: {reason}")
