@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any
 import typer
 import yaml
 
-from shanzhi.cli import governance, identity
+from shanzhi.cli import governance, identity, serve
 from shanzhi.cli.audit import audit_app
 from shanzhi.cli.ledger import ledger_app, witness_app
 from shanzhi.cli.output import Columns, Fmt, OutputOpt, cpu, emit, err, handle_errors, mem, out
@@ -46,6 +45,7 @@ app.add_typer(identity.grant_app, name="grant")
 app.add_typer(identity.sso_app, name="sso")
 app.add_typer(governance.approval_app, name="approval")
 app.add_typer(governance.rate_app, name="rate")
+app.command()(serve.serve)
 for _cmd in (identity.login, identity.logout, identity.whoami, identity.passwd, governance.bill):
     app.command()(_cmd)
 
@@ -66,132 +66,6 @@ def _pairs(items: list[str] | None, what: str) -> dict[str, str]:
                 raise typer.Exit(1)
             outp[k.strip()] = v.strip()
     return outp
-
-
-# ------------------------------------------------------------------ serve
-@app.command()
-def serve(
-    data_dir: Path | None = DataDirOpt,
-    database_url: str | None = typer.Option(
-        None,
-        "--database-url",
-        envvar="SHANZHI_DATABASE_URL",
-        help="postgresql+psycopg://... (default: SQLite in data dir)",
-    ),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
-    port: int = typer.Option(8700, "--port", help="Port to listen on."),
-    demo: bool = typer.Option(False, "--demo", help="Create the demo world on first start."),
-    interval: float = typer.Option(1.0, "--interval", help="Seconds between reconcile passes."),
-    failover_grace: float = typer.Option(3.0, "--failover-grace", help="Seconds a cloud may be down before failover."),
-    ledger_origin: str = typer.Option("shanzhi.local/ledger", "--ledger-origin", help="The ledger's name (origin)."),
-    witness: list[str] = typer.Option(None, "--witness", help="URL=VKEY of a witness, repeatable."),
-    witness_quorum: int | None = typer.Option(
-        None, "--witness-quorum", help="Cosignatures needed (default: majority)."
-    ),
-    audit_retention_days: int = typer.Option(
-        180, "--audit-retention-days", min=1, help="Keep audit records this long (the law asks for at least 180)."
-    ),
-    max_login_failures: int = typer.Option(5, "--max-login-failures", min=1, help="Wrong passwords before lock-out."),
-    lockout_minutes: float = typer.Option(15, "--lockout-minutes", min=0.1, help="How long a lock-out lasts."),
-    session_hours: float = typer.Option(12, "--session-hours", min=0.1, help="How long a login session lasts."),
-    public_url: str | None = typer.Option(
-        None, "--public-url", help="How browsers reach this server (default http://HOST:PORT); for single sign-on."
-    ),
-    oidc_issuer: str | None = typer.Option(
-        None, "--oidc-issuer", envvar="SHANZHI_OIDC_ISSUER", help="Turn on single sign-on through this OIDC issuer."
-    ),
-    oidc_client_id: str = typer.Option("shanzhi", "--oidc-client-id", help="Shanzhi's client id at the provider."),
-    oidc_client_secret_file: Path | None = typer.Option(
-        None,
-        "--oidc-client-secret-file",
-        help="File holding the client secret (or set $SHANZHI_OIDC_CLIENT_SECRET; never on the command line).",
-    ),
-    oidc_username_claim: str = typer.Option(
-        "preferred_username", "--oidc-username-claim", help="The claim that names the Shanzhi user."
-    ),
-    oidc_groups_claim: str = typer.Option(
-        "groups", "--oidc-groups-claim", help="The claim listing the user's groups (see 'shanzhi sso map')."
-    ),
-    oidc_auto_create: bool = typer.Option(
-        False, "--oidc-auto-create", help="Create unknown users on first login (with no roles) instead of refusing."
-    ),
-) -> None:
-    """Run the API server and the controller. SIGTERM stops Shanzhi, never the workloads."""
-    from shanzhi.api.server import serve as run
-
-    witnesses = []
-    for item in witness or []:
-        url, sep, vkey = item.partition("=")
-        if not sep:
-            err.print(f"[red]error[/]: --witness {item!r} is not URL=VKEY")
-            raise typer.Exit(1)
-        witnesses.append((url, vkey))
-    secret = _oidc_secret(oidc_issuer, oidc_client_secret_file) if oidc_issuer else ""
-    if audit_retention_days < 180:
-        err.print(
-            f"[yellow]warning[/]: audit records kept {audit_retention_days} days, less than the six months "
-            "the Cybersecurity Law (art. 21) asks for"
-        )
-    settings = Settings.build(
-        data_dir,
-        database_url,
-        audit_retention_days=audit_retention_days,
-        max_login_failures=max_login_failures,
-        lockout_minutes=lockout_minutes,
-        session_hours=session_hours,
-        public_url=public_url,
-        oidc_issuer=oidc_issuer,
-        oidc_client_id=oidc_client_id,
-        oidc_client_secret=secret,
-        oidc_username_claim=oidc_username_claim,
-        oidc_groups_claim=oidc_groups_claim,
-        oidc_auto_create=oidc_auto_create,
-        host=host,
-        port=port,
-        demo=demo,
-        interval=interval,
-        failover_grace=failover_grace,
-        ledger_origin=ledger_origin,
-        witnesses=tuple(witnesses),
-        witness_quorum=witness_quorum,
-    )
-    url = f"http://{host}:{port}"
-    err.print(f"Shanzhi on {url}  data dir {settings.data_dir}  token in {settings.token_file}")
-    if demo:
-        err.print(
-            "Try (in another terminal):\n"
-            f"  export SHANZHI_URL={url} SHANZHI_HOME={settings.data_dir}\n"
-            "  shanzhi cloud list\n  shanzhi vdc list\n  shanzhi app get hello\n"
-            "  shanzhi instance list --app hello      # then curl an endpoint\n"
-            "  shanzhi cloud fail city-a              # lose a site: hello fails over to city-b and city-c\n"
-            "  shanzhi events --app hello\n"
-            f"  API docs: {url}/api/v1/docs"
-        )
-    run(settings)
-
-
-def _oidc_secret(issuer: str, secret_file: Path | None) -> str:
-    """Check the single sign-on options; the client secret (from the file, else the environment)."""
-    from urllib.parse import urlsplit
-
-    u = urlsplit(issuer)
-    if not (u.scheme == "https" or (u.scheme == "http" and u.hostname in ("127.0.0.1", "localhost", "::1"))):
-        err.print(f"[red]error[/]: --oidc-issuer {issuer} must be an https URL (plain http only on loopback)")
-        raise typer.Exit(1)
-    secret = os.environ.get("SHANZHI_OIDC_CLIENT_SECRET", "")
-    if secret_file is not None:
-        try:
-            secret = secret_file.read_text().strip()
-        except OSError as e:
-            err.print(f"[red]error[/]: cannot read --oidc-client-secret-file: {e}")
-            raise typer.Exit(1) from None
-    if not secret:
-        err.print(
-            "[red]error[/]: --oidc-issuer needs the client secret: --oidc-client-secret-file "
-            "or $SHANZHI_OIDC_CLIENT_SECRET"
-        )
-        raise typer.Exit(1)
-    return secret
 
 
 @app.command()
