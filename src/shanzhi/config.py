@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 DEFAULT_URL = "http://127.0.0.1:8700"
@@ -35,6 +36,7 @@ class Settings:
     max_login_failures: int = 5
     lockout_minutes: float = 15.0
     session_hours: float = 12.0
+    session_idle_minutes: float = 30.0  # 0: sessions never end for idleness (MLPS asks that they do)
     public_url: str | None = None  # how browsers reach this server (default http://host:port)
     # OpenID Connect login, on when an issuer is set (the client secret comes from the environment
     # or a file, never the command line: see `shanzhi serve --help`).
@@ -57,6 +59,10 @@ class Settings:
         d = (data_dir or default_data_dir()).expanduser().resolve()
         url = database_url or os.environ.get("SHANZHI_DATABASE_URL") or f"sqlite+pysqlite:///{d / 'shanzhi.db'}"
         return cls(data_dir=d, database_url=url, **kw)  # type: ignore[arg-type]
+
+    @property
+    def session_idle(self) -> timedelta | None:
+        return timedelta(minutes=self.session_idle_minutes) if self.session_idle_minutes > 0 else None
 
     @property
     def base_url(self) -> str:

@@ -5,9 +5,11 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select, text, update
 
+from shanzhi.domain.errors import Unauthorized
 from shanzhi.store.tables import AuditRecord, Token, utcnow
 from tests.api.conftest import PASSWORD, Tenants, app_spec, bearer
 
@@ -85,6 +87,26 @@ def test_dead_tokens_are_pruned_after_a_month_live_ones_never(tenants: Tenants) 
     assert {"new-rev", "live"} <= names and not {"old-rev", "old-exp"} & names
     with db.session() as s, s.begin():
         assert prune_credentials(s) == 0  # nothing more to do
+
+
+def test_login_sessions_end_when_idle_api_tokens_do_not(tenants: Tenants) -> None:
+    from shanzhi.services.identity import authenticate
+
+    session = login(tenants.api, "hviewer", PASSWORD).json()
+    api_token = tenants.as_("hviewer").post(f"{V1}/tokens", json={"name": "script"}).json()
+    assert session["name"].startswith("login from")
+    db = tenants.api.app.state.db
+    long_ago = utcnow() - timedelta(minutes=31)  # the default idle limit is 30 minutes
+    with db.session() as s, s.begin():
+        s.execute(update(Token).where(Token.id.in_([session["id"], api_token["id"]])).values(last_used_at=long_ago))
+    idle = problem(TestClient(tenants.api.app).get(f"{V1}/auth/whoami", headers=bearer(session["token"])), 401)
+    assert "ended after 30 minutes without use" in idle["detail"]
+    assert TestClient(tenants.api.app).get(f"{V1}/auth/whoami", headers=bearer(api_token["token"])).status_code == 200
+    with db.session() as s:  # a session never used since it began ends the same way
+        s.execute(update(Token).where(Token.id == session["id"]).values(last_used_at=None, created_at=long_ago))
+        with pytest.raises(Unauthorized):
+            authenticate(s, session["token"], timedelta(minutes=30))
+        assert authenticate(s, session["token"], None)[0].user == "hviewer"  # idle limit off
 
 
 def test_locked_user_tokens_stop_working(tenants: Tenants) -> None:

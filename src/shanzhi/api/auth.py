@@ -43,7 +43,7 @@ def authorize(request: Request) -> Principal:
         raise Unauthorized("missing bearer token: log in with 'shanzhi login', or send 'Authorization: Bearer <token>'")
     db: Database = request.app.state.db
     with Session(db.reader) as s, s.begin():  # a read: never queue behind writers
-        principal, token = identity.authenticate(s, secret)
+        principal, token = identity.authenticate(s, secret, request.app.state.runtime.settings.session_idle)
         token_id, last_used = token.id, token.last_used_at
     request.state.principal = principal
     request.state.token_id = token_id

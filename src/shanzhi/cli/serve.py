@@ -37,6 +37,9 @@ def serve(
     max_login_failures: int = typer.Option(5, "--max-login-failures", min=1, help="Wrong passwords before lock-out."),
     lockout_minutes: float = typer.Option(15, "--lockout-minutes", min=0.1, help="How long a lock-out lasts."),
     session_hours: float = typer.Option(12, "--session-hours", min=0.1, help="How long a login session lasts."),
+    session_idle_minutes: float = typer.Option(
+        30, "--session-idle-minutes", min=0, help="A login session unused this long ends (0: never)."
+    ),
     public_url: str | None = typer.Option(
         None, "--public-url", help="How browsers reach this server (default http://HOST:PORT); for single sign-on."
     ),
@@ -82,6 +85,7 @@ def serve(
         max_login_failures=max_login_failures,
         lockout_minutes=lockout_minutes,
         session_hours=session_hours,
+        session_idle_minutes=session_idle_minutes,
         public_url=public_url,
         oidc_issuer=oidc_issuer,
         oidc_client_id=oidc_client_id,

@@ -44,6 +44,7 @@ class Policy:
     max_failures: int = 5
     lockout: timedelta = timedelta(minutes=15)
     session_ttl: timedelta = timedelta(hours=12)
+    session_idle: timedelta | None = timedelta(minutes=30)  # None: sessions never end for idleness
     max_token_ttl: timedelta = timedelta(days=365)
 
 
@@ -123,10 +124,14 @@ def delete_user(s: Session, name: str) -> None:
 
 
 # ------------------------------------------------------------------ tokens
-def issue_token(s: Session, user: User, name: str, ttl: timedelta | None) -> tuple[str, Token]:
+def issue_token(
+    s: Session, user: User, name: str, ttl: timedelta | None, *, session: bool = False
+) -> tuple[str, Token]:
+    """A new token for `user`; a `session` token (from a login) also ends after a while idle."""
     secret = "szt_" + secrets.token_urlsafe(32)
     t = Token(
         name=name[:128],
+        session=session,
         token_hash=token_hash(secret),
         user_id=user.id,
         expires_at=utcnow() + ttl if ttl is not None else None,
@@ -186,11 +191,12 @@ def login(s: Session, name: str, password: str, source: str, policy: Policy) -> 
     if _hasher.check_needs_rehash(u.password_hash):
         u.password_hash = _hasher.hash(password)
     u.failed_logins, u.locked_until, u.last_login_at = 0, None, now
-    return issue_token(s, u, f"login from {source}"[:128], policy.session_ttl)
+    return issue_token(s, u, f"login from {source}"[:128], policy.session_ttl, session=True)
 
 
-def authenticate(s: Session, secret: str) -> tuple[Principal, Token]:
-    """The principal behind a bearer token, or Unauthorized saying why."""
+def authenticate(s: Session, secret: str, idle: timedelta | None = None) -> tuple[Principal, Token]:
+    """The principal behind a bearer token, or Unauthorized saying why. A session token unused
+    for `idle` has ended (its last use is recorded to within 5 minutes)."""
     t = s.scalar(select(Token).where(Token.token_hash == token_hash(secret)))
     if t is None:
         raise Unauthorized("invalid token: log in again with 'shanzhi login'")
@@ -199,6 +205,9 @@ def authenticate(s: Session, secret: str) -> tuple[Principal, Token]:
         raise Unauthorized("this token was revoked: log in again with 'shanzhi login'")
     if t.expires_at is not None and t.expires_at <= now:
         raise Unauthorized(f"this token expired at {t.expires_at:%Y-%m-%d %H:%M} UTC: log in again")
+    if t.session and idle is not None and (t.last_used_at or t.created_at) + idle <= now:
+        minutes = int(idle.total_seconds() // 60)
+        raise Unauthorized(f"this session ended after {minutes} minutes without use: log in again")
     if t.user.disabled:
         raise Unauthorized(f"user {t.user.name} is locked; ask a security administrator")
     rows = s.execute(

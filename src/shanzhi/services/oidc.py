@@ -305,7 +305,7 @@ def redeem(s: Session, handoff: str, verifier: str, policy: Policy) -> tuple[str
     if user is None or user.disabled:
         raise Unauthorized("this user was locked or removed during the login; ask a security administrator")
     user.last_login_at = utcnow()
-    return issue_token(s, user, f"oidc login from {flow.source}"[:128], policy.session_ttl)
+    return issue_token(s, user, f"oidc login from {flow.source}"[:128], policy.session_ttl, session=True)
 
 
 def link_user(s: Session, cfg: OidcConfig, claims: dict[str, Any]) -> User:

@@ -279,6 +279,7 @@ class Token(Base):
     expires_at: Mapped[datetime | None] = mapped_column()
     revoked_at: Mapped[datetime | None] = mapped_column()
     last_used_at: Mapped[datetime | None] = mapped_column()
+    session: Mapped[bool] = mapped_column(default=False)  # from a login (idle sessions end), not an API token
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     user: Mapped[User] = relationship(lazy="joined")
 

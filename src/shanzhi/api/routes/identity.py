@@ -56,6 +56,7 @@ def _policy(rt: Runtime) -> svc.Policy:
         max_failures=st.max_login_failures,
         lockout=timedelta(minutes=st.lockout_minutes),
         session_ttl=timedelta(hours=st.session_hours),
+        session_idle=st.session_idle,
     )
 
 

@@ -1,5 +1,5 @@
 """approval requests: every stage's approvers in one column (so lists filter in SQL), and the
-action held (apply or delete); single sign-on group maps
+action held (apply or delete); single sign-on group maps; session tokens (which end when idle)
 
 Revision ID: 0007
 Revises: 0006
@@ -28,6 +28,8 @@ def upgrade() -> None:
         names = sorted({a for st in doc.get("stages", []) for a in st.get("approvers", [])})
         keys = "|" + "|".join(names) + "|" if names else ""
         conn.execute(sa.text("UPDATE approval_requests SET approvers = :k WHERE id = :i"), {"k": keys, "i": rid})
+    with op.batch_alter_table("tokens") as b:
+        b.add_column(sa.Column("session", sa.Boolean(), nullable=False, server_default=sa.false()))
     op.create_table(
         "oidc_group_maps",
         sa.Column("id", sa.Integer(), primary_key=True),
@@ -42,6 +44,8 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("oidc_group_maps")
+    with op.batch_alter_table("tokens") as b:
+        b.drop_column("session")
     with op.batch_alter_table("approval_requests") as b:
         b.drop_column("action")
         b.drop_column("approvers")
