@@ -69,7 +69,7 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-PASSWORD = "correct-horse-battery"
+PASSWORD = "correct-horse-battery-9"
 PEOPLE = {
     # user: (role, vdc)
     "hadmin": ("vdc-admin", "gz/health"),

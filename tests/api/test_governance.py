@@ -33,9 +33,9 @@ def _app_count(t: Tenants) -> int:
 # ------------------------------------------------------------------ approvals
 def test_a_held_apply_changes_nothing_until_every_stage_approves(tenants: Tenants) -> None:
     sec = tenants.as_("security")
-    assert sec.post(f"{V1}/users", json={"name": "cio", "password": "correct-horse-battery"}).is_success
+    assert sec.post(f"{V1}/users", json={"name": "cio", "password": "correct-horse-battery-9"}).is_success
     tenants.tokens["cio"] = tenants.api.post(
-        f"{V1}/auth/login", json={"user": "cio", "password": "correct-horse-battery"}
+        f"{V1}/auth/login", json={"user": "cio", "password": "correct-horse-battery-9"}
     ).json()["token"]
     _rule(tenants, vdc="gz", name="big", conditions={"cpuOver": "1"}, stages=[["role:vdc-admin"], ["cio"]])
     member = tenants.as_("hmember")

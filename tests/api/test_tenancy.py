@@ -149,6 +149,14 @@ def test_tokens_are_created_listed_revoked_and_expire(tenants: Tenants) -> None:
 def test_bad_user_input_is_refused(tenants: Tenants) -> None:
     sec = tenants.as_("security")
     assert "too short" in problem(sec.post(f"{V1}/users", json={"name": "zed", "password": "short"}), 422)["detail"]
+    weak = problem(sec.post(f"{V1}/users", json={"name": "zed", "password": "onlylowercaseletters"}), 422)
+    assert "at least 3 of" in weak["detail"] and "(it has 1)" in weak["detail"]
+    named = problem(sec.post(f"{V1}/users", json={"name": "zed", "password": "Zed-is-me-2026"}), 422)
+    assert "user name" in named["detail"]
+    assert sec.post(f"{V1}/users", json={"name": "zed", "password": "Three-kinds-ok"}).status_code == 201
+    me = tenants.as_("hviewer")  # the same rules when changing one's own password
+    weak = problem(me.put(f"{V1}/auth/password", json={"password": "lowercase-only", "old_password": PASSWORD}), 422)
+    assert "(it has 2)" in weak["detail"]
     problem(sec.post(f"{V1}/users", json={"name": "Bad Name", "password": PASSWORD}), 422)
     problem(sec.post(f"{V1}/users", json={"name": "hmember", "password": PASSWORD}), 409)
     problem(sec.post(f"{V1}/grants", json={"user": "nobody", "role": "overlord"}), 422)

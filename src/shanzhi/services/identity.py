@@ -28,6 +28,7 @@ from shanzhi.store.tables import Grant, Token, User, Vdc, utcnow
 
 USER_RE = r"^[a-z][a-z0-9._-]{1,63}$"
 MIN_PASSWORD = 10
+MIN_KINDS = 3
 _hasher = PasswordHasher()
 # Bootstrap identities: one per separated platform role, each with a token file in the data dir.
 BOOTSTRAP = (
@@ -52,9 +53,25 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def _check_password(password: str) -> None:
+def _check_password(password: str, user: str) -> None:
+    """Length, at least MIN_KINDS kinds of character, and not the user's name (MLPS 2.0's
+    complexity requirement for level 3)."""
     if len(password) < MIN_PASSWORD:
         raise InvalidInput(f"the password is too short: use at least {MIN_PASSWORD} characters", field="password")
+    kinds = [
+        any(c.islower() for c in password),
+        any(c.isupper() for c in password),
+        any(c.isdigit() for c in password),
+        any(not c.isalnum() for c in password),
+    ]
+    if sum(kinds) < MIN_KINDS:
+        raise InvalidInput(
+            f"the password needs at least {MIN_KINDS} of: lowercase letters, uppercase letters, digits, "
+            f"symbols (it has {sum(kinds)})",
+            field="password",
+        )
+    if user.lower() in password.lower():
+        raise InvalidInput("the password may not contain the user name", field="password")
 
 
 def get_user(s: Session, name: str) -> User:
@@ -73,7 +90,7 @@ def create_user(s: Session, name: str, password: str | None, display_name: str =
     if s.scalar(select(User.id).where(User.name == name)) is not None:
         raise Conflict(f"user {name} already exists", field="name")
     if password is not None:
-        _check_password(password)
+        _check_password(password, name)
     u = User(name=name, display_name=display_name, password_hash=_hasher.hash(password) if password else None)
     s.add(u)
     s.flush()
@@ -89,7 +106,7 @@ def check_password(u: User, password: str) -> None:
 
 
 def set_password(s: Session, name: str, password: str) -> User:
-    _check_password(password)
+    _check_password(password, name)
     u = get_user(s, name)
     u.password_hash = _hasher.hash(password)
     u.failed_logins, u.locked_until = 0, None
