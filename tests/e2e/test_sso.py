@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -47,16 +49,19 @@ def world(tmp_path: Path) -> Iterator[tuple[Server, Cli, OidcProvider]]:
 
 
 class LoginProcess:
-    """`shanzhi login --oidc ...` running; its stderr read line by line until the provider's URL."""
+    """`shanzhi login --oidc ...` running. A thread reads its stderr line by line for its whole
+    life (communicate() after a partial read would lose what the file object had buffered)."""
 
-    def __init__(self, cli: Cli, *args: str) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SHANZHI_")}
+    def __init__(self, cli: Cli, *args: str, graphical: bool = True) -> None:
+        skip = ("SHANZHI_", "BROWSER", "DISPLAY", "WAYLAND_DISPLAY")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(skip)}
         env |= {
             "SHANZHI_URL": cli.server.url,
             "XDG_CONFIG_HOME": str(cli.server.data_dir.parent / "config"),
-            "BROWSER": "true",  # the 'browser' the CLI opens does nothing: the test is the browser
-            "COLUMNS": "400",
+            "COLUMNS": "400",  # messages on one line each
         }
+        if graphical:
+            env["BROWSER"] = "true"  # the 'browser' the CLI opens does nothing: the test is the browser
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "shanzhi", "login", "--oidc", *args],
             stdin=subprocess.PIPE,
@@ -65,19 +70,37 @@ class LoginProcess:
             text=True,
             env=env,
         )
+        self.lines: queue.Queue[str | None] = queue.Queue()
         self.stderr: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
 
-    def authorization_url(self) -> str:
+    def _read(self) -> None:
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def authorization_url(self) -> str:
+        while (line := self.lines.get(timeout=60)) is not None:
             self.stderr.append(line)
             if line.strip().startswith("http"):
                 return line.strip()
         raise AssertionError(f"the CLI printed no address: {''.join(self.stderr)}")
 
     def finish(self, stdin: str | None = None) -> tuple[int, str, str]:
-        out, err = self.proc.communicate(stdin, timeout=60)
-        return self.proc.returncode, out, "".join(self.stderr) + err
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        if stdin is not None:
+            self.proc.stdin.write(stdin)
+        self.proc.stdin.close()
+        out = self.proc.stdout.read()
+        self.proc.wait(timeout=60)
+        self._reader.join(timeout=10)
+        while (line := self.lines.get_nowait()) is not None:
+            self.stderr.append(line)
+        self.proc.stdout.close()
+        self.proc.stderr.close()  # type: ignore[union-attr]
+        return self.proc.returncode, out, "".join(self.stderr)
 
 
 def test_cli_logs_in_through_the_browser_and_loopback(world: tuple[Server, Cli, OidcProvider]) -> None:
@@ -134,10 +157,11 @@ def test_cli_reports_a_refused_login_and_exits_non_zero(world: tuple[Server, Cli
 
 def test_cli_login_times_out_when_the_browser_never_comes_back(world: tuple[Server, Cli, OidcProvider]) -> None:
     _, cli, _ = world
-    login = LoginProcess(cli, "--timeout", "1")
+    login = LoginProcess(cli, "--timeout", "1", graphical=False)  # no display: no browser started
     login.authorization_url()
     code, _, err = login.finish()
     assert code == 1 and "no answer from the browser within 1 s" in err
+    assert "no graphical browser here" in err
 
 
 def test_cli_says_when_single_sign_on_is_off(tmp_path: Path) -> None:

@@ -12,7 +12,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
+import os
 import secrets
+import sys
 import threading
 import webbrowser
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -84,6 +86,15 @@ class _Receiver:
         self._server.server_close()
 
 
+def _graphical() -> bool:
+    """Whether opening a browser can work here (not a text browser taking over the terminal)."""
+    env = os.environ
+    return bool(env.get("BROWSER") or env.get("DISPLAY") or env.get("WAYLAND_DISPLAY")) or sys.platform in (
+        "darwin",
+        "win32",
+    )
+
+
 def login(c: Client, *, browser: bool, timeout: float) -> Any:
     """Log in through the server's OpenID Connect provider; the session token's description."""
     info = c.oidc_info()
@@ -102,7 +113,10 @@ def login(c: Client, *, browser: bool, timeout: float) -> Any:
         rx.state = start["state"]
         url = start["authorization_url"]
         err.print(f"Logging in through {where}. If no browser opens, visit:\n  {url}", soft_wrap=True)
-        webbrowser.open(url)
+        if _graphical():
+            webbrowser.open(url)
+        else:
+            err.print("(no graphical browser here: open the address on this machine, or use --no-browser)")
         answer = rx.wait(timeout)
     if answer is None:
         raise LoginFailed(f"no answer from the browser within {timeout:.0f} s; try again, or use --no-browser")
