@@ -12,7 +12,7 @@ from sqlalchemy import inspect, select
 
 from shanzhi.store import Database, open_database
 from shanzhi.store.locks import LeaderLock
-from shanzhi.store.tables import Base, Event, Site
+from shanzhi.store.tables import ApprovalRequest, Base, Event, Site, Token, User
 
 
 def test_migrations_create_every_table_and_rerun_cleanly(db: Database) -> None:
@@ -22,6 +22,50 @@ def test_migrations_create_every_table_and_rerun_cleanly(db: Database) -> None:
     db.migrate()  # a second run is a no-op
     with db.engine.connect() as c:
         assert c.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0007"
+
+
+def test_upgrading_a_0005_database_keeps_its_rows_and_fills_the_new_columns(database_url: str) -> None:
+    """Rows written by the previous release survive 0006 and 0007 (SQLite rebuilds tables to add
+    columns), and the approvers column is filled from each request's stages."""
+    from sqlalchemy import text
+
+    db = open_database(database_url)
+    try:
+        db.migrate("0005")
+        now = datetime.now(UTC)
+        stages = '{"stages": [{"approvers": ["role:vdc-admin", "li.wei"]}, {"approvers": ["admin"]}]}'
+        with db.engine.begin() as c:
+            c.execute(text("INSERT INTO vdcs (id, path, strict, created_at) VALUES (1, 'gz', false, :t)"), {"t": now})
+            c.execute(
+                text(
+                    "INSERT INTO users (id, name, display_name, failed_logins, disabled, created_at) "
+                    "VALUES (1, 'li.wei', 'Li Wei', 0, false, :t)"
+                ),
+                {"t": now},
+            )
+            c.execute(
+                text("INSERT INTO tokens (id, name, token_hash, user_id, created_at) VALUES (1, 'ci', 'h', 1, :t)"),
+                {"t": now},
+            )
+            c.execute(
+                text(
+                    "INSERT INTO approval_requests (id, vdc_id, app, document, requester, status, reasons, stages, "
+                    "stage, comments, outcome, created_at, expires_at) VALUES (1, 1, 'big', '{}', 'zhang.min', "
+                    "'pending', '{}', :stages, 0, '{}', '', :t, :t)"
+                ),
+                {"stages": stages, "t": now},
+            )
+        db.migrate()
+        with db.session() as s:
+            req = s.get(ApprovalRequest, 1)
+            token = s.get(Token, 1)
+            user = s.get(User, 1)
+            assert req is not None and req.approvers == "|admin|li.wei|role:vdc-admin|" and req.action == "apply"
+            assert req.stages["stages"][1]["approvers"] == ["admin"]
+            assert token is not None and token.session is False and token.name == "ci"
+            assert user is not None and user.display_name == "Li Wei" and user.oidc_subject is None
+    finally:
+        db.dispose()
 
 
 def test_the_migrations_build_exactly_the_orm_schema(db: Database) -> None:

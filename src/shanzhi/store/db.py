@@ -69,15 +69,15 @@ class Database:
         database = make_url(self.url).database
         return Path(database) if database and database != ":memory:" else None
 
-    def migrate(self) -> None:
-        """Bring the schema to the newest Alembic revision (safe to run concurrently)."""
+    def migrate(self, revision: str = "head") -> None:
+        """Bring the schema to `revision`, the newest by default (safe to run concurrently)."""
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS))
         with self.engine.begin() as conn:
             if not self.is_sqlite:
                 conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7306102)")
             cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
+            command.upgrade(cfg, revision)
 
     def session(self) -> Session:
         return self.sessions()

@@ -17,10 +17,11 @@ UTC_TS = sa.DateTime(timezone=True)
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("users") as b:
-        b.add_column(sa.Column("oidc_issuer", sa.String(255)))
-        b.add_column(sa.Column("oidc_subject", sa.String(255)))
-        b.create_unique_constraint("uq_users_oidc_identity", ["oidc_issuer", "oidc_subject"])
+    # Plain ADD COLUMN and a unique index: a unique constraint would make SQLite rebuild `users`,
+    # and dropping the old table would cascade-delete every token and grant (foreign keys are on).
+    op.add_column("users", sa.Column("oidc_issuer", sa.String(255)))
+    op.add_column("users", sa.Column("oidc_subject", sa.String(255)))
+    op.create_index("uq_users_oidc_identity", "users", ["oidc_issuer", "oidc_subject"], unique=True)
     op.create_table(
         "oidc_flows",
         sa.Column("id", sa.Integer(), primary_key=True),
@@ -39,7 +40,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("oidc_flows")
-    with op.batch_alter_table("users") as b:
-        b.drop_constraint("uq_users_oidc_identity", type_="unique")
-        b.drop_column("oidc_subject")
-        b.drop_column("oidc_issuer")
+    op.drop_index("uq_users_oidc_identity", "users")
+    op.drop_column("users", "oidc_subject")
+    op.drop_column("users", "oidc_issuer")

@@ -18,9 +18,9 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("approval_requests") as b:
-        b.add_column(sa.Column("approvers", sa.Text(), nullable=False, server_default=""))
-        b.add_column(sa.Column("action", sa.String(16), nullable=False, server_default="apply"))
+    # Plain ADD COLUMNs: no table rebuild on SQLite (a rebuild of a parent table cascades deletes).
+    op.add_column("approval_requests", sa.Column("approvers", sa.Text(), nullable=False, server_default=""))
+    op.add_column("approval_requests", sa.Column("action", sa.String(16), nullable=False, server_default="apply"))
     conn = op.get_bind()
     rows = conn.execute(sa.text("SELECT id, stages FROM approval_requests")).all()
     for rid, stages in rows:
@@ -28,8 +28,7 @@ def upgrade() -> None:
         names = sorted({a for st in doc.get("stages", []) for a in st.get("approvers", [])})
         keys = "|" + "|".join(names) + "|" if names else ""
         conn.execute(sa.text("UPDATE approval_requests SET approvers = :k WHERE id = :i"), {"k": keys, "i": rid})
-    with op.batch_alter_table("tokens") as b:
-        b.add_column(sa.Column("session", sa.Boolean(), nullable=False, server_default=sa.false()))
+    op.add_column("tokens", sa.Column("session", sa.Boolean(), nullable=False, server_default=sa.false()))
     op.create_table(
         "oidc_group_maps",
         sa.Column("id", sa.Integer(), primary_key=True),
@@ -44,8 +43,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("oidc_group_maps")
-    with op.batch_alter_table("tokens") as b:
-        b.drop_column("session")
-    with op.batch_alter_table("approval_requests") as b:
-        b.drop_column("action")
-        b.drop_column("approvers")
+    op.drop_column("tokens", "session")
+    op.drop_column("approval_requests", "action")
+    op.drop_column("approval_requests", "approvers")
