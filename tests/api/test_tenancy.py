@@ -89,6 +89,36 @@ def test_dead_tokens_are_pruned_after_a_month_live_ones_never(tenants: Tenants) 
         assert prune_credentials(s) == 0  # nothing more to do
 
 
+def test_an_expired_password_must_be_replaced_at_login(tenants: Tenants) -> None:
+    from shanzhi.store.tables import User
+
+    db = tenants.api.app.state.db
+    with db.session() as s, s.begin():
+        s.execute(update(User).where(User.name == "hviewer").values(password_changed_at=utcnow() - timedelta(days=91)))
+    expired = problem(login(tenants.api, "hviewer", PASSWORD), 403)
+    assert "more than 90 days old and has expired" in expired["detail"]
+
+    def relogin(new: str) -> Any:
+        body = {"user": "hviewer", "password": PASSWORD, "new_password": new}
+        return tenants.api.post(f"{V1}/auth/login", json=body, headers={"Authorization": ""})
+
+    assert "differ" in problem(relogin(PASSWORD), 422)["detail"]
+    assert "at least 3 of" in problem(relogin("weakweakweak"), 422)["detail"]
+    assert problem(login(tenants.api, "hviewer", PASSWORD), 403)  # nothing changed by the refusals
+    bad = tenants.api.post(
+        f"{V1}/auth/login", json={"user": "hviewer", "password": "Wrong-pass-1", "new_password": "Fresh-pass-2026"}
+    )
+    assert bad.status_code == 401  # the new password needs the right old one
+    assert relogin("Fresh-pass-2026").status_code == 201
+    assert problem(login(tenants.api, "hviewer", PASSWORD), 401)  # the old one is gone
+    assert login(tenants.api, "hviewer", "Fresh-pass-2026").status_code == 201  # and the new one is not expired
+    with db.session() as s:
+        refused = s.scalars(
+            select(AuditRecord.status).where(AuditRecord.actor == "hviewer", AuditRecord.path == f"{V1}/auth/login")
+        ).all()
+    assert 403 in refused  # the expired login is in the audit trail
+
+
 def test_login_sessions_end_when_idle_api_tokens_do_not(tenants: Tenants) -> None:
     from shanzhi.services.identity import authenticate
 

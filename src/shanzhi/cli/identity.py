@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import typer
 
 from shanzhi.cli import sso
 from shanzhi.cli.output import Columns, Fmt, OutputOpt, emit, err, handle_errors, out
-from shanzhi.client import Client, discover_token, save_credentials, server_url
+from shanzhi.client import ApiError, Client, discover_token, save_credentials, server_url
 
 user_app = typer.Typer(help="Users (security administrators).", no_args_is_help=True)
 token_app = typer.Typer(help="Your API tokens (security administrators: everyone's).", no_args_is_help=True)
@@ -72,6 +73,12 @@ def login(
     password: str | None = typer.Option(
         None, "--password", help="Prefer the prompt or $SHANZHI_PASSWORD: arguments show up in 'ps'."
     ),
+    new_password: str | None = typer.Option(
+        None,
+        "--new-password",
+        envvar="SHANZHI_NEW_PASSWORD",
+        help="Replace your password as you log in (needed once it has expired; asked for at a terminal).",
+    ),
     oidc: bool = typer.Option(False, "--oidc", "--sso", help="Log in through the server's single sign-on provider."),
     browser: bool = typer.Option(
         True, "--browser/--no-browser", help="With --oidc: open a browser here, or print the address and ask the code."
@@ -91,7 +98,16 @@ def login(
                 raise typer.Exit(1) from None
         else:
             name = user if user is not None else str(typer.prompt("User", err=True))
-            t = c.login(name, _password(password, "Password"))
+            secret = _password(password, "Password")
+            try:
+                t = c.login(name, secret, new_password)
+            except ApiError as e:
+                expired = e.status == 403 and "has expired" in str(e.problem.get("detail", ""))
+                if not (expired and new_password is None and sys.stdin.isatty()):
+                    raise
+                err.print(f"[yellow]{e.problem['detail']}[/]")
+                new = typer.prompt("New password", hide_input=True, confirmation_prompt=True, err=True)
+                t = c.login(name, secret, str(new))
     path = save_credentials(server_url(url), t["token"])
     if output is Fmt.json:
         emit({k: v for k, v in t.items() if k != "token"} | {"saved_to": str(path)}, output)

@@ -37,6 +37,9 @@ def serve(
     max_login_failures: int = typer.Option(5, "--max-login-failures", min=1, help="Wrong passwords before lock-out."),
     lockout_minutes: float = typer.Option(15, "--lockout-minutes", min=0.1, help="How long a lock-out lasts."),
     session_hours: float = typer.Option(12, "--session-hours", min=0.1, help="How long a login session lasts."),
+    password_max_age_days: int = typer.Option(
+        90, "--password-max-age-days", min=0, help="Passwords expire after this many days (0: never)."
+    ),
     session_idle_minutes: float = typer.Option(
         30, "--session-idle-minutes", min=0, help="A login session unused this long ends (0: never)."
     ),
@@ -86,6 +89,7 @@ def serve(
         lockout_minutes=lockout_minutes,
         session_hours=session_hours,
         session_idle_minutes=session_idle_minutes,
+        password_max_age_days=password_max_age_days,
         public_url=public_url,
         oidc_issuer=oidc_issuer,
         oidc_client_id=oidc_client_id,

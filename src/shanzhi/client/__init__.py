@@ -181,8 +181,9 @@ class Client:
         return self._call("POST", "/audit/prune", json={"before": before})
 
     # identity
-    def login(self, user: str, password: str) -> Any:
-        return self._call("POST", "/auth/login", json={"user": user, "password": password})
+    def login(self, user: str, password: str, new_password: str | None = None) -> Any:
+        body = {"user": user, "password": password, "new_password": new_password}
+        return self._call("POST", "/auth/login", json=body)
 
     def logout(self) -> Any:
         return self._call("POST", "/auth/logout")

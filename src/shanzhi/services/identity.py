@@ -20,7 +20,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from shanzhi.domain.errors import Conflict, InvalidInput, Locked, NotFound, Unauthorized
+from shanzhi.domain.errors import Conflict, Forbidden, InvalidInput, Locked, NotFound, Unauthorized
 from shanzhi.domain.rbac import PLATFORM_ROLES, ROLES, VDC_ROLES, Principal, Scope
 from shanzhi.files import write_private
 from shanzhi.services.vdcs import get_vdc, scope_filter
@@ -46,6 +46,7 @@ class Policy:
     lockout: timedelta = timedelta(minutes=15)
     session_ttl: timedelta = timedelta(hours=12)
     session_idle: timedelta | None = timedelta(minutes=30)  # None: sessions never end for idleness
+    password_max_age: timedelta | None = timedelta(days=90)  # None: passwords never expire
     max_token_ttl: timedelta = timedelta(days=365)
 
 
@@ -91,7 +92,12 @@ def create_user(s: Session, name: str, password: str | None, display_name: str =
         raise Conflict(f"user {name} already exists", field="name")
     if password is not None:
         _check_password(password, name)
-    u = User(name=name, display_name=display_name, password_hash=_hasher.hash(password) if password else None)
+    u = User(
+        name=name,
+        display_name=display_name,
+        password_hash=_hasher.hash(password) if password else None,
+        password_changed_at=utcnow() if password else None,
+    )
     s.add(u)
     s.flush()
     return u
@@ -109,6 +115,7 @@ def set_password(s: Session, name: str, password: str) -> User:
     _check_password(password, name)
     u = get_user(s, name)
     u.password_hash = _hasher.hash(password)
+    u.password_changed_at = utcnow()
     u.failed_logins, u.locked_until = 0, None
     return u
 
@@ -182,9 +189,12 @@ def touch_token(s: Session, token_id: int) -> None:
 
 
 # ------------------------------------------------------------------ login
-def login(s: Session, name: str, password: str, source: str, policy: Policy) -> tuple[str, Token]:
+def login(
+    s: Session, name: str, password: str, source: str, policy: Policy, new_password: str | None = None
+) -> tuple[str, Token]:
     """Check a password; after `max_failures` wrong ones in a row the user is locked for a while.
-    Unknown users and wrong passwords get the same answer."""
+    Unknown users and wrong passwords get the same answer. A password older than
+    `password_max_age` must be replaced: the login then needs `new_password`, which it sets."""
     now = utcnow()
     u = s.scalar(select(User).where(User.name == name))
     bad = Unauthorized("wrong user name or password", field="password")
@@ -205,7 +215,19 @@ def login(s: Session, name: str, password: str, source: str, policy: Policy) -> 
         if u.failed_logins >= policy.max_failures:
             u.locked_until = now + policy.lockout
         raise bad from None
-    if _hasher.check_needs_rehash(u.password_hash):
+    age = policy.password_max_age
+    if new_password is not None:
+        if new_password == password:
+            raise InvalidInput("the new password must differ from the current one", field="new_password")
+        _check_password(new_password, name)
+        u.password_hash, u.password_changed_at = _hasher.hash(new_password), now
+    elif age is not None and (u.password_changed_at or u.created_at) + age <= now:
+        raise Forbidden(
+            f"the password of {name} is more than {age.days} days old and has expired: log in with a new one "
+            f"('shanzhi login -u {name}' asks for it, or give --new-password)",
+            field="password",
+        )
+    elif _hasher.check_needs_rehash(u.password_hash):
         u.password_hash = _hasher.hash(password)
     u.failed_logins, u.locked_until, u.last_login_at = 0, None, now
     return issue_token(s, u, f"login from {source}"[:128], policy.session_ttl, session=True)

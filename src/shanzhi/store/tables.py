@@ -213,6 +213,7 @@ class User(Base):
     name: Mapped[str] = mapped_column(String(64), unique=True)
     display_name: Mapped[str] = mapped_column(String(128), default="")
     password_hash: Mapped[str | None] = mapped_column(String(255))  # argon2id; None: tokens only
+    password_changed_at: Mapped[datetime | None] = mapped_column()  # passwords expire after a while
     failed_logins: Mapped[int] = mapped_column(Integer, default=0)
     locked_until: Mapped[datetime | None] = mapped_column()
     disabled: Mapped[bool] = mapped_column(default=False)

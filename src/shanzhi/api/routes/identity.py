@@ -26,6 +26,7 @@ class _In(BaseModel):
 class LoginIn(_In):
     user: str
     password: str
+    new_password: str | None = Field(None, description="replaces the password (required once it has expired)")
 
 
 class PasswordIn(_In):
@@ -57,6 +58,7 @@ def _policy(rt: Runtime) -> svc.Policy:
         lockout=timedelta(minutes=st.lockout_minutes),
         session_ttl=timedelta(hours=st.session_hours),
         session_idle=st.session_idle,
+        password_max_age=timedelta(days=st.password_max_age_days) if st.password_max_age_days > 0 else None,
     )
 
 
@@ -106,7 +108,7 @@ def login(request: Request, body: LoginIn, rt: Runtime = Depends(runtime)) -> di
     failure: Exception | None = None
     with transaction(request) as s:
         try:
-            secret, t = svc.login(s, body.user, body.password, source, _policy(rt))
+            secret, t = svc.login(s, body.user, body.password, source, _policy(rt), body.new_password)
             out = token_out(t, secret)
         except Unauthorized as err:  # keep the failure count: commit, then refuse
             failure = err

@@ -1,5 +1,6 @@
 """approval requests: every stage's approvers in one column (so lists filter in SQL), and the
-action held (apply or delete); single sign-on group maps; session tokens (which end when idle)
+action held (apply or delete); single sign-on group maps; session tokens (which end when idle);
+when each password was set (passwords expire)
 
 Revision ID: 0007
 Revises: 0006
@@ -7,6 +8,7 @@ Create Date: 2026-11-29
 """
 
 import json
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from alembic import op
@@ -29,6 +31,11 @@ def upgrade() -> None:
         keys = "|" + "|".join(names) + "|" if names else ""
         conn.execute(sa.text("UPDATE approval_requests SET approvers = :k WHERE id = :i"), {"k": keys, "i": rid})
     op.add_column("tokens", sa.Column("session", sa.Boolean(), nullable=False, server_default=sa.false()))
+    op.add_column("users", sa.Column("password_changed_at", sa.DateTime(timezone=True)))
+    conn.execute(  # existing passwords count from the upgrade, not from the beginning of time
+        sa.text("UPDATE users SET password_changed_at = :now WHERE password_hash IS NOT NULL"),
+        {"now": datetime.now(UTC)},
+    )
     op.create_table(
         "oidc_group_maps",
         sa.Column("id", sa.Integer(), primary_key=True),
@@ -43,6 +50,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("oidc_group_maps")
+    op.drop_column("users", "password_changed_at")
     op.drop_column("tokens", "session")
     op.drop_column("approval_requests", "action")
     op.drop_column("approval_requests", "approvers")
