@@ -256,13 +256,18 @@ def authenticate(s: Session, secret: str, idle: timedelta | None = None) -> tupl
 
 
 # ------------------------------------------------------------------ grants
-def grant(s: Session, user: str, role: str, vdc: str | None, by: str) -> Grant:
+def check_role(role: str, vdc: str | None) -> None:
+    """A known role, with a VDC exactly when it is a VDC role (grants and single sign-on group maps)."""
     if role not in ROLES:
         raise InvalidInput(f"unknown role {role!r}; use one of {', '.join(ROLES)}", field="role")
     if role in PLATFORM_ROLES and vdc is not None:
-        raise InvalidInput(f"{role} is a platform role: grant it without a VDC", field="vdc")
+        raise InvalidInput(f"{role} is a platform role: give it without a VDC", field="vdc")
     if role in VDC_ROLES and vdc is None:
         raise InvalidInput(f"{role} is a VDC role: name the VDC it holds on", field="vdc")
+
+
+def grant(s: Session, user: str, role: str, vdc: str | None, by: str) -> Grant:
+    check_role(role, vdc)
     u = get_user(s, user)
     v = get_vdc(s, vdc) if vdc is not None else None
     if role in PLATFORM_ROLES:

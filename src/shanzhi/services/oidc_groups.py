@@ -15,7 +15,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from shanzhi.domain.errors import Conflict, Forbidden, InvalidInput, NotFound
-from shanzhi.domain.rbac import PLATFORM_ROLES, ROLES, VDC_ROLES
+from shanzhi.services.identity import check_role
 from shanzhi.services.vdcs import get_vdc
 from shanzhi.store.tables import Grant, OidcGroupMap, User
 
@@ -26,12 +26,7 @@ def add_map(s: Session, group: str, role: str, vdc: str | None, by: str) -> Oidc
     group = group.strip()
     if not group or len(group) > 255:
         raise InvalidInput("group must be 1-255 characters, as the provider names it", field="group")
-    if role not in ROLES:
-        raise InvalidInput(f"unknown role {role!r}; use one of {', '.join(ROLES)}", field="role")
-    if role in PLATFORM_ROLES and vdc is not None:
-        raise InvalidInput(f"{role} is a platform role: map it without a VDC", field="vdc")
-    if role in VDC_ROLES and vdc is None:
-        raise InvalidInput(f"{role} is a VDC role: name the VDC it holds on", field="vdc")
+    check_role(role, vdc)
     v = get_vdc(s, vdc) if vdc is not None else None
     q = select(OidcGroupMap.id).where(OidcGroupMap.group == group, OidcGroupMap.role == role)
     q = q.where(OidcGroupMap.vdc_id == v.id) if v is not None else q.where(OidcGroupMap.vdc_id.is_(None))
