@@ -75,18 +75,16 @@ def _redact(query: str) -> str:
 
 
 @contextmanager
-def transaction(request: Request, response: Response | None = None, status: int | None = None) -> Iterator[Session]:
+def transaction(request: Request, response: Response | None = None) -> Iterator[Session]:
     """The route's write transaction, with its audit record appended inside it. The status
-    recorded is `request.state.audit_status` (set by a route that commits and then refuses,
-    like a wrong password that must still count), else `status`, else `response`'s, else the
-    route's default."""
+    recorded is `request.state.audit_status` where the route set one (it commits, then refuses
+    or redirects: a wrong password must still count), else `response`'s, else the route's default."""
     db = request.app.state.db
     with db.session() as s, s.begin():
         yield s
         route = request.scope.get("route")
         status = (
             getattr(request.state, "audit_status", None)
-            or status
             or (response.status_code if response is not None else None)
             or (route.status_code if isinstance(route, APIRoute) and route.status_code else 200)
         )

@@ -96,11 +96,14 @@ def callback(
         if not code:
             raise InvalidInput("the provider's answer has neither a code nor an error", field="code")
         claims = rp.claims(code, verifier, nonce)  # network: outside any transaction
-        with transaction(request, status=303 if return_to else 200) as s:
+        if return_to is not None:
+            request.state.audit_status = 303
+        with transaction(request) as s:
             handoff, user = sso.finish(s, rp.config, sso.pending(s, state), claims)
             request.state.login_user = request.state.target = user.name
     except ShanzhiError as err:
-        with transaction(request, status=err.status) as s:  # recorded; the login cannot be finished again
+        request.state.audit_status = err.status
+        with transaction(request) as s:  # recorded; the login cannot be finished again
             sso.discard(s, state)
         if return_to is None:
             return _page(err.title, err.detail, err.status)
