@@ -247,7 +247,6 @@ def begin(s: Session, rp: RelyingParty, challenge: str, return_to: str | None, s
             "challenge must be base64url(sha256(verifier)) without padding: 43 characters", field="challenge"
         )
     target = _loopback(return_to)
-    s.execute(delete(OidcFlow).where(OidcFlow.expires_at < utcnow()))
     state, nonce, verifier = secrets.token_urlsafe(32), secrets.token_urlsafe(32), secrets.token_urlsafe(64)
     url = rp.authorization_url(state, nonce, verifier)
     flow = OidcFlow(
