@@ -89,7 +89,7 @@ def approval_approve(
     data_dir: Path | None = DataDirOpt,
     output: Fmt = OutputOpt,
 ) -> None:
-    """Pass the current stage; passing the last one applies the held spec."""
+    """Pass the current stage; passing the last one carries out the held apply or delete."""
     with handle_errors(), _client(data_dir) as c:
         _show(c.decide(request_id, True, comment), output)
 
@@ -101,7 +101,7 @@ def approval_reject(
     data_dir: Path | None = DataDirOpt,
     output: Fmt = OutputOpt,
 ) -> None:
-    """Reject the request: nothing is applied."""
+    """Reject the request: nothing is applied or deleted."""
     with handle_errors(), _client(data_dir) as c:
         _show(c.decide(request_id, False, comment), output)
 

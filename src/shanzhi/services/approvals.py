@@ -270,7 +270,7 @@ def comment(s: Session, p: Principal, request_id: int, text: str) -> ApprovalReq
 
 
 def decide(s: Session, p: Principal, request_id: int, approve: bool, note: str = "") -> ApprovalRequest:
-    """Approve or reject the current stage. The last approval applies the held spec."""
+    """Approve or reject the current stage. The last approval carries out the held apply or delete."""
     r = get_request(s, p, request_id)
     if r.status != "pending":
         raise Conflict(f"approval request {r.id} is {r.status}: {r.outcome}".rstrip(": "), field="id")

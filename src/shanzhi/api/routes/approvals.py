@@ -81,7 +81,7 @@ def approve(
     p: Principal = Depends(principal),
     rt: Runtime = Depends(runtime),
 ) -> dict[str, Any]:
-    """Pass the current stage; passing the last one applies the held spec."""
+    """Pass the current stage; passing the last one carries out the held apply or delete."""
     return _decide(request, rt, p, request_id, True, body.comment)
 
 
