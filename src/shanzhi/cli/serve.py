@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import typer
 
@@ -123,8 +124,6 @@ def serve(
 
 def _oidc_secret(issuer: str, secret_file: Path | None) -> str:
     """Check the single sign-on options; the client secret (from the file, else the environment)."""
-    from urllib.parse import urlsplit
-
     u = urlsplit(issuer)
     if not (u.scheme == "https" or (u.scheme == "http" and u.hostname in ("127.0.0.1", "localhost", "::1"))):
         err.print(f"[red]error[/]: --oidc-issuer {issuer} must be an https URL (plain http only on loopback)")
