@@ -58,4 +58,4 @@ def data_dir(tmp_path: Path) -> Iterator[Path]:
     d = tmp_path / "data"
     d.mkdir()
     yield d
-    stop_all_under(d / "clouds")
+    stop_all_under(d / "clouds", remove=True)

@@ -214,7 +214,7 @@ def test_orphans_are_removed(local: World) -> None:
     p = local.fleet.provider("city-a", "local", local._options("city-a"))
     p.create_instance(
         InstanceRequest(
-            name="stray-1", app="x", component="y", vdc="gz", host="node-0", cpu=1, memory=1, command=tuple(SERVE)
+            name="stray-1", app="x", component="y", vdc="gz", host="node-0", cpu=1, memory=2**26, command=tuple(SERVE)
         )
     )
     local.converge(lambda: "stray-1" not in local.processes("city-a"))

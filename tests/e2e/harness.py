@@ -40,7 +40,9 @@ def wait_for(cond: Callable[[], Any], timeout: float = 30, what: str = "conditio
 class Server:
     """One `shanzhi serve` process."""
 
-    def __init__(self, data_dir: Path, database_url: str | None = None, *extra: str) -> None:
+    def __init__(
+        self, data_dir: Path, database_url: str | None = None, *extra: str, env: dict[str, str] | None = None
+    ) -> None:
         self.data_dir = data_dir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -49,7 +51,9 @@ class Server:
         args += ["--interval", "0.3", "--failover-grace", "1", *extra]
         if database_url:
             args += ["--database-url", database_url]
+        extra_env = env
         env = {k: v for k, v in os.environ.items() if not k.startswith("SHANZHI_")}
+        env.update(extra_env or {})
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
         wait_for(self._up, 30, f"server on {self.url} (log {self.log})")
@@ -128,4 +132,4 @@ def workload_pids(data_dir: Path) -> dict[str, int]:
 def stop_everything(data_dir: Path, *servers: Server) -> None:
     for s in servers:
         s.kill()
-    stop_all_under(data_dir / "clouds")
+    stop_all_under(data_dir / "clouds", remove=True)

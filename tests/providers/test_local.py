@@ -46,6 +46,14 @@ def pid_of(detail: str) -> int:
     return int(detail.split()[1])
 
 
+def workload(detail: str) -> psutil.Process:
+    """The workload's own process: the tracked pid, or (in a PID namespace) its last descendant."""
+    proc = psutil.Process(pid_of(detail))
+    while children := proc.children():
+        proc = children[0]
+    return proc
+
+
 def gone(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
@@ -93,12 +101,16 @@ def test_instance_is_a_real_process_serving_on_its_port(data_dir: Path) -> None:
     obs = p.create_instance(request(env={"GREETING": "port=${PORT}"}))
     assert obs.state == "running" and obs.endpoint is not None
     assert get(obs.endpoint).status_code == 200
-    workdir = data_dir / "clouds" / "loc" / "instances" / "web-1"
-    assert (workdir / "log").exists()
-    proc = psutil.Process(pid_of(obs.detail))
+    statedir = data_dir / "clouds" / "loc" / "instances" / "web-1"
+    assert (statedir / "log").exists()
+    workdir = Path(json.loads((statedir / "state.json").read_text())["workdir"])
+    assert data_dir not in workdir.parents  # never inside the data directory
+    proc = workload(obs.detail)
+    assert "http.server" in proc.cmdline()
     env = proc.environ()
     assert env["GREETING"] == f"port={obs.ports['http']}"
     assert env["SHANZHI_INSTANCE"] == "web-1"
+    assert env["PORT_HTTP"] == env["PORT"] == str(obs.ports["http"])
     assert proc.cwd() == str(workdir)
     # its own session, and not our child: it outlives us and a signal to our group never reaches it
     assert os.getpgid(proc.pid) != os.getpgid(0)

@@ -18,9 +18,11 @@ from shanzhi.api.routes import audit as audit_routes
 from shanzhi.api.routes import ledger as ledger_routes
 from shanzhi.config import Settings
 from shanzhi.controllers import ControllerManager, Fleet
+from shanzhi.files import secure_data_dir
 from shanzhi.ledger.keys import load_or_create
 from shanzhi.ledger.note import Verifier
 from shanzhi.ledger.service import Ledger, Witness
+from shanzhi.providers.sandbox import Sandbox
 from shanzhi.services.demo import seed_demo, seed_ledger
 from shanzhi.services.identity import ensure_bootstrap
 from shanzhi.store import Database, open_database
@@ -48,7 +50,11 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        tightened = secure_data_dir(settings.data_dir)
+        if tightened:
+            log.warning("data dir: took group/other access away from %d paths (e.g. %s)", len(tightened), tightened[0])
+        sandbox = Sandbox.for_data_dir(settings.data_dir)
+        (log.info if sandbox.isolate and sandbox.cgroups else log.warning)("local clouds: %s", sandbox.describe())
         db.migrate()
         with db.session() as s, s.begin():
             ensure_bootstrap(s, settings.data_dir)

@@ -68,6 +68,9 @@ def serve(
 ) -> None:
     """Run the API server and the controller. SIGTERM stops Shanzhi, never the workloads."""
     from shanzhi.api.server import serve as run
+    from shanzhi.providers.sandbox import is_root
+
+    os.umask(0o077)  # everything the server writes (database, WAL, keys, logs) is its own
 
     witnesses = []
     for item in witness or []:
@@ -119,6 +122,11 @@ def serve(
             "  shanzhi events --app hello\n"
             f"  API docs: {url}/api/v1/docs"
         )
+        if not is_root():
+            err.print(
+                "[yellow]warning[/]: not running as root, so workloads run as your own user: demo tenants are "
+                "NOT isolated from the platform (its tokens and keys). See 'Security model' in the README."
+            )
     run(settings)
 
 

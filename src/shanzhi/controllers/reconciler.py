@@ -251,6 +251,7 @@ class Reconciler:
             if r.state in ("scheduled", "pending"):
                 return [create]
             r.restarts += 1
+            self._probes.pop(r.name, None)
             self._set_state(s, r, "scheduled", "instance vanished from its cloud; recreating it")
             record_event(s, "InstanceVanished", "instance", r.name, r.reason, warning=True, **ev)
             return [create]
@@ -263,6 +264,7 @@ class Reconciler:
                 record_event(s, "InstanceExited", "instance", r.name, r.reason, warning=True, **ev)
             if now - r.state_changed_at >= _backoff(r.restarts):
                 r.restarts += 1
+                self._probes.pop(r.name, None)  # a new process: its start-up is judged afresh
                 self._set_state(s, r, "scheduled", f"restarting (restart #{r.restarts})")
                 record_event(s, "InstanceRestarting", "instance", r.name, r.reason, **ev)
                 return [_Action("restart", r.name, cloud.name, create.request)]

@@ -1,11 +1,15 @@
-"""`local`: each instance is a real OS process on this machine.
+"""`local`: each instance is a real OS process on this machine, in a sandbox.
 
-Every instance gets its own working directory (`<state>/instances/<name>/`), a log file and
-ports allocated on 127.0.0.1; `${PORT}` (first port) and `${PORT_<NAME>}` are substituted
-in the command and environment. Workloads are started through a launcher shell that
-backgrounds them and exits, so they are never children of Shanzhi: they run in their own
-session, outlive the server, leave no zombies in it, and are found again after a restart
-through `state.json` (pid plus the process start time, so a recycled pid is never ours).
+Every instance gets a working directory outside the data directory, a log file and ports
+allocated on 127.0.0.1; `${PORT}` (first port) and `${PORT_<NAME>}` are substituted in the
+command and environment. As root, it runs as its VDC's own uid in private namespaces and
+cgroups (see `shanzhi.providers.sandbox`); its state (`state.json`) and log stay in the
+cloud's private state directory, where the workload can neither read nor replace them.
+
+Workloads are started through a launcher shell that backgrounds them and exits, so they are
+never children of Shanzhi: they run in their own session, outlive the server, leave no zombies
+in it, and are found again after a restart through `state.json` (pid plus the process start
+time, so a recycled pid is never ours).
 
 The start is gated: the workload is a `sh` that waits for a line on stdin before it execs
 the command, and we send that line only after `state.json` is durable. If Shanzhi dies in
@@ -15,6 +19,7 @@ between, the pipe closes, the gate reads EOF and the shell exits: no untracked p
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -39,12 +44,19 @@ from shanzhi.providers.base import (
     Provider,
     positive_int,
 )
+from shanzhi.providers.sandbox import Sandbox
 
 _GATE = 'read -r go && [ "$go" = go ] && exec "$@"; exit 111'
-# fd 3 keeps our pipe as the gate's stdin (a background job's stdin is /dev/null otherwise)
-_LAUNCH = f"""exec 3<&0
-/bin/sh -c '{_GATE}' sh "$@" <&3 >>log 2>&1 3<&- &
+# fd 3 keeps our pipe as the gate's stdin (a background job's stdin is /dev/null otherwise);
+# the launcher's stderr is the instance log. It first joins the instance's cgroups, so that
+# everything it starts is held to the limits from the first instruction on.
+_LAUNCH = """exec 3<&0
+IFS=:
+for f in $SHANZHI_CGROUP_PROCS; do echo $$ > "$f" || exit 112; done
+unset IFS SHANZHI_CGROUP_PROCS
+"$@" <&3 >&2 3<&- &
 echo $!"""
+MIN_MEMORY = 8 * 2**20  # below this even a shell is killed at start (Kubernetes refuses under 6 MB)
 _VAR = re.compile(r"\$\{(PORT(?:_[A-Z0-9_]+)?)\}")
 
 
@@ -92,6 +104,7 @@ class LocalProvider(Provider):
         "memory": OptionSpec(parse_memory, _default_memory, "memory capacity (default: half of RAM)"),
         "instances": OptionSpec(positive_int, 50, "maximum number of instances"),
         "hosts": OptionSpec(positive_int, 1, "split the capacity into this many logical hosts"),
+        "pids": OptionSpec(positive_int, 1024, "most processes one instance may run (cgroup pids limit)"),
     }
 
     @property
@@ -105,7 +118,7 @@ class LocalProvider(Provider):
     def status(self) -> CloudStatus:
         if self._failed_marker.exists():
             return CloudStatus(False, "cloud marked failed (failure injection)")
-        return CloudStatus(True, "ok")
+        return CloudStatus(True, f"ok; {self.sandbox.describe()}")
 
     def hosts(self) -> list[HostInfo]:
         n = int(self.opts["hosts"])
@@ -148,19 +161,32 @@ class LocalProvider(Provider):
             raise CloudUnavailable(f"cloud {self.name} is marked failed")
         return [self._observe(st) for st in self._states().values()]
 
+    @functools.cached_property
+    def sandbox(self) -> Sandbox:
+        return Sandbox.for_data_dir(self.state_dir.parent.parent)
+
     def create_instance(self, req: InstanceRequest) -> ObservedInstance:
         if self._failed_marker.exists():
             raise CloudUnavailable(f"cloud {self.name} is marked failed")
         if not req.command:
             raise InvalidInput(f"a local cloud runs processes: component {req.component} has no run.command")
+        if self.sandbox.cgroups is not None and req.memory < MIN_MEMORY:
+            raise InvalidInput(
+                f"component {req.component} asks for {req.memory} bytes of memory: a process needs at least "
+                f"{MIN_MEMORY // 2**20}Mi here, where memory limits are enforced",
+                field="resources.memory",
+            )
         states = self._states()
         existing = states.get(req.name)
         if existing and existing.get("pid") and _alive(int(existing["pid"]), float(existing["create_time"])):
             return self._observe(existing)
-        workdir = self._instances / req.name
-        if workdir.exists():
-            self._kill(existing or {})
-        workdir.mkdir(parents=True, exist_ok=True)
+        statedir = self._instances / req.name
+        if statedir.exists():
+            self._kill({"name": req.name, **(existing or {})})
+        statedir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        box = self.sandbox
+        uid = box.uid_for(req.vdc)
+        workdir = box.make_workdir(self.name, req.name, uid)
         taken = {int(p) for st in states.values() for p in st.get("ports", {}).values()}
         ports: dict[str, int] = {}
         for pname, _ in req.ports or (("port", 0),):
@@ -172,8 +198,8 @@ class LocalProvider(Provider):
             return _VAR.sub(lambda m: str(subst.get(m.group(1), m.group(0))), text)
 
         argv = [expand(a) for a in req.command]
-        env = dict(os.environ)
-        env.update({k: expand(v) for k, v in req.env.items()})
+        env = box.environment(workdir, {k: expand(v) for k, v in req.env.items()})
+        env.update({f"PORT_{k.upper().replace('-', '_')}": str(v) for k, v in ports.items()})
         env.update(
             {
                 "PORT": str(subst["PORT"]),
@@ -183,18 +209,28 @@ class LocalProvider(Provider):
                 "SHANZHI_VDC": req.vdc,
             }
         )
-        launcher = subprocess.Popen(
-            ["/bin/sh", "-c", _LAUNCH, "sh", *argv],
-            cwd=workdir,
-            env=env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            start_new_session=True,
-        )
+        procs: list[Path] = []
+        if box.cgroups is not None:
+            procs = box.cgroups.create(self._cgroup(req.name), req.cpu, req.memory, int(self.opts.get("pids", 1024)))
+        gated = [*box.command_prefix(uid), "/bin/sh", "-c", _GATE, "sh", *argv]
+        with open(statedir / "log", "ab") as log:
+            os.chmod(statedir / "log", 0o600)
+            launcher = subprocess.Popen(
+                ["/bin/sh", "-c", _LAUNCH, "sh", *gated],
+                cwd=workdir,
+                env={**env, "SHANZHI_CGROUP_PROCS": ":".join(map(str, procs))},
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                start_new_session=True,
+            )
         assert launcher.stdin is not None and launcher.stdout is not None
         line = launcher.stdout.readline()
         launcher.stdout.close()
-        launcher.wait()
+        if launcher.wait() != 0 or not line.strip():
+            launcher.stdin.close()
+            tail = (statedir / "log").read_bytes()[-500:].decode(errors="replace")
+            raise OSError(f"could not start instance {req.name} (launcher exit {launcher.returncode}): {tail}")
         pid = int(line)
         try:
             create_time = psutil.Process(pid).create_time()
@@ -208,33 +244,55 @@ class LocalProvider(Provider):
             "create_time": create_time,
             "ports": ports,
             "argv": argv,
+            "uid": uid,
+            "workdir": str(workdir),
             "started_at": time.time(),
         }
-        _write_json(workdir / "state.json", state)
+        _write_json(statedir / "state.json", state)
         with contextlib.suppress(BrokenPipeError):
             launcher.stdin.write(b"go\n")
             launcher.stdin.close()
         return self._observe(state)
 
+    def _cgroup(self, instance: str) -> str:
+        return f"{self.name}.{instance}"
+
     def _kill(self, st: dict[str, Any]) -> None:
         pid = st.get("pid")
-        if not pid or not _alive(int(pid), float(st.get("create_time", 0))):
-            return
-        pgid = int(st.get("pgid", pid))
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, signal.SIGTERM)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and _alive(int(pid), float(st["create_time"])):
-            time.sleep(0.02)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, signal.SIGKILL)
+        cg = self.sandbox.cgroups
+        if pid and _alive(int(pid), float(st.get("create_time", 0))):
+            pgid = int(st.get("pgid", pid))
+            deadline = time.monotonic() + 5
+            resend = 0.0
+            while time.monotonic() < deadline and _alive(int(pid), float(st["create_time"])):
+                if time.monotonic() >= resend:  # again now and then: a namespace's init may not listen yet
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(pgid, signal.SIGTERM)
+                    resend = time.monotonic() + 0.25
+                time.sleep(0.02)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, signal.SIGKILL)
+        if cg is not None and st.get("name"):
+            name = self._cgroup(str(st["name"]))
+            for _ in range(100):  # whatever left the process group is still in the cgroup
+                members = cg.member_pids(name)
+                if not members:
+                    break
+                for member in members:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(member, signal.SIGKILL)
+                time.sleep(0.02)
+            cg.remove(name)
 
     def delete_instance(self, name: str) -> None:
-        workdir = self._instances / name
-        if not workdir.exists():
+        statedir = self._instances / name
+        if not statedir.exists():
             return
-        self._kill(self._states().get(name, {}))
-        shutil.rmtree(workdir, ignore_errors=True)
+        st = self._states().get(name, {})
+        self._kill({"name": name, **st})
+        if st.get("workdir"):
+            shutil.rmtree(st["workdir"], ignore_errors=True)
+        shutil.rmtree(statedir, ignore_errors=True)
 
     def inject_failure(self, host: str | None = None) -> None:
         """Simulate losing the whole cloud: its processes stop and it stops answering."""
@@ -249,17 +307,25 @@ class LocalProvider(Provider):
         self._failed_marker.unlink(missing_ok=True)
 
 
-def stop_all_under(clouds_dir: Path) -> int:
+def stop_all_under(clouds_dir: Path, *, remove: bool = False) -> int:
     """Stop every local workload whose state lies under `clouds_dir` (offline cleanup).
 
+    With `remove`, also delete their working directories, cgroups and state (as tests do).
     Returns how many processes were running and are now stopped.
     """
     stopped = 0
     for state_file in sorted(clouds_dir.glob("*/instances/*/state.json")):
         cloud_dir = state_file.parents[2]
         p = LocalProvider(cloud_dir.name, {"hosts": 1}, cloud_dir)
-        st = p._states().get(state_file.parent.name, {})
+        name = state_file.parent.name
+        st = p._states().get(name, {})
         if st.get("pid") and _alive(int(st["pid"]), float(st["create_time"])):
             stopped += 1
-        p._kill(st)
+        if remove:
+            p.delete_instance(name)
+        else:
+            p._kill({"name": name, **st})
+    if remove:
+        root = Sandbox.for_data_dir(clouds_dir.parent).root
+        shutil.rmtree(root, ignore_errors=True)
     return stopped

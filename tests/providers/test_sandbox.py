@@ -1,0 +1,257 @@
+"""The `local` sandbox: a workload can reach neither the platform nor another VDC, and its
+`resources` are enforced by the kernel. These run real workloads as real unprivileged uids."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from shanzhi.providers import InstanceRequest
+from shanzhi.providers.local import LocalProvider
+from shanzhi.providers.sandbox import UID_BASE, UID_COUNT, Cgroups, Sandbox
+from tests.providers.test_local import get, pid_of, provider, wait_until, workload
+
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox needs root (CI runs as root)")
+
+PROBE = textwrap.dedent(
+    """
+    import json, os, sys
+    targets = json.loads(sys.argv[1])
+    out = {"uid": os.getuid(), "gid": os.getgid(), "groups": os.getgroups(), "env": sorted(os.environ),
+           "cwd": os.getcwd(), "procs": sum(1 for p in os.listdir("/proc") if p.isdigit())}
+    out["no_new_privs"] = [l.split()[1] for l in open("/proc/self/status") if l.startswith("NoNewPrivs")][0]
+    for name, path in targets.items():
+        try:
+            if os.path.isdir(path):
+                out[name] = "listed " + ",".join(sorted(os.listdir(path)))
+            else:
+                out[name] = "read %d bytes" % len(open(path, "rb").read())
+        except OSError as e:
+            out[name] = "refused: " + e.strerror
+    print("PROBE " + json.dumps(out), flush=True)
+    import time; time.sleep(120)
+    """
+)
+
+
+def req(
+    name: str, command: tuple[str, ...], *, vdc: str = "gz/health", cpu: int = 500, memory: int = 2**28
+) -> InstanceRequest:
+    return InstanceRequest(
+        name=name, app="a", component="c", vdc=vdc, host="node-0", cpu=cpu, memory=memory,
+        command=command, env={"GREETING": "hi"}, ports=(("http", 8080),),
+    )  # fmt: skip
+
+
+def log_of(data_dir: Path, name: str) -> str:
+    return (data_dir / "clouds" / "loc" / "instances" / name / "log").read_text(errors="replace")
+
+
+def probe_result(data_dir: Path, name: str) -> dict[str, object]:
+    assert wait_until(lambda: "PROBE " in log_of(data_dir, name), 20), log_of(data_dir, name)
+    line = next(x for x in log_of(data_dir, name).splitlines() if x.startswith("PROBE "))
+    return dict(json.loads(line[len("PROBE ") :]))
+
+
+def platform_files(data_dir: Path) -> None:
+    """What the bootstrap leaves in a data dir, deliberately readable (0755/0644): the
+    sandbox must hold even where the file modes do not."""
+    for name in ("admin.token", "security.token", "audit.token", "ledger.key", "platform.key", "shanzhi.db"):
+        (data_dir / name).write_text(f"secret {name}\n")
+        os.chmod(data_dir / name, 0o644)
+    os.chmod(data_dir, 0o755)
+    for parent in data_dir.parents:  # pytest's tmp root is 0700: open the way so only the sandbox stops us
+        if parent == Path("/tmp"):
+            break
+        os.chmod(parent, os.stat(parent).st_mode | 0o005)
+
+
+@root_only
+def test_the_reported_attack_finds_nothing_of_the_platform(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The review's attack: a workload serving the file system, then reading the platform's
+    tokens, keys and database, the server's environment, and another VDC's directory."""
+    platform_files(data_dir)
+    monkeypatch.setenv("SHANZHI_OIDC_CLIENT_SECRET", "the-server-secret")
+    p = provider(data_dir)
+    other = p.create_instance(req("other-1", ("sleep", "120"), vdc="gz/transport"))
+    other_dir = json.loads((data_dir / "clouds/loc/instances/other-1/state.json").read_text())["workdir"]
+    (Path(other_dir) / "records.csv").write_text("transport's data\n")
+    targets = {
+        "data_dir": str(data_dir),
+        **{n: str(data_dir / n) for n in ("admin.token", "ledger.key", "platform.key", "shanzhi.db")},
+        "server_environ": f"/proc/{os.getpid()}/environ",
+        "other_vdc_dir": other_dir,
+        "other_vdc_file": str(Path(other_dir) / "records.csv"),
+        "state_dir": str(data_dir / "clouds" / "loc"),
+    }
+    p.create_instance(req("probe-1", ("python3", "-c", PROBE, json.dumps(targets))))
+    out = probe_result(data_dir, "probe-1")
+    for name in targets:
+        assert str(out[name]).startswith("refused"), (name, out[name])
+    assert out["data_dir"] == "refused: Permission denied"  # 0755 here: the root-only tmpfs over it says no
+    uid = out["uid"]
+    assert isinstance(uid, int) and UID_BASE <= uid < UID_BASE + UID_COUNT and uid != os.geteuid()
+    assert out["gid"] == uid and out["groups"] == []
+    assert out["no_new_privs"] == "1"
+    assert isinstance(out["procs"], int) and out["procs"] <= 4  # its own PID namespace: not the server
+    allowed = {"PATH", "HOME", "LANG", "PORT", "PORT_HTTP", "GREETING", "PWD", "SHLVL", "_"}
+    allowed |= {"SHANZHI_INSTANCE", "SHANZHI_APP", "SHANZHI_COMPONENT", "SHANZHI_VDC"}
+    assert set(out["env"]) <= allowed, set(out["env"]) - allowed  # type: ignore[arg-type]
+    assert str(data_dir) not in str(out["cwd"])
+    # and serving the whole file system, as in the review, shows no platform file either
+    web = p.create_instance(req("web-1", ("python3", "-m", "http.server", "${PORT}", "--bind", "127.0.0.1", "-d", "/")))
+    assert web.endpoint and get(web.endpoint).status_code == 200
+    for name in ("admin.token", "shanzhi.db"):
+        r = httpx.get(f"http://{web.endpoint}{data_dir / name}", timeout=5)
+        assert r.status_code == 404 and "secret" not in r.text
+    # the other VDC's workload runs as another uid
+    assert workload(other.detail).uids().real not in (uid, 0)
+
+
+@root_only
+def test_vdcs_keep_their_uid_and_never_share_one(data_dir: Path) -> None:
+    box = Sandbox.for_data_dir(data_dir)
+    a, b = box.uid_for("gz/health"), box.uid_for("gz/transport")
+    assert a != b and box.uid_for("gz/health") == a
+    assert Sandbox.for_data_dir(data_dir).uid_for("gz/transport") == b  # kept across restarts
+    assert oct(os.stat(data_dir / "workload-uids.json").st_mode & 0o777) == "0o600"
+
+
+@root_only
+def test_memory_past_the_limit_is_killed_by_the_kernel_and_neighbours_live(data_dir: Path) -> None:
+    hog = ("python3", "-c", "b = bytearray(300 * 2**20); print('allocated', flush=True); import time; time.sleep(120)")
+    p = provider(data_dir)
+    small = p.create_instance(req("small-1", hog, memory=64 * 2**20))
+    big = p.create_instance(req("big-1", hog, memory=512 * 2**20))  # the same program, room enough
+    assert wait_until(lambda: {o.name: o.state for o in p.list_instances()}["small-1"] == "exited", 30)
+    assert wait_until(lambda: "allocated" in log_of(data_dir, "big-1"), 30)
+    states = {o.name: o.state for o in p.list_instances()}
+    assert states == {"small-1": "exited", "big-1": "running"}
+    assert "allocated" not in log_of(data_dir, "small-1")
+    assert workload(big.detail).is_running()
+    # started again under the same name (as the reconciler heals it), it gets a fresh cgroup
+    again = p.create_instance(req("small-1", ("sleep", "60"), memory=64 * 2**20))
+    assert again.state == "running" and again.detail != small.detail
+
+
+@root_only
+def test_cpu_quota_holds_a_busy_loop(data_dir: Path) -> None:
+    p = provider(data_dir)
+    busy = ("python3", "-c", "while True: pass")
+    limited = p.create_instance(req("slow-1", busy, cpu=100))
+    proc = workload(limited.detail)
+    wait_until(lambda: "python3" in proc.name(), 5)
+    before = sum(proc.cpu_times()[:2])
+    time.sleep(2)
+    used = sum(proc.cpu_times()[:2]) - before
+    assert used < 0.6, f"0.1 cpu used {used:.2f} s of cpu in 2 s"  # unlimited: ~2 s
+
+
+@root_only
+def test_pids_limit_stops_a_fork_bomb(data_dir: Path) -> None:
+    bomb = textwrap.dedent(
+        """
+        import subprocess
+        n = 0
+        for _ in range(40):
+            try:
+                subprocess.Popen(["sleep", "60"]); n += 1
+            except OSError:
+                pass
+        print("STARTED", n, flush=True)
+        import time; time.sleep(60)
+        """
+    )
+    p = LocalProvider("loc", LocalProvider.validate_options({"pids": 10}), data_dir / "clouds" / "loc")
+    p.create_instance(req("bomb-1", ("python3", "-c", bomb)))
+    assert wait_until(lambda: "STARTED" in log_of(data_dir, "bomb-1"), 20)
+    started = int(log_of(data_dir, "bomb-1").split("STARTED")[1].split()[0])
+    assert started < 10
+
+
+@root_only
+def test_delete_leaves_no_process_directory_or_cgroup(data_dir: Path) -> None:
+    p = provider(data_dir)
+    obs = p.create_instance(req("w-1", ("sh", "-c", "sleep 100 & sleep 100 & wait")))
+    st = json.loads((data_dir / "clouds/loc/instances/w-1/state.json").read_text())
+    cg = p.sandbox.cgroups
+    assert cg is not None and cg.member_pids(p._cgroup("w-1"))
+    tree = [psutil.Process(pid_of(obs.detail)), *psutil.Process(pid_of(obs.detail)).children(recursive=True)]
+    p.delete_instance("w-1")
+    assert all(not x.is_running() or x.status() == psutil.STATUS_ZOMBIE for x in tree)
+    assert not Path(st["workdir"]).exists()
+    assert not any(d.exists() for d in cg._dirs(p._cgroup("w-1")).values())
+
+
+def test_cgroup_v2_files(tmp_path: Path) -> None:
+    """The v2 layout, written into a stand-in tree (this project's CI machines have v1)."""
+    (tmp_path / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
+    cg = Cgroups("shanzhi/abc", fs=tmp_path)
+    assert cg.version() == 2
+    procs = cg.create("loc.web-1", cpu_millis=250, memory=2**27, pids=64)
+    d = tmp_path / "shanzhi/abc/loc.web-1"
+    assert procs == [d / "cgroup.procs"]
+    assert (d / "cpu.max").read_text() == "25000 100000"
+    assert (d / "memory.max").read_text() == str(2**27)
+    assert (d / "pids.max").read_text() == "64"
+    for node in (tmp_path, tmp_path / "shanzhi", tmp_path / "shanzhi/abc"):
+        assert (node / "cgroup.subtree_control").read_text() == "+cpu +memory +pids"
+    assert Cgroups("x", fs=tmp_path / "nothing").version() is None
+
+
+def test_without_root_workloads_run_as_the_server_and_it_says_so(tmp_path: Path) -> None:
+    """Run a provider as an ordinary user: it still works, and says tenants are not isolated."""
+    if os.geteuid() == 0:
+        os.chmod(tmp_path, 0o777)
+        for parent in tmp_path.parents:
+            if parent == Path("/tmp"):
+                break
+            os.chmod(parent, os.stat(parent).st_mode | 0o005)
+        prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    else:
+        prefix = []
+    script = textwrap.dedent(
+        f"""
+        import json, os, sys, time
+        sys.path[:0] = {sys.path!r}
+        from pathlib import Path
+        from shanzhi.providers import InstanceRequest
+        from shanzhi.providers.local import LocalProvider, stop_all_under
+        d = Path({str(tmp_path)!r}) / "data"
+        p = LocalProvider("loc", LocalProvider.validate_options({{}}), d / "clouds" / "loc")
+        r = InstanceRequest(name="w-1", app="a", component="c", vdc="gz", host="node-0", cpu=100,
+                            memory=2**26, command=("sleep", "30"))
+        obs = p.create_instance(r)
+        import psutil
+        child = psutil.Process(int(obs.detail.split()[1]))
+        print(json.dumps({{"status": p.status().message, "uid": child.uids().real, "me": os.geteuid(),
+                          "state": obs.state}}))
+        stop_all_under(d / "clouds", remove=True)
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "SHANZHI_WORKLOAD_ROOT"}
+    out = subprocess.run(
+        [*prefix, sys.executable, "-c", script], check=False, capture_output=True, text=True, env=env, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout)
+    assert res["state"] == "running" and res["uid"] == res["me"] != 0
+    assert "NOT isolated from the platform" in res["status"]
+
+
+@root_only
+def test_memory_below_what_a_process_needs_is_refused(data_dir: Path) -> None:
+    from shanzhi.domain.errors import InvalidInput
+
+    with pytest.raises(InvalidInput, match="at least 8Mi"):
+        provider(data_dir).create_instance(req("tiny-1", ("sleep", "1"), memory=2**20))
+    assert provider(data_dir).list_instances() == []
