@@ -237,6 +237,29 @@ def test_platform_roles_do_not_cross(tenants: Tenants) -> None:
     assert "separated" in held["detail"]
 
 
+def test_platform_administrators_hold_no_vdc_role(tenants: Tenants) -> None:
+    """The review's two detours around the three-way separation, and the reverse."""
+    sec, hadmin = tenants.as_("security"), tenants.as_("hadmin")
+    whoami = {who: tenants.as_(who).get(f"{V1}/auth/whoami").json()["user"] for who in ("security", "audit")}
+    # the security administrator grants itself vdc-admin on gz
+    selfie = problem(sec.post(f"{V1}/grants", json={"user": whoami["security"], "role": "vdc-admin", "vdc": "gz"}), 409)
+    assert "may hold no VDC role" in selfie["detail"]
+    # a VDC administrator makes the auditor a vdc-admin of its department
+    aud = problem(
+        hadmin.post(f"{V1}/grants", json={"user": whoami["audit"], "role": "vdc-admin", "vdc": "gz/health"}), 409
+    )
+    assert "may hold no VDC role" in aud["detail"]
+    # and a department member is never made a platform administrator while holding VDC roles
+    up = problem(sec.post(f"{V1}/grants", json={"user": "hmember", "role": "audit-admin"}), 409)
+    assert "holds VDC roles" in up["detail"]
+    # nothing changed: the auditor still cannot touch apps, the member is still only a member
+    problem(tenants.as_("audit").post(f"{V1}/apps", json=app_spec("x", "gz/health")), 403)
+    assert [(g["role"], g["vdc"]) for g in sec.get(f"{V1}/grants", params={"user": "hmember"}).json()] == [
+        ("member", "gz/health")
+    ]
+    assert sec.get(f"{V1}/grants", params={"user": whoami["security"]}).json()[0]["role"] == "security-admin"
+
+
 def test_no_role_means_no_access(tenants: Tenants) -> None:
     nobody = tenants.as_("nobody")
     period = "from=2026-11-01T00:00:00Z&to=2026-12-01T00:00:00Z"

@@ -270,14 +270,26 @@ def grant(s: Session, user: str, role: str, vdc: str | None, by: str) -> Grant:
     check_role(role, vdc)
     u = get_user(s, user)
     v = get_vdc(s, vdc) if vdc is not None else None
-    if role in PLATFORM_ROLES:
-        held = set(s.scalars(select(Grant.role).where(Grant.user_id == u.id, Grant.vdc_id.is_(None))))
-        if held - {role}:
-            raise Conflict(
-                f"user {user} already holds {', '.join(sorted(held))}: platform roles are separated "
-                "(system, security and audit administration never go to one person)",
-                field="role",
-            )
+    held = {(r, vid is None) for r, vid in s.execute(select(Grant.role, Grant.vdc_id).where(Grant.user_id == u.id))}
+    platform_held = sorted({r for r, platform in held if platform})
+    if role in PLATFORM_ROLES and set(platform_held) - {role}:
+        raise Conflict(
+            f"user {user} already holds {', '.join(platform_held)}: platform roles are separated "
+            "(system, security and audit administration never go to one person)",
+            field="role",
+        )
+    if role in PLATFORM_ROLES and any(not platform for _, platform in held):
+        raise Conflict(
+            f"user {user} holds VDC roles; a platform administrator ({role}) may hold none, or the three-way "
+            "separation could be sidestepped through a department: remove their VDC grants first",
+            field="role",
+        )
+    if role in VDC_ROLES and platform_held:
+        raise Conflict(
+            f"user {user} is a platform administrator ({', '.join(platform_held)}) and may hold no VDC role: "
+            "administrators act through their own role only; use a separate account for department work",
+            field="role",
+        )
     q = select(Grant).where(Grant.user_id == u.id, Grant.role == role)
     q = q.where(Grant.vdc_id == v.id) if v is not None else q.where(Grant.vdc_id.is_(None))
     existing = s.scalar(q)

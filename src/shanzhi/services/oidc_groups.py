@@ -82,6 +82,11 @@ def sync_grants(s: Session, user: User, groups: list[str]) -> list[str]:
             f"this login would give {user.name} the platform roles {', '.join(sorted(platform))} ({why}): "
             "platform roles are separated; ask a security administrator to fix the group maps"
         )
+    if platform and any(v is not None for _, v in (*want, *manual)):
+        raise Forbidden(
+            f"this login would give {user.name} both the platform role {', '.join(sorted(platform))} and VDC roles: "
+            "a platform administrator may hold no VDC role; ask a security administrator to fix the group maps"
+        )
     changes = []
     for g in have:
         if g.granted_by.startswith(PREFIX) and (g.role, g.vdc_id) not in want:
