@@ -1,4 +1,4 @@
-"""RFC 6962 reference tree and the transparency-dev proof vectors in ../shared/testdata/merkle."""
+"""RFC 6962 reference tree and the transparency-dev proof vectors (tests/ledger/data/merkle, see its NOTICE)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from shanzhi.ledger.merkle import (
     verify_inclusion,
 )
 
-VECTORS = Path(__file__).resolve().parents[3] / "shared" / "testdata" / "merkle"  # shared/ beside the clone
+VECTORS = Path(__file__).resolve().parent / "data" / "merkle"
 
 TREE = json.loads((VECTORS / "rfc6962-tree.json").read_text())
 LEAVES = [bytes.fromhex(h) for h in TREE["leaf_inputs_hex"]]
