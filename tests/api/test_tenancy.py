@@ -142,8 +142,49 @@ def test_login_sessions_end_when_idle_api_tokens_do_not(tenants: Tenants) -> Non
 def test_locked_user_tokens_stop_working(tenants: Tenants) -> None:
     assert tenants.as_("hmember").get(f"{V1}/apps").status_code == 200
     assert tenants.as_("security").post(f"{V1}/users/hmember/lock").status_code == 200
-    assert "locked" in problem(tenants.as_("hmember").get(f"{V1}/apps"), 401)["detail"]
+    assert "revoked" in problem(tenants.as_("hmember").get(f"{V1}/apps"), 401)["detail"]
     assert problem(login(tenants.api, "hmember", PASSWORD), 423)
+
+
+def test_a_reset_lock_or_delete_ends_every_session_and_token(tenants: Tenants) -> None:
+    sec = tenants.as_("security")
+
+    def credentials(user: str) -> list[TestClient]:
+        session = login(tenants.api, user, PASSWORD).json()["token"]
+        api_token = TestClient(tenants.api.app, headers=bearer(session)).post(f"{V1}/tokens", json={"name": "ci"})
+        return [TestClient(tenants.api.app, headers=bearer(t)) for t in (session, api_token.json()["token"])]
+
+    def ended(clients: list[TestClient]) -> bool:
+        return all(c.get(f"{V1}/auth/whoami").status_code == 401 for c in clients)
+
+    held = credentials("hmember")
+    assert sec.put(f"{V1}/users/hmember/password", json={"password": "Reset-by-security-1"}).status_code == 200
+    assert ended(held) and ended([tenants.as_("hmember")])
+    held = credentials("hviewer")
+    assert sec.post(f"{V1}/users/hviewer/lock").status_code == 200
+    assert sec.post(f"{V1}/users/hviewer/unlock").status_code == 200
+    assert ended(held)  # unlocking does not bring them back
+    held = credentials("itmember")
+    assert sec.delete(f"{V1}/users/itmember").status_code == 200
+    assert ended(held)
+    # changing one's own password ends the other sessions, not the one that changed it
+    held = credentials("tmember")
+    me = held[0]
+    r = me.put(f"{V1}/auth/password", json={"password": "Changed-by-me-22", "old_password": PASSWORD})
+    assert r.status_code == 200
+    assert me.get(f"{V1}/auth/whoami").status_code == 200 and ended(held[1:]) and ended([tenants.as_("tmember")])
+
+
+def test_every_token_expires(tenants: Tenants) -> None:
+    me = tenants.as_("tmember")
+    never = problem(me.post(f"{V1}/tokens", json={"name": "forever", "expires_in_days": None}), 422)
+    assert "expires_in_days" in never["detail"]
+    long = problem(me.post(f"{V1}/tokens", json={"name": "long", "expires_in_days": 366}), 422)
+    assert "longer than the 365 days" in long["detail"]
+    made = me.post(f"{V1}/tokens", json={"name": "year", "expires_in_days": 365}).json()
+    assert made["expires_at"]
+    with tenants.api.app.state.db.session() as s:
+        assert s.scalar(select(Token.id).where(Token.expires_at.is_(None))) is None  # bootstrap tokens too
 
 
 def test_tokens_are_created_listed_revoked_and_expire(tenants: Tenants) -> None:

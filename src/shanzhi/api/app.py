@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 from fastapi import APIRouter, Depends, FastAPI
 
@@ -57,7 +58,7 @@ def create_app(settings: Settings) -> FastAPI:
         (log.info if sandbox.isolate and sandbox.cgroups else log.warning)("local clouds: %s", sandbox.describe())
         db.migrate()
         with db.session() as s, s.begin():
-            ensure_bootstrap(s, settings.data_dir)
+            ensure_bootstrap(s, settings.data_dir, timedelta(days=settings.token_max_days))
         fleet = Fleet(settings.data_dir)
         if settings.demo:
             with db.session() as s, s.begin():

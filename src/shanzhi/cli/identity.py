@@ -245,7 +245,9 @@ def token_list(
 @token_app.command("create")
 def token_create(
     name: str,
-    expires_in_days: float = typer.Option(90, "--expires-in-days", help="Lifetime in days (at most 365)."),
+    expires_in_days: float = typer.Option(
+        90, "--expires-in-days", help="Lifetime in days (at most the server's --token-max-days, 365 by default)."
+    ),
     data_dir: Path | None = DataDirOpt,
     output: Fmt = OutputOpt,
 ) -> None:

@@ -218,7 +218,7 @@ class Client:
     def list_tokens(self, user: str | None = None, all_users: bool = False) -> Any:
         return self._call("GET", "/tokens", params=_params(user=user, all=all_users or None))
 
-    def create_token(self, name: str, expires_in_days: float | None) -> Any:
+    def create_token(self, name: str, expires_in_days: float) -> Any:
         return self._call("POST", "/tokens", json={"name": name, "expires_in_days": expires_in_days})
 
     def revoke_token(self, token_id: int) -> Any:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from shanzhi.domain.errors import Conflict, Forbidden, InvalidInput, Locked, NotFound, Unauthorized
@@ -111,22 +111,35 @@ def check_password(u: User, password: str) -> None:
         raise Unauthorized("the current password is wrong", field="old_password") from None
 
 
-def set_password(s: Session, name: str, password: str) -> User:
+def set_password(s: Session, name: str, password: str, *, keep_token: int | None = None) -> User:
+    """Set a password. Every session and API token of the user ends, except `keep_token` (the
+    caller's own session when users change their own password)."""
     _check_password(password, name)
     u = get_user(s, name)
     u.password_hash = _hasher.hash(password)
     u.password_changed_at = utcnow()
     u.failed_logins, u.locked_until = 0, None
+    revoke_all(s, u, keep=keep_token)
     return u
 
 
 def set_locked(s: Session, name: str, locked: bool) -> User:
-    """Lock a user out (their tokens stop working) or unlock them (and clear failures)."""
+    """Lock a user out (every session and token of theirs ends) or unlock them (and clear failures)."""
     u = get_user(s, name)
     u.disabled = locked
-    if not locked:
+    if locked:
+        revoke_all(s, u)
+    else:
         u.failed_logins, u.locked_until = 0, None
     return u
+
+
+def revoke_all(s: Session, u: User, *, keep: int | None = None) -> int:
+    """End every live session and token of `u` (but `keep`); how many ended."""
+    q = update(Token).where(Token.user_id == u.id, Token.revoked_at.is_(None))
+    if keep is not None:
+        q = q.where(Token.id != keep)
+    return int(s.execute(q.values(revoked_at=utcnow())).rowcount)  # type: ignore[attr-defined]
 
 
 def unlink_oidc(s: Session, name: str) -> User:
@@ -320,7 +333,7 @@ def revoke_grant(s: Session, grant_id: int, scope: Scope) -> Grant:
 
 
 # ------------------------------------------------------------------ bootstrap
-def ensure_bootstrap(s: Session, data_dir: Path) -> None:
+def ensure_bootstrap(s: Session, data_dir: Path, token_ttl: timedelta = timedelta(days=365)) -> None:
     """Make sure the three separated administrators exist, each with a valid token in a 0600 file
     in the data dir (admin.token, security.token, audit.token). Idempotent."""
     for name, display, role, filename in BOOTSTRAP:
@@ -333,9 +346,12 @@ def ensure_bootstrap(s: Session, data_dir: Path) -> None:
         if path.exists():
             secret = path.read_text().strip()
             t = s.scalar(select(Token).where(Token.token_hash == token_hash(secret)))
-            if t is not None and t.user_id == u.id and t.revoked_at is None:
+            fresh = t is not None and t.expires_at is not None and t.expires_at - utcnow() > token_ttl / 12
+            if t is not None and t.user_id == u.id and t.revoked_at is None and fresh:
                 os.chmod(path, 0o600)
                 continue
-        secret, _ = issue_token(s, u, f"bootstrap {filename}", None)
+            if t is not None and t.revoked_at is None:
+                t.revoked_at = utcnow()  # replaced a month before it would expire
+        secret, _ = issue_token(s, u, f"bootstrap {filename}", token_ttl)
         write_private(path, secret + "\n")
     s.flush()

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from shanzhi.api.audit import transaction
 from shanzhi.api.auth import principal, require
 from shanzhi.api.deps import Runtime, runtime
-from shanzhi.domain.errors import Forbidden, Unauthorized
+from shanzhi.domain.errors import Forbidden, InvalidInput, Unauthorized
 from shanzhi.domain.rbac import PLATFORM_ROLES, Principal
 from shanzhi.services import identity as svc
 from shanzhi.store.tables import Grant, Token, User
@@ -36,7 +36,7 @@ class PasswordIn(_In):
 
 class TokenIn(_In):
     name: str = Field(min_length=1, max_length=128)
-    expires_in_days: float | None = Field(90, gt=0, le=365, description="null: until revoked")
+    expires_in_days: float = Field(90, gt=0, description="every token expires: at most `serve --token-max-days`")
 
 
 class UserIn(_In):
@@ -141,8 +141,8 @@ def change_password(request: Request, body: PasswordIn, p: Principal = Depends(p
         u = svc.get_user(s, p.user)
         if u.password_hash is not None:
             svc.check_password(u, body.old_password or "")
-        svc.set_password(s, p.user, body.password)
-    return {"user": p.user, "changed": True}
+        svc.set_password(s, p.user, body.password, keep_token=request.state.token_id)
+    return {"user": p.user, "changed": True, "other_sessions": "ended"}
 
 
 # ------------------------------------------------------------------ tokens
@@ -162,7 +162,14 @@ def list_tokens(
 @router.post("/tokens", status_code=201)
 def create_token(request: Request, body: TokenIn, p: Principal = Depends(principal)) -> dict[str, Any]:
     """A new API token for yourself; its secret is shown once."""
-    ttl = timedelta(days=body.expires_in_days) if body.expires_in_days is not None else None
+    most = request.app.state.runtime.settings.token_max_days
+    if body.expires_in_days > most:
+        raise InvalidInput(
+            f"expires_in_days {body.expires_in_days:g} is longer than the {most} days this server allows "
+            "(serve --token-max-days); every token expires",
+            field="expires_in_days",
+        )
+    ttl = timedelta(days=body.expires_in_days)
     request.state.target = f"token {body.name} of {p.user}"
     with transaction(request) as s:
         secret, t = svc.issue_token(s, svc.get_user(s, p.user), body.name, ttl)
