@@ -36,6 +36,7 @@ class Settings:
     max_login_failures: int = 5
     lockout_minutes: float = 15.0
     session_hours: float = 12.0
+    forwarded_allow_ips: tuple[str, ...] = ()  # proxies whose X-Forwarded-For is believed
     token_max_days: int = 365  # every API token expires; the bootstrap tokens are renewed at start
     password_max_age_days: int = 90  # 0: passwords never expire
     session_idle_minutes: float = 30.0  # 0: sessions never end for idleness (MLPS asks that they do)

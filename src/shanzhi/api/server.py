@@ -19,5 +19,9 @@ def serve(settings: Settings) -> None:
         port=settings.port,
         log_level="info",
         access_log=False,
+        # X-Forwarded-For/-Proto only from the proxies named: from anyone else (a workload on
+        # loopback included) the header would forge the audit trail's source
+        proxy_headers=bool(settings.forwarded_allow_ips),
+        forwarded_allow_ips=",".join(settings.forwarded_allow_ips) or None,
         timeout_graceful_shutdown=10,
     )

@@ -38,6 +38,11 @@ def serve(
     max_login_failures: int = typer.Option(5, "--max-login-failures", min=1, help="Wrong passwords before lock-out."),
     lockout_minutes: float = typer.Option(15, "--lockout-minutes", min=0.1, help="How long a lock-out lasts."),
     session_hours: float = typer.Option(12, "--session-hours", min=0.1, help="How long a login session lasts."),
+    forwarded_allow_ips: list[str] = typer.Option(
+        None,
+        "--forwarded-allow-ips",
+        help="A reverse proxy's address whose X-Forwarded-For is believed (repeatable; default: none).",
+    ),
     token_max_days: int = typer.Option(
         365, "--token-max-days", min=1, help="Longest life of an API token (every token expires)."
     ),
@@ -96,6 +101,7 @@ def serve(
         lockout_minutes=lockout_minutes,
         session_hours=session_hours,
         token_max_days=token_max_days,
+        forwarded_allow_ips=tuple(forwarded_allow_ips or ()),
         session_idle_minutes=session_idle_minutes,
         password_max_age_days=password_max_age_days,
         public_url=public_url,
