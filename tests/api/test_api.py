@@ -261,3 +261,56 @@ def test_the_audit_trail_is_a_verifiable_chain(world: TestClient, tokens: dict[s
     report = world.get("/api/v1/audit/verify", headers=bearer(tokens["audit"])).json()
     # the listing above is a privileged read: it was recorded too
     assert report["ok"] and report["records"] == len(records) + 1 and report["problem"] == ""
+
+
+def test_numbers_out_of_range_are_422_naming_the_field_never_500(world: TestClient, tokens: dict[str, str]) -> None:
+    """The review's 500s: huge and non-finite quantities, non-integer counts, ids past 2^63."""
+    world.post("/api/v1/apps", json=hello())
+    before = snapshot(world)
+    huge = "9" * 400
+    for field, value in (("cpu", 1e306), ("cpu", huge), ("memory", huge), ("memory", 1e300), ("storage", huge)):
+        bad = hello(resources={"cpu": 0.1, "memory": "64Mi", field: value})
+        body = problem(world.post("/api/v1/apps", json=bad), 422)
+        assert body["field"] == f"spec.components[0].resources.{field}", (field, value)
+    for value in (True, "3", 1.7, 2**70):
+        body = problem(world.post("/api/v1/apps", json=hello(replicas=value)), 422)
+        assert body["field"] == "spec.components[0].replicas", value
+    for quota in ({"cpu": huge}, {"memory": huge}, {"instances": huge}, {"instances": 1.7}, {"instances": True}):
+        key = next(iter(quota))
+        body = problem(world.put("/api/v1/vdcs/gz/quota", json={"quota": quota}), 422)
+        assert body["field"] == f"quota.{key}", quota
+    for raw in ('{"cpu": 1e400}', '{"cpu": "NaN"}', '{"cpu": "1e400"}', '{"memory": "-Infinity"}'):
+        r = world.put("/api/v1/rates/city-a", content=raw, headers={"content-type": "application/json"})
+        assert r.status_code == 422, (raw, r.text)
+    assert snapshot(world) == before
+    big = str(2**63)
+    as_ = {who: {"Authorization": f"Bearer {t}"} for who, t in tokens.items()}
+    for who, method, path in (
+        ("admin", "GET", f"/api/v1/approvals/{big}"),
+        ("admin", "POST", f"/api/v1/approvals/{big}/approve"),
+        ("admin", "DELETE", f"/api/v1/approval-rules/{big}"),
+        ("admin", "GET", f"/api/v1/events?since={big}"),
+        ("admin", "GET", f"/api/v1/plans/{big}"),
+        ("admin", "POST", f"/api/v1/plans/{big}/apply"),
+        ("admin", "DELETE", f"/api/v1/tokens/{big}"),
+        ("security", "DELETE", f"/api/v1/grants/{big}"),
+        ("security", "DELETE", f"/api/v1/oidc-group-maps/{big}"),
+        ("audit", "GET", f"/api/v1/audit?since={big}"),
+        ("audit", "GET", f"/api/v1/ledger/entries/{big}"),
+        ("audit", "GET", f"/api/v1/ledger/checkpoints?since={big}"),
+        ("audit", "GET", f"/api/v1/ledger/proof/inclusion?index={big}"),
+        ("audit", "GET", f"/api/v1/ledger/proof/consistency?old=1&new={big}"),
+        ("audit", "GET", f"/api/v1/ledger/watch?from={big}"),
+    ):
+        r = world.request(method, path, headers=as_[who], json={} if method == "POST" else None)
+        assert r.status_code == 422, (method, path, r.status_code, r.text)
+    assert world.get(f"/api/v1/ledger/tile/0/{'x999/' * 6}999", headers=as_["audit"]).status_code == 404
+
+
+def test_vdc_filters_are_paths_not_patterns(world: TestClient) -> None:
+    world.post("/api/v1/apps", json=hello())
+    assert [a["name"] for a in world.get("/api/v1/apps", params={"vdc": "gz"}).json()] == ["hello"]
+    for pattern in ("g%", "g_", "%", "gz/%", "g\\z"):
+        for path in ("/api/v1/apps", "/api/v1/instances", "/api/v1/events"):
+            r = world.get(path, params={"vdc": pattern})
+            assert r.status_code in (200, 404) and (r.status_code == 404 or r.json() == []), (path, pattern, r.text)

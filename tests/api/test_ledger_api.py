@@ -45,8 +45,11 @@ def test_submit_prove_and_read_tiles(api: TestClient, tokens: dict[str, str]) ->
     assert part.status_code == 200 and len(part.content) == 45 * 32
     assert api.get("/api/v1/ledger/tile/entries/001.p/45").status_code == 200
     assert api.get("/api/v1/ledger/tile/0/001.p/46").status_code == 404
-    for bad in ("0/1", "0/x1/000", "07/000", "entries/000.p/0", "z/000"):
-        assert api.get(f"/api/v1/ledger/tile/{bad}").status_code == 422, bad
+    # only the canonical encoding names a tile: anything else is not found, never a 500
+    bad = ("0/1", "0/x1/000", "07/000", "entries/000.p/0", "z/000", "0/x000/000", "0/x000/001.p/45", "²/000")
+    bad += ("0/\u0660\u0660\u0660", "0/00\u0661", "0/" + "x999/" * 7 + "999", "0/000.p/045", "64/000", "entries/000.p/")
+    for path in bad:
+        assert api.get(f"/api/v1/ledger/tile/{path}").status_code == 404, path
     entry = api.get("/api/v1/ledger/entries/1").json()
     assert '"records":0' in entry["entry"]
     assert api.get("/api/v1/ledger/entries/99999").status_code == 404

@@ -210,7 +210,8 @@ def test_tile_paths() -> None:
     assert tile_path("entries", 5, 17) == "tile/entries/005.p/17"
     assert parse_tile_index("x001/x234/067") == (1234067, None)
     assert parse_tile_index("005.p/17") == (5, 17)
-    for bad in ("1234", "x01/234", "001/234", "005.p/0", "005.p/256", "abc"):
+    arabic_indic = "\u0660\u0660\u0661"
+    for bad in ("1234", "x01/234", "001/234", "005.p/0", "005.p/256", "abc", "x000/001", arabic_indic, "005.p/017"):
         with pytest.raises(ValueError):
             parse_tile_index(bad)
 

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
+from fastapi import Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from shanzhi.domain.spec import NAME_RE
+
+#: ids, cursors and indices are 64-bit signed integers in the database: anything larger is a 422
+MAX_ID = 2**63 - 1
+Id = Annotated[int, Path(ge=0, le=MAX_ID)]
+Cursor = Annotated[int, Query(ge=0, le=MAX_ID, description="only items with an id greater than this")]
 
 
 class _In(BaseModel):

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 
 from shanzhi.domain.errors import InvalidInput, QuotaExceeded
-from shanzhi.domain.quantity import format_cpu, format_memory, parse_cpu, parse_memory
+from shanzhi.domain.quantity import format_cpu, format_memory, parse_count, parse_cpu, parse_memory
 
 RESOURCES = ("cpu", "memory", "instances", "storage")
 
@@ -94,10 +94,7 @@ def parse_quota(text: str | Mapping[str, str | int | float | None] | None) -> Qu
             elif key in ("memory", "storage"):
                 values[key] = parse_memory(raw)
             else:
-                n = int(raw)
-                if n < 0:
-                    raise ValueError(f"instances must be >= 0, not {raw!r}")
-                values[key] = n
+                values[key] = parse_count(raw, key)
         except (ValueError, TypeError) as err:
             raise InvalidInput(str(err), field=f"quota.{key}") from None
     return Quota(**values)

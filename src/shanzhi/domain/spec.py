@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
 from shanzhi.domain.errors import InvalidInput
 from shanzhi.domain.quantity import parse_cpu, parse_memory
@@ -25,7 +25,7 @@ Name = Annotated[str, Field(pattern=NAME_RE)]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True, allow_inf_nan=False)
 
 
 class Metadata(_Model):
@@ -71,7 +71,7 @@ class Run(_Model):
 
 class Port(_Model):
     name: Name
-    port: Annotated[int, Field(ge=1, le=65535)]
+    port: Annotated[StrictInt, Field(ge=1, le=65535)]
     protocol: Literal["tcp", "udp"] = "tcp"
 
 
@@ -87,9 +87,9 @@ class TcpCheck(_Model):
 class Health(_Model):
     http: HttpCheck | None = None
     tcp: TcpCheck | None = None
-    period_seconds: Annotated[float, Field(alias="periodSeconds", gt=0)] = 2.0
-    timeout_seconds: Annotated[float, Field(alias="timeoutSeconds", gt=0)] = 1.0
-    failure_threshold: Annotated[int, Field(alias="failureThreshold", ge=1)] = 3
+    period_seconds: Annotated[float, Field(alias="periodSeconds", gt=0, le=3600)] = 2.0
+    timeout_seconds: Annotated[float, Field(alias="timeoutSeconds", gt=0, le=600)] = 1.0
+    failure_threshold: Annotated[StrictInt, Field(alias="failureThreshold", ge=1, le=1000)] = 3
 
     @model_validator(mode="after")
     def _one_check(self) -> Health:
@@ -100,7 +100,7 @@ class Health(_Model):
 
 class Component(_Model):
     name: Name
-    replicas: Annotated[int, Field(ge=0, le=10_000)] = 1
+    replicas: Annotated[StrictInt, Field(ge=0, le=10_000)] = 1
     resources: Resources = Field(default_factory=Resources)
     run: Run | None = None
     image: str | None = None
@@ -141,7 +141,7 @@ class CloudSelector(_Model):
 
 class Spread(_Model):
     over: Literal["site", "cloud"] = "site"
-    min_groups: Annotated[int, Field(alias="minGroups", ge=1)] = 1
+    min_groups: Annotated[StrictInt, Field(alias="minGroups", ge=1, le=10_000)] = 1
 
 
 class AntiAffinity(_Model):
@@ -153,7 +153,7 @@ class Placement(_Model):
     # data residency: replicas only in clouds of these regions (empty: any region)
     regions: list[str] = Field(default_factory=list)
     # divide replicas over clouds by these static weights (empty: by free capacity)
-    weights: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
+    weights: dict[str, Annotated[float, Field(ge=0, le=1e6)]] = Field(default_factory=dict)
     spread: Spread | None = None
     anti_affinity: AntiAffinity | None = Field(default=None, alias="antiAffinity")
     strategy: Literal["spread", "least-allocated", "binpack"] = "least-allocated"

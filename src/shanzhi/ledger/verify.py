@@ -11,6 +11,7 @@ It stops at the first problem and names it: the entry, tile or checkpoint, and w
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,27 +43,23 @@ def tile_path(level: int | str, idx: int, width: int | None = None) -> str:
     return f"tile/{level}/{n}" + (f".p/{width}" if width else "")
 
 
+_TILE_INDEX = re.compile(r"(?:x[0-9]{3}/)*[0-9]{3}(?:\.p/[0-9]{1,3})?")
+MAX_TILE_INDEX = 2**63 // 256  # a tile index beyond a tree of 2^63 entries names nothing
+
+
 def parse_tile_index(path: str) -> tuple[int, int | None]:
-    """Inverse of the N[.p/W] part of `tile_path`; raises ValueError."""
-    width = None
-    if ".p/" in path:
-        path, _, w = path.partition(".p/")
-        if not w.isdigit() or w.startswith("0") or not 1 <= int(w) <= 255:
-            raise ValueError(f"bad partial width {w!r}")
-        width = int(w)
-    parts = path.split("/")
-    if not parts or any(len(p) != (4 if i < len(parts) - 1 else 3) for i, p in enumerate(parts)):
+    """Inverse of the N[.p/W] part of `tile_path`, for the canonical encoding only (ASCII digits,
+    no leading zero groups, widths 1-255); raises ValueError for anything else."""
+    if not _TILE_INDEX.fullmatch(path):
         raise ValueError(f"bad tile index {path!r}")
-    digits = ""
-    for i, part in enumerate(parts):
-        inner = i < len(parts) - 1
-        if inner and part[0] != "x":
-            raise ValueError(f"bad tile index {path!r}")
-        chunk = part[1:] if inner else part
-        if not chunk.isdigit():
-            raise ValueError(f"bad tile index {path!r}")
-        digits += chunk
-    return int(digits), width
+    n, _, w = path.partition(".p/")
+    idx = int(n.replace("x", "").replace("/", ""))
+    width = int(w) if w else None
+    if idx > MAX_TILE_INDEX or (width is not None and not 1 <= width <= 255):
+        raise ValueError(f"bad tile index {path!r}")
+    if tile_path(0, idx, width) != f"tile/0/{path}":
+        raise ValueError(f"tile index {path!r} is not in canonical form")
+    return idx, width
 
 
 class DatabaseSource:

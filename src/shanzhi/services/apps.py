@@ -77,7 +77,7 @@ def find_app(s: Session, name: str, vdc: str | None = None, scope: Scope = EVERY
 def list_apps(s: Session, vdc: str | None = None, scope: Scope = EVERYWHERE) -> list[App]:
     q = select(App).join(Vdc).where(scope_filter(scope)).order_by(Vdc.path, App.name)
     if vdc is not None:
-        q = q.where((Vdc.path == vdc) | Vdc.path.startswith(vdc + "/"))
+        q = q.where((Vdc.path == vdc) | Vdc.path.startswith(vdc + "/", autoescape=True))
     return list(s.scalars(q))
 
 

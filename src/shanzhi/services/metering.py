@@ -23,6 +23,7 @@ from shanzhi.store.tables import Rate, UsageRecord
 
 GIB = 1 << 30
 MICRO = Decimal(1_000_000)
+MAX_RATE = Decimal(1_000_000)  # yuan per unit-hour: keeps every bill inside 64-bit micro-yuan
 
 
 # ------------------------------------------------------------------ rates
@@ -31,8 +32,10 @@ def _micro(value: str | float | int, field: str) -> int:
         d = Decimal(str(value))
     except InvalidOperation:
         raise InvalidInput(f"{field} must be a price like 0.05, not {value!r}", field=field) from None
-    if d < 0 or not d.is_finite():
-        raise InvalidInput(f"{field} must be a non-negative price, not {value!r}", field=field)
+    if not d.is_finite() or d < 0:
+        raise InvalidInput(f"{field} must be a non-negative price, not {str(value)[:40]}", field=field)
+    if d > MAX_RATE:
+        raise InvalidInput(f"{field} is more than {MAX_RATE} per unit-hour: surely a mistake", field=field)
     return int(d * MICRO)
 
 

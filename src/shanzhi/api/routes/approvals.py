@@ -11,6 +11,7 @@ from shanzhi.api import views
 from shanzhi.api.audit import transaction
 from shanzhi.api.auth import principal, require
 from shanzhi.api.deps import Runtime, runtime
+from shanzhi.api.schemas import Id
 from shanzhi.domain.rbac import Principal
 from shanzhi.services import approvals as svc
 
@@ -59,12 +60,12 @@ def list_requests(
 
 
 @router.get("/approvals/{request_id}")
-def get_request(request_id: int, p: Principal = Depends(principal), rt: Runtime = Depends(runtime)) -> dict[str, Any]:
+def get_request(request_id: Id, p: Principal = Depends(principal), rt: Runtime = Depends(runtime)) -> dict[str, Any]:
     with rt.db.session() as s, s.begin():
         return views.approval(svc.get_request(s, p, request_id))
 
 
-def _decide(request: Request, rt: Runtime, p: Principal, request_id: int, approve: bool, note: str) -> dict[str, Any]:
+def _decide(request: Request, rt: Runtime, p: Principal, request_id: Id, approve: bool, note: str) -> dict[str, Any]:
     request.state.target = f"approval {request_id}"
     with transaction(request) as s:
         out = views.approval(svc.decide(s, p, request_id, approve, note))
@@ -76,7 +77,7 @@ def _decide(request: Request, rt: Runtime, p: Principal, request_id: int, approv
 @router.post("/approvals/{request_id}/approve")
 def approve(
     request: Request,
-    request_id: int,
+    request_id: Id,
     body: DecisionIn,
     p: Principal = Depends(principal),
     rt: Runtime = Depends(runtime),
@@ -88,7 +89,7 @@ def approve(
 @router.post("/approvals/{request_id}/reject")
 def reject(
     request: Request,
-    request_id: int,
+    request_id: Id,
     body: DecisionIn,
     p: Principal = Depends(principal),
     rt: Runtime = Depends(runtime),
@@ -97,7 +98,7 @@ def reject(
 
 
 @router.post("/approvals/{request_id}/comment")
-def comment(request: Request, request_id: int, body: CommentIn, p: Principal = Depends(principal)) -> dict[str, Any]:
+def comment(request: Request, request_id: Id, body: CommentIn, p: Principal = Depends(principal)) -> dict[str, Any]:
     request.state.target = f"approval {request_id}"
     with transaction(request) as s:
         return views.approval(svc.comment(s, p, request_id, body.text))
@@ -118,7 +119,7 @@ def add_rule(request: Request, body: RuleIn, p: Principal = Depends(principal)) 
 
 
 @router.delete("/approval-rules/{rule_id}")
-def delete_rule(request: Request, rule_id: int, p: Principal = Depends(principal)) -> dict[str, Any]:
+def delete_rule(request: Request, rule_id: Id, p: Principal = Depends(principal)) -> dict[str, Any]:
     with transaction(request) as s:
         r = svc.get_rule(s, rule_id, p.scope("approval.read"))
         require(p, "approval.rules", r.vdc.path, visible="approval.read")

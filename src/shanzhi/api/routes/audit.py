@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from shanzhi.api.audit import transaction
 from shanzhi.api.deps import Runtime, runtime
+from shanzhi.api.schemas import MAX_ID
 from shanzhi.domain.errors import InvalidInput
 from shanzhi.store.audit import prune as prune_chain
 from shanzhi.store.audit import verify_chain
@@ -26,7 +27,7 @@ class PruneIn(BaseModel):
 
 @router.get("")
 def records(
-    since: int = Query(0, ge=0, description="only records with id greater than this"),
+    since: int = Query(0, ge=0, le=MAX_ID, description="only records with id greater than this"),
     limit: int = Query(200, ge=1, le=5000),
     actor: str | None = Query(None, description="only this user's records"),
     rt: Runtime = Depends(runtime),

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from shanzhi.api.audit import transaction
 from shanzhi.api.auth import principal, require
 from shanzhi.api.deps import Runtime, runtime
+from shanzhi.api.schemas import Id
 from shanzhi.domain.errors import Forbidden, InvalidInput, Unauthorized
 from shanzhi.domain.rbac import PLATFORM_ROLES, Principal
 from shanzhi.services import identity as svc
@@ -177,7 +178,7 @@ def create_token(request: Request, body: TokenIn, p: Principal = Depends(princip
 
 
 @router.delete("/tokens/{token_id}")
-def revoke_token(request: Request, token_id: int, p: Principal = Depends(principal)) -> dict[str, Any]:
+def revoke_token(request: Request, token_id: Id, p: Principal = Depends(principal)) -> dict[str, Any]:
     owner = None if p.platform_allows("token.admin") else p.user
     with transaction(request) as s:
         return token_out(svc.revoke_token(s, token_id, owner=owner))
@@ -259,7 +260,7 @@ def add_grant(request: Request, body: GrantIn, p: Principal = Depends(principal)
 
 
 @router.delete("/grants/{grant_id}")
-def remove_grant(request: Request, grant_id: int, p: Principal = Depends(principal)) -> dict[str, Any]:
+def remove_grant(request: Request, grant_id: Id, p: Principal = Depends(principal)) -> dict[str, Any]:
     with transaction(request) as s:
         g = svc.revoke_grant(s, grant_id, p.scope("grant.write"))
         return grant_out(g)

@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from shanzhi.api.audit import transaction
 from shanzhi.api.deps import Runtime, runtime
+from shanzhi.api.schemas import MAX_ID, Id
 from shanzhi.domain.errors import InvalidInput, NotFound
 from shanzhi.ledger.merkle import leaf_hash
 from shanzhi.ledger.note import NoteError
@@ -71,24 +72,27 @@ def checkpoint(led: Ledger = Depends(_ledger)) -> Response:
 
 
 @router.get("/checkpoints")
-def checkpoints(since: int = Query(0, ge=0), led: Ledger = Depends(_ledger)) -> list[dict[str, Any]]:
+def checkpoints(since: int = Query(0, ge=0, le=MAX_ID), led: Ledger = Depends(_ledger)) -> list[dict[str, Any]]:
     return [{"size": s, "note": n} for s, n in led.checkpoints(since)]
+
+
+_LEVELS = {str(n) for n in range(64)}
 
 
 @router.get("/tile/{path:path}")
 def tile(path: str, led: Ledger = Depends(_ledger)) -> Response:
     kind, _, rest = path.partition("/")
-    try:
+    try:  # only the canonical encoding names a tile (tlog-tiles): anything else is not found
         idx, width = parse_tile_index(rest)
     except ValueError as err:
-        raise InvalidInput(f"bad tile path {path!r}: {err}", field="path") from None
+        raise NotFound(f"no tile {path!r}: {err}") from None
     led.log.refresh()
     if kind == "entries":
         data = led.log.bundle(idx, width)
-    elif kind.isdigit() and int(kind) <= 63 and not (len(kind) > 1 and kind.startswith("0")):
+    elif kind in _LEVELS:
         data = led.log.tile(int(kind), idx, width)
     else:
-        raise InvalidInput(f"bad tile level {kind!r}", field="path")
+        raise NotFound(f"no tile {path!r}: bad tile level {kind!r}")
     if data is None:
         raise NotFound(f"no tile {path}")
     return Response(data, media_type="application/octet-stream", headers=IMMUTABLE)
@@ -108,7 +112,7 @@ def submit(request: Request, body: SubmitIn, led: Ledger = Depends(_ledger)) -> 
 
 
 @router.get("/entries/{index}")
-def entry(index: int, led: Ledger = Depends(_ledger)) -> dict[str, Any]:
+def entry(index: Id, led: Ledger = Depends(_ledger)) -> dict[str, Any]:
     led.log.refresh()
     if not 0 <= index < led.log.size:
         raise NotFound(f"no entry {index}: the log has {led.log.size}")
@@ -118,7 +122,9 @@ def entry(index: int, led: Ledger = Depends(_ledger)) -> dict[str, Any]:
 
 @router.get("/proof/inclusion")
 def inclusion(
-    index: int = Query(..., ge=0), size: int | None = Query(None, ge=1), led: Ledger = Depends(_ledger)
+    index: int = Query(..., ge=0, le=MAX_ID),
+    size: int | None = Query(None, ge=1, le=MAX_ID),
+    led: Ledger = Depends(_ledger),
 ) -> dict[str, Any]:
     n = led.log.refresh() if size is None else size
     if index >= n or n > led.log.refresh():
@@ -134,7 +140,9 @@ def inclusion(
 
 @router.get("/proof/consistency")
 def consistency(
-    old: int = Query(..., ge=1), new: int | None = Query(None, ge=1), led: Ledger = Depends(_ledger)
+    old: int = Query(..., ge=1, le=MAX_ID),
+    new: int | None = Query(None, ge=1, le=MAX_ID),
+    led: Ledger = Depends(_ledger),
 ) -> dict[str, Any]:
     n = led.log.refresh() if new is None else new
     if old > n or n > led.log.size:
@@ -166,7 +174,7 @@ def add_key(request: Request, body: KeyIn, led: Ledger = Depends(_ledger)) -> di
 
 @router.get("/watch")
 async def watch(
-    request: Request, start: int = Query(0, ge=0, alias="from"), led: Ledger = Depends(_ledger)
+    request: Request, start: int = Query(0, ge=0, le=MAX_ID, alias="from"), led: Ledger = Depends(_ledger)
 ) -> StreamingResponse:
     """Server-sent events: every entry from `from` on, as it is acknowledged."""
 

@@ -9,6 +9,7 @@ from shanzhi import __version__
 from shanzhi.api import schemas, views
 from shanzhi.api.auth import principal
 from shanzhi.api.deps import Runtime, runtime
+from shanzhi.api.schemas import MAX_ID
 from shanzhi.domain.rbac import Principal
 from shanzhi.services.apps import find_app
 from shanzhi.services.clouds import get_cloud
@@ -33,7 +34,7 @@ def list_instances(
         if app is not None:
             q = q.where(Instance.app_id == find_app(s, app, vdc, scope).id)
         elif vdc is not None:
-            q = q.where((Vdc.path == vdc) | Vdc.path.startswith(vdc + "/"))
+            q = q.where((Vdc.path == vdc) | Vdc.path.startswith(vdc + "/", autoescape=True))
         if cloud is not None:
             q = q.where(Instance.cloud_id == get_cloud(s, cloud).id)
         return [views.instance(r) for r in s.scalars(q)]
@@ -43,7 +44,7 @@ def list_instances(
 def list_events(
     app: str | None = Query(None),
     vdc: str | None = Query(None),
-    since: int = Query(0, ge=0, description="only events with id greater than this"),
+    since: int = Query(0, ge=0, le=MAX_ID, description="only events with id greater than this"),
     limit: int = Query(200, ge=1, le=5000),
     p: Principal = Depends(principal),
     rt: Runtime = Depends(runtime),
@@ -56,7 +57,7 @@ def list_events(
             found = find_app(s, app, vdc, scope)
             q = q.where(Event.app == found.name, Event.vdc == found.vdc.path)
         elif vdc is not None:
-            q = q.where((Event.vdc == vdc) | Event.vdc.startswith(vdc + "/"))
+            q = q.where((Event.vdc == vdc) | Event.vdc.startswith(vdc + "/", autoescape=True))
         rows = list(s.scalars(q.order_by(Event.id.desc()).limit(limit)))
         return [schemas.EventOut.model_validate(e, from_attributes=True) for e in reversed(rows)]
 

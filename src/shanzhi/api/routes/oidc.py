@@ -20,6 +20,7 @@ from shanzhi.api.audit import transaction
 from shanzhi.api.auth import principal
 from shanzhi.api.deps import Runtime, runtime
 from shanzhi.api.routes.identity import _In, _policy, token_out
+from shanzhi.api.schemas import Id
 from shanzhi.domain.errors import InvalidInput, NotFound, ShanzhiError, Unauthorized
 from shanzhi.domain.rbac import Principal
 from shanzhi.services import oidc as sso
@@ -164,7 +165,7 @@ def add_group_map(request: Request, body: GroupMapIn, p: Principal = Depends(pri
 
 
 @router.delete("/oidc-group-maps/{map_id}")
-def remove_group_map(request: Request, map_id: int) -> dict[str, Any]:
+def remove_group_map(request: Request, map_id: Id) -> dict[str, Any]:
     """Remove a group map, and the grants it gave, at once."""
     with transaction(request) as s:
         return group_map_out(groups.remove_map(s, map_id))

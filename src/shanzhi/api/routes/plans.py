@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from shanzhi.api.audit import transaction
 from shanzhi.api.deps import Runtime, runtime
+from shanzhi.api.schemas import Id
 from shanzhi.services import plans as svc
 from shanzhi.store.tables import PlanRecord
 
@@ -42,13 +43,13 @@ def propose(request: Request, body: PlanIn) -> dict[str, Any]:
 
 
 @router.get("/{plan_id}")
-def get(plan_id: int, rt: Runtime = Depends(runtime)) -> dict[str, Any]:
+def get(plan_id: Id, rt: Runtime = Depends(runtime)) -> dict[str, Any]:
     with rt.db.session() as s, s.begin():
         return _out(svc.get_plan(s, plan_id))
 
 
 @router.post("/{plan_id}/apply")
-def apply(request: Request, plan_id: int, rt: Runtime = Depends(runtime)) -> dict[str, Any]:
+def apply(request: Request, plan_id: Id, rt: Runtime = Depends(runtime)) -> dict[str, Any]:
     with transaction(request) as s:
         out = _out(svc.apply(s, plan_id))
     rt.wake()
