@@ -67,6 +67,25 @@ def test_wrong_password_and_unknown_user_look_the_same_and_lock_out(tenants: Ten
     ]
 
 
+def test_lock_out_does_not_tell_who_exists(tenants: Tenants) -> None:
+    """Five wrong passwords lock a real user and a made-up name alike: the same statuses and words."""
+
+    def attempts(user: str) -> list[tuple[int, str]]:
+        out = []
+        for _ in range(7):
+            r = login(tenants.api, user, "wrong-password!")
+            out.append((r.status_code, r.json()["detail"].replace(user, "NAME").split(" until ")[0]))
+        return out
+
+    real, phantom = attempts("hviewer"), attempts("no-such-user")
+    assert real == phantom
+    assert [status for status, _ in real] == [401] * 5 + [423] * 2
+    # a user locked by an administrator is not revealed to someone without the password
+    assert tenants.as_("security").post(f"{V1}/users/hmember/lock").status_code == 200
+    assert problem(login(tenants.api, "hmember", "wrong-password!"), 401)["detail"] == "wrong user name or password"
+    assert "locked by an administrator" in problem(login(tenants.api, "hmember", PASSWORD), 423)["detail"]
+
+
 def test_dead_tokens_are_pruned_after_a_month_live_ones_never(tenants: Tenants) -> None:
     from shanzhi.controllers.housekeeping import prune_credentials
 

@@ -27,6 +27,7 @@ from shanzhi.store.tables import (
     AuditRecord,
     Cloud,
     Instance,
+    LoginFailure,
     MeterState,
     OidcFlow,
     Token,
@@ -149,7 +150,13 @@ def prune_credentials(s: Session, now: datetime | None = None) -> int:
     gone = now - TOKEN_AFTERLIFE
     tokens = s.execute(delete(Token).where(or_(Token.expires_at <= gone, Token.revoked_at <= gone)))
     flows = s.execute(delete(OidcFlow).where(OidcFlow.expires_at <= now))
-    return int(tokens.rowcount or 0) + int(flows.rowcount or 0)  # type: ignore[attr-defined]
+    quiet = now - timedelta(days=1)  # made-up names nobody has tried for a day, lock-out over
+    phantoms = s.execute(
+        delete(LoginFailure).where(
+            LoginFailure.last_at <= quiet, or_(LoginFailure.locked_until.is_(None), LoginFailure.locked_until <= now)
+        )
+    )
+    return sum(int(getattr(r, "rowcount", 0) or 0) for r in (tokens, flows, phantoms))
 
 
 class Housekeeping:

@@ -12,7 +12,7 @@ import os
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from argon2 import PasswordHasher
@@ -24,7 +24,7 @@ from shanzhi.domain.errors import Conflict, Forbidden, InvalidInput, Locked, Not
 from shanzhi.domain.rbac import PLATFORM_ROLES, ROLES, VDC_ROLES, Principal, Scope
 from shanzhi.files import write_private
 from shanzhi.services.vdcs import get_vdc, scope_filter
-from shanzhi.store.tables import Grant, Token, User, Vdc, utcnow
+from shanzhi.store.tables import Grant, LoginFailure, Token, User, Vdc, utcnow
 
 USER_RE = r"^[a-z][a-z0-9._-]{1,63}$"
 MIN_PASSWORD = 10
@@ -212,15 +212,10 @@ def login(
     u = s.scalar(select(User).where(User.name == name))
     bad = Unauthorized("wrong user name or password", field="password")
     if u is None or u.password_hash is None:
-        _hasher.hash(password)  # same work as a real check: timing does not tell users apart
+        _phantom_failure(s, name, now, policy)  # counted and locked like a user: answers never tell
         raise bad
-    if u.disabled:
-        raise Locked(f"user {name} is locked by an administrator; ask a security administrator to unlock it")
     if u.locked_until is not None and u.locked_until > now:
-        raise Locked(
-            f"user {name} is locked after {u.failed_logins} failed logins until "
-            f"{u.locked_until:%Y-%m-%d %H:%M:%S} UTC; wait, or ask a security administrator to unlock it"
-        )
+        raise _locked_out(name, u.failed_logins, u.locked_until)
     try:
         _hasher.verify(u.password_hash, password)
     except (VerificationError, InvalidHashError):
@@ -228,6 +223,8 @@ def login(
         if u.failed_logins >= policy.max_failures:
             u.locked_until = now + policy.lockout
         raise bad from None
+    if u.disabled:  # said only to who knows the password: a stranger learns nothing
+        raise Locked(f"user {name} is locked by an administrator; ask a security administrator to unlock it")
     age = policy.password_max_age
     if new_password is not None:
         if new_password == password:
@@ -244,6 +241,29 @@ def login(
         u.password_hash = _hasher.hash(password)
     u.failed_logins, u.locked_until, u.last_login_at = 0, None, now
     return issue_token(s, u, f"login from {source}"[:128], policy.session_ttl, session=True)
+
+
+def _locked_out(name: str, failures: int, until: datetime) -> Locked:
+    return Locked(
+        f"user {name} is locked after {failures} failed logins until "
+        f"{until:%Y-%m-%d %H:%M:%S} UTC; wait, or ask a security administrator to unlock it"
+    )
+
+
+def _phantom_failure(s: Session, name: str, now: datetime, policy: Policy) -> None:
+    """A failed login for a name that is no user: the same work, count and lock-out as for a user."""
+    _hasher.hash("timing: as much work as checking a real password")
+    row = s.get(LoginFailure, name[:128])
+    if row is None:
+        row = LoginFailure(name=name[:128], failures=0, last_at=now)
+        s.add(row)
+    if row.locked_until is not None and row.locked_until > now:
+        raise _locked_out(name, row.failures, row.locked_until)
+    row.failures += 1
+    row.last_at = now
+    if row.failures >= policy.max_failures:
+        row.locked_until = now + policy.lockout
+    s.flush()
 
 
 def authenticate(s: Session, secret: str, idle: timedelta | None = None) -> tuple[Principal, Token]:

@@ -193,6 +193,16 @@ class AuditRecord(Base):
     # hash chain: each record commits to the one before it (see shanzhi.store.audit)
     prev_hash: Mapped[str] = mapped_column(String(64), default="")
     hash: Mapped[str] = mapped_column(String(64), default="")
+    # the index of this record's commitment in the directory ledger, once the outbox delivered it
+    ledger_index: Mapped[int | None] = mapped_column()
+
+
+class AuditOutbox(Base):
+    """Audit records whose ledger commitment is still to be appended (written in the record's
+    own transaction, so a crash never loses one; drained into the ledger, exactly once)."""
+
+    __tablename__ = "audit_outbox"
+    audit_id: Mapped[int] = mapped_column(ForeignKey("audit.id", ondelete="CASCADE"), primary_key=True)
 
 
 class AuditAnchor(Base):
@@ -222,6 +232,31 @@ class User(Base):
     # The OpenID Connect identity this user logs in as (issuer + subject), once linked.
     oidc_issuer: Mapped[str | None] = mapped_column(String(255))
     oidc_subject: Mapped[str | None] = mapped_column(String(255))
+    # the second factor: a TOTP secret (encrypted with the data dir's mfa.key), once enrolled
+    mfa_secret: Mapped[str | None] = mapped_column(Text)
+    mfa_enabled: Mapped[bool] = mapped_column(default=False)
+    mfa_last_step: Mapped[int] = mapped_column(default=0)  # a code's time step is accepted once
+
+
+class RecoveryCode(Base):
+    """A one-time code that stands in for the second factor (shown once, kept hashed)."""
+
+    __tablename__ = "mfa_recovery_codes"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    code_hash: Mapped[str] = mapped_column(String(64))
+    used_at: Mapped[datetime | None] = mapped_column()
+
+
+class LoginFailure(Base):
+    """Failed logins for names that are no user: counted and locked like real users, so that the
+    answers never tell who exists (pruned by housekeeping once the lock-out has passed)."""
+
+    __tablename__ = "login_failures"
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[datetime | None] = mapped_column()
+    last_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class OidcGroupMap(Base):
@@ -281,6 +316,8 @@ class Token(Base):
     revoked_at: Mapped[datetime | None] = mapped_column()
     last_used_at: Mapped[datetime | None] = mapped_column()
     session: Mapped[bool] = mapped_column(default=False)  # from a login (idle sessions end), not an API token
+    # "mfa-enroll": a login that still owes its second factor may only enrol one
+    restricted: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     user: Mapped[User] = relationship(lazy="joined")
 
