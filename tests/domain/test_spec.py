@@ -123,3 +123,28 @@ def test_every_example_is_a_valid_spec() -> None:
     for f in examples:
         spec = parse_app(yaml.safe_load(f.read_text()))
         assert spec.metadata.name == f.stem
+
+
+LAUGHS = "\n".join(
+    ["a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    + [f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]" for i in range(8)]
+)
+
+
+def test_a_billion_laughs_is_refused_before_it_expands() -> None:
+    import tracemalloc
+
+    from shanzhi.domain.spec import load_yaml_documents
+
+    tracemalloc.start()
+    with pytest.raises(ValueError, match="expand to more than 100000 nodes"):
+        load_yaml_documents(LAUGHS)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 50 * 2**20  # refused from the parsed nodes, never built
+    with pytest.raises(SpecInvalid, match="billion laughs"):
+        load_app_text(LAUGHS)
+    with pytest.raises(ValueError, match="over the 4194304 allowed"):
+        load_yaml_documents("a: " + "x" * (4 * 2**20))
+    # a reasonable use of anchors is fine
+    assert load_yaml_documents("base: &b {cpu: 1}\nother: *b\n") == [{"base": {"cpu": 1}, "other": {"cpu": 1}}]

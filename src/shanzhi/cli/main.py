@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import typer
-import yaml
 
 from shanzhi.cli import governance, identity, serve
 from shanzhi.cli.audit import audit_app
@@ -18,6 +17,7 @@ from shanzhi.cli.output import Columns, Fmt, OutputOpt, cpu, emit, err, handle_e
 from shanzhi.cli.plans import plan_app
 from shanzhi.client import ApiError, Client, discover_token
 from shanzhi.config import Settings
+from shanzhi.domain.spec import MAX_DOCUMENT_BYTES, load_yaml_documents
 
 app = typer.Typer(
     help="Shanzhi (善治): many clouds, one cloud. Serve the platform or manage it through its API.",
@@ -264,14 +264,21 @@ INSTANCE_COLS: Columns = [
 
 def _load_documents(path: str) -> list[dict[str, Any]]:
     try:
-        text = sys.stdin.read() if path == "-" else Path(path).read_text()
+        if path == "-":
+            text = sys.stdin.read(MAX_DOCUMENT_BYTES + 1)
+        else:
+            with open(path, encoding="utf-8") as f:
+                text = f.read(MAX_DOCUMENT_BYTES + 1)  # never more than the limit into memory
     except OSError as e:
         err.print(f"[red]error[/]: cannot read {path}: {e.strerror}")
         raise typer.Exit(1) from None
+    except UnicodeDecodeError as e:
+        err.print(f"[red]error[/]: {path} is not UTF-8 text: {e}")
+        raise typer.Exit(1) from None
     try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
-    except yaml.YAMLError as e:
-        err.print(f"[red]error[/]: {path} is not valid YAML or JSON: {e}")
+        docs = [d for d in load_yaml_documents(text) if d is not None]
+    except ValueError as e:
+        err.print(f"[red]error[/]: {path}: {e}")
         raise typer.Exit(1) from None
     if not docs:
         err.print(f"[red]error[/]: {path} holds no document")

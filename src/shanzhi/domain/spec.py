@@ -243,10 +243,57 @@ def parse_app(doc: Any) -> AppSpec:
         raise SpecInvalid(validation_problems(err)) from None
 
 
+#: a spec file is small; anything past these is an attack (billion laughs) or a mistake
+MAX_DOCUMENT_BYTES = 4 * 2**20
+MAX_EXPANDED_NODES = 100_000
+
+
+def load_yaml_documents(text: str) -> list[Any]:
+    """Every document of YAML (or JSON) text, refusing text over MAX_DOCUMENT_BYTES and
+    documents whose aliases would expand past MAX_EXPANDED_NODES; raises ValueError saying so."""
+    if len(text.encode()) > MAX_DOCUMENT_BYTES:
+        raise ValueError(f"the document is {len(text.encode())} bytes, over the {MAX_DOCUMENT_BYTES} allowed")
+    loader = yaml.SafeLoader(text)
+    try:
+        docs = []
+        while loader.check_node():
+            node = loader.get_node()
+            if node is None:
+                continue
+            if _expanded_size(node, {}) > MAX_EXPANDED_NODES:
+                raise ValueError(
+                    f"the document's aliases expand to more than {MAX_EXPANDED_NODES} nodes (a 'billion laughs'?)"
+                )
+            docs.append(loader.construct_document(node))
+        return docs
+    except yaml.YAMLError as err:
+        raise ValueError(f"not valid YAML/JSON: {err}") from None
+    finally:
+        loader.dispose()
+
+
+def _expanded_size(node: yaml.Node, seen: dict[int, int]) -> int:
+    """How many nodes `node` stands for once every alias is expanded (each node counted once)."""
+    key = id(node)
+    if key in seen:
+        return seen[key]
+    seen[key] = MAX_EXPANDED_NODES + 1  # a node that contains itself expands without end
+    if isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(n, seen) for n in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, seen) + _expanded_size(v, seen) for k, v in node.value)
+    else:
+        size = 1
+    seen[key] = min(size, MAX_EXPANDED_NODES + 1)
+    return seen[key]
+
+
 def load_app_text(text: str) -> AppSpec:
     """Parse YAML or JSON text (JSON is YAML) into an App spec."""
     try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise SpecInvalid([{"field": "(document)", "message": f"not valid YAML/JSON: {err}"}]) from None
-    return parse_app(doc)
+        docs = load_yaml_documents(text)
+    except ValueError as err:
+        raise SpecInvalid([{"field": "(document)", "message": str(err)}]) from None
+    if len(docs) != 1:
+        raise SpecInvalid([{"field": "(document)", "message": f"expected one document, found {len(docs)}"}])
+    return parse_app(docs[0])
