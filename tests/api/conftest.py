@@ -135,3 +135,20 @@ def app_spec(name: str, vdc: str, cpu: str = "100m", replicas: int = 1, **placem
             "placement": placement,
         },
     }
+
+
+def delivered(api: TestClient, timeout: float = 15) -> None:
+    """Wait until every audit record's commitment is in the ledger (the outbox is drained)."""
+    import time
+
+    from sqlalchemy import func, select
+
+    from shanzhi.store.tables import AuditOutbox
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with api.app.state.db.session() as s:  # type: ignore[attr-defined]
+            if not s.scalar(select(func.count()).select_from(AuditOutbox)):
+                return
+        assert time.monotonic() < deadline, "the audit outbox was not drained"
+        time.sleep(0.05)

@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from shanzhi.ledger.entries import make_entry
 from shanzhi.ledger.merkle import verify_consistency, verify_inclusion
 from shanzhi.ledger.note import Signer, Verifier, verify
-from tests.api.conftest import bearer
+from tests.api.conftest import bearer, delivered
 
 DEPT = Signer.generate("gz.gov.cn/health")
 
@@ -29,24 +29,27 @@ def test_submit_prove_and_read_tiles(api: TestClient, tokens: dict[str, str]) ->
         headers=bearer(tokens["security"]),
     )
     assert r.status_code == 201
+    delivered(api)  # the registration's audit record is committed to the ledger first
     got = api.post("/api/v1/ledger/entries", json={"entries": [access(i) for i in range(300)]})
     assert got.status_code == 201
     rows = got.json()
     assert len(rows) == 300 and rows[-1]["index"] - rows[0]["index"] == 299
+    assert rows[0]["index"] == 1  # after the registration's audit commitment
+    delivered(api)
     size = api.get("/api/v1/ledger/status").json()["size"]
-    assert size == 301  # the key registration was audited into the ledger first
+    assert size == 302  # then the submission's own audit commitment
     p = api.get("/api/v1/ledger/proof/inclusion", params={"index": 7}).json()
     verify_inclusion(b(p["leaf"]), 7, p["size"], [b(x) for x in p["proof"]], b(p["root"]))
     c = api.get("/api/v1/ledger/proof/consistency", params={"old": 5}).json()
     verify_consistency(5, c["new"], [b(x) for x in c["proof"]], b(c["old_root"]), b(c["new_root"]))
     full = api.get("/api/v1/ledger/tile/0/000")
     assert full.status_code == 200 and len(full.content) == 8192 and "immutable" in full.headers["cache-control"]
-    part = api.get("/api/v1/ledger/tile/0/001.p/45")
-    assert part.status_code == 200 and len(part.content) == 45 * 32
-    assert api.get("/api/v1/ledger/tile/entries/001.p/45").status_code == 200
-    assert api.get("/api/v1/ledger/tile/0/001.p/46").status_code == 404
+    part = api.get("/api/v1/ledger/tile/0/001.p/46")
+    assert part.status_code == 200 and len(part.content) == 46 * 32
+    assert api.get("/api/v1/ledger/tile/entries/001.p/46").status_code == 200
+    assert api.get("/api/v1/ledger/tile/0/001.p/47").status_code == 404
     # only the canonical encoding names a tile: anything else is not found, never a 500
-    bad = ("0/1", "0/x1/000", "07/000", "entries/000.p/0", "z/000", "0/x000/000", "0/x000/001.p/45", "²/000")
+    bad = ("0/1", "0/x1/000", "07/000", "entries/000.p/0", "z/000", "0/x000/000", "0/x000/001.p/46", "²/000")
     bad += ("0/\u0660\u0660\u0660", "0/00\u0661", "0/" + "x999/" * 7 + "999", "0/000.p/045", "64/000", "entries/000.p/")
     for path in bad:
         assert api.get(f"/api/v1/ledger/tile/{path}").status_code == 404, path
@@ -61,6 +64,7 @@ def test_bad_submissions_name_the_entry_and_append_nothing(api: TestClient, toke
         json={"name": DEPT.name, "vkey": DEPT.verifier.encode(), "role": "department"},
         headers=bearer(tokens["security"]),
     )
+    delivered(api)
     before = api.get("/api/v1/ledger/status").json()["size"]
     stranger = Signer.generate("gz.gov.cn/nobody")
     bad = make_entry(stranger, "access", "c", {"catalog": "c", "consumer": "x", "records": 1}).decode()
@@ -69,7 +73,10 @@ def test_bad_submissions_name_the_entry_and_append_nothing(api: TestClient, toke
     tampered = access(2).replace('"records":2', '"records":3')
     assert "does not verify" in api.post("/api/v1/ledger/entries", json={"entries": [tampered]}).json()["detail"]
     assert api.post("/api/v1/ledger/entries", json={"entries": []}).status_code == 422
-    assert api.get("/api/v1/ledger/status").json()["size"] == before
+    delivered(api)
+    after = api.get("/api/v1/ledger/status").json()["size"]
+    added = [api.get(f"/api/v1/ledger/entries/{i}").json()["entry"] for i in range(before, after)]
+    assert len(added) == 3 and all('"type":"audit"' in e for e in added)  # the refusals' audit commitments only
 
 
 def test_keys_are_never_silently_replaced(api: TestClient, tokens: dict[str, str]) -> None:

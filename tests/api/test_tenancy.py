@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select, text, update
+from sqlalchemy import delete, select, text, update
 
 from shanzhi.domain.errors import Unauthorized
 from shanzhi.store.tables import AuditRecord, Token, utcnow
-from tests.api.conftest import PASSWORD, Tenants, app_spec, bearer
+from tests.api.conftest import PASSWORD, Tenants, app_spec, bearer, delivered
 
 V1 = "/api/v1"
 
@@ -481,3 +481,33 @@ def test_retention_prunes_only_old_records_and_the_chain_still_verifies(tenants:
         assert first is not None
         first.actor = "someone-else"
     assert "changed" in aud.get(f"{V1}/audit/verify").json()["problem"]
+
+
+def test_audit_verify_finds_records_without_their_ledger_commitment(tenants: Tenants) -> None:
+    from shanzhi.store import audit as chain
+
+    aud = tenants.as_("audit")
+    delivered(tenants.api)
+    report = aud.get(f"{V1}/audit/verify").json()
+    copies = report["ledger_copies"]
+    assert report["ok"] and copies["checked"] == report["records"] and copies["pending"] == 0, report
+    # the system administrator reads the ledger, but an audit entry there tells nothing of the record
+    admin = tenants.as_("admin")
+    size = admin.get(f"{V1}/ledger/status").json()["size"]
+    entries = [admin.get(f"{V1}/ledger/entries/{i}").json()["entry"] for i in range(size)]
+    assert entries and all('"commitment"' in e and "hmember" not in e and "/api/v1" not in e for e in entries)
+    # a record whose copy was lost (as the review's kill -9 left 26) is named
+    db = tenants.api.app.state.db
+    with db.session() as s, s.begin():
+        lost = chain.append(s, AuditRecord(actor="x", method="POST", path="/p", status=201, outcome="success")).id
+    report = aud.get(f"{V1}/audit/verify").json()
+    assert not report["ok"] and report["ledger_copies"]["missing"] == [lost]
+    assert "no ledger copy" in report["problem"]
+    with db.session() as s, s.begin():
+        s.execute(delete(AuditRecord).where(AuditRecord.id == lost))
+    # a copy that is not the record's own commitment is named too
+    with db.session() as s, s.begin():
+        a, b = s.scalars(select(AuditRecord).where(AuditRecord.ledger_index.is_not(None)).limit(2)).all()
+        a.ledger_index, b.ledger_index = b.ledger_index, a.ledger_index
+    report = aud.get(f"{V1}/audit/verify").json()
+    assert sorted(report["ledger_copies"]["wrong"]) == sorted([a.id, b.id])

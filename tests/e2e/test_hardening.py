@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.harness import Server, stop_everything
+from tests.e2e.harness import Server, stop_everything, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -48,3 +48,55 @@ def test_forwarded_headers_are_believed_only_from_named_proxies(tmp_path: Path, 
         assert r.status_code == 201, r.text
         (rec,) = [a for a in _audit(s) if a["path"] == "/api/v1/vdcs" and a["method"] == "POST"]
         assert rec["source"] == source, name
+
+
+def test_acknowledged_audit_records_keep_their_ledger_copy_through_kill_9(tmp_path: Path, database_url: str) -> None:
+    """The review's finding: after kill -9, acknowledged records had no ledger copy, ever."""
+    import threading
+
+    d = tmp_path / "data"
+    d.mkdir()
+    url = None if database_url.startswith("sqlite") else database_url
+    server = Server(d, url)
+    acknowledged: list[str] = []
+    stop = threading.Event()
+
+    def write(worker: int) -> None:
+        with httpx.Client(base_url=server.url, headers=_token(server, "admin.token"), timeout=10) as c:
+            for i in range(10_000):
+                if stop.is_set():
+                    return
+                try:
+                    r = c.post("/api/v1/vdcs", json={"path": f"crash-{worker}-{i}"})
+                except httpx.HTTPError:
+                    return
+                if r.status_code == 201:
+                    acknowledged.append(f"crash-{worker}-{i}")
+
+    threads = [threading.Thread(target=write, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        wait_for(lambda: len(acknowledged) >= 60, 60, "60 acknowledged writes")
+        server.kill()  # SIGKILL in the middle of the stream
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    server = Server(d, url)
+    try:
+
+        def settled() -> dict[str, Any] | None:
+            r = httpx.get(f"{server.url}/api/v1/audit/verify", headers=_token(server, "audit.token"), timeout=30)
+            body = dict(r.json())
+            return body if body["ledger_copies"]["pending"] == 0 else None
+
+        report = wait_for(settled, 30, "the outbox drained after the restart")
+        assert report["ok"], report["problem"]
+        assert report["ledger_copies"]["missing"] == [] and report["ledger_copies"]["wrong"] == []
+        records = _audit(server, limit=5000)
+        ledgered = {r["id"] for r in records if r["ledger_index"] is not None}
+        posts = [r for r in records if r["path"] == "/api/v1/vdcs" and r["method"] == "POST"]
+        assert len(posts) >= len(acknowledged) and all(r["id"] in ledgered for r in posts)
+    finally:
+        stop_everything(d, server)

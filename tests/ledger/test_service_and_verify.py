@@ -6,16 +6,16 @@ import base64
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import func, select, text
 
-from shanzhi.ledger.entries import EntryError, make_entry
+from shanzhi.ledger.entries import EntryError, make_entry, open_entry
 from shanzhi.ledger.log import TILE, split_bundle
 from shanzhi.ledger.merkle import leaf_hash
 from shanzhi.ledger.note import Signer, sign
 from shanzhi.ledger.service import Ledger
 from shanzhi.ledger.verify import DatabaseSource, DirectorySource, export, parse_tile_index, tile_path, verify_log
 from shanzhi.store import Database
-from tests.ledger.conftest import DEPT, LOG_KEY, WITNESSES, access
+from tests.ledger.conftest import DEPT, LOG_KEY, PLATFORM, WITNESSES, access
 
 
 def fill(ledger: Ledger, n: int, checkpoint_every: int = 150) -> None:
@@ -84,11 +84,56 @@ def test_checkpoints_carry_quorum_cosignatures(ledger: Ledger) -> None:
     assert [s for s, _ in ledger.checkpoints()] == [10, 11]
 
 
-def test_the_platform_audit_trail_writes_signed_entries(ledger: Ledger) -> None:
-    idx, _ = ledger.record(
-        "audit", "api/apps", {"actor": "admin", "action": "POST /api/v1/apps", "target": "hello", "outcome": "success"}
-    )
-    assert idx == 0 and b'"type":"audit"' in ledger.log.entry(0)
+def _audit(db: Database, n: int, *, to_ledger: bool = True) -> list[int]:
+    from shanzhi.store import audit as chain
+    from shanzhi.store.tables import AuditRecord
+
+    ids = []
+    with db.session() as s, s.begin():
+        for i in range(n):
+            r = AuditRecord(
+                actor="admin", method="POST", path=f"/api/v1/apps?secret={i}", status=201, outcome="success"
+            )
+            ids.append(chain.append(s, r, to_ledger=to_ledger).id)
+    return ids
+
+
+def test_audit_records_reach_the_ledger_as_commitments_that_disclose_nothing(ledger: Ledger) -> None:
+    from shanzhi.store.audit import commitment_of
+    from shanzhi.store.tables import AuditOutbox, AuditRecord
+
+    ids = _audit(ledger.db, 3)
+    assert ledger.drain_audit_outbox() == 3 and ledger.drain_audit_outbox() == 0
+    with ledger.db.session() as s:
+        assert s.scalar(select(func.count()).select_from(AuditOutbox)) == 0
+        records = {r.id: r for r in s.scalars(select(AuditRecord))}
+    for rid in ids:
+        r = records[rid]
+        entry = ledger.log.entry(r.ledger_index)  # type: ignore[arg-type]
+        env = open_entry(entry, ledger.keys())
+        assert (env.type, env.submitter, env.subject) == ("audit", PLATFORM.name, f"audit/{rid}")
+        assert env.body == {"record": rid, "commitment": commitment_of(r.hash, r.commit_salt)}
+        assert b"secret" not in entry and b"admin" not in entry and r.hash.encode() not in entry
+
+
+def test_concurrent_drainers_deliver_each_record_exactly_once(ledger: Ledger) -> None:
+    import threading
+
+    ids = _audit(ledger.db, 200)
+    barrier = threading.Barrier(4)
+
+    def drain() -> None:
+        barrier.wait()
+        while ledger.drain_audit_outbox(limit=17):
+            pass
+
+    threads = [threading.Thread(target=drain) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    subjects = [open_entry(ledger.log.entry(i), ledger.keys()).subject for i in range(ledger.log.refresh())]
+    assert sorted(subjects) == sorted(f"audit/{i}" for i in ids)
 
 
 def test_a_clean_log_verifies(ledger: Ledger) -> None:

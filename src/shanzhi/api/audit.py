@@ -1,6 +1,7 @@
 """Audit: every change, every privileged read and every refusal, recorded (who, with what role,
-from where, what action on what target, outcome, when) in the hash-chained audit trail and,
-signed by the platform key, in the directory ledger.
+from where, what action on what target, outcome, when) in the hash-chained audit trail, with a
+commitment to each record in the directory ledger (signed by the platform key; the record's
+content stays in the trail, readable by the audit administrator only).
 
 Fail-closed. A change is recorded by `transaction`, inside the route's own database
 transaction: if the record cannot be written nothing commits and the request fails. A
@@ -88,21 +89,17 @@ def transaction(request: Request, response: Response | None = None) -> Iterator[
             or (response.status_code if response is not None else None)
             or (route.status_code if isinstance(route, APIRoute) and route.status_code else 200)
         )
-        record = chain.append(s, build(request.scope, status))
+        record = chain.append(s, build(request.scope, status), to_ledger=_ledger_on(request.scope))
         s.flush()
-        request.state.audited = _ledger_body(record)
+        request.state.audited = _summary(record)
 
 
-def _ledger_body(r: AuditRecord) -> dict[str, Any]:
-    return {
-        "id": r.id,
-        "actor": r.actor,
-        "role": r.role,
-        "action": f"{r.method} {r.path}"[:4000],
-        "target": r.target[:4000],
-        "outcome": r.outcome,
-        "source": r.source,
-    }
+def _ledger_on(scope: Scope) -> bool:
+    return getattr(getattr(scope["app"].state, "runtime", None), "ledger", None) is not None
+
+
+def _summary(r: AuditRecord) -> dict[str, Any]:
+    return {"id": r.id, "actor": r.actor, "action": f"{r.method} {r.path}"[:200], "outcome": r.outcome}
 
 
 class AuditMiddleware:
@@ -152,7 +149,6 @@ class AuditMiddleware:
                     await send(m)
             if body is not None:
                 log.info("%s %s -> %s (%s)", body["actor"], body["action"], status, body["outcome"])
-                await run_in_threadpool(_to_ledger, scope, body)
 
 
 async def _refuse(send: Send) -> None:
@@ -175,16 +171,4 @@ async def _refuse(send: Send) -> None:
 
 def _record(scope: Scope, status: int) -> dict[str, Any]:
     with scope["app"].state.db.session() as s, s.begin():
-        return _ledger_body(chain.append(s, build(scope, status)))
-
-
-def _to_ledger(scope: Scope, body: dict[str, Any]) -> None:
-    """The signed copy in the directory ledger (after the commit: the chain is what fails closed)."""
-    ledger = getattr(getattr(scope["app"].state, "runtime", None), "ledger", None)
-    path = scope["path"]
-    if ledger is None or path.startswith("/api/v1/ledger/entries"):
-        return
-    try:
-        ledger.record("audit", f"api:{path}"[:128], {k: v for k, v in body.items() if k != "id"})
-    except Exception:
-        log.exception("ledger copy of audit record %s failed", body.get("id"))
+        return _summary(chain.append(s, build(scope, status), to_ledger=_ledger_on(scope)))

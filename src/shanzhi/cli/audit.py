@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -52,14 +53,7 @@ def verify(
 ) -> None:
     """Recompute the audit hash chain; exit 1 naming the first edited, deleted or moved record."""
     if database_url:
-        from shanzhi.store import open_database
-        from shanzhi.store.audit import verify_chain
-
-        db = open_database(database_url)
-        with db.reader.connect() as conn:
-            rep = verify_chain(conn)
-        db.dispose()
-        result = {"ok": rep.ok, "records": rep.records, "problem": rep.problem}
+        result = _verify_offline(database_url)
     else:
         with handle_errors(), Client(token=discover_token(data_dir, fallback="audit.token")) as c:
             result = c.audit_verify()
@@ -67,9 +61,43 @@ def verify(
         emit(result, output)
     elif result["ok"]:
         out.print(f"OK: {result['records']} audit records form an unbroken chain")
+        copies = result.get("ledger_copies")
+        if copies:
+            out.print(
+                f"OK: {copies['checked']} have their commitment in the directory ledger"
+                + (f" ({copies['pending']} on their way)" if copies["pending"] else "")
+            )
     if not result["ok"]:
-        err.print(f"[red]error[/]: audit chain broken: {result['problem']}")
+        err.print(f"[red]error[/]: audit trail does not verify: {result['problem']}")
         raise typer.Exit(1)
+
+
+def _verify_offline(database_url: str) -> dict[str, Any]:
+    """The chain and the ledger copies, straight from the database (keys from its key registry)."""
+    from sqlalchemy import select
+
+    from shanzhi.ledger.audit_copies import check_copies
+    from shanzhi.ledger.log import Log
+    from shanzhi.ledger.note import Verifier
+    from shanzhi.store import open_database
+    from shanzhi.store.audit import verify_chain
+    from shanzhi.store.tables import LedgerKey
+
+    db = open_database(database_url)
+    try:
+        with db.reader.connect() as conn:
+            rep = verify_chain(conn)
+            keys = {r.name: Verifier.decode(r.vkey) for r in conn.execute(select(LedgerKey.name, LedgerKey.vkey))}
+            copies = check_copies(conn, Log(db), keys.get)
+    finally:
+        db.dispose()
+    problems = [p for p in (rep.problem, copies.problem()) if p]
+    return {
+        "ok": rep.ok and copies.ok,
+        "records": rep.records,
+        "problem": "; ".join(problems),
+        "ledger_copies": copies.summary(),
+    }
 
 
 @audit_app.command("prune")

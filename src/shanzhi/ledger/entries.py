@@ -14,9 +14,10 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from shanzhi.ledger.note import NoteError, Signer, Verifier, parse, sign, verify
+from shanzhi.store.audit import commitment_of
 
 ENTRY_TYPES = ("responsibility", "catalog", "share-request", "share-approval", "access", "audit")
 Code = Annotated[str, Field(min_length=1, max_length=128)]
@@ -76,13 +77,44 @@ class Access(_Body):
     operation: Literal["pull", "push", "query"] = "pull"
 
 
-class Audit(_Body):
+class AuditCommitment(_Body):
+    """An audit record, committed to but not disclosed: `commitment` is sha256(salt || the record's
+    chain hash). The record and its salt stay in the audit trail, which only the audit
+    administrator reads; they check a record against its entry, anyone checks the entry is there."""
+
+    record: Annotated[int, Field(ge=1)]
+    commitment: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class LegacyAudit(_Body):
+    """Audit entries written before commitments (they held the record in the clear)."""
+
     actor: Code
     action: Text
     target: Text
     outcome: Code
     source: Code = ""
     role: Text = ""
+
+
+class Audit(_Body):
+    """Either form; new entries are always commitments."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_form(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "commitment" in data:
+            AuditCommitment.model_validate(data)
+        else:
+            LegacyAudit.model_validate(data)
+        return data
+
+
+def audit_commitment(record: int, chain_hash: str, salt: str) -> dict[str, Any]:
+    """The body of the ledger entry for audit record `record`."""
+    return {"record": record, "commitment": commitment_of(chain_hash, salt)}
 
 
 BODIES: dict[str, type[_Body]] = {

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -159,8 +159,11 @@ class Log:
         return perfect_root([raw[i : i + 32] for i in range(0, len(raw), 32)])
 
     # ----------------------------------------------------------- append
-    def append(self, entries: Sequence[bytes]) -> int:
-        """Durably append entries; returns the index of the first. Raises without a trace."""
+    def append(self, entries: Sequence[bytes], also: Callable[[Connection, int], None] | None = None) -> int:
+        """Durably append entries; returns the index of the first. Raises without a trace.
+
+        `also(conn, first)` runs inside the same transaction before it commits (the audit outbox
+        marks its records delivered there, so an entry and its delivery commit together)."""
         for e in entries:
             if len(e) > MAX_ENTRY:
                 raise LedgerError(f"entry of {len(e)} bytes is over the {MAX_ENTRY}-byte limit")
@@ -203,6 +206,8 @@ class Log:
                 conn.execute(_UPSERT_BUNDLE, [{"idx": i, "data": d} for i, d in bundles_out.items()])
                 conn.execute(_UPSERT_TILE, [{"level": k[0], "idx": k[1], "data": d} for k, d in tiles_out.items()])
                 conn.execute(_UPSERT_STATE, {"size": edge.range.size, "root": edge.range.root()})
+                if also is not None:
+                    also(conn, first)
             self._edge = edge
         with self._grown:
             self._grown.notify_all()

@@ -19,16 +19,16 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import httpx
-from sqlalchemy import select, text
+from sqlalchemy import Connection, bindparam, delete, select, text, update
 
 from shanzhi.ledger.checkpoint import Checkpoint
-from shanzhi.ledger.entries import EntryError, Envelope, make_entry, open_entry
+from shanzhi.ledger.entries import EntryError, Envelope, audit_commitment, make_entry, open_entry
 from shanzhi.ledger.log import LedgerError, Log
 from shanzhi.ledger.merkle import leaf_hash
 from shanzhi.ledger.note import NoteError, Signer, Verifier, sign, verify
 from shanzhi.store import Database
 from shanzhi.store.locks import LeaderLock
-from shanzhi.store.tables import LedgerCheckpoint, LedgerKey
+from shanzhi.store.tables import AuditOutbox, AuditRecord, LedgerCheckpoint, LedgerKey
 
 log = logging.getLogger("shanzhi.ledger")
 
@@ -39,6 +39,10 @@ class SubmissionError(EntryError):
     def __init__(self, index: int, message: str) -> None:
         super().__init__(f"entries[{index}]: {message}")
         self.index = index
+
+
+class _AlreadyDelivered(Exception):
+    """The outbox rows were gone when our append was about to commit (it rolls back)."""
 
 
 @dataclass(frozen=True)
@@ -166,11 +170,42 @@ class Ledger:
             first = p.done.result(timeout)
         return [(first + i, leaf_hash(e)) for i, e in enumerate(entries)]
 
-    def record(self, type_: str, subject: str, body: dict[str, object]) -> tuple[int, bytes]:
-        """Append an entry signed by the platform's own key (the audit trail uses this)."""
+    def drain_audit_outbox(self, limit: int = 1000) -> int:
+        """Append the commitments of audit records still in the outbox, oldest first; the
+        entries and their removal from the outbox commit together (a replica that drained the
+        same records first makes this transaction roll back, so none is appended twice)."""
         if self.platform is None:
-            raise EntryError("this ledger has no platform key")
-        return self.append_checked([make_entry(self.platform, type_, subject, body)])[0]
+            return 0
+        with self.db.session() as s, s.begin():
+            rows = list(
+                s.execute(
+                    select(AuditRecord.id, AuditRecord.hash, AuditRecord.commit_salt)
+                    .join(AuditOutbox, AuditOutbox.audit_id == AuditRecord.id)
+                    .order_by(AuditRecord.id)
+                    .limit(limit)
+                )
+            )
+        if not rows:
+            return 0
+        entries = [
+            make_entry(self.platform, "audit", f"audit/{rid}", audit_commitment(rid, h, salt)) for rid, h, salt in rows
+        ]
+        ids = [rid for rid, _, _ in rows]
+
+        def delivered(conn: Connection, first: int) -> None:
+            gone = conn.execute(delete(AuditOutbox).where(AuditOutbox.audit_id.in_(ids)))
+            if gone.rowcount != len(ids):
+                raise _AlreadyDelivered
+            conn.execute(
+                update(AuditRecord).where(AuditRecord.id == bindparam("rid")).values(ledger_index=bindparam("idx")),
+                [{"rid": rid, "idx": first + i} for i, rid in enumerate(ids)],
+            )
+
+        try:
+            self.log.append(entries, also=delivered)
+        except _AlreadyDelivered:  # another drainer (thread or replica) won: nothing appended here
+            return 0
+        return len(rows)
 
     def _sequence(self) -> None:
         while not self._stop.is_set():
@@ -260,6 +295,8 @@ class Ledger:
             started = time.monotonic()
             try:
                 if self._lock.try_acquire():
+                    while self.drain_audit_outbox() and not self._stop.is_set():
+                        pass
                     self.publish()
             except Exception:
                 log.exception("publishing a checkpoint failed; retrying")

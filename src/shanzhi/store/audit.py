@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import Connection, delete, func, select, text
 from sqlalchemy.orm import Session
 
-from shanzhi.store.tables import AuditAnchor, AuditRecord, utcnow
+from shanzhi.store.tables import AuditAnchor, AuditOutbox, AuditRecord, utcnow
 
 GENESIS = "0" * 64
 _LOCK = 7306103
@@ -47,8 +48,14 @@ def chain_hash(r: AuditRecord, prev_hash: str) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
-def append(s: Session, record: AuditRecord) -> AuditRecord:
-    """Add `record` at the end of the chain (inside the caller's transaction)."""
+def commitment_of(chain_hash: str, salt: str) -> str:
+    """What the public ledger holds for a record: hiding (salted) and binding (its chain hash)."""
+    return hashlib.sha256(bytes.fromhex(salt) + chain_hash.encode()).hexdigest()
+
+
+def append(s: Session, record: AuditRecord, *, to_ledger: bool = False) -> AuditRecord:
+    """Add `record` at the end of the chain (inside the caller's transaction). With `to_ledger`,
+    its commitment is queued in the same transaction for the directory ledger (the outbox)."""
     if s.get_bind().dialect.name == "postgresql":
         s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK})
     last = s.scalar(select(AuditRecord.hash).order_by(AuditRecord.id.desc()).limit(1))
@@ -63,6 +70,9 @@ def append(s: Session, record: AuditRecord) -> AuditRecord:
     s.add(record)
     s.flush()  # assigns the id, which the hash covers
     record.hash = chain_hash(record, record.prev_hash)
+    record.commit_salt = secrets.token_hex(32)
+    if to_ledger:
+        s.add(AuditOutbox(audit_id=record.id))
     return record
 
 

@@ -193,6 +193,9 @@ class AuditRecord(Base):
     # hash chain: each record commits to the one before it (see shanzhi.store.audit)
     prev_hash: Mapped[str] = mapped_column(String(64), default="")
     hash: Mapped[str] = mapped_column(String(64), default="")
+    # The directory ledger holds only a commitment to each record: sha256(salt || hash). The salt
+    # stays here, readable by the audit administrator alone, so the public ledger discloses nothing.
+    commit_salt: Mapped[str] = mapped_column(String(64), default="")
     # the index of this record's commitment in the directory ledger, once the outbox delivered it
     ledger_index: Mapped[int | None] = mapped_column()
 

@@ -13,6 +13,7 @@ from shanzhi.api.audit import transaction
 from shanzhi.api.deps import Runtime, runtime
 from shanzhi.api.schemas import MAX_ID
 from shanzhi.domain.errors import InvalidInput
+from shanzhi.ledger.audit_copies import check_copies
 from shanzhi.store.audit import prune as prune_chain
 from shanzhi.store.audit import verify_chain
 from shanzhi.store.tables import AuditAnchor, AuditRecord, utcnow
@@ -45,12 +46,15 @@ def verify(rt: Runtime = Depends(runtime)) -> dict[str, Any]:
     with rt.db.reader.connect() as c:
         report = verify_chain(c)
         anchor = c.execute(select(AuditAnchor.first_id, AuditAnchor.pruned).where(AuditAnchor.id == 1)).first()
+        copies = check_copies(c, rt.ledger.log, rt.ledger.keys().get) if rt.ledger is not None else None
+    problems = [p for p in (report.problem, copies.problem() if copies else "") if p]
     return {
-        "ok": report.ok,
+        "ok": report.ok and (copies is None or copies.ok),
         "records": report.records,
-        "problem": report.problem,
+        "problem": "; ".join(problems),
         "pruned": anchor.pruned if anchor else 0,
         "retention_days": rt.settings.audit_retention_days,
+        "ledger_copies": copies.summary() if copies else None,
     }
 
 

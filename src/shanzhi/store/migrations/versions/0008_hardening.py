@@ -18,6 +18,7 @@ depends_on = None
 
 def upgrade() -> None:
     # Plain ADD COLUMNs: no table rebuild on SQLite (a rebuild of a parent table cascades deletes).
+    op.add_column("audit", sa.Column("commit_salt", sa.String(64), nullable=False, server_default=""))
     op.add_column("audit", sa.Column("ledger_index", sa.BigInteger()))
     op.create_table(
         "audit_outbox",
@@ -54,3 +55,4 @@ def downgrade() -> None:
     op.drop_column("users", "mfa_secret")
     op.drop_table("audit_outbox")
     op.drop_column("audit", "ledger_index")
+    op.drop_column("audit", "commit_salt")
