@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import sqlalchemy
 
 from tests.e2e.harness import Cli, Server, free_port, stop_everything, wait_for
 
@@ -90,10 +91,24 @@ def test_departments_submit_link_prove_watch_and_anyone_verifies(world: tuple, t
     key = tmp_path / "health.key"
     made = cli.json("ledger", "keygen", "gz.gov.cn/health", "--file", str(key))
     cli.ok("ledger", "add-key", "gz.gov.cn/health", made["vkey"])
+
+    engine = sqlalchemy.create_engine(db_url, poolclass=sqlalchemy.pool.NullPool)  # asking the server is audited
+
+    def settle() -> int:
+        """Wait until every audit record's commitment is in the ledger; the ledger's size."""
+
+        def drained() -> bool:
+            with engine.connect() as c:
+                return not c.execute(sqlalchemy.text("SELECT count(*) FROM audit_outbox")).scalar()
+
+        wait_for(drained, 20, "audit commitments")
+        return int(cli.json("ledger", "status")["size"])
+
+    assert settle() == 1  # the key registration's audit commitment
     # a live subscriber sees every entry
     seen: list[dict[str, object]] = []
     watcher = subprocess.Popen(
-        [sys.executable, "-m", "shanzhi", "ledger", "watch", "--count", "4", "-o", "json"],
+        [sys.executable, "-m", "shanzhi", "ledger", "watch", "--count", "6", "-o", "json"],
         stdout=subprocess.PIPE,
         text=True,
         env={**os.environ, "SHANZHI_URL": server.url, "SHANZHI_HOME": str(server.data_dir)},
@@ -117,6 +132,7 @@ def test_departments_submit_link_prove_watch_and_anyone_verifies(world: tuple, t
         "--body",
         '{"code": "clinics", "title": "Licensing of clinics", "basis": "Regulation 12"}',
     )
+    assert r["index"] == 1 and settle() == 3  # the submission, then its audit commitment
     catalog = {
         "code": "440100-HEALTH-0001",
         "version": 1,
@@ -140,27 +156,28 @@ def test_departments_submit_link_prove_watch_and_anyone_verifies(world: tuple, t
         "--link",
         f"responsibility={r['index']}",
     )
-    assert c["index"] == r["index"] + 1
-    cli.ok("vdc", "create", "gz")  # a platform action: its audit record goes into the ledger too
+    assert c["index"] == 3 and settle() == 5
+    cli.ok("vdc", "create", "gz")  # a platform action: its audit record is committed to the ledger too
+    assert settle() == 6
     reader.join(timeout=30)
     watcher.wait(timeout=10)
     assert watcher.stdout is not None
     watcher.stdout.close()
-    # registering the key was audited (0), then the two submissions (1, 2), then the VDC (3)
-    assert [e["index"] for e in seen] == [0, 1, 2, 3]
+    # each request's audit commitment follows what it did: key, submission, submission, VDC
+    assert [e["index"] for e in seen] == [0, 1, 2, 3, 4, 5]
     kinds = [json.loads(str(e["entry"]).split("\n\n")[0])["type"] for e in seen]
-    assert kinds == ["audit", "responsibility", "catalog", "audit"]
+    assert kinds == ["audit", "responsibility", "audit", "catalog", "audit", "audit"]
 
     # a cosigned checkpoint appears within a second or so
     def checkpoint_at(size: int) -> dict[str, str] | None:
         s = cli.json("ledger", "status")
         return s if s["checkpoint"] and s["checkpoint"].split("\n")[1] == str(size) else None
 
-    status = wait_for(lambda: checkpoint_at(4), 20, "checkpoint")
+    status = wait_for(lambda: checkpoint_at(6), 20, "checkpoint")
     assert status["checkpoint"].count("\u2014 witness.gz.example/") >= 2
     proof = cli.json("ledger", "prove", "1")
-    assert proof["verified"] and proof["size"] == 4
-    assert cli.json("ledger", "consistency", "1", "4")["verified"]
+    assert proof["verified"] and proof["size"] == 6
+    assert cli.json("ledger", "consistency", "1", "6")["verified"]
     # a bad submission is refused, naming the problem, and changes nothing
     bad = cli.run(
         "ledger", "submit", "--key", str(key), "--type", "catalog", "--subject", "x", "--body", '{"code": "x"}'
@@ -181,27 +198,30 @@ def test_departments_submit_link_prove_watch_and_anyone_verifies(world: tuple, t
         '{"catalog": "c", "consumer": "x", "records": 1}',
     )
     assert refused.returncode == 1 and "no registered key" in refused.stderr
-    assert cli.json("ledger", "status")["size"] == 4
+    assert settle() == 7  # the refusal's audit commitment, nothing of the refused entry
+    admin = {"Authorization": "Bearer " + (server.data_dir / "admin.token").read_text().strip()}
+    assert '"type":"audit"' in httpx.get(f"{server.url}/api/v1/ledger/entries/6", headers=admin).json()["entry"]
     # one witness down: 2 of 3 still make a quorum
     witnesses[0].stop()
     cli.ok("vdc", "create", "sz")
-    wait_for(lambda: cli.json("ledger", "status")["checkpoint"].split("\n")[1] == "5", 30, "checkpoint with 2 of 3")
+    assert settle() == 8
+    wait_for(lambda: cli.json("ledger", "status")["checkpoint"].split("\n")[1] == "8", 30, "checkpoint with 2 of 3")
     # anyone verifies, without the server, from the database and from an export
     wkeys = [a for w in witnesses for a in ("--witness-key", w.vkey)]
     v = cli.json(
         "ledger", "verify", "--database-url", db_url, "--log-key", log_key, *wkeys, "--quorum", "2", "--signatures"
     )
-    assert v["ok"] and v["entries_checked"] == 5 and v["signatures_checked"] == 5
+    assert v["ok"] and v["entries_checked"] == 8 and v["signatures_checked"] == 8
     out = tmp_path / "export"
     cli.json("ledger", "export", str(out), "--database-url", db_url)
     assert cli.json("ledger", "verify", "--dir", str(out), "--log-key", log_key, *wkeys, "--quorum", "2")["ok"]
     # the tlog-tiles read API serves the same bytes
     token = (server.data_dir / "admin.token").read_text().strip()
     auth = {"Authorization": f"Bearer {token}"}
-    tile = httpx.get(f"{server.url}/api/v1/ledger/tile/0/000.p/5", headers=auth)
-    assert tile.status_code == 200 and tile.content == (out / "tile/0/000.p/5").read_bytes()
-    older = httpx.get(f"{server.url}/api/v1/ledger/tile/0/000.p/4", headers=auth)  # an earlier checkpoint's tile
-    assert older.content == tile.content[: 4 * 32]
+    tile = httpx.get(f"{server.url}/api/v1/ledger/tile/0/000.p/8", headers=auth)
+    assert tile.status_code == 200 and tile.content == (out / "tile/0/000.p/8").read_bytes()
+    older = httpx.get(f"{server.url}/api/v1/ledger/tile/0/000.p/6", headers=auth)  # an earlier checkpoint's tile
+    assert older.content == tile.content[: 6 * 32]
     assert httpx.get(f"{server.url}/api/v1/ledger/tile/0/000", headers=auth).status_code == 404  # not full yet
     assert httpx.get(f"{server.url}/api/v1/ledger/tile/0/000.p/4").status_code == 401
     # tampering is caught and named. Stop the server first: the refused request above is itself
