@@ -36,6 +36,9 @@ class Settings:
     max_login_failures: int = 5
     lockout_minutes: float = 15.0
     session_hours: float = 12.0
+    max_body_bytes: int = 4 * 2**20  # larger request bodies are refused (413) before they are read
+    logins_per_minute: int = 10  # per client address; more answer 429
+    failures_per_minute: int = 30  # failed requests per client address before it must wait (429)
     forwarded_allow_ips: tuple[str, ...] = ()  # proxies whose X-Forwarded-For is believed
     token_max_days: int = 365  # every API token expires; the bootstrap tokens are renewed at start
     password_max_age_days: int = 90  # 0: passwords never expire

@@ -15,7 +15,20 @@ from tests.oidc import CLIENT_ID, CLIENT_SECRET, OidcProvider, require_provider
 
 @pytest.fixture
 def settings(database_url: str, data_dir: Path) -> Settings:
-    return Settings.build(data_dir, database_url, controller=False)
+    """Every test client calls from one address: the per-address limits are raised here, and
+    tested on their own with `strict_api`."""
+    return Settings.build(
+        data_dir, database_url, controller=False, logins_per_minute=10_000, failures_per_minute=10_000
+    )
+
+
+@pytest.fixture
+def strict_api(database_url: str, data_dir: Path) -> Iterator[TestClient]:
+    """The application with the default per-address limits, authenticated as admin."""
+    st = Settings.build(data_dir, database_url, controller=False)
+    with TestClient(create_app(st)) as client:
+        client.headers["Authorization"] = f"Bearer {st.token_file.read_text().strip()}"
+        yield client
 
 
 CALLBACK = "http://testserver/api/v1/auth/oidc/callback"

@@ -314,3 +314,63 @@ def test_vdc_filters_are_paths_not_patterns(world: TestClient) -> None:
         for path in ("/api/v1/apps", "/api/v1/instances", "/api/v1/events"):
             r = world.get(path, params={"vdc": pattern})
             assert r.status_code in (200, 404) and (r.status_code == 404 or r.json() == []), (path, pattern, r.text)
+
+
+def test_strangers_cannot_grow_the_audit_trail_or_the_ledger(strict_api: TestClient) -> None:
+    from sqlalchemy import func, select
+
+    from shanzhi.store.tables import AuditRecord
+
+    api = strict_api
+    audit_token = (api.app.state.runtime.settings.data_dir / "audit.token").read_text().strip()  # type: ignore[attr-defined]
+    db = api.app.state.db  # type: ignore[attr-defined]
+
+    def records() -> int:
+        with db.session() as s:
+            return int(s.scalar(select(func.count()).select_from(AuditRecord)) or 0)
+
+    stranger = TestClient(api.app)
+    before = records()
+    statuses = [stranger.get(f"/api/v1/apps?junk={'x' * 7000}&n={i}").status_code for i in range(200)]
+    assert set(statuses) == {401, 429} and statuses[:30] == [401] * 30  # then made to wait
+    assert records() - before <= 2  # sampled: not one record each
+    with db.session() as s:
+        sampled = s.scalars(select(AuditRecord).order_by(AuditRecord.id.desc()).limit(1)).one()
+    assert "unauthenticated failures" in sampled.detail and len(sampled.path) <= 200 and "junk" not in sampled.path
+    # a caller with a good token from the same address is not held up by the stranger
+    assert api.get("/api/v1/apps").status_code == 200
+    assert TestClient(api.app, headers=bearer(audit_token)).get("/api/v1/audit").status_code == 200
+
+
+def test_logins_are_rate_limited_per_address(strict_api: TestClient) -> None:
+    anon = TestClient(strict_api.app)
+    codes = [
+        anon.post("/api/v1/auth/login", json={"user": f"u{i}", "password": "x" * 12}).status_code for i in range(12)
+    ]
+    assert codes[:10] == [401] * 10 and codes[10] == 429  # ten names, one try each: still ten logins
+    r = anon.post("/api/v1/auth/login", json={"user": "admin", "password": "x" * 12})
+    assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1 and "too many" in r.json()["detail"]
+
+
+def test_bodies_over_the_limit_are_413_and_strangers_are_refused_before_their_body(
+    api: TestClient, settings: Settings
+) -> None:
+    big = b"x" * (settings.max_body_bytes + 1)
+    r = api.post("/api/v1/apps", content=big, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "bytes this server accepts" in r.json()["detail"]
+
+    def chunks() -> Any:
+        for _ in range(5):
+            yield b"x" * (settings.max_body_bytes // 4)
+
+    r = api.post("/api/v1/apps", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    read: list[int] = []
+
+    def watched() -> Any:  # a stranger's body is never read: the 401 comes first
+        for i in range(5):
+            read.append(i)
+            yield b"x" * 1024
+
+    r = TestClient(api.app).post("/api/v1/apps", content=watched(), headers={"content-type": "application/json"})
+    assert r.status_code == 401 and len(read) <= 1

@@ -5,6 +5,7 @@ Every mutating call must also leave an audit record."""
 from __future__ import annotations
 
 import itertools
+import re
 import secrets
 from collections.abc import Callable
 from datetime import timedelta
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
@@ -369,3 +370,40 @@ def test_role_action_matrix(tenants: Tenants) -> None:
     assert checked == len(EXPECTED) * len(CALLERS)
     assert not mismatches, "\n".join(mismatches)
     assert not unaudited, "\n".join(unaudited)
+
+
+def test_the_route_table_knows_every_api_route(api: TestClient) -> None:
+    """The start-up check and the guard see the routes of included routers too (FastAPI 0.165
+    keeps included routers apart from `app.routes`, which left the old check looking at nothing)."""
+    from shanzhi.api.policy import RouteTable
+    from shanzhi.api.routes import (
+        approvals,
+        apps,
+        audit,
+        clouds,
+        identity,
+        ledger,
+        metering,
+        observe,
+        oidc,
+        plans,
+        vdcs,
+    )
+
+    modules = (identity, oidc, clouds, vdcs, apps, observe, plans, approvals, metering, audit, ledger)
+    table = RouteTable([m.router for m in modules])
+    assert table.missing() == []
+    for method, path in openapi_routes(api.app):
+        concrete = re.sub(r"\{[^}]+\}", "x1", f"/api/v1{path}")
+        assert table.rule(method, concrete) == RULES[(method, path)], (method, path)
+    assert table.rule("PATCH", "/api/v1/apps") is None and table.rule("GET", "/api/v1/nothing") is None
+    loose = APIRouter()
+
+    @loose.get("/sneaky")
+    def sneaky() -> dict[str, str]:
+        return {}
+
+    app = FastAPI()
+    app.include_router(APIRouter(prefix="/api/v1"))
+    with pytest.raises(RuntimeError, match="GET /api/v1/sneaky"):
+        check_routes(app, [loose])

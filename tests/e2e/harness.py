@@ -48,7 +48,9 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = data_dir.parent / f"server-{self.port}.log"
         args = [sys.executable, "-m", "shanzhi", "serve", "--data-dir", str(data_dir), "--port", str(self.port)]
-        args += ["--interval", "0.3", "--failover-grace", "1", *extra]
+        # every test client calls from 127.0.0.1: the per-address limits are tested on their own
+        args += ["--interval", "0.3", "--failover-grace", "1", "--logins-per-minute", "10000"]
+        args += ["--failures-per-minute", "10000", *extra]
         if database_url:
             args += ["--database-url", database_url]
         extra_env = env

@@ -100,3 +100,44 @@ def test_acknowledged_audit_records_keep_their_ledger_copy_through_kill_9(tmp_pa
         assert len(posts) >= len(acknowledged) and all(r["id"] in ledgered for r in posts)
     finally:
         stop_everything(d, server)
+
+
+def test_strangers_big_bodies_are_refused_before_they_are_read(tmp_path: Path, servers: list[Server]) -> None:
+    """The review: four concurrent unauthenticated 50 MB bodies took the server from 225 to 681 MiB."""
+    import threading
+
+    import psutil
+
+    d = tmp_path / "data"
+    d.mkdir()
+    s = Server(d, None)
+    servers.append(s)
+    proc = psutil.Process(s.proc.pid)
+    before = proc.memory_info().rss
+    answers: list[int | str] = []
+
+    def send() -> None:
+        def body() -> Any:
+            for _ in range(50):
+                yield b"x" * 2**20
+
+        try:
+            r = httpx.post(
+                f"{s.url}/api/v1/apps", content=body(), headers={"content-type": "application/json"}, timeout=60
+            )
+            answers.append(r.status_code)
+        except httpx.HTTPError as err:  # the server answered and closed while we were still sending
+            answers.append(type(err).__name__)
+
+    threads = [threading.Thread(target=send) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    grown = (proc.memory_info().rss - before) / 2**20
+    assert all(a == 401 or isinstance(a, str) for a in answers), answers
+    assert grown < 40, f"the server grew by {grown:.0f} MiB"
+    # an administrator's oversized body is refused too, by its declared length and when chunked
+    admin = _token(s, "admin.token")
+    r = httpx.post(f"{s.url}/api/v1/apps", content=b"x" * (5 * 2**20), headers=admin, timeout=60)
+    assert r.status_code == 413

@@ -13,6 +13,7 @@ from shanzhi import __version__
 from shanzhi.api import audit, errors
 from shanzhi.api.auth import authorize
 from shanzhi.api.deps import Runtime, relying_party
+from shanzhi.api.guard import Guard, Limits
 from shanzhi.api.policy import check_routes
 from shanzhi.api.routes import approvals, apps, clouds, identity, metering, observe, oidc, plans, vdcs
 from shanzhi.api.routes import audit as audit_routes
@@ -104,13 +105,15 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.db = db
     errors.install(app)
-    app.add_middleware(audit.AuditMiddleware)
     api = APIRouter(prefix="/api/v1", dependencies=[Depends(authorize)])
     routes = (identity, oidc, clouds, vdcs, apps, observe, plans, approvals, metering, audit_routes, ledger_routes)
     for module in routes:
         api.include_router(module.router)
     app.include_router(api)
-    check_routes(app)
+    table = check_routes(app, [m.router for m in routes])
+    limits = Limits(settings.max_body_bytes, settings.logins_per_minute, settings.failures_per_minute)
+    app.add_middleware(Guard, table=table, limits=limits)
+    app.add_middleware(audit.AuditMiddleware)  # outermost: it sees the guard's refusals too
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:

@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+import time
+from collections import OrderedDict, deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -41,7 +44,7 @@ SECRET_PARAMS = {"code", "state"}
 def _outcome(status: int) -> str:
     if status < 300:
         return "success"
-    return "denied" if status in (401, 403, 423) else "error"
+    return "denied" if status in (401, 403, 423, 429) else "error"
 
 
 def build(scope: Scope, status: int, target: str = "") -> AuditRecord:
@@ -102,9 +105,42 @@ def _summary(r: AuditRecord) -> dict[str, Any]:
     return {"id": r.id, "actor": r.actor, "action": f"{r.method} {r.path}"[:200], "outcome": r.outcome}
 
 
+class _Sampler:
+    """Unauthenticated failures, counted per client address: the first of each address in a
+    minute is recorded (saying how many came since its last record), and at most `per_minute`
+    such records are written in all, so no one can grow the audit trail by failing."""
+
+    def __init__(self, per_minute: int = 60, window: float = 60.0) -> None:
+        self.per_minute, self.window = per_minute, window
+        self._clients: OrderedDict[str, tuple[float, int]] = OrderedDict()  # last record, failures since
+        self._written: deque[float] = deque()
+        self._lock = threading.Lock()
+
+    def offer(self, client: str) -> tuple[bool, str]:
+        now = time.monotonic()
+        with self._lock:
+            last, count = self._clients.pop(client, (-float("inf"), 0))
+            count += 1
+            while self._written and self._written[0] <= now - self.window:
+                self._written.popleft()
+            if now - last < self.window or len(self._written) >= self.per_minute:
+                self._clients[client] = (last, count)
+                self._trim()
+                return False, ""
+            self._clients[client] = (now, 0)
+            self._written.append(now)
+            self._trim()
+        return True, f"sampled: {count} unauthenticated failures from {client[:64]} since its last record"
+
+    def _trim(self) -> None:
+        while len(self._clients) > 10_000:
+            self._clients.popitem(last=False)
+
+
 class AuditMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self.sampler = _Sampler()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope["path"].startswith("/api/"):
@@ -133,11 +169,15 @@ class AuditMiddleware:
         finally:
             state = scope.get("state") or {}
             in_tx = state.get("audited")
-            wanted = scope["method"] in MUTATING or privileged() or status in (401, 403, 423)
+            wanted = scope["method"] in MUTATING or privileged() or status in (401, 403, 423, 429)
+            detail = ""
+            if wanted and status in (401, 413, 429) and not state.get("principal") and not state.get("authenticated"):
+                # nobody we know: counted, and sampled into the trail (never one record each)
+                wanted, detail = self.sampler.offer((scope.get("client") or ("?", 0))[0])
             body: dict[str, Any] | None = in_tx
             if in_tx is None and wanted:
                 try:
-                    body = await run_in_threadpool(_record, scope, status)
+                    body = await run_in_threadpool(_record, scope, status, detail)
                 except Exception:
                     log.exception("audit record for %s %s could not be written", scope["method"], scope["path"])
                     if holding:  # fail closed: the data is not released without its record
@@ -169,6 +209,9 @@ async def _refuse(send: Send) -> None:
     await send({"type": "http.response.body", "body": raw})
 
 
-def _record(scope: Scope, status: int) -> dict[str, Any]:
+def _record(scope: Scope, status: int, detail: str = "") -> dict[str, Any]:
+    record = build(scope, status)
+    if detail:  # a sampled stranger: no query string, a bounded path
+        record.detail, record.path, record.target = detail, scope["path"][:200], record.target[:200]
     with scope["app"].state.db.session() as s, s.begin():
-        return _summary(chain.append(s, build(scope, status), to_ledger=_ledger_on(scope)))
+        return _summary(chain.append(s, record, to_ledger=_ledger_on(scope)))

@@ -38,13 +38,20 @@ def authorize(request: Request) -> Principal:
     if rule.kind == "public":
         request.state.principal = ANONYMOUS
         return ANONYMOUS
-    secret = bearer(request)
-    if secret is None:
-        raise Unauthorized("missing bearer token: log in with 'shanzhi login', or send 'Authorization: Bearer <token>'")
     db: Database = request.app.state.db
-    with Session(db.reader) as s, s.begin():  # a read: never queue behind writers
-        principal, token = identity.authenticate(s, secret, request.app.state.runtime.settings.session_idle)
-        token_id, last_used = token.id, token.last_used_at
+    done = getattr(request.state, "authenticated", None)  # by the guard, before the body was read
+    if done is not None:
+        principal: Principal = done[0]
+        token_id, last_used = done[1], done[2]
+    else:
+        secret = bearer(request)
+        if secret is None:
+            raise Unauthorized(
+                "missing bearer token: log in with 'shanzhi login', or send 'Authorization: Bearer <token>'"
+            )
+        with Session(db.reader) as s, s.begin():  # a read: never queue behind writers
+            principal, token = identity.authenticate(s, secret, request.app.state.runtime.settings.session_idle)
+            token_id, last_used = token.id, token.last_used_at
     request.state.principal = principal
     request.state.token_id = token_id
     if last_used is None or utcnow() - last_used > timedelta(minutes=5):

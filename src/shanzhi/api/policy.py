@@ -13,11 +13,14 @@ Kinds:
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
+from starlette.routing import compile_path
 
 from shanzhi.domain.rbac import ACTIONS
 
@@ -134,16 +137,47 @@ def rule_for(route: APIRoute, method: str) -> Rule | None:
     return RULES.get(route_key(route, method))
 
 
-def check_routes(app: FastAPI) -> None:
+class RouteTable:
+    """Every API route's rule, found from a method and a path before FastAPI routes the request
+    (the guard needs it before the body is read). Built from the routers we include, so it does
+    not depend on how FastAPI keeps included routers."""
+
+    def __init__(self, routers: Iterable[APIRouter], app: FastAPI | None = None) -> None:
+        self._routes: list[tuple[re.Pattern[str], frozenset[str], str]] = []
+        found: list[tuple[str, APIRoute]] = [
+            (PREFIX, r) for router in routers for r in router.routes if isinstance(r, APIRoute)
+        ]
+        if app is not None:  # routes put straight on the application
+            found += [("", r) for r in app.router.routes if isinstance(r, APIRoute)]
+        for prefix, route in found:
+            full = prefix + route.path_format
+            if not full.startswith(PREFIX):
+                continue
+            regex, _, _ = compile_path(full)
+            self._routes.append((regex, frozenset(route.methods or ()), full.removeprefix(PREFIX)))
+
+    def rule(self, method: str, path: str) -> Rule | None:
+        for regex, methods, key in self._routes:
+            if method in methods and regex.match(path):
+                return RULES.get((method, key))
+        return None
+
+    def missing(self) -> list[str]:
+        """Routes without a rule, or whose rule names an unknown action."""
+        out = []
+        for _, methods, key in self._routes:
+            for method in sorted(methods - {"HEAD", "OPTIONS"}):
+                rule = RULES.get((method, key))
+                if rule is None or (rule.action and rule.action not in ACTIONS):
+                    out.append(f"{method} {PREFIX}{key}")
+        return out
+
+
+def check_routes(app: FastAPI, routers: Iterable[APIRouter] = ()) -> RouteTable:
     """Refuse to build an application with an API route that has no rule (or names an unknown
-    action): a forgotten rule must fail at start-up, not open a hole."""
-    missing = []
-    for route in app.routes:
-        if not isinstance(route, APIRoute) or not route.path_format.startswith(PREFIX):
-            continue
-        for method in sorted((route.methods or set()) - {"HEAD", "OPTIONS"}):
-            rule = rule_for(route, method)
-            if rule is None or (rule.action and rule.action not in ACTIONS):
-                missing.append(f"{method} {route.path_format}")
+    action): a forgotten rule must fail at start-up, not open a hole. Returns the table."""
+    table = RouteTable(routers, app)
+    missing = table.missing()
     if missing:
         raise RuntimeError(f"API routes without an authorization rule: {', '.join(missing)}")
+    return table

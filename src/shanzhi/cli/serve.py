@@ -43,6 +43,15 @@ def serve(
         "--forwarded-allow-ips",
         help="A reverse proxy's address whose X-Forwarded-For is believed (repeatable; default: none).",
     ),
+    max_body_mib: float = typer.Option(
+        4, "--max-body-mib", min=0.01, help="Largest request body accepted (413 above)."
+    ),
+    logins_per_minute: int = typer.Option(
+        10, "--logins-per-minute", min=1, help="Logins per client address (429 above)."
+    ),
+    failures_per_minute: int = typer.Option(
+        30, "--failures-per-minute", min=1, help="Failed requests per client address before it must wait (429)."
+    ),
     token_max_days: int = typer.Option(
         365, "--token-max-days", min=1, help="Longest life of an API token (every token expires)."
     ),
@@ -101,6 +110,9 @@ def serve(
         lockout_minutes=lockout_minutes,
         session_hours=session_hours,
         token_max_days=token_max_days,
+        max_body_bytes=int(max_body_mib * 2**20),
+        logins_per_minute=logins_per_minute,
+        failures_per_minute=failures_per_minute,
         forwarded_allow_ips=tuple(forwarded_allow_ips or ()),
         session_idle_minutes=session_idle_minutes,
         password_max_age_days=password_max_age_days,
