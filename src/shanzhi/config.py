@@ -40,6 +40,8 @@ class Settings:
     logins_per_minute: int = 10  # per client address; more answer 429
     failures_per_minute: int = 30  # failed requests per client address before it must wait (429)
     forwarded_allow_ips: tuple[str, ...] = ()  # proxies whose X-Forwarded-For is believed
+    require_mfa: bool = False  # a second factor for everyone (the platform roles always need one)
+    oidc_mfa_amr: tuple[str, ...] = ()  # single sign-on `amr` values that count as a second factor
     token_max_days: int = 365  # every API token expires; the bootstrap tokens are renewed at start
     password_max_age_days: int = 90  # 0: passwords never expire
     session_idle_minutes: float = 30.0  # 0: sessions never end for idleness (MLPS asks that they do)

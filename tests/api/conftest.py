@@ -12,14 +12,14 @@ from shanzhi.config import Settings
 from shanzhi.services.demo import HELLO
 from tests.oidc import CLIENT_ID, CLIENT_SECRET, OidcProvider, require_provider
 
+LENIENT: dict[str, Any] = {"logins_per_minute": 10_000, "failures_per_minute": 10_000}
+
 
 @pytest.fixture
 def settings(database_url: str, data_dir: Path) -> Settings:
     """Every test client calls from one address: the per-address limits are raised here, and
     tested on their own with `strict_api`."""
-    return Settings.build(
-        data_dir, database_url, controller=False, logins_per_minute=10_000, failures_per_minute=10_000
-    )
+    return Settings.build(data_dir, database_url, controller=False, **LENIENT)
 
 
 @pytest.fixture

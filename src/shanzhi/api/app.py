@@ -27,6 +27,7 @@ from shanzhi.ledger.service import Ledger, Witness
 from shanzhi.providers.sandbox import Sandbox
 from shanzhi.services.demo import seed_demo, seed_ledger
 from shanzhi.services.identity import ensure_bootstrap
+from shanzhi.services.mfa import Vault
 from shanzhi.store import Database, open_database
 
 log = logging.getLogger("shanzhi.api")
@@ -78,7 +79,8 @@ def create_app(settings: Settings) -> FastAPI:
             )
             controller.start()
         oidc = relying_party(settings)
-        app.state.runtime = Runtime(settings, db, fleet, controller, ledger, oidc)
+        vault = Vault.for_data_dir(settings.data_dir)
+        app.state.runtime = Runtime(settings, db, fleet, controller, ledger, oidc, vault)
         if oidc is not None:
             log.info("single sign-on through %s (client %s)", oidc.config.issuer, oidc.config.client_id)
         log.info("shanzhi %s up: database %s, data dir %s", __version__, db.engine.dialect.name, settings.data_dir)

@@ -13,7 +13,7 @@ from fastapi import Request
 from fastapi.routing import APIRoute
 from sqlalchemy.orm import Session
 
-from shanzhi.api.policy import Rule, rule_for
+from shanzhi.api.policy import ENROLL_ONLY_ROUTES, Rule, route_key, rule_for
 from shanzhi.domain.errors import Forbidden, NotFound, Unauthorized
 from shanzhi.domain.rbac import Principal
 from shanzhi.services import identity
@@ -42,7 +42,7 @@ def authorize(request: Request) -> Principal:
     done = getattr(request.state, "authenticated", None)  # by the guard, before the body was read
     if done is not None:
         principal: Principal = done[0]
-        token_id, last_used = done[1], done[2]
+        token_id, last_used, restricted = done[1], done[2], done[3]
     else:
         secret = bearer(request)
         if secret is None:
@@ -51,9 +51,15 @@ def authorize(request: Request) -> Principal:
             )
         with Session(db.reader) as s, s.begin():  # a read: never queue behind writers
             principal, token = identity.authenticate(s, secret, request.app.state.runtime.settings.session_idle)
-            token_id, last_used = token.id, token.last_used_at
+            token_id, last_used, restricted = token.id, token.last_used_at, token.restricted
     request.state.principal = principal
     request.state.token_id = token_id
+    request.state.restricted = restricted
+    if restricted and (isinstance(route, APIRoute) and route_key(route, request.method)) not in ENROLL_ONLY_ROUTES:
+        raise Forbidden(
+            f"{principal.user} must enrol a second factor before anything else: run 'shanzhi mfa enroll' "
+            "(this session may only do that)"
+        )
     if last_used is None or utcnow() - last_used > timedelta(minutes=5):
         with db.session() as s, s.begin():
             identity.touch_token(s, token_id)

@@ -9,6 +9,7 @@ from fastapi import Request
 from shanzhi.config import Settings
 from shanzhi.controllers import ControllerManager, Fleet
 from shanzhi.ledger.service import Ledger
+from shanzhi.services.mfa import Vault
 from shanzhi.services.oidc import OidcConfig, RelyingParty
 from shanzhi.store import Database
 
@@ -21,6 +22,7 @@ class Runtime:
     controller: ControllerManager | None
     ledger: Ledger | None = None
     oidc: RelyingParty | None = None
+    vault: Vault | None = None  # seals second-factor secrets (mfa.key in the data dir)
 
     def wake(self) -> None:
         if self.controller is not None:

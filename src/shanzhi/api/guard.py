@@ -130,10 +130,10 @@ class Guard:
         runtime = getattr(app.state, "runtime", None)
         idle = runtime.settings.session_idle if runtime is not None else None
 
-        def check() -> tuple[Principal, int, datetime | None]:
+        def check() -> tuple[Principal, int, datetime | None, str | None]:
             with Session(app.state.db.reader) as s, s.begin():  # a read: never queue behind writers
                 principal, token = identity.authenticate(s, secret.strip(), idle)
-                return principal, token.id, token.last_used_at
+                return principal, token.id, token.last_used_at, token.restricted
 
         try:
             scope.setdefault("state", {})["authenticated"] = await run_in_threadpool(check)

@@ -44,6 +44,13 @@ def _v(action: str, privileged: bool = False) -> Rule:
 
 
 SELF = Rule("self")
+#: all that a session owing its second factor may do (see shanzhi.services.mfa)
+ENROLL_ONLY_ROUTES = {
+    ("POST", "/auth/mfa/enroll"),
+    ("POST", "/auth/mfa/confirm"),
+    ("GET", "/auth/whoami"),
+    ("POST", "/auth/logout"),
+}
 PUBLIC = Rule("public")
 
 RULES: dict[tuple[str, str], Rule] = {
@@ -56,6 +63,9 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/auth/logout"): SELF,
     ("GET", "/auth/whoami"): SELF,
     ("PUT", "/auth/password"): SELF,
+    ("POST", "/auth/mfa/enroll"): SELF,
+    ("POST", "/auth/mfa/confirm"): SELF,
+    ("POST", "/auth/mfa/disable"): SELF,
     ("GET", "/tokens"): SELF,
     ("POST", "/tokens"): SELF,
     ("DELETE", "/tokens/{token_id}"): SELF,
@@ -64,6 +74,7 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/users/{name}"): _p("user.read", privileged=True),
     ("DELETE", "/users/{name}"): _p("user.write"),
     ("PUT", "/users/{name}/password"): _p("user.write"),
+    ("DELETE", "/users/{name}/mfa"): _p("user.write"),
     ("POST", "/users/{name}/lock"): _p("user.write"),
     ("DELETE", "/users/{name}/oidc"): _p("user.write"),
     ("GET", "/oidc-group-maps"): _p("user.read", privileged=True),

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from shanzhi.domain.errors import Conflict, Forbidden, InvalidInput, Locked, NotFound, Unauthorized
 from shanzhi.domain.rbac import PLATFORM_ROLES, ROLES, VDC_ROLES, Principal, Scope
 from shanzhi.files import write_private
+from shanzhi.services import mfa
 from shanzhi.services.vdcs import get_vdc, scope_filter
 from shanzhi.store.tables import Grant, LoginFailure, Token, User, Vdc, utcnow
 
@@ -48,6 +49,7 @@ class Policy:
     session_idle: timedelta | None = timedelta(minutes=30)  # None: sessions never end for idleness
     password_max_age: timedelta | None = timedelta(days=90)  # None: passwords never expire
     max_token_ttl: timedelta = timedelta(days=365)
+    require_mfa: bool = False  # everyone needs a second factor (platform roles always do)
 
 
 def token_hash(token: str) -> str:
@@ -162,13 +164,15 @@ def delete_user(s: Session, name: str) -> None:
 
 # ------------------------------------------------------------------ tokens
 def issue_token(
-    s: Session, user: User, name: str, ttl: timedelta | None, *, session: bool = False
+    s: Session, user: User, name: str, ttl: timedelta | None, *, session: bool = False, restricted: str | None = None
 ) -> tuple[str, Token]:
-    """A new token for `user`; a `session` token (from a login) also ends after a while idle."""
+    """A new token for `user`; a `session` token (from a login) also ends after a while idle;
+    a `restricted` one may do only that (see `shanzhi.services.mfa`)."""
     secret = "szt_" + secrets.token_urlsafe(32)
     t = Token(
         name=name[:128],
         session=session,
+        restricted=restricted,
         token_hash=token_hash(secret),
         user_id=user.id,
         expires_at=utcnow() + ttl if ttl is not None else None,
@@ -203,7 +207,15 @@ def touch_token(s: Session, token_id: int) -> None:
 
 # ------------------------------------------------------------------ login
 def login(
-    s: Session, name: str, password: str, source: str, policy: Policy, new_password: str | None = None
+    s: Session,
+    name: str,
+    password: str,
+    source: str,
+    policy: Policy,
+    new_password: str | None = None,
+    *,
+    otp: str | None = None,
+    vault: mfa.Vault | None = None,
 ) -> tuple[str, Token]:
     """Check a password; after `max_failures` wrong ones in a row the user is locked for a while.
     Unknown users and wrong passwords get the same answer. A password older than
@@ -219,12 +231,11 @@ def login(
     try:
         _hasher.verify(u.password_hash, password)
     except (VerificationError, InvalidHashError):
-        u.failed_logins += 1
-        if u.failed_logins >= policy.max_failures:
-            u.locked_until = now + policy.lockout
+        count_failure(u, policy)
         raise bad from None
     if u.disabled:  # said only to who knows the password: a stranger learns nothing
         raise Locked(f"user {name} is locked by an administrator; ask a security administrator to unlock it")
+    restricted = second_factor(s, u, otp, vault, policy)
     age = policy.password_max_age
     if new_password is not None:
         if new_password == password:
@@ -240,7 +251,30 @@ def login(
     elif _hasher.check_needs_rehash(u.password_hash):
         u.password_hash = _hasher.hash(password)
     u.failed_logins, u.locked_until, u.last_login_at = 0, None, now
-    return issue_token(s, u, f"login from {source}"[:128], policy.session_ttl, session=True)
+    return issue_token(s, u, f"login from {source}"[:128], policy.session_ttl, session=True, restricted=restricted)
+
+
+def count_failure(u: User, policy: Policy) -> None:
+    """A wrong password or second-factor code: enough in a row lock the user out for a while."""
+    u.failed_logins += 1
+    if u.failed_logins >= policy.max_failures:
+        u.locked_until = utcnow() + policy.lockout
+
+
+def second_factor(s: Session, u: User, otp: str | None, vault: mfa.Vault | None, policy: Policy) -> str | None:
+    """After a good password (or single sign-on): check the second factor the user has. A wrong
+    code counts toward the lock-out. Returns the restriction of the session to issue: enrolment
+    only, when a second factor is required and the user has none yet."""
+    if u.mfa_enabled:
+        if otp is None or vault is None:
+            raise mfa.MfaRequired(u.name)
+        try:
+            mfa.verify(s, u, otp, vault)
+        except Unauthorized:
+            count_failure(u, policy)
+            raise
+        return None
+    return mfa.ENROLL_ONLY if mfa.required(s, u, policy.require_mfa) else None
 
 
 def _locked_out(name: str, failures: int, until: datetime) -> Locked:

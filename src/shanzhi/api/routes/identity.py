@@ -12,9 +12,10 @@ from shanzhi.api.audit import transaction
 from shanzhi.api.auth import principal, require
 from shanzhi.api.deps import Runtime, runtime
 from shanzhi.api.schemas import Id
-from shanzhi.domain.errors import Forbidden, InvalidInput, Unauthorized
+from shanzhi.domain.errors import Conflict, Forbidden, InvalidInput, Unauthorized
 from shanzhi.domain.rbac import PLATFORM_ROLES, Principal
 from shanzhi.services import identity as svc
+from shanzhi.services import mfa
 from shanzhi.store.tables import Grant, Token, User
 
 router = APIRouter(tags=["identity"])
@@ -28,6 +29,11 @@ class LoginIn(_In):
     user: str
     password: str
     new_password: str | None = Field(None, description="replaces the password (required once it has expired)")
+    otp: str | None = Field(None, max_length=32, description="the second factor: a TOTP code or a recovery code")
+
+
+class CodeIn(_In):
+    code: str = Field(min_length=6, max_length=32, description="a TOTP code (or, to disable, a recovery code)")
 
 
 class PasswordIn(_In):
@@ -60,6 +66,7 @@ def _policy(rt: Runtime) -> svc.Policy:
         session_ttl=timedelta(hours=st.session_hours),
         session_idle=st.session_idle,
         password_max_age=timedelta(days=st.password_max_age_days) if st.password_max_age_days > 0 else None,
+        require_mfa=st.require_mfa,
     )
 
 
@@ -75,6 +82,9 @@ def token_out(t: Token, secret: str | None = None) -> dict[str, Any]:
     }
     if secret is not None:
         out["token"] = secret
+    if t.restricted:
+        out["restricted"] = t.restricted
+        out["next"] = "a second factor is required for this account: enrol one with 'shanzhi mfa enroll'"
     return out
 
 
@@ -89,6 +99,7 @@ def user_out(u: User, grants: list[Grant] | None = None) -> dict[str, Any]:
         "created_at": u.created_at,
         "last_login_at": u.last_login_at,
         "oidc_subject": u.oidc_subject,
+        "mfa": u.mfa_enabled,
     }
     if grants is not None:
         out["roles"] = [grant_out(g) for g in grants]
@@ -109,7 +120,9 @@ def login(request: Request, body: LoginIn, rt: Runtime = Depends(runtime)) -> di
     failure: Exception | None = None
     with transaction(request) as s:
         try:
-            secret, t = svc.login(s, body.user, body.password, source, _policy(rt), body.new_password)
+            secret, t = svc.login(
+                s, body.user, body.password, source, _policy(rt), body.new_password, otp=body.otp, vault=rt.vault
+            )
             out = token_out(t, secret)
         except Unauthorized as err:  # keep the failure count: commit, then refuse
             failure = err
@@ -133,6 +146,7 @@ def whoami(request: Request, p: Principal = Depends(principal)) -> dict[str, Any
         "platform_roles": sorted(p.platform),
         "vdc_roles": [{"vdc": v, "role": r} for v, roles in sorted(p.vdc.items()) for r in sorted(roles)],
         "token_id": request.state.token_id,
+        "restricted": getattr(request.state, "restricted", None),
     }
 
 
@@ -144,6 +158,70 @@ def change_password(request: Request, body: PasswordIn, p: Principal = Depends(p
             svc.check_password(u, body.old_password or "")
         svc.set_password(s, p.user, body.password, keep_token=request.state.token_id)
     return {"user": p.user, "changed": True, "other_sessions": "ended"}
+
+
+# ------------------------------------------------------------------ second factor
+@router.post("/auth/mfa/enroll", status_code=201)
+def mfa_enroll(request: Request, p: Principal = Depends(principal), rt: Runtime = Depends(runtime)) -> dict[str, Any]:
+    """Start enrolling a second factor: the secret and its otpauth:// URI (show it as a QR code)."""
+    assert rt.vault is not None
+    with transaction(request) as s:
+        secret, uri = mfa.start(s, svc.get_user(s, p.user), rt.vault)
+    return {"user": p.user, "secret": secret, "uri": uri, "next": "confirm with a code from the app: /auth/mfa/confirm"}
+
+
+@router.post("/auth/mfa/confirm")
+def mfa_confirm(
+    request: Request, body: CodeIn, p: Principal = Depends(principal), rt: Runtime = Depends(runtime)
+) -> dict[str, Any]:
+    """Turn the second factor on with a first code. The recovery codes are shown this once. A
+    session that was restricted to enrolling ends: log in again with the code."""
+    assert rt.vault is not None
+    with transaction(request) as s:
+        codes = mfa.confirm(s, svc.get_user(s, p.user), body.code, rt.vault)
+        if getattr(request.state, "restricted", None):
+            svc.revoke_token(s, request.state.token_id, owner=p.user)
+    return {"user": p.user, "mfa": True, "recovery_codes": codes}
+
+
+@router.post("/auth/mfa/disable")
+def mfa_disable(
+    request: Request, body: CodeIn, p: Principal = Depends(principal), rt: Runtime = Depends(runtime)
+) -> dict[str, Any]:
+    """Turn your own second factor off (a current code or a recovery code proves it is you);
+    refused where one is required."""
+    assert rt.vault is not None
+    with transaction(request) as s:
+        u = svc.get_user(s, p.user)
+        if mfa.required(s, u, rt.settings.require_mfa):
+            raise Conflict(f"{p.user} must keep a second factor (required for platform roles, or by the server)")
+        if not u.mfa_enabled:
+            raise Conflict(f"{p.user} has no second factor to disable")
+        failure: Unauthorized | None = None
+        try:
+            mfa.verify(s, u, body.code, rt.vault)
+        except Unauthorized as err:
+            failure = err
+        else:
+            mfa.disable(s, u)
+        if failure is not None:  # counted like a wrong password, then refused (after the commit)
+            svc.count_failure(u, _policy(rt))
+            request.state.audit_status = 422
+    if failure is not None:
+        raise InvalidInput(failure.detail, field="code")
+    return {"user": p.user, "mfa": False}
+
+
+@router.delete("/users/{name}/mfa")
+def reset_mfa(request: Request, name: str) -> dict[str, Any]:
+    """A security administrator removes a user's second factor (a lost phone): every session of
+    theirs ends, and the next login enrols again where one is required."""
+    request.state.target = f"second factor of user {name}"
+    with transaction(request) as s:
+        u = svc.get_user(s, name)
+        mfa.disable(s, u)
+        svc.revoke_all(s, u)
+    return {"user": name, "mfa": False}
 
 
 # ------------------------------------------------------------------ tokens
