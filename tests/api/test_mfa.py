@@ -116,3 +116,47 @@ def test_require_mfa_makes_everyone_enrol(settings: Settings) -> None:
         assert sec.post(f"{V1}/users", json={"name": "clerk", "password": PASSWORD}).status_code == 201
         r = login(api, "clerk")
         assert r.status_code == 201 and r.json()["restricted"] == "mfa-enroll"
+
+
+def test_single_sign_on_owes_the_code_unless_the_provider_asked_for_one(tenants: Tenants) -> None:
+    """The handoff step of an OIDC login (the provider's part is in test_oidc): `amr` decides."""
+    import secrets
+    from datetime import timedelta
+
+    from shanzhi.services import oidc as sso
+    from shanzhi.services.identity import Policy
+    from shanzhi.services.mfa import MfaRequired
+    from shanzhi.store.tables import OidcFlow, utcnow
+
+    api = tenants.api
+    totp, _ = enrol(api, login(api, "hadmin").json()["token"])
+    rt = api.app.state.runtime  # type: ignore[attr-defined]
+    cfg = sso.OidcConfig("https://sso.example", "c", "s", "https://x/cb", mfa_amr=("mfa", "otp"))
+
+    def handoff(amr: list[str]) -> tuple[str, str]:
+        verifier = secrets.token_urlsafe(43)
+        with rt.db.session() as s, s.begin():
+            flow = OidcFlow(
+                state=secrets.token_hex(8), nonce="n", code_verifier="v", client_challenge=sso.challenge_of(verifier),
+                expires_at=utcnow() + timedelta(minutes=5),
+            )  # fmt: skip
+            s.add(flow)
+            s.flush()
+            code, _ = sso.finish(s, cfg, flow, {"sub": "s-1", "preferred_username": "hadmin", "amr": amr})
+        return code, verifier
+
+    code, verifier = handoff(["pwd"])  # a password at the provider: the code is still owed
+    with rt.db.session() as s, s.begin():
+        try:
+            sso.redeem(s, code, verifier, Policy(), None, rt.vault)
+        except MfaRequired:
+            pass
+        else:
+            raise AssertionError("a login without its second factor was let in")
+    with rt.db.session() as s, s.begin():  # the same handoff, now with the code
+        _, token = sso.redeem(s, code, verifier, Policy(), next_code(totp), rt.vault)
+        assert token.restricted is None
+    code, verifier = handoff(["pwd", "otp"])  # the provider asked for a second factor itself
+    with rt.db.session() as s, s.begin():
+        _, token = sso.redeem(s, code, verifier, Policy(), None, rt.vault)
+        assert token.restricted is None and token.user.name == "hadmin"

@@ -50,5 +50,6 @@ def relying_party(settings: Settings) -> RelyingParty | None:
             groups_claim=settings.oidc_groups_claim,
             auto_create=settings.oidc_auto_create,
             name=settings.oidc_name,
+            mfa_amr=settings.oidc_mfa_amr,
         )
     )

@@ -45,7 +45,16 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from shanzhi.domain.errors import Forbidden, IdentityProviderError, InvalidInput, Locked, Unauthorized
-from shanzhi.services.identity import BOOTSTRAP, USER_RE, Policy, create_user, issue_token, token_hash
+from shanzhi.services.identity import (
+    BOOTSTRAP,
+    USER_RE,
+    Policy,
+    create_user,
+    issue_token,
+    second_factor,
+    token_hash,
+)
+from shanzhi.services.mfa import MfaRequired, Vault
 from shanzhi.services.oidc_groups import groups_of, sync_grants
 from shanzhi.store.tables import OidcFlow, Token, User, utcnow
 
@@ -73,6 +82,7 @@ class OidcConfig:
     groups_claim: str = "groups"
     auto_create: bool = False
     name: str = "single sign-on"
+    mfa_amr: tuple[str, ...] = ()  # `amr` values (RFC 8176: "mfa", "otp", "hwk"...) that are a second factor
 
 
 @dataclass
@@ -288,23 +298,42 @@ def finish(s: Session, cfg: OidcConfig, flow: OidcFlow, claims: dict[str, Any]) 
     handoff = secrets.token_urlsafe(32)
     flow.handoff_hash = token_hash(handoff)
     flow.user_id = user.id
+    amr = claims.get("amr")
+    flow.mfa_done = isinstance(amr, list) and bool({a for a in amr if isinstance(a, str)} & set(cfg.mfa_amr))
     flow.expires_at = utcnow() + HANDOFF_TTL
     return handoff, user
 
 
-def redeem(s: Session, handoff: str, verifier: str, policy: Policy) -> tuple[str, Token]:
-    """Trade a handoff code and the client's verifier for a session token, once."""
+def redeem(
+    s: Session, handoff: str, verifier: str, policy: Policy, otp: str | None = None, vault: Vault | None = None
+) -> tuple[str, Token]:
+    """Trade a handoff code and the client's verifier for a session token, once. The second
+    factor is owed as for a password login, unless the provider said (`amr`) it asked for one;
+    a login only missing its code keeps the handoff, so the client can send it."""
     flow = s.scalar(select(OidcFlow).where(OidcFlow.handoff_hash == token_hash(handoff)))
     if flow is None or flow.user_id is None or flow.expires_at <= utcnow():
         raise Unauthorized("this login code is unknown, used or expired; log in again with 'shanzhi login --oidc'")
-    s.delete(flow)  # one try: a wrong verifier burns the code too
     if not secrets.compare_digest(challenge_of(verifier), flow.client_challenge):
+        s.delete(flow)  # one try: a wrong verifier burns the code
         raise Unauthorized("this login code was issued to another client (the verifier does not match); log in again")
     user = s.get(User, flow.user_id)
     if user is None or user.disabled:
+        s.delete(flow)
         raise Unauthorized("this user was locked or removed during the login; ask a security administrator")
+    restricted = None
+    if not flow.mfa_done:
+        try:
+            restricted = second_factor(s, user, otp, vault, policy)
+        except MfaRequired:
+            raise  # the handoff stays: the client asks for the code and sends it with the same one
+        except Unauthorized:
+            s.delete(flow)
+            raise
+    s.delete(flow)
     user.last_login_at = utcnow()
-    return issue_token(s, user, f"oidc login from {flow.source}"[:128], policy.session_ttl, session=True)
+    return issue_token(
+        s, user, f"oidc login from {flow.source}"[:128], policy.session_ttl, session=True, restricted=restricted
+    )
 
 
 def link_user(s: Session, cfg: OidcConfig, claims: dict[str, Any]) -> User:

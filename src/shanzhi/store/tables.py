@@ -291,6 +291,7 @@ class OidcFlow(Base):
     expires_at: Mapped[datetime] = mapped_column()
     handoff_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
     user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    mfa_done: Mapped[bool] = mapped_column(default=False)  # the provider's amr says it asked a second factor
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

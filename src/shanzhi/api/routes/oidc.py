@@ -46,6 +46,7 @@ class GroupMapIn(_In):
 class ExchangeIn(_In):
     code: str = Field(min_length=1, max_length=128)
     verifier: str = Field(min_length=43, max_length=128)
+    otp: str | None = Field(None, max_length=32, description="the second factor, when the login owes one")
 
 
 def _rp(rt: Runtime) -> sso.RelyingParty:
@@ -126,7 +127,7 @@ def exchange(request: Request, body: ExchangeIn, rt: Runtime = Depends(runtime))
     failure: Unauthorized | None = None
     with transaction(request) as s:
         try:
-            secret, t = sso.redeem(s, body.code, body.verifier, _policy(rt))
+            secret, t = sso.redeem(s, body.code, body.verifier, _policy(rt), body.otp, rt.vault)
             request.state.login_user = request.state.target = t.user.name
             out = token_out(t, secret)
         except Unauthorized as err:  # the code is burnt either way: commit, then refuse

@@ -28,6 +28,7 @@ def upgrade() -> None:
     op.add_column("users", sa.Column("mfa_enabled", sa.Boolean(), nullable=False, server_default=sa.false()))
     op.add_column("users", sa.Column("mfa_last_step", sa.BigInteger(), nullable=False, server_default="0"))
     op.add_column("tokens", sa.Column("restricted", sa.String(32)))
+    op.add_column("oidc_flows", sa.Column("mfa_done", sa.Boolean(), nullable=False, server_default=sa.false()))
     op.create_table(
         "mfa_recovery_codes",
         sa.Column("id", sa.Integer(), primary_key=True),
@@ -49,6 +50,7 @@ def downgrade() -> None:
     op.drop_table("login_failures")
     op.drop_index("ix_mfa_recovery_codes_user_id", "mfa_recovery_codes")
     op.drop_table("mfa_recovery_codes")
+    op.drop_column("oidc_flows", "mfa_done")
     op.drop_column("tokens", "restricted")
     op.drop_column("users", "mfa_last_step")
     op.drop_column("users", "mfa_enabled")
