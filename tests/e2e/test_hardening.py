@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -141,3 +142,54 @@ def test_strangers_big_bodies_are_refused_before_they_are_read(tmp_path: Path, s
     admin = _token(s, "admin.token")
     r = httpx.post(f"{s.url}/api/v1/apps", content=b"x" * (5 * 2**20), headers=admin, timeout=60)
     assert r.status_code == 413
+
+
+def test_an_auditor_enrols_a_second_factor_and_logs_in_with_it_through_the_cli(
+    tmp_path: Path, servers: list[Server]
+) -> None:
+    import re
+    import subprocess
+    import sys
+    import time
+
+    import pyotp
+
+    from tests.e2e.harness import Cli
+
+    d = tmp_path / "data"
+    d.mkdir()
+    s = Server(d, None)
+    servers.append(s)
+    cli = Cli(s)
+    sec = {"SHANZHI_TOKEN": (d / "security.token").read_text().strip()}
+    assert cli.run("user", "create", "auditor2", "--password", "Second-factor-2026", env=sec).returncode == 0
+    assert cli.run("grant", "add", "auditor2", "audit-admin", env=sec).returncode == 0
+    pw = {"SHANZHI_PASSWORD": "Second-factor-2026"}
+    first = cli.run("login", "-u", "auditor2", env=pw)
+    assert first.returncode == 0 and "shanzhi mfa enroll" in first.stderr
+    assert cli.run("audit", "list").returncode == 1  # this session may only enrol
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHANZHI_")}
+    env |= {"SHANZHI_URL": s.url, "SHANZHI_HOME": str(d), "XDG_CONFIG_HOME": str(d.parent / "config")}
+    enrol = subprocess.Popen(
+        [sys.executable, "-m", "shanzhi", "mfa", "enroll"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    assert enrol.stderr is not None and enrol.stdin is not None
+    secret = None
+    for line in enrol.stderr:
+        m = re.search(r"Secret \(if you cannot scan\): ([A-Z2-7]+)", line)
+        if m:
+            secret = m.group(1)
+            break
+    assert secret, "the enrolment printed no secret"
+    totp = pyotp.TOTP(secret)
+    out, _ = enrol.communicate(totp.now() + "\n", timeout=60)
+    assert enrol.returncode == 0 and "Recovery codes" in out
+    recovery = re.findall(r"^  ([0-9a-f]{6}-[0-9a-f]{6})$", out, re.M)
+    assert len(recovery) == 10
+    bad = cli.run("login", "-u", "auditor2", env=pw)  # no code given, none at a terminal: refused
+    assert bad.returncode == 1 and "second factor" in bad.stderr
+    good = cli.run("login", "-u", "auditor2", env=pw | {"SHANZHI_OTP": totp.at(time.time() + 30)})
+    assert good.returncode == 0 and "needs a second factor" not in good.stderr
+    assert cli.run("audit", "list").returncode == 0
+    assert cli.run("login", "-u", "auditor2", "--otp", recovery[0], env=pw).returncode == 0

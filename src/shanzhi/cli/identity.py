@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from shanzhi.cli import sso
+from shanzhi.cli.mfa import with_code
 from shanzhi.cli.output import Columns, Fmt, OutputOpt, emit, err, handle_errors, out
 from shanzhi.client import ApiError, Client, discover_token, save_credentials, server_url
 
@@ -84,6 +85,9 @@ def login(
         True, "--browser/--no-browser", help="With --oidc: open a browser here, or print the address and ask the code."
     ),
     timeout: float = typer.Option(300, "--timeout", help="With --oidc: seconds to wait for the browser."),
+    otp: str | None = typer.Option(
+        None, "--otp", envvar="SHANZHI_OTP", help="Your second factor's code (asked for at a terminal when owed)."
+    ),
     url: str | None = UrlOpt,
     output: Fmt = OutputOpt,
 ) -> None:
@@ -100,19 +104,23 @@ def login(
             name = user if user is not None else str(typer.prompt("User", err=True))
             secret = _password(password, "Password")
             try:
-                t = c.login(name, secret, new_password)
+                t = with_code(lambda code: c.login(name, secret, new_password, code), otp)
             except ApiError as e:
                 expired = e.status == 403 and "has expired" in str(e.problem.get("detail", ""))
                 if not (expired and new_password is None and sys.stdin.isatty()):
                     raise
                 err.print(f"[yellow]{e.problem['detail']}[/]")
                 new = typer.prompt("New password", hide_input=True, confirmation_prompt=True, err=True)
-                t = c.login(name, secret, str(new))
+                t = with_code(lambda code: c.login(name, secret, str(new), code), otp)
     path = save_credentials(server_url(url), t["token"])
     if output is Fmt.json:
         emit({k: v for k, v in t.items() if k != "token"} | {"saved_to": str(path)}, output)
     else:
         out.print(f"Logged in to {server_url(url)} as {t['user']} until {str(t['expires_at'])[:19]} UTC")
+    if t.get("restricted"):
+        err.print(
+            f"[yellow]{t['user']} needs a second factor: this session can only enrol one. Run 'shanzhi mfa enroll'.[/]"
+        )
 
 
 def logout(url: str | None = UrlOpt, data_dir: Path | None = DataDirOpt, output: Fmt = OutputOpt) -> None:
@@ -220,6 +228,13 @@ def user_unlink_sso(name: str, data_dir: Path | None = DataDirOpt, output: Fmt =
     """Forget the single sign-on identity linked to a user (their next SSO login links again by name)."""
     with handle_errors(), _client(data_dir) as c:
         emit(c.unlink_oidc(name), output, USER_COLS)
+
+
+@user_app.command("reset-mfa")
+def user_reset_mfa(name: str, data_dir: Path | None = DataDirOpt, output: Fmt = OutputOpt) -> None:
+    """Remove a user's second factor (a lost phone): their sessions end; the next login enrols anew."""
+    with handle_errors(), _client(data_dir) as c:
+        emit(c.reset_mfa(name), output)
 
 
 @user_app.command("delete")

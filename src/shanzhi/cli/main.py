@@ -13,6 +13,7 @@ import typer
 from shanzhi.cli import governance, identity, serve
 from shanzhi.cli.audit import audit_app
 from shanzhi.cli.ledger import ledger_app, witness_app
+from shanzhi.cli.mfa import mfa_app
 from shanzhi.cli.output import Columns, Fmt, OutputOpt, cpu, emit, err, handle_errors, mem, out
 from shanzhi.cli.plans import plan_app
 from shanzhi.client import ApiError, Client, discover_token
@@ -43,6 +44,7 @@ app.add_typer(identity.user_app, name="user")
 app.add_typer(identity.token_app, name="token")
 app.add_typer(identity.grant_app, name="grant")
 app.add_typer(identity.sso_app, name="sso")
+app.add_typer(mfa_app, name="mfa")
 app.add_typer(governance.approval_app, name="approval")
 app.add_typer(governance.rate_app, name="rate")
 app.command()(serve.serve)

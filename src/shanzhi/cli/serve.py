@@ -52,6 +52,12 @@ def serve(
     failures_per_minute: int = typer.Option(
         30, "--failures-per-minute", min=1, help="Failed requests per client address before it must wait (429)."
     ),
+    require_mfa: bool = typer.Option(
+        False, "--require-mfa", help="Everyone needs a second factor (the platform roles always do)."
+    ),
+    oidc_mfa_amr: str = typer.Option(
+        "", "--oidc-mfa-amr", help="Single sign-on amr values that count as a second factor, e.g. mfa,otp,hwk."
+    ),
     token_max_days: int = typer.Option(
         365, "--token-max-days", min=1, help="Longest life of an API token (every token expires)."
     ),
@@ -110,6 +116,8 @@ def serve(
         lockout_minutes=lockout_minutes,
         session_hours=session_hours,
         token_max_days=token_max_days,
+        require_mfa=require_mfa,
+        oidc_mfa_amr=tuple(a.strip() for a in oidc_mfa_amr.split(",") if a.strip()),
         max_body_bytes=int(max_body_mib * 2**20),
         logins_per_minute=logins_per_minute,
         failures_per_minute=failures_per_minute,

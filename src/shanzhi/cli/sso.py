@@ -24,6 +24,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import typer
 
+from shanzhi.cli.mfa import with_code
 from shanzhi.cli.output import err
 from shanzhi.client import Client
 
@@ -107,7 +108,7 @@ def login(c: Client, *, browser: bool, timeout: float) -> Any:
         start = c.oidc_start(challenge, None)
         err.print(f"Open this address in a browser and log in through {where}:\n  {start['authorization_url']}")
         code = str(typer.prompt("Code shown after logging in", err=True)).strip()
-        return c.oidc_exchange(code, verifier)
+        return with_code(lambda otp: c.oidc_exchange(code, verifier, otp), None)
     with _Receiver() as rx:
         start = c.oidc_start(challenge, rx.url)
         rx.state = start["state"]
@@ -122,4 +123,4 @@ def login(c: Client, *, browser: bool, timeout: float) -> Any:
         raise LoginFailed(f"no answer from the browser within {timeout:.0f} s; try again, or use --no-browser")
     if "code" not in answer:
         raise LoginFailed(answer.get("error", "the login failed"))
-    return c.oidc_exchange(answer["code"], verifier)
+    return with_code(lambda otp: c.oidc_exchange(answer["code"], verifier, otp), None)

@@ -181,9 +181,21 @@ class Client:
         return self._call("POST", "/audit/prune", json={"before": before})
 
     # identity
-    def login(self, user: str, password: str, new_password: str | None = None) -> Any:
-        body = {"user": user, "password": password, "new_password": new_password}
+    def login(self, user: str, password: str, new_password: str | None = None, otp: str | None = None) -> Any:
+        body = {"user": user, "password": password, "new_password": new_password, "otp": otp}
         return self._call("POST", "/auth/login", json=body)
+
+    def mfa_enroll(self) -> Any:
+        return self._call("POST", "/auth/mfa/enroll")
+
+    def mfa_confirm(self, code: str) -> Any:
+        return self._call("POST", "/auth/mfa/confirm", json={"code": code})
+
+    def mfa_disable(self, code: str) -> Any:
+        return self._call("POST", "/auth/mfa/disable", json={"code": code})
+
+    def reset_mfa(self, name: str) -> Any:
+        return self._call("DELETE", f"/users/{name}/mfa")
 
     def logout(self) -> Any:
         return self._call("POST", "/auth/logout")
@@ -206,8 +218,8 @@ class Client:
     def oidc_start(self, challenge: str, return_to: str | None) -> Any:
         return self._call("POST", "/auth/oidc/start", json={"challenge": challenge, "return_to": return_to})
 
-    def oidc_exchange(self, code: str, verifier: str) -> Any:
-        return self._call("POST", "/auth/oidc/exchange", json={"code": code, "verifier": verifier})
+    def oidc_exchange(self, code: str, verifier: str, otp: str | None = None) -> Any:
+        return self._call("POST", "/auth/oidc/exchange", json={"code": code, "verifier": verifier, "otp": otp})
 
     def whoami(self) -> Any:
         return self._call("GET", "/auth/whoami")
