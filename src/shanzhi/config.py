@@ -42,6 +42,8 @@ class Settings:
     forwarded_allow_ips: tuple[str, ...] = ()  # proxies whose X-Forwarded-For is believed
     require_mfa: bool = False  # a second factor for everyone (the platform roles always need one)
     oidc_mfa_amr: tuple[str, ...] = ()  # single sign-on `amr` values that count as a second factor
+    tls_cert: Path | None = None  # serve HTTPS with this certificate (PEM) and tls_key
+    tls_key: Path | None = None
     token_max_days: int = 365  # every API token expires; the bootstrap tokens are renewed at start
     password_max_age_days: int = 90  # 0: passwords never expire
     session_idle_minutes: float = 30.0  # 0: sessions never end for idleness (MLPS asks that they do)
@@ -74,7 +76,8 @@ class Settings:
 
     @property
     def base_url(self) -> str:
-        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+        scheme = "https" if self.tls_cert else "http"
+        return (self.public_url or f"{scheme}://{self.host}:{self.port}").rstrip("/")
 
     @property
     def token_file(self) -> Path:

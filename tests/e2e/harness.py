@@ -45,7 +45,8 @@ class Server:
     ) -> None:
         self.data_dir = data_dir
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.tls = "--tls-cert" in extra
+        self.url = f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
         self.log = data_dir.parent / f"server-{self.port}.log"
         args = [sys.executable, "-m", "shanzhi", "serve", "--data-dir", str(data_dir), "--port", str(self.port)]
         # every test client calls from 127.0.0.1: the per-address limits are tested on their own
@@ -64,7 +65,7 @@ class Server:
         if self.proc.poll() is not None:
             raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
         try:
-            return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
+            return httpx.get(f"{self.url}/healthz", timeout=1, verify=not self.tls).status_code == 200
         except httpx.HTTPError:
             return False
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -193,3 +194,72 @@ def test_an_auditor_enrols_a_second_factor_and_logs_in_with_it_through_the_cli(
     assert good.returncode == 0 and "needs a second factor" not in good.stderr
     assert cli.run("audit", "list").returncode == 0
     assert cli.run("login", "-u", "auditor2", "--otp", recovery[0], env=pw).returncode == 0
+
+
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "tls.crt", tmp_path / "tls.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path
+
+
+def test_tls_with_hsts_and_security_headers_everywhere(tmp_path: Path, servers: list[Server]) -> None:
+    cert, key = _self_signed(tmp_path)
+    d = tmp_path / "data"
+    d.mkdir()
+    s = Server(d, None, "--tls-cert", str(cert), "--tls-key", str(key))
+    servers.append(s)
+    assert s.url.startswith("https://")
+    trust = ssl.create_default_context(cafile=str(cert))
+    r = httpx.get(f"{s.url}/api/v1/status", headers=_token(s, "admin.token"), verify=trust, timeout=10)
+    assert r.status_code == 200
+    assert r.headers["strict-transport-security"].startswith("max-age=31536000")
+    assert r.headers["x-content-type-options"] == "nosniff" and r.headers["x-frame-options"] == "DENY"
+    assert r.headers["cache-control"] == "no-store"
+    refused = httpx.get(f"{s.url}/api/v1/status", verify=trust, timeout=10)  # errors carry them too
+    assert refused.status_code == 401 and refused.headers["x-frame-options"] == "DENY"
+    with pytest.raises(httpx.HTTPError):  # plain HTTP on the TLS port gets nowhere
+        httpx.get(s.url.replace("https://", "http://") + "/healthz", timeout=5).raise_for_status()
+    plain_dir = tmp_path / "plain"
+    plain_dir.mkdir()
+    plain = Server(plain_dir, None)
+    servers.append(plain)
+    r = httpx.get(f"{plain.url}/healthz", timeout=5)
+    assert r.headers["x-content-type-options"] == "nosniff" and "strict-transport-security" not in r.headers
+    bad = subprocess_serve(tmp_path, "--tls-cert", str(cert))  # a certificate without its key is refused
+    assert bad.returncode == 1 and "go together" in bad.stderr
+
+
+def subprocess_serve(tmp_path: Path, *args: str) -> Any:
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHANZHI_")}
+    return subprocess.run(
+        [sys.executable, "-m", "shanzhi", "serve", "--data-dir", str(tmp_path / "never"), *args],
+        capture_output=True, text=True, env=env, timeout=60, check=False,
+    )  # fmt: skip

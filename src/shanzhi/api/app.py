@@ -14,6 +14,7 @@ from shanzhi.api import audit, errors
 from shanzhi.api.auth import authorize
 from shanzhi.api.deps import Runtime, relying_party
 from shanzhi.api.guard import Guard, Limits
+from shanzhi.api.headers import SecurityHeaders
 from shanzhi.api.policy import check_routes
 from shanzhi.api.routes import approvals, apps, clouds, identity, metering, observe, oidc, plans, vdcs
 from shanzhi.api.routes import audit as audit_routes
@@ -115,7 +116,8 @@ def create_app(settings: Settings) -> FastAPI:
     table = check_routes(app, [m.router for m in routes])
     limits = Limits(settings.max_body_bytes, settings.logins_per_minute, settings.failures_per_minute)
     app.add_middleware(Guard, table=table, limits=limits)
-    app.add_middleware(audit.AuditMiddleware)  # outermost: it sees the guard's refusals too
+    app.add_middleware(audit.AuditMiddleware)  # it sees the guard's refusals too
+    app.add_middleware(SecurityHeaders, tls=bool(settings.tls_cert))
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:

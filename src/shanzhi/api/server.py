@@ -23,5 +23,7 @@ def serve(settings: Settings) -> None:
         # loopback included) the header would forge the audit trail's source
         proxy_headers=bool(settings.forwarded_allow_ips),
         forwarded_allow_ips=",".join(settings.forwarded_allow_ips) or None,
+        ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
+        ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
         timeout_graceful_shutdown=10,
     )

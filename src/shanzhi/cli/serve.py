@@ -52,6 +52,8 @@ def serve(
     failures_per_minute: int = typer.Option(
         30, "--failures-per-minute", min=1, help="Failed requests per client address before it must wait (429)."
     ),
+    tls_cert: Path | None = typer.Option(None, "--tls-cert", help="Serve HTTPS with this certificate chain (PEM)."),
+    tls_key: Path | None = typer.Option(None, "--tls-key", help="The certificate's private key (PEM)."),
     require_mfa: bool = typer.Option(
         False, "--require-mfa", help="Everyone needs a second factor (the platform roles always do)."
     ),
@@ -103,6 +105,13 @@ def serve(
             raise typer.Exit(1)
         witnesses.append((url, vkey))
     secret = _oidc_secret(oidc_issuer, oidc_client_secret_file) if oidc_issuer else ""
+    if (tls_cert is None) != (tls_key is None):
+        err.print("[red]error[/]: --tls-cert and --tls-key go together")
+        raise typer.Exit(1)
+    for path in (tls_cert, tls_key):
+        if path is not None and not path.is_file():
+            err.print(f"[red]error[/]: {path} is not a readable file")
+            raise typer.Exit(1)
     if audit_retention_days < 180:
         err.print(
             f"[yellow]warning[/]: audit records kept {audit_retention_days} days, less than the six months "
@@ -117,6 +126,8 @@ def serve(
         session_hours=session_hours,
         token_max_days=token_max_days,
         require_mfa=require_mfa,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
         oidc_mfa_amr=tuple(a.strip() for a in oidc_mfa_amr.split(",") if a.strip()),
         max_body_bytes=int(max_body_mib * 2**20),
         logins_per_minute=logins_per_minute,
@@ -140,7 +151,7 @@ def serve(
         witnesses=tuple(witnesses),
         witness_quorum=witness_quorum,
     )
-    url = f"http://{host}:{port}"
+    url = settings.base_url
     err.print(f"Shanzhi on {url}  data dir {settings.data_dir}  token in {settings.token_file}")
     if demo:
         err.print(
