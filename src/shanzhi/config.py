@@ -26,6 +26,9 @@ class Settings:
     port: int = 8700
     demo: bool = False
     controller: bool = True
+    publisher: bool = True  # this process publishes ledger checkpoints and drains the audit outbox
+    prepared: bool = False  # migrations, bootstrap and demo done already (API workers)
+    workers: int = 1  # API processes; above 1 the controllers run in a process of their own
     interval: float = 1.0
     failover_grace: float = 3.0
     ledger: bool = True

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import timedelta
 
 from fastapi import APIRouter, Depends, FastAPI
 
@@ -16,37 +15,16 @@ from shanzhi.api.deps import Runtime, relying_party
 from shanzhi.api.guard import Guard, Limits
 from shanzhi.api.headers import SecurityHeaders
 from shanzhi.api.policy import check_routes
+from shanzhi.api.processes import make_ledger, prepare
 from shanzhi.api.routes import approvals, apps, clouds, identity, metering, observe, oidc, plans, vdcs
 from shanzhi.api.routes import audit as audit_routes
 from shanzhi.api.routes import ledger as ledger_routes
 from shanzhi.config import Settings
 from shanzhi.controllers import ControllerManager, Fleet
-from shanzhi.files import secure_data_dir
-from shanzhi.ledger.keys import load_or_create
-from shanzhi.ledger.note import Verifier
-from shanzhi.ledger.service import Ledger, Witness
-from shanzhi.providers.sandbox import Sandbox
-from shanzhi.services.demo import seed_demo, seed_ledger
-from shanzhi.services.identity import ensure_bootstrap
 from shanzhi.services.mfa import Vault
-from shanzhi.store import Database, open_database
+from shanzhi.store import open_database
 
 log = logging.getLogger("shanzhi.api")
-
-
-def _start_ledger(settings: Settings, db: Database) -> Ledger | None:
-    if not settings.ledger:
-        return None
-    signer = load_or_create(settings.data_dir / "ledger.key", settings.ledger_origin)
-    platform = load_or_create(
-        settings.data_dir / "platform.key", settings.ledger_origin.rsplit("/", 1)[0] + "/platform"
-    )
-    witnesses = [Witness(url, Verifier.decode(vkey)) for url, vkey in settings.witnesses]
-    quorum = settings.witness_quorum if settings.witness_quorum is not None else len(witnesses) // 2 + bool(witnesses)
-    ledger = Ledger(db, signer, platform=platform, witnesses=witnesses, quorum=quorum)
-    ledger.start()
-    log.info("ledger %s: %d entries, log key %s", ledger.origin, ledger.log.size, signer.verifier.encode())
-    return ledger
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -54,21 +32,12 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        tightened = secure_data_dir(settings.data_dir)
-        if tightened:
-            log.warning("data dir: took group/other access away from %d paths (e.g. %s)", len(tightened), tightened[0])
-        sandbox = Sandbox.for_data_dir(settings.data_dir)
-        (log.info if sandbox.isolate and sandbox.cgroups else log.warning)("local clouds: %s", sandbox.describe())
-        db.migrate()
-        with db.session() as s, s.begin():
-            ensure_bootstrap(s, settings.data_dir, timedelta(days=settings.token_max_days))
+        if not settings.prepared:
+            prepare(settings, db)
         fleet = Fleet(settings.data_dir)
-        if settings.demo:
-            with db.session() as s, s.begin():
-                seed_demo(s)
-        ledger = _start_ledger(settings, db)
-        if settings.demo and ledger is not None:
-            seed_ledger(ledger, settings.data_dir)
+        ledger = make_ledger(settings, db)
+        if ledger is not None:
+            ledger.start(publish=settings.publisher)
         controller = None
         if settings.controller:
             controller = ControllerManager(

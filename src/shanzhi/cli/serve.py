@@ -26,6 +26,9 @@ def serve(
     port: int = typer.Option(8700, "--port", help="Port to listen on."),
     demo: bool = typer.Option(False, "--demo", help="Create the demo world on first start."),
     interval: float = typer.Option(1.0, "--interval", help="Seconds between reconcile passes."),
+    workers: int = typer.Option(
+        1, "--workers", min=1, max=64, help="API processes (above 1, the controllers get a process of their own)."
+    ),
     failover_grace: float = typer.Option(3.0, "--failover-grace", help="Seconds a cloud may be down before failover."),
     ledger_origin: str = typer.Option("shanzhi.local/ledger", "--ledger-origin", help="The ledger's name (origin)."),
     witness: list[str] = typer.Option(None, "--witness", help="URL=VKEY of a witness, repeatable."),
@@ -146,6 +149,7 @@ def serve(
         port=port,
         demo=demo,
         interval=interval,
+        workers=workers,
         failover_grace=failover_grace,
         ledger_origin=ledger_origin,
         witnesses=tuple(witnesses),

@@ -137,6 +137,7 @@ def prune_audit(s: Session, retention_days: int, now: datetime | None = None) ->
                 outcome="success",
                 detail=f"pruned {n} records older than {retention_days} days",
             ),
+            to_ledger=True,  # its commitment goes into the ledger like every other record's
         )
     return n
 

@@ -92,8 +92,12 @@ class Ledger:
             self.register_key(platform.name, platform.verifier.encode(), "department")
 
     # -------------------------------------------------------------- lifecycle
-    def start(self) -> None:
-        for target, name in ((self._sequence, "ledger-sequencer"), (self._publish_loop, "ledger-publisher")):
+    def start(self, *, sequence: bool = True, publish: bool = True) -> None:
+        """Run the sequencer (this process appends submissions) and/or the publisher (checkpoints
+        and the audit outbox, by whichever process holds the ledger leader lock)."""
+        loops = [(self._sequence, "ledger-sequencer")] if sequence else []
+        loops += [(self._publish_loop, "ledger-publisher")] if publish else []
+        for target, name in loops:
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
             self._threads.append(t)
