@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import delete, select, text, update
 
 from shanzhi.domain.errors import Unauthorized
-from shanzhi.store.tables import AuditRecord, Token, utcnow
+from shanzhi.store.tables import AuditOutbox, AuditRecord, Token, utcnow
 from tests.api.conftest import PASSWORD, Tenants, app_spec, bearer, delivered
 
 V1 = "/api/v1"
@@ -498,8 +498,10 @@ def test_audit_verify_finds_records_without_their_ledger_commitment(tenants: Ten
     assert entries and all('"commitment"' in e and "hmember" not in e and "/api/v1" not in e for e in entries)
     # a record whose copy was lost (as the review's kill -9 left 26) is named
     db = tenants.api.app.state.db
-    with db.session() as s, s.begin():
-        lost = chain.append(s, AuditRecord(actor="x", method="POST", path="/p", status=201, outcome="success")).id
+    with db.session() as s, s.begin():  # its outbox row gone before delivery
+        rec = AuditRecord(actor="x", method="POST", path="/p", status=201, outcome="success")
+        lost = chain.append(s, rec, to_ledger=True).id
+        s.execute(delete(AuditOutbox).where(AuditOutbox.audit_id == lost))
     report = aud.get(f"{V1}/audit/verify").json()
     assert not report["ok"] and report["ledger_copies"]["missing"] == [lost]
     assert "no ledger copy" in report["problem"]

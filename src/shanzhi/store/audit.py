@@ -70,8 +70,8 @@ def append(s: Session, record: AuditRecord, *, to_ledger: bool = False) -> Audit
     s.add(record)
     s.flush()  # assigns the id, which the hash covers
     record.hash = chain_hash(record, record.prev_hash)
-    record.commit_salt = secrets.token_hex(32)
-    if to_ledger:
+    if to_ledger:  # a salt marks a record whose commitment the ledger owes (see ledger.audit_copies)
+        record.commit_salt = secrets.token_hex(32)
         s.add(AuditOutbox(audit_id=record.id))
     return record
 
