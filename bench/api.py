@@ -28,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -61,9 +61,8 @@ APPLY_LUA = (
     REPORT_LUA
     + """
 local threads = {{}}
-local counter = 0
-local created = 0
-local id = 0
+counter = 0  -- globals: each thread has its own, and done() reads them with thread:get
+created = 0
 setup = function(thread)
   thread:set("id", #threads)
   table.insert(threads, thread)
@@ -179,13 +178,14 @@ def main() -> None:
     seconds = 5 if args.quick else 20
     results: dict[str, Any] = {"cores": os.cpu_count(), "seconds": seconds, "runs": {}}
     console = Console()
-    with throwaway_postgres() as pg:
-        backends = [("sqlite", None)] + ([("postgresql", pg)] if pg else [])
-        for backend, url in backends:
-            for workers in (1, args.workers):
-                key = f"{backend}, {workers} API process{'es' if workers > 1 else ''}"
+    for backend in ("sqlite", "postgresql"):
+        for workers in (1, args.workers):
+            key = f"{backend}, {workers} API process{'es' if workers > 1 else ''}"
+            with throwaway_postgres() if backend == "postgresql" else nullcontext("") as pg:
+                if pg is None:
+                    continue
                 console.print(f"[bold]{key}[/] ...")
-                results["runs"][key] = run(backend, url, workers, seconds)
+                results["runs"][key] = run(backend, pg or None, workers, seconds)
     table = Table(title=f"API under load (wrk, {seconds} s each, {os.cpu_count()} cores)")
     for col in ("layout", "/healthz req/s", "GET /status req/s (p99)", "GET /apps req/s (p99)", "applies/s (p99)",
                 "lost/doubled"):  # fmt: skip

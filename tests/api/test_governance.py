@@ -79,7 +79,7 @@ def test_the_approval_list_shows_each_caller_exactly_what_they_may_see(tenants: 
     """The list filters in SQL; each caller's list must equal the requests whose single get
     answers them (the visibility rule in Python), for every status filter."""
     from shanzhi.services.approvals import _visible
-    from shanzhi.services.identity import authenticate
+    from shanzhi.services.identity import caller
 
     # approvers by user from another department, by platform role, and by VDC role
     _rule(tenants, vdc="gz/health", name="cross", conditions={"cpuOver": "1"}, stages=[["tmember"]])
@@ -99,7 +99,7 @@ def test_the_approval_list_shows_each_caller_exactly_what_they_may_see(tenants: 
     assert tenants.as_("hadmin").post(f"{V1}/approvals/{rid[2]}/reject", json={}).status_code == 200
     for who in ("admin", "security", "audit", "hadmin", "hmember", "hviewer", "itmember", "tmember", "nobody"):
         with db.session() as s:
-            p, _ = authenticate(s, tenants.tokens[who])
+            p = caller(s, tenants.tokens[who]).principal
             now = datetime.now(UTC)
             visible = {  # id -> status as a get would show it (a lapsed pending one is expired)
                 r.id: "expired" if r.status == "pending" and r.expires_at <= now else r.status

@@ -139,7 +139,7 @@ def test_an_expired_password_must_be_replaced_at_login(tenants: Tenants) -> None
 
 
 def test_login_sessions_end_when_idle_api_tokens_do_not(tenants: Tenants) -> None:
-    from shanzhi.services.identity import authenticate
+    from shanzhi.services.identity import caller
 
     session = login(tenants.api, "hviewer", PASSWORD).json()
     api_token = tenants.as_("hviewer").post(f"{V1}/tokens", json={"name": "script"}).json()
@@ -154,8 +154,8 @@ def test_login_sessions_end_when_idle_api_tokens_do_not(tenants: Tenants) -> Non
     with db.session() as s:  # a session never used since it began ends the same way
         s.execute(update(Token).where(Token.id == session["id"]).values(last_used_at=None, created_at=long_ago))
         with pytest.raises(Unauthorized):
-            authenticate(s, session["token"], timedelta(minutes=30))
-        assert authenticate(s, session["token"], None)[0].user == "hviewer"  # idle limit off
+            caller(s, session["token"], timedelta(minutes=30))
+        assert caller(s, session["token"], None).principal.user == "hviewer"  # idle limit off
 
 
 def test_locked_user_tokens_stop_working(tenants: Tenants) -> None:

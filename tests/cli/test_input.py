@@ -27,3 +27,20 @@ def test_apply_refuses_a_billion_laughs_and_oversized_files(tmp_path: Path) -> N
     big.write_text("a: " + "x" * (5 * 2**20))
     r = shanzhi("apply", "-f", str(big), home=tmp_path)
     assert r.returncode == 1 and "allowed" in r.stderr
+
+
+def test_version_and_shell_completion(tmp_path: Path) -> None:
+    from shanzhi import __version__
+
+    r = shanzhi("--version", home=tmp_path)
+    assert r.returncode == 0 and r.stdout.strip() == f"shanzhi {__version__}"
+    for shell, marker in (("bash", "complete -o default -F _shanzhi_completion shanzhi"), ("zsh", "#compdef shanzhi"),
+                          ("fish", "complete --command shanzhi")):  # fmt: skip
+        r = shanzhi("completion", shell, home=tmp_path)
+        assert r.returncode == 0 and marker in r.stdout, (shell, r.stdout[:200])
+    assert shanzhi("completion", "tcsh", home=tmp_path).returncode == 1
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHANZHI_")}
+    env |= {"COMP_WORDS": "shanzhi cloud ", "COMP_CWORD": "2", "_SHANZHI_COMPLETE": "complete_bash"}
+    script = str(Path(sys.executable).parent / "shanzhi")  # the installed command, as a shell runs it
+    done = subprocess.run([script], capture_output=True, text=True, env=env, check=False)
+    assert {"add", "list", "get"} <= set(done.stdout.split())

@@ -263,3 +263,37 @@ def subprocess_serve(tmp_path: Path, *args: str) -> Any:
         [sys.executable, "-m", "shanzhi", "serve", "--data-dir", str(tmp_path / "never"), *args],
         capture_output=True, text=True, env=env, timeout=60, check=False,
     )  # fmt: skip
+
+
+def test_workers_serve_while_the_controllers_run_in_their_own_process(tmp_path: Path, servers: list[Server]) -> None:
+    import psutil
+
+    d = tmp_path / "data"
+    d.mkdir()
+    s = Server(d, None, "--workers", "2")
+    servers.append(s)
+    h = _token(s, "admin.token")
+    kids = psutil.Process(s.proc.pid).children(recursive=True)
+    names = [" ".join(k.cmdline()) for k in kids]
+    assert sum("spawn_main" in n or "multiprocessing" in n for n in names) >= 3, names  # 2 workers + controllers
+    r = httpx.post(
+        f"{s.url}/api/v1/clouds", json={"name": "sim", "kind": "sim", "site": "a", "region": "gz"}, headers=h
+    )
+    assert r.status_code == 201, r.text
+    assert httpx.post(f"{s.url}/api/v1/vdcs", json={"path": "gz"}, headers=h).status_code == 201
+    app = {
+        "apiVersion": "shanzhi.io/v1", "kind": "App", "metadata": {"name": "w", "vdc": "gz"},
+        "spec": {"components": [{"name": "c", "replicas": 3, "image": "x"}]},
+    }  # fmt: skip
+    assert httpx.post(f"{s.url}/api/v1/apps", json=app, headers=h).status_code == 201
+
+    def running() -> bool:
+        got = httpx.get(f"{s.url}/api/v1/instances", params={"app": "w"}, headers=h, timeout=10).json()
+        return len(got) == 3 and all(i["state"] == "running" for i in got)
+
+    wait_for(running, 60, "the controllers' process to place and start the replicas")
+    # many requests spread over both workers all authenticate and see the same store
+    seen = {httpx.get(f"{s.url}/api/v1/apps/w", headers=h, timeout=10).json()["status"] for _ in range(20)}
+    assert seen == {"Ready"}, seen
+    assert s.terminate() == 0
+    assert wait_for(lambda: not any(k.is_running() and k.status() != psutil.STATUS_ZOMBIE for k in kids), 30, "exit")

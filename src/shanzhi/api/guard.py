@@ -17,7 +17,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
 
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -25,7 +24,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shanzhi.api.policy import RouteTable
 from shanzhi.domain.errors import Unauthorized
-from shanzhi.domain.rbac import Principal
 from shanzhi.services import identity
 
 LOGIN_PATHS = ("/api/v1/auth/login", "/api/v1/auth/oidc/exchange")
@@ -130,10 +128,9 @@ class Guard:
         runtime = getattr(app.state, "runtime", None)
         idle = runtime.settings.session_idle if runtime is not None else None
 
-        def check() -> tuple[Principal, int, datetime | None, str | None]:
+        def check() -> identity.Caller:
             with Session(app.state.db.reader) as s, s.begin():  # a read: never queue behind writers
-                principal, token = identity.authenticate(s, secret.strip(), idle)
-                return principal, token.id, token.last_used_at, token.restricted
+                return identity.caller(s, secret.strip(), idle)
 
         try:
             scope.setdefault("state", {})["authenticated"] = await run_in_threadpool(check)

@@ -23,7 +23,7 @@ from shanzhi.domain.spec import MAX_DOCUMENT_BYTES, load_yaml_documents
 app = typer.Typer(
     help="Shanzhi (善治): many clouds, one cloud. Serve the platform or manage it through its API.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
 cloud_app = typer.Typer(help="Register and inspect clouds (resource pools).", no_args_is_help=True)
@@ -52,6 +52,35 @@ for _cmd in (identity.login, identity.logout, identity.whoami, identity.passwd, 
     app.command()(_cmd)
 
 DataDirOpt = typer.Option(None, "--data-dir", envvar="SHANZHI_HOME", help="Data directory (token, SQLite, workloads).")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from shanzhi import __version__
+
+        out.print(f"shanzhi {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Shanzhi (善治): many clouds, one cloud. Serve the platform or manage it through its API."""
+
+
+@app.command()
+def completion(shell: str = typer.Argument(..., help="bash, zsh or fish")) -> None:
+    """Print the shell completion script: `source <(shanzhi completion bash)`, or save it where
+    your shell loads completions (zsh: a file `_shanzhi` on $fpath; fish: ~/.config/fish/completions)."""
+    from typer.completion import get_completion_script
+
+    if shell not in ("bash", "zsh", "fish"):
+        err.print(f"[red]error[/]: no completion for {shell!r}; use bash, zsh or fish")
+        raise typer.Exit(1)
+    sys.stdout.write(get_completion_script(prog_name="shanzhi", complete_var="_SHANZHI_COMPLETE", shell=shell))
 
 
 def client(data_dir: Path | None = None) -> Client:

@@ -12,12 +12,12 @@ import os
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from shanzhi.domain.errors import Conflict, Forbidden, InvalidInput, Locked, NotFound, Unauthorized
@@ -300,26 +300,53 @@ def _phantom_failure(s: Session, name: str, now: datetime, policy: Policy) -> No
     s.flush()
 
 
-def authenticate(s: Session, secret: str, idle: timedelta | None = None) -> tuple[Principal, Token]:
-    """The principal behind a bearer token, or Unauthorized saying why. A session token unused
-    for `idle` has ended (its last use is recorded to within 5 minutes)."""
-    t = s.scalar(select(Token).where(Token.token_hash == token_hash(secret)))
+@dataclass(frozen=True)
+class Caller:
+    """Who a bearer token speaks for, as the API needs it for the rest of the request."""
+
+    principal: Principal
+    token_id: int
+    last_used: datetime | None
+    restricted: str | None
+
+
+_TOKEN_ROW = (
+    select(
+        Token.id, Token.revoked_at, Token.expires_at, Token.session, Token.last_used_at, Token.created_at,
+        Token.restricted, Token.user_id, User.name, User.disabled,
+    )
+    .join(User, User.id == Token.user_id)
+    .where(Token.token_hash == bindparam("h"))
+)  # fmt: skip
+_GRANTS = select(Grant.role, Vdc.path).outerjoin(Vdc, Grant.vdc_id == Vdc.id).where(Grant.user_id == bindparam("u"))
+
+
+def caller(s: Session, secret: str, idle: timedelta | None = None) -> Caller:
+    """The caller behind a bearer token, or Unauthorized saying why. A session token unused for
+    `idle` has ended (its last use is recorded to within 5 minutes). Two plain queries and no ORM
+    objects: this runs on every API request."""
+    conn = s.connection()
+    t = conn.execute(_TOKEN_ROW, {"h": token_hash(secret)}).first()
     if t is None:
         raise Unauthorized("invalid token: log in again with 'shanzhi login'")
     now = utcnow()
+    expires, last, created = (_aware(x) for x in (t.expires_at, t.last_used_at, t.created_at))
     if t.revoked_at is not None:
         raise Unauthorized("this token was revoked: log in again with 'shanzhi login'")
-    if t.expires_at is not None and t.expires_at <= now:
-        raise Unauthorized(f"this token expired at {t.expires_at:%Y-%m-%d %H:%M} UTC: log in again")
-    if t.session and idle is not None and (t.last_used_at or t.created_at) + idle <= now:
+    if expires is not None and expires <= now:
+        raise Unauthorized(f"this token expired at {expires:%Y-%m-%d %H:%M} UTC: log in again")
+    if t.session and idle is not None and (last or created or now) + idle <= now:
         minutes = int(idle.total_seconds() // 60)
         raise Unauthorized(f"this session ended after {minutes} minutes without use: log in again")
-    if t.user.disabled:
-        raise Unauthorized(f"user {t.user.name} is locked; ask a security administrator")
-    rows = s.execute(
-        select(Grant.role, Vdc.path).outerjoin(Vdc, Grant.vdc_id == Vdc.id).where(Grant.user_id == t.user_id)
-    )
-    return Principal.of(t.user.name, [(r, p) for r, p in rows]), t
+    if t.disabled:
+        raise Unauthorized(f"user {t.name} is locked; ask a security administrator")
+    grants = [(r, p) for r, p in conn.execute(_GRANTS, {"u": t.user_id})]
+    return Caller(Principal.of(t.name, grants), t.id, last, t.restricted)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    """Core queries bypass the ORM's UTC type on SQLite: times come back naive, in UTC."""
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
 
 # ------------------------------------------------------------------ grants

@@ -63,7 +63,7 @@ def list_events(
 
 
 @router.get("/status", response_model=schemas.StatusOut)
-def status(rt: Runtime = Depends(runtime)) -> schemas.StatusOut:
+async def status(rt: Runtime = Depends(runtime)) -> schemas.StatusOut:  # no I/O: no thread hop
     c = rt.controller
     return schemas.StatusOut(
         version=__version__,
