@@ -75,7 +75,7 @@ def _root(
 def completion(shell: str = typer.Argument(..., help="bash, zsh or fish")) -> None:
     """Print the shell completion script: `source <(shanzhi completion bash)`, or save it where
     your shell loads completions (zsh: a file `_shanzhi` on $fpath; fish: ~/.config/fish/completions)."""
-    from typer.completion import get_completion_script
+    from typer.completion import get_completion_script  # type: ignore[attr-defined]  # re-exported, not listed
 
     if shell not in ("bash", "zsh", "fish"):
         err.print(f"[red]error[/]: no completion for {shell!r}; use bash, zsh or fish")
