@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
+RUNSTAMP = $(VENV)/.installed-run
 PORT   ?= 8700
 export SHANZHI_HOME ?= $(HOME)/.local/share/shanzhi
 
@@ -12,12 +13,20 @@ export SHANZHI_HOME ?= $(HOME)/.local/share/shanzhi
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
+# `make test` needs the development tools; `make run` only what running needs.
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
-	touch $(STAMP)
+	touch $(STAMP) $(RUNSTAMP)
 
-run: $(STAMP)
+$(RUNSTAMP): pyproject.toml | $(BIN)/python
+	@echo "Installing Shanzhi and what it needs to run into $(VENV) (a minute or two the first time) ..."
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install --progress-bar on -e .
+	touch $(RUNSTAMP)
+
+run: $(RUNSTAMP)
+	@echo "Starting the demo; in another terminal use $(BIN)/shanzhi (or: source $(BIN)/activate)"
 	$(BIN)/shanzhi serve --demo --port $(PORT)
 
 lint: $(STAMP)

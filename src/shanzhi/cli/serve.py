@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -158,14 +160,16 @@ def serve(
     url = settings.base_url
     err.print(f"Shanzhi on {url}  data dir {settings.data_dir}  token in {settings.token_file}")
     if demo:
+        cli = _command()
         err.print(
             "Try (in another terminal):\n"
             f"  export SHANZHI_URL={url} SHANZHI_HOME={settings.data_dir}\n"
-            "  shanzhi cloud list\n  shanzhi vdc list\n  shanzhi app get hello\n"
-            "  shanzhi instance list --app hello      # then curl an endpoint\n"
-            "  shanzhi cloud fail city-a              # lose a site: hello fails over to city-b and city-c\n"
-            "  shanzhi events --app hello\n"
-            f"  API docs: {url}/api/v1/docs"
+            f"  {cli} cloud list\n  {cli} vdc list\n  {cli} app get hello\n"
+            f"  {cli} instance list --app hello      # then curl an endpoint\n"
+            f"  {cli} cloud fail city-a              # lose a site: hello fails over to city-b and city-c\n"
+            f"  {cli} events --app hello\n"
+            f"  API docs: {url}/api/v1/docs",
+            soft_wrap=True,
         )
         if not is_root():
             err.print(
@@ -173,6 +177,15 @@ def serve(
                 "NOT isolated from the platform (its tokens and keys). See 'Security model' in the README."
             )
     run(settings)
+
+
+def _command() -> str:
+    """How to run the CLI from another terminal: this very program when it is not on PATH."""
+    me = Path(sys.argv[0])
+    if me.name == "shanzhi" and me.exists() and shutil.which("shanzhi") != str(me.resolve()):
+        here = Path.cwd()
+        return str(me.relative_to(here)) if me.is_relative_to(here) else str(me)
+    return "shanzhi"
 
 
 def _oidc_secret(issuer: str, secret_file: Path | None) -> str:
