@@ -62,8 +62,9 @@ def test_departments_log_in_see_only_their_own_and_approvals_gate_big_applies(de
     denied = cli.run("cloud", "add", "x", "--kind", "sim", "--site", "s", "--region", "gz")
     assert denied.returncode == 1 and "403" in denied.stderr
 
-    held = cli.run("apply", "-f", "-", stdin=BIG)
-    assert held.returncode == 0 and "held for approval" in held.stdout, held.stderr
+    held = cli.run("apply", "-f", "-", "--wait", stdin=BIG)  # nothing to wait for: says so, exits 3 at once
+    assert held.returncode == 3 and "held for approval" in held.stdout, held.stderr
+    assert "nothing to wait for until it is approved" in held.stderr
     [req] = cli.json("approval", "list", "--status", "pending")
     assert req["app"] == "imaging" and "more than 8" in req["reasons"][0]["why"]
     assert cli.run("app", "get", "imaging").returncode == 1  # nothing applied yet

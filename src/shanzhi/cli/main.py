@@ -342,7 +342,9 @@ def _wait_ready(c: Client, name: str, vdc: str, timeout: float) -> dict[str, Any
 @app.command()
 def apply(
     file: str = typer.Option(..., "-f", "--file", help="App spec file (YAML or JSON; '-' for stdin)."),
-    wait: bool = typer.Option(False, "--wait", help="Wait until every replica is running."),
+    wait: bool = typer.Option(
+        False, "--wait", help="Wait until every replica is running (exit 3 if the change is held for approval)."
+    ),
     timeout: float = typer.Option(120, "--timeout", help="Seconds to wait with --wait."),
     data_dir: Path | None = DataDirOpt,
     output: Fmt = OutputOpt,
@@ -367,6 +369,14 @@ def apply(
                     out.print(f"app/{r['app']['name']} ready")
     if output is Fmt.json:
         emit(results if len(results) > 1 else results[0], output)
+    held = [r for r in results if r["outcome"] == "held"]
+    if wait and held:  # asked to wait for something that is not going to happen by itself
+        ids = ", ".join(str(r["approval"]["id"]) for r in held)
+        err.print(
+            f"[yellow]held for approval ({ids}): nothing to wait for until it is approved; "
+            f"see 'shanzhi approval get {held[0]['approval']['id']}'[/]"
+        )
+        raise typer.Exit(3)
 
 
 @app_app.command("list")
