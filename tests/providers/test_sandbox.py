@@ -258,3 +258,27 @@ def test_memory_below_what_a_process_needs_is_refused(data_dir: Path) -> None:
     with pytest.raises(InvalidInput, match="at least 8Mi"):
         provider(data_dir).create_instance(req("tiny-1", ("sleep", "1"), memory=2**20))
     assert provider(data_dir).list_instances() == []
+
+
+@root_only
+def test_a_fresh_workload_root_made_under_the_servers_umask_is_traversable(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`serve` runs with umask 077: the directories it makes on the way to a workload's own must
+    still let the workload's uid through (0711), or nothing could start on a fresh machine."""
+    top = tmp_path / "wl"
+    top.mkdir(mode=0o755)
+    for parent in top.parents:
+        if parent == Path("/tmp"):
+            break
+        os.chmod(parent, os.stat(parent).st_mode | 0o001)
+    monkeypatch.setenv("SHANZHI_WORKLOAD_ROOT", str(top / "not" / "yet"))
+    old = os.umask(0o077)
+    try:
+        p = provider(data_dir)
+        p.create_instance(req("w-1", ("python3", "-c", PROBE, "{}")))
+        out = probe_result(data_dir, "w-1")
+    finally:
+        os.umask(old)
+    assert str(out["cwd"]).startswith(str(top / "not" / "yet"))
+    assert oct(os.stat(top / "not").st_mode & 0o777) == "0o711"

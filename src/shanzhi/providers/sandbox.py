@@ -222,9 +222,10 @@ class Sandbox:
     def make_workdir(self, cloud: str, instance: str, uid: int) -> Path:
         """A fresh working directory only its uid can enter (the parents only traversable)."""
         base = self.root / cloud
+        missing = [d for d in (base, *base.parents) if not d.exists()]
         base.mkdir(parents=True, exist_ok=True)
         if self.isolate:
-            for d in (self.root, base):
+            for d in {*missing, self.root, base}:  # made by us (under the server's umask 077): traversable
                 os.chmod(d, 0o711)
             blocked = [p for p in self.root.parents if p.exists() and not os.stat(p).st_mode & 0o001]
             if blocked:
