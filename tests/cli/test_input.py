@@ -44,3 +44,17 @@ def test_version_and_shell_completion(tmp_path: Path) -> None:
     script = str(Path(sys.executable).parent / "shanzhi")  # the installed command, as a shell runs it
     done = subprocess.run([script], capture_output=True, text=True, env=env, check=False)
     assert {"add", "list", "get"} <= set(done.stdout.split())
+
+
+def test_help_is_plain_text_without_type_noise(tmp_path: Path) -> None:
+    for args in (
+        ("--help",),
+        ("login", "--help"),
+        ("apply", "--help"),
+        ("serve", "--help"),
+        ("cloud", "add", "--help"),
+    ):
+        r = shanzhi(*args, home=tmp_path)
+        assert r.returncode == 0 and r.stdout.startswith("Usage: "), args
+        assert "<bool>" not in r.stdout and "╭" not in r.stdout, args
+    assert "--require-mfa" in shanzhi("serve", "--help", home=tmp_path).stdout

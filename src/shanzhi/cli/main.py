@@ -25,6 +25,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: words wrap whole, flags show no '<bool>'
 )
 cloud_app = typer.Typer(help="Register and inspect clouds (resource pools).", no_args_is_help=True)
 vdc_app = typer.Typer(help="Virtual data centres: the organisation tree and its quotas.", no_args_is_help=True)
