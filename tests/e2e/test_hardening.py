@@ -297,3 +297,34 @@ def test_workers_serve_while_the_controllers_run_in_their_own_process(tmp_path: 
     assert seen == {"Ready"}, seen
     assert s.terminate() == 0
     assert wait_for(lambda: not any(k.is_running() and k.status() != psutil.STATUS_ZOMBIE for k in kids), 30, "exit")
+
+
+def test_events_follow_as_json_is_one_object_per_line_from_the_first(tmp_path: Path, servers: list[Server]) -> None:
+    import json
+    import subprocess
+    import sys
+
+    d = tmp_path / "data"
+    d.mkdir()
+    s = Server(d, None)
+    servers.append(s)
+    h = _token(s, "admin.token")
+    httpx.post(f"{s.url}/api/v1/clouds", json={"name": "a", "kind": "sim", "site": "a", "region": "gz"}, headers=h)
+    wait_for(lambda: httpx.get(f"{s.url}/api/v1/events", headers=h).json(), 30, "a first event")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHANZHI_")}
+    env |= {"SHANZHI_URL": s.url, "SHANZHI_HOME": str(d)}
+    follow = subprocess.Popen(
+        [sys.executable, "-m", "shanzhi", "events", "-f", "-o", "json"], stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert follow.stdout is not None
+        first = json.loads(follow.stdout.readline())  # the backlog: already one object per line
+        assert isinstance(first, dict) and first["reason"] == "CloudAdded"
+        httpx.post(f"{s.url}/api/v1/clouds", json={"name": "b", "kind": "sim", "site": "b", "region": "gz"}, headers=h)
+        later = json.loads(follow.stdout.readline())  # then the new ones as they come
+        assert isinstance(later, dict) and later["id"] > first["id"] and later["reason"].startswith("Cloud")
+    finally:
+        follow.kill()
+        follow.wait()
+        if follow.stdout is not None:
+            follow.stdout.close()

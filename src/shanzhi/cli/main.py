@@ -493,22 +493,31 @@ def events(
     data_dir: Path | None = DataDirOpt,
     output: Fmt = OutputOpt,
 ) -> None:
-    """Show what happened, to what, and why."""
+    """Show what happened, to what, and why. With -f and -o json, one JSON object per line
+    (NDJSON) from the first event on, as `jq` and log shippers read streams."""
     with handle_errors(), client(data_dir) as c:
         rows = c.events(app_name, vdc, limit=limit)
-        emit(rows, output, EVENT_COLS)
+        if follow and output is Fmt.json:
+            _ndjson(rows)
+        else:
+            emit(rows, output, EVENT_COLS)
         since = rows[-1]["id"] if rows else 0
         while follow:
             time.sleep(1)
             rows = c.events(app_name, vdc, since=since)
             if rows:
                 if output is Fmt.json:
-                    for r in rows:
-                        sys.stdout.write(json.dumps(r) + "\n")
+                    _ndjson(rows)
                 else:
                     for r in rows:
                         out.print("  ".join(str(get(r)) for _, get in EVENT_COLS))
                 since = rows[-1]["id"]
+
+
+def _ndjson(rows: list[dict[str, Any]]) -> None:
+    for r in rows:
+        sys.stdout.write(json.dumps(r, default=str) + "\n")
+    sys.stdout.flush()
 
 
 # -------------------------------------------------------------- workloads
