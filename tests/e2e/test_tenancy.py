@@ -77,7 +77,8 @@ def test_departments_log_in_see_only_their_own_and_approvals_gate_big_applies(de
     )  # the platform passes stage 2
     assert done["status"] == "approved"
     assert cli.json("app", "get", "imaging")["generation"] == 1
-    assert cli.run("logout").returncode == 0
+    bye = cli.run("logout")
+    assert bye.returncode == 0 and "now use" in bye.stdout and "admin.token" in bye.stdout  # says where it falls back
 
     # metering runs in the controller: the bill soon shows the health department's use
     def health_billed() -> list[dict[str, str]]:

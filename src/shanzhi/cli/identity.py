@@ -12,6 +12,7 @@ from shanzhi.cli import sso
 from shanzhi.cli.mfa import with_code
 from shanzhi.cli.output import Columns, Fmt, OutputOpt, emit, err, handle_errors, out
 from shanzhi.client import ApiError, Client, discover_token, save_credentials, server_url
+from shanzhi.config import default_data_dir
 
 user_app = typer.Typer(help="Users (security administrators).", no_args_is_help=True)
 token_app = typer.Typer(help="Your API tokens (security administrators: everyone's).", no_args_is_help=True)
@@ -128,10 +129,14 @@ def logout(url: str | None = UrlOpt, data_dir: Path | None = DataDirOpt, output:
     with handle_errors(), _client(data_dir, url) as c:
         r = c.logout()
     save_credentials(server_url(url), None)
+    fallback = (data_dir or default_data_dir()) / "admin.token"
+    falls_back = not os.environ.get("SHANZHI_TOKEN") and fallback.is_file() and os.access(fallback, os.R_OK)
     if output is Fmt.json:
-        emit(r, output)
+        emit(r | {"now_using": str(fallback) if falls_back else None}, output)
     else:
         out.print("Logged out")
+        if falls_back:
+            out.print(f"Commands here now use {fallback} (the system administrator); 'shanzhi login' to be you again")
 
 
 def whoami(url: str | None = UrlOpt, data_dir: Path | None = DataDirOpt, output: Fmt = OutputOpt) -> None:
