@@ -136,7 +136,10 @@ def logout(url: str | None = UrlOpt, data_dir: Path | None = DataDirOpt, output:
     else:
         out.print("Logged out")
         if falls_back:
-            out.print(f"Commands here now use {fallback} (the system administrator); 'shanzhi login' to be you again")
+            out.print(
+                f"Commands here now use {fallback} (the system administrator); 'shanzhi login' to be you again",
+                soft_wrap=True,
+            )
 
 
 def whoami(url: str | None = UrlOpt, data_dir: Path | None = DataDirOpt, output: Fmt = OutputOpt) -> None:
