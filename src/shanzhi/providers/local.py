@@ -199,10 +199,9 @@ class LocalProvider(Provider):
 
         argv = [expand(a) for a in req.command]
         env = box.environment(workdir, {k: expand(v) for k, v in req.env.items()})
-        env.update({f"PORT_{k.upper().replace('-', '_')}": str(v) for k, v in ports.items()})
+        env.update({k: str(v) for k, v in subst.items()})  # PORT and every PORT_<NAME>
         env.update(
             {
-                "PORT": str(subst["PORT"]),
                 "SHANZHI_INSTANCE": req.name,
                 "SHANZHI_APP": req.app,
                 "SHANZHI_COMPONENT": req.component,

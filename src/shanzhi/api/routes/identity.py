@@ -67,6 +67,7 @@ def _policy(rt: Runtime) -> svc.Policy:
         session_idle=st.session_idle,
         password_max_age=timedelta(days=st.password_max_age_days) if st.password_max_age_days > 0 else None,
         require_mfa=st.require_mfa,
+        max_token_ttl=timedelta(days=st.token_max_days),
     )
 
 
@@ -241,10 +242,10 @@ def list_tokens(
 @router.post("/tokens", status_code=201)
 def create_token(request: Request, body: TokenIn, p: Principal = Depends(principal)) -> dict[str, Any]:
     """A new API token for yourself; its secret is shown once."""
-    most = request.app.state.runtime.settings.token_max_days
-    if body.expires_in_days > most:
+    most = _policy(request.app.state.runtime).max_token_ttl
+    if body.expires_in_days > most.days:
         raise InvalidInput(
-            f"expires_in_days {body.expires_in_days:g} is longer than the {most} days this server allows "
+            f"expires_in_days {body.expires_in_days:g} is longer than the {most.days} days this server allows "
             "(serve --token-max-days); every token expires",
             field="expires_in_days",
         )
