@@ -46,12 +46,25 @@ def pid_of(detail: str) -> int:
     return int(detail.split()[1])
 
 
-def workload(detail: str) -> psutil.Process:
-    """The workload's own process: the tracked pid, or (in a PID namespace) its last descendant."""
-    proc = psutil.Process(pid_of(detail))
-    while children := proc.children():
-        proc = children[0]
-    return proc
+def workload(detail: str, program: str, timeout: float = 15) -> psutil.Process:
+    """The workload's own process: the tracked pid, or (in a PID namespace) its last descendant.
+
+    Just after start the chain (unshare, the namespace's shell, setpriv) is still exec'ing and
+    forking, so a link can vanish under us: look again until the leaf runs `program` (its name, e.g. "python3").
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            proc = psutil.Process(pid_of(detail))
+            while children := proc.children():
+                proc = children[0]
+            if proc.name() == program:  # not yet the shell that will exec it
+                return proc
+        except psutil.NoSuchProcess:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no process running {program!r} under {detail}")
+        time.sleep(0.05)
 
 
 def gone(pid: int) -> bool:
@@ -105,7 +118,7 @@ def test_instance_is_a_real_process_serving_on_its_port(data_dir: Path) -> None:
     assert (statedir / "log").exists()
     workdir = Path(json.loads((statedir / "state.json").read_text())["workdir"])
     assert data_dir not in workdir.parents  # never inside the data directory
-    proc = workload(obs.detail)
+    proc = workload(obs.detail, "python3")
     assert "http.server" in proc.cmdline()
     env = proc.environ()
     assert env["GREETING"] == f"port={obs.ports['http']}"

@@ -114,7 +114,7 @@ def test_the_reported_attack_finds_nothing_of_the_platform(data_dir: Path, monke
         r = httpx.get(f"http://{web.endpoint}{data_dir / name}", timeout=5)
         assert r.status_code == 404 and "secret" not in r.text
     # the other VDC's workload runs as another uid
-    assert workload(other.detail).uids().real not in (uid, 0)
+    assert workload(other.detail, "sleep").uids().real not in (uid, 0)
 
 
 @root_only
@@ -137,7 +137,7 @@ def test_memory_past_the_limit_is_killed_by_the_kernel_and_neighbours_live(data_
     states = {o.name: o.state for o in p.list_instances()}
     assert states == {"small-1": "exited", "big-1": "running"}
     assert "allocated" not in log_of(data_dir, "small-1")
-    assert workload(big.detail).is_running()
+    assert workload(big.detail, "python3").is_running()
     # started again under the same name (as the reconciler heals it), it gets a fresh cgroup
     again = p.create_instance(req("small-1", ("sleep", "60"), memory=64 * 2**20))
     assert again.state == "running" and again.detail != small.detail
@@ -148,8 +148,7 @@ def test_cpu_quota_holds_a_busy_loop(data_dir: Path) -> None:
     p = provider(data_dir)
     busy = ("python3", "-c", "while True: pass")
     limited = p.create_instance(req("slow-1", busy, cpu=100))
-    proc = workload(limited.detail)
-    wait_until(lambda: "python3" in proc.name(), 5)
+    proc = workload(limited.detail, "python3")
     before = sum(proc.cpu_times()[:2])
     time.sleep(2)
     used = sum(proc.cpu_times()[:2]) - before
