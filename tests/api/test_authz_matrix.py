@@ -21,7 +21,7 @@ from shanzhi.api.policy import RULES, check_routes
 from shanzhi.config import Settings
 from shanzhi.services.identity import token_hash
 from shanzhi.services.oidc import challenge_of
-from shanzhi.store.tables import AuditRecord, OidcFlow, User, utcnow
+from shanzhi.store.tables import App, AuditRecord, Instance, OidcFlow, User, utcnow
 from tests.api.conftest import LENIENT, PASSWORD, Tenants, app_spec, bearer, with_sso
 from tests.oidc import OidcProvider
 
@@ -78,9 +78,13 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("DELETE", "/vdcs/{path}"): frozenset({SYS, VADMIN}),
     ("GET", "/apps"): VDC_ROLES_ANYWHERE,
     ("POST", "/apps"): frozenset({SYS, VADMIN, MEMBER}),
+    ("POST", "/apps/dry-run"): frozenset({SYS, VADMIN, MEMBER}),
     ("GET", "/apps/{name}"): VDC_READERS,
+    ("GET", "/apps/{name}/revisions"): VDC_READERS,
     ("DELETE", "/apps/{name}"): frozenset({SYS, VADMIN, MEMBER}),
     ("GET", "/instances"): VDC_READERS,
+    ("GET", "/instances/{name}"): VDC_READERS,
+    ("GET", "/instances/{name}/logs"): VDC_READERS,
     ("GET", "/events"): VDC_READERS,
     ("POST", "/plans"): frozenset({SYS}),
     ("GET", "/plans/{plan_id}"): frozenset({SYS}),
@@ -137,6 +141,10 @@ class World:
         self.plan = r.json()["id"]
         rule = {"vdc": "gz/health/it", "name": "all", "conditions": {"always": True}, "stages": [["role:vdc-admin"]]}
         assert admin.post("/api/v1/approval-rules", json=rule).status_code == 201
+        self.instance = "records-main-0"  # an unplaced replica of gz/health's app (no cloud in this world)
+        with t.api.app.state.db.session() as s, s.begin():
+            app = s.scalar(select(App).where(App.name == "records"))
+            s.add(Instance(name=self.instance, app=app, component="main", spec_hash="x", cpu=100, memory=2**26))
 
     def fresh(self) -> str:
         return f"m{next(self.n)}"
@@ -275,9 +283,13 @@ def _calls(w: World) -> dict[tuple[str, str], Callable[[str], Call]]:
         ("DELETE", "/vdcs/{path}"): new_vdc,
         ("GET", "/apps"): lambda _: ("/apps", {}),
         ("POST", "/apps"): lambda _: ("/apps", {"json": app_spec(w.fresh(), "gz/health")}),
+        ("POST", "/apps/dry-run"): lambda _: ("/apps/dry-run", {"json": app_spec(w.fresh(), "gz/health")}),
         ("GET", "/apps/{name}"): lambda _: ("/apps/records?vdc=gz/health", {}),
+        ("GET", "/apps/{name}/revisions"): lambda _: ("/apps/records/revisions?vdc=gz/health", {}),
         ("DELETE", "/apps/{name}"): lambda _: ("/apps/records?vdc=gz/health", {}),
         ("GET", "/instances"): lambda _: ("/instances?app=records&vdc=gz/health", {}),
+        ("GET", "/instances/{name}"): lambda _: (f"/instances/{w.instance}", {}),
+        ("GET", "/instances/{name}/logs"): lambda _: (f"/instances/{w.instance}/logs", {}),  # unplaced: 409
         ("GET", "/events"): lambda _: ("/events?app=records&vdc=gz/health", {}),
         ("POST", "/plans"): lambda _: ("/plans", {"json": {"kind": "rebalance", "time_limit": 1}}),
         ("GET", "/plans/{plan_id}"): lambda _: (f"/plans/{w.plan}", {}),

@@ -83,3 +83,27 @@ def test_the_cli_verifies_offline(db: Database) -> None:
         c.execute(text("UPDATE audit SET status = 200 WHERE id = 2"))
     bad = subprocess.run(run, capture_output=True, text=True, check=False)
     assert bad.returncode == 1 and "audit record 2: its content was changed" in bad.stderr
+
+
+def test_pruning_stops_at_the_first_record_the_ledger_still_owes(db: Database) -> None:
+    """A record whose commitment is still in the outbox is never pruned (its copy would be lost,
+    and the ledger's drainer deleting that outbox row would deadlock against the cascade)."""
+    from datetime import timedelta
+
+    from shanzhi.store.audit import prune
+    from shanzhi.store.tables import AuditOutbox, utcnow
+
+    write(db, 3)
+    with db.session() as s, s.begin():
+        for i in range(3):
+            rec = AuditRecord(actor="a", method="POST", path=f"/api/v1/y/{i}", status=201, outcome="success")
+            append(s, rec, to_ledger=True)
+    write(db, 2)
+    with db.session() as s, s.begin():
+        owed = sorted(s.scalars(text("SELECT audit_id FROM audit_outbox")).all())
+        assert owed == [4, 5, 6]
+        assert prune(s, utcnow() + timedelta(days=1)) == 3  # 1-3 only
+    with db.session() as s, s.begin():
+        s.execute(AuditOutbox.__table__.delete())  # delivered
+        assert prune(s, utcnow() + timedelta(days=1)) == 5  # now the rest
+    assert check(db) == (True, 0, "")

@@ -12,7 +12,7 @@ from sqlalchemy import inspect, select
 
 from shanzhi.store import Database, open_database
 from shanzhi.store.locks import LeaderLock
-from shanzhi.store.tables import ApprovalRequest, Base, Event, Site, Token, User
+from shanzhi.store.tables import AppRevision, ApprovalRequest, Base, Event, Site, Token, User
 
 
 def test_migrations_create_every_table_and_rerun_cleanly(db: Database) -> None:
@@ -21,7 +21,7 @@ def test_migrations_create_every_table_and_rerun_cleanly(db: Database) -> None:
     assert "alembic_version" in names
     db.migrate()  # a second run is a no-op
     with db.engine.connect() as c:
-        assert c.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0008"
+        assert c.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0009"
 
 
 def test_upgrading_a_0005_database_keeps_its_rows_and_fills_the_new_columns(database_url: str) -> None:
@@ -55,6 +55,13 @@ def test_upgrading_a_0005_database_keeps_its_rows_and_fills_the_new_columns(data
                 ),
                 {"stages": stages, "t": now},
             )
+            c.execute(
+                text(
+                    "INSERT INTO apps (id, vdc_id, name, spec, generation, deleting, cpu, memory, instances, storage, "
+                    "created_at, updated_at) VALUES (1, 1, 'web', '{\"kind\": \"App\"}', 3, false, 0, 0, 0, 0, :t, :t)"
+                ),
+                {"t": now},
+            )
         db.migrate()
         with db.session() as s:
             req = s.get(ApprovalRequest, 1)
@@ -64,6 +71,9 @@ def test_upgrading_a_0005_database_keeps_its_rows_and_fills_the_new_columns(data
             assert req.stages["stages"][1]["approvers"] == ["admin"]
             assert token is not None and token.session is False and token.name == "ci"
             assert user is not None and user.display_name == "Li Wei" and user.oidc_subject is None
+            # 0009: an existing app's current generation is its first revision
+            rev = s.scalar(select(AppRevision))
+            assert rev is not None and (rev.app_id, rev.generation, rev.spec) == (1, 3, {"kind": "App"})
     finally:
         db.dispose()
 

@@ -131,6 +131,52 @@ class ApplyOut(BaseModel):
     # apply: created | configured | unchanged; delete: deleting; either: held (see `approval`)
     outcome: str
     approval: dict[str, Any] | None = None
+    warnings: list[str] = []  # valid but surely not meant (e.g. decimal megabytes)
+
+
+class ChangeOut(BaseModel):
+    path: str
+    old: Any = None
+    new: Any = None
+
+
+class RollOut(BaseModel):
+    component: str
+    action: str  # create | roll | scale | remove
+    replicas: int
+    detail: str
+
+
+class HeldBy(BaseModel):
+    rule: str
+    why: str
+
+
+class PreviewOut(BaseModel):
+    outcome: str  # create | configure | unchanged | held
+    stored: dict[str, Any] | None
+    spec: dict[str, Any]
+    changes: list[ChangeOut]
+    rolls: list[RollOut]
+    held_by: list[HeldBy]
+    warnings: list[str]
+
+
+class RevisionOut(BaseModel):
+    generation: int
+    spec: dict[str, Any]
+    author: str
+    cause: str
+    created_at: datetime
+    current: bool
+
+
+class LogOut(BaseModel):
+    instance: str
+    cloud: str
+    text: str
+    size: int
+    truncated: bool
 
 
 class EventOut(BaseModel):

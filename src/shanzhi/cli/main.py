@@ -10,15 +10,14 @@ from typing import Any
 
 import typer
 
-from shanzhi.cli import governance, identity, serve
+from shanzhi.cli import apps, governance, identity, serve
 from shanzhi.cli.audit import audit_app
 from shanzhi.cli.ledger import ledger_app, witness_app
 from shanzhi.cli.mfa import mfa_app
 from shanzhi.cli.output import Columns, Fmt, OutputOpt, cpu, emit, err, handle_errors, mem, out
 from shanzhi.cli.plans import plan_app
-from shanzhi.client import ApiError, Client, discover_token
+from shanzhi.client import Client, discover_token
 from shanzhi.config import Settings
-from shanzhi.domain.spec import MAX_DOCUMENT_BYTES, load_yaml_documents
 
 app = typer.Typer(
     help="Shanzhi (善治): many clouds, one cloud. Serve the platform or manage it through its API.",
@@ -29,13 +28,11 @@ app = typer.Typer(
 )
 cloud_app = typer.Typer(help="Register and inspect clouds (resource pools).", no_args_is_help=True)
 vdc_app = typer.Typer(help="Virtual data centres: the organisation tree and its quotas.", no_args_is_help=True)
-app_app = typer.Typer(help="Business systems (apps): list, inspect, delete.", no_args_is_help=True)
-instance_app = typer.Typer(help="Running replicas.", no_args_is_help=True)
 workloads_app = typer.Typer(help="Local workload processes (offline, no server needed).", no_args_is_help=True)
 app.add_typer(cloud_app, name="cloud")
 app.add_typer(vdc_app, name="vdc")
-app.add_typer(app_app, name="app")
-app.add_typer(instance_app, name="instance")
+app.add_typer(apps.app_app, name="app")
+app.add_typer(apps.instance_app, name="instance")
 app.add_typer(workloads_app, name="workloads")
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(witness_app, name="witness")
@@ -49,7 +46,7 @@ app.add_typer(mfa_app, name="mfa")
 app.add_typer(governance.approval_app, name="approval")
 app.add_typer(governance.rate_app, name="rate")
 app.command()(serve.serve)
-for _cmd in (identity.login, identity.logout, identity.whoami, identity.passwd, governance.bill):
+for _cmd in (apps.apply, apps.diff, identity.login, identity.logout, identity.whoami, identity.passwd, governance.bill):
     app.command()(_cmd)
 
 DataDirOpt = typer.Option(None, "--data-dir", envvar="SHANZHI_HOME", help="Data directory (token, SQLite, workloads).")
@@ -271,207 +268,6 @@ def vdc_delete(path: str, data_dir: Path | None = DataDirOpt, output: Fmt = Outp
     """Delete an empty VDC."""
     with handle_errors(), client(data_dir) as c:
         emit(c.delete_vdc(path), output, [("PATH", lambda r: r["name"]), ("OUTCOME", lambda r: r["outcome"])])
-
-
-# ------------------------------------------------------------------- apps
-APP_COLS: Columns = [
-    ("NAME", lambda r: r["name"]),
-    ("VDC", lambda r: r["vdc"]),
-    ("STATUS", lambda r: r["status"]),
-    ("READY", lambda r: " ".join(f"{c['name']}:{c['ready']}/{c['desired']}" for c in r["components"])),
-    ("GEN", lambda r: r["generation"]),
-]
-INSTANCE_COLS: Columns = [
-    ("NAME", lambda r: r["name"]),
-    ("APP", lambda r: r["app"]),
-    ("COMPONENT", lambda r: r["component"]),
-    ("CLOUD", lambda r: r["cloud"] or "-"),
-    ("SITE", lambda r: r["site"] or "-"),
-    ("HOST", lambda r: r["host"] or "-"),
-    ("STATE", lambda r: r["state"]),
-    ("ENDPOINT", lambda r: r["endpoint"] or "-"),
-    ("RESTARTS", lambda r: r["restarts"]),
-]
-
-
-def _load_documents(path: str) -> list[dict[str, Any]]:
-    try:
-        if path == "-":
-            text = sys.stdin.read(MAX_DOCUMENT_BYTES + 1)
-        else:
-            with open(path, encoding="utf-8") as f:
-                text = f.read(MAX_DOCUMENT_BYTES + 1)  # never more than the limit into memory
-    except OSError as e:
-        err.print(f"[red]error[/]: cannot read {path}: {e.strerror}")
-        raise typer.Exit(1) from None
-    except UnicodeDecodeError as e:
-        err.print(f"[red]error[/]: {path} is not UTF-8 text: {e}")
-        raise typer.Exit(1) from None
-    try:
-        docs = [d for d in load_yaml_documents(text) if d is not None]
-    except ValueError as e:
-        err.print(f"[red]error[/]: {path}: {e}")
-        raise typer.Exit(1) from None
-    if not docs:
-        err.print(f"[red]error[/]: {path} holds no document")
-        raise typer.Exit(1)
-    for d in docs:
-        if not isinstance(d, dict):
-            err.print(f"[red]error[/]: {path}: each document must be a mapping (an App spec)")
-            raise typer.Exit(1)
-    return docs
-
-
-def _wait_ready(c: Client, name: str, vdc: str, timeout: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    with err.status(f"waiting for {name} to be ready") as st:
-        while True:
-            a = c.get_app(name, vdc)
-            ready = " ".join(f"{x['name']} {x['ready']}/{x['desired']}" for x in a["components"])
-            st.update(f"{name}: {a['status']} ({ready})")
-            if a["status"] == "Ready":
-                return dict(a)
-            if time.monotonic() > deadline:
-                err.print(
-                    f"[red]error[/]: {name} not ready after {timeout:.0f}s: {a['status']} ({ready}); "
-                    f"see 'shanzhi app get {name}'"
-                )
-                raise typer.Exit(1)
-            time.sleep(0.5)
-
-
-@app.command()
-def apply(
-    file: str = typer.Option(..., "-f", "--file", help="App spec file (YAML or JSON; '-' for stdin)."),
-    wait: bool = typer.Option(
-        False, "--wait", help="Wait until every replica is running (exit 3 if the change is held for approval)."
-    ),
-    timeout: float = typer.Option(120, "--timeout", help="Seconds to wait with --wait."),
-    data_dir: Path | None = DataDirOpt,
-    output: Fmt = OutputOpt,
-) -> None:
-    """Create or update apps from a spec. Re-applying an unchanged spec changes nothing."""
-    docs = _load_documents(file)
-    results = []
-    with handle_errors(), client(data_dir) as c:
-        for doc in docs:
-            r = c.apply(doc)
-            results.append(r)
-            if output is Fmt.table and r["outcome"] == "held":
-                _print_held(r["approval"])
-            elif output is Fmt.table:
-                out.print(f"app/{r['app']['name']} ({r['app']['vdc']}) {r['outcome']}")
-        if wait:
-            for r in results:
-                if r["outcome"] == "held":
-                    continue
-                r["app"] = _wait_ready(c, r["app"]["name"], r["app"]["vdc"], timeout)
-                if output is Fmt.table:
-                    out.print(f"app/{r['app']['name']} ready")
-    if output is Fmt.json:
-        emit(results if len(results) > 1 else results[0], output)
-    held = [r for r in results if r["outcome"] == "held"]
-    if wait and held:  # asked to wait for something that is not going to happen by itself
-        ids = ", ".join(str(r["approval"]["id"]) for r in held)
-        err.print(
-            f"[yellow]held for approval ({ids}): nothing to wait for until it is approved; "
-            f"see 'shanzhi approval get {held[0]['approval']['id']}'[/]"
-        )
-        raise typer.Exit(3)
-
-
-@app_app.command("list")
-def app_list(
-    vdc: str | None = typer.Option(None, "--vdc", help="Only this VDC and its subtree."),
-    data_dir: Path | None = DataDirOpt,
-    output: Fmt = OutputOpt,
-) -> None:
-    """List apps and their readiness."""
-    with handle_errors(), client(data_dir) as c:
-        emit(c.list_apps(vdc), output, APP_COLS)
-
-
-@app_app.command("get")
-def app_get(
-    name: str,
-    vdc: str | None = typer.Option(None, "--vdc", help="VDC of the app, if its name is not unique."),
-    data_dir: Path | None = DataDirOpt,
-    output: Fmt = OutputOpt,
-) -> None:
-    """Show an app, where each replica runs and why (or why it could not be placed)."""
-    with handle_errors(), client(data_dir) as c:
-        a = c.get_app(name, vdc)
-    if output is Fmt.json:
-        emit(a, output)
-        return
-    emit(a, output, APP_COLS)
-    out.print()
-    emit(a["instances"], output, INSTANCE_COLS)
-    out.print("\n[bold]Placement[/] (why each replica is where it is)")
-    for i in a["instances"]:
-        out.print(f"  {i['name']}: {i['placement']}")
-        out.print(f"      now {i['state']}: {i['reason']}")
-        for cloud, why in (i.get("explain") or {}).get("excluded", {}).items():
-            out.print(f"      {cloud}: excluded: {why}")
-
-
-def _print_held(a: dict[str, Any]) -> None:
-    why = "; ".join(f"{x['rule']}: {x['why']}" for x in a["reasons"])
-    out.print(
-        f"{a['action']} of app/{a['app']} ({a['vdc']}) held for approval {a['id']} ({why}); nothing changed yet. "
-        f"Approvers of stage 1: {', '.join(a['stages'][0]['approvers'])}; "
-        f"see 'shanzhi approval get {a['id']}'"
-    )
-
-
-@app_app.command("delete")
-def app_delete(
-    name: str,
-    vdc: str | None = typer.Option(None, "--vdc", help="VDC of the app, if its name is not unique."),
-    wait: bool = typer.Option(False, "--wait", help="Wait until every replica is gone."),
-    timeout: float = typer.Option(120, "--timeout", help="Seconds to wait with --wait."),
-    data_dir: Path | None = DataDirOpt,
-    output: Fmt = OutputOpt,
-) -> None:
-    """Delete an app: its replicas are stopped, then the app is removed. Where an approval rule
-    covers deletes, the delete is held for approval instead and nothing changes yet."""
-    with handle_errors(), client(data_dir) as c:
-        r = c.delete_app(name, vdc)
-        a = r["app"]
-        if r["outcome"] == "held" and output is Fmt.table:
-            _print_held(r["approval"])
-            return
-        if r["outcome"] == "held":
-            emit(r, output)
-            return
-        if wait:
-            deadline = time.monotonic() + timeout
-            with err.status(f"deleting {name}"):
-                while time.monotonic() < deadline:
-                    try:
-                        c.get_app(name, a["vdc"])
-                    except ApiError as e:
-                        if e.status == 404:
-                            break
-                        raise
-                    time.sleep(0.5)
-                else:
-                    err.print(f"[red]error[/]: {name} still being deleted after {timeout:.0f}s")
-                    raise typer.Exit(1)
-        emit(r if output is Fmt.json else a, output, APP_COLS)
-
-
-@instance_app.command("list")
-def instance_list(
-    app_name: str | None = typer.Option(None, "--app", help="Only this app's replicas."),
-    vdc: str | None = typer.Option(None, "--vdc", help="Only this VDC (and subtree)."),
-    cloud: str | None = typer.Option(None, "--cloud", help="Only replicas on this cloud."),
-    data_dir: Path | None = DataDirOpt,
-    output: Fmt = OutputOpt,
-) -> None:
-    """List replicas: where each runs, its state and endpoint."""
-    with handle_errors(), client(data_dir) as c:
-        emit(c.list_instances(app_name, vdc, cloud), output, INSTANCE_COLS)
 
 
 # ----------------------------------------------------------------- events

@@ -11,10 +11,11 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from shanzhi.client import ApiError, Unreachable
-from shanzhi.domain.quantity import format_cpu, format_memory
+from shanzhi.domain.quantity import format_memory
 
 # Piped output is never cut to 80 columns: scripts and logs get whole values.
 out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 400)
@@ -31,7 +32,8 @@ OutputOpt = typer.Option(Fmt.table, "-o", "--output", help="Output format: table
 
 
 def cpu(v: int | None) -> str:
-    return "-" if v is None else format_cpu(int(v))
+    """Millicores as people write cpu: in cores (`20.4`, `0.1`, `8`); JSON keeps the integers."""
+    return "-" if v is None else f"{int(v) / 1000:.3f}".rstrip("0").rstrip(".")
 
 
 def mem(v: int | None) -> str:
@@ -52,7 +54,7 @@ def emit(data: Any, fmt: Fmt, columns: Columns | None = None) -> None:
     for title, _ in columns:
         table.add_column(title, no_wrap=True, overflow="ignore")
     for row in rows:
-        table.add_row(*("" if (v := get(row)) is None else str(v) for _, get in columns))
+        table.add_row(*("" if (v := get(row)) is None else escape(str(v)) for _, get in columns))
     out.print(table)
     if not rows:
         err.print("(none)")

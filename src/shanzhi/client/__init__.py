@@ -151,8 +151,14 @@ class Client:
         return self._call("DELETE", f"/vdcs/{path}")
 
     # apps
-    def apply(self, document: dict[str, Any]) -> Any:
-        return self._call("POST", "/apps", json=document)
+    def apply(self, document: dict[str, Any], cause: str | None = None) -> Any:
+        return self._call("POST", "/apps", json=document, params=_params(cause=cause))
+
+    def dry_run(self, document: dict[str, Any]) -> Any:
+        return self._call("POST", "/apps/dry-run", json=document)
+
+    def revisions(self, name: str, vdc: str | None = None) -> Any:
+        return self._call("GET", f"/apps/{name}/revisions", params=_params(vdc=vdc))
 
     def list_apps(self, vdc: str | None = None) -> Any:
         return self._call("GET", "/apps", params=_params(vdc=vdc))
@@ -166,6 +172,12 @@ class Client:
     # observe
     def list_instances(self, app: str | None = None, vdc: str | None = None, cloud: str | None = None) -> Any:
         return self._call("GET", "/instances", params=_params(app=app, vdc=vdc, cloud=cloud))
+
+    def get_instance(self, name: str) -> Any:
+        return self._call("GET", f"/instances/{name}")
+
+    def instance_logs(self, name: str, tail: int) -> Any:
+        return self._call("GET", f"/instances/{name}/logs", params={"tail": tail})
 
     def events(self, app: str | None = None, vdc: str | None = None, since: int = 0, limit: int = 200) -> Any:
         return self._call("GET", "/events", params=_params(app=app, vdc=vdc, since=since, limit=limit))

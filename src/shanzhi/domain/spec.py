@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
@@ -107,6 +108,8 @@ class Component(_Model):
     flavor: str | None = None
     ports: list[Port] = Field(default_factory=list)
     health: Health | None = None
+    # set by `shanzhi app restart`: a new value rolls every replica (it is part of the hash)
+    restarted_at: str | None = Field(default=None, alias="restartedAt", max_length=64)
 
     @model_validator(mode="after")
     def _check(self) -> Component:
@@ -192,6 +195,24 @@ class AppSpec(_Model):
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+_DECIMAL_SIZE = re.compile(r"^\s*[0-9]+(?:\.[0-9]+)?\s*[kKMGTP][Bb]?\s*$")
+
+
+def warnings(spec: AppSpec) -> list[str]:
+    """What is valid but surely not meant: decimal sizes (`64MB` is 64,000,000 bytes, not 64Mi)."""
+    found = []
+    for i, c in enumerate(spec.spec.components):
+        for what in ("memory", "storage"):
+            value = getattr(c.resources, what)
+            if isinstance(value, str) and _DECIMAL_SIZE.match(value):
+                exact = parse_memory(value)
+                found.append(
+                    f"spec.components[{i}].resources.{what}: {value!r} is decimal ({exact:,} bytes); "
+                    f"for binary units write {value.strip().rstrip('Bb').rstrip()}i"
+                )
+    return found
 
 
 def _loc(loc: tuple[int | str, ...]) -> str:

@@ -9,6 +9,7 @@ from shanzhi.providers.base import (
     CloudStatus,
     HostInfo,
     InstanceRequest,
+    LogChunk,
     ObservedInstance,
     Provider,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "CloudStatus",
     "HostInfo",
     "InstanceRequest",
+    "LogChunk",
     "ObservedInstance",
     "Provider",
     "kinds",

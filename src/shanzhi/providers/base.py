@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from shanzhi.domain.errors import InvalidInput
+from shanzhi.domain.errors import InvalidInput, NotFound
 
 InstanceState = Literal["starting", "running", "exited", "failed"]
 
@@ -52,6 +52,25 @@ class ObservedInstance:
     endpoint: str | None = None
     ports: Mapping[str, int] = field(default_factory=dict)
     detail: str = ""
+
+
+@dataclass(frozen=True)
+class LogChunk:
+    text: str
+    size: int  # the whole log's size in bytes
+    truncated: bool  # older output left out
+
+
+def tail_file(path: Path, tail: int) -> LogChunk:
+    """The end of a log file, decoded leniently; raise NotFound when there is none."""
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, 2)
+            f.seek(max(0, size - tail))
+            data = f.read(tail)
+    except FileNotFoundError:
+        raise NotFound(f"no log for instance {path.parent.name} (not started here yet)", field="name") from None
+    return LogChunk(data.decode(errors="replace"), size, size > tail)
 
 
 @dataclass(frozen=True)
@@ -118,6 +137,10 @@ class Provider(ABC):
     @abstractmethod
     def delete_instance(self, name: str) -> None:
         """Stop and remove an instance; succeed if it is already gone."""
+
+    def read_log(self, name: str, tail: int) -> LogChunk:
+        """The last `tail` bytes of an instance's output (console or stdout/stderr)."""
+        raise InvalidInput(f"a {self.kind} cloud keeps no instance logs", field="name")
 
     def inject_failure(self, host: str | None = None) -> None:
         """Fail a host or (host=None) the whole cloud, for drills and tests."""

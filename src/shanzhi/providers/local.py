@@ -39,10 +39,12 @@ from shanzhi.providers.base import (
     CloudStatus,
     HostInfo,
     InstanceRequest,
+    LogChunk,
     ObservedInstance,
     OptionSpec,
     Provider,
     positive_int,
+    tail_file,
 )
 from shanzhi.providers.sandbox import Sandbox
 
@@ -292,6 +294,10 @@ class LocalProvider(Provider):
         if st.get("workdir"):
             shutil.rmtree(st["workdir"], ignore_errors=True)
         shutil.rmtree(statedir, ignore_errors=True)
+
+    def read_log(self, name: str, tail: int) -> LogChunk:
+        """The instance's stdout and stderr (one file, kept in the state dir, never the workload's)."""
+        return tail_file(self._instances / name / "log", tail)
 
     def inject_failure(self, host: str | None = None) -> None:
         """Simulate losing the whole cloud: its processes stop and it stops answering."""

@@ -137,8 +137,13 @@ def hold_if_needed(s: Session, spec: AppSpec, requester: str) -> ApprovalRequest
     app = s.scalar(select(App).where(App.vdc_id == v.id, App.name == spec.metadata.name))
     if app is not None and app.spec == body:
         return None  # unchanged: nothing to approve
-    matched = [(r, why) for r in _rules_over(s, path) if (why := _why(s, r, spec)) is not None]
+    matched = matching_rules(s, spec)
     return _hold(s, v, spec.metadata.name, "apply", body, matched, requester) if matched else None
+
+
+def matching_rules(s: Session, spec: AppSpec) -> list[tuple[ApprovalRule, str]]:
+    """The approval rules over the spec's VDC that would hold applying it, each with why."""
+    return [(r, why) for r in _rules_over(s, spec.metadata.vdc) if (why := _why(s, r, spec)) is not None]
 
 
 def hold_delete_if_needed(s: Session, app: App, requester: str) -> ApprovalRequest | None:
@@ -300,7 +305,7 @@ def decide(s: Session, p: Principal, request_id: int, approve: bool, note: str =
                 delete_app(s, r.app, path)
                 done = f"deleted: app {r.app} is being removed"
             else:
-                app, outcome = apply_app(s, parse_app(r.document))
+                app, outcome = apply_app(s, parse_app(r.document), r.requester, f"approval {r.id}")
                 done = f"applied: app {app.name} {outcome} (generation {app.generation})"
         r.status, r.outcome = "approved", done
     except ShanzhiError as err:

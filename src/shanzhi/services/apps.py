@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from shanzhi.domain.diff import Change, Roll, changes, rolls
 from shanzhi.domain.errors import Conflict, NotFound
 from shanzhi.domain.quota import Usage, check_usage
 from shanzhi.domain.rbac import EVERYWHERE, Scope
-from shanzhi.domain.spec import AppSpec
+from shanzhi.domain.spec import AppSpec, warnings
 from shanzhi.services.vdcs import get_vdc, lock_path, quotas, scope_filter, usage_by_vdc
 from shanzhi.store.events import record_event
-from shanzhi.store.tables import App, Vdc, utcnow
+from shanzhi.store.tables import App, AppRevision, Vdc, utcnow
 
 
 def desired_usage(spec: AppSpec) -> Usage:
@@ -22,8 +26,11 @@ def desired_usage(spec: AppSpec) -> Usage:
     return total
 
 
-def apply_app(s: Session, spec: AppSpec) -> tuple[App, str]:
-    """Create or update an app. Returns the app and `created`, `configured` or `unchanged`."""
+def apply_app(s: Session, spec: AppSpec, author: str = "", cause: str = "") -> tuple[App, str]:
+    """Create or update an app. Returns the app and `created`, `configured` or `unchanged`.
+
+    Each new generation is kept as a revision (who, why) for `rollout history` and `undo`.
+    """
     path = spec.metadata.vdc
     vdc = get_vdc(s, path)
     lock_path(s, path)
@@ -47,6 +54,7 @@ def apply_app(s: Session, spec: AppSpec) -> tuple[App, str]:
         app.updated_at = utcnow()
     app.cpu, app.memory, app.instances, app.storage = want.cpu, want.memory, want.instances, want.storage
     s.flush()
+    s.add(AppRevision(app_id=app.id, generation=app.generation, spec=body, author=author, cause=cause[:256]))
     record_event(
         s,
         "AppApplied",
@@ -57,6 +65,50 @@ def apply_app(s: Session, spec: AppSpec) -> tuple[App, str]:
         app=app.name,
     )
     return app, outcome
+
+
+@dataclass
+class Preview:
+    """What applying a spec would do, computed in a transaction that is then thrown away."""
+
+    outcome: str  # create | configure | unchanged | held
+    stored: dict[str, Any] | None
+    changes: list[Change]
+    rolls: list[Roll]
+    held_by: list[tuple[str, str]]  # (rule, why) of each approval rule that would hold it
+    warnings: list[str]
+
+
+def preview(s: Session, spec: AppSpec) -> Preview:
+    """Validate and check quota (raising as apply would); change nothing. The caller adds the
+    approval rules that would hold it (`approvals.matching_rules`)."""
+    path = spec.metadata.vdc
+    vdc = get_vdc(s, path)
+    body = spec.to_json()
+    app = s.scalar(select(App).where(App.vdc_id == vdc.id, App.name == spec.metadata.name))
+    if app is not None and app.deleting:
+        raise Conflict(f"app {spec.metadata.name} is being deleted; wait until it is gone", field="metadata.name")
+    old = AppSpec.model_validate(app.spec) if app is not None else None
+    found = Preview(
+        "unchanged" if app is not None and app.spec == body else "configure" if app is not None else "create",
+        app.spec if app is not None else None,
+        changes(app.spec if app is not None else {}, body),
+        rolls(old, spec),
+        [],
+        warnings(spec),
+    )
+    if found.outcome == "unchanged":
+        found.changes, found.rolls = [], []
+        return found
+    want = desired_usage(spec)
+    have = Usage(app.cpu, app.memory, app.instances, app.storage) if app is not None else Usage()
+    check_usage(path, want - have, quotas(s), usage_by_vdc(s))
+    return found
+
+
+def revisions(s: Session, app: App) -> list[AppRevision]:
+    q = select(AppRevision).where(AppRevision.app_id == app.id).order_by(AppRevision.generation)
+    return list(s.scalars(q))
 
 
 def find_app(s: Session, name: str, vdc: str | None = None, scope: Scope = EVERYWHERE) -> App:

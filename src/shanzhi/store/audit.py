@@ -84,12 +84,17 @@ class ChainReport:
 
 
 def prune(s: Session, before: datetime) -> int:
-    """Remove the records older than `before` (whole prefix of the chain) and move the anchor."""
+    """Remove the records older than `before` (whole prefix of the chain, up to the first one
+    not yet in the ledger) and move the anchor."""
     if s.get_bind().dialect.name == "postgresql":
         s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK})
-    last = s.execute(
-        select(AuditRecord.id, AuditRecord.hash).where(AuditRecord.at < before).order_by(AuditRecord.id.desc()).limit(1)
-    ).first()
+    old = select(AuditRecord.id, AuditRecord.hash).where(AuditRecord.at < before)
+    # never a record whose ledger commitment is still owed: it would be lost, and the ledger's
+    # drainer (deleting that outbox row as it delivers) would deadlock against our cascade
+    owed = s.scalar(select(func.min(AuditOutbox.audit_id)))
+    if owed is not None:
+        old = old.where(AuditRecord.id < owed)
+    last = s.execute(old.order_by(AuditRecord.id.desc()).limit(1)).first()
     if last is None:
         return 0
     # only a prefix: a record kept must never follow a removed one out of order

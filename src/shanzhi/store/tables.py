@@ -68,6 +68,8 @@ class Cloud(Base):
     health_changed_at: Mapped[datetime] = mapped_column(default=utcnow)
     # draining: no new placements; the controller moves its instances away, then removes it
     draining: Mapped[bool] = mapped_column(default=False)
+    # fenced by a proposed evacuation plan: no new placements until the plan is applied or dropped
+    fenced_by_plan: Mapped[int | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     site: Mapped[Site] = relationship(lazy="joined")
     hosts: Mapped[list[Host]] = relationship(cascade="all, delete-orphan", order_by="Host.name")
@@ -116,6 +118,20 @@ class App(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     vdc: Mapped[Vdc] = relationship(lazy="joined")
+
+
+class AppRevision(Base):
+    """One stored generation of an app's spec: what `rollout history` lists and `undo` re-applies."""
+
+    __tablename__ = "app_revisions"
+    __table_args__ = (UniqueConstraint("app_id", "generation"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    app_id: Mapped[int] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"))
+    generation: Mapped[int] = mapped_column()
+    spec: Mapped[dict[str, Any]] = mapped_column()
+    author: Mapped[str] = mapped_column(String(128), default="")
+    cause: Mapped[str] = mapped_column(String(256), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Instance(Base):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
@@ -11,7 +12,7 @@ from shanzhi.api.audit import transaction
 from shanzhi.api.auth import principal, require
 from shanzhi.api.deps import Runtime, runtime
 from shanzhi.domain.rbac import Principal
-from shanzhi.domain.spec import parse_app
+from shanzhi.domain.spec import parse_app, warnings
 from shanzhi.services import approvals
 from shanzhi.services import apps as svc
 
@@ -23,12 +24,14 @@ def apply_app(
     request: Request,
     response: Response,
     document: dict[str, Any] = Body(..., description="An App spec (apiVersion shanzhi.io/v1, kind App)"),
+    cause: str = Query("", max_length=256, description="Why (kept with the revision: rollout history)"),
     p: Principal = Depends(principal),
     rt: Runtime = Depends(runtime),
 ) -> schemas.ApplyOut:
     """Apply an app. If an approval rule of its VDC matches, nothing changes yet: the answer is
     202 with the approval request, and approving it applies the spec."""
     spec = parse_app(document)
+    notes = warnings(spec)
     path = spec.metadata.vdc
     request.state.target = f"app {path}/{spec.metadata.name}"
     require(p, "app.write", path, visible="app.read")
@@ -37,13 +40,60 @@ def apply_app(
         if held is not None:
             response.status_code = 202
             request.state.audit_outcome = "held"
-            return schemas.ApplyOut(app=None, outcome="held", approval=views.approval(held))
-        app, outcome = svc.apply_app(s, spec)
+            return schemas.ApplyOut(app=None, outcome="held", approval=views.approval(held), warnings=notes)
+        app, outcome = svc.apply_app(s, spec, p.user, cause)
         response.status_code = 201 if outcome == "created" else 200
-        out = schemas.ApplyOut(app=views.app(s, app), outcome=outcome)
+        out = schemas.ApplyOut(app=views.app(s, app), outcome=outcome, warnings=notes)
     if outcome != "unchanged":
         rt.wake()
     return out
+
+
+@router.post("/dry-run", response_model=schemas.PreviewOut)
+def dry_run(
+    request: Request,
+    document: dict[str, Any] = Body(..., description="An App spec, checked as an apply would be"),
+    p: Principal = Depends(principal),
+) -> schemas.PreviewOut:
+    """What applying would do (create, configure, unchanged, or held for approval), the fields
+    that would change and the replicas that would roll; a quota it would exceed is the same 4xx
+    an apply gets. Nothing changes."""
+    spec = parse_app(document)
+    request.state.target = f"app {spec.metadata.vdc}/{spec.metadata.name}"
+    require(p, "app.write", spec.metadata.vdc, visible="app.read")
+    with transaction(request) as s:
+        found = svc.preview(s, spec)
+        held = approvals.matching_rules(s, spec) if found.outcome != "unchanged" else []
+        request.state.audit_outcome = "dry-run"
+        return schemas.PreviewOut(
+            outcome="held" if held else found.outcome,
+            stored=found.stored,
+            spec=spec.to_json(),
+            changes=[schemas.ChangeOut(path=c.path, old=c.old, new=c.new) for c in found.changes],
+            rolls=[schemas.RollOut(**asdict(r)) for r in found.rolls],
+            held_by=[schemas.HeldBy(rule=r.name, why=why) for r, why in held],
+            warnings=found.warnings,
+        )
+
+
+@router.get("/{name}/revisions", response_model=list[schemas.RevisionOut])
+def revisions(
+    name: str, vdc: str | None = Query(None), p: Principal = Depends(principal), rt: Runtime = Depends(runtime)
+) -> list[schemas.RevisionOut]:
+    """The app's stored generations, oldest first, each with its spec, author and cause."""
+    with rt.db.session() as s, s.begin():
+        app = svc.find_app(s, name, vdc, p.scope("app.read"))
+        return [
+            schemas.RevisionOut(
+                generation=r.generation,
+                spec=r.spec,
+                author=r.author,
+                cause=r.cause,
+                created_at=r.created_at,
+                current=r.generation == app.generation,
+            )
+            for r in svc.revisions(s, app)
+        ]
 
 
 @router.get("", response_model=list[schemas.AppOut])

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Query
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from shanzhi import __version__
 from shanzhi.api import schemas, views
 from shanzhi.api.auth import principal
 from shanzhi.api.deps import Runtime, runtime
 from shanzhi.api.schemas import MAX_ID
+from shanzhi.domain.errors import Conflict, NotFound
 from shanzhi.domain.rbac import Principal
 from shanzhi.services.apps import find_app
 from shanzhi.services.clouds import get_cloud
@@ -38,6 +40,41 @@ def list_instances(
         if cloud is not None:
             q = q.where(Instance.cloud_id == get_cloud(s, cloud).id)
         return [views.instance(r) for r in s.scalars(q)]
+
+
+def _instance(s: Session, name: str, p: Principal) -> Instance:
+    """The instance `name` among those the caller may read (others are exactly as missing)."""
+    q = select(Instance).join(App).join(Vdc).where(Instance.name == name, scope_filter(p.scope("app.read")))
+    found = s.scalar(q)
+    if found is None:
+        raise NotFound(f"instance {name} does not exist; see 'shanzhi instance list'", field="name")
+    return found
+
+
+@router.get("/instances/{name}", response_model=schemas.InstanceOut)
+def get_instance(name: str, p: Principal = Depends(principal), rt: Runtime = Depends(runtime)) -> schemas.InstanceOut:
+    """One replica: where it runs, its state and why, and why it was placed there."""
+    with rt.db.session() as s, s.begin():
+        return views.instance(_instance(s, name, p), explain=True)
+
+
+@router.get("/instances/{name}/logs", response_model=schemas.LogOut)
+def instance_logs(
+    name: str,
+    tail: int = Query(64 * 1024, ge=1, le=4 * 2**20, description="at most this many bytes from the end"),
+    p: Principal = Depends(principal),
+    rt: Runtime = Depends(runtime),
+) -> schemas.LogOut:
+    """The replica's output as its cloud keeps it (a process's stdout and stderr)."""
+    with rt.db.session() as s, s.begin():
+        inst = _instance(s, name, p)
+        cloud = inst.cloud
+        if cloud is None:
+            raise Conflict(f"instance {name} is not placed yet: it has no log", field="name")
+        kind, options = cloud.kind, dict(cloud.options)
+        cloud_name = cloud.name
+    chunk = rt.fleet.provider(cloud_name, kind, options).read_log(name, tail)
+    return schemas.LogOut(instance=name, cloud=cloud_name, text=chunk.text, size=chunk.size, truncated=chunk.truncated)
 
 
 @router.get("/events", response_model=list[schemas.EventOut])

@@ -1,0 +1,40 @@
+"""revisions: every generation of an app's spec with its author and cause (rollout history and
+undo); a cloud fenced by a proposed evacuation plan takes no new placements
+
+Revision ID: 0009
+Revises: 0008
+Create Date: 2026-12-02
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0009"
+down_revision = "0008"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "app_revisions",
+        sa.Column("id", sa.Integer(), primary_key=True),
+        sa.Column("app_id", sa.Integer(), sa.ForeignKey("apps.id", ondelete="CASCADE"), nullable=False),
+        sa.Column("generation", sa.BigInteger(), nullable=False),
+        sa.Column("spec", sa.JSON(), nullable=False),
+        sa.Column("author", sa.String(128), nullable=False),
+        sa.Column("cause", sa.String(256), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.UniqueConstraint("app_id", "generation"),
+    )
+    # the apps that exist keep their current generation as their first revision
+    op.execute(
+        "INSERT INTO app_revisions (app_id, generation, spec, author, cause, created_at) "
+        "SELECT id, generation, spec, '', 'before revision history', updated_at FROM apps"
+    )
+    op.add_column("clouds", sa.Column("fenced_by_plan", sa.BigInteger()))
+
+
+def downgrade() -> None:
+    op.drop_column("clouds", "fenced_by_plan")
+    op.drop_table("app_revisions")
