@@ -89,6 +89,7 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/plans"): frozenset({SYS}),
     ("GET", "/plans/{plan_id}"): frozenset({SYS}),
     ("POST", "/plans/{plan_id}/apply"): frozenset({SYS}),
+    ("DELETE", "/plans/{plan_id}"): frozenset({SYS}),
     ("GET", "/approvals"): AUTHED,
     ("GET", "/approvals/{request_id}"): VDC_READERS,
     ("POST", "/approvals/{request_id}/approve"): frozenset({VADMIN}),
@@ -145,6 +146,11 @@ class World:
         with t.api.app.state.db.session() as s, s.begin():
             app = s.scalar(select(App).where(App.name == "records"))
             s.add(Instance(name=self.instance, app=app, component="main", spec_hash="x", cpu=100, memory=2**26))
+
+    def new_plan(self) -> int:
+        r = self.t.api.post("/api/v1/plans", json={"kind": "rebalance", "time_limit": 1})
+        assert r.status_code == 201, r.text
+        return int(r.json()["id"])
 
     def fresh(self) -> str:
         return f"m{next(self.n)}"
@@ -294,6 +300,7 @@ def _calls(w: World) -> dict[tuple[str, str], Callable[[str], Call]]:
         ("POST", "/plans"): lambda _: ("/plans", {"json": {"kind": "rebalance", "time_limit": 1}}),
         ("GET", "/plans/{plan_id}"): lambda _: (f"/plans/{w.plan}", {}),
         ("POST", "/plans/{plan_id}/apply"): lambda _: (f"/plans/{w.plan}/apply", {}),
+        ("DELETE", "/plans/{plan_id}"): lambda _: (f"/plans/{w.new_plan()}", {}),
         ("GET", "/approvals"): lambda _: ("/approvals", {}),
         ("GET", "/approvals/{request_id}"): lambda _: (f"/approvals/{w.approval()}", {}),
         ("POST", "/approvals/{request_id}/approve"): lambda _: (f"/approvals/{w.approval()}/approve", {"json": {}}),

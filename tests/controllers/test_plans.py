@@ -60,3 +60,32 @@ def test_rebalance_plan_and_bad_requests(districts: World) -> None:
             plans.make_plan(s, "evacuate", "nowhere")
         with pytest.raises(NotFound):
             plans.get_plan(s, 999)
+
+
+def test_an_evacuation_names_its_stranded_replicas_and_fences_the_cloud_until_dropped(districts: World) -> None:
+    from sqlalchemy import select
+
+    from shanzhi.store.tables import Cloud
+
+    only_d1 = {"clouds": {"tags": {"level": "district"}, "names": ["d1"]}}
+    districts.apply(sim_doc("permits", 1, **only_d1))  # it may run on d1 only: nowhere to go
+    districts.converge(districts.running("permits", 1))
+    (stuck,) = [r.name for r in districts.rows()]
+    with districts.db.session() as s, s.begin():
+        p = plans.make_plan(s, "evacuate", "d1", time_limit=5)
+        plan_id = p.id
+        assert p.summary["stranded"] == 1 and p.summary["stranded_instances"] == [stuck]
+        assert s.scalar(select(Cloud.fenced_by_plan).where(Cloud.name == "d1")) == plan_id
+    # while the plan is reviewed, nothing new lands on d1
+    districts.apply(sim_doc("later", 1, **only_d1))
+    districts.converge(lambda: len(districts.rows("later")) == 1)
+    (waiting,) = districts.rows("later")
+    assert waiting.cloud is None
+    assert waiting.explain["excluded"]["d1"] == f"fenced by evacuation plan {plan_id} (until it is applied or dropped)"
+    with districts.db.session() as s, s.begin():
+        assert plans.drop(s, plan_id).status == "dropped"
+        with pytest.raises(Conflict, match="already dropped"):
+            plans.apply(s, plan_id)
+    districts.converge(districts.running("later", 1))  # d1 takes it now
+    with districts.db.session() as s, s.begin():
+        assert s.scalar(select(Cloud.fenced_by_plan).where(Cloud.name == "d1")) is None

@@ -71,6 +71,7 @@ class CloudOut(BaseModel):
     health: str
     health_message: str
     draining: bool
+    fenced_by_plan: int | None = None  # a proposed evacuation keeps new placements off
     hosts: int
     healthy_hosts: int
     capacity: Resources

@@ -29,6 +29,7 @@ def cloud(
         health=c.health,
         health_message=c.health_message,
         draining=c.draining,
+        fenced_by_plan=c.fenced_by_plan,
         hosts=len(c.hosts),
         healthy_hosts=sum(1 for h in c.hosts if h.healthy),
         capacity=schemas.Resources(

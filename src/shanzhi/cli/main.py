@@ -110,7 +110,14 @@ CLOUD_COLS: Columns = [
     ("KIND", lambda r: r["kind"]),
     ("SITE", lambda r: r["site"]),
     ("REGION", lambda r: r["region"]),
-    ("HEALTH", lambda r: r["health"] + (" (draining)" if r["draining"] else "")),
+    (
+        "HEALTH",
+        lambda r: (
+            r["health"]
+            + (" (draining)" if r["draining"] else "")
+            + (f" (fenced by plan {r['fenced_by_plan']})" if r.get("fenced_by_plan") else "")
+        ),
+    ),
     ("HOSTS", lambda r: f"{r['healthy_hosts']}/{r['hosts']}"),
     ("CPU", lambda r: f"{cpu(r['used']['cpu'])}/{cpu(r['capacity']['cpu'])}"),
     ("MEMORY", lambda r: f"{mem(r['used']['memory'])}/{mem(r['capacity']['memory'])}"),

@@ -35,8 +35,13 @@ def _show(p: dict[str, Any], output: Fmt) -> None:
             ("WHY", lambda m: m["reason"]),
         ],
     )
-    if p["status"] == "proposed" and p["moves"]:
-        out.print(f"\nreview, then: shanzhi plan apply {p['id']}")
+    if s.get("stranded_instances"):
+        out.print(f"\n[yellow]stranded[/] (must leave {s['cloud']}, no room elsewhere):")
+        emit([{"name": n} for n in s["stranded_instances"]], output, [("INSTANCE", lambda r: r["name"])])
+    if p["status"] == "proposed" and p["kind"] == "evacuate":
+        out.print(f"\n{s['cloud']} is fenced (no new placements) until this plan is applied or dropped")
+    if p["status"] == "proposed":
+        out.print(f"review, then: shanzhi plan apply {p['id']} (or set it aside: shanzhi plan drop {p['id']})")
 
 
 def _propose(
@@ -92,3 +97,10 @@ def apply_cmd(plan_id: int, data_dir: Path | None = DataDirOpt, output: Fmt = Ou
     """Apply a plan: each replica is started on its target, and the old one stops once it is healthy."""
     with handle_errors(), Client(token=discover_token(data_dir)) as c:
         _show(c.apply_plan(plan_id), output)
+
+
+@plan_app.command("drop")
+def drop_cmd(plan_id: int, data_dir: Path | None = DataDirOpt, output: Fmt = OutputOpt) -> None:
+    """Drop a proposed plan: nothing moves, and a cloud it fenced takes placements again."""
+    with handle_errors(), Client(token=discover_token(data_dir)) as c:
+        _show(c.drop_plan(plan_id), output)

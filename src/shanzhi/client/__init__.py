@@ -326,6 +326,9 @@ class Client:
     def get_plan(self, plan_id: int) -> Any:
         return self._call("GET", f"/plans/{plan_id}")
 
+    def drop_plan(self, plan_id: int) -> Any:
+        return self._call("DELETE", f"/plans/{plan_id}")
+
     def apply_plan(self, plan_id: int) -> Any:
         return self._call("POST", f"/plans/{plan_id}/apply")
 

@@ -361,6 +361,8 @@ class Reconciler:
         )
         decisions = self._engine.decide(f"{app.id}/{comp.name}", req, len(unplaced) + to_add)
         clouds = {c.name: c for c in s.scalars(select(Cloud))}
+        failed: list[str] = []
+        news = 0
         for i, d in enumerate(decisions):
             if i < len(unplaced):
                 r = unplaced[i]
@@ -390,17 +392,21 @@ class Reconciler:
             else:
                 self._set_state(s, r, "pending", d.reason)
                 s.flush()
-                if changed:
-                    record_event(
-                        s,
-                        "FailedScheduling",
-                        "instance",
-                        r.name,
-                        d.reason,
-                        warning=True,
-                        vdc=app.vdc.path,
-                        app=app.name,
-                    )
+                failed.append(d.reason)
+                news += changed
+        if news:  # one event per component and new reason, not one per replica
+            first = failed[0]
+            more = f" ({len(failed)} replicas)" if len(failed) > 1 else ""
+            record_event(
+                s,
+                "FailedScheduling",
+                "app",
+                f"{app.name}/{comp.name}",
+                f"{first}{more}",
+                warning=True,
+                vdc=app.vdc.path,
+                app=app.name,
+            )
         return actions
 
     def _host_states(self, s: Session) -> list[HostState]:
@@ -435,7 +441,12 @@ class Reconciler:
                         used_cpu=int(cpu),
                         used_memory=int(mem),
                         used_instances=int(n),
-                        healthy=h.healthy and cloud.health == "healthy" and not cloud.draining,
+                        healthy=h.healthy and cloud.health == "healthy",
+                        closed="draining (being removed)"
+                        if cloud.draining
+                        else f"fenced by evacuation plan {cloud.fenced_by_plan} (until it is applied or dropped)"
+                        if cloud.fenced_by_plan is not None
+                        else "",
                         cloud_tags={str(k): str(v) for k, v in cloud.tags.items()},
                         runtimes=runtimes,
                     )

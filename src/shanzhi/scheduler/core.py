@@ -32,6 +32,7 @@ class HostState:
     used_memory: int = 0
     used_instances: int = 0
     healthy: bool = True
+    closed: str = ""  # why the cloud takes no new placements (draining, fenced by a plan), if it does not
     cloud_tags: dict[str, str] = field(default_factory=dict)
     runtimes: frozenset[str] = frozenset({"process", "vm"})
 
@@ -95,7 +96,7 @@ def _static_filter(h: HostState, req: Request) -> str | None:
         return f"cannot run a {req.runtime} component (supports {', '.join(sorted(h.runtimes))})"
     if not h.healthy:
         return "unhealthy"
-    return None
+    return h.closed or None
 
 
 def place(hosts: Sequence[HostState], req: Request, count: int) -> list[Decision]:
@@ -142,18 +143,17 @@ def place(hosts: Sequence[HostState], req: Request, count: int) -> list[Decision
                 fresh = [h for h in fitting if h.group(spread_over) not in used]
                 feasible_groups = {h.group(spread_over) for h in fitting} | set(used)
                 if len(feasible_groups) < needed_groups:
-                    decisions.append(
-                        _unplaced(
-                            f"spread over {spread_over} needs {needed_groups} groups, only "
-                            f"{len(feasible_groups)} feasible ({', '.join(sorted(feasible_groups)) or 'none'})",
-                            clouds_considered,
-                            reasons,
-                        )
+                    spread = (
+                        f"spread over {spread_over} needs {needed_groups} groups, only "
+                        f"{len(feasible_groups)} feasible ({', '.join(sorted(feasible_groups)) or 'none'})"
                     )
+                    # when the filters left nothing at all, they are the story, not the spread
+                    lead = _emptied(clouds_considered, reasons) if not fitting and not used else spread
+                    decisions.append(_unplaced(lead, clouds_considered, reasons))
                     continue
                 fitting = fresh
         if not fitting:
-            decisions.append(_unplaced("no feasible host", clouds_considered, reasons))
+            decisions.append(_unplaced(_emptied(clouds_considered, reasons), clouds_considered, reasons))
             continue
         best = min(fitting, key=lambda h: (*(-x for x in _score(h, req, placed)), h.cloud, h.host))
         best_score = _score(best, req, placed)
@@ -182,6 +182,24 @@ def place(hosts: Sequence[HostState], req: Request, count: int) -> list[Decision
             )
         )
     return decisions
+
+
+def _emptied(considered: list[str], reasons: dict[str, str]) -> str:
+    """Lead with the filter that removed the most clouds: a misspelt tag reads as just that."""
+    if not considered:
+        return "no clouds are registered"
+    by_reason: dict[str, list[str]] = {}
+    for cloud in considered:
+        by_reason.setdefault(reasons.get(cloud, "no feasible host"), []).append(cloud)
+    ranked = sorted(by_reason.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+    parts = [f"{why} ({_names(clouds)})" for why, clouds in ranked[:3]]
+    if len(ranked) > 3:
+        parts.append(f"{len(ranked) - 3} more reasons")
+    return f"no cloud fits: {'; '.join(parts)}"
+
+
+def _names(clouds: list[str]) -> str:
+    return ", ".join(clouds) if len(clouds) <= 3 else f"{', '.join(clouds[:3])} and {len(clouds) - 3} more"
 
 
 def _count(n: int, noun: str) -> str:

@@ -30,7 +30,7 @@ class Engine:
         self.state = FleetState(list(clouds.values()), specs)  # keeps this host order: hosts come grouped by cloud
         self.index = {(h.cloud, h.host): i for i, h in enumerate(self.hosts)}
         st = self.state
-        st.host_healthy[:] = [h.healthy for h in self.hosts]
+        st.host_healthy[:] = [h.healthy and not h.closed for h in self.hosts]  # closed: no new placements
         st.used_cpu[:] = [h.used_cpu for h in self.hosts]
         st.used_mem[:] = [h.used_memory for h in self.hosts]
         st.used_inst[:] = [h.used_instances for h in self.hosts]

@@ -45,7 +45,7 @@ def snapshot(s: Session) -> _Snapshot:
     state = FleetState(infos, specs)
     index = {key: i for i, key in enumerate(names)}  # FleetState keeps the cloud order given
     for i, c in enumerate(clouds):
-        state.cloud_healthy[i] = c.health == "healthy" and not c.draining
+        state.cloud_healthy[i] = c.health == "healthy" and not c.draining and c.fenced_by_plan is None
         for h in c.hosts:
             state.host_healthy[index[(c.name, h.name)]] = h.healthy and bool(state.cloud_healthy[i])
     replicas: dict[str, list[str]] = {}
@@ -114,6 +114,13 @@ def make_plan(
                 "reason": mv.reason,
             }
         )
+    moving = {m["instance"] for m in moves}
+    stranded = sorted(
+        name
+        for key, names in snap.replicas.items()
+        for i, name in enumerate(names)
+        if kind == "evacuate" and snap.hosts[snap.state.placement[key][i]][0] == cloud and name not in moving
+    )
     record = PlanRecord(
         kind=kind,
         summary={
@@ -121,6 +128,7 @@ def make_plan(
             "seconds": round(p.seconds, 3),
             "moves": len(moves),
             "stranded": p.stuck,
+            "stranded_instances": stranded,  # replicas that must leave and have nowhere to go
             "cloud": cloud,
             "target_utilisation": target,
         },
@@ -128,6 +136,9 @@ def make_plan(
     )
     s.add(record)
     s.flush()
+    if kind == "evacuate":  # nothing new lands on a cloud being emptied while the plan is reviewed
+        fenced = get_cloud(s, str(cloud))
+        fenced.fenced_by_plan = record.id
     record_event(s, "PlanProposed", "plan", str(record.id), f"{kind} plan {record.id}: {len(moves)} moves ({p.status})")
     return record
 
@@ -176,5 +187,23 @@ def apply(s: Session, plan_id: int) -> PlanRecord:
         )
     p.status = "applied"
     p.applied_at = utcnow()
+    _unfence(s, p)
     s.flush()
     return p
+
+
+def drop(s: Session, plan_id: int) -> PlanRecord:
+    """Set a proposed plan aside: nothing moves, and the cloud it fenced takes placements again."""
+    p = get_plan(s, plan_id)
+    if p.status != "proposed":
+        raise Conflict(f"plan {plan_id} is already {p.status}", field="id")
+    p.status = "dropped"
+    _unfence(s, p)
+    record_event(s, "PlanDropped", "plan", str(p.id), f"{p.kind} plan {p.id} dropped")
+    s.flush()
+    return p
+
+
+def _unfence(s: Session, p: PlanRecord) -> None:
+    for c in s.scalars(select(Cloud).where(Cloud.fenced_by_plan == p.id)):
+        c.fenced_by_plan = None

@@ -171,7 +171,7 @@ class PlanRecord(Base):
     __tablename__ = "plans"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     kind: Mapped[str] = mapped_column(String(16))
-    status: Mapped[str] = mapped_column(String(16), default="proposed")  # proposed | applied
+    status: Mapped[str] = mapped_column(String(16), default="proposed")  # proposed | applied | dropped
     summary: Mapped[dict[str, Any]] = mapped_column(default=dict)
     moves: Mapped[dict[str, Any]] = mapped_column(default=dict)  # {"moves": [...]}
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

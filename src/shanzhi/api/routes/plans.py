@@ -54,3 +54,10 @@ def apply(request: Request, plan_id: Id, rt: Runtime = Depends(runtime)) -> dict
         out = _out(svc.apply(s, plan_id))
     rt.wake()
     return out
+
+
+@router.delete("/{plan_id}")
+def drop(request: Request, plan_id: Id) -> dict[str, Any]:
+    """Drop a proposed plan: nothing moves, and the cloud an evacuation fenced takes placements again."""
+    with transaction(request) as s:
+        return _out(svc.drop(s, plan_id))
