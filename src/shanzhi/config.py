@@ -32,7 +32,8 @@ class Settings:
     interval: float = 1.0
     failover_grace: float = 3.0
     ledger: bool = True
-    ledger_origin: str = "shanzhi.local/ledger"
+    ledger_public: bool = True  # checkpoint, tiles, entries, proofs and keys readable without a token
+    ledger_origin: str | None = None  # default: the public URL's host and path (see api.processes)
     witnesses: tuple[tuple[str, str], ...] = ()  # (url, verifier key)
     witness_quorum: int | None = None  # default: a majority of the witnesses
     audit_retention_days: int = 180  # the Cybersecurity Law asks for at least six months

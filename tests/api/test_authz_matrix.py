@@ -32,6 +32,7 @@ AUTHED = frozenset(CALLERS) - {ANON}
 VDC_READERS = frozenset({SYS, VADMIN, MEMBER, VIEWER})  # of gz/health objects
 VDC_ROLES_ANYWHERE = frozenset({SYS, VADMIN, MEMBER, VIEWER, OUTSIDER})
 LEDGER_READERS = frozenset({SYS, SEC, AUD})
+LEDGER_OPEN = frozenset(CALLERS)  # serve --ledger-public (the default): C2SP clients read with plain GETs
 
 # (method, path) -> who may. Targets are gz/health objects unless a route lists collections.
 EXPECTED: dict[tuple[str, str], frozenset[str]] = {
@@ -105,15 +106,15 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/audit"): frozenset({AUD}),
     ("GET", "/audit/verify"): frozenset({AUD}),
     ("POST", "/audit/prune"): frozenset({AUD}),
-    ("GET", "/ledger/status"): LEDGER_READERS,
-    ("GET", "/ledger/checkpoint"): LEDGER_READERS,
-    ("GET", "/ledger/checkpoints"): LEDGER_READERS,
-    ("GET", "/ledger/tile/{path}"): LEDGER_READERS,
+    ("GET", "/ledger/status"): LEDGER_OPEN,
+    ("GET", "/ledger/checkpoint"): LEDGER_OPEN,
+    ("GET", "/ledger/checkpoints"): LEDGER_OPEN,
+    ("GET", "/ledger/tile/{path}"): LEDGER_OPEN,
     ("POST", "/ledger/entries"): frozenset({SYS, VADMIN}),
-    ("GET", "/ledger/entries/{index}"): LEDGER_READERS,
-    ("GET", "/ledger/proof/inclusion"): LEDGER_READERS,
-    ("GET", "/ledger/proof/consistency"): LEDGER_READERS,
-    ("GET", "/ledger/keys"): LEDGER_READERS,
+    ("GET", "/ledger/entries/{index}"): LEDGER_OPEN,
+    ("GET", "/ledger/proof/inclusion"): LEDGER_OPEN,
+    ("GET", "/ledger/proof/consistency"): LEDGER_OPEN,
+    ("GET", "/ledger/keys"): LEDGER_OPEN,
     ("POST", "/ledger/keys"): frozenset({SEC}),
     ("GET", "/ledger/watch"): LEDGER_READERS,
 }

@@ -113,12 +113,6 @@ def test_checkpoints_are_signed_by_the_log_key(api: TestClient, tokens: dict[str
     verify(r.text, Verifier.decode(status["log_key"]))
 
 
-def test_ledger_reads_need_a_token(api: TestClient, tokens: dict[str, str]) -> None:
-    anon = TestClient(api.app)
-    for path in ("/api/v1/ledger/checkpoint", "/api/v1/ledger/tile/0/000", "/api/v1/ledger/status"):
-        assert anon.get(path).status_code == 401
-
-
 def test_the_demo_seeds_a_linked_signed_chain(settings: object) -> None:
     import json
 
@@ -141,3 +135,44 @@ def test_the_demo_seeds_a_linked_signed_chain(settings: object) -> None:
     with TestClient(create_app(settings)) as c:  # type: ignore[arg-type]
         c.headers["Authorization"] = f"Bearer {settings.token_file.read_text().strip()}"  # type: ignore[attr-defined]
         assert c.get("/api/v1/ledger/status").json()["size"] == 5  # a restart seeds nothing twice
+
+
+def test_the_verifiable_resources_are_public_and_gzipped_when_asked(api: TestClient) -> None:
+    """C2SP clients fetch checkpoint, tiles and bundles with plain GETs: no token needed (the
+    default, `serve --ledger-public`); the live feed and submissions still need one."""
+    import gzip
+    import time
+
+    api.post("/api/v1/vdcs", json={"path": "gz"})  # audited: the log grows, a checkpoint follows
+    delivered(api)
+    anyone = TestClient(api.app)
+    deadline = time.monotonic() + 10
+    while (cp := anyone.get("/api/v1/ledger/checkpoint")).status_code == 404 and time.monotonic() < deadline:
+        time.sleep(0.05)  # published by the ledger's own loop
+    assert cp.status_code == 200 and cp.text.startswith("127.0.0.1:")  # origin: the server's URL prefix
+    assert cp.text.split("\n")[0].endswith("/api/v1/ledger")
+    for path in ("/status", "/keys", "/entries/0", "/proof/inclusion?index=0", "/tile/entries/000.p/1"):
+        assert anyone.get("/api/v1/ledger" + path).status_code == 200, path
+    assert anyone.get("/api/v1/ledger/watch").status_code == 401
+    assert anyone.post("/api/v1/ledger/entries", json={"entries": ["x"]}).status_code == 401
+    # gzip when accepted (the same bytes each time, as an immutable resource should be), plain otherwise
+    raw = anyone.get("/api/v1/ledger/tile/0/000.p/1", headers={"Accept-Encoding": "identity"})
+    assert "content-encoding" not in raw.headers and len(raw.content) == 32
+    with anyone.stream("GET", "/api/v1/ledger/tile/0/000.p/1", headers={"Accept-Encoding": "gzip"}) as r:
+        body = b"".join(r.iter_raw())
+        assert r.headers["content-encoding"] == "gzip" and r.headers["vary"] == "Accept-Encoding"
+    assert gzip.decompress(body) == raw.content
+    refused = anyone.get("/api/v1/ledger/tile/0/000.p/1", headers={"Accept-Encoding": "gzip;q=0"})
+    assert "content-encoding" not in refused.headers
+
+
+def test_an_operator_can_close_the_ledger(settings: object, tokens: dict[str, str]) -> None:
+    from dataclasses import replace
+
+    from shanzhi.api import create_app
+
+    closed = replace(settings, ledger_public=False)  # type: ignore[type-var]
+    with TestClient(create_app(closed)) as c:
+        for path in ("/checkpoint", "/tile/0/000.p/1", "/status", "/entries/0", "/keys", "/proof/inclusion?index=0"):
+            assert c.get("/api/v1/ledger" + path).status_code == 401, path
+        assert c.get("/api/v1/ledger/status", headers=bearer(tokens["admin"])).status_code == 200

@@ -175,8 +175,22 @@ def test_departments_submit_link_prove_watch_and_anyone_verifies(world: tuple, t
 
     status = wait_for(lambda: checkpoint_at(6), 20, "checkpoint")
     assert status["checkpoint"].count("\u2014 witness.gz.example/") >= 2
-    proof = cli.json("ledger", "prove", "1")
-    assert proof["verified"] and proof["size"] == 6
+    first = cli.run("ledger", "prove", "1", "-o", "json")
+    assert first.returncode == 0 and "pinned the key of log" in first.stderr  # trust on first use, said
+    proof = json.loads(first.stdout)
+    assert proof["verified"] and proof["tree_size"] == 6 and proof["log_key"] == status["log_key"]
+    again = cli.run("ledger", "prove", "1")
+    assert again.returncode == 0 and "pinned" not in again.stderr and "verified" in again.stdout
+    # a checkpoint signed by another key than the pinned one is refused, naming the change
+    known = server.data_dir.parent / "config" / "shanzhi" / "known_logs.json"
+    logs = json.loads(known.read_text())
+    origin = proof["origin"]
+    other = cli.json("ledger", "keygen", origin, "--file", str(tmp_path / "impostor.key"))["vkey"]
+    known.write_text(json.dumps({**logs, origin: other}))
+    changed = cli.run("ledger", "prove", "1")
+    assert changed.returncode == 1 and "CHANGED" in changed.stderr and str(known) in changed.stderr
+    wrong = cli.run("ledger", "prove", "1", "--log-key", other)
+    assert wrong.returncode == 1 and "does not verify" in wrong.stderr
     assert cli.json("ledger", "consistency", "1", "6")["verified"]
     # a bad submission is refused, naming the problem, and changes nothing
     bad = cli.run(
@@ -223,9 +237,10 @@ def test_departments_submit_link_prove_watch_and_anyone_verifies(world: tuple, t
     older = httpx.get(f"{server.url}/api/v1/ledger/tile/0/000.p/6", headers=auth)  # an earlier checkpoint's tile
     assert older.content == tile.content[: 6 * 32]
     assert httpx.get(f"{server.url}/api/v1/ledger/tile/0/000", headers=auth).status_code == 404  # not full yet
-    assert httpx.get(f"{server.url}/api/v1/ledger/tile/0/000.p/4").status_code == 401
-    # tampering is caught and named. Stop the server first: the refused request above is itself
-    # audited into the ledger, and an append rewrites the partial bundle being tampered with.
+    # public (serve --ledger-public, the default): anyone fetches tiles with a plain GET
+    assert httpx.get(f"{server.url}/api/v1/ledger/tile/0/000.p/4").content == tile.content[: 4 * 32]
+    # tampering is caught and named. Stop the server first: any audited request appends to the
+    # ledger, and an append rewrites the partial bundle being tampered with.
     if db_url and db_url.startswith("sqlite"):
         import sqlite3
 

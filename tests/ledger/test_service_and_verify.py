@@ -262,3 +262,26 @@ def test_tile_paths() -> None:
 
 
 _ = DEPT
+
+
+def test_a_corrupted_inner_tile_is_named_though_a_proof_through_it_still_verifies(
+    ledger: Ledger, tmp_path: Path
+) -> None:
+    """x/mod's TileHashReader trusts an inner tile once the tile above authenticates the part a
+    proof needs; a wrong leaf hash elsewhere in that tile goes unnoticed. The verifier here
+    recomputes every tile from the entries, so it names it."""
+    from shanzhi.ledger.checkpoint import Checkpoint
+    from shanzhi.ledger.merkle import verify_inclusion
+
+    fill(ledger, 600)
+    out = tmp_path / "export"
+    export(ledger.db, out)
+    inner = out / "tile/0/001"  # leaf hashes of entries 256..511; tile 1/000.p/2 holds its subtree hash
+    data = bytearray(inner.read_bytes())
+    data[5 * 32] ^= 0x01  # entry 261's leaf hash
+    inner.write_bytes(bytes(data))
+    cp = Checkpoint.parse((out / "checkpoint").read_text().split("\n\n")[0] + "\n")
+    proof = ledger.log.inclusion_proof(3, 600)  # uses tile 0/001 only through tile 1's hash of it
+    verify_inclusion(leaf_hash(ledger.log.entry(3)), 3, 600, proof, cp.root)  # still proves entry 3
+    r = verify_log(DirectorySource(out), LOG_KEY.verifier)
+    assert not r.ok and r.problem.startswith("entry 261 does not match its leaf hash in tile 0/1"), r.problem

@@ -37,7 +37,8 @@ async def authorize(request: Request) -> Principal:
     request.state.rule = rule
     if rule is None:  # check_routes makes this unreachable; deny anyway
         raise Forbidden(f"no authorization rule for {request.method} {request.url.path}: denied by default")
-    if rule.kind == "public":
+    runtime = getattr(request.app.state, "runtime", None)
+    if rule.is_public(runtime.settings if runtime is not None else None):
         request.state.principal = ANONYMOUS
         return ANONYMOUS
     db: Database = request.app.state.db

@@ -89,7 +89,8 @@ class Guard:
             return
         client = (scope.get("client") or ("?", 0))[0]
         rule = self.table.rule(scope["method"], scope["path"])
-        public = rule is None or rule.kind == "public"
+        runtime = getattr(scope["app"].state, "runtime", None)
+        public = rule is None or rule.is_public(runtime.settings if runtime is not None else None)
         authorization = _header(scope, b"authorization")
         if public or not authorization:  # a client that keeps failing waits before it may try again
             wait = self.failures.empty(client)

@@ -7,6 +7,8 @@ Kinds:
   only inside the caller's scope for that action (outside it, objects do not exist: 404).
 - `self`: any authenticated user, acting on their own things (the route checks which).
 - `public`: no authentication (only logging in, by password or single sign-on).
+- a rule with `public_if`: as its kind says, unless that setting is on; then no authentication
+  (the ledger's read-only, verifiable resources under `serve --ledger-public`, the default).
 
 `privileged` reads are written to the audit trail like changes are.
 """
@@ -33,6 +35,12 @@ class Rule:
     kind: Kind
     action: str = ""
     privileged: bool = False
+    # open to anyone, without a token, when this setting is on (the ledger's tlog-tiles reads:
+    # standard clients fetch them with plain GETs, `serve --ledger-public`)
+    public_if: str = ""
+
+    def is_public(self, settings: object | None) -> bool:
+        return self.kind == "public" or bool(self.public_if and getattr(settings, self.public_if, False))
 
 
 def _p(action: str, privileged: bool = False) -> Rule:
@@ -52,6 +60,7 @@ ENROLL_ONLY_ROUTES = {
     ("POST", "/auth/logout"),
 }
 PUBLIC = Rule("public")
+LEDGER_READ = Rule("platform", "ledger.read", public_if="ledger_public")
 
 RULES: dict[tuple[str, str], Rule] = {
     # identity
@@ -130,15 +139,15 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/audit/verify"): _p("audit.read", privileged=True),
     ("POST", "/audit/prune"): _p("audit.prune"),
     # ledger
-    ("GET", "/ledger/status"): _p("ledger.read"),
-    ("GET", "/ledger/checkpoint"): _p("ledger.read"),
-    ("GET", "/ledger/checkpoints"): _p("ledger.read"),
-    ("GET", "/ledger/tile/{path}"): _p("ledger.read"),
+    ("GET", "/ledger/status"): LEDGER_READ,
+    ("GET", "/ledger/checkpoint"): LEDGER_READ,
+    ("GET", "/ledger/checkpoints"): LEDGER_READ,
+    ("GET", "/ledger/tile/{path}"): LEDGER_READ,
     ("POST", "/ledger/entries"): _v("ledger.submit"),
-    ("GET", "/ledger/entries/{index}"): _p("ledger.read"),
-    ("GET", "/ledger/proof/inclusion"): _p("ledger.read"),
-    ("GET", "/ledger/proof/consistency"): _p("ledger.read"),
-    ("GET", "/ledger/keys"): _p("ledger.read"),
+    ("GET", "/ledger/entries/{index}"): LEDGER_READ,
+    ("GET", "/ledger/proof/inclusion"): LEDGER_READ,
+    ("GET", "/ledger/proof/consistency"): LEDGER_READ,
+    ("GET", "/ledger/keys"): LEDGER_READ,
     ("POST", "/ledger/keys"): _p("ledger.keys"),
     ("GET", "/ledger/watch"): _p("ledger.read"),
 }

@@ -24,7 +24,7 @@ from typing import Any
 from shanzhi.config import Settings
 from shanzhi.controllers import ControllerManager, Fleet
 from shanzhi.files import secure_data_dir
-from shanzhi.ledger.keys import load_or_create
+from shanzhi.ledger.keys import load_or_create, stored_name
 from shanzhi.ledger.note import Verifier
 from shanzhi.ledger.service import Ledger, Witness
 from shanzhi.providers.sandbox import Sandbox
@@ -42,10 +42,12 @@ def make_ledger(settings: Settings, db: Database) -> Ledger | None:
     """This server's ledger (not started)."""
     if not settings.ledger:
         return None
-    signer = load_or_create(settings.data_dir / "ledger.key", settings.ledger_origin)
-    platform = load_or_create(
-        settings.data_dir / "platform.key", settings.ledger_origin.rsplit("/", 1)[0] + "/platform"
-    )
+    key, platform_key = settings.data_dir / "ledger.key", settings.data_dir / "platform.key"
+    # the origin: as given, else the one this log already has (it never changes), else the
+    # server's URL prefix without its scheme, as C2SP tlog-checkpoint recommends
+    origin = settings.ledger_origin or stored_name(key) or settings.base_url.split("://", 1)[1] + "/api/v1/ledger"
+    signer = load_or_create(key, origin)
+    platform = load_or_create(platform_key, stored_name(platform_key) or origin.split("/", 1)[0] + "/platform")
     witnesses = [Witness(url, Verifier.decode(vkey)) for url, vkey in settings.witnesses]
     quorum = settings.witness_quorum if settings.witness_quorum is not None else len(witnesses) // 2 + bool(witnesses)
     ledger = Ledger(db, signer, platform=platform, witnesses=witnesses, quorum=quorum)

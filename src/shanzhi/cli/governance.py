@@ -10,7 +10,7 @@ from typing import Any
 
 import typer
 
-from shanzhi.cli.output import Columns, Fmt, OutputOpt, emit, err, handle_errors, out
+from shanzhi.cli.output import Columns, Fmt, OutputOpt, cpu, emit, err, handle_errors, out
 from shanzhi.client import Client, discover_token
 
 approval_app = typer.Typer(help="Applies held for approval, and the rules that hold them.", no_args_is_help=True)
@@ -28,11 +28,28 @@ REQUEST_COLS: Columns = [
     ("EXPIRES", lambda r: str(r["expires_at"])[:19]),
     ("WHY", lambda r: "; ".join(f"{x['rule']}: {x['why']}" for x in r["reasons"])),
 ]
+
+
+def _conditions(c: dict[str, Any]) -> str:
+    """A rule's conditions as they were given: `cpu over 8`, not `cpuOver=8000`."""
+    parts = []
+    for k, v in c.items():
+        if k == "cpuOver":
+            parts.append(f"cpu over {cpu(v) if isinstance(v, int) else v}")
+        elif k == "sites":
+            parts.append(f"sites {','.join(v)}")
+        elif v is True:
+            parts.append(k)
+        else:
+            parts.append(f"{k}={v}")
+    return ", ".join(parts)
+
+
 RULE_COLS: Columns = [
     ("ID", lambda r: r["id"]),
     ("VDC", lambda r: r["vdc"]),
     ("NAME", lambda r: r["name"]),
-    ("CONDITIONS", lambda r: ", ".join(f"{k}={v}" for k, v in r["conditions"].items())),
+    ("CONDITIONS", lambda r: _conditions(r["conditions"])),
     ("STAGES", lambda r: " -> ".join("|".join(st) for st in r["stages"])),
     ("EXPIRE", lambda r: f"{r['expire_hours']}h"),
 ]

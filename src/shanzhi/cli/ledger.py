@@ -8,8 +8,10 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import typer
+from rich.markup import escape
 
 from shanzhi.cli.output import Fmt, OutputOpt, emit, err, handle_errors, out
 from shanzhi.client import Client, discover_token
@@ -124,27 +126,65 @@ def entry(index: int, data_dir: Path | None = DataDirOpt, output: Fmt = OutputOp
 @ledger_app.command("prove")
 def prove(
     index: int,
-    size: int | None = typer.Option(None, "--size", help="Tree size to prove against (default: now)."),
+    log_key: str | None = typer.Option(
+        None, "--log-key", help="The log's verifier key; default: the one pinned on first use (known_logs.json)."
+    ),
     data_dir: Path | None = DataDirOpt,
     output: Fmt = OutputOpt,
 ) -> None:
-    """Fetch an inclusion proof and verify it here."""
+    """Prove that entry INDEX is in the log: the latest checkpoint is checked against the log's
+    pinned key, then the inclusion proof against that checkpoint's root, here, not by the server."""
+    from shanzhi.client import known_logs
+    from shanzhi.ledger.checkpoint import Checkpoint
     from shanzhi.ledger.merkle import ProofError, verify_inclusion
+    from shanzhi.ledger.note import NoteError, Verifier, verify
 
     with handle_errors(), _client(data_dir) as c:
-        p = c.ledger_inclusion(index, size)
+        note = c.ledger_checkpoint()
+        origin = note.split("\n", 1)[0]
+        pinned = known_logs.load().get(origin)
+        given = log_key or pinned
+        if given is None:  # trust on first use, and say so
+            given = c.ledger_status()["log_key"]
+            path = known_logs.pin(origin, given)
+            err.print(f"[yellow]pinned[/] the key of log {escape(origin)} on first use: {given} (in {path})")
+        try:
+            key = Verifier.decode(given)
+            cp = Checkpoint.parse(verify(note, key)[0].text)
+        except (NoteError, ValueError) as e:
+            current = c.ledger_status()["log_key"]
+            changed = pinned is not None and current != pinned and log_key is None
+            why = (
+                f"the log's key CHANGED: pinned {pinned}, the server now uses {current}; if the operator "
+                f"really replaced it, remove {origin!r} from {known_logs.known_logs_file()}"
+                if changed
+                else f"the checkpoint does not verify with key {given}: {e}"
+            )
+            raise _fail(why) from None
+        if index >= cp.size:
+            raise _fail(f"entry {index} is not in the latest checkpoint (size {cp.size}); try again shortly")
+        p = c.ledger_inclusion(index, cp.size)
     try:
         verify_inclusion(
-            base64.b64decode(p["leaf"]),
-            p["index"],
-            p["size"],
-            [base64.b64decode(x) for x in p["proof"]],
-            base64.b64decode(p["root"]),
+            base64.b64decode(p["leaf"]), index, cp.size, [base64.b64decode(x) for x in p["proof"]], cp.root
         )
     except ProofError as e:
-        raise _fail(f"the proof does NOT verify: {e}") from None
-    p["verified"] = True
-    emit(p, output)
+        raise _fail(f"the proof does NOT verify against the signed checkpoint: {e}") from None
+    result = {
+        "index": index,
+        "leaf": p["leaf"],
+        "origin": cp.origin,
+        "tree_size": cp.size,
+        "root": base64.b64encode(cp.root).decode(),
+        "log_key": key.encode(),
+        "proof_hashes": len(p["proof"]),
+        "verified": True,
+    }
+    if output is Fmt.json:
+        emit(result, output)
+        return
+    for k, v in result.items():
+        out.print(f"{k.replace('_', ' '):<13} {escape(str(v))}")
 
 
 @ledger_app.command("consistency")
@@ -188,11 +228,23 @@ def watch(
                 sys.stdout.write(json.dumps(e) + "\n")
                 sys.stdout.flush()
             else:
-                text = e["entry"].split("\n\n")[0]
-                out.print(f"{e['index']:>8}  {e['leaf'][:12]}  {text[:160]}")
+                if seen == 0:
+                    out.print(f"[bold]{'INDEX':>6}  {'TYPE':<14}  {'SUBJECT':<28}  {'DEPARTMENT':<18}  LINKS[/]")
+                index, kind, subject, dept, links = _columns(e)
+                out.print(escape(f"{index:>6}  {kind:<14}  {subject:<28}  {dept:<18}  {links}"))
             seen += 1
             if count is not None and seen >= count:
                 return
+
+
+def _columns(e: dict[str, Any]) -> tuple[int, str, str, str, str]:
+    """An entry as a row: index, type, subject, submitting department, links (rel→index)."""
+    try:
+        env = json.loads(e["entry"].split("\n", 1)[0])
+    except ValueError:
+        return int(e["index"]), "?", "(not an entry)", "", ""
+    links = ", ".join(f"{ln['rel']}→{ln['index']}" for ln in env.get("links", [])) or "-"
+    return int(e["index"]), str(env.get("type", "?")), str(env.get("subject", "")), str(env.get("submitter", "")), links
 
 
 @ledger_app.command("verify")

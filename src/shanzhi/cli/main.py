@@ -210,8 +210,31 @@ def cloud_recover(
 
 
 # ------------------------------------------------------------------- vdcs
+def tree(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """VDCs in tree order, each with `_tree`: its name drawn under its parent (├─ └─)."""
+    paths = {r["path"] for r in rows}
+    children: dict[str, list[dict[str, Any]]] = {}
+    for r in sorted(rows, key=lambda r: r["path"]):
+        parent = r["path"].rpartition("/")[0]
+        while parent and parent not in paths:  # an ancestor the caller cannot see: hang it higher
+            parent = parent.rpartition("/")[0]
+        children.setdefault(parent, []).append(r)
+    out: list[dict[str, Any]] = []
+
+    def walk(parent: str, prefix: str) -> None:
+        kids = children.get(parent, [])
+        for i, r in enumerate(kids):
+            last = i == len(kids) - 1
+            name = r["path"] if not parent else r["path"][len(parent) + 1 :]
+            out.append({**r, "_tree": prefix + ("└─ " if last else "├─ ") + name if parent else name})
+            walk(r["path"], prefix + ("   " if last else "│  ") if parent else "")
+
+    walk("", "")
+    return out
+
+
 VDC_COLS: Columns = [
-    ("PATH", lambda r: r["path"]),
+    ("PATH", lambda r: r.get("_tree", r["path"])),
     ("APPS", lambda r: r["apps"]),
     ("CPU", lambda r: f"{cpu(r['usage']['cpu'])}/{cpu(r['quota']['cpu'])}"),
     ("MEMORY", lambda r: f"{mem(r['usage']['memory'])}/{mem(r['quota']['memory'])}"),
@@ -243,9 +266,10 @@ def vdc_create(
 
 @vdc_app.command("list")
 def vdc_list(data_dir: Path | None = DataDirOpt, output: Fmt = OutputOpt) -> None:
-    """List VDCs with usage (rolled up over each subtree) against quota."""
+    """List VDCs as a tree, with usage (rolled up over each subtree) against quota."""
     with handle_errors(), client(data_dir) as c:
-        emit(c.list_vdcs(), output, VDC_COLS)
+        rows = c.list_vdcs()
+    emit(rows if output is Fmt.json else tree(rows), output, VDC_COLS)
 
 
 @vdc_app.command("get")

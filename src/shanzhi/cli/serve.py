@@ -32,10 +32,21 @@ def serve(
         1, "--workers", min=1, max=64, help="API processes (above 1, the controllers get a process of their own)."
     ),
     failover_grace: float = typer.Option(3.0, "--failover-grace", help="Seconds a cloud may be down before failover."),
-    ledger_origin: str = typer.Option("shanzhi.local/ledger", "--ledger-origin", help="The ledger's name (origin)."),
+    ledger_origin: str | None = typer.Option(
+        None,
+        "--ledger-origin",
+        help="The ledger's name (origin). Default: the public URL without its scheme, plus /api/v1/ledger "
+        "(e.g. 127.0.0.1:8700/api/v1/ledger); a log keeps the origin it started with.",
+    ),
     witness: list[str] = typer.Option(None, "--witness", help="URL=VKEY of a witness, repeatable."),
     witness_quorum: int | None = typer.Option(
         None, "--witness-quorum", help="Cosignatures needed (default: majority)."
+    ),
+    ledger_public: bool = typer.Option(
+        True,
+        "--ledger-public/--no-ledger-public",
+        help="Let anyone read the ledger's checkpoint, tiles, entries, proofs and keys without a token "
+        "(C2SP tlog-tiles clients fetch them with plain GETs; audit entries there are only commitments).",
     ),
     audit_retention_days: int = typer.Option(
         180, "--audit-retention-days", min=1, help="Keep audit records this long (the law asks for at least 180)."
@@ -156,6 +167,7 @@ def serve(
         ledger_origin=ledger_origin,
         witnesses=tuple(witnesses),
         witness_quorum=witness_quorum,
+        ledger_public=ledger_public,
     )
     url = settings.base_url
     err.print(f"Shanzhi on {url}  data dir {settings.data_dir}  token in {settings.token_file}")

@@ -99,7 +99,7 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, method: str, path: str, **kw: Any) -> Any:
+    def _call(self, method: str, path: str, kw_text: bool = False, **kw: Any) -> Any:
         try:
             r = self._http.request(method, path, **kw)
         except httpx.TransportError as err:
@@ -110,6 +110,8 @@ class Client:
             except ValueError:
                 body = {"title": r.reason_phrase, "detail": r.text[:500]}
             raise ApiError(r.status_code, body if isinstance(body, dict) else {"detail": str(body)})
+        if kw_text:
+            return r.text
         return r.json() if r.content else None
 
     # clouds
@@ -341,6 +343,10 @@ class Client:
 
     def ledger_entry(self, index: int) -> Any:
         return self._call("GET", f"/ledger/entries/{index}")
+
+    def ledger_checkpoint(self) -> str:
+        """The latest signed checkpoint (a C2SP signed note, as text)."""
+        return str(self._call("GET", "/ledger/checkpoint", kw_text=True))
 
     def ledger_inclusion(self, index: int, size: int | None = None) -> Any:
         return self._call("GET", "/ledger/proof/inclusion", params=_params(index=index, size=size))

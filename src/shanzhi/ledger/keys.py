@@ -18,3 +18,8 @@ def load_or_create(path: Path, name: str, alg: int = ED25519) -> Signer:
     signer = Signer.generate(name, alg)
     write_private(path, signer.encode() + "\n")
     return signer
+
+
+def stored_name(path: Path) -> str | None:
+    """The name of the key stored at `path` (a log keeps its origin for good), or None."""
+    return Signer.decode(path.read_text()).name if path.exists() else None

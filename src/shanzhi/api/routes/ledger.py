@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -80,7 +81,8 @@ _LEVELS = {str(n) for n in range(64)}
 
 
 @router.get("/tile/{path:path}")
-def tile(path: str, led: Ledger = Depends(_ledger)) -> Response:
+def tile(request: Request, path: str, led: Ledger = Depends(_ledger)) -> Response:
+    """A tile or entry bundle (C2SP tlog-tiles), gzip-compressed when the client accepts it."""
     kind, _, rest = path.partition("/")
     try:  # only the canonical encoding names a tile (tlog-tiles): anything else is not found
         idx, width = parse_tile_index(rest)
@@ -95,7 +97,19 @@ def tile(path: str, led: Ledger = Depends(_ledger)) -> Response:
         raise NotFound(f"no tile {path!r}: bad tile level {kind!r}")
     if data is None:
         raise NotFound(f"no tile {path}")
-    return Response(data, media_type="application/octet-stream", headers=IMMUTABLE)
+    headers = {**IMMUTABLE, "Vary": "Accept-Encoding"}
+    if _accepts_gzip(request.headers.get("accept-encoding", "")):
+        data = gzip.compress(data, compresslevel=6, mtime=0)  # mtime 0: the same bytes every time
+        headers["Content-Encoding"] = "gzip"
+    return Response(data, media_type="application/octet-stream", headers=headers)
+
+
+def _accepts_gzip(accept: str) -> bool:
+    for part in accept.split(","):
+        coding, _, params = part.strip().partition(";")
+        if coding.strip().lower() in ("gzip", "*"):
+            return params.replace(" ", "").lower() not in ("q=0", "q=0.0", "q=0.00", "q=0.000")
+    return False
 
 
 @router.post("/entries", status_code=201)
