@@ -45,7 +45,7 @@ $(OIDC_PROVIDER): tests/oidc_provider/package-lock.json
 
 test: lint $(OIDC_PROVIDER)
 	$(BIN)/python tests/pg_probe.py
-	$(BIN)/python -m pytest -p no:cacheprovider
+	$(BIN)/python -m pytest -p no:cacheprovider -n 2 --reruns 1 --reruns-delay 2
 
 bench: $(STAMP)
 	$(BIN)/python bench/reconcile.py

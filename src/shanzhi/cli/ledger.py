@@ -229,9 +229,9 @@ def watch(
                 sys.stdout.flush()
             else:
                 if seen == 0:
-                    out.print(f"[bold]{'INDEX':>6}  {'TYPE':<14}  {'SUBJECT':<28}  {'DEPARTMENT':<18}  LINKS[/]")
+                    out.print(f"[bold]{'INDEX':>6}  {'TYPE':<14}  {'SUBJECT':<28}  {'DEPARTMENT':<20}  LINKS[/]")
                 index, kind, subject, dept, links = _columns(e)
-                out.print(escape(f"{index:>6}  {kind:<14}  {subject:<28}  {dept:<18}  {links}"))
+                out.print(escape(f"{index:>6}  {kind:<14}  {subject:<28}  {dept:<20}  {links}"))
             seen += 1
             if count is not None and seen >= count:
                 return

@@ -138,7 +138,7 @@ def seed_demo(s: Session) -> bool:
     for path, quota in VDCS:
         create_vdc(s, path, parse_quota(quota), strict=path in STRICT)
     for doc in (HELLO, PERMITS):
-        apply_app(s, parse_app(doc))
+        apply_app(s, parse_app(doc), "demo", "the demo world")
     for user, display, role, vdc in PEOPLE:
         create_user(s, user, DEMO_PASSWORD, display)
         grant(s, user, role, vdc, "demo")
