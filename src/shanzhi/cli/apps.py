@@ -94,6 +94,7 @@ def _wait_ready(c: Client, name: str, vdc: str, timeout: float) -> dict[str, Any
             unschedulable = unschedulable + 1 if a["status"] == "Unschedulable" else 0
             if unschedulable >= 2:
                 why = next((i["placement"] for i in a.get("instances") or [] if i["state"] == "pending"), "")
+                why = why.removeprefix("unschedulable: ")
                 err.print(
                     f"[red]error[/]: {name} is unschedulable: {why}; nothing will start until that changes "
                     f"(see 'shanzhi app get {name}')"
