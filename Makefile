@@ -43,7 +43,24 @@ $(OIDC_PROVIDER): tests/oidc_provider/package-lock.json
 	  cd tests/oidc_provider && npm ci --no-audit --no-fund --loglevel=error && touch node_modules/.installed; \
 	else echo "npm not found: the single sign-on tests will skip (apt-get install nodejs npm)"; fi
 
-test: lint $(OIDC_PROVIDER)
+# Real VMs (tests/e2e/test_vms.py): QEMU, libvirt, the cloud kernel and busybox from Debian, and
+# libvirt-python. Installed here when run as root with apt-get (CI); otherwise the VM tests skip
+# and say what to install (CI never skips: SHANZHI_REQUIRE_VM=1).
+VM_PACKAGES = qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-dev pkg-config \
+              linux-image-cloud-amd64 busybox-static xorriso cpio
+VMSTAMP = $(VENV)/.installed-vm
+$(VMSTAMP): pyproject.toml $(STAMP)
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "Installing what real VMs need: $(VM_PACKAGES) (a minute the first time) ..."; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -q --no-install-recommends $(VM_PACKAGES) >/dev/null \
+	    || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends $(VM_PACKAGES) >/dev/null; } \
+	    && $(BIN)/python -m pip install -q -e '.[dev,vm]' && touch $(VMSTAMP); \
+	else \
+	  echo "Not root: the VM tests will skip. To run them: apt-get install $(VM_PACKAGES); $(BIN)/pip install -e '.[vm]'"; \
+	fi
+
+test: $(VMSTAMP) lint $(OIDC_PROVIDER)
 	$(BIN)/python tests/pg_probe.py
 	$(BIN)/python -m pytest -p no:cacheprovider -n 2 --reruns 1 --reruns-delay 2
 

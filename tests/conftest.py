@@ -14,6 +14,22 @@ from tests.pg import pg_available, throwaway_database
 
 _PG_OK, _PG_WHY = pg_available()
 REQUIRE_PG = bool(os.environ.get("SHANZHI_REQUIRE_POSTGRES"))
+_DAEMONS = pytest.StashKey[list[Path]]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """libvirtd and virtlogd for the VM tests, started once by the controlling process (not by
+    each xdist worker) when this machine has what real VMs need, and stopped at the end."""
+    from tests.vm import missing, start_daemons
+
+    if not hasattr(config, "workerinput") and missing() is None:
+        config.stash[_DAEMONS] = start_daemons()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    from tests.vm import stop_daemons
+
+    stop_daemons(config.stash.get(_DAEMONS, []))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

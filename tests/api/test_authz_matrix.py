@@ -67,6 +67,10 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("DELETE", "/grants/{grant_id}"): frozenset({SEC, VADMIN}),
     ("GET", "/status"): AUTHED,
     ("GET", "/clouds"): VDC_ROLES_ANYWHERE,
+    ("GET", "/images"): VDC_ROLES_ANYWHERE,
+    ("GET", "/images/{name}"): VDC_ROLES_ANYWHERE,
+    ("POST", "/images"): frozenset({SYS}),
+    ("DELETE", "/images/{name}"): frozenset({SYS}),
     ("POST", "/clouds"): frozenset({SYS}),
     ("GET", "/clouds/{name}"): VDC_ROLES_ANYWHERE,
     ("DELETE", "/clouds/{name}"): frozenset({SYS}),
@@ -288,6 +292,10 @@ def _calls(w: World) -> dict[tuple[str, str], Callable[[str], Call]]:
         ("GET", "/vdcs/{path}"): lambda _: ("/vdcs/gz/health", {}),
         ("PUT", "/vdcs/{path}/quota"): lambda _: ("/vdcs/gz/health/it/quota", {"json": {"quota": {"cpu": "2"}}}),
         ("DELETE", "/vdcs/{path}"): new_vdc,
+        ("GET", "/images"): lambda _: ("/images", {}),
+        ("GET", "/images/{name}"): lambda _: (f"/images/{fake_image()}", {}),
+        ("POST", "/images"): lambda _: ("/images", {"json": {"name": w.fresh(), "kind": "not-a-kind"}}),  # 422
+        ("DELETE", "/images/{name}"): lambda _: (f"/images/{fake_image()}", {}),
         ("GET", "/apps"): lambda _: ("/apps", {}),
         ("POST", "/apps"): lambda _: ("/apps", {"json": app_spec(w.fresh(), "gz/health")}),
         ("POST", "/apps/dry-run"): lambda _: ("/apps/dry-run", {"json": app_spec(w.fresh(), "gz/health")}),
@@ -364,7 +372,25 @@ def test_a_route_added_without_a_rule_stops_the_server() -> None:
         check_routes(app)
 
 
-def test_role_action_matrix(tenants: Tenants) -> None:
+def fake_image() -> str:
+    """An image in the store (files and a manifest with their checksums): no kernel needed."""
+    import hashlib
+    import json
+    import os
+
+    name = f"img-{secrets.token_hex(3)}"
+    d = Path(os.environ["SHANZHI_IMAGES_DIR"]) / name
+    d.mkdir(parents=True)
+    sums = {}
+    for f in ("vmlinuz", "initrd.gz"):
+        (d / f).write_bytes(f.encode())
+        sums[f] = hashlib.sha256(f.encode()).hexdigest()
+    (d / "manifest.json").write_text(json.dumps({"kind": "tiny", "size": 2, "sha256": sums, "detail": "fake"}))
+    return name
+
+
+def test_role_action_matrix(tenants: Tenants, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHANZHI_IMAGES_DIR", str(tmp_path / "images"))
     world = World(tenants)
     calls = _calls(world)
     assert set(calls) == set(EXPECTED)
@@ -413,6 +439,7 @@ def test_the_route_table_knows_every_api_route(api: TestClient) -> None:
         audit,
         clouds,
         identity,
+        images,
         ledger,
         metering,
         observe,
@@ -421,7 +448,7 @@ def test_the_route_table_knows_every_api_route(api: TestClient) -> None:
         vdcs,
     )
 
-    modules = (identity, oidc, clouds, vdcs, apps, observe, plans, approvals, metering, audit, ledger)
+    modules = (identity, oidc, clouds, images, vdcs, apps, observe, plans, approvals, metering, audit, ledger)
     table = RouteTable([m.router for m in modules])
     assert table.missing() == []
     for method, path in openapi_routes(api.app):

@@ -16,7 +16,7 @@ from shanzhi.api.guard import Guard, Limits
 from shanzhi.api.headers import SecurityHeaders
 from shanzhi.api.policy import check_routes
 from shanzhi.api.processes import make_ledger, prepare
-from shanzhi.api.routes import approvals, apps, clouds, identity, metering, observe, oidc, plans, vdcs
+from shanzhi.api.routes import approvals, apps, clouds, identity, images, metering, observe, oidc, plans, vdcs
 from shanzhi.api.routes import audit as audit_routes
 from shanzhi.api.routes import ledger as ledger_routes
 from shanzhi.config import Settings
@@ -78,7 +78,20 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.db = db
     errors.install(app)
     api = APIRouter(prefix="/api/v1", dependencies=[Depends(authorize)])
-    routes = (identity, oidc, clouds, vdcs, apps, observe, plans, approvals, metering, audit_routes, ledger_routes)
+    routes = (
+        identity,
+        oidc,
+        clouds,
+        images,
+        vdcs,
+        apps,
+        observe,
+        plans,
+        approvals,
+        metering,
+        audit_routes,
+        ledger_routes,
+    )
     for module in routes:
         api.include_router(module.router)
     app.include_router(api)

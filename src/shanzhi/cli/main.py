@@ -12,6 +12,7 @@ import typer
 
 from shanzhi.cli import apps, governance, identity, serve
 from shanzhi.cli.audit import audit_app
+from shanzhi.cli.images import image_app
 from shanzhi.cli.ledger import ledger_app, witness_app
 from shanzhi.cli.mfa import mfa_app
 from shanzhi.cli.output import Columns, Fmt, OutputOpt, cpu, emit, err, handle_errors, mem, out
@@ -30,6 +31,7 @@ cloud_app = typer.Typer(help="Register and inspect clouds (resource pools).", no
 vdc_app = typer.Typer(help="Virtual data centres: the organisation tree and its quotas.", no_args_is_help=True)
 workloads_app = typer.Typer(help="Local workload processes (offline, no server needed).", no_args_is_help=True)
 app.add_typer(cloud_app, name="cloud")
+app.add_typer(image_app, name="image")
 app.add_typer(vdc_app, name="vdc")
 app.add_typer(apps.app_app, name="app")
 app.add_typer(apps.instance_app, name="instance")
@@ -129,7 +131,7 @@ CLOUD_COLS: Columns = [
 @cloud_app.command("add")
 def cloud_add(
     name: str,
-    kind: str = typer.Option(..., "--kind", help="Provider kind: local or sim."),
+    kind: str = typer.Option(..., "--kind", help="Provider kind: local, libvirt or sim."),
     site: str = typer.Option(..., "--site", help="Site (data centre) the cloud is in."),
     region: str = typer.Option(..., "--region", help="Region (for data residency)."),
     tag: list[str] = typer.Option(None, "--tag", help="k=v, repeatable (e.g. level=city)."),

@@ -136,6 +136,19 @@ class Client:
     def recover_cloud(self, name: str, host: str | None = None) -> Any:
         return self._call("POST", f"/clouds/{name}/recover", json={"host": host})
 
+    # images
+    def list_images(self) -> Any:
+        return self._call("GET", "/images")
+
+    def get_image(self, name: str) -> Any:
+        return self._call("GET", f"/images/{name}")
+
+    def build_image(self, name: str, kind: str = "tiny") -> Any:
+        return self._call("POST", "/images", json={"name": name, "kind": kind}, timeout=300)
+
+    def delete_image(self, name: str) -> Any:
+        return self._call("DELETE", f"/images/{name}")
+
     # vdcs
     def create_vdc(self, path: str, quota: dict[str, Any], parents: bool = False, strict: bool = False) -> Any:
         return self._call("POST", "/vdcs", json={"path": path, "quota": quota, "parents": parents, "strict": strict})

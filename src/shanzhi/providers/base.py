@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -149,6 +150,17 @@ class Provider(ABC):
     def recover(self, host: str | None = None) -> None:
         """Undo `inject_failure`."""
         raise InvalidInput(f"a {self.kind} cloud does not support failure injection")
+
+
+def free_port(taken: set[int]) -> int:
+    """A port on 127.0.0.1 free now and not in `taken` (ports handed out but not yet bound)."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in taken:
+            return port
+    raise RuntimeError("could not find a free port on 127.0.0.1")
 
 
 def positive_int(value: Any) -> int:

@@ -25,7 +25,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -43,6 +42,7 @@ from shanzhi.providers.base import (
     ObservedInstance,
     OptionSpec,
     Provider,
+    free_port,
     positive_int,
     tail_file,
 )
@@ -77,16 +77,6 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-
-
-def _free_port(taken: set[int]) -> int:
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port not in taken:
-            return port
-    raise RuntimeError("could not find a free port on 127.0.0.1")
 
 
 def _alive(pid: int, create_time: float) -> bool:
@@ -192,7 +182,7 @@ class LocalProvider(Provider):
         taken = {int(p) for st in states.values() for p in st.get("ports", {}).values()}
         ports: dict[str, int] = {}
         for pname, _ in req.ports or (("port", 0),):
-            ports[pname] = _free_port(taken | set(ports.values()))
+            ports[pname] = free_port(taken | set(ports.values()))
         subst = {"PORT": next(iter(ports.values()))}
         subst.update({f"PORT_{k.upper().replace('-', '_')}": v for k, v in ports.items()})
 

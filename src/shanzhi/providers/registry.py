@@ -13,6 +13,7 @@ from shanzhi.providers.base import Provider
 _KINDS: dict[str, str] = {
     "local": "shanzhi.providers.local:LocalProvider",
     "sim": "shanzhi.providers.sim:SimProvider",
+    "libvirt": "shanzhi.providers.libvirt.provider:LibvirtProvider",
 }
 
 

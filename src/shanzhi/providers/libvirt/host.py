@@ -1,0 +1,200 @@
+"""The one module that talks to libvirt: a connection per cloud, domains with Shanzhi's metadata,
+their states, and stopping them politely (ACPI) before firmly (destroy).
+
+libvirt-python is blocking and its connection is not safe to share across threads without
+care, so every call takes the connection's lock; a broken connection is reopened on the next
+call, and any libvirt failure becomes `HypervisorError` naming the URI and what failed.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shanzhi.providers.base import InstanceState
+from shanzhi.providers.libvirt.domain_xml import NS, Meta
+
+try:
+    import libvirt
+except ImportError:  # pragma: no cover - reported by the provider when a libvirt cloud is added
+    libvirt = None
+
+#: libvirt's domain states, as the provider reports them
+STATES: dict[int, InstanceState] = {
+    0: "failed",  # NOSTATE
+    1: "running",
+    2: "running",  # BLOCKED (waiting on I/O): still up
+    3: "running",  # PAUSED: up, but see detail
+    4: "exited",  # SHUTDOWN (in progress)
+    5: "exited",  # SHUTOFF
+    6: "failed",  # CRASHED
+    7: "running",  # PMSUSPENDED
+}
+STATE_NAMES = {
+    0: "no state",
+    1: "running",
+    2: "blocked",
+    3: "paused",
+    4: "shutting down",
+    5: "shut off",
+    6: "crashed",
+    7: "suspended",
+}
+
+
+class HypervisorError(Exception):
+    pass
+
+
+def available() -> str | None:
+    """None when libvirt-python imports, else what to install."""
+    if libvirt is None:
+        return "libvirt-python is not installed: pip install 'shanzhi[vm]' (needs libvirt-dev and pkg-config)"
+    return None
+
+
+@dataclass(frozen=True)
+class DomainInfo:
+    name: str
+    meta: Meta
+    state: InstanceState
+    state_name: str
+    pid: int | None
+
+
+def _silence(_ctx: object, _err: object) -> None:
+    """libvirt prints every error to stderr by default; ours are raised, not printed."""
+
+
+class Hypervisor:
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self._conn: Any = None
+        self._lock = threading.RLock()
+
+    @contextmanager
+    def _connected(self, what: str) -> Iterator[Any]:
+        if libvirt is None:
+            raise HypervisorError(available())
+        with self._lock:
+            try:
+                if self._conn is None or not self._conn.isAlive():
+                    libvirt.registerErrorHandler(_silence, None)
+                    self._conn = libvirt.open(self.uri)
+                yield self._conn
+            except libvirt.libvirtError as err:
+                if self._conn is not None and not _alive(self._conn):
+                    self._conn = None
+                raise HypervisorError(f"libvirt at {self.uri}: {what}: {err.get_error_message()}") from None
+
+    def describe(self) -> str:
+        with self._connected("connecting") as c:
+            return f"{c.getType()} {_version(c.getLibVersion())} on {c.getHostname()}"
+
+    def domains(self) -> list[DomainInfo]:
+        """Every domain carrying Shanzhi's metadata (others are not ours to touch)."""
+        with self._connected("listing domains") as c:
+            out = []
+            for dom in c.listAllDomains():
+                info = self._info(dom)
+                if info is not None:
+                    out.append(info)
+            return out
+
+    def find(self, name: str) -> DomainInfo | None:
+        with self._connected(f"looking up {name}") as c:
+            try:
+                dom = c.lookupByName(name)
+            except libvirt.libvirtError as err:
+                if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    return None
+                raise
+            return self._info(dom)
+
+    def _info(self, dom: Any) -> DomainInfo | None:
+        try:
+            raw = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, NS)
+        except libvirt.libvirtError:
+            return None  # no metadata of ours: not Shanzhi's
+        state = dom.state()[0]
+        pid = _qemu_pid(dom.name()) if state in (1, 2, 3) else None
+        return DomainInfo(dom.name(), Meta.parse(raw), STATES.get(state, "failed"), STATE_NAMES.get(state, "?"), pid)
+
+    def define_and_start(self, name: str, xml: str) -> None:
+        with self._connected(f"starting {name}") as c:
+            try:
+                dom = c.lookupByName(name)
+            except libvirt.libvirtError:
+                dom = c.defineXML(xml)
+            if not dom.isActive():
+                dom.create()
+
+    def start(self, name: str) -> None:
+        with self._connected(f"starting {name}") as c:
+            dom = c.lookupByName(name)
+            if not dom.isActive():
+                dom.create()
+
+    def stop(self, name: str, timeout: float) -> None:
+        """ACPI shutdown, then destroy after `timeout` seconds; gone already is fine."""
+        deadline = time.monotonic() + timeout
+        with self._connected(f"stopping {name}") as c:
+            try:
+                dom = c.lookupByName(name)
+            except libvirt.libvirtError:
+                return
+            if dom.isActive() and timeout > 0:
+                with suppress(libvirt.libvirtError):
+                    dom.shutdown()
+        while time.monotonic() < deadline:
+            with self._connected(f"stopping {name}") as c:
+                try:
+                    if not c.lookupByName(name).isActive():
+                        return
+                except libvirt.libvirtError:
+                    return
+            time.sleep(0.2)
+        self.destroy(name)
+
+    def destroy(self, name: str) -> None:
+        with self._connected(f"destroying {name}") as c:
+            try:
+                dom = c.lookupByName(name)
+            except libvirt.libvirtError:
+                return
+            if dom.isActive():
+                dom.destroy()
+
+    def undefine(self, name: str) -> None:
+        with self._connected(f"removing {name}") as c:
+            try:
+                dom = c.lookupByName(name)
+            except libvirt.libvirtError:
+                return
+            if dom.isActive():
+                dom.destroy()
+            dom.undefine()
+
+
+def _qemu_pid(name: str) -> int | None:
+    """The QEMU process of a running domain (qemu:///system keeps its pid file here)."""
+    try:
+        return int(Path(f"/run/libvirt/qemu/{name}.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(conn: Any) -> bool:
+    try:
+        return bool(conn.isAlive())
+    except Exception:
+        return False
+
+
+def _version(v: int) -> str:
+    return f"{v // 1_000_000}.{v // 1000 % 1000}.{v % 1000}"

@@ -1,0 +1,245 @@
+"""Bootable images for the libvirt provider, kept where QEMU can read them.
+
+`build_tiny` makes, from packages already on this machine (Debian's cloud kernel and
+busybox-static), a direct-kernel-boot image: the kernel plus an initramfs whose `/init` loads
+the virtio modules, configures user-mode networking and serves HTTP on every port the
+component declares (`shanzhi.ports=` on the kernel command line). Nothing is downloaded. The
+initramfs is a `newc` cpio archive written here in Python (the format is a fixed header per
+file; no tool is needed). Every image has a manifest with the sha256 of its files, checked
+before a VM boots from it.
+
+Images live under `/var/lib/shanzhi/images` (`$SHANZHI_IMAGES_DIR` to move it): QEMU runs as
+its own user and cannot enter the server's private data directory.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import gzip
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")
+VIRTIO_MODULES = ("virtio_pci", "virtio_net", "virtio_blk")
+
+INIT = """#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev 2>/dev/null
+for m in $(cat /etc/modules.order); do insmod "/lib/modules/$m" || echo "shanzhi: cannot load $m"; done
+name=vm; ports=8080
+for arg in $(cat /proc/cmdline); do
+  case "$arg" in shanzhi.name=*) name="${arg#shanzhi.name=}";; shanzhi.ports=*) ports="${arg#shanzhi.ports=}";; esac
+done
+hostname "$name"
+ip link set lo up; ip link set eth0 up
+ip addr add 10.0.2.15/24 dev eth0; ip route add default via 10.0.2.2
+echo "<html><body>shanzhi tiny vm $name</body></html>" > /www/index.html
+for p in $(echo "$ports" | tr ',' ' '); do httpd -p "$p" -h /www; done
+echo "shanzhi: $name serving on ports $ports"
+while true; do sleep 3600; done
+"""
+
+
+class ImageError(Exception):
+    """An image cannot be built, found or trusted; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Image:
+    name: str
+    kind: str  # tiny (kernel + initramfs)
+    kernel: Path
+    initrd: Path
+    size: int
+    sha256: dict[str, str]
+    detail: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "size": self.size,
+            "sha256": self.sha256,
+            "detail": self.detail,
+            "path": str(self.kernel.parent),
+        }
+
+
+def images_root() -> Path:
+    return Path(os.environ.get("SHANZHI_IMAGES_DIR") or "/var/lib/shanzhi/images")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class ImageStore:
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = root or images_root()
+
+    def _dir(self, name: str) -> Path:
+        if not NAME_RE.match(name):
+            raise ImageError(f"image name {name!r} must be lower-case letters, digits, dots and dashes")
+        return self.root / name
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        _traversable(self.root)
+        with open(self.root / ".lock", "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)  # builds by several servers or test workers take turns
+            yield
+
+    def list(self) -> list[Image]:
+        if not self.root.is_dir():
+            return []
+        found = []
+        for d in sorted(self.root.iterdir()):
+            if (d / "manifest.json").is_file():
+                try:
+                    found.append(self.get(d.name, verify=False))
+                except ImageError:
+                    continue
+        return found
+
+    def get(self, name: str, verify: bool = True) -> Image:
+        d = self._dir(name)
+        try:
+            m = json.loads((d / "manifest.json").read_text())
+        except (OSError, ValueError):
+            raise ImageError(f"image {name} does not exist; build it with 'shanzhi image build {name}'") from None
+        image = Image(name, m["kind"], d / "vmlinuz", d / "initrd.gz", int(m["size"]), dict(m["sha256"]), m["detail"])
+        if verify:
+            for file, digest in image.sha256.items():
+                if not (d / file).is_file() or _sha256(d / file) != digest:
+                    raise ImageError(f"image {name}: {file} does not match its checksum; rebuild or delete the image")
+        return image
+
+    def delete(self, name: str) -> bool:
+        d = self._dir(name)
+        with self._locked():
+            if not d.exists():
+                return False
+            shutil.rmtree(d)
+            return True
+
+    def build_tiny(self, name: str, kernel_version: str | None = None) -> Image:
+        """Build (or return, when already built) the tiny image `name` from this machine's packages."""
+        d = self._dir(name)
+        with self._locked():
+            if (d / "manifest.json").exists():
+                return self.get(name)
+            kver = kernel_version or _cloud_kernel()
+            vmlinuz = Path(f"/boot/vmlinuz-{kver}")
+            busybox = Path("/bin/busybox")
+            if not vmlinuz.is_file():
+                raise ImageError(f"no kernel {vmlinuz}: apt-get install linux-image-cloud-amd64")
+            if not busybox.is_file() or b"ld-linux" in busybox.read_bytes()[:4096]:
+                raise ImageError("no static busybox at /bin/busybox: apt-get install busybox-static")
+            modules = _module_order(Path(f"/lib/modules/{kver}"), VIRTIO_MODULES)
+            tmp = d.with_name(f".{name}.building")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            shutil.copyfile(vmlinuz, tmp / "vmlinuz")
+            archive = _initramfs(busybox, Path(f"/lib/modules/{kver}"), modules)
+            (tmp / "initrd.gz").write_bytes(gzip.compress(archive, compresslevel=6, mtime=0))
+            files = ("vmlinuz", "initrd.gz")
+            sums = {f: _sha256(tmp / f) for f in files}
+            size = sum((tmp / f).stat().st_size for f in files)
+            detail = f"kernel {kver}, busybox, virtio modules {', '.join(m.rsplit('/', 1)[-1] for m in modules)}"
+            manifest = {"kind": "tiny", "size": size, "sha256": sums, "detail": detail}
+            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+            for p in (tmp, *(tmp / f for f in (*files, "manifest.json"))):
+                os.chmod(p, 0o755 if p.is_dir() else 0o644)  # QEMU's own user reads them
+            shutil.rmtree(d, ignore_errors=True)
+            tmp.rename(d)
+            return self.get(name)
+
+
+def _traversable(root: Path) -> None:
+    for p in (root, *root.parents):
+        if p == Path("/"):
+            break
+        mode = os.stat(p).st_mode
+        if not mode & stat.S_IXOTH:
+            os.chmod(p, stat.S_IMODE(mode) | stat.S_IXOTH)
+
+
+def _cloud_kernel() -> str:
+    found = sorted(p.name.removeprefix("vmlinuz-") for p in Path("/boot").glob("vmlinuz-*"))
+    cloud = [k for k in found if k.endswith("-cloud-amd64")] or found
+    if not cloud:
+        raise ImageError("no kernel in /boot: apt-get install linux-image-cloud-amd64")
+    return cloud[-1]
+
+
+def _module_order(moddir: Path, wanted: tuple[str, ...]) -> list[str]:
+    """The module files to load, each after its dependencies (from modules.dep), as paths under moddir."""
+    try:
+        lines = (moddir / "modules.dep").read_text().splitlines()
+    except OSError:
+        raise ImageError(f"no {moddir}/modules.dep: is the kernel's package installed?") from None
+    deps: dict[str, list[str]] = {}
+    for line in lines:
+        mod, _, rest = line.partition(":")
+        deps[mod] = rest.split()
+    by_name = {Path(m).name.split(".ko")[0].replace("-", "_"): m for m in deps}
+    order: list[str] = []
+
+    def visit(m: str) -> None:
+        if m in order:
+            return
+        for d in reversed(deps.get(m, [])):
+            visit(d)
+        order.append(m)
+
+    for w in wanted:
+        m = by_name.get(w)
+        if m is None:
+            continue  # built into the kernel: nothing to load
+        if m.endswith((".xz", ".zst", ".gz")):
+            raise ImageError(f"module {m} is compressed; busybox insmod needs plain .ko files")
+        visit(m)
+    return order
+
+
+def _initramfs(busybox: Path, moddir: Path, modules: list[str]) -> bytes:
+    out = io.BytesIO()
+    ino = iter(range(1, 1 << 30))
+
+    def entry(path: str, mode: int, data: bytes = b"", rdev: tuple[int, int] = (0, 0)) -> None:
+        name = path.encode() + b"\0"
+        fields = (next(ino), mode, 0, 0, 1, 0, len(data), 0, 0, rdev[0], rdev[1], len(name), 0)
+        out.write(b"070701" + b"".join(b"%08X" % f for f in fields) + name)
+        out.write(b"\0" * (-out.tell() % 4))
+        out.write(data)
+        out.write(b"\0" * (-out.tell() % 4))
+
+    for d in ("bin", "dev", "etc", "proc", "sys", "www", "lib", "lib/modules", "tmp"):
+        entry(d, stat.S_IFDIR | 0o755)
+    entry("dev/console", stat.S_IFCHR | 0o600, rdev=(5, 1))
+    entry("init", stat.S_IFREG | 0o755, INIT.encode())
+    entry("bin/busybox", stat.S_IFREG | 0o755, busybox.read_bytes())
+    names = []
+    for m in modules:
+        base = Path(m).name
+        names.append(base)
+        entry(f"lib/modules/{base}", stat.S_IFREG | 0o644, (moddir / m).read_bytes())
+    entry("etc/modules.order", stat.S_IFREG | 0o644, ("\n".join(names) + "\n").encode())
+    entry("TRAILER!!!", 0)
+    out.write(b"\0" * (-out.tell() % 512))
+    return out.getvalue()

@@ -1,0 +1,233 @@
+"""`libvirt` clouds: every replica a virtual machine (QEMU, KVM when usable, TCG otherwise).
+
+An instance is a persistent libvirt domain named `shz-<server>-<cloud>-<instance>` whose
+metadata says whose it is, so a restarted server adopts its VMs from libvirt alone and a domain
+it does not own is never touched. Its endpoint is a host forward on 127.0.0.1, like a `local`
+replica's; its output is the serial console, logged to a file under the workload root (QEMU's
+user cannot enter the server's data directory).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Any, ClassVar
+
+from shanzhi.domain.errors import CloudUnavailable, InvalidInput
+from shanzhi.domain.quantity import parse_cpu, parse_memory
+from shanzhi.providers.base import (
+    CloudStatus,
+    HostInfo,
+    InstanceRequest,
+    LogChunk,
+    ObservedInstance,
+    OptionSpec,
+    Provider,
+    free_port,
+    non_negative_float,
+    positive_int,
+    tail_file,
+)
+from shanzhi.providers.libvirt.domain_xml import Domain, Meta
+from shanzhi.providers.libvirt.host import DomainInfo, Hypervisor, HypervisorError, available
+from shanzhi.providers.libvirt.images import ImageError, ImageStore
+from shanzhi.providers.sandbox import default_workload_root, server_id
+
+MIN_MEMORY = 128 * 2**20  # the cloud kernel and its initramfs need this much to boot
+
+
+def _accel(value: Any) -> str:
+    v = str(value)
+    if v not in ("auto", "kvm", "tcg"):
+        raise ValueError(f"accel must be auto, kvm or tcg, not {v!r}")
+    return v
+
+
+def kvm_usable() -> tuple[bool, str]:
+    """KVM needs /dev/kvm and hardware virtualisation the kernel exposes (vmx/svm)."""
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return False, "no usable /dev/kvm"
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False, "cannot read /proc/cpuinfo"
+    if " vmx" not in flags and " svm" not in flags:
+        return False, "/dev/kvm exists but the CPU shows no vmx/svm (nested virtualisation is off)"
+    return True, "KVM"
+
+
+class LibvirtProvider(Provider):
+    kind = "libvirt"
+    runtimes: ClassVar[frozenset[str]] = frozenset({"vm"})
+    probes_endpoints = True
+    options: ClassVar[dict[str, OptionSpec]] = {
+        "uri": OptionSpec(str, "qemu:///system", "libvirt URI (qemu:///system, qemu+ssh://host/system, ...)"),
+        "cpu": OptionSpec(parse_cpu, 4000, "cpu capacity of the cloud"),
+        "memory": OptionSpec(parse_memory, 8 * 2**30, "memory capacity"),
+        "instances": OptionSpec(positive_int, 20, "maximum number of VMs"),
+        "hosts": OptionSpec(positive_int, 1, "split the capacity into this many logical hosts"),
+        "accel": OptionSpec(_accel, "auto", "auto (KVM when usable, else TCG), kvm or tcg"),
+        "stop_timeout": OptionSpec(non_negative_float, 5.0, "seconds an ACPI shutdown may take before destroy"),
+    }
+
+    def __init__(self, name: str, options: Any, state_dir: Path) -> None:
+        super().__init__(name, options, state_dir)
+        missing = available()
+        if missing:
+            raise InvalidInput(f"a libvirt cloud needs {missing}", field="kind")
+        self.hv = Hypervisor(str(self.opts["uri"]))
+        self.images = ImageStore()
+
+    # ------------------------------------------------------------ identity
+    @functools.cached_property
+    def _sid(self) -> str:
+        return server_id(self.state_dir.parent.parent)
+
+    def _domain(self, instance: str) -> str:
+        return f"shz-{self._sid}-{self.name}-{instance}"
+
+    def _files(self, instance: str) -> Path:
+        return default_workload_root(self.state_dir.parent.parent) / self.name / instance
+
+    @functools.cached_property
+    def accel(self) -> tuple[str, str]:
+        """("kvm" | "qemu", why)."""
+        want = self.opts["accel"]
+        if not str(self.opts["uri"]).startswith("qemu"):
+            return "qemu", "not a QEMU driver"
+        ok, why = kvm_usable()
+        if want == "kvm" or (want == "auto" and ok):
+            return "kvm", why if ok else f"KVM forced ({why})"
+        return "qemu", f"TCG emulation ({why})" if want == "auto" else "TCG emulation (accel=tcg)"
+
+    @property
+    def _failed_marker(self) -> Path:
+        return self.state_dir / "FAILED"
+
+    # ------------------------------------------------------------ provider
+    def status(self) -> CloudStatus:
+        if self._failed_marker.exists():
+            return CloudStatus(False, "cloud marked failed (failure injection)")
+        try:
+            where = self.hv.describe()
+        except HypervisorError as err:
+            return CloudStatus(False, str(err))
+        return CloudStatus(True, f"ok; {where}; {self.accel[1]}")
+
+    def hosts(self) -> list[HostInfo]:
+        n = int(self.opts["hosts"])
+        healthy = not self._failed_marker.exists()
+        return [
+            HostInfo(
+                name=f"node-{i}",
+                cpu=int(self.opts["cpu"]) // n,
+                memory=int(self.opts["memory"]) // n,
+                max_instances=max(1, int(self.opts["instances"]) // n),
+                healthy=healthy,
+            )
+            for i in range(n)
+        ]
+
+    def _mine(self) -> list[DomainInfo]:
+        try:
+            return [
+                d for d in self.hv.domains() if d.meta.cloud == self.name and d.name == self._domain(d.meta.instance)
+            ]
+        except HypervisorError as err:
+            raise CloudUnavailable(str(err)) from None
+
+    def list_instances(self) -> list[ObservedInstance]:
+        if self._failed_marker.exists():
+            raise CloudUnavailable(f"cloud {self.name} is marked failed")
+        return [self._observe(d) for d in self._mine()]
+
+    def _observe(self, d: DomainInfo) -> ObservedInstance:
+        ports = dict(d.meta.ports)
+        first = next(iter(ports.values()), None)
+        detail = f"domain {d.name} ({d.state_name})" + (f", qemu pid {d.pid}" if d.pid else "")
+        return ObservedInstance(
+            d.meta.instance, d.meta.host, d.state, f"127.0.0.1:{first}" if first else None, ports, detail
+        )
+
+    def create_instance(self, req: InstanceRequest) -> ObservedInstance:
+        if self._failed_marker.exists():
+            raise CloudUnavailable(f"cloud {self.name} is marked failed")
+        if not req.image:
+            raise InvalidInput(f"a libvirt cloud runs VMs: component {req.component} has no image", field="image")
+        if req.memory < MIN_MEMORY:
+            raise InvalidInput(
+                f"component {req.component} asks for {req.memory // 2**20}Mi of memory: a VM needs at least "
+                f"{MIN_MEMORY // 2**20}Mi",
+                field="resources.memory",
+            )
+        try:
+            image = self.images.get(req.image)
+        except ImageError as err:
+            raise InvalidInput(str(err), field="image") from None
+        name = self._domain(req.name)
+        try:
+            found = self.hv.find(name)
+            if found is not None:
+                if found.state != "running":
+                    self.hv.start(name)
+                    found = self.hv.find(name) or found
+                return self._observe(found)
+            files = self._files(req.name)
+            shutil.rmtree(files, ignore_errors=True)
+            files.mkdir(parents=True, mode=0o711)
+            for p in (files.parent, files.parent.parent):
+                os.chmod(p, 0o711)  # QEMU's user reaches its console log through them
+            taken = {p for d in self.hv.domains() for p in d.meta.ports.values()}
+            ports: dict[str, int] = {}
+            guest: dict[str, int] = {}
+            for pname, gport in req.ports:
+                ports[pname] = free_port(taken | set(ports.values()))
+                guest[pname] = gport
+            meta = Meta(self.name, req.app, req.component, req.vdc, req.name, req.host, ports, guest)
+            cmdline = f"console=ttyS0 quiet shanzhi.name={req.name} shanzhi.ports={','.join(map(str, guest.values()))}"
+            domain = Domain(
+                name=name,
+                meta=meta,
+                vcpus=max(1, math.ceil(req.cpu / 1000)),
+                memory_kib=req.memory // 1024,
+                kernel=str(image.kernel),
+                initrd=str(image.initrd),
+                cmdline=cmdline,
+                console_log=str(files / "console.log"),
+                accel=self.accel[0],
+            )
+            self.hv.define_and_start(name, domain.xml())
+            started = self.hv.find(name)
+        except HypervisorError as err:
+            raise OSError(str(err)) from None
+        if started is None:
+            raise OSError(f"domain {name} vanished as it started")
+        return self._observe(started)
+
+    def delete_instance(self, name: str) -> None:
+        domain = self._domain(name)
+        try:
+            self.hv.stop(domain, float(self.opts["stop_timeout"]))
+            self.hv.undefine(domain)
+        except HypervisorError as err:
+            raise OSError(str(err)) from None
+        shutil.rmtree(self._files(name), ignore_errors=True)
+
+    def read_log(self, name: str, tail: int) -> LogChunk:
+        """The VM's serial console."""
+        return tail_file(self._files(name) / "console.log", tail)
+
+    def inject_failure(self, host: str | None = None) -> None:
+        """Lose the whole cloud: its VMs are destroyed and it stops answering."""
+        if host is not None:
+            raise InvalidInput("a libvirt cloud can only fail as a whole; omit --host")
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._failed_marker.touch()
+        for d in self._mine():
+            self.hv.destroy(d.name)
+
+    def recover(self, host: str | None = None) -> None:
+        self._failed_marker.unlink(missing_ok=True)

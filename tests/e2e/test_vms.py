@@ -1,0 +1,145 @@
+"""End to end with real virtual machines: libvirtd, QEMU (TCG here), the tiny image, a real server
+and the CLI. A VM app boots and answers its health check, a killed qemu is healed, a restarted
+server adopts its VMs without rebooting them, and deleting the app leaves no domain behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from shanzhi.providers.sandbox import server_id
+from tests.e2e.harness import Cli, Server, stop_everything, wait_for
+from tests.vm import require_vm, tiny_image
+
+pytestmark = pytest.mark.e2e
+__all__ = ["tiny_image"]
+
+APP = """
+apiVersion: shanzhi.io/v1
+kind: App
+metadata: {name: vmweb, vdc: gz}
+spec:
+  components:
+    - name: web
+      replicas: 2
+      image: tiny
+      resources: {cpu: 0.5, memory: 192Mi}
+      ports: [{name: http, port: 8080}]
+      health: {http: {path: /, port: http}}
+  placement:
+    clouds: {names: [vm-a]}
+"""
+
+
+def our_domains(data: Path) -> list[str]:
+    import libvirt  # type: ignore[import-untyped]
+
+    conn = libvirt.open("qemu:///system")
+    try:
+        return sorted(d.name() for d in conn.listAllDomains() if d.name().startswith(f"shz-{server_id(data)}-"))
+    finally:
+        conn.close()
+
+
+def remove_domains(data: Path) -> None:
+    import libvirt
+
+    conn = libvirt.open("qemu:///system")
+    try:
+        for d in conn.listAllDomains():
+            if d.name().startswith(f"shz-{server_id(data)}-"):
+                if d.isActive():
+                    d.destroy()
+                d.undefine()
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def vms(tmp_path: Path, tiny_image: str) -> Iterator[tuple[Server, Cli]]:
+    require_vm()
+    data = tmp_path / "data"
+    data.mkdir()
+    server = Server(data)
+    try:
+        cli = Cli(server)
+        cli.ok(
+            "cloud",
+            "add",
+            "vm-a",
+            "--kind",
+            "libvirt",
+            "--site",
+            "s1",
+            "--region",
+            "gz",
+            "--option",
+            "stop_timeout=1",
+            "--option",
+            "cpu=4",
+            "--option",
+            "memory=4Gi",
+        )
+        cli.ok("vdc", "create", "gz", "--quota", "cpu=4,memory=4Gi,instances=10")
+        yield server, cli
+    finally:
+        stop_everything(data, server)
+        remove_domains(data)
+
+
+def running(cli: Cli) -> dict[str, dict[str, object]]:
+    return {i["name"]: i for i in cli.json("instance", "list", "--app", "vmweb") if i["state"] == "running"}
+
+
+def qemu_pid(cli: Cli, name: str) -> int | None:
+    """The qemu process of an instance's domain (libvirt's pid file), None when it is not running."""
+    domain = f"shz-{server_id(cli.server.data_dir)}-vm-a-{name}"
+    try:
+        pid = int(Path(f"/run/libvirt/qemu/{domain}.pid").read_text())
+        os.kill(pid, 0)
+        return pid
+    except (OSError, ValueError):
+        return None
+
+
+def test_a_vm_app_boots_heals_is_adopted_and_leaves_nothing_behind(vms: tuple[Server, Cli], tmp_path: Path) -> None:
+    server, cli = vms
+    images = cli.json("image", "list")
+    assert "tiny" in [i["name"] for i in images]
+    spec = tmp_path / "vmweb.yaml"
+    spec.write_text(APP)
+    cli.ok("apply", "-f", str(spec), "--wait", "--timeout", "240")
+    up = running(cli)
+    assert len(up) == 2
+    for inst in up.values():
+        r = httpx.get(f"http://{inst['endpoint']}/", timeout=5)
+        assert r.status_code == 200 and f"shanzhi tiny vm {inst['name']}" in r.text
+    health = cli.json("cloud", "get", "vm-a")["health_message"]
+    assert "TCG" in health or "KVM" in health  # how the VMs are accelerated is said
+    # the console is the instance's log
+    first = sorted(up)[0]
+    wait_for(lambda: "serving on ports 8080" in cli.ok("instance", "logs", first), 60, "console output")
+    # kill one VM's qemu: the server starts the same domain again
+    pid = qemu_pid(cli, first)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: first in running(cli) and qemu_pid(cli, first) not in (None, pid), 240, "the killed VM healed")
+    assert cli.json("app", "get", "vmweb")["status"] == "Ready"
+    assert [i["restarts"] for i in cli.json("instance", "list", "--app", "vmweb") if i["name"] == first] == [1]
+    # a restarted server adopts the VMs: same qemu processes, nothing rebooted
+    pids = {n: qemu_pid(cli, n) for n in running(cli)}
+    server.kill()
+    again = Server(server.data_dir)
+    cli.server = again
+    again.passes_after(3, 60)
+    assert {n: qemu_pid(cli, n) for n in running(cli)} == pids
+    assert len(our_domains(server.data_dir)) == 2
+    # deleting the app leaves no domain behind
+    cli.ok("app", "delete", "vmweb", "--wait", "--timeout", "120")
+    assert our_domains(server.data_dir) == []
+    again.kill()

@@ -1,0 +1,168 @@
+"""The libvirt provider against libvirt's own `test:///default` driver (no hypervisor needed):
+naming, metadata, idempotent create, adoption, foreign domains, failures, bad input."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import secrets
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+libvirt = pytest.importorskip("libvirt", reason="libvirt-python is not installed (pip install -e '.[vm]')")
+
+from shanzhi.domain.errors import CloudUnavailable, InvalidInput  # noqa: E402
+from shanzhi.providers import InstanceRequest, load_provider  # noqa: E402
+from shanzhi.providers.libvirt.domain_xml import Domain, Meta  # noqa: E402
+from shanzhi.providers.libvirt.images import ImageError, ImageStore, _initramfs  # noqa: E402
+from shanzhi.providers.libvirt.provider import LibvirtProvider  # noqa: E402
+
+
+@pytest.fixture
+def images(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = tmp_path / "images"
+    monkeypatch.setenv("SHANZHI_IMAGES_DIR", str(root))
+    d = root / "tiny"
+    d.mkdir(parents=True)
+    sums = {}
+    for f in ("vmlinuz", "initrd.gz"):
+        (d / f).write_bytes(f.encode())
+        sums[f] = hashlib.sha256(f.encode()).hexdigest()
+    (d / "manifest.json").write_text(json.dumps({"kind": "tiny", "size": 2, "sha256": sums, "detail": "test"}))
+    return root
+
+
+def provider(data_dir: Path, **opts: object) -> LibvirtProvider:
+    name = f"lv{secrets.token_hex(3)}"  # test:///default is one state per process: keep clouds apart
+    p = load_provider(
+        "libvirt",
+        name,
+        LibvirtProvider.validate_options({"uri": "test:///default", **opts}),
+        data_dir / "clouds" / name,
+    )
+    assert isinstance(p, LibvirtProvider)
+    return p
+
+
+def req(name: str = "web-1", memory: int = 256 * 2**20, image: str | None = "tiny") -> InstanceRequest:
+    return InstanceRequest(
+        name=name,
+        app="hello",
+        component="web",
+        vdc="gz",
+        host="node-0",
+        cpu=1500,
+        memory=memory,
+        ports=(("http", 8080), ("admin", 9090)),
+        image=image,
+    )
+
+
+def test_create_is_idempotent_and_adopted_by_a_new_provider(data_dir: Path, images: Path) -> None:
+    p = provider(data_dir)
+    a = p.create_instance(req())
+    assert a.state == "running" and a.endpoint == f"127.0.0.1:{a.ports['http']}" and set(a.ports) == {"http", "admin"}
+    assert a.detail.startswith("domain shz-") and a.detail.endswith(f"-{p.name}-web-1 (running)")
+    assert p.create_instance(req()) == a  # the same domain, not a second
+    # a restarted server builds a new provider object: it finds its VMs from libvirt alone
+    again = load_provider("libvirt", p.name, p.opts, p.state_dir)
+    assert [o.name for o in again.list_instances()] == ["web-1"]
+    assert again.list_instances()[0].ports == a.ports
+    conn = libvirt.open("test:///default")
+    dom = conn.lookupByName(a.detail.split()[1])
+    xml = dom.XMLDesc()
+    assert "<vcpu placement='static'>2</vcpu>" in xml  # 1.5 cpu: two vcpus
+    assert "shanzhi.ports=8080,9090" in xml
+    p.delete_instance("web-1")
+    assert p.list_instances() == [] and p.name not in [d.name() for d in conn.listAllDomains()]
+    p.delete_instance("web-1")  # gone already: fine
+
+
+def test_domains_that_are_not_ours_are_never_listed_or_touched(data_dir: Path, images: Path) -> None:
+    p = provider(data_dir)
+    conn = libvirt.open("test:///default")
+    foreign = Domain(
+        f"someone-else-{p.name}",
+        Meta(p.name, "x", "y", "gz", "web-1", "node-0"),
+        1,
+        131072,
+        "/k",
+        "/i",
+        "",
+        "/log",
+        "qemu",
+    )
+    conn.defineXML(foreign.xml())  # says it is this cloud's, but its name is not one we give
+    plain = conn.defineXML(
+        f"<domain type='test'><name>plain-{p.name}</name><memory>131072</memory><os><type>hvm</type></os></domain>"
+    )
+    plain.create()
+    assert p.list_instances() == []
+    p.inject_failure()  # destroys this cloud's VMs: none of these
+    p.recover()
+    assert plain.isActive() and conn.lookupByName(f"someone-else-{p.name}").name() == f"someone-else-{p.name}"
+    plain.destroy()
+    plain.undefine()
+    conn.lookupByName(f"someone-else-{p.name}").undefine()
+
+
+def test_failure_injection_and_recovery(data_dir: Path, images: Path) -> None:
+    p = provider(data_dir)
+    p.create_instance(req())
+    p.inject_failure()
+    assert not p.status().healthy and not p.hosts()[0].healthy
+    with pytest.raises(CloudUnavailable):
+        p.list_instances()
+    with pytest.raises(CloudUnavailable):
+        p.create_instance(req("web-2"))
+    with pytest.raises(InvalidInput, match="only fail as a whole"):
+        p.inject_failure("node-0")
+    p.recover()
+    assert p.status().healthy and [o.state for o in p.list_instances()] == ["exited"]  # destroyed with the cloud
+    assert p.create_instance(req()).state == "running"  # started again by name
+    p.delete_instance("web-1")
+
+
+def test_bad_requests_name_the_problem(data_dir: Path, images: Path) -> None:
+    p = provider(data_dir)
+    with pytest.raises(InvalidInput, match="has no image"):
+        p.create_instance(req(image=None))
+    with pytest.raises(InvalidInput, match="image nope does not exist; build it with 'shanzhi image build nope'"):
+        p.create_instance(req(image="nope"))
+    with pytest.raises(InvalidInput, match="at least 128Mi"):
+        p.create_instance(req(memory=64 * 2**20))
+    (images / "tiny" / "initrd.gz").write_bytes(b"tampered")
+    with pytest.raises(InvalidInput, match=r"initrd\.gz does not match its checksum"):
+        p.create_instance(req())
+    with pytest.raises(InvalidInput, match="accel must be auto, kvm or tcg"):
+        LibvirtProvider.validate_options({"accel": "xen"})
+    assert p.list_instances() == []
+    bad = provider(data_dir, uri="test:///nowhere/at/all.xml")
+    assert not bad.status().healthy and "libvirt at test:///nowhere" in bad.status().message
+    with pytest.raises(CloudUnavailable):
+        bad.list_instances()
+
+
+def test_the_status_says_how_vms_are_accelerated(data_dir: Path, images: Path) -> None:
+    p = provider(data_dir)
+    assert p.status().healthy and "not a QEMU driver" in p.status().message
+    assert p.read_log is not None
+    with pytest.raises(Exception, match="no log for instance web-9"):
+        p.read_log("web-9", 100)
+
+
+def test_metadata_round_trips_and_the_initramfs_is_a_valid_cpio(tmp_path: Path) -> None:
+    m = Meta("c<1>", "a&b", "web", "gz/x", "i-1", "node-0", {"http": 4000}, {"http": 8080})
+    assert Meta.parse(m.to_xml()) == m
+    if shutil.which("cpio") is None:
+        pytest.skip("cpio is not installed (apt-get install cpio): it checks our archive independently")
+    archive = _initramfs(Path("/bin/sh"), tmp_path, [])
+    listed = subprocess.run(["cpio", "-t"], input=archive, capture_output=True, check=True).stdout.decode().split()
+    assert {"init", "bin/busybox", "dev/console", "etc/modules.order", "www"} <= set(listed)
+    assert gzip.decompress(gzip.compress(archive, mtime=0)) == archive
+    with pytest.raises(ImageError, match="must be lower-case"):
+        ImageStore(tmp_path).get("../etc")
