@@ -21,7 +21,7 @@ from shanzhi.api.policy import RULES, check_routes
 from shanzhi.config import Settings
 from shanzhi.services.identity import token_hash
 from shanzhi.services.oidc import challenge_of
-from shanzhi.store.tables import App, AuditRecord, Instance, OidcFlow, User, utcnow
+from shanzhi.store.tables import App, AuditRecord, Cloud, Instance, OidcFlow, User, VolumeRecord, utcnow
 from tests.api.conftest import LENIENT, PASSWORD, Tenants, app_spec, bearer, with_sso
 from tests.oidc import OidcProvider
 
@@ -87,6 +87,9 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/apps/{name}"): VDC_READERS,
     ("GET", "/apps/{name}/revisions"): VDC_READERS,
     ("DELETE", "/apps/{name}"): frozenset({SYS, VADMIN, MEMBER}),
+    ("GET", "/volumes"): VDC_ROLES_ANYWHERE,
+    ("GET", "/volumes/{key}"): VDC_READERS,
+    ("DELETE", "/volumes/{key}"): frozenset({SYS, VADMIN, MEMBER}),
     ("GET", "/instances"): VDC_READERS,
     ("GET", "/instances/{name}"): VDC_READERS,
     ("GET", "/instances/{name}/logs"): VDC_READERS,
@@ -147,10 +150,36 @@ class World:
         self.plan = r.json()["id"]
         rule = {"vdc": "gz/health/it", "name": "all", "conditions": {"always": True}, "stages": [["role:vdc-admin"]]}
         assert admin.post("/api/v1/approval-rules", json=rule).status_code == 201
+        cloud = {"name": "vols", "kind": "sim", "site": "s-vols", "region": "gz"}
+        assert admin.post("/api/v1/clouds", json=cloud).status_code == 201
         self.instance = "records-main-0"  # an unplaced replica of gz/health's app (no cloud in this world)
         with t.api.app.state.db.session() as s, s.begin():
             app = s.scalar(select(App).where(App.name == "records"))
             s.add(Instance(name=self.instance, app=app, component="main", spec_hash="x", cpu=100, memory=2**26))
+
+    def volume(self) -> str:
+        """A released volume of gz/health's app (as a scale-down leaves one)."""
+        key = f"gz.health_records_main-{next(self.n)}_data"
+        with self.t.api.app.state.db.session() as s, s.begin():
+            app = s.scalar(select(App).where(App.name == "records"))
+            cloud = s.scalar(select(Cloud).where(Cloud.name == "vols"))
+            assert app is not None and cloud is not None
+            s.add(
+                VolumeRecord(
+                    key=key,
+                    vdc_id=app.vdc_id,
+                    app_id=app.id,
+                    app_name="records",
+                    component="main",
+                    ordinal=0,
+                    name="data",
+                    cloud_id=cloud.id,
+                    size=2**20,
+                    mount_path="/data",
+                    state="released",
+                )
+            )
+        return key
 
     def new_plan(self) -> int:
         r = self.t.api.post("/api/v1/plans", json={"kind": "rebalance", "time_limit": 1})
@@ -302,6 +331,9 @@ def _calls(w: World) -> dict[tuple[str, str], Callable[[str], Call]]:
         ("GET", "/apps/{name}"): lambda _: ("/apps/records?vdc=gz/health", {}),
         ("GET", "/apps/{name}/revisions"): lambda _: ("/apps/records/revisions?vdc=gz/health", {}),
         ("DELETE", "/apps/{name}"): lambda _: ("/apps/records?vdc=gz/health", {}),
+        ("GET", "/volumes"): lambda _: ("/volumes", {}),
+        ("GET", "/volumes/{key}"): lambda _: (f"/volumes/{w.volume()}", {}),
+        ("DELETE", "/volumes/{key}"): lambda _: (f"/volumes/{w.volume()}", {}),  # released: may go
         ("GET", "/instances"): lambda _: ("/instances?app=records&vdc=gz/health", {}),
         ("GET", "/instances/{name}"): lambda _: (f"/instances/{w.instance}", {}),
         ("GET", "/instances/{name}/logs"): lambda _: (f"/instances/{w.instance}/logs", {}),  # unplaced: 409
@@ -446,9 +478,10 @@ def test_the_route_table_knows_every_api_route(api: TestClient) -> None:
         oidc,
         plans,
         vdcs,
+        volumes,
     )
 
-    modules = (identity, oidc, clouds, images, vdcs, apps, observe, plans, approvals, metering, audit, ledger)
+    modules = (identity, oidc, clouds, images, vdcs, apps, volumes, observe, plans, approvals, metering, audit, ledger)
     table = RouteTable([m.router for m in modules])
     assert table.missing() == []
     for method, path in openapi_routes(api.app):

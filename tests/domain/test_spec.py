@@ -148,3 +148,41 @@ def test_a_billion_laughs_is_refused_before_it_expands() -> None:
         load_yaml_documents("a: " + "x" * (4 * 2**20))
     # a reasonable use of anchors is fine
     assert load_yaml_documents("base: &b {cpu: 1}\nother: *b\n") == [{"base": {"cpu": 1}, "other": {"cpu": 1}}]
+
+
+VM = """
+apiVersion: shanzhi.io/v1
+kind: App
+metadata: {name: db, vdc: gz}
+spec:
+  components:
+    - name: db
+      image: tiny
+      resources: {cpu: 1, memory: 256Mi, storage: 1Gi}
+      volumes: [{name: data, size: 10Gi, mountPath: /var/lib/db}, {name: wal, size: 2Gi, mountPath: /wal,
+                 reclaimPolicy: retain}]
+"""
+
+
+def test_volumes_are_disks_counted_with_storage() -> None:
+    comp = load_app_text(VM).spec.components[0]
+    assert [(v.name, v.size_bytes, v.mount_path, v.reclaim_policy) for v in comp.volumes] == [
+        ("data", 10 * 2**30, "/var/lib/db", "delete"),
+        ("wal", 2 * 2**30, "/wal", "retain"),
+    ]
+    assert comp.storage_bytes == 13 * 2**30
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("size: 10Gi", "size: 10k"), "at least 1Mi"),
+        (("mountPath: /wal", "mountPath: wal"), "should match pattern"),
+        (("name: wal", "name: data"), "volume names must be unique"),
+        (("reclaimPolicy: retain", "reclaimPolicy: keep"), "'delete' or 'retain'"),
+        (("image: tiny", 'run: {command: ["sleep", "1"]}'), "a component with volumes needs 'image'"),
+    ],
+)
+def test_bad_volumes_are_named(change: tuple[str, str], message: str) -> None:
+    problems = _problems(VM.replace(*change))
+    assert any(message in p["message"] for p in problems), problems

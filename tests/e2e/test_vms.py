@@ -1,6 +1,7 @@
 """End to end with real virtual machines: libvirtd, QEMU (TCG here), the tiny image, a real server
-and the CLI. A VM app boots and answers its health check, a killed qemu is healed, a restarted
-server adopts its VMs without rebooting them, and deleting the app leaves no domain behind."""
+and the CLI. A VM app with a volume boots and answers its health check; a file written to the
+volume through the service survives a killed qemu (healed, same disk) and a server restart
+(adopted, not rebooted); deleting the app leaves no domain and no disk behind."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ spec:
       resources: {cpu: 0.5, memory: 192Mi}
       ports: [{name: http, port: 8080}]
       health: {http: {path: /, port: http}}
+      volumes: [{name: data, size: 64Mi, mountPath: /data}]
   placement:
     clouds: {names: [vm-a]}
 """
@@ -124,12 +126,27 @@ def test_a_vm_app_boots_heals_is_adopted_and_leaves_nothing_behind(vms: tuple[Se
     # the console is the instance's log
     first = sorted(up)[0]
     wait_for(lambda: "serving on ports 8080" in cli.ok("instance", "logs", first), 60, "console output")
-    # kill one VM's qemu: the server starts the same domain again
+    # write through the service onto the volume of the first replica
+    endpoint = up[first]["endpoint"]
+    assert httpx.get(f"http://{endpoint}/cgi-bin/put?note=kept-{first}", timeout=10).text.strip() == "stored note"
+    vols = cli.json("volume", "list", "--app", "vmweb")
+    assert sorted((v["ordinal"], v["state"]) for v in vols) == [(0, "attached"), (1, "attached")]
+    disks = list((Path("/var/lib/shanzhi/workloads") / server_id(server.data_dir) / "vm-a" / "volumes").iterdir())
+    assert sorted(d.name for d in disks) == ["gz_vmweb_web-0_data.qcow2", "gz_vmweb_web-1_data.qcow2"]
+    # kill one VM's qemu: the server starts the same domain again, with the same disk
     pid = qemu_pid(cli, first)
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
     wait_for(lambda: first in running(cli) and qemu_pid(cli, first) not in (None, pid), 240, "the killed VM healed")
     assert cli.json("app", "get", "vmweb")["status"] == "Ready"
+
+    def note() -> str:
+        try:
+            return httpx.get(f"http://{running(cli)[first]['endpoint']}/data/note", timeout=5).text.strip()
+        except (httpx.HTTPError, KeyError):
+            return ""
+
+    wait_for(lambda: note() == f"kept-{first}", 60, "the volume's file after the heal")
     assert [i["restarts"] for i in cli.json("instance", "list", "--app", "vmweb") if i["name"] == first] == [1]
     # a restarted server adopts the VMs: same qemu processes, nothing rebooted
     pids = {n: qemu_pid(cli, n) for n in running(cli)}
@@ -139,7 +156,10 @@ def test_a_vm_app_boots_heals_is_adopted_and_leaves_nothing_behind(vms: tuple[Se
     again.passes_after(3, 60)
     assert {n: qemu_pid(cli, n) for n in running(cli)} == pids
     assert len(our_domains(server.data_dir)) == 2
+    assert note() == f"kept-{first}"
     # deleting the app leaves no domain behind
     cli.ok("app", "delete", "vmweb", "--wait", "--timeout", "120")
     assert our_domains(server.data_dir) == []
+    wait_for(lambda: cli.json("volume", "list") == [], 60, "the volumes reclaimed")
+    assert not any(d.exists() for d in disks)
     again.kill()

@@ -172,6 +172,22 @@ class RevisionOut(BaseModel):
     current: bool
 
 
+class VolumeOut(BaseModel):
+    key: str
+    vdc: str
+    app: str
+    component: str
+    ordinal: int
+    name: str
+    cloud: str
+    size: int
+    mount_path: str
+    reclaim: str
+    state: str  # attached | released | deleting
+    instance: str | None
+    created_at: datetime
+
+
 class LogOut(BaseModel):
     instance: str
     cloud: str

@@ -14,7 +14,7 @@ import typer
 import yaml
 from rich.markup import escape
 
-from shanzhi.cli.output import Columns, Fmt, OutputOpt, emit, err, handle_errors, out
+from shanzhi.cli.output import Columns, Fmt, OutputOpt, emit, err, handle_errors, mem, out
 from shanzhi.client import ApiError, Client, discover_token
 from shanzhi.domain.spec import MAX_DOCUMENT_BYTES, load_yaml_documents
 
@@ -450,3 +450,48 @@ def instance_logs(
                 sys.stdout.write(new.decode(errors="replace"))
                 sys.stdout.flush()
             size = r["size"]
+
+
+# ----------------------------------------------------------------- volumes
+volume_app = typer.Typer(help="Volumes: the disks that follow replicas' ordinals.", no_args_is_help=True)
+VOLUME_COLS: Columns = [
+    ("KEY", lambda r: r["key"]),
+    ("APP", lambda r: f"{r['app']}/{r['component']}-{r['ordinal']}"),
+    ("VOLUME", lambda r: r["name"]),
+    ("CLOUD", lambda r: r["cloud"]),
+    ("SIZE", lambda r: mem(r["size"])),
+    ("MOUNT", lambda r: r["mount_path"]),
+    ("STATE", lambda r: r["state"] + (f" ({r['instance']})" if r["instance"] else "")),
+    ("RECLAIM", lambda r: r["reclaim"]),
+]
+
+
+@volume_app.command("list")
+def volume_list(
+    app_name: str | None = typer.Option(None, "--app", help="Only this app's volumes."),
+    vdc: str | None = typer.Option(None, "--vdc", help="Only this VDC (and subtree)."),
+    data_dir: Path | None = DataDirOpt,
+    output: Fmt = OutputOpt,
+) -> None:
+    """Volumes with the replica (ordinal) they follow, where their disk is, and whether in use."""
+    with handle_errors(), client(data_dir) as c:
+        emit(c.list_volumes(app_name, vdc), output, VOLUME_COLS)
+
+
+@volume_app.command("get")
+def volume_get(key: str, data_dir: Path | None = DataDirOpt, output: Fmt = OutputOpt) -> None:
+    """One volume, on every cloud its ordinal has a disk on."""
+    with handle_errors(), client(data_dir) as c:
+        emit(c.get_volume(key), output, VOLUME_COLS)
+
+
+@volume_app.command("delete")
+def volume_delete(
+    key: str,
+    cloud: str | None = typer.Option(None, "--cloud", help="Only its disk on this cloud."),
+    data_dir: Path | None = DataDirOpt,
+    output: Fmt = OutputOpt,
+) -> None:
+    """Delete a volume no replica uses (kept by `reclaimPolicy: retain`, or left by a scale-down)."""
+    with handle_errors(), client(data_dir) as c:
+        emit(c.delete_volume(key, cloud), output, VOLUME_COLS)

@@ -136,6 +136,16 @@ class Client:
     def recover_cloud(self, name: str, host: str | None = None) -> Any:
         return self._call("POST", f"/clouds/{name}/recover", json={"host": host})
 
+    # volumes
+    def list_volumes(self, app: str | None = None, vdc: str | None = None) -> Any:
+        return self._call("GET", "/volumes", params=_params(app=app, vdc=vdc))
+
+    def get_volume(self, key: str) -> Any:
+        return self._call("GET", f"/volumes/{key}")
+
+    def delete_volume(self, key: str, cloud: str | None = None) -> Any:
+        return self._call("DELETE", f"/volumes/{key}", params=_params(cloud=cloud))
+
     # images
     def list_images(self) -> Any:
         return self._call("GET", "/images")

@@ -1,4 +1,5 @@
-"""End-of-pass cleanups: provider instances no row claims, and clouds that finished draining."""
+"""End-of-pass cleanups: provider instances no row claims, volumes whose app is gone, and clouds
+that finished draining."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from shanzhi.domain.errors import ShanzhiError
 from shanzhi.providers import ObservedInstance
 from shanzhi.store import Database
 from shanzhi.store.events import record_event
-from shanzhi.store.tables import Cloud, Instance
+from shanzhi.store.tables import Cloud, Instance, VolumeRecord
 
 log = logging.getLogger("shanzhi.reconciler")
 
@@ -55,6 +56,30 @@ def finish_removals(db: Database, fleet: Fleet) -> None:
             if left:
                 continue
             record_event(s, "CloudRemoved", "cloud", cloud.name, f"cloud {cloud.name} drained and removed")
+            for v in s.scalars(select(VolumeRecord).where(VolumeRecord.cloud_id == cloud.id)):
+                s.delete(v)  # its disks go with the cloud's state
+            s.flush()
             s.delete(cloud)
             fleet.forget(cloud.name)
             shutil.rmtree(fleet.state_dir(cloud.name), ignore_errors=True)
+
+
+def reclaim_volumes(db: Database, fleet: Fleet) -> None:
+    """Delete the disks of volumes marked `deleting` (their app is gone, reclaim policy `delete`,
+    or an operator asked); the row goes once its cloud confirms. A cloud that fails is retried."""
+    with db.session() as s, s.begin():
+        todo = [
+            (v.id, v.key, v.cloud.name, v.cloud.kind, dict(v.cloud.options), v.vdc.path, v.app_name)
+            for v in s.scalars(select(VolumeRecord).where(VolumeRecord.state == "deleting"))
+        ]
+    for vid, key, cloud, kind, options, vdc, app in todo:
+        try:
+            fleet.provider(cloud, kind, options).delete_volume(key)
+        except (ShanzhiError, OSError, sqlite3.Error) as err:
+            log.warning("could not delete volume %s on %s: %s", key, cloud, err)
+            continue
+        with db.session() as s, s.begin():
+            v = s.get(VolumeRecord, vid)
+            if v is not None:
+                s.delete(v)
+            record_event(s, "VolumeDeleted", "volume", key, f"volume {key} deleted from {cloud}", vdc=vdc, app=app)

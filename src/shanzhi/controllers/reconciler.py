@@ -22,16 +22,16 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from shanzhi.controllers import health
-from shanzhi.controllers.cleanup import finish_removals, sweep_orphans
+from shanzhi.controllers.cleanup import finish_removals, reclaim_volumes, sweep_orphans
 from shanzhi.controllers.fleet import Fleet
 from shanzhi.domain.errors import ShanzhiError
-from shanzhi.domain.spec import AppSpec, Component
-from shanzhi.providers import CloudStatus, InstanceRequest, ObservedInstance, Provider
+from shanzhi.domain.spec import AppSpec, Component, volume_key
+from shanzhi.providers import CloudStatus, InstanceRequest, ObservedInstance, Provider, VolumeRequest
 from shanzhi.scheduler import HostState, Replica, Request
 from shanzhi.scheduler.engine import Engine
 from shanzhi.store import Database
 from shanzhi.store.events import record_event
-from shanzhi.store.tables import App, Cloud, Host, Instance, utcnow
+from shanzhi.store.tables import App, Cloud, Host, Instance, VolumeRecord, utcnow
 
 log = logging.getLogger("shanzhi.reconciler")
 
@@ -83,6 +83,7 @@ class Reconciler:
             except Exception:
                 log.exception("reconciling app id %s failed; will retry next pass", app_id)
         sweep_orphans(self.db, self.fleet, self._observed)
+        reclaim_volumes(self.db, self.fleet)
         finish_removals(self.db, self.fleet)
 
     def _provider(self, ref: _CloudRef) -> Provider:
@@ -156,6 +157,9 @@ class Reconciler:
                     record_event(
                         s, "AppDeleted", "app", app.name, f"app {app.name} deleted", vdc=app.vdc.path, app=app.name
                     )
+                    for v in s.scalars(select(VolumeRecord).where(VolumeRecord.app_id == app.id)):
+                        v.state = "deleting" if v.reclaim == "delete" else "released"
+                        v.instance = None
                     s.delete(app)
             else:
                 spec = AppSpec.model_validate(app.spec)
@@ -210,11 +214,44 @@ class Reconciler:
             self._set_state(s, r, "terminating", why)
             record_event(s, "Terminating", "instance", r.name, why, vdc=r.app.vdc.path, app=r.app.name)
         if r.cloud is None:
+            _release_volumes(s, r)
             s.delete(r)
             return []
         if self._observed.get(r.cloud.name) is None:
             return []  # cloud unreachable: delete once it answers again
         return [_Action("delete", r.name, r.cloud.name)]
+
+    def _attach_volumes(self, s: Session, app: App, comp: Component, r: Instance) -> None:
+        """The replica's volumes on its cloud: those its ordinal had there, else new ones (intent
+        first: the provider creates the disk when it creates the replica)."""
+        assert r.cloud is not None
+        for v in comp.volumes:
+            key = volume_key(app.vdc.path, app.name, comp.name, r.ordinal, v.name)
+            rec = s.scalar(select(VolumeRecord).where(VolumeRecord.cloud_id == r.cloud.id, VolumeRecord.key == key))
+            if rec is None:
+                rec = VolumeRecord(
+                    key=key,
+                    vdc_id=app.vdc_id,
+                    app_name=app.name,
+                    component=comp.name,
+                    ordinal=r.ordinal,
+                    name=v.name,
+                    cloud_id=r.cloud.id,
+                    size=v.size_bytes,
+                    mount_path=v.mount_path,
+                    reclaim=v.reclaim_policy,
+                )
+                s.add(rec)
+                record_event(
+                    s,
+                    "VolumeCreated",
+                    "volume",
+                    key,
+                    f"{v.size} on {r.cloud.name} for {r.name}",
+                    vdc=app.vdc.path,
+                    app=app.name,
+                )
+            rec.app_id, rec.state, rec.instance, rec.reclaim = app.id, "attached", r.name, v.reclaim_policy
 
     def _request(self, app: App, comp: Component, r: Instance) -> InstanceRequest:
         return InstanceRequest(
@@ -230,6 +267,12 @@ class Reconciler:
             ports=tuple((p.name, p.port) for p in comp.ports),
             image=comp.image,
             flavor=comp.flavor,
+            volumes=tuple(
+                VolumeRequest(
+                    volume_key(app.vdc.path, app.name, comp.name, r.ordinal, v.name), v.name, v.size_bytes, v.mount_path
+                )
+                for v in comp.volumes
+            ),
         )
 
     def _observe_row(self, s: Session, app: App, comp: Component, r: Instance, now: datetime) -> list[_Action]:
@@ -341,11 +384,20 @@ class Reconciler:
             if not ready(r):
                 actions += self._terminate(s, r, "replaced by the new version (old one was not ready)")
         n_remove = max(0, sum(1 for r in cur if ready(r)) + len(old_ready) - desired)
+        if comp.volumes and old_ready and all(ready(r) for r in cur):
+            n_remove = max(n_remove, 1)  # no surge: the old replica gives its disks to its successor
         for r in old_ready[:n_remove]:
             actions += self._terminate(s, r, "rolled over to the new version")
         remaining_old = len(old_ready) - n_remove
-        surge = 1 if remaining_old else 0
+        surge = 1 if remaining_old and not comp.volumes else 0
         to_add = max(0, min(desired - len(cur), desired + surge - len(cur) - remaining_old))
+        # ordinals: a new replica takes the lowest free one; with volumes only 0..replicas-1, and
+        # only once the replica that held it (and its disks) is gone
+        held = {r.ordinal for r in rows}
+        free = [o for o in range(desired + len(rows)) if o not in held]
+        if comp.volumes:
+            free = [o for o in free if o < desired]
+            to_add = min(to_add, len(free))
         unplaced = [r for r in cur if r.cloud is None]
         if not unplaced and not to_add:
             return actions
@@ -374,8 +426,9 @@ class Reconciler:
                     spec_hash=want,
                     cpu=req.cpu,
                     memory=req.memory,
-                    storage=comp.resources.storage_bytes,
+                    storage=comp.storage_bytes,
                     state="pending",
+                    ordinal=free.pop(0),
                 )
                 s.add(r)
             changed = r.placement != d.reason
@@ -387,6 +440,7 @@ class Reconciler:
                 r.host = d.host
                 self._set_state(s, r, "scheduled", d.reason)
                 s.flush()
+                self._attach_volumes(s, app, comp, r)
                 record_event(s, "Scheduled", "instance", r.name, d.reason, vdc=app.vdc.path, app=app.name)
                 actions.append(_Action("create", r.name, d.cloud, self._request(app, comp, r)))
             else:
@@ -504,8 +558,15 @@ class Reconciler:
                     continue
                 elif a.kind == "delete":
                     if row.state == "terminating":
+                        _release_volumes(s, row)
                         s.delete(row)
                         self._probes.pop(a.name, None)
                 elif observed is not None and row.state == "scheduled":
                     self._set_state(s, row, "starting", f"created on {a.cloud}/{row.host}")
                     row.endpoint = observed.endpoint
+
+
+def _release_volumes(s: Session, r: Instance) -> None:
+    """A replica that is gone leaves its volumes for the next replica of its ordinal."""
+    for v in s.scalars(select(VolumeRecord).where(VolumeRecord.instance == r.name)):
+        v.state, v.instance = "released", None

@@ -99,6 +99,33 @@ class Health(_Model):
         return self
 
 
+class Volume(_Model):
+    """A disk that follows a replica's ordinal (`db-0` gets `db-0`'s disk back when replaced on
+    the same cloud), formatted and mounted by the guest on first boot."""
+
+    name: Name
+    size: int | str
+    mount_path: Annotated[str, Field(alias="mountPath", pattern=r"^/[A-Za-z0-9._/-]*$", max_length=255)]
+    reclaim_policy: Literal["delete", "retain"] = Field(default="delete", alias="reclaimPolicy")
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, v: int | str) -> int | str:
+        if parse_memory(v) < 2**20:
+            raise ValueError("a volume needs at least 1Mi")
+        return v
+
+    @property
+    def size_bytes(self) -> int:
+        return parse_memory(self.size)
+
+
+def volume_key(vdc: str, app: str, component: str, ordinal: int, volume: str) -> str:
+    """A volume's disk name on its cloud: readable, unique per VDC, app, component, ordinal and
+    volume (names hold no `_` or `.`, so the parts cannot run into each other)."""
+    return f"{vdc.replace('/', '.')}_{app}_{component}-{ordinal}_{volume}"
+
+
 class Component(_Model):
     name: Name
     replicas: Annotated[StrictInt, Field(ge=0, le=10_000)] = 1
@@ -108,6 +135,7 @@ class Component(_Model):
     flavor: str | None = None
     ports: list[Port] = Field(default_factory=list)
     health: Health | None = None
+    volumes: list[Volume] = Field(default_factory=list, max_length=8)
     # set by `shanzhi app restart`: a new value rolls every replica (it is part of the hash)
     restarted_at: str | None = Field(default=None, alias="restartedAt", max_length=64)
 
@@ -118,12 +146,22 @@ class Component(_Model):
         names = [p.name for p in self.ports]
         if len(set(names)) != len(names):
             raise ValueError("port names must be unique within a component")
+        vols = [v.name for v in self.volumes]
+        if len(set(vols)) != len(vols):
+            raise ValueError("volume names must be unique within a component")
+        if self.volumes and self.image is None:
+            raise ValueError("volumes are disks of a VM: a component with volumes needs 'image'")
         if self.health is not None:
             check = self.health.http or self.health.tcp
             assert check is not None
             if isinstance(check.port, str) and check.port not in names:
                 raise ValueError(f"health check names port {check.port!r}, which is not in 'ports'")
         return self
+
+    @property
+    def storage_bytes(self) -> int:
+        """Disk per replica: `resources.storage` and every volume (counted against quota, metered)."""
+        return self.resources.storage_bytes + sum(v.size_bytes for v in self.volumes)
 
     def spec_hash(self, placement: Placement) -> str:
         """Hash of everything that requires replacing a replica (replicas excluded).

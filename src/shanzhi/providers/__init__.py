@@ -12,6 +12,7 @@ from shanzhi.providers.base import (
     LogChunk,
     ObservedInstance,
     Provider,
+    VolumeRequest,
 )
 from shanzhi.providers.registry import kinds, load_provider, provider_class
 
@@ -22,6 +23,7 @@ __all__ = [
     "LogChunk",
     "ObservedInstance",
     "Provider",
+    "VolumeRequest",
     "kinds",
     "load_provider",
     "provider_class",

@@ -30,6 +30,14 @@ class CloudStatus:
 
 
 @dataclass(frozen=True)
+class VolumeRequest:
+    key: str  # the disk's name on its cloud (stable for an app, component, ordinal and volume)
+    name: str
+    size: int  # bytes
+    mount_path: str
+
+
+@dataclass(frozen=True)
 class InstanceRequest:
     name: str
     app: str
@@ -43,6 +51,7 @@ class InstanceRequest:
     ports: tuple[tuple[str, int], ...] = ()
     image: str | None = None
     flavor: str | None = None
+    volumes: tuple[VolumeRequest, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -138,6 +147,10 @@ class Provider(ABC):
     @abstractmethod
     def delete_instance(self, name: str) -> None:
         """Stop and remove an instance; succeed if it is already gone."""
+
+    def delete_volume(self, key: str) -> None:  # a provider without disks has none to delete
+        """Delete a volume's disk; succeed if it is gone already."""
+        return
 
     def read_log(self, name: str, tail: int) -> LogChunk:
         """The last `tail` bytes of an instance's output (console or stdout/stderr)."""

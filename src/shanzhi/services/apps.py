@@ -22,7 +22,7 @@ def desired_usage(spec: AppSpec) -> Usage:
     total = Usage()
     for c in spec.spec.components:
         r, n = c.resources, c.replicas
-        total = total + Usage(r.cpu_millis * n, r.memory_bytes * n, n, r.storage_bytes * n)
+        total = total + Usage(r.cpu_millis * n, r.memory_bytes * n, n, c.storage_bytes * n)
     return total
 
 

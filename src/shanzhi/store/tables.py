@@ -157,12 +157,40 @@ class Instance(Base):
     placement: Mapped[str] = mapped_column(Text, default="")  # why it is where it is (or unplaced)
     explain: Mapped[dict[str, Any]] = mapped_column(default=dict)
     restarts: Mapped[int] = mapped_column(default=0)
+    # the replica's stable identity within its component (0, 1, ...): its volumes follow it
+    ordinal: Mapped[int] = mapped_column(default=0)
     # set on a migration's new replica: the old one stops once this one is healthy
     replaces: Mapped[str | None] = mapped_column(String(128))
     state_changed_at: Mapped[datetime] = mapped_column(default=utcnow)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     app: Mapped[App] = relationship(lazy="joined")
     cloud: Mapped[Cloud | None] = relationship(lazy="joined")
+
+
+class VolumeRecord(Base):
+    """A replica's disk on one cloud, keyed by app, component, ordinal and volume name. It outlives
+    the replica (a replacement on the same cloud gets it back) and, with `retain`, the app."""
+
+    __tablename__ = "volumes"
+    __table_args__ = (Index("ix_volumes_app", "app_id"), UniqueConstraint("cloud_id", "key"))
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(255))  # the disk's name on its cloud
+    vdc_id: Mapped[int] = mapped_column(ForeignKey("vdcs.id"))
+    app_id: Mapped[int | None] = mapped_column(ForeignKey("apps.id", ondelete="SET NULL"))
+    app_name: Mapped[str] = mapped_column(String(63))
+    component: Mapped[str] = mapped_column(String(63))
+    ordinal: Mapped[int] = mapped_column()
+    name: Mapped[str] = mapped_column(String(63))
+    cloud_id: Mapped[int] = mapped_column(ForeignKey("clouds.id"))
+    size: Mapped[int] = mapped_column()
+    mount_path: Mapped[str] = mapped_column(String(255))
+    reclaim: Mapped[str] = mapped_column(String(16), default="delete")  # delete | retain
+    # attached (a replica of that ordinal is on its cloud) | released (none) | deleting
+    state: Mapped[str] = mapped_column(String(16), default="attached")
+    instance: Mapped[str | None] = mapped_column(String(128))  # the replica using it now
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    vdc: Mapped[Vdc] = relationship(lazy="joined")
+    cloud: Mapped[Cloud] = relationship(lazy="joined")
 
 
 class PlanRecord(Base):

@@ -79,6 +79,7 @@ class Domain:
     cmdline: str
     console_log: str
     accel: str  # kvm | qemu (TCG)
+    disks: tuple[tuple[str, str], ...] = ()  # (qcow2 file, device: vda, vdb, ... in the guest's probe order)
 
     def xml(self) -> str:
         dom = ET.Element("domain", {"type": "kvm" if self.accel == "kvm" else "qemu"})
@@ -97,6 +98,11 @@ class Domain:
         ET.SubElement(dom, "on_reboot").text = "restart"
         ET.SubElement(dom, "on_crash").text = "destroy"
         devices = ET.SubElement(dom, "devices")
+        for path, dev in self.disks:
+            disk = ET.SubElement(devices, "disk", {"type": "file", "device": "disk"})
+            ET.SubElement(disk, "driver", {"name": "qemu", "type": "qcow2"})
+            ET.SubElement(disk, "source", {"file": path})
+            ET.SubElement(disk, "target", {"dev": dev, "bus": "virtio"})
         serial = ET.SubElement(devices, "serial", {"type": "file"})
         ET.SubElement(serial, "source", {"path": self.console_log, "append": "on"})
         ET.SubElement(serial, "target", {"port": "0"})

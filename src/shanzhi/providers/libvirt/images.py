@@ -2,8 +2,9 @@
 
 `build_tiny` makes, from packages already on this machine (Debian's cloud kernel and
 busybox-static), a direct-kernel-boot image: the kernel plus an initramfs whose `/init` loads
-the virtio modules, configures user-mode networking and serves HTTP on every port the
-component declares (`shanzhi.ports=` on the kernel command line). Nothing is downloaded. The
+the virtio modules, formats (first boot) and mounts the volumes (`shanzhi.vols=vda:/data`),
+configures user-mode networking and serves HTTP on every port the component declares
+(`shanzhi.ports=`), with `/cgi-bin/put?NAME=VALUE` writing into the first volume. Nothing is downloaded. The
 initramfs is a `newc` cpio archive written here in Python (the format is a fixed header per
 file; no tool is needed). Every image has a manifest with the sha256 of its files, checked
 before a VM boots from it.
@@ -36,11 +37,29 @@ INIT = """#!/bin/busybox sh
 /bin/busybox --install -s /bin
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev 2>/dev/null
 for m in $(cat /etc/modules.order); do insmod "/lib/modules/$m" || echo "shanzhi: cannot load $m"; done
-name=vm; ports=8080
+name=vm; ports=8080; vols=""
 for arg in $(cat /proc/cmdline); do
-  case "$arg" in shanzhi.name=*) name="${arg#shanzhi.name=}";; shanzhi.ports=*) ports="${arg#shanzhi.ports=}";; esac
+  case "$arg" in
+    shanzhi.name=*) name="${arg#shanzhi.name=}";;
+    shanzhi.ports=*) ports="${arg#shanzhi.ports=}";;
+    shanzhi.vols=*) vols="${arg#shanzhi.vols=}";;
+  esac
 done
 hostname "$name"
+# volumes: vda:/data,... formatted on first boot, mounted at every boot; the first is served as /data/
+for v in $(echo "$vols" | tr ',' ' '); do
+  dev="/dev/${v%%:*}"; dir="${v#*:}"; mkdir -p "$dir"
+  i=0; while [ ! -b "$dev" ] && [ $i -lt 100 ]; do usleep 100000; i=$((i+1)); done  # the disk is probed async
+  if ! mount -t ext4 "$dev" "$dir" 2>/dev/null; then
+    echo "shanzhi: formatting $dev for $dir"; mke2fs -q "$dev" && mount -t ext4 "$dev" "$dir"
+  fi
+  if grep -q " $dir " /proc/mounts; then
+    [ -e /www/data ] || ln -s "$dir" /www/data
+    echo "shanzhi: $dev mounted at $dir"
+  else
+    echo "shanzhi: could not mount $dev at $dir"
+  fi
+done
 ip link set lo up; ip link set eth0 up
 ip addr add 10.0.2.15/24 dev eth0; ip route add default via 10.0.2.2
 echo "<html><body>shanzhi tiny vm $name</body></html>" > /www/index.html
@@ -48,6 +67,18 @@ for p in $(echo "$ports" | tr ',' ' '); do httpd -p "$p" -h /www; done
 echo "shanzhi: $name serving on ports $ports"
 while true; do sleep 3600; done
 """
+
+# GET /cgi-bin/put?NAME=VALUE stores VALUE in the first volume as NAME (served back as /data/NAME)
+PUT = """#!/bin/sh
+printf 'Content-Type: text/plain\\r\\n\\r\\n'
+f="${QUERY_STRING%%=*}"; v="${QUERY_STRING#*=}"
+case "$f" in ""|*[!a-z0-9.-]*) echo "bad name"; exit 0;; esac
+[ -d /www/data ] || { echo "no volume"; exit 0; }
+echo "$v" > "/www/data/$f" && sync && echo "stored $f"
+"""
+
+
+RECIPE = hashlib.sha256((INIT + PUT + ",".join(VIRTIO_MODULES)).encode()).hexdigest()[:16]
 
 
 class ImageError(Exception):
@@ -142,7 +173,13 @@ class ImageStore:
         d = self._dir(name)
         with self._locked():
             if (d / "manifest.json").exists():
-                return self.get(name)
+                try:
+                    built_from = json.loads((d / "manifest.json").read_text()).get("recipe")
+                except ValueError:
+                    built_from = None
+                if built_from == RECIPE:
+                    return self.get(name)
+                # made by an older recipe (another /init): built again below
             kver = kernel_version or _cloud_kernel()
             vmlinuz = Path(f"/boot/vmlinuz-{kver}")
             busybox = Path("/bin/busybox")
@@ -161,7 +198,7 @@ class ImageStore:
             sums = {f: _sha256(tmp / f) for f in files}
             size = sum((tmp / f).stat().st_size for f in files)
             detail = f"kernel {kver}, busybox, virtio modules {', '.join(m.rsplit('/', 1)[-1] for m in modules)}"
-            manifest = {"kind": "tiny", "size": size, "sha256": sums, "detail": detail}
+            manifest = {"kind": "tiny", "size": size, "sha256": sums, "detail": detail, "recipe": RECIPE}
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
             for p in (tmp, *(tmp / f for f in (*files, "manifest.json"))):
                 os.chmod(p, 0o755 if p.is_dir() else 0o644)  # QEMU's own user reads them
@@ -229,10 +266,11 @@ def _initramfs(busybox: Path, moddir: Path, modules: list[str]) -> bytes:
         out.write(data)
         out.write(b"\0" * (-out.tell() % 4))
 
-    for d in ("bin", "dev", "etc", "proc", "sys", "www", "lib", "lib/modules", "tmp"):
+    for d in ("bin", "dev", "etc", "proc", "sys", "www", "www/cgi-bin", "lib", "lib/modules", "tmp"):
         entry(d, stat.S_IFDIR | 0o755)
     entry("dev/console", stat.S_IFCHR | 0o600, rdev=(5, 1))
     entry("init", stat.S_IFREG | 0o755, INIT.encode())
+    entry("www/cgi-bin/put", stat.S_IFREG | 0o755, PUT.encode())
     entry("bin/busybox", stat.S_IFREG | 0o755, busybox.read_bytes())
     names = []
     for m in modules:

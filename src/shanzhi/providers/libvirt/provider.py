@@ -13,6 +13,7 @@ import functools
 import math
 import os
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -187,7 +188,10 @@ class LibvirtProvider(Provider):
                 ports[pname] = free_port(taken | set(ports.values()))
                 guest[pname] = gport
             meta = Meta(self.name, req.app, req.component, req.vdc, req.name, req.host, ports, guest)
+            disks = tuple((str(self._disk(v.key, v.size)), f"vd{chr(ord('a') + i)}") for i, v in enumerate(req.volumes))
+            vols = ",".join(f"{dev}:{v.mount_path}" for (_, dev), v in zip(disks, req.volumes, strict=True))
             cmdline = f"console=ttyS0 quiet shanzhi.name={req.name} shanzhi.ports={','.join(map(str, guest.values()))}"
+            cmdline += f" shanzhi.vols={vols}" if vols else ""
             domain = Domain(
                 name=name,
                 meta=meta,
@@ -198,6 +202,7 @@ class LibvirtProvider(Provider):
                 cmdline=cmdline,
                 console_log=str(files / "console.log"),
                 accel=self.accel[0],
+                disks=disks,
             )
             self.hv.define_and_start(name, domain.xml())
             started = self.hv.find(name)
@@ -215,6 +220,32 @@ class LibvirtProvider(Provider):
         except HypervisorError as err:
             raise OSError(str(err)) from None
         shutil.rmtree(self._files(name), ignore_errors=True)
+
+    # ------------------------------------------------------------- volumes
+    def _volumes(self) -> Path:
+        return default_workload_root(self.state_dir.parent.parent) / self.name / "volumes"
+
+    def _disk(self, key: str, size: int) -> Path:
+        """The volume's qcow2 disk, created (sparse) the first time; never replaced after."""
+        path = self._volumes() / f"{key}.qcow2"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            for p in (path.parent, path.parent.parent, path.parent.parent.parent):
+                os.chmod(p, 0o711)
+            tmp = path.with_suffix(".creating")
+            done = subprocess.run(
+                ["qemu-img", "create", "-q", "-f", "qcow2", str(tmp), str(size)],
+                check=False,
+                capture_output=True,
+                text=True,
+            )
+            if done.returncode != 0:
+                raise OSError(f"qemu-img could not create volume {key}: {done.stderr.strip()}")
+            tmp.rename(path)
+        return path
+
+    def delete_volume(self, key: str) -> None:
+        (self._volumes() / f"{key}.qcow2").unlink(missing_ok=True)
 
     def read_log(self, name: str, tail: int) -> LogChunk:
         """The VM's serial console."""

@@ -1,0 +1,87 @@
+"""Volumes follow a replica's ordinal: created as intent with the replica, kept over a scale-down
+for the next replica of that ordinal, never attached to two replicas during a roll, reclaimed
+with the app (or kept, `retain`), counted against quota."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+
+from shanzhi.services.apps import delete_app
+from shanzhi.store.tables import App, VolumeRecord
+from tests.controllers.test_reconciler import World, districts, sim_doc, world
+
+__all__ = ["districts", "world"]
+
+
+def vm_doc(name: str, replicas: int, reclaim: str = "delete", **changes: Any) -> dict[str, Any]:
+    doc = sim_doc(name, replicas)
+    comp = doc["spec"]["components"][0]
+    comp["volumes"] = [{"name": "data", "size": "1Gi", "mountPath": "/data", "reclaimPolicy": reclaim}]
+    comp.update(changes)
+    return doc
+
+
+def volumes(w: World, app: str | None = None) -> list[VolumeRecord]:
+    with w.db.session() as s, s.begin():
+        q = select(VolumeRecord).order_by(VolumeRecord.ordinal, VolumeRecord.id)
+        if app is not None:
+            q = q.where(VolumeRecord.app_name == app)
+        return list(s.scalars(q))
+
+
+def test_volumes_follow_ordinals_through_scaling_and_rolls(districts: World) -> None:
+    districts.apply(vm_doc("db", 2))
+    districts.converge(districts.running("db", 2))
+    rows = {r.ordinal: r for r in districts.rows("db")}
+    assert sorted(rows) == [0, 1]
+    vols = volumes(districts)
+    assert [(v.ordinal, v.state, v.instance) for v in vols] == [
+        (0, "attached", rows[0].name),
+        (1, "attached", rows[1].name),
+    ]
+    assert vols[0].key == "gz_db_api-0_data" and vols[0].cloud_id == rows[0].cloud_id
+    with districts.db.session() as s, s.begin():
+        app = s.scalar(select(App).where(App.name == "db"))
+        assert app is not None and app.storage == 2 * 2**30  # the volumes count against quota
+    # scale down: ordinal 1's volume stays, released, for the next replica of ordinal 1
+    districts.apply(vm_doc("db", 1))
+    districts.converge(districts.running("db", 1))
+    assert [(v.ordinal, v.state, v.instance) for v in volumes(districts)][1] == (1, "released", None)
+    districts.apply(vm_doc("db", 2))
+    districts.converge(districts.running("db", 2))
+    again = {r.ordinal: r for r in districts.rows("db")}
+    attached = [v for v in volumes(districts) if v.ordinal == 1 and v.state == "attached"]
+    assert len(attached) == 1 and attached[0].instance == again[1].name
+    # a roll (new spec) never runs two replicas of one ordinal: its disk goes from old to new
+    districts.apply(vm_doc("db", 2, restartedAt="2026-12-02T12:00:00+00:00"))
+    worst = [0]
+
+    def watch() -> None:
+        live = [r.ordinal for r in districts.rows("db") if r.state != "terminating"]
+        worst[0] = max(worst[0], max(live.count(o) for o in set(live)) if live else 0)
+
+    districts.converge(
+        lambda: (
+            districts.running("db", 2)()
+            and {r.name for r in districts.rows("db")}.isdisjoint({again[0].name, again[1].name})
+        ),
+        each=watch,
+    )
+    assert worst[0] == 1
+    assert sorted(r.ordinal for r in districts.rows("db")) == [0, 1]
+
+
+def test_deleting_the_app_reclaims_its_volumes_unless_retained(districts: World) -> None:
+    districts.apply(vm_doc("db", 2))
+    districts.apply(vm_doc("keep", 1, reclaim="retain"))
+    districts.converge(lambda: districts.running("db", 2)() and districts.running("keep", 1)())
+    assert len(volumes(districts)) == 3
+    for name in ("db", "keep"):
+        with districts.db.session() as s, s.begin():
+            delete_app(s, name)
+    districts.converge(lambda: not districts.rows() and len(volumes(districts)) == 1)
+    (kept,) = volumes(districts)
+    assert (kept.app_name, kept.state, kept.app_id, kept.instance) == ("keep", "released", None, None)
+    assert districts.events("VolumeDeleted") == ["gz_db_api-0_data", "gz_db_api-1_data"]
