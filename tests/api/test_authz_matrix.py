@@ -90,6 +90,9 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/volumes"): VDC_ROLES_ANYWHERE,
     ("GET", "/volumes/{key}"): VDC_READERS,
     ("DELETE", "/volumes/{key}"): frozenset({SYS, VADMIN, MEMBER}),
+    ("POST", "/volumes/{key}/snapshots"): frozenset({SYS, VADMIN, MEMBER}),
+    ("GET", "/volumes/{key}/snapshots"): VDC_READERS,
+    ("POST", "/volumes/{key}/restore"): frozenset({SYS, VADMIN, MEMBER}),
     ("GET", "/instances"): VDC_READERS,
     ("GET", "/instances/{name}"): VDC_READERS,
     ("GET", "/instances/{name}/logs"): VDC_READERS,
@@ -334,6 +337,10 @@ def _calls(w: World) -> dict[tuple[str, str], Callable[[str], Call]]:
         ("GET", "/volumes"): lambda _: ("/volumes", {}),
         ("GET", "/volumes/{key}"): lambda _: (f"/volumes/{w.volume()}", {}),
         ("DELETE", "/volumes/{key}"): lambda _: (f"/volumes/{w.volume()}", {}),  # released: may go
+        # a sim cloud keeps no snapshots: 422 once allowed
+        ("POST", "/volumes/{key}/snapshots"): lambda _: (f"/volumes/{w.volume()}/snapshots", {"json": {"name": "s1"}}),
+        ("GET", "/volumes/{key}/snapshots"): lambda _: (f"/volumes/{w.volume()}/snapshots", {}),
+        ("POST", "/volumes/{key}/restore"): lambda _: (f"/volumes/{w.volume()}/restore", {"json": {"name": "s1"}}),
         ("GET", "/instances"): lambda _: ("/instances?app=records&vdc=gz/health", {}),
         ("GET", "/instances/{name}"): lambda _: (f"/instances/{w.instance}", {}),
         ("GET", "/instances/{name}/logs"): lambda _: (f"/instances/{w.instance}/logs", {}),  # unplaced: 409

@@ -157,6 +157,18 @@ def test_a_vm_app_boots_heals_is_adopted_and_leaves_nothing_behind(vms: tuple[Se
     assert {n: qemu_pid(cli, n) for n in running(cli)} == pids
     assert len(our_domains(server.data_dir)) == 2
     assert note() == f"kept-{first}"
+    # snapshot, change, restore: the volume goes back (its replica stopped meanwhile, said how long)
+    (vol,) = [v for v in cli.json("volume", "list", "--app", "vmweb") if v["instance"] == first]
+    taken = cli.json("volume", "snapshot", vol["key"], "before")
+    assert taken["outcome"] == "created" and taken["instance"] == first and taken["downtime_seconds"] > 0
+    assert [x["name"] for x in cli.json("volume", "snapshots", vol["key"])] == ["before"]
+    wait_for(lambda: note() == f"kept-{first}", 120, "the replica back after the snapshot")
+    httpx.get(f"http://{running(cli)[first]['endpoint']}/cgi-bin/put?note=changed", timeout=10)
+    assert note() == "changed"
+    assert cli.json("volume", "restore", vol["key"], "before")["outcome"] == "restored"
+    wait_for(lambda: note() == f"kept-{first}", 120, "the restored volume")
+    r = cli.run("volume", "restore", vol["key"], "nope")
+    assert r.returncode == 1 and "has no snapshot 'nope'" in r.stderr
     # deleting the app leaves no domain behind
     cli.ok("app", "delete", "vmweb", "--wait", "--timeout", "120")
     assert our_domains(server.data_dir) == []

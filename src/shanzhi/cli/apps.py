@@ -495,3 +495,53 @@ def volume_delete(
     """Delete a volume no replica uses (kept by `reclaimPolicy: retain`, or left by a scale-down)."""
     with handle_errors(), client(data_dir) as c:
         emit(c.delete_volume(key, cloud), output, VOLUME_COLS)
+
+
+@volume_app.command("snapshot")
+def volume_snapshot(
+    key: str,
+    name: str,
+    cloud: str | None = typer.Option(None, "--cloud", help="The cloud of its disk, if it has several."),
+    data_dir: Path | None = DataDirOpt,
+    output: Fmt = OutputOpt,
+) -> None:
+    """Snapshot a volume's disk; the replica using it stops meanwhile (a consistent disk)."""
+    with handle_errors(), client(data_dir) as c, err.status(f"snapshotting {key}"):
+        r = c.snapshot_volume(key, name, cloud)
+    _show_snapshot(r, output)
+
+
+@volume_app.command("restore")
+def volume_restore(
+    key: str,
+    name: str,
+    cloud: str | None = typer.Option(None, "--cloud", help="The cloud of its disk, if it has several."),
+    data_dir: Path | None = DataDirOpt,
+    output: Fmt = OutputOpt,
+) -> None:
+    """Put a volume's disk back to a snapshot; the replica using it stops meanwhile."""
+    with handle_errors(), client(data_dir) as c, err.status(f"restoring {key} to {name}"):
+        r = c.snapshot_volume(key, name, cloud, restore=True)
+    _show_snapshot(r, output)
+
+
+@volume_app.command("snapshots")
+def volume_snapshots(
+    key: str,
+    cloud: str | None = typer.Option(None, "--cloud", help="The cloud of its disk, if it has several."),
+    data_dir: Path | None = DataDirOpt,
+    output: Fmt = OutputOpt,
+) -> None:
+    """A volume's snapshots."""
+    with handle_errors(), client(data_dir) as c:
+        emit(
+            c.volume_snapshots(key, cloud), output, [("NAME", lambda r: r["name"]), ("TAKEN", lambda r: r["taken_at"])]
+        )
+
+
+def _show_snapshot(r: dict[str, Any], output: Fmt) -> None:
+    if output is Fmt.json:
+        emit(r, output)
+        return
+    who = f"{r['instance']} was down {r['downtime_seconds']:.1f}s" if r["instance"] else "no replica was using it"
+    out.print(f"volume {r['key']} on {r['cloud']}: snapshot {r['snapshot']} {r['outcome']}; {who}")

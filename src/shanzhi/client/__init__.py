@@ -146,6 +146,13 @@ class Client:
     def delete_volume(self, key: str, cloud: str | None = None) -> Any:
         return self._call("DELETE", f"/volumes/{key}", params=_params(cloud=cloud))
 
+    def snapshot_volume(self, key: str, name: str, cloud: str | None = None, restore: bool = False) -> Any:
+        path = f"/volumes/{key}/restore" if restore else f"/volumes/{key}/snapshots"
+        return self._call("POST", path, json={"name": name, "cloud": cloud}, timeout=300)
+
+    def volume_snapshots(self, key: str, cloud: str | None = None) -> Any:
+        return self._call("GET", f"/volumes/{key}/snapshots", params=_params(cloud=cloud))
+
     # images
     def list_images(self) -> Any:
         return self._call("GET", "/images")

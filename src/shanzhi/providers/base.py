@@ -152,6 +152,15 @@ class Provider(ABC):
         """Delete a volume's disk; succeed if it is gone already."""
         return
 
+    def snapshot_volume(self, key: str, instance: str | None, snapshot: str, restore: bool = False) -> float:
+        """Take (or with `restore`, go back to) a named snapshot of a volume's disk, stopping the
+        replica using it meanwhile; returns the seconds it was down."""
+        raise InvalidInput(f"a {self.kind} cloud keeps no volume snapshots", field="key")
+
+    def volume_snapshots(self, key: str) -> list[dict[str, Any]]:
+        """The snapshots of a volume's disk: name, taken at, size."""
+        raise InvalidInput(f"a {self.kind} cloud keeps no volume snapshots", field="key")
+
     def read_log(self, name: str, tail: int) -> LogChunk:
         """The last `tail` bytes of an instance's output (console or stdout/stderr)."""
         raise InvalidInput(f"a {self.kind} cloud keeps no instance logs", field="name")

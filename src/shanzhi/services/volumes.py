@@ -57,3 +57,16 @@ def delete_volume(s: Session, key: str, cloud: str | None = None, scope: Scope =
                 app=v.app_name,
             )
     return found
+
+
+def one_copy(s: Session, key: str, cloud: str | None, scope: Scope = EVERYWHERE) -> VolumeRecord:
+    """The volume `key` on `cloud` (which may be left out when it has a disk on one cloud only)."""
+    found = [v for v in get_volume(s, key, scope) if cloud is None or v.cloud.name == cloud]
+    if not found:
+        raise NotFound(f"volume {key} has no disk on cloud {cloud}", field="cloud")
+    if len(found) > 1:
+        clouds = ", ".join(sorted(v.cloud.name for v in found))
+        raise Conflict(f"volume {key} has disks on several clouds ({clouds}); pass --cloud", field="cloud")
+    if found[0].state == "deleting":
+        raise Conflict(f"volume {key} is being deleted", field="key")
+    return found[0]

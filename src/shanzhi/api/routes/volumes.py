@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
 
 from shanzhi.api import schemas
 from shanzhi.api.audit import transaction
@@ -10,6 +13,7 @@ from shanzhi.api.auth import principal, require
 from shanzhi.api.deps import Runtime, runtime
 from shanzhi.domain.rbac import Principal
 from shanzhi.services import volumes as svc
+from shanzhi.store.events import record_event
 from shanzhi.store.tables import VolumeRecord
 
 router = APIRouter(prefix="/volumes", tags=["volumes"])
@@ -67,3 +71,63 @@ def delete_volume(
         out = [_out(v) for v in svc.delete_volume(s, key, cloud, p.scope("app.write"))]
     rt.wake()
     return out
+
+
+class SnapshotIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")
+    cloud: str | None = None
+
+
+def _snap(request: Request, key: str, body: SnapshotIn, p: Principal, rt: Runtime, restore: bool) -> dict[str, Any]:
+    with transaction(request) as s:
+        v = svc.one_copy(s, key, body.cloud, p.scope("app.read"))
+        require(p, "app.write", v.vdc.path, visible="app.read")
+        request.state.target = f"volume {key} snapshot {body.name}"
+        provider = rt.fleet.provider(v.cloud.name, v.cloud.kind, dict(v.cloud.options))
+        downtime = provider.snapshot_volume(key, v.instance, body.name, restore=restore)
+        what = "restored from" if restore else "snapshot"
+        record_event(
+            s,
+            "VolumeRestored" if restore else "VolumeSnapshot",
+            "volume",
+            key,
+            f"{what} {body.name} on {v.cloud.name}; {v.instance or 'no replica'} down {downtime:.1f}s",
+            vdc=v.vdc.path,
+            app=v.app_name,
+        )
+        return {
+            "key": key,
+            "cloud": v.cloud.name,
+            "snapshot": body.name,
+            "instance": v.instance,
+            "downtime_seconds": round(downtime, 3),
+            "outcome": "restored" if restore else "created",
+        }
+
+
+@router.post("/{key}/snapshots", status_code=201)
+def snapshot(
+    request: Request, key: str, body: SnapshotIn, p: Principal = Depends(principal), rt: Runtime = Depends(runtime)
+) -> dict[str, Any]:
+    """Snapshot a volume's disk. The replica using it is stopped meanwhile (a consistent disk);
+    the answer says for how long."""
+    return _snap(request, key, body, p, rt, restore=False)
+
+
+@router.post("/{key}/restore")
+def restore(
+    request: Request, key: str, body: SnapshotIn, p: Principal = Depends(principal), rt: Runtime = Depends(runtime)
+) -> dict[str, Any]:
+    """Put a volume's disk back to a snapshot (the replica using it is stopped meanwhile)."""
+    return _snap(request, key, body, p, rt, restore=True)
+
+
+@router.get("/{key}/snapshots")
+def snapshots(
+    key: str, cloud: str | None = Query(None), p: Principal = Depends(principal), rt: Runtime = Depends(runtime)
+) -> list[dict[str, Any]]:
+    with rt.db.session() as s, s.begin():
+        v = svc.one_copy(s, key, cloud, p.scope("app.read"))
+        ref = (v.cloud.name, v.cloud.kind, dict(v.cloud.options))
+    return rt.fleet.provider(*ref).volume_snapshots(key)
