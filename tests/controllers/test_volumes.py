@@ -6,8 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 
+from shanzhi.domain.errors import InvalidInput
 from shanzhi.services.apps import delete_app
 from shanzhi.store.tables import App, VolumeRecord
 from tests.controllers.test_reconciler import World, districts, sim_doc, world
@@ -85,3 +87,44 @@ def test_deleting_the_app_reclaims_its_volumes_unless_retained(districts: World)
     (kept,) = volumes(districts)
     assert (kept.app_name, kept.state, kept.app_id, kept.instance) == ("keep", "released", None, None)
     assert districts.events("VolumeDeleted") == ["gz_db_api-0_data", "gz_db_api-1_data"]
+
+
+def test_a_moved_replica_takes_its_volumes_cold_and_the_source_goes(districts: World) -> None:
+    from shanzhi.services import plans
+
+    districts.apply(vm_doc("db", 1))
+    districts.converge(districts.running("db", 1))
+    (old,) = districts.rows("db")
+    assert old.cloud is not None
+    target = next(c for c in ("d1", "d2", "d3") if c != old.cloud.name)
+    with districts.db.session() as s, s.begin():
+        plans.move(s, old.name, target)
+    both = [0]
+
+    def watch() -> None:
+        live = [r for r in districts.rows("db") if r.state in ("starting", "running")]
+        both[0] = max(both[0], len(live))
+
+    districts.converge(
+        lambda: (
+            [(r.state, r.cloud.name if r.cloud else None) for r in districts.rows("db")] == [("running", target)]
+            and len(volumes(districts)) == 1
+        ),
+        each=watch,
+    )
+    assert both[0] == 1  # cold: the old one stopped before the new one started
+    (new,) = districts.rows("db")
+    assert new.ordinal == old.ordinal and new.replaces is None
+    (vol,) = volumes(districts)
+    assert (vol.key, vol.state, vol.instance, vol.cloud_id) == ("gz_db_api-0_data", "attached", new.name, new.cloud_id)
+    assert districts.events("Migrated") == [new.name]
+    districts.cloud("c9", "sim", "site-c9", "city")
+    with districts.db.session() as s, s.begin():
+        from shanzhi.store.tables import Event
+
+        msg = s.scalar(select(Event.message).where(Event.reason == "Migrated"))
+        assert msg is not None and f"{old.cloud.name} -> {target}" in msg and "; down " in msg
+        with pytest.raises(InvalidInput, match="already runs on"):
+            plans.move(s, new.name, target)
+        with pytest.raises(InvalidInput, match="placement rules out"):
+            plans.move(s, new.name, "c9")

@@ -34,7 +34,7 @@ spec:
       health: {http: {path: /, port: http}}
       volumes: [{name: data, size: 64Mi, mountPath: /data}]
   placement:
-    clouds: {names: [vm-a]}
+    clouds: {names: [vm-a, vm-b]}
 """
 
 
@@ -70,23 +70,24 @@ def vms(tmp_path: Path, tiny_image: str) -> Iterator[tuple[Server, Cli]]:
     server = Server(data)
     try:
         cli = Cli(server)
-        cli.ok(
-            "cloud",
-            "add",
-            "vm-a",
-            "--kind",
-            "libvirt",
-            "--site",
-            "s1",
-            "--region",
-            "gz",
-            "--option",
-            "stop_timeout=1",
-            "--option",
-            "cpu=4",
-            "--option",
-            "memory=4Gi",
-        )
+        for cloud in ("vm-a", "vm-b"):
+            cli.ok(
+                "cloud",
+                "add",
+                cloud,
+                "--kind",
+                "libvirt",
+                "--site",
+                f"s-{cloud}",
+                "--region",
+                "gz",
+                "--option",
+                "stop_timeout=1",
+                "--option",
+                "cpu=4",
+                "--option",
+                "memory=4Gi",
+            )
         cli.ok("vdc", "create", "gz", "--quota", "cpu=4,memory=4Gi,instances=10")
         yield server, cli
     finally:
@@ -100,7 +101,10 @@ def running(cli: Cli) -> dict[str, dict[str, object]]:
 
 def qemu_pid(cli: Cli, name: str) -> int | None:
     """The qemu process of an instance's domain (libvirt's pid file), None when it is not running."""
-    domain = f"shz-{server_id(cli.server.data_dir)}-vm-a-{name}"
+    clouds = [i["cloud"] for i in cli.json("instance", "list", "--app", "vmweb") if i["name"] == name]
+    if not clouds:
+        return None
+    domain = f"shz-{server_id(cli.server.data_dir)}-{clouds[0]}-{name}"
     try:
         pid = int(Path(f"/run/libvirt/qemu/{domain}.pid").read_text())
         os.kill(pid, 0)
@@ -131,7 +135,8 @@ def test_a_vm_app_boots_heals_is_adopted_and_leaves_nothing_behind(vms: tuple[Se
     assert httpx.get(f"http://{endpoint}/cgi-bin/put?note=kept-{first}", timeout=10).text.strip() == "stored note"
     vols = cli.json("volume", "list", "--app", "vmweb")
     assert sorted((v["ordinal"], v["state"]) for v in vols) == [(0, "attached"), (1, "attached")]
-    disks = list((Path("/var/lib/shanzhi/workloads") / server_id(server.data_dir) / "vm-a" / "volumes").iterdir())
+    root = Path("/var/lib/shanzhi/workloads") / server_id(server.data_dir)
+    disks = sorted(root.glob("vm-*/volumes/*.qcow2"))
     assert sorted(d.name for d in disks) == ["gz_vmweb_web-0_data.qcow2", "gz_vmweb_web-1_data.qcow2"]
     # kill one VM's qemu: the server starts the same domain again, with the same disk
     pid = qemu_pid(cli, first)
@@ -169,6 +174,24 @@ def test_a_vm_app_boots_heals_is_adopted_and_leaves_nothing_behind(vms: tuple[Se
     wait_for(lambda: note() == f"kept-{first}", 120, "the restored volume")
     r = cli.run("volume", "restore", vol["key"], "nope")
     assert r.returncode == 1 and "has no snapshot 'nope'" in r.stderr
+    # cold migration to the other cloud: stopped, its disk copied, started there, the source deleted
+    source = running(cli)[first]["cloud"]
+    other = "vm-b" if source == "vm-a" else "vm-a"
+    cli.ok("app", "move", first, "--to", other)
+
+    def moved() -> str | None:
+        now = [i for i in running(cli).values() if i["cloud"] == other and i["name"] != first]
+        mine = [i for i in now if i["name"] not in pids]
+        return str(mine[0]["name"]) if mine and len(running(cli)) == 2 and first not in running(cli) else None
+
+    successor = wait_for(moved, 240, "the replica moved")
+    first = successor
+    wait_for(lambda: note() == f"kept-{vol['instance']}", 120, "the volume's file on the other cloud")
+    events = [e for e in cli.json("events", "--app", "vmweb", "--limit", "500") if e["reason"] == "Migrated"]
+    assert len(events) == 1 and f"{source} -> {other}" in events[0]["message"] and "; down " in events[0]["message"]
+    wait_for(lambda: not (root / source / "volumes" / f"{vol['key']}.qcow2").exists(), 60, "the source disk deleted")
+    assert (root / other / "volumes" / f"{vol['key']}.qcow2").exists()
+    disks = sorted(root.glob("vm-*/volumes/*.qcow2"))
     # deleting the app leaves no domain behind
     cli.ok("app", "delete", "vmweb", "--wait", "--timeout", "120")
     assert our_domains(server.data_dir) == []

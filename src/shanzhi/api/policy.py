@@ -130,6 +130,7 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/plans/{plan_id}"): _p("plan.read"),
     ("POST", "/plans/{plan_id}/apply"): _p("plan.write"),
     ("DELETE", "/plans/{plan_id}"): _p("plan.write"),
+    ("POST", "/plans/moves"): _p("plan.write"),
     # approvals
     ("GET", "/approvals"): SELF,
     ("GET", "/approvals/{request_id}"): SELF,

@@ -347,6 +347,27 @@ def app_scale(
         _apply_changed(c, spec, f"scale {component} {was} -> {replicas}", output)
 
 
+@app_app.command("move")
+def app_move(
+    instance: str,
+    to: str = typer.Option(..., "--to", help="The cloud to move the replica to."),
+    data_dir: Path | None = DataDirOpt,
+    output: Fmt = OutputOpt,
+) -> None:
+    """Move one replica to another cloud. With volumes it is a cold migration: stopped, its disks
+    copied, started there; the downtime is in the Migrated event (shanzhi events)."""
+    with handle_errors(), client(data_dir) as c:
+        p = c.move(instance, to)
+    if output is Fmt.json:
+        emit(p, output)
+        return
+    m = p["moves"][0]
+    out.print(
+        f"{instance}: moving {m['from']['cloud']}/{m['from']['host']} -> {m['to']['cloud']}/{m['to']['host']} "
+        f"(plan {p['id']}); follow with 'shanzhi events -f'"
+    )
+
+
 @app_app.command("restart")
 def app_restart(
     name: str,

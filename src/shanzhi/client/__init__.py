@@ -358,6 +358,9 @@ class Client:
     def get_plan(self, plan_id: int) -> Any:
         return self._call("GET", f"/plans/{plan_id}")
 
+    def move(self, instance: str, cloud: str) -> Any:
+        return self._call("POST", "/plans/moves", json={"instance": instance, "cloud": cloud})
+
     def drop_plan(self, plan_id: int) -> Any:
         return self._call("DELETE", f"/plans/{plan_id}")
 

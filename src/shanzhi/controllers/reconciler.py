@@ -253,7 +253,40 @@ class Reconciler:
                 )
             rec.app_id, rec.state, rec.instance, rec.reclaim = app.id, "attached", r.name, v.reclaim_policy
 
-    def _request(self, app: App, comp: Component, r: Instance) -> InstanceRequest:
+    def _sources(self, s: Session, app: App, comp: Component, r: Instance) -> list[VolumeRecord]:
+        """The released disks of this replica's ordinal on other clouds (where it ran before)."""
+        keys = [volume_key(app.vdc.path, app.name, comp.name, r.ordinal, v.name) for v in comp.volumes]
+        q = select(VolumeRecord).where(
+            VolumeRecord.key.in_(keys), VolumeRecord.cloud_id != r.cloud_id, VolumeRecord.state == "released"
+        )
+        return list(s.scalars(q.order_by(VolumeRecord.released_at.desc())))
+
+    def _finish_migration(self, s: Session, app: App, comp: Component, r: Instance) -> None:
+        """The moved replica answers its health check: the source disks go, the downtime is told."""
+        sources = [v for v in self._sources(s, app, comp, r) if r.replaces is not None]
+        if not sources:
+            return
+        stopped = min((v.released_at for v in sources if v.released_at), default=None)
+        downtime = f"; down {(utcnow() - stopped).total_seconds():.1f}s" if stopped else ""
+        for v in sources:
+            v.state = "deleting"
+        record_event(
+            s,
+            "Migrated",
+            "instance",
+            r.name,
+            f"{r.replaces} moved to {r.cloud.name if r.cloud else '?'} as {r.name} with its volumes "
+            f"({', '.join(sorted({v.cloud.name for v in sources}))} -> {r.cloud.name if r.cloud else '?'}){downtime}",
+            vdc=app.vdc.path,
+            app=app.name,
+        )
+        r.replaces = None
+
+    def _request(self, app: App, comp: Component, r: Instance, s: Session | None = None) -> InstanceRequest:
+        copy_from: dict[str, str] = {}
+        if s is not None and comp.volumes:
+            for v in self._sources(s, app, comp, r):
+                copy_from.setdefault(v.key, v.cloud.name)  # the newest released copy
         return InstanceRequest(
             name=r.name,
             app=app.name,
@@ -269,7 +302,11 @@ class Reconciler:
             flavor=comp.flavor,
             volumes=tuple(
                 VolumeRequest(
-                    volume_key(app.vdc.path, app.name, comp.name, r.ordinal, v.name), v.name, v.size_bytes, v.mount_path
+                    key := volume_key(app.vdc.path, app.name, comp.name, r.ordinal, v.name),
+                    v.name,
+                    v.size_bytes,
+                    v.mount_path,
+                    copy_from.get(key),
                 )
                 for v in comp.volumes
             ),
@@ -287,9 +324,18 @@ class Reconciler:
                 record_event(s, "InstanceLost", "instance", r.name, r.reason, warning=True, **ev)
             return []
         o = obs.get(r.name)
-        create = _Action("create", r.name, cloud.name, self._request(app, comp, r))
         if r.state == "lost":
             return self._terminate(s, r, f"cloud {cloud.name} is back; a replacement already runs elsewhere")
+        if o is None and comp.volumes and r.replaces:
+            # a cold migration: the replica it replaces stops first, so its disks are copied consistent
+            old = s.scalar(select(Instance).where(Instance.name == r.replaces))
+            if old is not None:
+                if old.state != "terminating":
+                    r.reason = f"waiting for {old.name} to stop: its volumes move with it (cold migration)"
+                return self._terminate(s, old, f"cold migration to {cloud.name} as {r.name}")
+        if o is None and comp.volumes:
+            self._attach_volumes(s, app, comp, r)
+        create = _Action("create", r.name, cloud.name, self._request(app, comp, r, s))
         if o is None:
             if r.state in ("scheduled", "pending"):
                 return [create]
@@ -319,6 +365,8 @@ class Reconciler:
         if comp.health is None or not probes:
             if r.state != "running":
                 self._set_state(s, r, "running", "process is running" if probes else "running")
+                if comp.volumes and r.replaces:
+                    self._finish_migration(s, app, comp, r)
             return []
         ps = self._probes.get(r.name)
         if ps is None or (ps.successes == 0 and ps.failures == 0):
@@ -329,6 +377,8 @@ class Reconciler:
             if r.state != "running":
                 self._set_state(s, r, "running", "health check passing")
                 record_event(s, "InstanceReady", "instance", r.name, f"{r.name} is healthy at {r.endpoint}", **ev)
+                if comp.volumes and r.replaces:
+                    self._finish_migration(s, app, comp, r)
             return []
         too_long = not ps.ever_ok and now - r.created_at > STARTUP_TIMEOUT
         if ps.failures >= comp.health.failure_threshold and (ps.ever_ok or too_long):
@@ -569,4 +619,4 @@ class Reconciler:
 def _release_volumes(s: Session, r: Instance) -> None:
     """A replica that is gone leaves its volumes for the next replica of its ordinal."""
     for v in s.scalars(select(VolumeRecord).where(VolumeRecord.instance == r.name)):
-        v.state, v.instance = "released", None
+        v.state, v.instance, v.released_at = "released", None, utcnow()

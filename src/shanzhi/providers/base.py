@@ -35,6 +35,7 @@ class VolumeRequest:
     name: str
     size: int  # bytes
     mount_path: str
+    copy_from: str | None = None  # a cloud (of the same kind, on this machine) whose disk to start from
 
 
 @dataclass(frozen=True)

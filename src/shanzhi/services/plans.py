@@ -174,6 +174,7 @@ def apply(s: Session, plan_id: int) -> PlanRecord:
             state="scheduled",
             placement=f"plan {plan_id}: moved from {mv['from']['cloud']}/{mv['from']['host']} ({mv['reason']})",
             replaces=old.name,
+            ordinal=old.ordinal,  # the same identity: its volumes move with it
         )
         s.add(new)
         record_event(
@@ -190,6 +191,58 @@ def apply(s: Session, plan_id: int) -> PlanRecord:
     _unfence(s, p)
     s.flush()
     return p
+
+
+def move(s: Session, instance: str, cloud: str) -> PlanRecord:
+    """Move one replica to `cloud` now: a one-move plan, applied at once (start new, wait healthy,
+    stop old; for a replica with volumes: stop old, copy its disks, start new, then delete the source)."""
+    old = s.scalar(select(Instance).where(Instance.name == instance))
+    if old is None:
+        raise NotFound(f"instance {instance} does not exist; see 'shanzhi instance list'", field="name")
+    if old.state not in PLACED or old.cloud is None:
+        raise Conflict(f"instance {instance} is {old.state}: only a placed replica moves", field="name")
+    target = get_cloud(s, cloud)
+    if target.id == old.cloud_id:
+        raise InvalidInput(f"instance {instance} already runs on {cloud}", field="cloud")
+    placement = AppSpec.model_validate(old.app.spec).spec.placement
+    refused = placement.refuses_cloud(target.name, target.region, {str(k): str(v) for k, v in target.tags.items()})
+    if refused is not None:
+        raise InvalidInput(f"app {old.app.name}'s placement rules out {cloud}: {refused}", field="cloud")
+    if target.health != "healthy" or target.draining or target.fenced_by_plan is not None:
+        raise Conflict(f"cloud {cloud} takes no new placements now ({target.health_message or target.health})")
+    used: dict[str, tuple[int, int, int]] = {}
+    for r in s.scalars(select(Instance).where(Instance.cloud_id == target.id, Instance.state != "lost")):
+        c, m, n = used.get(r.host or "", (0, 0, 0))
+        used[r.host or ""] = (c + r.cpu, m + r.memory, n + 1)
+    fits = [
+        h
+        for h in target.hosts
+        if h.healthy
+        and h.cpu - used.get(h.name, (0, 0, 0))[0] >= old.cpu
+        and h.memory - used.get(h.name, (0, 0, 0))[1] >= old.memory
+        and h.max_instances > used.get(h.name, (0, 0, 0))[2]
+    ]
+    if not fits:
+        raise Conflict(f"cloud {cloud} has no host with room for {instance}", field="cloud")
+    host = max(fits, key=lambda h: h.cpu - used.get(h.name, (0, 0, 0))[0])
+    record = PlanRecord(
+        kind="move",
+        summary={"solver": "direct", "seconds": 0, "moves": 1, "stranded": 0, "cloud": cloud},
+        moves={
+            "moves": [
+                {
+                    "instance": old.name,
+                    "app": f"{old.app.vdc.path}/{old.app.name}/{old.component}",
+                    "from": {"cloud": old.cloud.name, "host": old.host},
+                    "to": {"cloud": cloud, "host": host.name},
+                    "reason": "moved by request",
+                }
+            ]
+        },
+    )
+    s.add(record)
+    s.flush()
+    return apply(s, record.id)
 
 
 def drop(s: Session, plan_id: int) -> PlanRecord:

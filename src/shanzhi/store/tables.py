@@ -188,6 +188,7 @@ class VolumeRecord(Base):
     # attached (a replica of that ordinal is on its cloud) | released (none) | deleting
     state: Mapped[str] = mapped_column(String(16), default="attached")
     instance: Mapped[str | None] = mapped_column(String(128))  # the replica using it now
+    released_at: Mapped[datetime | None] = mapped_column()  # when its last replica stopped
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     vdc: Mapped[Vdc] = relationship(lazy="joined")
     cloud: Mapped[Cloud] = relationship(lazy="joined")

@@ -36,6 +36,23 @@ def _out(p: PlanRecord) -> dict[str, Any]:
     }
 
 
+class MoveIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    instance: str
+    cloud: str
+
+
+@router.post("/moves", status_code=201)
+def move(request: Request, body: MoveIn, rt: Runtime = Depends(runtime)) -> dict[str, Any]:
+    """Move one replica to another cloud now (a one-move plan, applied): a replica with volumes is
+    migrated cold (stopped, its disks copied, started there, then the source deleted)."""
+    request.state.target = f"instance {body.instance}"
+    with transaction(request) as s:
+        out = _out(svc.move(s, body.instance, body.cloud))
+    rt.wake()
+    return out
+
+
 @router.post("", status_code=201)
 def propose(request: Request, body: PlanIn) -> dict[str, Any]:
     with transaction(request) as s:

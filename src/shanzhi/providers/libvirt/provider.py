@@ -215,7 +215,10 @@ class LibvirtProvider(Provider):
                 ports[pname] = free_port(taken | set(ports.values()))
                 guest[pname] = gport
             meta = Meta(self.name, req.app, req.component, req.vdc, req.name, req.host, ports, guest)
-            disks = tuple((str(self._disk(v.key, v.size)), f"vd{chr(ord('a') + i)}") for i, v in enumerate(req.volumes))
+            disks = tuple(
+                (str(self._disk(v.key, v.size, v.copy_from)), f"vd{chr(ord('a') + i)}")
+                for i, v in enumerate(req.volumes)
+            )
             vols = ",".join(f"{dev}:{v.mount_path}" for (_, dev), v in zip(disks, req.volumes, strict=True))
             cmdline = f"console=ttyS0 quiet shanzhi.name={req.name} shanzhi.ports={','.join(map(str, guest.values()))}"
             cmdline += f" shanzhi.vols={vols}" if vols else ""
@@ -252,22 +255,20 @@ class LibvirtProvider(Provider):
     def _volumes(self) -> Path:
         return default_workload_root(self.state_dir.parent.parent) / self.name / "volumes"
 
-    def _disk(self, key: str, size: int) -> Path:
-        """The volume's qcow2 disk, created (sparse) the first time; never replaced after."""
+    def _disk(self, key: str, size: int, copy_from: str | None = None) -> Path:
+        """The volume's qcow2 disk: created the first time (sparse, or a copy of the disk it had
+        on cloud `copy_from`: a cold migration), never replaced after."""
         path = self._volumes() / f"{key}.qcow2"
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             for p in (path.parent, path.parent.parent, path.parent.parent.parent):
                 os.chmod(p, 0o711)
             tmp = path.with_suffix(".creating")
-            done = subprocess.run(
-                ["qemu-img", "create", "-q", "-f", "qcow2", str(tmp), str(size)],
-                check=False,
-                capture_output=True,
-                text=True,
-            )
-            if done.returncode != 0:
-                raise OSError(f"qemu-img could not create volume {key}: {done.stderr.strip()}")
+            source = self._volumes().parent.parent / str(copy_from) / "volumes" / f"{key}.qcow2"
+            if copy_from and source.exists():
+                self._qemu_img("convert", "-q", "-O", "qcow2", str(source), str(tmp))
+            else:
+                self._qemu_img("create", "-q", "-f", "qcow2", str(tmp), str(size))
             tmp.rename(path)
         return path
 

@@ -51,6 +51,7 @@ def upgrade() -> None:
         sa.Column("reclaim", sa.String(16), nullable=False),
         sa.Column("state", sa.String(16), nullable=False),
         sa.Column("instance", sa.String(128)),
+        sa.Column("released_at", sa.DateTime(timezone=True)),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.UniqueConstraint("cloud_id", "key"),
     )
