@@ -25,6 +25,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8700
     demo: bool = False
+    demo_vms: bool = True  # with demo: a libvirt cloud and a VM app, when this machine can run VMs
     controller: bool = True
     publisher: bool = True  # this process publishes ledger checkpoints and drains the audit outbox
     prepared: bool = False  # migrations, bootstrap and demo done already (API workers)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -41,7 +42,12 @@ class Server:
     """One `shanzhi serve` process."""
 
     def __init__(
-        self, data_dir: Path, database_url: str | None = None, *extra: str, env: dict[str, str] | None = None
+        self,
+        data_dir: Path,
+        database_url: str | None = None,
+        *extra: str,
+        env: dict[str, str] | None = None,
+        demo_vms: bool = False,
     ) -> None:
         self.data_dir = data_dir
         self.port = free_port()
@@ -52,6 +58,8 @@ class Server:
         # every test client calls from 127.0.0.1: the per-address limits are tested on their own
         args += ["--interval", "0.3", "--failover-grace", "1", "--logins-per-minute", "10000"]
         args += ["--failures-per-minute", "10000", *extra]
+        if "--demo" in extra and not demo_vms:  # a VM per demo is for the tests that look at it
+            args.append("--no-demo-vms")
         if database_url:
             args += ["--database-url", database_url]
         extra_env = env
@@ -136,3 +144,30 @@ def stop_everything(data_dir: Path, *servers: Server) -> None:
     for s in servers:
         s.kill()
     stop_all_under(data_dir / "clouds", remove=True)
+    remove_vms(data_dir)
+
+
+def remove_vms(data_dir: Path) -> None:
+    """Every libvirt domain and volume disk a server of this data dir made (nothing else's)."""
+    from shanzhi.providers.sandbox import default_workload_root, server_id
+
+    try:
+        import libvirt  # type: ignore[import-untyped]
+    except ImportError:
+        return
+    if not Path("/run/libvirt/libvirt-sock").exists():
+        return
+    libvirt.registerErrorHandler(lambda *_: None, None)
+    try:
+        conn = libvirt.open("qemu:///system")
+    except libvirt.libvirtError:
+        return
+    try:
+        for d in conn.listAllDomains():
+            if d.name().startswith(f"shz-{server_id(data_dir)}-"):
+                if d.isActive():
+                    d.destroy()
+                d.undefine()
+    finally:
+        conn.close()
+    shutil.rmtree(default_workload_root(data_dir), ignore_errors=True)

@@ -17,9 +17,11 @@ import pytest
 
 from shanzhi.services.demo import DEMO_PASSWORD
 from tests.e2e.harness import ROOT, Server, stop_everything, wait_for
+from tests.vm import missing
 
 pytestmark = pytest.mark.e2e
 README = ROOT / "README.md"
+VMS = missing() is None  # the demo has a VM app only where VMs run (CI: always)
 
 Check = Callable[[str], bool]
 
@@ -54,6 +56,11 @@ EXPECT: dict[str, tuple[int, Check]] = {
     'print(json.load(sys.stdin)[0]["endpoint"])\')/': (0, has("Directory listing")),
     ".venv/bin/shanzhi instance logs $(.venv/bin/shanzhi instance list --app hello -o json | python3 -c "
     "'import json,sys; print(json.load(sys.stdin)[0][\"name\"])')": (0, has('"GET / HTTP/1.1" 200')),
+    ".venv/bin/shanzhi app get records-db": (
+        0 if VMS else 1,  # without VMs: "app records-db does not exist"
+        lambda t: ("records-db" in t and "vm-huangpu" in t) if VMS else "records-db does not exist" in t,
+    ),
+    ".venv/bin/shanzhi volume list": (0, lambda t: not VMS or "gz.health_records-db_db-0_data" in t),
     ".venv/bin/shanzhi cloud fail city-a": (0, has("city-a", "failed")),
     ".venv/bin/shanzhi events --app hello": (0, has("InstanceLost", "cloud city-a unreachable", "InstanceReady")),
     ".venv/bin/shanzhi cloud recover city-a": (0, has("recovered")),
@@ -112,7 +119,7 @@ def tour() -> list[str]:
 def demo(tmp_path: Path) -> Iterator[tuple[Server, Path]]:
     data = tmp_path / "data"
     data.mkdir()
-    server = Server(data, None, "--demo")
+    server = Server(data, None, "--demo", demo_vms=True)  # as make run: with a VM when this machine can
     # where the README's commands run: `.venv/bin/shanzhi` is this interpreter's CLI, examples as shipped
     work = tmp_path / "clone"
     (work / ".venv" / "bin").mkdir(parents=True)

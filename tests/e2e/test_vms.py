@@ -48,20 +48,6 @@ def our_domains(data: Path) -> list[str]:
         conn.close()
 
 
-def remove_domains(data: Path) -> None:
-    import libvirt
-
-    conn = libvirt.open("qemu:///system")
-    try:
-        for d in conn.listAllDomains():
-            if d.name().startswith(f"shz-{server_id(data)}-"):
-                if d.isActive():
-                    d.destroy()
-                d.undefine()
-    finally:
-        conn.close()
-
-
 @pytest.fixture
 def vms(tmp_path: Path, tiny_image: str) -> Iterator[tuple[Server, Cli]]:
     require_vm()
@@ -92,7 +78,6 @@ def vms(tmp_path: Path, tiny_image: str) -> Iterator[tuple[Server, Cli]]:
         yield server, cli
     finally:
         stop_everything(data, server)
-        remove_domains(data)
 
 
 def running(cli: Cli) -> dict[str, dict[str, object]]:

@@ -28,7 +28,7 @@ from shanzhi.ledger.keys import load_or_create, stored_name
 from shanzhi.ledger.note import Verifier
 from shanzhi.ledger.service import Ledger, Witness
 from shanzhi.providers.sandbox import Sandbox
-from shanzhi.services.demo import seed_demo, seed_ledger
+from shanzhi.services.demo import seed_demo, seed_ledger, seed_vm_demo
 from shanzhi.services.identity import ensure_bootstrap
 from shanzhi.services.mfa import Vault
 from shanzhi.store import Database, open_database
@@ -70,7 +70,14 @@ def prepare(settings: Settings, db: Database) -> None:
     ledger = make_ledger(settings, db)
     if settings.demo:
         with db.session() as s, s.begin():
-            seed_demo(s)
+            created = seed_demo(s)
+        if created and settings.demo_vms:
+            with db.session() as s, s.begin():
+                why = seed_vm_demo(s)
+            if why is None:
+                log.info("demo: a libvirt cloud (vm-huangpu) runs records-db, a VM with a volume")
+            else:
+                log.warning("demo: no VM cloud, this machine cannot run VMs here: %s", why)
         if ledger is not None:
             seed_ledger(ledger, settings.data_dir)
 

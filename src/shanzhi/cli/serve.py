@@ -27,6 +27,12 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
     port: int = typer.Option(8700, "--port", help="Port to listen on."),
     demo: bool = typer.Option(False, "--demo", help="Create the demo world on first start."),
+    demo_vms: bool = typer.Option(
+        True,
+        "--demo-vms/--no-demo-vms",
+        help="With --demo: add a libvirt VM cloud and a VM app with a volume when this machine can run VMs "
+        "(root, libvirtd, QEMU; said at start when it cannot).",
+    ),
     interval: float = typer.Option(1.0, "--interval", help="Seconds between reconcile passes."),
     workers: int = typer.Option(
         1, "--workers", min=1, max=64, help="API processes (above 1, the controllers get a process of their own)."
@@ -161,6 +167,7 @@ def serve(
         host=host,
         port=port,
         demo=demo,
+        demo_vms=demo_vms,
         interval=interval,
         workers=workers,
         failover_grace=failover_grace,
@@ -180,6 +187,7 @@ def serve(
             f"  {cli} instance list --app hello      # then curl an endpoint\n"
             f"  {cli} cloud fail city-a              # lose a site: hello fails over to city-b and city-c\n"
             f"  {cli} events --app hello\n"
+            f"  {cli} app get records-db           # a VM with a volume, where this machine runs VMs\n"
             f"  API docs: {url}/api/v1/docs",
             soft_wrap=True,
         )

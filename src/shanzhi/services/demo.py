@@ -149,6 +149,54 @@ def seed_demo(s: Session) -> bool:
     return True
 
 
+VM_CLOUD: tuple[str, str, str, dict[str, str], dict[str, str | int | float]] = (
+    "vm-huangpu",
+    "gz-huangpu",
+    "gz",
+    {"level": "city", "runtime": "vm"},
+    {"cpu": 2, "memory": "2Gi"},
+)
+RECORDS_DB = {
+    "apiVersion": "shanzhi.io/v1",
+    "kind": "App",
+    "metadata": {"name": "records-db", "vdc": "gz/health"},
+    "spec": {
+        "components": [
+            {
+                "name": "db",
+                "replicas": 1,
+                "image": "tiny",
+                "resources": {"cpu": 0.5, "memory": "192Mi"},
+                "ports": [{"name": "http", "port": 8080}],
+                "health": {"http": {"path": "/", "port": "http"}},
+                "volumes": [{"name": "data", "size": "64Mi", "mountPath": "/data"}],
+            }
+        ],
+        "placement": {"clouds": {"names": ["vm-huangpu"]}},
+    },
+}
+
+
+def seed_vm_demo(s: Session) -> str | None:
+    """A libvirt cloud and a small VM app with a volume, when this machine can run VMs.
+    Returns None when they were added, else why not (said at start, never an error)."""
+    from shanzhi.providers.libvirt.host import Hypervisor, HypervisorError, available
+    from shanzhi.providers.libvirt.images import ImageError, ImageStore
+
+    why = available()
+    if why is not None:
+        return why
+    try:
+        Hypervisor("qemu:///system").describe()
+        ImageStore().build_tiny("tiny")
+    except (HypervisorError, ImageError, OSError) as err:
+        return str(err)
+    name, site, region, tags, options = VM_CLOUD
+    add_cloud(s, name, "libvirt", site, region, tags, options)
+    apply_app(s, parse_app(RECORDS_DB), "demo", "the demo world")
+    return None
+
+
 def seed_ledger(ledger: Ledger, data_dir: Path) -> int:
     """A small verifiable chain in an empty ledger: a duty, the catalog entry it justifies,
     a sharing request, its approval and a data access, each signed by its department."""
