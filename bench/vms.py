@@ -1,6 +1,7 @@
 """Real VMs on this machine: how long from create to an answered health check, what one costs,
-and how many fit, side by side with the floor (the same domain started by libvirt directly,
-as `virsh define` + `virsh start` would) and with `local` processes.
+how many fit, and what a cold migration of a VM with a filled volume costs, side by side with the
+floor (the same domain started by libvirt directly, as `virsh define` + `virsh start` would; a
+plain copy of the disk) and with `local` processes.
 
 Runs the libvirt provider against qemu:///system (TCG here: KVM is not usable on this machine),
 the tiny image (kernel + busybox initramfs, built from local packages). Needs root, libvirtd
@@ -93,6 +94,42 @@ def request(i: int, prefix: str, **kw: Any) -> InstanceRequest:
     )
 
 
+def migrate(vm: LibvirtProvider, data: Path, mib: int) -> dict[str, float]:
+    """A VM whose volume holds `mib` MiB of data, moved cold to a second cloud as the reconciler
+    does it: stop, copy the disk (qemu-img convert), start there, wait for its answer."""
+    import shutil
+    import subprocess
+
+    from shanzhi.providers import VolumeRequest
+
+    there = load_provider("libvirt", "bench2", vm.opts, data / "clouds" / "bench2")
+    assert isinstance(there, LibvirtProvider)
+    key = f"bench_mig-{mib}_data"
+    size = 2 * mib * MiB
+    disk = vm._disk(key, size)
+    write = ["qemu-io", "-f", "qcow2", "-c", f"write -P 0xab 0 {mib}M", str(disk)]
+    subprocess.run(write, check=True, capture_output=True)
+    vol = (VolumeRequest(key, "data", size, "/data", None),)
+    o = vm.create_instance(request(0, f"mig{mib}", image="tiny", volumes=vol))
+    answered(o.endpoint or "")
+    floor = time.monotonic()
+    shutil.copyfile(disk, disk.with_suffix(".cp"))
+    cp = time.monotonic() - floor
+    disk.with_suffix(".cp").unlink()
+    t0 = time.monotonic()
+    vm.delete_instance(o.name)
+    c0 = time.monotonic()
+    there._disk(key, size, copy_from="bench")
+    copy = time.monotonic() - c0
+    moved = there.create_instance(request(0, f"mig{mib}", image="tiny", volumes=vol))
+    answered(moved.endpoint or "")
+    downtime = time.monotonic() - t0
+    there.delete_instance(moved.name)
+    vm.delete_volume(key)
+    there.delete_volume(key)
+    return {"mib": mib, "downtime": downtime, "copy": copy, "per_gib": downtime / (mib / 1024), "cp": cp}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="1 and 3 at once, density 6 (a few minutes)")
@@ -171,6 +208,9 @@ def main() -> None:
                 rss.append(psutil.Process(d.pid).memory_info().rss / MiB)
         results["density"] = {"started": density_target, "answering": healthy}
         results["qemu_rss_mib"] = {"median": statistics.median(rss) if rss else None, "max": max(rss, default=None)}
+        for o in vm.list_instances():
+            vm.delete_instance(o.name)
+        results["migration"] = [migrate(vm, data, mib) for mib in ((256,) if args.quick else (256, 1024))]
     finally:
         for o in vm.list_instances():
             vm.delete_instance(o.name)
@@ -198,6 +238,12 @@ def main() -> None:
             ),
         )
     console.print(t)
+    mig = Table(title="cold migration of a VM with a filled volume (stop, copy, start, answered)")
+    for col in ("volume data", "downtime s", "copy s", "s per GiB", "plain copy of the disk s (floor)"):
+        mig.add_column(col, justify="right")
+    for r in results["migration"]:
+        mig.add_row(f"{r['mib']} MiB", *(f"{r[k]:.1f}" for k in ("downtime", "copy", "per_gib", "cp")))
+    console.print(mig)
     d, m = results["density"], results["qemu_rss_mib"]
     console.print(
         f"density: {d['answering']}/{d['started']} tiny VMs answering at once; "
