@@ -70,6 +70,7 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/images"): VDC_ROLES_ANYWHERE,
     ("GET", "/images/{name}"): VDC_ROLES_ANYWHERE,
     ("POST", "/images"): frozenset({SYS}),
+    ("POST", "/images/import"): frozenset({SYS}),
     ("DELETE", "/images/{name}"): frozenset({SYS}),
     ("POST", "/clouds"): frozenset({SYS}),
     ("GET", "/clouds/{name}"): VDC_ROLES_ANYWHERE,
@@ -328,6 +329,7 @@ def _calls(w: World) -> dict[tuple[str, str], Callable[[str], Call]]:
         ("GET", "/images"): lambda _: ("/images", {}),
         ("GET", "/images/{name}"): lambda _: (f"/images/{fake_image()}", {}),
         ("POST", "/images"): lambda _: ("/images", {"json": {"name": w.fresh(), "kind": "not-a-kind"}}),  # 422
+        ("POST", "/images/import"): lambda _: ("/images/import", {"json": {"name": w.fresh(), "path": "/nope"}}),
         ("DELETE", "/images/{name}"): lambda _: (f"/images/{fake_image()}", {}),
         ("GET", "/apps"): lambda _: ("/apps", {}),
         ("POST", "/apps"): lambda _: ("/apps", {"json": app_spec(w.fresh(), "gz/health")}),

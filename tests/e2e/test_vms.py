@@ -33,6 +33,7 @@ spec:
       ports: [{name: http, port: 8080}]
       health: {http: {path: /, port: http}}
       volumes: [{name: data, size: 64Mi, mountPath: /data}]
+      env: {GREETING: hello from the seed}
   placement:
     clouds: {names: [vm-a, vm-b]}
 """
@@ -110,6 +111,8 @@ def test_a_vm_app_boots_heals_is_adopted_and_leaves_nothing_behind(vms: tuple[Se
     for inst in up.values():
         r = httpx.get(f"http://{inst['endpoint']}/", timeout=5)
         assert r.status_code == 200 and f"shanzhi tiny vm {inst['name']}" in r.text
+        seeded = httpx.get(f"http://{inst['endpoint']}/env.txt", timeout=5).text  # its cloud-init seed
+        assert f"SHANZHI_NAME={inst['name']}\n" in seeded and "GREETING='hello from the seed'\n" in seeded
     health = cli.json("cloud", "get", "vm-a")["health_message"]
     assert "TCG" in health or "KVM" in health  # how the VMs are accelerated is said
     # the console is the instance's log

@@ -76,7 +76,7 @@ def test_create_is_idempotent_and_adopted_by_a_new_provider(data_dir: Path, imag
     dom = conn.lookupByName(a.detail.split()[1])
     xml = dom.XMLDesc()
     assert "<vcpu placement='static'>2</vcpu>" in xml  # 1.5 cpu: two vcpus
-    assert "shanzhi.ports=8080,9090" in xml
+    assert "seed.iso" in xml  # name, ports and volumes come from the cloud-init seed, not the command line
     p.delete_instance("web-1")
     assert p.list_instances() == [] and p.name not in [d.name() for d in conn.listAllDomains()]
     p.delete_instance("web-1")  # gone already: fine
@@ -166,3 +166,75 @@ def test_metadata_round_trips_and_the_initramfs_is_a_valid_cpio(tmp_path: Path) 
     assert gzip.decompress(gzip.compress(archive, mtime=0)) == archive
     with pytest.raises(ImageError, match="must be lower-case"):
         ImageStore(tmp_path).get("../etc")
+
+
+needs_tools = pytest.mark.skipif(
+    shutil.which("qemu-img") is None or shutil.which("xorriso") is None,
+    reason="qemu-img and xorriso are missing (apt-get install qemu-utils xorriso)",
+)
+
+
+@needs_tools
+def test_an_imported_disk_is_checked_stored_as_qcow2_and_booted_through_an_overlay(
+    data_dir: Path, images: Path, tmp_path: Path
+) -> None:
+    raw = tmp_path / "cloud.img"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(raw), "4M"], check=True)
+    digest = hashlib.sha256(raw.read_bytes()).hexdigest()
+    store = ImageStore(images)
+    with pytest.raises(ImageError, match="not the 00"):
+        store.import_disk("distro", raw, "00" * 32)
+    assert not (images / "distro").exists()
+    img = store.import_disk("distro", raw, digest)
+    assert img.kind == "disk" and img.disk.exists() and digest[:16] in img.detail
+    info = json.loads(
+        subprocess.run(
+            ["qemu-img", "info", "--output=json", str(img.disk)], capture_output=True, check=True, text=True
+        ).stdout
+    )
+    assert info["format"] == "qcow2" and info["virtual-size"] == 4 * 2**20
+    with pytest.raises(ImageError, match="exists already"):
+        store.import_disk("distro", raw)
+    with pytest.raises(ImageError, match="no file"):
+        store.import_disk("other", tmp_path / "missing.img")
+    # a VM of it boots from its own overlay (the image stays untouched), with the seed as the last disk
+    p = provider(data_dir, ssh_key="ssh-ed25519 AAAAC3Nza test@shanzhi")
+    r = InstanceRequest(
+        name="web-1",
+        app="hello",
+        component="web",
+        vdc="gz",
+        host="node-0",
+        cpu=1000,
+        memory=512 * 2**20,
+        ports=(("http", 80),),
+        image="distro",
+        env={"GREETING": "hi there"},
+    )
+    o = p.create_instance(r)
+    xml = libvirt.open("test:///default").lookupByName(o.detail.split()[1]).XMLDesc()
+    assert "<boot dev='hd'/>" in xml and "<kernel>" not in xml
+    root = next(p._files("web-1").glob("root.qcow2"))
+    backing = json.loads(
+        subprocess.run(
+            ["qemu-img", "info", "-U", "--output=json", str(root)], capture_output=True, check=True, text=True
+        ).stdout
+    )["backing-filename"]
+    assert backing == str(img.disk)
+    assert "seed.iso" in xml and "<readonly/>" in xml
+    out = tmp_path / "seed"
+    subprocess.run(
+        ["xorriso", "-osirrox", "on", "-indev", str(p._files("web-1") / "seed.iso"), "-extract", "/", str(out)],
+        check=True,
+        capture_output=True,
+    )
+    assert json.loads((out / "meta-data").read_text()) == {"instance-id": "web-1", "local-hostname": "web-1"}
+    user = (out / "user-data").read_text()
+    assert user.startswith("#cloud-config\n") and "ssh-ed25519 AAAAC3Nza test@shanzhi" in user
+    env = (out / "shanzhi.env").read_text()
+    assert "SHANZHI_NAME=web-1\n" in env and "PORT_HTTP=80\n" in env and "GREETING='hi there'\n" in env
+    seed = str(p._files("web-1") / "seed.iso")
+    pvd = subprocess.run(["xorriso", "-indev", seed, "-pvd_info"], check=True, capture_output=True, text=True)
+    label = pvd.stdout + pvd.stderr
+    assert "cidata" in label
+    p.delete_instance("web-1")

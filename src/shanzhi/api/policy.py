@@ -104,6 +104,7 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/images"): _v("cloud.read"),
     ("GET", "/images/{name}"): _v("cloud.read"),
     ("POST", "/images"): _p("cloud.write"),
+    ("POST", "/images/import"): _p("cloud.write"),
     ("DELETE", "/images/{name}"): _p("cloud.write"),
     ("GET", "/vdcs"): _v("vdc.read"),
     ("POST", "/vdcs"): _v("vdc.write"),

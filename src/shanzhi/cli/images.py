@@ -32,6 +32,21 @@ def build(
     emit(r, output, IMAGE_COLS)
 
 
+@image_app.command("import")
+def import_(
+    name: str,
+    file: Path = typer.Argument(..., help="A bootable qcow2 or raw disk image on the server's machine."),
+    sha256: str | None = typer.Option(None, "--sha256", help="Refuse the file unless it has this sha256."),
+    data_dir: Path | None = DataDirOpt,
+    output: Fmt = OutputOpt,
+) -> None:
+    """Import a disk image (a distribution's cloud image): VMs boot copy-on-write overlays of it and
+    get their name, ports, env and SSH key from a cloud-init NoCloud seed."""
+    with handle_errors(), Client(token=discover_token(data_dir)) as c, err.status(f"importing {file}"):
+        r = c.import_image(name, str(file.resolve()), sha256)
+    emit(r, output, IMAGE_COLS)
+
+
 @image_app.command("list")
 def list_(data_dir: Path | None = DataDirOpt, output: Fmt = OutputOpt) -> None:
     """The images libvirt clouds on the server's machine can boot."""

@@ -163,6 +163,9 @@ class Client:
     def build_image(self, name: str, kind: str = "tiny") -> Any:
         return self._call("POST", "/images", json={"name": name, "kind": kind}, timeout=300)
 
+    def import_image(self, name: str, path: str, sha256: str | None = None) -> Any:
+        return self._call("POST", "/images/import", json={"name": name, "path": path, "sha256": sha256}, timeout=600)
+
     def delete_image(self, name: str) -> Any:
         return self._call("DELETE", f"/images/{name}")
 

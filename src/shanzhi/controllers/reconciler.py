@@ -296,7 +296,7 @@ class Reconciler:
             cpu=r.cpu,
             memory=r.memory,
             command=tuple(comp.run.command) if comp.run else None,
-            env=dict(comp.run.env) if comp.run else {},
+            env=dict(comp.run.env) if comp.run else dict(comp.env),
             ports=tuple((p.name, p.port) for p in comp.ports),
             image=comp.image,
             flavor=comp.flavor,

@@ -136,6 +136,7 @@ class Component(_Model):
     ports: list[Port] = Field(default_factory=list)
     health: Health | None = None
     volumes: list[Volume] = Field(default_factory=list, max_length=8)
+    env: dict[str, str] = Field(default_factory=dict)  # a VM's environment (its cloud-init seed); processes: run.env
     # set by `shanzhi app restart`: a new value rolls every replica (it is part of the hash)
     restarted_at: str | None = Field(default=None, alias="restartedAt", max_length=64)
 
@@ -151,6 +152,8 @@ class Component(_Model):
             raise ValueError("volume names must be unique within a component")
         if self.volumes and self.image is None:
             raise ValueError("volumes are disks of a VM: a component with volumes needs 'image'")
+        if self.env and self.run is not None:
+            raise ValueError("a process's environment goes under 'run.env' ('env' is a VM's)")
         if self.health is not None:
             check = self.health.http or self.health.tcp
             assert check is not None

@@ -32,6 +32,18 @@ def build_image(name: str, kind: str = "tiny", store: ImageStore | None = None) 
         raise InvalidInput(str(err), field="name") from None
 
 
+def import_image(name: str, path: str, sha256: str | None = None, store: ImageStore | None = None) -> dict[str, Any]:
+    from pathlib import Path
+
+    source = Path(path)
+    if not source.is_absolute():
+        raise InvalidInput(f"{path}: give the image's absolute path on the server's machine", field="path")
+    try:
+        return (store or ImageStore()).import_disk(name, source, sha256).as_dict()
+    except ImageError as err:
+        raise InvalidInput(str(err), field="path") from None
+
+
 def delete_image(name: str, store: ImageStore | None = None) -> None:
     try:
         gone = (store or ImageStore()).delete(name)

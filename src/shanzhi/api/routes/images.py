@@ -37,6 +37,22 @@ def build_image(request: Request, body: BuildIn) -> dict[str, Any]:
         return svc.build_image(body.name, body.kind)
 
 
+class ImportIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=63)
+    path: str = Field(min_length=1, max_length=4096, description="absolute path on the server's machine")
+    sha256: str | None = Field(None, pattern="^[0-9a-fA-F]{64}$")
+
+
+@router.post("/import", status_code=201)
+def import_image(request: Request, body: ImportIn) -> dict[str, Any]:
+    """Take an operator's bootable qcow2 or raw disk image from the server's machine (checked
+    against `sha256` when given); VMs boot overlays of it and read a cloud-init NoCloud seed."""
+    request.state.target = f"image {body.name}"
+    with transaction(request):
+        return svc.import_image(body.name, body.path, body.sha256)
+
+
 @router.delete("/{name}", status_code=204)
 def delete_image(request: Request, name: str) -> None:
     request.state.target = f"image {name}"

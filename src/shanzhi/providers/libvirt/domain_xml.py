@@ -74,12 +74,13 @@ class Domain:
     meta: Meta
     vcpus: int
     memory_kib: int
-    kernel: str
-    initrd: str
+    kernel: str | None  # direct kernel boot; None: boot from the first disk
+    initrd: str | None
     cmdline: str
     console_log: str
     accel: str  # kvm | qemu (TCG)
-    disks: tuple[tuple[str, str], ...] = ()  # (qcow2 file, device: vda, vdb, ... in the guest's probe order)
+    # (file, device: vda, vdb, ... in the guest's probe order, format: qcow2 | raw); raw ones read-only
+    disks: tuple[tuple[str, str, str], ...] = ()
 
     def xml(self) -> str:
         dom = ET.Element("domain", {"type": "kvm" if self.accel == "kvm" else "qemu"})
@@ -89,20 +90,25 @@ class Domain:
         ET.SubElement(dom, "vcpu").text = str(self.vcpus)
         os_ = ET.SubElement(dom, "os")
         ET.SubElement(os_, "type", {"arch": "x86_64", "machine": "pc"}).text = "hvm"
-        ET.SubElement(os_, "kernel").text = self.kernel
-        ET.SubElement(os_, "initrd").text = self.initrd
-        ET.SubElement(os_, "cmdline").text = self.cmdline
+        if self.kernel is not None:
+            ET.SubElement(os_, "kernel").text = self.kernel
+            ET.SubElement(os_, "initrd").text = self.initrd
+            ET.SubElement(os_, "cmdline").text = self.cmdline
+        else:
+            ET.SubElement(os_, "boot", {"dev": "hd"})
         features = ET.SubElement(dom, "features")
         ET.SubElement(features, "acpi")
         ET.SubElement(dom, "on_poweroff").text = "destroy"
         ET.SubElement(dom, "on_reboot").text = "restart"
         ET.SubElement(dom, "on_crash").text = "destroy"
         devices = ET.SubElement(dom, "devices")
-        for path, dev in self.disks:
+        for path, dev, fmt in self.disks:
             disk = ET.SubElement(devices, "disk", {"type": "file", "device": "disk"})
-            ET.SubElement(disk, "driver", {"name": "qemu", "type": "qcow2"})
+            ET.SubElement(disk, "driver", {"name": "qemu", "type": fmt})
             ET.SubElement(disk, "source", {"file": path})
             ET.SubElement(disk, "target", {"dev": dev, "bus": "virtio"})
+            if fmt == "raw":
+                ET.SubElement(disk, "readonly")
         serial = ET.SubElement(devices, "serial", {"type": "file"})
         ET.SubElement(serial, "source", {"path": self.console_log, "append": "on"})
         ET.SubElement(serial, "target", {"port": "0"})

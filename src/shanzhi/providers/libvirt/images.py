@@ -2,9 +2,10 @@
 
 `build_tiny` makes, from packages already on this machine (Debian's cloud kernel and
 busybox-static), a direct-kernel-boot image: the kernel plus an initramfs whose `/init` loads
-the virtio modules, formats (first boot) and mounts the volumes (`shanzhi.vols=vda:/data`),
-configures user-mode networking and serves HTTP on every port the component declares
-(`shanzhi.ports=`), with `/cgi-bin/put?NAME=VALUE` writing into the first volume. Nothing is downloaded. The
+the virtio modules, reads who it is from the cloud-init NoCloud seed (`shanzhi.env` on the
+`cidata` disk: name, ports, volumes, the component's env), formats (first boot) and mounts the
+volumes, configures user-mode networking and serves HTTP on every port the component declares,
+with `/cgi-bin/put?NAME=VALUE` writing into the first volume and `/env.txt` showing the seed. Nothing is downloaded. The
 initramfs is a `newc` cpio archive written here in Python (the format is a fixed header per
 file; no tool is needed). Every image has a manifest with the sha256 of its files, checked
 before a VM boots from it.
@@ -31,20 +32,22 @@ from pathlib import Path
 from typing import Any
 
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")
-VIRTIO_MODULES = ("virtio_pci", "virtio_net", "virtio_blk")
+VIRTIO_MODULES = ("virtio_pci", "virtio_net", "virtio_blk", "isofs")
 
 INIT = """#!/bin/busybox sh
 /bin/busybox --install -s /bin
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev 2>/dev/null
 for m in $(cat /etc/modules.order); do insmod "/lib/modules/$m" || echo "shanzhi: cannot load $m"; done
-name=vm; ports=8080; vols=""
-for arg in $(cat /proc/cmdline); do
-  case "$arg" in
-    shanzhi.name=*) name="${arg#shanzhi.name=}";;
-    shanzhi.ports=*) ports="${arg#shanzhi.ports=}";;
-    shanzhi.vols=*) vols="${arg#shanzhi.vols=}";;
-  esac
+# who it is comes from the cloud-init NoCloud seed (the last disk, labelled cidata): shanzhi.env
+mkdir -p /seed
+for d in /dev/vd?; do
+  if mount -t iso9660 -o ro "$d" /seed 2>/dev/null; then
+    [ -f /seed/shanzhi.env ] && break
+    umount /seed
+  fi
 done
+if [ -f /seed/shanzhi.env ]; then set -a; . /seed/shanzhi.env; set +a; else echo "shanzhi: no seed found"; fi
+name="${SHANZHI_NAME:-vm}"; ports="${SHANZHI_PORTS:-8080}"; vols="$SHANZHI_VOLS"
 hostname "$name"
 # volumes: vda:/data,... formatted on first boot, mounted at every boot; the first is served as /data/
 for v in $(echo "$vols" | tr ',' ' '); do
@@ -63,6 +66,7 @@ done
 ip link set lo up; ip link set eth0 up
 ip addr add 10.0.2.15/24 dev eth0; ip route add default via 10.0.2.2
 echo "<html><body>shanzhi tiny vm $name</body></html>" > /www/index.html
+cp /seed/shanzhi.env /www/env.txt 2>/dev/null  # what the seed told it, served back
 for p in $(echo "$ports" | tr ',' ' '); do httpd -p "$p" -h /www; done
 echo "shanzhi: $name serving on ports $ports"
 while true; do sleep 3600; done
@@ -88,12 +92,23 @@ class ImageError(Exception):
 @dataclass(frozen=True)
 class Image:
     name: str
-    kind: str  # tiny (kernel + initramfs)
-    kernel: Path
-    initrd: Path
+    kind: str  # tiny (kernel + initramfs, direct kernel boot) | disk (an imported bootable disk)
+    path: Path  # its directory
     size: int
     sha256: dict[str, str]
     detail: str
+
+    @property
+    def kernel(self) -> Path:
+        return self.path / "vmlinuz"
+
+    @property
+    def initrd(self) -> Path:
+        return self.path / "initrd.gz"
+
+    @property
+    def disk(self) -> Path:
+        return self.path / "disk.qcow2"
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -102,7 +117,7 @@ class Image:
             "size": self.size,
             "sha256": self.sha256,
             "detail": self.detail,
-            "path": str(self.kernel.parent),
+            "path": str(self.path),
         }
 
 
@@ -153,7 +168,7 @@ class ImageStore:
             m = json.loads((d / "manifest.json").read_text())
         except (OSError, ValueError):
             raise ImageError(f"image {name} does not exist; build it with 'shanzhi image build {name}'") from None
-        image = Image(name, m["kind"], d / "vmlinuz", d / "initrd.gz", int(m["size"]), dict(m["sha256"]), m["detail"])
+        image = Image(name, m["kind"], d, int(m["size"]), dict(m["sha256"]), m["detail"])
         if verify:
             for file, digest in image.sha256.items():
                 if not (d / file).is_file() or _sha256(d / file) != digest:
@@ -167,6 +182,42 @@ class ImageStore:
                 return False
             shutil.rmtree(d)
             return True
+
+    def import_disk(self, name: str, source: Path, sha256: str | None = None) -> Image:
+        """Take an operator's bootable disk image (qcow2 or raw), checked against `sha256` when
+        given, stored as qcow2; VMs boot copy-on-write overlays of it and read a cloud-init seed."""
+        d = self._dir(name)
+        if not source.is_file():
+            raise ImageError(f"no file {source} on the server's machine")
+        digest = _sha256(source)
+        if sha256 is not None and digest != sha256.lower():
+            raise ImageError(f"{source} has sha256 {digest}, not the {sha256} given: refused")
+        with self._locked():
+            if d.exists():
+                raise ImageError(f"image {name} exists already; delete it first")
+            info = json.loads(_qemu_img("info", "--output=json", str(source)))
+            fmt = info.get("format")
+            if fmt not in ("qcow2", "raw"):
+                raise ImageError(f"{source} is {fmt}, not a qcow2 or raw disk image")
+            tmp = d.with_name(f".{name}.importing")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            _qemu_img("convert", "-q", "-f", fmt, "-O", "qcow2", str(source), str(tmp / "disk.qcow2"))
+            sums = {"disk.qcow2": _sha256(tmp / "disk.qcow2")}
+            size = info.get("virtual-size", 0)
+            detail = f"imported from {source.name} ({fmt}, sha256 {digest[:16]}...), {size} bytes"
+            manifest = {
+                "kind": "disk",
+                "size": (tmp / "disk.qcow2").stat().st_size,
+                "sha256": sums,
+                "detail": detail,
+                "source_sha256": digest,
+            }
+            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+            for p in (tmp, tmp / "disk.qcow2", tmp / "manifest.json"):
+                os.chmod(p, 0o755 if p.is_dir() else 0o644)
+            tmp.rename(d)
+            return self.get(name)
 
     def build_tiny(self, name: str, kernel_version: str | None = None) -> Image:
         """Build (or return, when already built) the tiny image `name` from this machine's packages."""
@@ -205,6 +256,18 @@ class ImageStore:
             shutil.rmtree(d, ignore_errors=True)
             tmp.rename(d)
             return self.get(name)
+
+
+def _qemu_img(*args: str) -> str:
+    import subprocess
+
+    try:
+        done = subprocess.run(["qemu-img", *args], check=False, capture_output=True, text=True)
+    except FileNotFoundError:
+        raise ImageError("qemu-img is not installed: apt-get install qemu-utils") from None
+    if done.returncode != 0:
+        raise ImageError(f"qemu-img {args[0]}: {done.stderr.strip()[-300:]}")
+    return done.stdout
 
 
 def _traversable(root: Path) -> None:

@@ -41,6 +41,7 @@ from shanzhi.providers.base import (
 from shanzhi.providers.libvirt.domain_xml import Domain, Meta
 from shanzhi.providers.libvirt.host import DomainInfo, Hypervisor, HypervisorError, available
 from shanzhi.providers.libvirt.images import ImageError, ImageStore
+from shanzhi.providers.libvirt.seed import SeedError, build_seed
 from shanzhi.providers.sandbox import default_workload_root, server_id
 
 MIN_MEMORY = 128 * 2**20  # the cloud kernel and its initramfs need this much to boot
@@ -94,6 +95,7 @@ class LibvirtProvider(Provider):
         "hosts": OptionSpec(positive_int, 1, "split the capacity into this many logical hosts"),
         "accel": OptionSpec(_accel, "auto", "auto (KVM when usable, else TCG), kvm or tcg"),
         "stop_timeout": OptionSpec(non_negative_float, 5.0, "seconds an ACPI shutdown may take before destroy"),
+        "ssh_key": OptionSpec(str, "", "an SSH public key every VM's cloud-init seed authorises (optional)"),
     }
 
     def __init__(self, name: str, options: Any, state_dir: Path) -> None:
@@ -205,9 +207,9 @@ class LibvirtProvider(Provider):
                 return self._observe(found)
             files = self._files(req.name)
             shutil.rmtree(files, ignore_errors=True)
-            files.mkdir(parents=True, mode=0o711)
-            for p in (files.parent, files.parent.parent):
-                os.chmod(p, 0o711)  # QEMU's user reaches its console log through them
+            files.mkdir(parents=True)
+            for p in (files, files.parent, files.parent.parent):
+                os.chmod(p, 0o711)  # QEMU's user reaches its seed and overlay (the server's umask is 077)
             taken = {p for d in self.hv.domains() for p in d.meta.ports.values()}
             ports: dict[str, int] = {}
             guest: dict[str, int] = {}
@@ -215,28 +217,37 @@ class LibvirtProvider(Provider):
                 ports[pname] = free_port(taken | set(ports.values()))
                 guest[pname] = gport
             meta = Meta(self.name, req.app, req.component, req.vdc, req.name, req.host, ports, guest)
-            disks = tuple(
-                (str(self._disk(v.key, v.size, v.copy_from)), f"vd{chr(ord('a') + i)}")
-                for i, v in enumerate(req.volumes)
+            disks: list[tuple[str, str, str]] = []
+            if image.kind == "disk":  # its own copy-on-write layer over the imported image
+                root = files / "root.qcow2"
+                self._qemu_img("create", "-q", "-f", "qcow2", "-b", str(image.disk), "-F", "qcow2", str(root))
+                root.chmod(0o644)
+                disks.append((str(root), "vda", "qcow2"))
+            mounts: dict[str, str] = {}  # guest device -> mount path
+            for v in req.volumes:
+                dev = f"vd{chr(ord('a') + len(disks))}"
+                disks.append((str(self._disk(v.key, v.size, v.copy_from)), dev, "qcow2"))
+                mounts[dev] = v.mount_path
+            seed = build_seed(
+                files / "seed.iso", req.name, guest, mounts, dict(req.env), self.opts.get("ssh_key") or None
             )
-            vols = ",".join(f"{dev}:{v.mount_path}" for (_, dev), v in zip(disks, req.volumes, strict=True))
-            cmdline = f"console=ttyS0 quiet shanzhi.name={req.name} shanzhi.ports={','.join(map(str, guest.values()))}"
-            cmdline += f" shanzhi.vols={vols}" if vols else ""
+            disks.append((str(seed), f"vd{chr(ord('a') + len(disks))}", "raw"))  # last: volumes keep vda, vdb, ...
+            cmdline = "console=ttyS0 quiet"
             domain = Domain(
                 name=name,
                 meta=meta,
                 vcpus=max(1, math.ceil(req.cpu / 1000)),
                 memory_kib=req.memory // 1024,
-                kernel=str(image.kernel),
-                initrd=str(image.initrd),
+                kernel=str(image.kernel) if image.kind == "tiny" else None,
+                initrd=str(image.initrd) if image.kind == "tiny" else None,
                 cmdline=cmdline,
                 console_log=str(files / "console.log"),
                 accel=self.accel[0],
-                disks=disks,
+                disks=tuple(disks),
             )
             self.hv.define_and_start(name, domain.xml())
             started = self.hv.find(name)
-        except HypervisorError as err:
+        except (HypervisorError, SeedError) as err:
             raise OSError(str(err)) from None
         if started is None:
             raise OSError(f"domain {name} vanished as it started")
