@@ -48,6 +48,8 @@ def test_restart_rolls_every_replica_and_undo_goes_back(cli: Cli, tmp_path: Path
     one = sorted(names(cli))[0]
     got = cli.json("instance", "get", one)
     assert got["name"] == one and got["state"] == "running" and got["placement"].startswith("placed on ")
+    assert got["provider"]["alive"] is True and isinstance(got["provider"]["pid"], int)  # what its cloud says
+    assert "http.server" in got["provider"]["argv"]
     # undo: generation 1's spec again, as generation 3
     cli.ok("app", "rollout", "undo", "hello")
     history = cli.json("app", "rollout", "history", "hello")

@@ -115,6 +115,11 @@ def test_a_vm_app_boots_heals_is_adopted_and_leaves_nothing_behind(vms: tuple[Se
         assert f"SHANZHI_NAME={inst['name']}\n" in seeded and "GREETING='hello from the seed'\n" in seeded
     health = cli.json("cloud", "get", "vm-a")["health_message"]
     assert "TCG" in health or "KVM" in health  # how the VMs are accelerated is said
+    # what libvirt says of it: its domain, qemu process, disks (the volume, then the seed)
+    said = cli.json("instance", "get", sorted(up)[0])["provider"]
+    assert said["domain"].startswith(f"shz-{server_id(server.data_dir)}-") and isinstance(said["qemu_pid"], int)
+    assert [(d["device"], d["format"]) for d in said["disks"]] == [("vda", "qcow2"), ("vdb", "raw")]
+    assert said["disks"][1]["file"].endswith("/seed.iso")
     # the console is the instance's log
     first = sorted(up)[0]
     wait_for(lambda: "serving on ports 8080" in cli.ok("instance", "logs", first), 60, "console output")

@@ -105,6 +105,8 @@ class InstanceOut(BaseModel):
     restarts: int
     created_at: datetime
     explain: dict[str, Any] | None = None
+    ordinal: int = 0
+    provider: dict[str, Any] | None = None  # GET /instances/{name}: what its cloud says (domain, pid, disks)
 
 
 class ComponentStatus(BaseModel):

@@ -89,6 +89,7 @@ def instance(r: Instance, explain: bool = False) -> schemas.InstanceOut:
         restarts=r.restarts,
         created_at=r.created_at,
         explain=r.explain if explain else None,
+        ordinal=r.ordinal,
     )
 
 

@@ -444,6 +444,9 @@ def instance_get(name: str, data_dir: Path | None = DataDirOpt, output: Fmt = Ou
         out.print(f"\nplacement: {escape(i['placement'])}\nnow {i['state']}: {escape(i['reason'])}")
         for cloud, why in (i.get("explain") or {}).get("excluded", {}).items():
             out.print(f"  {cloud}: excluded: {escape(why)}")
+        for key, value in (i.get("provider") or {}).items():
+            shown = "; ".join(f"{d['device']} {d['file']} ({d['format']})" for d in value) if key == "disks" else value
+            out.print(f"{key.replace('_', ' ')}: {escape(str(shown))}")
 
 
 @instance_app.command("logs")

@@ -149,6 +149,10 @@ class Provider(ABC):
     def delete_instance(self, name: str) -> None:
         """Stop and remove an instance; succeed if it is already gone."""
 
+    def describe(self, name: str) -> dict[str, Any]:
+        """What the cloud itself says of an instance (for `instance get`): empty when it says nothing."""
+        return {}
+
     def delete_volume(self, key: str) -> None:  # a provider without disks has none to delete
         """Delete a volume's disk; succeed if it is gone already."""
         return

@@ -285,6 +285,15 @@ class LocalProvider(Provider):
             shutil.rmtree(st["workdir"], ignore_errors=True)
         shutil.rmtree(statedir, ignore_errors=True)
 
+    def describe(self, name: str) -> dict[str, Any]:
+        """The process: pid, its user, working directory and command."""
+        st = self._states().get(name)
+        if st is None:
+            return {"pid": None}
+        alive = bool(st.get("pid")) and _alive(int(st["pid"]), float(st.get("create_time", 0)))
+        keys = ("pid", "uid", "workdir", "argv", "ports")
+        return {**{k: st.get(k) for k in keys}, "alive": alive, "log": str(self._instances / name / "log")}
+
     def read_log(self, name: str, tail: int) -> LogChunk:
         """The instance's stdout and stderr (one file, kept in the state dir, never the workload's)."""
         return tail_file(self._instances / name / "log", tail)

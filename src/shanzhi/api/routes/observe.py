@@ -11,7 +11,7 @@ from shanzhi.api import schemas, views
 from shanzhi.api.auth import principal
 from shanzhi.api.deps import Runtime, runtime
 from shanzhi.api.schemas import MAX_ID
-from shanzhi.domain.errors import Conflict, NotFound
+from shanzhi.domain.errors import Conflict, NotFound, ShanzhiError
 from shanzhi.domain.rbac import Principal
 from shanzhi.services.apps import find_app
 from shanzhi.services.clouds import get_cloud
@@ -55,7 +55,15 @@ def _instance(s: Session, name: str, p: Principal) -> Instance:
 def get_instance(name: str, p: Principal = Depends(principal), rt: Runtime = Depends(runtime)) -> schemas.InstanceOut:
     """One replica: where it runs, its state and why, and why it was placed there."""
     with rt.db.session() as s, s.begin():
-        return views.instance(_instance(s, name, p), explain=True)
+        inst = _instance(s, name, p)
+        out = views.instance(inst, explain=True)
+        cloud = (inst.cloud.name, inst.cloud.kind, dict(inst.cloud.options)) if inst.cloud else None
+    if cloud is not None:
+        try:
+            out.provider = rt.fleet.provider(*cloud).describe(name)
+        except (ShanzhiError, OSError) as err:
+            out.provider = {"error": str(err)}
+    return out
 
 
 @router.get("/instances/{name}/logs", response_model=schemas.LogOut)

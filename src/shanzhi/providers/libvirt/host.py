@@ -125,6 +125,24 @@ class Hypervisor:
         pid = _qemu_pid(dom.name()) if state in (1, 2, 3) else None
         return DomainInfo(dom.name(), Meta.parse(raw), STATES.get(state, "failed"), STATE_NAMES.get(state, "?"), pid)
 
+    def disks(self, name: str) -> list[dict[str, str]]:
+        """A domain's disks as libvirt has them: guest device, file, format."""
+        import xml.etree.ElementTree as ET
+
+        with self._connected(f"reading {name}") as c:
+            root = ET.fromstring(c.lookupByName(name).XMLDesc())
+        out = []
+        for d in root.iter("disk"):
+            src, tgt, drv = d.find("source"), d.find("target"), d.find("driver")
+            out.append(
+                {
+                    "device": tgt.get("dev", "") if tgt is not None else "",
+                    "file": src.get("file", "") if src is not None else "",
+                    "format": drv.get("type", "") if drv is not None else "",
+                }
+            )
+        return out
+
     def define_and_start(self, name: str, xml: str) -> None:
         with self._connected(f"starting {name}") as c:
             try:

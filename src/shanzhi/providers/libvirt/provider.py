@@ -253,6 +253,24 @@ class LibvirtProvider(Provider):
             raise OSError(f"domain {name} vanished as it started")
         return self._observe(started)
 
+    def describe(self, name: str) -> dict[str, Any]:
+        """The domain, its state and qemu process, its disks and console log."""
+        found = self.hv.find(self._domain(name))
+        if found is None:
+            return {"domain": None}
+        files = self._files(name)
+        return {
+            "domain": found.name,
+            "state": found.state_name,
+            "qemu_pid": found.pid,
+            "accel": self.accel[1],
+            "disks": self.hv.disks(found.name),
+            "console_log": str(files / "console.log"),
+            "forwards": {
+                k: f"127.0.0.1:{v} -> guest {found.meta.guest_ports.get(k)}" for k, v in found.meta.ports.items()
+            },
+        }
+
     def delete_instance(self, name: str) -> None:
         domain = self._domain(name)
         try:
