@@ -161,6 +161,7 @@ spec:
       resources: {cpu: 1, memory: 256Mi, storage: 1Gi}
       volumes: [{name: data, size: 10Gi, mountPath: /var/lib/db}, {name: wal, size: 2Gi, mountPath: /wal,
                  reclaimPolicy: retain}]
+      env: {MODE: primary}
 """
 
 
@@ -180,7 +181,7 @@ def test_volumes_are_disks_counted_with_storage() -> None:
         (("mountPath: /wal", "mountPath: wal"), "should match pattern"),
         (("name: wal", "name: data"), "volume names must be unique"),
         (("reclaimPolicy: retain", "reclaimPolicy: keep"), "'delete' or 'retain'"),
-        (("image: tiny", 'run: {command: ["sleep", "1"]}'), "a component with volumes needs 'image'"),
+        (("image: tiny", 'run: {command: ["sleep", "1"]}'), "goes under 'run.env'"),
     ],
 )
 def test_bad_volumes_are_named(change: tuple[str, str], message: str) -> None:

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -212,3 +213,40 @@ def test_stop_all_under_stops_everything(data_dir: Path) -> None:
     pids = [pid_of(p.create_instance(request(f"w-{i}")).detail) for i in range(3)]
     assert stop_all_under(data_dir / "clouds") == 3
     assert all(gone(pid) for pid in pids)
+
+
+def test_a_volume_is_a_directory_that_outlives_the_process(data_dir: Path) -> None:
+    from shanzhi.providers import VolumeRequest
+
+    p = provider(data_dir)
+    vol = VolumeRequest("gz_hello_web-0_data", "data", 2**20, "/data")
+    writer = ("/bin/sh", "-c", 'echo kept >> "$SHANZHI_VOLUME_DATA/f"; sleep 60')
+    req = InstanceRequest(
+        name="w-1",
+        app="hello",
+        component="web",
+        vdc="gz",
+        host="node-0",
+        cpu=100,
+        memory=2**26,
+        command=writer,
+        volumes=(vol,),
+    )
+    o = p.create_instance(req)
+    path = Path(workload(o.detail, "sleep").environ()["SHANZHI_VOLUME_DATA"])
+    assert path.name == vol.key and data_dir not in path.parents
+    assert wait_until(lambda: (path / "f").exists() and (path / "f").read_text() == "kept\n")
+    if os.geteuid() == 0:  # only its VDC's uid enters it
+        st = path.stat()
+        assert st.st_mode & 0o777 == 0o700 and st.st_uid == workload(o.detail, "sleep").uids().real != 0
+    p.delete_instance("w-1")
+    p.create_instance(req)  # the replica again: the same directory, the file still there
+    assert wait_until(lambda: (path / "f").read_text() == "kept\nkept\n")
+    p.delete_instance("w-1")
+    # a move: the directory is copied from where it was
+    other = load_provider("local", "loc2", LocalProvider.validate_options({}), data_dir / "clouds" / "loc2")
+    moved = other.create_instance(replace(req, volumes=(replace(vol, copy_from="loc"),)))
+    there = Path(workload(moved.detail, "sleep").environ()["SHANZHI_VOLUME_DATA"])
+    assert there != path and wait_until(lambda: (there / "f").read_text() == "kept\nkept\nkept\n")
+    p.delete_volume(vol.key)
+    assert not path.exists() and there.exists()

@@ -100,8 +100,9 @@ class Health(_Model):
 
 
 class Volume(_Model):
-    """A disk that follows a replica's ordinal (`db-0` gets `db-0`'s disk back when replaced on
-    the same cloud), formatted and mounted by the guest on first boot."""
+    """Storage that follows a replica's ordinal (`db-0` gets `db-0`'s back when replaced on the
+    same cloud): a VM's disk, formatted and mounted at `mountPath` by the guest on first boot; a
+    process's directory, named in `$SHANZHI_VOLUME_<NAME>` (no size limit is enforced there)."""
 
     name: Name
     size: int | str
@@ -150,8 +151,6 @@ class Component(_Model):
         vols = [v.name for v in self.volumes]
         if len(set(vols)) != len(vols):
             raise ValueError("volume names must be unique within a component")
-        if self.volumes and self.image is None:
-            raise ValueError("volumes are disks of a VM: a component with volumes needs 'image'")
         if self.env and self.run is not None:
             raise ValueError("a process's environment goes under 'run.env' ('env' is a VM's)")
         if self.health is not None:

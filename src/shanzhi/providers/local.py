@@ -191,6 +191,8 @@ class LocalProvider(Provider):
 
         argv = [expand(a) for a in req.command]
         env = box.environment(workdir, {k: expand(v) for k, v in req.env.items()})
+        for v in req.volumes:  # a directory that outlives the replica, found through its env
+            env[f"SHANZHI_VOLUME_{v.name.upper().replace('-', '_')}"] = str(self._volume(v.key, uid, v.copy_from))
         env.update({k: str(v) for k, v in subst.items()})  # PORT and every PORT_<NAME>
         env.update(
             {
@@ -293,6 +295,30 @@ class LocalProvider(Provider):
         alive = bool(st.get("pid")) and _alive(int(st["pid"]), float(st.get("create_time", 0)))
         keys = ("pid", "uid", "workdir", "argv", "ports")
         return {**{k: st.get(k) for k in keys}, "alive": alive, "log": str(self._instances / name / "log")}
+
+    def _volume(self, key: str, uid: int, copy_from: str | None = None) -> Path:
+        """A volume of a process: a directory under the workload root (only its VDC's uid enters
+        it), created the first time or copied from the one it had on cloud `copy_from`."""
+        base = self.sandbox.root / self.name / "volumes"
+        path = base / key
+        if not path.exists():
+            base.mkdir(parents=True, exist_ok=True)
+            for p in (base, base.parent, self.sandbox.root):
+                os.chmod(p, 0o711)
+            source = self.sandbox.root / str(copy_from) / "volumes" / key
+            if copy_from and source.is_dir():
+                shutil.copytree(source, path, symlinks=True)
+            else:
+                path.mkdir(mode=0o700)
+            if self.sandbox.isolate:
+                for dirpath, _, files in os.walk(path):
+                    os.chown(dirpath, uid, uid)
+                    for f in files:
+                        os.chown(os.path.join(dirpath, f), uid, uid, follow_symlinks=False)
+        return path
+
+    def delete_volume(self, key: str) -> None:
+        shutil.rmtree(self.sandbox.root / self.name / "volumes" / key, ignore_errors=True)
 
     def read_log(self, name: str, tail: int) -> LogChunk:
         """The instance's stdout and stderr (one file, kept in the state dir, never the workload's)."""
