@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from shanzhi.domain.errors import InvalidInput, NotFound
+from shanzhi.domain.errors import CloudUnavailable, InvalidInput, NotFound
 
 InstanceState = Literal["starting", "running", "exited", "failed"]
 
@@ -177,6 +177,37 @@ class Provider(ABC):
     def recover(self, host: str | None = None) -> None:
         """Undo `inject_failure`."""
         raise InvalidInput(f"a {self.kind} cloud does not support failure injection")
+
+
+class MachineCloud(Provider):
+    """A cloud run on this machine (`local` processes, `libvirt` VMs): its capacity (the options
+    `cpu`, `memory`, `instances`) split into `hosts` logical hosts, and failing as a whole, for
+    drills, by a marker file in its state directory."""
+
+    @property
+    def _failed_marker(self) -> Path:
+        return self.state_dir / "FAILED"
+
+    def _refuse_if_failed(self) -> None:
+        if self._failed_marker.exists():
+            raise CloudUnavailable(f"cloud {self.name} is marked failed")
+
+    def hosts(self) -> list[HostInfo]:
+        n = int(self.opts["hosts"])
+        healthy = not self._failed_marker.exists()
+        return [
+            HostInfo(
+                name=f"node-{i}",
+                cpu=int(self.opts["cpu"]) // n,
+                memory=int(self.opts["memory"]) // n,
+                max_instances=max(1, int(self.opts["instances"]) // n),
+                healthy=healthy,
+            )
+            for i in range(n)
+        ]
+
+    def recover(self, host: str | None = None) -> None:
+        self._failed_marker.unlink(missing_ok=True)
 
 
 def free_port(taken: set[int]) -> int:

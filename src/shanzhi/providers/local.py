@@ -32,16 +32,15 @@ from typing import Any
 
 import psutil
 
-from shanzhi.domain.errors import CloudUnavailable, InvalidInput
+from shanzhi.domain.errors import InvalidInput
 from shanzhi.domain.quantity import parse_cpu, parse_memory
 from shanzhi.providers.base import (
     CloudStatus,
-    HostInfo,
     InstanceRequest,
     LogChunk,
+    MachineCloud,
     ObservedInstance,
     OptionSpec,
-    Provider,
     free_port,
     positive_int,
     tail_file,
@@ -87,7 +86,7 @@ def _alive(pid: int, create_time: float) -> bool:
         return False
 
 
-class LocalProvider(Provider):
+class LocalProvider(MachineCloud):
     kind = "local"
     runtimes = frozenset({"process"})
     probes_endpoints = True
@@ -103,28 +102,10 @@ class LocalProvider(Provider):
     def _instances(self) -> Path:
         return self.state_dir / "instances"
 
-    @property
-    def _failed_marker(self) -> Path:
-        return self.state_dir / "FAILED"
-
     def status(self) -> CloudStatus:
         if self._failed_marker.exists():
             return CloudStatus(False, "cloud marked failed (failure injection)")
         return CloudStatus(True, f"ok; {self.sandbox.describe()}")
-
-    def hosts(self) -> list[HostInfo]:
-        n = int(self.opts["hosts"])
-        healthy = not self._failed_marker.exists()
-        return [
-            HostInfo(
-                name=f"node-{i}",
-                cpu=int(self.opts["cpu"]) // n,
-                memory=int(self.opts["memory"]) // n,
-                max_instances=max(1, int(self.opts["instances"]) // n),
-                healthy=healthy,
-            )
-            for i in range(n)
-        ]
 
     def _states(self) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
@@ -149,8 +130,7 @@ class LocalProvider(Provider):
         return ObservedInstance(name, str(st.get("host", "")), "exited", endpoint, ports, "process not running")
 
     def list_instances(self) -> list[ObservedInstance]:
-        if self._failed_marker.exists():
-            raise CloudUnavailable(f"cloud {self.name} is marked failed")
+        self._refuse_if_failed()
         return [self._observe(st) for st in self._states().values()]
 
     @functools.cached_property
@@ -158,8 +138,7 @@ class LocalProvider(Provider):
         return Sandbox.for_data_dir(self.state_dir.parent.parent)
 
     def create_instance(self, req: InstanceRequest) -> ObservedInstance:
-        if self._failed_marker.exists():
-            raise CloudUnavailable(f"cloud {self.name} is marked failed")
+        self._refuse_if_failed()
         if not req.command:
             raise InvalidInput(f"a local cloud runs processes: component {req.component} has no run.command")
         if self.sandbox.cgroups is not None and req.memory < MIN_MEMORY:
@@ -332,9 +311,6 @@ class LocalProvider(Provider):
         self._failed_marker.touch()
         for st in self._states().values():
             self._kill(st)
-
-    def recover(self, host: str | None = None) -> None:
-        self._failed_marker.unlink(missing_ok=True)
 
 
 def stop_all_under(clouds_dir: Path, *, remove: bool = False) -> int:

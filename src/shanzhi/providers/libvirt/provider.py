@@ -27,12 +27,11 @@ from shanzhi.domain.errors import CloudUnavailable, InvalidInput
 from shanzhi.domain.quantity import parse_cpu, parse_memory
 from shanzhi.providers.base import (
     CloudStatus,
-    HostInfo,
     InstanceRequest,
     LogChunk,
+    MachineCloud,
     ObservedInstance,
     OptionSpec,
-    Provider,
     free_port,
     non_negative_float,
     positive_int,
@@ -83,7 +82,7 @@ class _Locks:
             yield
 
 
-class LibvirtProvider(Provider):
+class LibvirtProvider(MachineCloud):
     kind = "libvirt"
     runtimes: ClassVar[frozenset[str]] = frozenset({"vm"})
     probes_endpoints = True
@@ -129,10 +128,6 @@ class LibvirtProvider(Provider):
             return "kvm", why if ok else f"KVM forced ({why})"
         return "qemu", f"TCG emulation ({why})" if want == "auto" else "TCG emulation (accel=tcg)"
 
-    @property
-    def _failed_marker(self) -> Path:
-        return self.state_dir / "FAILED"
-
     # ------------------------------------------------------------ provider
     def status(self) -> CloudStatus:
         if self._failed_marker.exists():
@@ -143,20 +138,6 @@ class LibvirtProvider(Provider):
             return CloudStatus(False, str(err))
         return CloudStatus(True, f"ok; {where}; {self.accel[1]}")
 
-    def hosts(self) -> list[HostInfo]:
-        n = int(self.opts["hosts"])
-        healthy = not self._failed_marker.exists()
-        return [
-            HostInfo(
-                name=f"node-{i}",
-                cpu=int(self.opts["cpu"]) // n,
-                memory=int(self.opts["memory"]) // n,
-                max_instances=max(1, int(self.opts["instances"]) // n),
-                healthy=healthy,
-            )
-            for i in range(n)
-        ]
-
     def _mine(self) -> list[DomainInfo]:
         try:
             return [
@@ -166,8 +147,7 @@ class LibvirtProvider(Provider):
             raise CloudUnavailable(str(err)) from None
 
     def list_instances(self) -> list[ObservedInstance]:
-        if self._failed_marker.exists():
-            raise CloudUnavailable(f"cloud {self.name} is marked failed")
+        self._refuse_if_failed()
         return [self._observe(d) for d in self._mine()]
 
     def _observe(self, d: DomainInfo) -> ObservedInstance:
@@ -183,8 +163,7 @@ class LibvirtProvider(Provider):
             return self._create(req)
 
     def _create(self, req: InstanceRequest) -> ObservedInstance:
-        if self._failed_marker.exists():
-            raise CloudUnavailable(f"cloud {self.name} is marked failed")
+        self._refuse_if_failed()
         if not req.image:
             raise InvalidInput(f"a libvirt cloud runs VMs: component {req.component} has no image", field="image")
         if req.memory < MIN_MEMORY:
@@ -362,6 +341,3 @@ class LibvirtProvider(Provider):
         self._failed_marker.touch()
         for d in self._mine():
             self.hv.destroy(d.name)
-
-    def recover(self, host: str | None = None) -> None:
-        self._failed_marker.unlink(missing_ok=True)
