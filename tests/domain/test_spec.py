@@ -187,3 +187,19 @@ def test_volumes_are_disks_counted_with_storage() -> None:
 def test_bad_volumes_are_named(change: tuple[str, str], message: str) -> None:
     problems = _problems(VM.replace(*change))
     assert any(message in p["message"] for p in problems), problems
+
+
+def test_a_flavor_names_cpu_and_memory() -> None:
+    flavored = VM.replace(
+        "resources: {cpu: 1, memory: 256Mi, storage: 1Gi}", "flavor: s1.medium\n      resources: {storage: 1Gi}"
+    )
+    comp = load_app_text(flavored).spec.components[0]
+    assert (comp.resources.cpu_millis, comp.resources.memory_bytes, comp.resources.storage_bytes) == (
+        2000,
+        4 * 2**30,
+        2**30,
+    )
+    both = VM.replace("resources: {cpu: 1,", "flavor: s1.small\n      resources: {cpu: 1,")
+    assert any("leave out resources.cpu and resources.memory" in p["message"] for p in _problems(both))
+    unknown = VM.replace("resources: {cpu: 1, memory: 256Mi, storage: 1Gi}", "flavor: huge")
+    assert any("unknown flavor 'huge'" in p["message"] for p in _problems(unknown))

@@ -121,6 +121,17 @@ class Volume(_Model):
         return parse_memory(self.size)
 
 
+#: named sizes (cpu, memory), as a cloud's catalogue offers them: `flavor: s1.medium` instead of resources
+FLAVORS: dict[str, tuple[str, str]] = {
+    "s1.tiny": ("0.5", "256Mi"),
+    "s1.small": ("1", "1Gi"),
+    "s1.medium": ("2", "4Gi"),
+    "s1.large": ("4", "8Gi"),
+    "s1.xlarge": ("8", "16Gi"),
+    "m1.large": ("4", "32Gi"),
+}
+
+
 def volume_key(vdc: str, app: str, component: str, ordinal: int, volume: str) -> str:
     """A volume's disk name on its cloud: readable, unique per VDC, app, component, ordinal and
     volume (names hold no `_` or `.`, so the parts cannot run into each other)."""
@@ -140,6 +151,30 @@ class Component(_Model):
     env: dict[str, str] = Field(default_factory=dict)  # a VM's environment (its cloud-init seed); processes: run.env
     # set by `shanzhi app restart`: a new value rolls every replica (it is part of the hash)
     restarted_at: str | None = Field(default=None, alias="restartedAt", max_length=64)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flavor(cls, data: Any) -> Any:
+        """A flavor names the cpu and memory: they come from it, and may not also be given."""
+        if not isinstance(data, dict) or data.get("flavor") is None:
+            return data
+        flavor = data["flavor"]
+        if flavor not in FLAVORS:
+            raise ValueError(f"unknown flavor {flavor!r}; known: {', '.join(FLAVORS)}")
+        given = data.get("resources") or {}
+        if not isinstance(given, dict):
+            return data
+        cpu, memory = FLAVORS[flavor]
+        try:  # a stored spec holds the flavor's own values: those are no conflict
+            same = parse_cpu(given.get("cpu", cpu)) == parse_cpu(cpu) and parse_memory(
+                given.get("memory", memory)
+            ) == parse_memory(memory)
+        except (ValueError, TypeError):
+            same = False
+        both = sorted({"cpu", "memory"} & set(given))
+        if both and not same:
+            raise ValueError(f"flavor {flavor} sets cpu and memory: leave out resources.{' and resources.'.join(both)}")
+        return {**data, "resources": {**given, "cpu": cpu, "memory": memory}}
 
     @model_validator(mode="after")
     def _check(self) -> Component:
