@@ -263,9 +263,10 @@ class Reconciler:
 
     def _finish_migration(self, s: Session, app: App, comp: Component, r: Instance) -> None:
         """The moved replica answers its health check: the source disks go, the downtime is told."""
-        sources = [v for v in self._sources(s, app, comp, r) if r.replaces is not None]
+        sources = self._sources(s, app, comp, r)
         if not sources:
             return
+        target = r.cloud.name if r.cloud else "?"
         stopped = min((v.released_at for v in sources if v.released_at), default=None)
         downtime = f"; down {(utcnow() - stopped).total_seconds():.1f}s" if stopped else ""
         for v in sources:
@@ -275,8 +276,8 @@ class Reconciler:
             "Migrated",
             "instance",
             r.name,
-            f"{r.replaces} moved to {r.cloud.name if r.cloud else '?'} as {r.name} with its volumes "
-            f"({', '.join(sorted({v.cloud.name for v in sources}))} -> {r.cloud.name if r.cloud else '?'}){downtime}",
+            f"{r.replaces} moved to {target} as {r.name} with its volumes "
+            f"({', '.join(sorted({v.cloud.name for v in sources}))} -> {target}){downtime}",
             vdc=app.vdc.path,
             app=app.name,
         )
