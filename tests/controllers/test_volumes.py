@@ -128,3 +128,23 @@ def test_a_moved_replica_takes_its_volumes_cold_and_the_source_goes(districts: W
             plans.move(s, new.name, target)
         with pytest.raises(InvalidInput, match="placement rules out"):
             plans.move(s, new.name, "c9")
+
+
+def test_a_replica_goes_back_to_the_cloud_that_holds_its_disk(districts: World) -> None:
+    districts.apply(vm_doc("db", 2))
+    districts.converge(districts.running("db", 2))
+    home = {r.ordinal: r.cloud.name for r in districts.rows("db") if r.cloud}[1]
+    districts.apply(vm_doc("db", 1))
+    districts.converge(districts.running("db", 1))
+    (before,) = [v for v in volumes(districts) if v.ordinal == 1]
+    assert before.state == "released"
+    # make its home the fullest cloud: least-allocated alone would now choose another one
+    filler = sim_doc("filler", 3, clouds={"names": [home]})
+    districts.apply(filler)
+    districts.converge(districts.running("filler", 3))
+    districts.apply(vm_doc("db", 2))
+    districts.converge(districts.running("db", 2))
+    back = {r.ordinal: r for r in districts.rows("db")}[1]
+    assert back.cloud is not None and back.cloud.name == home
+    (after,) = [v for v in volumes(districts) if v.ordinal == 1]
+    assert (after.id, after.state, after.instance) == (before.id, "attached", back.name)  # the same disk

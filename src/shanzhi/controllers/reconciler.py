@@ -14,7 +14,7 @@ import sqlite3
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -25,9 +25,9 @@ from shanzhi.controllers import health
 from shanzhi.controllers.cleanup import finish_removals, reclaim_volumes, sweep_orphans
 from shanzhi.controllers.fleet import Fleet
 from shanzhi.domain.errors import ShanzhiError
-from shanzhi.domain.spec import AppSpec, Component, volume_key
+from shanzhi.domain.spec import AppSpec, Component, Placement, volume_key
 from shanzhi.providers import CloudStatus, InstanceRequest, ObservedInstance, Provider, VolumeRequest
-from shanzhi.scheduler import HostState, Replica, Request
+from shanzhi.scheduler import Decision, HostState, Replica, Request
 from shanzhi.scheduler.engine import Engine
 from shanzhi.store import Database
 from shanzhi.store.events import record_event
@@ -253,6 +253,22 @@ class Reconciler:
                 )
             rec.app_id, rec.state, rec.instance, rec.reclaim = app.id, "attached", r.name, v.reclaim_policy
 
+    def _homes(self, s: Session, app: App, comp: Component, placement: Placement) -> dict[int, str]:
+        """Ordinal -> the healthy cloud, still allowed by the placement, holding its newest released disk."""
+        q = (
+            select(VolumeRecord)
+            .where(VolumeRecord.app_id == app.id, VolumeRecord.component == comp.name)
+            .where(VolumeRecord.state == "released")
+            .order_by(VolumeRecord.released_at)
+        )
+        return {
+            v.ordinal: v.cloud.name
+            for v in s.scalars(q)
+            if v.cloud.health == "healthy"
+            and placement.refuses_cloud(v.cloud.name, v.cloud.region, {str(k): str(x) for k, x in v.cloud.tags.items()})
+            is None
+        }
+
     def _sources(self, s: Session, app: App, comp: Component, r: Instance) -> list[VolumeRecord]:
         """The released disks of this replica's ordinal on other clouds (where it ran before)."""
         keys = [volume_key(app.vdc.path, app.name, comp.name, r.ordinal, v.name) for v in comp.volumes]
@@ -462,13 +478,30 @@ class Reconciler:
             total_replicas=desired,
             existing=tuple(Replica(r.cloud.name, r.cloud.site.name, r.host or "") for r in cur if r.cloud is not None),
         )
-        decisions = self._engine.decide(f"{app.id}/{comp.name}", req, len(unplaced) + to_add)
+        key = f"{app.id}/{comp.name}"
+        todo: list[tuple[Instance | None, int]] = [(r, r.ordinal) for r in unplaced]
+        todo += [(None, o) for o in free[:to_add]]
+        decided: list[tuple[Instance | None, int, Decision]] = []
+        if comp.volumes:  # a replica goes back to the cloud that holds its ordinal's disk, where it can
+            homes = self._homes(s, app, comp, placement)
+            rest = []
+            for r0, o in todo:
+                home = homes.get(o)
+                d0 = self._engine.decide(key, _only(req, home), 1)[0] if home else None
+                if d0 is not None and d0.placed and d0.cloud and d0.site:
+                    decided.append((r0, o, d0))
+                    req = replace(req, existing=(*req.existing, Replica(d0.cloud, d0.site, d0.host or "")))
+                else:
+                    rest.append((r0, o))
+            todo = rest
+        decisions = self._engine.decide(key, req, len(todo)) if todo else []
+        decided += [(r0, o, d) for (r0, o), d in zip(todo, decisions, strict=True)]
         clouds = {c.name: c for c in s.scalars(select(Cloud))}
         failed: list[str] = []
         news = 0
-        for i, d in enumerate(decisions):
-            if i < len(unplaced):
-                r = unplaced[i]
+        for existing_row, ordinal, d in decided:
+            if existing_row is not None:
+                r = existing_row
             else:
                 r = Instance(
                     name=f"{app.name}-{comp.name}-{secrets.token_hex(3)}",
@@ -479,7 +512,7 @@ class Reconciler:
                     memory=req.memory,
                     storage=comp.storage_bytes,
                     state="pending",
-                    ordinal=free.pop(0),
+                    ordinal=ordinal,
                 )
                 s.add(r)
             changed = r.placement != d.reason
@@ -493,7 +526,7 @@ class Reconciler:
                 s.flush()
                 self._attach_volumes(s, app, comp, r)
                 record_event(s, "Scheduled", "instance", r.name, d.reason, vdc=app.vdc.path, app=app.name)
-                actions.append(_Action("create", r.name, d.cloud, self._request(app, comp, r)))
+                actions.append(_Action("create", r.name, d.cloud, self._request(app, comp, r, s)))
             else:
                 self._set_state(s, r, "pending", d.reason)
                 s.flush()
@@ -621,3 +654,9 @@ def _release_volumes(s: Session, r: Instance) -> None:
     """A replica that is gone leaves its volumes for the next replica of its ordinal."""
     for v in s.scalars(select(VolumeRecord).where(VolumeRecord.instance == r.name)):
         v.state, v.instance, v.released_at = "released", None, utcnow()
+
+
+def _only(req: Request, cloud: str | None) -> Request:
+    """`req` restricted to one cloud (the rest of its placement rules still hold)."""
+    p = req.placement
+    return replace(req, placement=p.model_copy(update={"clouds": p.clouds.model_copy(update={"names": [cloud]})}))
