@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from shanzhi.api import schemas
 from shanzhi.domain.quota import Usage, rollup
 from shanzhi.domain.spec import Component
-from shanzhi.store.tables import App, ApprovalRequest, Cloud, Instance, Vdc
+from shanzhi.store.tables import App, ApprovalRequest, Cloud, Instance, Vdc, VolumeRecord
 
 REPLICAS_DEFAULT = Component.model_fields["replicas"].default
 
@@ -164,3 +164,21 @@ def approval(r: ApprovalRequest) -> dict[str, Any]:
         "decided_at": r.decided_at,
         "document": r.document,
     }
+
+
+def volume(v: VolumeRecord) -> schemas.VolumeOut:
+    return schemas.VolumeOut(
+        key=v.key,
+        vdc=v.vdc.path,
+        app=v.app_name,
+        component=v.component,
+        ordinal=v.ordinal,
+        name=v.name,
+        cloud=v.cloud.name,
+        size=v.size,
+        mount_path=v.mount_path,
+        reclaim=v.reclaim,
+        state=v.state,
+        instance=v.instance,
+        created_at=v.created_at,
+    )
