@@ -41,7 +41,7 @@ def test_restart_rolls_every_replica_and_undo_goes_back(cli: Cli, tmp_path: Path
     assert len(before) == 2
     out = cli.ok("app", "restart", "hello")
     assert "configured: restart all components" in out
-    wait_for(lambda: (now := names(cli)) and len(now) == 2 and not now & before, 60, "every replica replaced")
+    wait_for(lambda: (now := names(cli)) and len(now) == 2 and not now & before, 180, "every replica replaced")
     stamp = cli.json("app", "get", "hello")["spec"]["spec"]["components"][0]["restartedAt"]
     assert stamp.startswith(time.strftime("%Y-"))
     # the instance's own view and output

@@ -154,7 +154,7 @@ def test_the_readme_tour_runs_as_written(demo: tuple[Server, Path]) -> None:
         "XDG_CONFIG_HOME": str(work / "config"),
         "COLUMNS": "200",
     }
-    wait_for(lambda: _hello_ready(server, 4), 60, "the demo's hello app")
+    wait_for(lambda: _hello_ready(server, 4), 180, "the demo's hello app")
     for command in tour():
         if command.startswith("export "):
             continue
@@ -166,9 +166,9 @@ def test_the_readme_tour_runs_as_written(demo: tuple[Server, Path]) -> None:
         assert r.returncode == status, f"{command}\nexit {r.returncode}, wanted {status}:\n{shown}"
         assert check(r.stdout if "-o json" in command and "$(" not in command else shown), f"{command}:\n{shown}"
         if command.endswith("cloud fail city-a"):  # the next line shows the failover: let it happen
-            wait_for(lambda: _hello_ready(server, 4, avoid="city-a"), 60, "hello to fail over")
+            wait_for(lambda: _hello_ready(server, 4, avoid="city-a"), 180, "hello to fail over")
         if command.endswith("app scale hello web 6"):
-            wait_for(lambda: _hello_ready(server, 6), 60, "hello at 6 replicas")
+            wait_for(lambda: _hello_ready(server, 6), 180, "hello at 6 replicas")
 
 
 def _hello_ready(server: Server, n: int, avoid: str = "") -> bool:

@@ -122,7 +122,7 @@ def test_a_vm_app_boots_heals_is_adopted_and_leaves_nothing_behind(vms: tuple[Se
     assert said["disks"][1]["file"].endswith("/seed.iso")
     # the console is the instance's log
     first = sorted(up)[0]
-    wait_for(lambda: "serving on ports 8080" in cli.ok("instance", "logs", first), 60, "console output")
+    wait_for(lambda: "serving on ports 8080" in cli.ok("instance", "logs", first), 180, "console output")
     # write through the service onto the volume of the first replica
     endpoint = up[first]["endpoint"]
     assert httpx.get(f"http://{endpoint}/cgi-bin/put?note=kept-{first}", timeout=10).text.strip() == "stored note"
@@ -144,7 +144,7 @@ def test_a_vm_app_boots_heals_is_adopted_and_leaves_nothing_behind(vms: tuple[Se
         except (httpx.HTTPError, KeyError):
             return ""
 
-    wait_for(lambda: note() == f"kept-{first}", 60, "the volume's file after the heal")
+    wait_for(lambda: note() == f"kept-{first}", 180, "the volume's file after the heal")
     assert [i["restarts"] for i in cli.json("instance", "list", "--app", "vmweb") if i["name"] == first] == [1]
     # a restarted server adopts the VMs: same qemu processes, nothing rebooted
     pids = {n: qemu_pid(cli, n) for n in running(cli)}
@@ -182,12 +182,12 @@ def test_a_vm_app_boots_heals_is_adopted_and_leaves_nothing_behind(vms: tuple[Se
     wait_for(lambda: note() == f"kept-{vol['instance']}", 120, "the volume's file on the other cloud")
     events = [e for e in cli.json("events", "--app", "vmweb", "--limit", "500") if e["reason"] == "Migrated"]
     assert len(events) == 1 and f"{source} -> {other}" in events[0]["message"] and "; down " in events[0]["message"]
-    wait_for(lambda: not (root / source / "volumes" / f"{vol['key']}.qcow2").exists(), 60, "the source disk deleted")
+    wait_for(lambda: not (root / source / "volumes" / f"{vol['key']}.qcow2").exists(), 180, "the source disk deleted")
     assert (root / other / "volumes" / f"{vol['key']}.qcow2").exists()
     disks = sorted(root.glob("vm-*/volumes/*.qcow2"))
     # deleting the app leaves no domain behind
     cli.ok("app", "delete", "vmweb", "--wait", "--timeout", "120")
     assert our_domains(server.data_dir) == []
-    wait_for(lambda: cli.json("volume", "list") == [], 60, "the volumes reclaimed")
+    wait_for(lambda: cli.json("volume", "list") == [], 180, "the volumes reclaimed")
     assert not any(d.exists() for d in disks)
     again.kill()
