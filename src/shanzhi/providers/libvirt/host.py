@@ -108,13 +108,8 @@ class Hypervisor:
 
     def find(self, name: str) -> DomainInfo | None:
         with self._connected(f"looking up {name}") as c:
-            try:
-                dom = c.lookupByName(name)
-            except libvirt.libvirtError as err:
-                if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-                    return None
-                raise
-            return self._info(dom)
+            dom = _lookup(c, name)
+            return self._info(dom) if dom is not None else None
 
     def _info(self, dom: Any) -> DomainInfo | None:
         try:
@@ -162,41 +157,43 @@ class Hypervisor:
         """ACPI shutdown, then destroy after `timeout` seconds; gone already is fine."""
         deadline = time.monotonic() + timeout
         with self._connected(f"stopping {name}") as c:
-            try:
-                dom = c.lookupByName(name)
-            except libvirt.libvirtError:
+            dom = _lookup(c, name)
+            if dom is None:
                 return
             if dom.isActive() and timeout > 0:
                 with suppress(libvirt.libvirtError):
                     dom.shutdown()
         while time.monotonic() < deadline:
             with self._connected(f"stopping {name}") as c:
-                try:
-                    if not c.lookupByName(name).isActive():
-                        return
-                except libvirt.libvirtError:
+                dom = _lookup(c, name)
+                if dom is None or not dom.isActive():
                     return
             time.sleep(0.2)
         self.destroy(name)
 
-    def destroy(self, name: str) -> None:
-        with self._connected(f"destroying {name}") as c:
-            try:
-                dom = c.lookupByName(name)
-            except libvirt.libvirtError:
+    def destroy(self, name: str, undefine: bool = False) -> None:
+        """Power a domain off at once (and with `undefine`, remove it); gone already is fine."""
+        with self._connected(f"{'removing' if undefine else 'destroying'} {name}") as c:
+            dom = _lookup(c, name)
+            if dom is None:
                 return
             if dom.isActive():
                 dom.destroy()
+            if undefine:
+                dom.undefine()
 
     def undefine(self, name: str) -> None:
-        with self._connected(f"removing {name}") as c:
-            try:
-                dom = c.lookupByName(name)
-            except libvirt.libvirtError:
-                return
-            if dom.isActive():
-                dom.destroy()
-            dom.undefine()
+        self.destroy(name, undefine=True)
+
+
+def _lookup(conn: Any, name: str) -> Any:
+    """The domain `name`, or None when there is none (other failures raise)."""
+    try:
+        return conn.lookupByName(name)
+    except libvirt.libvirtError as err:
+        if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return None
+        raise
 
 
 def _qemu_pid(name: str) -> int | None:
