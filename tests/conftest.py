@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from shanzhi.providers.local import stop_all_under
+from shanzhi.providers.netns.provider import remove_fabric
 from shanzhi.store import Database, open_database
 from tests.pg import pg_available, throwaway_database
 
@@ -75,3 +76,4 @@ def data_dir(tmp_path: Path) -> Iterator[Path]:
     d.mkdir()
     yield d
     stop_all_under(d / "clouds", remove=True)
+    remove_fabric(d)

@@ -53,6 +53,8 @@ class Settings:
     password_max_age_days: int = 90  # 0: passwords never expire
     session_idle_minutes: float = 30.0  # 0: sessions never end for idleness (MLPS asks that they do)
     public_url: str | None = None  # how browsers reach this server (default http://host:port)
+    network_pool: str = "10.240.0.0/16"  # tenant networks: every VDC's subnet per site comes from here
+    network_prefix: int = 24  # the size of those subnets
     # OpenID Connect login, on when an issuer is set (the client secret comes from the environment
     # or a file, never the command line: see `shanzhi serve --help`).
     oidc_issuer: str | None = None

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 
 from shanzhi.providers.local import stop_all_under
+from shanzhi.providers.netns.provider import remove_fabric
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -144,6 +145,7 @@ def stop_everything(data_dir: Path, *servers: Server) -> None:
     for s in servers:
         s.kill()
     stop_all_under(data_dir / "clouds", remove=True)
+    remove_fabric(data_dir)
     remove_vms(data_dir)
 
 

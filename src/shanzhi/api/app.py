@@ -40,13 +40,7 @@ def create_app(settings: Settings) -> FastAPI:
             ledger.start(publish=settings.publisher)
         controller = None
         if settings.controller:
-            controller = ControllerManager(
-                db,
-                fleet,
-                interval=settings.interval,
-                failover_grace=settings.failover_grace,
-                audit_retention_days=settings.audit_retention_days,
-            )
+            controller = ControllerManager.for_settings(db, fleet, settings)
             controller.start()
         oidc = relying_party(settings)
         vault = Vault.for_data_dir(settings.data_dir)

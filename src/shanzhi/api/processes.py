@@ -92,13 +92,7 @@ def run_controllers(settings: Settings) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     db = open_database(settings.database_url)
-    manager = ControllerManager(
-        db,
-        Fleet(settings.data_dir),
-        interval=settings.interval,
-        failover_grace=settings.failover_grace,
-        audit_retention_days=settings.audit_retention_days,
-    )
+    manager = ControllerManager.for_settings(db, Fleet(settings.data_dir), settings)
     ledger = make_ledger(settings, db)
     if ledger is not None:
         ledger.start(sequence=False, publish=True)

@@ -132,7 +132,9 @@ CLOUD_COLS: Columns = [
 @cloud_app.command("add")
 def cloud_add(
     name: str,
-    kind: str = typer.Option(..., "--kind", help="Provider kind: local, libvirt or sim."),
+    kind: str = typer.Option(
+        ..., "--kind", "--provider", help="Provider kind: local, netns (root: tenant networks), libvirt or sim."
+    ),
     site: str = typer.Option(..., "--site", help="Site (data centre) the cloud is in."),
     region: str = typer.Option(..., "--region", help="Region (for data residency)."),
     tag: list[str] = typer.Option(None, "--tag", help="k=v, repeatable (e.g. level=city)."),

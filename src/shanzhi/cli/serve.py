@@ -12,6 +12,8 @@ import typer
 
 from shanzhi.cli.output import err
 from shanzhi.config import Settings
+from shanzhi.domain.errors import InvalidInput
+from shanzhi.network.addressing import parse_pool
 
 DataDirOpt = typer.Option(None, "--data-dir", envvar="SHANZHI_HOME", help="Data directory (token, SQLite, workloads).")
 
@@ -38,6 +40,14 @@ def serve(
         1, "--workers", min=1, max=64, help="API processes (above 1, the controllers get a process of their own)."
     ),
     failover_grace: float = typer.Option(3.0, "--failover-grace", help="Seconds a cloud may be down before failover."),
+    network_pool: str = typer.Option(
+        "10.240.0.0/16",
+        "--network-pool",
+        envvar="SHANZHI_NETWORK_POOL",
+        help="Tenant networks (netns clouds): the IPv4 range every VDC's subnet per site comes from; it is "
+        "routed on this machine, so pick one no real network uses.",
+    ),
+    network_prefix: int = typer.Option(24, "--network-prefix", min=8, max=29, help="The size of each VDC's subnet."),
     ledger_origin: str | None = typer.Option(
         None,
         "--ledger-origin",
@@ -139,6 +149,11 @@ def serve(
             f"[yellow]warning[/]: audit records kept {audit_retention_days} days, less than the six months "
             "the Cybersecurity Law (art. 21) asks for"
         )
+    try:
+        parse_pool(network_pool, network_prefix)
+    except InvalidInput as bad:
+        err.print(f"[red]error[/]: {bad.detail}")
+        raise typer.Exit(2) from None
     settings = Settings.build(
         data_dir,
         database_url,
@@ -171,6 +186,8 @@ def serve(
         interval=interval,
         workers=workers,
         failover_grace=failover_grace,
+        network_pool=network_pool,
+        network_prefix=network_prefix,
         ledger_origin=ledger_origin,
         witnesses=tuple(witnesses),
         witness_quorum=witness_quorum,

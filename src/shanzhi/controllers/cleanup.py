@@ -4,7 +4,6 @@ that finished draining."""
 from __future__ import annotations
 
 import logging
-import shutil
 import sqlite3
 from collections.abc import Mapping
 
@@ -60,8 +59,7 @@ def finish_removals(db: Database, fleet: Fleet) -> None:
                 s.delete(v)  # its disks go with the cloud's state
             s.flush()
             s.delete(cloud)
-            fleet.forget(cloud.name)
-            shutil.rmtree(fleet.state_dir(cloud.name), ignore_errors=True)
+            fleet.remove(cloud.name, cloud.kind, dict(cloud.options))
 
 
 def reclaim_volumes(db: Database, fleet: Fleet) -> None:

@@ -5,6 +5,7 @@ Keeping the object matters for `local`: it holds the child process handles it mu
 
 from __future__ import annotations
 
+import shutil
 import threading
 from pathlib import Path
 from typing import Any
@@ -34,3 +35,9 @@ class Fleet:
     def forget(self, name: str) -> None:
         with self._lock:
             self._providers.pop(name, None)
+
+    def remove(self, name: str, kind: str, options: dict[str, Any]) -> None:
+        """A deleted cloud: take down what it built on this machine, forget it, drop its state."""
+        self.provider(name, kind, options).dismantle()
+        self.forget(name)
+        shutil.rmtree(self.state_dir(name), ignore_errors=True)

@@ -9,9 +9,12 @@ from __future__ import annotations
 import logging
 import threading
 
+from shanzhi.config import Settings
 from shanzhi.controllers.fleet import Fleet
 from shanzhi.controllers.housekeeping import Housekeeping
+from shanzhi.controllers.network import NetworkController
 from shanzhi.controllers.reconciler import Reconciler
+from shanzhi.network.addressing import DEFAULT_POOL, DEFAULT_PREFIX
 from shanzhi.store import Database
 from shanzhi.store.locks import LeaderLock
 
@@ -27,10 +30,15 @@ class ControllerManager:
         interval: float = 1.0,
         failover_grace: float = 3.0,
         audit_retention_days: int = 180,
+        network_pool: str = DEFAULT_POOL,
+        network_prefix: int = DEFAULT_PREFIX,
     ) -> None:
         self.db = db
         self.interval = interval
-        self.reconciler = Reconciler(db, fleet, failover_grace=failover_grace)
+        self.reconciler = Reconciler(
+            db, fleet, failover_grace=failover_grace, network_pool=network_pool, network_prefix=network_prefix
+        )
+        self.network = NetworkController(db, fleet, network_pool)
         self.housekeeping = Housekeeping(db, audit_retention_days=audit_retention_days)
         self._lock = LeaderLock(db)
         self._wake = threading.Event()
@@ -38,6 +46,18 @@ class ControllerManager:
         self._thread: threading.Thread | None = None
         self.is_leader = False
         self.passes = 0
+
+    @classmethod
+    def for_settings(cls, db: Database, fleet: Fleet, settings: Settings) -> ControllerManager:
+        return cls(
+            db,
+            fleet,
+            interval=settings.interval,
+            failover_grace=settings.failover_grace,
+            audit_retention_days=settings.audit_retention_days,
+            network_pool=settings.network_pool,
+            network_prefix=settings.network_prefix,
+        )
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="controller", daemon=True)
@@ -63,6 +83,7 @@ class ControllerManager:
             if leader:
                 try:
                     self.reconciler.run_once()
+                    self.network.run_once()
                     self.housekeeping.run_once()
                     self.passes += 1
                 except Exception:

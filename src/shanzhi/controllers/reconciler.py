@@ -8,6 +8,7 @@ instances with no row) -> finish removals of drained clouds.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import secrets
 import sqlite3
@@ -26,12 +27,26 @@ from shanzhi.controllers.cleanup import finish_removals, reclaim_volumes, sweep_
 from shanzhi.controllers.fleet import Fleet
 from shanzhi.domain.errors import ShanzhiError
 from shanzhi.domain.spec import AppSpec, Component, Placement, volume_key
-from shanzhi.providers import CloudStatus, InstanceRequest, ObservedInstance, Provider, VolumeRequest
+from shanzhi.network.addressing import (
+    DEFAULT_POOL,
+    DEFAULT_PREFIX,
+    allocate_address,
+    allocate_subnet,
+    management_address,
+)
+from shanzhi.providers import (
+    CloudStatus,
+    InstanceRequest,
+    NetworkAttachment,
+    ObservedInstance,
+    Provider,
+    VolumeRequest,
+)
 from shanzhi.scheduler import Decision, HostState, Replica, Request
 from shanzhi.scheduler.engine import Engine
 from shanzhi.store import Database
 from shanzhi.store.events import record_event
-from shanzhi.store.tables import App, Cloud, Host, Instance, VolumeRecord, utcnow
+from shanzhi.store.tables import App, Cloud, Host, Instance, VdcSubnet, VolumeRecord, utcnow
 
 log = logging.getLogger("shanzhi.reconciler")
 
@@ -60,8 +75,18 @@ def _backoff(restarts: int) -> timedelta:
 
 
 class Reconciler:
-    def __init__(self, db: Database, fleet: Fleet, *, failover_grace: float = 3.0) -> None:
+    def __init__(
+        self,
+        db: Database,
+        fleet: Fleet,
+        *,
+        failover_grace: float = 3.0,
+        network_pool: str = DEFAULT_POOL,
+        network_prefix: int = DEFAULT_PREFIX,
+    ) -> None:
         self.db = db
+        self.network_pool = network_pool
+        self.network_prefix = network_prefix
         self.fleet = fleet
         self.failover_grace = timedelta(seconds=failover_grace)
         self._observed: dict[str, dict[str, ObservedInstance] | None] = {}
@@ -299,12 +324,43 @@ class Reconciler:
         )
         r.replaces = None
 
+    def _attachment(self, s: Session | None, app: App, r: Instance) -> NetworkAttachment | None:
+        """The replica's place on the tenant fabric, when its cloud has one: its address (given
+        once, from its VDC's subnet for the cloud's site, and kept while the row lives)."""
+        cloud = r.cloud
+        if cloud is None or not self.fleet.provider(cloud.name, cloud.kind, dict(cloud.options)).tenant_network:
+            return None
+        pool = self.network_pool
+        if r.address is None:
+            if s is None:
+                return None
+            subnet = s.scalar(
+                select(VdcSubnet).where(VdcSubnet.vdc_id == app.vdc_id, VdcSubnet.site_id == cloud.site_id)
+            )
+            if subnet is None:
+                cidr = allocate_subnet(pool, self.network_prefix, s.scalars(select(VdcSubnet.cidr)))
+                subnet = VdcSubnet(vdc_id=app.vdc_id, site_id=cloud.site_id, cidr=cidr)
+                s.add(subnet)
+                record_event(
+                    s,
+                    "SubnetAllocated",
+                    "vdc",
+                    app.vdc.path,
+                    f"VDC {app.vdc.path} gets {cidr} in site {cloud.site.name}",
+                )
+            net = ipaddress.ip_network(subnet.cidr)
+            taken = [a for a in s.scalars(select(Instance.address).where(Instance.address.is_not(None))) if a]
+            r.address = allocate_address(subnet.cidr, (a for a in taken if ipaddress.ip_address(a) in net))
+            s.flush()
+        return NetworkAttachment(r.address, pool, management_address(pool))
+
     def _request(self, app: App, comp: Component, r: Instance, s: Session | None = None) -> InstanceRequest:
         copy_from: dict[str, str] = {}
         if s is not None and comp.volumes:
             for v in self._sources(s, app, comp, r):
                 copy_from.setdefault(v.key, v.cloud.name)  # the newest released copy
         return InstanceRequest(
+            network=self._attachment(s, app, r),
             name=r.name,
             app=app.name,
             component=comp.name,

@@ -9,6 +9,7 @@ nothing and a changed component rolls out alone.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import re
 from collections.abc import Mapping
@@ -249,9 +250,65 @@ class Placement(_Model):
         return None
 
 
+class Peer(_Model):
+    """Who may connect: an app (of this VDC, or of `vdc`), a whole VDC, or an address range."""
+
+    app: Name | None = None
+    vdc: Annotated[str, Field(pattern=VDC_PATH_RE)] | None = None
+    cidr: str | None = None
+
+    @field_validator("cidr")
+    @classmethod
+    def _cidr(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            net = ipaddress.ip_network(v, strict=True)
+        except ValueError as err:
+            raise ValueError(f"not an address range: {err}") from None
+        if net.version != 4:
+            raise ValueError("only IPv4 ranges (tenant networks are IPv4)")
+        return str(net)
+
+    @model_validator(mode="after")
+    def _one(self) -> Peer:
+        if self.cidr is not None and (self.app or self.vdc):
+            raise ValueError("'cidr' stands alone: give either cidr, or app and/or vdc")
+        if self.cidr is None and not (self.app or self.vdc):
+            raise ValueError("name an app, a vdc or a cidr")
+        return self
+
+
+PortRef = Annotated[StrictInt, Field(ge=1, le=65535)] | Name
+
+
+class AllowRule(_Model):
+    """Traffic this app accepts from a peer: to some of its ports (numbers or port names), or all."""
+
+    from_: Peer = Field(alias="from")
+    ports: list[PortRef] = Field(default_factory=list, max_length=64)
+    protocol: Literal["tcp", "udp", "icmp", "any"] | None = None  # default: the named ports' own, else tcp
+
+    @model_validator(mode="after")
+    def _icmp(self) -> AllowRule:
+        if self.protocol in ("icmp", "any") and self.ports:
+            raise ValueError(f"protocol {self.protocol} has no ports: leave out 'ports'")
+        return self
+
+
+class Network(_Model):
+    """Who may reach this app. Without a `network` section, the app's own VDC may; with one, only
+    its own replicas and what `allow` lists. `expose` opens ports to everyone (other VDCs and
+    outside). Traffic from another VDC is refused unless a rule here names it."""
+
+    allow: list[AllowRule] = Field(default_factory=list, max_length=256)
+    expose: list[PortRef] = Field(default_factory=list, max_length=64)
+
+
 class AppSpecBody(_Model):
     components: Annotated[list[Component], Field(min_length=1)]
     placement: Placement = Field(default_factory=Placement)
+    network: Network | None = None
 
     @model_validator(mode="after")
     def _unique(self) -> AppSpecBody:
@@ -259,7 +316,20 @@ class AppSpecBody(_Model):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"component names must be unique; repeated: {', '.join(dup)}")
+        if self.network is not None:
+            known = {p.name for c in self.components for p in c.ports}
+            refs = [p for r in self.network.allow for p in r.ports] + list(self.network.expose)
+            unknown = sorted({p for p in refs if isinstance(p, str) and p not in known})
+            if unknown:
+                raise ValueError(
+                    f"network names port {', '.join(unknown)}, which no component declares "
+                    f"(ports: {', '.join(sorted(known)) or 'none'})"
+                )
         return self
+
+    def port_table(self) -> dict[str, tuple[int, str]]:
+        """Every named port of the app: name -> (number, protocol)."""
+        return {p.name: (p.port, p.protocol) for c in self.components for p in c.ports}
 
 
 class AppSpec(_Model):

@@ -39,6 +39,17 @@ class VolumeRequest:
 
 
 @dataclass(frozen=True)
+class NetworkAttachment:
+    """An instance's place on the tenant fabric (clouds with tenant networks): its address in
+    its VDC's subnet for the site, the pool all subnets come from and the management address
+    (the platform's, from which health checks come)."""
+
+    address: str
+    pool: str
+    management: str
+
+
+@dataclass(frozen=True)
 class InstanceRequest:
     name: str
     app: str
@@ -53,6 +64,7 @@ class InstanceRequest:
     image: str | None = None
     flavor: str | None = None
     volumes: tuple[VolumeRequest, ...] = ()
+    network: NetworkAttachment | None = None
 
 
 @dataclass(frozen=True)
@@ -101,6 +113,8 @@ class Provider(ABC):
     options: ClassVar[dict[str, OptionSpec]]
     #: whether instance endpoints are reachable from this machine (so health checks can probe)
     probes_endpoints: ClassVar[bool] = False
+    #: whether instances live on the tenant fabric (each gets a NetworkAttachment, policy applies)
+    tenant_network: ClassVar[bool] = False
 
     def __init__(self, name: str, options: Mapping[str, Any], state_dir: Path) -> None:
         self.name = name
@@ -152,6 +166,15 @@ class Provider(ABC):
     def describe(self, name: str) -> dict[str, Any]:
         """What the cloud itself says of an instance (for `instance get`): empty when it says nothing."""
         return {}
+
+    def dismantle(self) -> None:
+        """Remove what the cloud itself built on this machine (namespaces, links), once it is
+        empty and deleted. Most clouds build nothing."""
+        return
+
+    def apply_policy(self, document: dict[str, Any]) -> None:
+        """Enforce a tenant-network ruleset (nftables JSON) on every host (tenant_network clouds)."""
+        return
 
     def delete_volume(self, key: str) -> None:  # a provider without disks has none to delete
         """Delete a volume's disk; succeed if it is gone already."""

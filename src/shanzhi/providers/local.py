@@ -123,7 +123,7 @@ class LocalProvider(MachineCloud):
         name = str(st["name"])
         ports = {str(k): int(v) for k, v in st.get("ports", {}).items()}
         first = next(iter(ports.values()), None)
-        endpoint = f"127.0.0.1:{first}" if first else None
+        endpoint = f"{st.get('address') or '127.0.0.1'}:{first}" if first else None
         pid = st.get("pid")
         if pid and _alive(int(pid), float(st["create_time"])):
             return ObservedInstance(name, str(st["host"]), "running", endpoint, ports, f"pid {pid}")
@@ -158,10 +158,7 @@ class LocalProvider(MachineCloud):
         box = self.sandbox
         uid = box.uid_for(req.vdc)
         workdir = box.make_workdir(self.name, req.name, uid)
-        taken = {int(p) for st in states.values() for p in st.get("ports", {}).values()}
-        ports: dict[str, int] = {}
-        for pname, _ in req.ports or (("port", 0),):
-            ports[pname] = free_port(taken | set(ports.values()))
+        ports = self._ports(req, states)
         subst = {"PORT": next(iter(ports.values()))}
         subst.update({f"PORT_{k.upper().replace('-', '_')}": v for k, v in ports.items()})
 
@@ -184,7 +181,8 @@ class LocalProvider(MachineCloud):
         procs: list[Path] = []
         if box.cgroups is not None:
             procs = box.cgroups.create(self._cgroup(req.name), req.cpu, req.memory, int(self.opts.get("pids", 1024)))
-        gated = [*box.command_prefix(uid), "/bin/sh", "-c", _GATE, "sh", *argv]
+        enter, extra = self._enter(req)
+        gated = [*enter, *box.command_prefix(uid), "/bin/sh", "-c", _GATE, "sh", *argv]
         with open(statedir / "log", "ab") as log:
             os.chmod(statedir / "log", 0o600)
             launcher = subprocess.Popen(
@@ -219,12 +217,30 @@ class LocalProvider(MachineCloud):
             "uid": uid,
             "workdir": str(workdir),
             "started_at": time.time(),
+            **extra,
         }
         _write_json(statedir / "state.json", state)
         with contextlib.suppress(BrokenPipeError):
             launcher.stdin.write(b"go\n")
             launcher.stdin.close()
         return self._observe(state)
+
+    def _ports(self, req: InstanceRequest, states: dict[str, dict[str, Any]]) -> dict[str, int]:
+        """Ports on 127.0.0.1, free now and not handed to another instance of this cloud."""
+        taken = {int(p) for st in states.values() for p in st.get("ports", {}).values()}
+        ports: dict[str, int] = {}
+        for pname, _ in req.ports or (("port", 0),):
+            ports[pname] = free_port(taken | set(ports.values()))
+        return ports
+
+    def _enter(self, req: InstanceRequest) -> tuple[list[str], dict[str, Any]]:
+        """What to run the sandboxed command under, and what to remember of it in state.json
+        (nothing here: a process of this machine's own network)."""
+        return [], {}
+
+    def _release(self, st: dict[str, Any]) -> None:
+        """Undo `_enter` once the instance's processes are gone."""
+        return
 
     def _cgroup(self, instance: str) -> str:
         return f"{self.name}.{instance}"
@@ -262,6 +278,7 @@ class LocalProvider(MachineCloud):
             return
         st = self._states().get(name, {})
         self._kill({"name": name, **st})
+        self._release({"name": name, **st})
         if st.get("workdir"):
             shutil.rmtree(st["workdir"], ignore_errors=True)
         shutil.rmtree(statedir, ignore_errors=True)

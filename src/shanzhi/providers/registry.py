@@ -14,6 +14,7 @@ _KINDS: dict[str, str] = {
     "local": "shanzhi.providers.local:LocalProvider",
     "sim": "shanzhi.providers.sim:SimProvider",
     "libvirt": "shanzhi.providers.libvirt.provider:LibvirtProvider",
+    "netns": "shanzhi.providers.netns.provider:NetnsProvider",
 }
 
 

@@ -161,10 +161,26 @@ class Instance(Base):
     ordinal: Mapped[int] = mapped_column(default=0)
     # set on a migration's new replica: the old one stops once this one is healthy
     replaces: Mapped[str | None] = mapped_column(String(128))
+    # its address on the tenant fabric (clouds with tenant networks), in its VDC's subnet there
+    address: Mapped[str | None] = mapped_column(String(45), unique=True)
     state_changed_at: Mapped[datetime] = mapped_column(default=utcnow)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     app: Mapped[App] = relationship(lazy="joined")
     cloud: Mapped[Cloud | None] = relationship(lazy="joined")
+
+
+class VdcSubnet(Base):
+    """A VDC's subnet in one site, from the server's network pool (never two that overlap)."""
+
+    __tablename__ = "vdc_subnets"
+    __table_args__ = (UniqueConstraint("vdc_id", "site_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    vdc_id: Mapped[int] = mapped_column(ForeignKey("vdcs.id", ondelete="CASCADE"))
+    site_id: Mapped[int] = mapped_column(ForeignKey("sites.id", ondelete="CASCADE"))
+    cidr: Mapped[str] = mapped_column(String(45), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    vdc: Mapped[Vdc] = relationship(lazy="joined")
+    site: Mapped[Site] = relationship(lazy="joined")
 
 
 class VolumeRecord(Base):

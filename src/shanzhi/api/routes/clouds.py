@@ -51,9 +51,11 @@ def remove_cloud(
     request: Request, name: str, drain: bool = Query(False), rt: Runtime = Depends(runtime)
 ) -> schemas.RemoveOut:
     with transaction(request) as s:
+        cloud = svc.get_cloud(s, name)
+        kind, options = cloud.kind, dict(cloud.options)
         outcome = svc.remove_cloud(s, name, drain=drain)
     if outcome == "removed":
-        rt.fleet.forget(name)
+        rt.fleet.remove(name, kind, options)
     rt.wake()
     return schemas.RemoveOut(name=name, outcome=outcome)
 

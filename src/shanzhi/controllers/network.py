@@ -1,0 +1,118 @@
+"""The network controller: keeps every tenant-network cloud's hosts enforcing the policy that
+the VDCs, apps, `spec.network` and instance addresses call for.
+
+Each pass compiles the ruleset when its inputs changed (an app's generation, an instance's
+address) and applies it to every tenant-network cloud whose copy differs, in one transaction
+per host. A cloud is also re-applied every REFRESH seconds, which restores a host rebuilt after
+a reboot. A new instance is governed from its first packet: until its address is in the sets it
+can only answer health checks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sqlite3
+import time
+from dataclasses import dataclass
+
+from sqlalchemy import select
+
+from shanzhi.controllers.fleet import Fleet
+from shanzhi.domain.errors import ShanzhiError
+from shanzhi.domain.spec import parse_app
+from shanzhi.network.addressing import management_address
+from shanzhi.network.policy import AppNet, Endpoint, Ruleset, compile_ruleset
+from shanzhi.providers import Provider
+from shanzhi.store import Database
+from shanzhi.store.tables import App, Cloud, Instance
+
+log = logging.getLogger("shanzhi.network")
+REFRESH = 30.0
+
+
+@dataclass(frozen=True)
+class _Applied:
+    digest: str
+    at: float
+
+
+class NetworkController:
+    def __init__(self, db: Database, fleet: Fleet, pool: str) -> None:
+        self.db = db
+        self.fleet = fleet
+        self.pool = pool
+        self.ruleset: Ruleset | None = None
+        self.endpoints: dict[str, Endpoint] = {}  # address -> endpoint
+        self._inputs = ""
+        self._digest = ""
+        self._applied: dict[str, _Applied] = {}
+
+    def _clouds(self) -> list[tuple[str, Provider]]:
+        with self.db.session() as s:
+            rows = [(c.name, c.kind, dict(c.options)) for c in s.scalars(select(Cloud))]
+        out = []
+        for name, kind, options in rows:
+            p = self.fleet.provider(name, kind, options)
+            if p.tenant_network:
+                out.append((name, p))
+        return out
+
+    def _compile(self, clouds: list[tuple[str, Provider]]) -> None:
+        names = {n for n, _ in clouds}
+        links = dict(clouds)
+        with self.db.session() as s:
+            apps = [(a.vdc.path, a.name, a.generation, a.spec) for a in s.scalars(select(App))]
+            rows = [
+                (i.address, i.app.vdc.path, i.app.name, i.name, i.cloud.name)
+                for i in s.scalars(select(Instance).where(Instance.address.is_not(None)))
+                if i.cloud is not None and i.cloud.name in names
+            ]
+        inputs = json.dumps([sorted((v, n, g) for v, n, g, _ in apps), sorted(rows)])
+        if inputs == self._inputs and self.ruleset is not None:
+            return
+        endpoints = []
+        for address, vdc, app, instance, cloud in rows:
+            link = getattr(links[cloud], "fabric", None)
+            ifname = link.instance_link(cloud, instance) if link is not None else ""
+            endpoints.append(Endpoint(str(address), vdc, app, instance, ifname))
+        nets = []
+        for vdc, name, _, spec in apps:
+            try:
+                body = parse_app(spec).spec
+            except ShanzhiError:
+                continue  # a stored spec always parses; one that does not is left ungoverned
+            nets.append(AppNet(vdc, name, body.network, body.port_table()))
+        self.ruleset = compile_ruleset(endpoints, nets, management_address(self.pool))
+        self.endpoints = {e.address: e for e in endpoints}
+        self._digest = hashlib.sha256(json.dumps(self.ruleset.commands, sort_keys=True).encode()).hexdigest()
+        self._inputs = inputs
+
+    def run_once(self) -> None:
+        clouds = self._clouds()
+        if not clouds:
+            return
+        self._compile(clouds)
+        assert self.ruleset is not None
+        now = time.monotonic()
+        for name, p in clouds:
+            done = self._applied.get(name)
+            if done and done.digest == self._digest and now - done.at < REFRESH:
+                continue
+            try:
+                if p.status().healthy:
+                    p.apply_policy(self.ruleset.commands)
+            except (ShanzhiError, OSError, sqlite3.Error) as err:
+                log.warning("could not apply the network policy to cloud %s: %s", name, err)
+                continue
+            if done is None or done.digest != self._digest:
+                log.info(
+                    "network policy applied to cloud %s: %d rules, %d instances",
+                    name,
+                    len(self.ruleset.rules),
+                    len(self.endpoints),
+                )
+            self._applied[name] = _Applied(self._digest, now)
+        for gone in set(self._applied) - {n for n, _ in clouds}:
+            del self._applied[gone]
