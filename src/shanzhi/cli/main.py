@@ -185,9 +185,13 @@ def cloud_remove(
     data_dir: Path | None = DataDirOpt,
     output: Fmt = OutputOpt,
 ) -> None:
-    """Remove a cloud (refused while it runs instances, unless --drain)."""
+    """Remove a cloud (refused while it runs instances, unless --drain), with whatever it built
+    on this machine (a netns cloud's namespaces and links)."""
     with handle_errors(), client(data_dir) as c:
         emit(c.remove_cloud(name, drain), output, [("NAME", lambda r: r["name"]), ("OUTCOME", lambda r: r["outcome"])])
+
+
+cloud_app.command("delete", help="The same as 'cloud remove'.")(cloud_remove)
 
 
 @cloud_app.command("fail")
