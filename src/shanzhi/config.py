@@ -55,6 +55,8 @@ class Settings:
     public_url: str | None = None  # how browsers reach this server (default http://host:port)
     network_pool: str = "10.240.0.0/16"  # tenant networks: every VDC's subnet per site comes from here
     network_prefix: int = 24  # the size of those subnets
+    alarm_webhook: str | None = None  # alarms are posted here as JSON (three tries)
+    flow_retention_days: float = 7.0  # flow records older than this go (edges keep their totals)
     # OpenID Connect login, on when an issuer is set (the client secret comes from the environment
     # or a file, never the command line: see `shanzhi serve --help`).
     oidc_issuer: str | None = None

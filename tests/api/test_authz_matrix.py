@@ -21,7 +21,7 @@ from shanzhi.api.policy import RULES, check_routes
 from shanzhi.config import Settings
 from shanzhi.services.identity import token_hash
 from shanzhi.services.oidc import challenge_of
-from shanzhi.store.tables import App, AuditRecord, Cloud, Instance, OidcFlow, User, VolumeRecord, utcnow
+from shanzhi.store.tables import Alarm, App, AuditRecord, Cloud, Instance, OidcFlow, User, VolumeRecord, utcnow
 from tests.api.conftest import LENIENT, PASSWORD, Tenants, app_spec, bearer, with_sso
 from tests.oidc import OidcProvider
 
@@ -98,6 +98,9 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/instances/{name}"): VDC_READERS,
     ("GET", "/instances/{name}/logs"): VDC_READERS,
     ("GET", "/events"): VDC_READERS,
+    ("GET", "/flows"): VDC_READERS,
+    ("GET", "/alarms"): VDC_ROLES_ANYWHERE,
+    ("POST", "/alarms/{alarm_id}/ack"): frozenset({SYS, VADMIN, MEMBER}),
     ("POST", "/plans"): frozenset({SYS}),
     ("GET", "/plans/{plan_id}"): frozenset({SYS}),
     ("POST", "/plans/{plan_id}/apply"): frozenset({SYS}),
@@ -185,6 +188,14 @@ class World:
                 )
             )
         return key
+
+    def alarm(self) -> int:
+        """An alarm of gz/health (as a denied cross-VDC attempt raises)."""
+        with self.t.api.app.state.db.session() as s, s.begin():  # type: ignore[attr-defined]
+            alarm = Alarm(kind="cross-vdc-denied", vdc="gz/health", app="records", message="denied", detail={})
+            s.add(alarm)
+            s.flush()
+            return int(alarm.id)
 
     def new_plan(self) -> int:
         r = self.t.api.post("/api/v1/plans", json={"kind": "rebalance", "time_limit": 1})
@@ -348,6 +359,9 @@ def _calls(w: World) -> dict[tuple[str, str], Callable[[str], Call]]:
         ("GET", "/instances/{name}"): lambda _: (f"/instances/{w.instance}", {}),
         ("GET", "/instances/{name}/logs"): lambda _: (f"/instances/{w.instance}/logs", {}),  # unplaced: 409
         ("GET", "/events"): lambda _: ("/events?app=records&vdc=gz/health", {}),
+        ("GET", "/flows"): lambda _: ("/flows?app=records&vdc=gz/health", {}),
+        ("GET", "/alarms"): lambda _: ("/alarms?vdc=gz/health", {}),
+        ("POST", "/alarms/{alarm_id}/ack"): lambda _: (f"/alarms/{w.alarm()}/ack", {}),
         ("POST", "/plans"): lambda _: ("/plans", {"json": {"kind": "rebalance", "time_limit": 1}}),
         ("GET", "/plans/{plan_id}"): lambda _: (f"/plans/{w.plan}", {}),
         ("POST", "/plans/{plan_id}/apply"): lambda _: (f"/plans/{w.plan}/apply", {}),
@@ -485,6 +499,7 @@ def test_the_route_table_knows_every_api_route(api: TestClient) -> None:
         images,
         ledger,
         metering,
+        network,
         observe,
         oidc,
         plans,
@@ -492,7 +507,8 @@ def test_the_route_table_knows_every_api_route(api: TestClient) -> None:
         volumes,
     )
 
-    modules = (identity, oidc, clouds, images, vdcs, apps, volumes, observe, plans, approvals, metering, audit, ledger)
+    modules = (identity, oidc, clouds, images, vdcs, apps, volumes, observe, network, plans, approvals, metering)
+    modules += (audit, ledger)
     table = RouteTable([m.router for m in modules])
     assert table.missing() == []
     for method, path in openapi_routes(api.app):

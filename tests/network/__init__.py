@@ -21,6 +21,7 @@ ECHO = (
     "        d,a=u.recvfrom(2048);u.sendto(d,a)\n"
     "threading.Thread(target=echo,daemon=True).start()\n"
     "http.server.ThreadingHTTPServer.request_queue_size=4096\n"  # probes connect 200 at a time
+    "http.server.SimpleHTTPRequestHandler.protocol_version='HTTP/1.1'\n"  # keep-alive: long flows
     "http.server.ThreadingHTTPServer(('0.0.0.0',p),http.server.SimpleHTTPRequestHandler).serve_forever()\n"
 )
 

@@ -1,7 +1,8 @@
 """Probes run inside a namespace (`ip netns exec NS python3 probe.py ...`): TCP connects, UDP
 datagrams and ICMP echoes to targets, counting answers. Prints one JSON object.
 
-Usage: probe.py TARGET[,TARGET...] PORT COUNT [tcp|udp|icmp ...]
+Usage: probe.py TARGET[,TARGET...] PORT COUNT [tcp|udp|icmp|burst|hold ...]
+(`hold` keeps one HTTP connection open COUNT seconds; `burst` sends COUNT datagrams at once.)
 Each probe waits at most 0.5 s (probes run in parallel batches, so a dropped probe costs no
 sequential timeout). TARGETs are addresses on the test's own fabric: nothing leaves it.
 """
@@ -62,6 +63,35 @@ def udp(targets: list[str], port: int, count: int) -> int:
     return ok
 
 
+def burst(targets: list[str], port: int, count: int) -> int:
+    """`count` UDP datagrams as fast as they go, from one socket; answers are not waited for."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for i in range(count):
+        s.sendto(b"burst", (targets[i % len(targets)], port))
+    return 0
+
+
+def hold(targets: list[str], port: int, seconds: int) -> int:
+    """One TCP connection kept open `seconds`, an HTTP request every 0.5 s; returns the requests
+    answered."""
+    s = socket.create_connection((targets[0], port), timeout=5)
+    ok = 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        s.sendall(f"GET / HTTP/1.1\r\nHost: {targets[0]}\r\n\r\n".encode())
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += s.recv(65536)
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = int(next(h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")).split(b":")[1])
+        while len(body) < length:
+            body += s.recv(65536)
+        ok += 1
+        time.sleep(0.5)
+    s.close()
+    return ok
+
+
 def _checksum(data: bytes) -> int:
     if len(data) % 2:
         data += b"\0"
@@ -100,7 +130,11 @@ def main() -> None:
     kinds = sys.argv[4:] or ["tcp", "udp", "icmp"]
     out = {}
     for kind in kinds:
-        if kind == "tcp":
+        if kind == "burst":
+            answered = burst(targets, port, count)
+        elif kind == "hold":
+            answered = hold(targets, port, count)
+        elif kind == "tcp":
             answered = tcp(targets, port, count)
         elif kind == "udp":
             answered = udp(targets, port, count)

@@ -16,7 +16,20 @@ from shanzhi.api.guard import Guard, Limits
 from shanzhi.api.headers import SecurityHeaders
 from shanzhi.api.policy import check_routes
 from shanzhi.api.processes import make_ledger, prepare
-from shanzhi.api.routes import approvals, apps, clouds, identity, images, metering, observe, oidc, plans, vdcs, volumes
+from shanzhi.api.routes import (
+    approvals,
+    apps,
+    clouds,
+    identity,
+    images,
+    metering,
+    network,
+    observe,
+    oidc,
+    plans,
+    vdcs,
+    volumes,
+)
 from shanzhi.api.routes import audit as audit_routes
 from shanzhi.api.routes import ledger as ledger_routes
 from shanzhi.config import Settings
@@ -81,6 +94,7 @@ def create_app(settings: Settings) -> FastAPI:
         apps,
         volumes,
         observe,
+        network,
         plans,
         approvals,
         metering,

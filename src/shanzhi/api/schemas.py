@@ -221,3 +221,41 @@ class StatusOut(BaseModel):
     leader: bool
     controller_passes: int
     data_dir: str
+
+
+class FlowOut(BaseModel):
+    id: int
+    verdict: str
+    rule: str
+    proto: str
+    src: str
+    sport: int
+    dst: str
+    dport: int
+    src_vdc: str | None
+    src_app: str | None
+    src_instance: str | None
+    dst_vdc: str | None
+    dst_app: str | None
+    dst_instance: str | None
+    packets_out: int
+    bytes_out: int
+    packets_in: int
+    bytes_in: int
+    started_at: datetime
+    ended_at: datetime | None
+    updated_at: datetime
+    host: str
+
+
+class AlarmOut(BaseModel):
+    id: int
+    at: datetime
+    kind: str
+    severity: str
+    vdc: str | None
+    app: str | None
+    message: str
+    detail: dict[str, Any]
+    acknowledged_by: str | None
+    acknowledged_at: datetime | None

@@ -10,7 +10,7 @@ from typing import Any
 
 import typer
 
-from shanzhi.cli import apps, governance, identity, serve
+from shanzhi.cli import apps, governance, identity, network, serve
 from shanzhi.cli.audit import audit_app
 from shanzhi.cli.images import image_app
 from shanzhi.cli.ledger import ledger_app, witness_app
@@ -40,6 +40,9 @@ app.add_typer(workloads_app, name="workloads")
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(witness_app, name="witness")
 app.add_typer(plan_app, name="plan")
+app.add_typer(network.alarm_app, name="alarm")
+app.command("flows")(network.flows)
+app.command("alarms", help="The same as 'alarm list'.")(network.alarm_list)
 app.add_typer(audit_app, name="audit")
 app.add_typer(identity.user_app, name="user")
 app.add_typer(identity.token_app, name="token")

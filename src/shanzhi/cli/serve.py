@@ -48,6 +48,12 @@ def serve(
         "routed on this machine, so pick one no real network uses.",
     ),
     network_prefix: int = typer.Option(24, "--network-prefix", min=8, max=29, help="The size of each VDC's subnet."),
+    alarm_webhook: str | None = typer.Option(
+        None, "--alarm-webhook", help="POST every alarm here as JSON (three tries with backoff)."
+    ),
+    flow_retention_days: float = typer.Option(
+        7.0, "--flow-retention-days", min=0.01, help="Keep flow records this long (app-to-app edges keep totals)."
+    ),
     ledger_origin: str | None = typer.Option(
         None,
         "--ledger-origin",
@@ -188,6 +194,8 @@ def serve(
         failover_grace=failover_grace,
         network_pool=network_pool,
         network_prefix=network_prefix,
+        alarm_webhook=alarm_webhook,
+        flow_retention_days=flow_retention_days,
         ledger_origin=ledger_origin,
         witnesses=tuple(witnesses),
         witness_quorum=witness_quorum,

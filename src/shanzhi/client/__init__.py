@@ -220,6 +220,26 @@ class Client:
     def status(self) -> Any:
         return self._call("GET", "/status")
 
+    # network
+    def flows(
+        self,
+        app: str | None = None,
+        vdc: str | None = None,
+        verdict: str | None = None,
+        since: str | None = None,
+        after: int = 0,
+        limit: int = 200,
+    ) -> Any:
+        params = _params(app=app, vdc=vdc, verdict=verdict, since=since, after=after, limit=limit)
+        return self._call("GET", "/flows", params=params)
+
+    def alarms(self, vdc: str | None = None, kind: str | None = None, open_only: bool = False, after: int = 0) -> Any:
+        params = _params(vdc=vdc, kind=kind, after=after, **({"open": "true"} if open_only else {}))
+        return self._call("GET", "/alarms", params=params)
+
+    def ack_alarm(self, alarm_id: int) -> Any:
+        return self._call("POST", f"/alarms/{alarm_id}/ack")
+
     # audit
     def audit_records(self, since: int = 0, limit: int = 200, actor: str | None = None) -> Any:
         return self._call("GET", "/audit", params=_params(since=since, limit=limit, actor=actor))

@@ -26,6 +26,7 @@ from shanzhi.store.tables import (
     ApprovalRequest,
     AuditRecord,
     Cloud,
+    Flow,
     Instance,
     LoginFailure,
     MeterState,
@@ -160,17 +161,25 @@ def prune_credentials(s: Session, now: datetime | None = None) -> int:
     return sum(int(getattr(r, "rowcount", 0) or 0) for r in (tokens, flows, phantoms))
 
 
+def prune_flows(s: Session, before: datetime) -> int:
+    """Delete flow records that ended (or were dropped) before `before`; open ones stay."""
+    done = s.execute(delete(Flow).where(Flow.ended_at.is_not(None), Flow.ended_at < before))
+    return int(getattr(done, "rowcount", 0) or 0)
+
+
 class Housekeeping:
     def __init__(
         self,
         db: Database,
         *,
         audit_retention_days: int = 180,
+        flow_retention_days: float = 7.0,
         meter_every: float = 5.0,
         prune_every: float = 3600.0,
     ) -> None:
         self.db = db
         self.retention = audit_retention_days
+        self.flow_retention = timedelta(days=flow_retention_days)
         self.meter_every = meter_every
         self.prune_every = prune_every
         self._last_meter = self._last_prune = -float("inf")
@@ -189,7 +198,10 @@ class Housekeeping:
             with self.db.session() as s, s.begin():
                 n = prune_audit(s, self.retention)
                 dead = prune_credentials(s)
+                old_flows = prune_flows(s, utcnow() - self.flow_retention)
             if n:
                 log.info("pruned %d audit records older than %d days", n, self.retention)
             if dead:
                 log.info("removed %d dead tokens and lapsed single sign-on logins", dead)
+            if old_flows:
+                log.info("removed %d flow records past their retention", old_flows)

@@ -10,7 +10,9 @@ import logging
 import threading
 
 from shanzhi.config import Settings
+from shanzhi.controllers.alarms import Notifier
 from shanzhi.controllers.fleet import Fleet
+from shanzhi.controllers.flows import FlowController
 from shanzhi.controllers.housekeeping import Housekeeping
 from shanzhi.controllers.network import NetworkController
 from shanzhi.controllers.reconciler import Reconciler
@@ -32,6 +34,8 @@ class ControllerManager:
         audit_retention_days: int = 180,
         network_pool: str = DEFAULT_POOL,
         network_prefix: int = DEFAULT_PREFIX,
+        alarm_webhook: str | None = None,
+        flow_retention_days: float = 7.0,
     ) -> None:
         self.db = db
         self.interval = interval
@@ -39,7 +43,11 @@ class ControllerManager:
             db, fleet, failover_grace=failover_grace, network_pool=network_pool, network_prefix=network_prefix
         )
         self.network = NetworkController(db, fleet, network_pool)
-        self.housekeeping = Housekeeping(db, audit_retention_days=audit_retention_days)
+        self.flows = FlowController(db, fleet, self.network, lambda: self.is_leader)
+        self.notifier = Notifier(db, alarm_webhook, lambda: self.is_leader)
+        self.housekeeping = Housekeeping(
+            db, audit_retention_days=audit_retention_days, flow_retention_days=flow_retention_days
+        )
         self._lock = LeaderLock(db)
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -57,11 +65,15 @@ class ControllerManager:
             audit_retention_days=settings.audit_retention_days,
             network_pool=settings.network_pool,
             network_prefix=settings.network_prefix,
+            alarm_webhook=settings.alarm_webhook,
+            flow_retention_days=settings.flow_retention_days,
         )
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="controller", daemon=True)
         self._thread.start()
+        self.flows.start()
+        self.notifier.start()
 
     def wake(self) -> None:
         self._wake.set()
@@ -71,6 +83,8 @@ class ControllerManager:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
+        self.flows.stop()
+        self.notifier.stop()
         self._lock.release()
         self.reconciler.close()
 

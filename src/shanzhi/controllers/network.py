@@ -45,6 +45,7 @@ class NetworkController:
         self.pool = pool
         self.ruleset: Ruleset | None = None
         self.endpoints: dict[str, Endpoint] = {}  # address -> endpoint
+        self.homes: dict[str, str] = {}  # address -> the host namespace its instance is on
         self._inputs = ""
         self._digest = ""
         self._applied: dict[str, _Applied] = {}
@@ -65,7 +66,7 @@ class NetworkController:
         with self.db.session() as s:
             apps = [(a.vdc.path, a.name, a.generation, a.spec) for a in s.scalars(select(App))]
             rows = [
-                (i.address, i.app.vdc.path, i.app.name, i.name, i.cloud.name)
+                (i.address, i.app.vdc.path, i.app.name, i.name, i.cloud.name, i.host or "")
                 for i in s.scalars(select(Instance).where(Instance.address.is_not(None)))
                 if i.cloud is not None and i.cloud.name in names
             ]
@@ -73,10 +74,11 @@ class NetworkController:
         if inputs == self._inputs and self.ruleset is not None:
             return
         endpoints = []
-        for address, vdc, app, instance, cloud in rows:
-            link = getattr(links[cloud], "fabric", None)
-            ifname = link.instance_link(cloud, instance) if link is not None else ""
-            endpoints.append(Endpoint(str(address), vdc, app, instance, ifname))
+        homes = {}
+        for address, vdc, app, instance, cloud, host in rows:
+            provider = links[cloud]
+            endpoints.append(Endpoint(str(address), vdc, app, instance, provider.link_name(instance)))
+            homes[str(address)] = provider.host_namespace(host)
         nets = []
         for vdc, name, _, spec in apps:
             try:
@@ -86,6 +88,7 @@ class NetworkController:
             nets.append(AppNet(vdc, name, body.network, body.port_table()))
         self.ruleset = compile_ruleset(endpoints, nets, management_address(self.pool))
         self.endpoints = {e.address: e for e in endpoints}
+        self.homes = homes
         self._digest = hashlib.sha256(json.dumps(self.ruleset.commands, sort_keys=True).encode()).hexdigest()
         self._inputs = inputs
 

@@ -176,6 +176,18 @@ class Provider(ABC):
         """Enforce a tenant-network ruleset (nftables JSON) on every host (tenant_network clouds)."""
         return
 
+    def link_name(self, instance: str) -> str:
+        """The host-side name of an instance's network link (tenant_network clouds)."""
+        return ""
+
+    def host_namespace(self, host: str) -> str:
+        """Where a host's flows are seen (tenant_network clouds): its namespace."""
+        return ""
+
+    def flow_collectors(self) -> dict[str, list[str]]:
+        """The flow collector to run per host (tenant_network clouds): host -> command."""
+        return {}
+
     def delete_volume(self, key: str) -> None:  # a provider without disks has none to delete
         """Delete a volume's disk; succeed if it is gone already."""
         return

@@ -9,6 +9,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -181,6 +182,77 @@ class VdcSubnet(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     vdc: Mapped[Vdc] = relationship(lazy="joined")
     site: Mapped[Site] = relationship(lazy="joined")
+
+
+class Flow(Base):
+    """One connection (verdict `forwarded`) or the packets of one 5-tuple the policy dropped
+    within half a second (`dropped`), with both ends' VDC, app and instance when they are ours."""
+
+    __tablename__ = "flows"
+    __table_args__ = (
+        Index("ix_flows_started", "started_at"),
+        Index("ix_flows_src_vdc", "src_vdc"),
+        Index("ix_flows_dst_vdc", "dst_vdc"),
+        Index("ix_flows_open", "host", "ct_id"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    host: Mapped[str] = mapped_column(String(160))  # the host namespace that saw it
+    ct_id: Mapped[int | None] = mapped_column()  # conntrack's id there (forwarded flows)
+    verdict: Mapped[str] = mapped_column(String(16))  # forwarded | dropped
+    rule: Mapped[str] = mapped_column(String(255), default="")  # the rule that let it in or dropped it
+    proto: Mapped[int] = mapped_column()
+    src: Mapped[str] = mapped_column(String(45))
+    sport: Mapped[int] = mapped_column()
+    dst: Mapped[str] = mapped_column(String(45))
+    dport: Mapped[int] = mapped_column()
+    src_vdc: Mapped[str | None] = mapped_column(String(512))
+    src_app: Mapped[str | None] = mapped_column(String(63))
+    src_instance: Mapped[str | None] = mapped_column(String(128))
+    dst_vdc: Mapped[str | None] = mapped_column(String(512))
+    dst_app: Mapped[str | None] = mapped_column(String(63))
+    dst_instance: Mapped[str | None] = mapped_column(String(128))
+    packets_out: Mapped[int] = mapped_column(default=0)
+    bytes_out: Mapped[int] = mapped_column(default=0)
+    packets_in: Mapped[int] = mapped_column(default=0)
+    bytes_in: Mapped[int] = mapped_column(default=0)
+    started_at: Mapped[datetime] = mapped_column()
+    ended_at: Mapped[datetime | None] = mapped_column()
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class FlowEdge(Base):
+    """An app-to-app edge ever seen (the baseline alarms compare against)."""
+
+    __tablename__ = "flow_edges"
+    __table_args__ = (UniqueConstraint("src_vdc", "src_app", "dst_vdc", "dst_app"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    src_vdc: Mapped[str] = mapped_column(String(512))
+    src_app: Mapped[str] = mapped_column(String(63))
+    dst_vdc: Mapped[str] = mapped_column(String(512))
+    dst_app: Mapped[str] = mapped_column(String(63))
+    flows: Mapped[int] = mapped_column(default=0)
+    bytes: Mapped[int] = mapped_column(default=0)
+    rate: Mapped[float] = mapped_column(Float, default=0.0)  # bytes/s, moving average per minute
+    first_seen: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Alarm(Base):
+    """Something a person should look at: a denied cross-VDC attempt, a new edge, a spike."""
+
+    __tablename__ = "alarms"
+    __table_args__ = (Index("ix_alarms_at", "at"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    kind: Mapped[str] = mapped_column(String(32))
+    severity: Mapped[str] = mapped_column(String(16), default="warning")
+    vdc: Mapped[str | None] = mapped_column(String(512))  # whose it is (the receiving side)
+    app: Mapped[str | None] = mapped_column(String(63))
+    message: Mapped[str] = mapped_column(Text)
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    acknowledged_by: Mapped[str | None] = mapped_column(String(128))
+    acknowledged_at: Mapped[datetime | None] = mapped_column()
+    notified: Mapped[bool] = mapped_column(default=False)
 
 
 class VolumeRecord(Base):

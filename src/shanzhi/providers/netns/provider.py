@@ -15,11 +15,13 @@ from __future__ import annotations
 import functools
 import json
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from shanzhi.domain.errors import InvalidInput, ProviderError
+from shanzhi.network.policy import LOG_GROUP
 from shanzhi.providers.base import CloudStatus, InstanceRequest, OptionSpec, positive_int
 from shanzhi.providers.local import LocalProvider
 from shanzhi.providers.netns import nft
@@ -132,8 +134,18 @@ class NetnsProvider(LocalProvider):
                 total[name] = (p + q, b + c)
         return total
 
-    def host_namespaces(self) -> list[str]:
-        return [self.fabric.host(self.name, i) for i in range(self._hosts)]
+    def link_name(self, instance: str) -> str:
+        return self.fabric.instance_link(self.name, instance)
+
+    def host_namespace(self, host: str) -> str:
+        return self.fabric.host(self.name, self._host_index(host))
+
+    def flow_collectors(self) -> dict[str, list[str]]:
+        module = "shanzhi.providers.netns.collector"
+        return {
+            ns: ["ip", "netns", "exec", ns, sys.executable, "-m", module, "--group", str(LOG_GROUP)]
+            for ns in (self.fabric.host(self.name, i) for i in range(self._hosts))
+        }
 
     def dismantle(self) -> None:
         for name in list(self._states()):

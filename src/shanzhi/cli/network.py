@@ -1,0 +1,103 @@
+"""`shanzhi flows` and `shanzhi alarm ...`: east-west traffic between workloads, and alarms."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from shanzhi.cli.output import Columns, Fmt, OutputOpt, emit, handle_errors, out
+from shanzhi.client import Client, discover_token
+
+alarm_app = typer.Typer(help="Alarms: denied cross-VDC traffic, new app-to-app edges, spikes.", no_args_is_help=True)
+DataDirOpt = typer.Option(None, "--data-dir", envvar="SHANZHI_HOME", help="Data directory (for the token).")
+
+
+def _end(r: dict[str, Any], side: str) -> str:
+    app = r[f"{side}_app"]
+    where = f"{r[f'{side}_vdc']}/{app}" if app else "-"
+    return f"{where} {r[side]}"
+
+
+FLOW_COLS: Columns = [
+    ("STARTED", lambda r: str(r["started_at"])[11:19]),
+    ("VERDICT", lambda r: r["verdict"]),
+    ("PROTO", lambda r: r["proto"]),
+    ("FROM", lambda r: f"{_end(r, 'src')}:{r['sport']}"),
+    ("TO", lambda r: f"{_end(r, 'dst')}:{r['dport']}"),
+    ("PKTS", lambda r: f"{r['packets_out']}/{r['packets_in']}"),
+    ("BYTES", lambda r: f"{r['bytes_out']}/{r['bytes_in']}"),
+    ("RULE", lambda r: r["rule"]),
+    ("ENDED", lambda r: str(r["ended_at"])[11:19] if r["ended_at"] else "open"),
+]
+ALARM_COLS: Columns = [
+    ("ID", lambda r: r["id"]),
+    ("AT", lambda r: str(r["at"])[:19]),
+    ("KIND", lambda r: r["kind"]),
+    ("SEVERITY", lambda r: r["severity"]),
+    ("ACK", lambda r: r["acknowledged_by"] or ""),
+    ("MESSAGE", lambda r: r["message"]),
+]
+
+
+def _ndjson(rows: list[dict[str, Any]]) -> None:
+    for r in rows:
+        sys.stdout.write(json.dumps(r, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def flows(
+    app_name: str | None = typer.Option(None, "--app", help="Flows from or to this app."),
+    vdc: str | None = typer.Option(None, "--vdc", help="Flows from or to this VDC (and its subtree)."),
+    verdict: str | None = typer.Option(None, "--verdict", help="forwarded or dropped."),
+    since: str | None = typer.Option(None, "--since", help="Started this long ago or later: 30s, 10m, 2h, 1d."),
+    limit: int = typer.Option(50, "--limit", help="How many of the latest flows."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new flows."),
+    data_dir: Path | None = DataDirOpt,
+    output: Fmt = OutputOpt,
+) -> None:
+    """East-west traffic on tenant networks: one record per connection (bytes and packets both
+    ways, updated while it lasts) and per dropped 5-tuple, with both ends' VDC and app and the
+    rule that let it in or dropped it. With -f and -o json, one JSON object per line."""
+    with handle_errors(), Client(token=discover_token(data_dir)) as c:
+        rows = c.flows(app_name, vdc, verdict, since, limit=limit)
+        if follow and output is Fmt.json:
+            _ndjson(rows)
+        else:
+            emit(rows, output, FLOW_COLS)
+        after = rows[-1]["id"] if rows else 0
+        while follow:
+            time.sleep(1)
+            rows = c.flows(app_name, vdc, verdict, since, after=after, limit=5000)
+            if not rows:
+                continue
+            if output is Fmt.json:
+                _ndjson(rows)
+            else:
+                for r in rows:
+                    out.print("  ".join(str(get(r)) for _, get in FLOW_COLS))
+            after = rows[-1]["id"]
+
+
+@alarm_app.command("list")
+def alarm_list(
+    vdc: str | None = typer.Option(None, "--vdc", help="Only this VDC (and subtree)."),
+    kind: str | None = typer.Option(None, "--kind", help="cross-vdc-denied, new-edge or rate-spike."),
+    open_only: bool = typer.Option(False, "--open", help="Only alarms nobody acknowledged."),
+    data_dir: Path | None = DataDirOpt,
+    output: Fmt = OutputOpt,
+) -> None:
+    """Alarms you may see, oldest first."""
+    with handle_errors(), Client(token=discover_token(data_dir)) as c:
+        emit(c.alarms(vdc, kind, open_only), output, ALARM_COLS)
+
+
+@alarm_app.command("ack")
+def alarm_ack(alarm_id: int, data_dir: Path | None = DataDirOpt, output: Fmt = OutputOpt) -> None:
+    """Acknowledge an alarm: it stays, with who acknowledged it and when."""
+    with handle_errors(), Client(token=discover_token(data_dir)) as c:
+        emit(c.ack_alarm(alarm_id), output, ALARM_COLS)

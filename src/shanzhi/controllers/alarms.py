@@ -1,0 +1,115 @@
+"""Alarms: a record people acknowledge, an event beside it, and a webhook notification.
+
+`raise_alarm` writes both in the caller's transaction. The `Notifier` thread posts each alarm
+not yet notified to the configured webhook as JSON, three tries with backoff; what still fails is
+marked with the error (an alarm is never lost, only its notification).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from shanzhi.store import Database
+from shanzhi.store.events import record_event
+from shanzhi.store.tables import Alarm
+
+log = logging.getLogger("shanzhi.alarms")
+TRIES = 3
+
+
+def raise_alarm(
+    s: Session,
+    kind: str,
+    message: str,
+    *,
+    vdc: str | None = None,
+    app: str | None = None,
+    severity: str = "warning",
+    detail: dict[str, Any] | None = None,
+) -> Alarm:
+    alarm = Alarm(kind=kind, severity=severity, vdc=vdc, app=app, message=message, detail=detail or {})
+    s.add(alarm)
+    record_event(s, "Alarm", "alarm", kind, message, vdc=vdc, app=app, warning=severity != "info")
+    return alarm
+
+
+def as_json(a: Alarm) -> dict[str, Any]:
+    return {
+        "id": a.id,
+        "at": a.at.isoformat(),
+        "kind": a.kind,
+        "severity": a.severity,
+        "vdc": a.vdc,
+        "app": a.app,
+        "message": a.message,
+        "detail": a.detail,
+    }
+
+
+class Notifier:
+    """Posts new alarms to a webhook (when one is configured)."""
+
+    def __init__(self, db: Database, url: str | None, is_leader: Callable[[], bool], *, interval: float = 1.0) -> None:
+        self.db = db
+        self.url = url
+        self.is_leader = is_leader
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self.url:
+            self._thread = threading.Thread(target=self._run, name="alarm-notifier", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            if not self.is_leader():
+                continue
+            try:
+                self.run_once()
+            except Exception:
+                log.exception("alarm notification pass failed")
+
+    def run_once(self) -> int:
+        assert self.url
+        with self.db.session() as s, s.begin():
+            todo = [as_json(a) for a in s.scalars(select(Alarm).where(Alarm.notified.is_(False)).order_by(Alarm.id))]
+        for body in todo:
+            error = self._post(body)
+            with self.db.session() as s, s.begin():
+                alarm = s.get(Alarm, body["id"])
+                if alarm is not None:
+                    alarm.notified = True
+                    if error:
+                        alarm.detail = {**alarm.detail, "notify_error": error}
+        return len(todo)
+
+    def _post(self, body: dict[str, Any]) -> str | None:
+        assert self.url
+        error = ""
+        for attempt in range(TRIES):
+            try:
+                r = httpx.post(self.url, json=body, timeout=5)
+                if r.status_code < 300:
+                    return None
+                error = f"HTTP {r.status_code}"
+            except httpx.HTTPError as err:
+                error = str(err) or type(err).__name__
+            if attempt + 1 < TRIES:
+                time.sleep(0.5 * 2**attempt)
+        log.warning("alarm %s: webhook %s failed %d times: %s", body["id"], self.url, TRIES, error)
+        return error
