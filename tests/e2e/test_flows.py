@@ -114,7 +114,7 @@ def test_flows_are_recorded_with_both_ends_and_drops_match_the_counters(
     assert all(f["packets_out"] >= 3 and f["bytes_out"] > 0 and f["packets_in"] >= 2 for f in ended)
 
     # a long connection: its record grows while it lasts, and ends when it does
-    held = threading.Thread(target=probe, args=(ns["portal"], [_addr(records)], PORT, 8, "hold"))
+    held = threading.Thread(target=probe, args=(ns["portal"], [_addr(records)], PORT, 14, "hold"))
     held.start()
 
     def open_flow() -> dict[str, Any] | None:
@@ -135,7 +135,7 @@ def test_flows_are_recorded_with_both_ends_and_drops_match_the_counters(
     closed = wait_for(
         lambda: next((x for x in accepted() if x["id"] == first["id"] and x["ended_at"]), None), 30, "its end"
     )
-    assert closed["packets_in"] >= 10 and closed["bytes_in"] > later["bytes_in"]
+    assert closed["packets_in"] >= 20 and closed["bytes_in"] > later["bytes_in"]
 
     # a burst from another VDC: every dropped packet is in the records and in the rule's counter
     hosts = [fabric.host("t1", i) for i in range(2)]

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import IO, Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from shanzhi.controllers.alarms import raise_alarm
@@ -299,10 +299,7 @@ class FlowController:
         rows = [*b.new.values(), *b.drops]
         if rows:
             s.execute(insert(Flow), rows)
-        for (host, ct_id), values in b.updates.items():
-            s.execute(
-                update(Flow).where(Flow.host == host, Flow.ct_id == ct_id, Flow.ended_at.is_(None)).values(**values)
-            )
+        self._update(s, b.updates)
         if self._edges is None:
             self._edges = {(e.src_vdc, e.src_app, e.dst_vdc, e.dst_app): e.id for e in s.scalars(select(FlowEdge))}
         for edge, n in b.edges_new.items():
@@ -328,6 +325,20 @@ class FlowController:
             )
         for row in b.drops:
             self._denied_alarm(s, row)
+
+    @staticmethod
+    def _update(s: Session, updates: dict[tuple[str, int], dict[str, Any]]) -> None:
+        """Counters (and ends) of open flows, as one executemany per shape of change."""
+        shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for (host, ct_id), values in updates.items():
+            shapes.setdefault(tuple(sorted(values)), []).append({"k_host": host, "k_ct": ct_id, **values})
+        for keys, params in shapes.items():
+            stmt = (
+                update(Flow)
+                .where(Flow.host == bindparam("k_host"), Flow.ct_id == bindparam("k_ct"), Flow.ended_at.is_(None))
+                .values({k: bindparam(k) for k in keys})
+            )
+            s.connection().execute(stmt, params)
 
     def _denied_alarm(self, s: Session, row: dict[str, Any]) -> None:
         if not row["rule"].startswith("cross-vdc") or row["src_vdc"] is None:

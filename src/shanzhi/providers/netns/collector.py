@@ -4,7 +4,7 @@ shanzhi.providers.netns.collector --group 7`. It writes one JSON object per line
 - `{"e": "new", "id", "p", "s", "sp", "d", "dp", "m", "t"}`: a connection conntrack confirmed
   (`m` is its mark: the id of the rule that accepted it; `t` its start, epoch seconds);
 - `{"e": "upd", "id", "po", "bo", "pr", "br"}`: its packets and bytes out and back, from the
-  dump every `--dump` seconds (conntrack only reports counters when a connection ends), sent
+  dump every `--dump` seconds (5; conntrack only reports counters when a connection ends), sent
   only when they changed;
 - `{"e": "end", ...new's fields, "po", "bo", "pr", "br", "t1"}`: the connection is over (its TCP
   state reached TIME_WAIT or CLOSE, seen by a dump) or gone (conntrack destroyed it), once;
@@ -27,16 +27,22 @@ import errno
 import json
 import select
 import signal
+import socket
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any, TextIO
 
 from shanzhi.providers.netns import netlink
 from shanzhi.providers.netns.netlink import Conntrack
 
+#: long flows are updated this often (the dump reads the whole table, so its cost grows with it)
+DUMP_EVERY = 5.0
 _PR_SET_PDEATHSIG = 1
+_DRAIN = 1000
 _TCP_TIME_WAIT = 7
-_FLUSH = 0.5
+_FLUSH = 0.1  # output is written this often
+_DROPS = 0.5  # drops are summed per 5-tuple over this long
 
 
 def _die_with_parent() -> None:
@@ -72,8 +78,10 @@ class Collector:
 
     def _recv(self, sock: Any, channel: str) -> bytes | None:
         try:
-            data: bytes = sock.recv(1 << 20)
+            data: bytes = sock.recv(1 << 20, socket.MSG_DONTWAIT)
             return data
+        except BlockingIOError:
+            return None
         except OSError as err:
             if err.errno == errno.ENOBUFS:
                 if channel == "conntrack":
@@ -81,9 +89,20 @@ class Collector:
                 return None  # NFLOG losses show as a sequence gap
             raise
 
+    def _drain(self, sock: Any, channel: str) -> Iterator[bytes]:
+        """Every datagram waiting (multicast events come one per datagram), up to a bound."""
+        for _ in range(_DRAIN):
+            data = self._recv(sock, channel)
+            if data is None:
+                return
+            yield data
+
     def on_event(self) -> None:
-        data = self._recv(self.events, "conntrack")
-        for kind, _, body in netlink.messages(data or b""):
+        for data in self._drain(self.events, "conntrack"):
+            self._events(data)
+
+    def _events(self, data: bytes) -> None:
+        for kind, _, body in netlink.messages(data):
             c = netlink.parse_conntrack(body)
             if c is None:
                 continue
@@ -102,8 +121,11 @@ class Collector:
         return {"po": c.packets_out, "bo": c.bytes_out, "pr": c.packets_in, "br": c.bytes_in}
 
     def on_log(self) -> None:
-        data = self._recv(self.log, "nflog")
-        for kind, _, body in netlink.messages(data or b""):
+        for data in self._drain(self.log, "nflog"):
+            self._logged(data)
+
+    def _logged(self, data: bytes) -> None:
+        for kind, _, body in netlink.messages(data):
             if kind >> 8 != netlink.SUBSYS_ULOG:
                 continue
             d = netlink.parse_nflog(body)
@@ -144,22 +166,28 @@ class Collector:
             if kind in (netlink.NLMSG_DONE, netlink.NLMSG_ERROR):
                 self._dump_done()
                 continue
-            c = netlink.parse_conntrack(body)
-            if c is None or self.dumped is None:
+            if self.dumped is None:
                 continue
-            self.dumped.add(c.id)
-            if c.id in self.closed:
+            cid, counters, tcp_state = netlink.summary(body)
+            self.dumped.add(cid)
+            if cid in self.closed:
                 continue
-            known = self.open.get(c.id)
+            known = self.open.get(cid)
             if known is None:  # its NEW event was lost, or came before we listened
+                c = netlink.parse_conntrack(body)
+                if c is None:
+                    continue
                 self.emit({"e": "new", **_tuple(c), "t": (c.start_ns / 1e9) or time.time(), "late": True})
-            if c.tcp_state >= _TCP_TIME_WAIT:  # over: TIME_WAIT only holds the tuple
-                self.open.pop(c.id, None)
-                self.closed.add(c.id)
-                self.emit({"e": "end", "id": c.id, **self._cnt(c), "t1": time.time()})
-            elif known is None or known[0] != _counters(c):
-                self.open[c.id] = (_counters(c), time.monotonic())
-                self.emit({"e": "upd", "id": c.id, **self._cnt(c)})
+            elif known[0] == counters and tcp_state < _TCP_TIME_WAIT:
+                continue
+            po, bo, pr, br = counters
+            if tcp_state >= _TCP_TIME_WAIT:  # over: TIME_WAIT only holds the tuple
+                self.open.pop(cid, None)
+                self.closed.add(cid)
+                self.emit({"e": "end", "id": cid, "po": po, "bo": bo, "pr": pr, "br": br, "t1": time.time()})
+            else:
+                self.open[cid] = (counters, time.monotonic())
+                self.emit({"e": "upd", "id": cid, "po": po, "bo": bo, "pr": pr, "br": br})
 
     def _dump_done(self) -> None:
         if self.dumped is None:
@@ -174,17 +202,19 @@ class Collector:
 
     def run(self) -> None:
         next_dump = time.monotonic()
-        next_flush = time.monotonic() + _FLUSH
+        next_flush = next_drops = time.monotonic() + _FLUSH
         socks = {self.events: self.on_event, self.log: self.on_log, self.dumper: self.on_dump}
         while True:
             now = time.monotonic()
             if now >= next_dump and self.dumped is None:
                 self.start_dump()
                 next_dump = now + self.dump_every
-            if now >= next_flush:
+            if now >= next_drops:
                 self.flush_drops()
+                next_drops = now + _DROPS
+            if now >= next_flush:
+                self.out.flush()
                 next_flush = now + _FLUSH
-            self.out.flush()
             wait = max(0.0, min(next_dump, next_flush) - time.monotonic())
             ready, _, _ = select.select(list(socks), [], [], wait)
             for sock in ready:
@@ -194,7 +224,9 @@ class Collector:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="shanzhi-flow-collector")
     ap.add_argument("--group", type=int, required=True, help="the NFLOG group the policy logs drops to")
-    ap.add_argument("--dump", type=float, default=1.0, help="seconds between conntrack dumps")
+    ap.add_argument(
+        "--dump", type=float, default=DUMP_EVERY, help="seconds between conntrack dumps (counters of open flows)"
+    )
     args = ap.parse_args(argv)
     _die_with_parent()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

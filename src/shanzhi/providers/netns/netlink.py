@@ -124,6 +124,17 @@ def parse_conntrack(body: bytes) -> Conntrack | None:
     )
 
 
+def summary(body: bytes) -> tuple[int, tuple[int, int, int, int], int]:
+    """A conntrack message's id, counters (packets and bytes out and back) and TCP state: what a
+    dump needs for connections already known, without decoding their tuples."""
+    top = _attrs(body, _NFGEN.size)
+    c_out = _attrs(top.get(_CTA_COUNTERS_ORIG, b""))
+    c_in = _attrs(top.get(_CTA_COUNTERS_REPLY, b""))
+    tcp = _attrs(_attrs(top.get(_CTA_PROTOINFO, b"")).get(1, b""))
+    counters = (_be(c_out.get(1)), _be(c_out.get(2)), _be(c_in.get(1)), _be(c_in.get(2)))
+    return _be(top.get(_CTA_ID)), counters, tcp.get(1, b"\0")[0]
+
+
 @dataclass(frozen=True)
 class Dropped:
     """One packet NFLOG handed over: the rule's prefix and the packet's 5-tuple."""
