@@ -162,7 +162,11 @@ class Collector:
 
     def on_dump(self) -> None:
         data = self._recv(self.dumper, "dump")
-        for kind, _, body in netlink.messages(data or b""):
+        if data:
+            self._dumped(data)
+
+    def _dumped(self, data: bytes) -> None:
+        for kind, _, body in netlink.messages(data):
             if kind in (netlink.NLMSG_DONE, netlink.NLMSG_ERROR):
                 self._dump_done()
                 continue
