@@ -130,3 +130,15 @@ def test_subnets_come_from_the_pool_never_overlap_and_skip_the_management_addres
 def test_bad_pools_are_refused(pool: str, prefix: int) -> None:
     with pytest.raises(InvalidInput):
         parse_pool(pool, prefix)
+
+
+def test_a_netns_cloud_is_refused_where_it_cannot_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shanzhi.providers.netns import provider
+
+    monkeypatch.setattr(provider.os, "geteuid", lambda: 1000)
+    with pytest.raises(InvalidInput, match=r"needs root .* use a local cloud"):
+        provider.NetnsProvider.validate_options({"hosts": 2})
+    monkeypatch.setattr(provider.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(provider.nft.shutil, "which", lambda _: None)
+    with pytest.raises(InvalidInput, match="apt-get install nftables"):
+        provider.NetnsProvider.validate_options({})
