@@ -183,7 +183,13 @@ def shanzhi(db: Any, flows: FlowController, p: NetnsProvider, rate: float, secon
     gen = run_generator(p, rate, seconds)
     sent = {(sp, dp): t for sp, dp, t in gen["sent"]}
     deadline = time.monotonic() + 30
+    settled, count = time.monotonic(), -1
     while time.monotonic() < deadline and len(set(sent) & set(seen)) < len(sent):
+        now_seen = len(seen)
+        if now_seen != count:
+            settled, count = time.monotonic(), now_seen
+        elif time.monotonic() - settled > 10:  # nothing more is coming: stop the clock
+            break
         time.sleep(0.2)
     window = gen["seconds"]
     c1 = [pr.cpu_times() for pr in procs]

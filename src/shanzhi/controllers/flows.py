@@ -38,6 +38,7 @@ from shanzhi.store.tables import Cloud, Flow, FlowEdge, utcnow
 
 log = logging.getLogger("shanzhi.flows")
 FLUSH = 0.5
+BATCH = 20_000  # records per transaction: a backlog is written in steps, each soon readable
 DENIED_ALARM_EVERY = 300.0
 SPIKE_FACTOR = 10.0
 SPIKE_MIN_BYTES = 2**20
@@ -109,7 +110,9 @@ class FlowController:
         self._stop_collectors()
 
     def _run(self) -> None:
-        while not self._stop.wait(FLUSH):
+        wait = FLUSH
+        while not self._stop.wait(wait):
+            wait = FLUSH
             try:
                 if not self.is_leader():
                     self._stop_collectors()
@@ -117,7 +120,8 @@ class FlowController:
                 if time.monotonic() >= self._next_ensure:
                     self.ensure_collectors()
                     self._next_ensure = time.monotonic() + 2.0
-                self.run_once()
+                if self.run_once() >= BATCH:
+                    wait = 0  # a backlog: the next batch at once
             except Exception:
                 log.exception("flow recording pass failed; retrying")
 
@@ -171,7 +175,7 @@ class FlowController:
         return {h for h, c in self._collectors.items() if c.proc.poll() is None}
 
     # ---------------------------------------------------------------- records
-    def run_once(self, limit: int = 200_000) -> int:
+    def run_once(self, limit: int = BATCH) -> int:
         items: list[tuple[str, dict[str, Any]]] = []
         while len(items) < limit:
             try:
