@@ -262,11 +262,6 @@ class Fabric:
             self._route(self.router(cloud), f"{address}/32", self.ifname("h", f"{cloud}/{host}"), present=False)
             self._route(self.core, f"{address}/32", self.ifname("c", cloud), present=False)
 
-    def instance_namespaces(self, cloud: str) -> dict[str, str]:
-        """Instance name -> namespace, for every instance namespace of the cloud."""
-        head = self.instance(cloud, "")
-        return {n.removeprefix(head): n for n in self.namespaces() if n.startswith(head)}
-
     def remove_cloud(self, cloud: str) -> None:
         """Every namespace of the cloud; the core too when no other cloud is left."""
         mine = f"{self.prefix}{cloud}."
@@ -291,7 +286,3 @@ class Fabric:
                 with contextlib.suppress(NetlinkError):
                     ipr.link("del", index=idx)
         return len(names)
-
-    def hosts_of(self, cloud: str) -> list[str]:
-        head = f"{self.prefix}{cloud}.h"
-        return [n for n in self.namespaces() if n.startswith(head) and n[len(head) :].isdigit()]
