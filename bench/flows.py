@@ -38,7 +38,8 @@ from shanzhi.controllers.network import NetworkController
 from shanzhi.network.addressing import management_address
 from shanzhi.network.policy import AppNet, Endpoint, compile_ruleset
 from shanzhi.providers.base import InstanceRequest, NetworkAttachment
-from shanzhi.providers.netns.provider import NetnsProvider, unavailable
+from shanzhi.providers.fabric.member import unavailable
+from shanzhi.providers.netns.provider import NetnsProvider
 from shanzhi.services.clouds import add_cloud
 from shanzhi.store import open_database
 from shanzhi.store.tables import Flow

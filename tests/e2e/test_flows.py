@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from shanzhi.providers.netns.fabric import Fabric
+from shanzhi.providers.fabric.topology import Fabric
 from shanzhi.providers.sandbox import server_id
 from tests.e2e.harness import Cli, Server, free_port, stop_everything, wait_for
 from tests.e2e.test_tenant_network import PORT, _addr, _running, _spec

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from shanzhi.providers.netns.fabric import Fabric
+from shanzhi.providers.fabric.topology import Fabric
 from shanzhi.providers.sandbox import server_id
 from tests.e2e.harness import Cli, Server, stop_everything, wait_for
 from tests.network import ECHO, probe

@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-from shanzhi.providers.netns.provider import unavailable
+from shanzhi.providers.fabric.member import unavailable
 
 REQUIRE = bool(os.environ.get("SHANZHI_REQUIRE_NETNS"))
 _counter = itertools.count()

@@ -9,9 +9,9 @@ import socket
 import struct
 import time
 
-from shanzhi.providers.netns import netlink
-from shanzhi.providers.netns.collector import Collector
-from shanzhi.providers.netns.netlink import _attr
+from shanzhi.providers.fabric import netlink
+from shanzhi.providers.fabric.collector import Collector
+from shanzhi.providers.fabric.netlink import _attr
 
 NESTED = 0x8000
 

@@ -133,12 +133,13 @@ def test_bad_pools_are_refused(pool: str, prefix: int) -> None:
 
 
 def test_a_netns_cloud_is_refused_where_it_cannot_run(monkeypatch: pytest.MonkeyPatch) -> None:
-    from shanzhi.providers.netns import provider
+    from shanzhi.providers.fabric import member, nft
+    from shanzhi.providers.netns.provider import NetnsProvider
 
-    monkeypatch.setattr(provider.os, "geteuid", lambda: 1000)
-    with pytest.raises(InvalidInput, match=r"needs root .* use a local cloud"):
-        provider.NetnsProvider.validate_options({"hosts": 2})
-    monkeypatch.setattr(provider.os, "geteuid", lambda: 0)
-    monkeypatch.setattr(provider.nft.shutil, "which", lambda _: None)
+    monkeypatch.setattr(member.os, "geteuid", lambda: 1000)
+    with pytest.raises(InvalidInput, match=r"need root .* use a local cloud"):
+        NetnsProvider.validate_options({"hosts": 2})
+    monkeypatch.setattr(member.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(nft.shutil, "which", lambda _: None)
     with pytest.raises(InvalidInput, match="apt-get install nftables"):
-        provider.NetnsProvider.validate_options({})
+        NetnsProvider.validate_options({})

@@ -1,5 +1,5 @@
 """The flow recorder: runs a collector in every host namespace of the tenant-network clouds
-(see `shanzhi.providers.netns.collector`), turns what they report into flow records with both
+(see `shanzhi.providers.fabric.collector`), turns what they report into flow records with both
 ends' VDC, app and instance and the rule that decided, and raises the network alarms.
 
 Each connection is recorded once: by the host of its source instance, or, when the source is

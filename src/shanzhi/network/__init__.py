@@ -3,5 +3,5 @@ apps and their `spec.network`.
 
 Nothing here touches a kernel: the netns provider applies what these functions return, and the
 tests check them without root. (The kernel adapters live beside the provider that uses them,
-`shanzhi.providers.netns`.)
+`shanzhi.providers.fabric`.)
 """

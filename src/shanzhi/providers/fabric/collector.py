@@ -1,5 +1,5 @@
 """The flow collector of one host namespace: `ip netns exec HOST python -m
-shanzhi.providers.netns.collector --group 7`. It writes one JSON object per line to stdout:
+shanzhi.providers.fabric.collector --group 7`. It writes one JSON object per line to stdout:
 
 - `{"e": "new", "id", "p", "s", "sp", "d", "dp", "m", "t"}`: a connection conntrack confirmed
   (`m` is its mark: the id of the rule that accepted it; `t` its start, epoch seconds);
@@ -33,8 +33,8 @@ import time
 from collections.abc import Iterator
 from typing import Any, TextIO
 
-from shanzhi.providers.netns import netlink
-from shanzhi.providers.netns.netlink import Conntrack
+from shanzhi.providers.fabric import netlink
+from shanzhi.providers.fabric.netlink import Conntrack
 
 #: long flows are updated this often (the dump reads the whole table, so its cost grows with it)
 DUMP_EVERY = 5.0
