@@ -179,3 +179,18 @@ def test_deleting_an_instance_removes_its_namespace_and_routes(cloud: NetnsProvi
         assert w.addr("web-1") not in routes and w.addr("web-0") in routes
     names = {o.name for o in cloud.list_instances()}
     assert names == {"web-0", "api-0", "db-0"}
+
+
+def test_a_vm_tap_left_in_the_root_namespace_is_found_and_removed(data_dir: Path) -> None:
+    skip_unless_netns()
+    from shanzhi.providers.fabric.topology import Fabric
+    from shanzhi.providers.sandbox import server_id
+
+    fabric = Fabric(server_id(data_dir))
+    tap = fabric.add_tap("vms", "web-0", "root")  # as a VM whose QEMU never started leaves it
+    assert tap.startswith("z") and len(tap) <= 15
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
+    assert f" {tap}:" in links
+    fabric.remove_all()
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
+    assert f" {tap}:" not in links

@@ -114,7 +114,7 @@ class Provider(ABC):
     #: whether instance endpoints are reachable from this machine (so health checks can probe)
     probes_endpoints: ClassVar[bool] = False
     #: whether instances live on the tenant fabric (each gets a NetworkAttachment, policy applies)
-    tenant_network: ClassVar[bool] = False
+    tenant_network: bool = False
 
     def __init__(self, name: str, options: Mapping[str, Any], state_dir: Path) -> None:
         self.name = name

@@ -68,6 +68,10 @@ def _sysctl(ns: str, settings: tuple[str, ...]) -> None:
 
 @contextlib.contextmanager
 def _ipr(ns: str | None) -> Iterator[IPRoute]:
+    """A netlink socket in namespace `ns` (None: the root one). pyroute2 would create a missing
+    namespace; this refuses instead."""
+    if ns and ns not in netns.listnetns():
+        raise ProviderError(f"network namespace {ns} does not exist")
     ipr = IPRoute(netns=ns) if ns else IPRoute()
     try:
         yield ipr
@@ -114,7 +118,14 @@ class Fabric:
         return tag + hashlib.sha1(f"{self.server}/{key}".encode()).hexdigest()[:12]
 
     def instance_link(self, cloud: str, name: str) -> str:
-        return self.ifname(INSTANCE_LINK_PREFIX, f"{cloud}/{name}")
+        """An instance's link on its host: the instance prefix, this server's and a hash (a VM's
+        tap starts out in the root namespace, where `remove_all` finds it by the first two)."""
+        key = hashlib.sha1(f"{self.server}/{cloud}/{name}".encode()).hexdigest()[:9]
+        return f"{self._link_head}{key}"
+
+    @property
+    def _link_head(self) -> str:
+        return f"{INSTANCE_LINK_PREFIX}{self.server[:5]}"
 
     @property
     def mgmt_link(self) -> str:
@@ -167,6 +178,8 @@ class Fabric:
             _sysctl(b_ns, (f"net.ipv4.neigh.{b_if}.proxy_delay=0",))
 
     def _route(self, ns: str | None, dst: str, ifname: str, *, present: bool = True, src: str | None = None) -> None:
+        if not present and ns and ns not in netns.listnetns():
+            return  # nothing to remove where there is nothing
         with _ipr(ns) as ipr:
             idx = _index(ipr, ifname)
             if idx is None:
@@ -255,8 +268,49 @@ class Fabric:
         self._route(self.core, f"{address}/32", self.ifname("c", cloud))
         return ns
 
+    def add_tap(self, cloud: str, name: str, owner: str) -> str:
+        """A VM's link: a persistent tap in the root namespace that `owner` (QEMU's user) may open
+        by name; `adopt_tap` moves it onto its host once QEMU holds it. Returns its name."""
+        link = self.instance_link(cloud, name)
+        with _ipr(None) as ipr:
+            if _index(ipr, link) is not None:
+                ipr.link("del", index=_index(ipr, link))
+        done = subprocess.run(
+            ["ip", "tuntap", "add", "dev", link, "mode", "tap", "user", owner],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise ProviderError(f"could not create tap {link}: {done.stderr.strip()}")
+        return link
+
+    def adopt_tap(self, cloud: str, host: int, name: str, address: str) -> None:
+        """Move a VM's tap (opened by QEMU: the file stays bound to it) to its host, and route."""
+        link = self.instance_link(cloud, name)
+        hostns = self.host(cloud, host)
+        with _ipr(None) as ipr:
+            idx = _index(ipr, link)
+            if idx is not None:
+                ipr.link("set", index=idx, net_ns_fd=hostns)
+        with _ipr(hostns) as ipr:
+            idx = _index(ipr, link)
+            if idx is None:
+                raise ProviderError(f"tap {link} is neither in the root namespace nor in {hostns}")
+            ipr.link("set", index=idx, state="up")
+        _sysctl(hostns, (f"net.ipv4.conf.{link}.proxy_arp=1", f"net.ipv4.neigh.{link}.proxy_delay=0"))
+        self._route(hostns, f"{address}/32", link)
+        self._route(self.router(cloud), f"{address}/32", self.ifname("h", f"{cloud}/{host}"))
+        self._route(self.core, f"{address}/32", self.ifname("c", cloud))
+
     def detach(self, cloud: str, host: int, name: str, address: str | None) -> None:
-        """Remove an instance's namespace and its routes; succeed when gone."""
+        """Remove an instance's namespace (or a VM's tap) and its routes; succeed when gone."""
+        link = self.instance_link(cloud, name)
+        for ns in (None, self.host(cloud, host)):  # a VM's tap, wherever it is
+            with contextlib.suppress(NetlinkError, OSError, ProviderError), _ipr(ns) as ipr:
+                idx = _index(ipr, link)
+                if idx is not None:
+                    ipr.link("del", index=idx)
         self._remove_ns(self.instance(cloud, name))  # its link goes with it, and the host's route
         if address:
             self._route(self.router(cloud), f"{address}/32", self.ifname("h", f"{cloud}/{host}"), present=False)
@@ -281,8 +335,9 @@ class Fabric:
         for name in names:
             self._remove_ns(name)
         with _ipr(None) as ipr:
-            idx = _index(ipr, self.mgmt_link)
-            if idx is not None:
-                with contextlib.suppress(NetlinkError):
-                    ipr.link("del", index=idx)
+            for link in ipr.get_links():
+                name = str(link.get_attr("IFLA_IFNAME"))
+                if name == self.mgmt_link or name.startswith(self._link_head):  # and taps never moved
+                    with contextlib.suppress(NetlinkError):
+                        ipr.link("del", index=link["index"])
         return len(names)

@@ -30,11 +30,14 @@ class Meta:
     host: str
     ports: dict[str, int] = field(default_factory=dict)  # port name -> host port
     guest_ports: dict[str, int] = field(default_factory=dict)  # port name -> port in the guest
+    address: str = ""  # on the tenant fabric: the guest's address (its ports are reached there)
 
     def to_xml(self) -> str:
         """The metadata element, its namespace declared on itself (as libvirt keeps it)."""
         parts = [f'<shanzhi:instance xmlns:shanzhi="{NS}">']
-        for key in ("cloud", "app", "component", "vdc", "instance", "host"):
+        for key in ("cloud", "app", "component", "vdc", "instance", "host", "address"):
+            if key == "address" and not self.address:
+                continue
             parts.append(f"<shanzhi:{key}>{escape(getattr(self, key))}</shanzhi:{key}>")
         for name, port in self.ports.items():
             parts.append(f'<shanzhi:port name={quoteattr(name)} host="{port}" guest="{self.guest_ports[name]}"/>')
@@ -65,6 +68,7 @@ class Meta:
             v("host", ""),
             ports,
             guest,
+            v("address", ""),
         )
 
 
@@ -81,6 +85,7 @@ class Domain:
     accel: str  # kvm | qemu (TCG)
     # (file, device: vda, vdb, ... in the guest's probe order, format: qcow2 | raw); raw ones read-only
     disks: tuple[tuple[str, str, str], ...] = ()
+    tap: str | None = None  # on the tenant fabric: the tap device to use (else QEMU's user network)
 
     def xml(self) -> str:
         dom = ET.Element("domain", {"type": "kvm" if self.accel == "kvm" else "qemu"})
@@ -113,6 +118,11 @@ class Domain:
         ET.SubElement(serial, "source", {"path": self.console_log, "append": "on"})
         ET.SubElement(serial, "target", {"port": "0"})
         ET.SubElement(devices, "memballoon", {"model": "none"})
+        if self.tap is not None:  # an existing tap, opened by libvirtd and handed to QEMU
+            nic = ET.SubElement(devices, "interface", {"type": "ethernet"})
+            ET.SubElement(nic, "target", {"dev": self.tap, "managed": "no"})
+            ET.SubElement(nic, "model", {"type": "virtio"})
+            return ET.tostring(dom, encoding="unicode").replace(_META_MARK, self.meta.to_xml())
         forwards = ",".join(
             f"hostfwd=tcp:127.0.0.1:{port}-:{self.meta.guest_ports[name]}" for name, port in self.meta.ports.items()
         )

@@ -64,7 +64,11 @@ for v in $(echo "$vols" | tr ',' ' '); do
   fi
 done
 ip link set lo up; ip link set eth0 up
-ip addr add 10.0.2.15/24 dev eth0; ip route add default via 10.0.2.2
+if [ -n "$SHANZHI_ADDRESS" ]; then  # on the tenant fabric: its /32, everything through the host
+  ip addr add "$SHANZHI_ADDRESS/32" dev eth0; ip route add default dev eth0
+else
+  ip addr add 10.0.2.15/24 dev eth0; ip route add default via 10.0.2.2
+fi
 echo "<html><body>shanzhi tiny vm $name</body></html>" > /www/index.html
 cp /seed/shanzhi.env /www/env.txt 2>/dev/null  # what the seed told it, served back
 for p in $(echo "$ports" | tr ',' ' '); do httpd -p "$p" -h /www; done

@@ -5,6 +5,10 @@ metadata says whose it is, so a restarted server adopts its VMs from libvirt alo
 it does not own is never touched. Its endpoint is a host forward on 127.0.0.1, like a `local`
 replica's; its output is the serial console, logged to a file under the workload root (QEMU's
 user cannot enter the server's data directory).
+
+With `--option network=fabric` (root) a VM joins the tenant fabric instead, as a `netns`
+process does: a tap device, opened by QEMU and then moved to its host's namespace, an address in
+its VDC's subnet (the guest sets it from its seed), the tenant policy and flow records.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from shanzhi.providers.base import (
     positive_int,
     tail_file,
 )
+from shanzhi.providers.fabric.member import FabricMember, unavailable
 from shanzhi.providers.libvirt.domain_xml import Domain, Meta
 from shanzhi.providers.libvirt.host import DomainInfo, Hypervisor, HypervisorError, available
 from shanzhi.providers.libvirt.images import ImageError, ImageStore
@@ -82,7 +87,26 @@ class _Locks:
             yield
 
 
-class LibvirtProvider(MachineCloud):
+def _network(value: Any) -> str:
+    if value not in ("user", "fabric"):
+        raise ValueError(f"must be user or fabric, not {value!r}")
+    return str(value)
+
+
+def _qemu_user() -> str:
+    """The user libvirt runs QEMU as (the tap it opens must be theirs)."""
+    import pwd
+
+    for name in ("libvirt-qemu", "qemu"):
+        try:
+            pwd.getpwnam(name)
+            return name
+        except KeyError:
+            continue
+    return "root"
+
+
+class LibvirtProvider(FabricMember, MachineCloud):
     kind = "libvirt"
     runtimes: ClassVar[frozenset[str]] = frozenset({"vm"})
     probes_endpoints = True
@@ -95,13 +119,28 @@ class LibvirtProvider(MachineCloud):
         "accel": OptionSpec(_accel, "auto", "auto (KVM when usable, else TCG), kvm or tcg"),
         "stop_timeout": OptionSpec(non_negative_float, 5.0, "seconds an ACPI shutdown may take before destroy"),
         "ssh_key": OptionSpec(str, "", "an SSH public key every VM's cloud-init seed authorises (optional)"),
+        "network": OptionSpec(
+            _network,
+            "user",
+            "user (QEMU's own; ports forwarded on 127.0.0.1) or fabric (the tenant fabric: an address in the "
+            "VDC's subnet, the tenant policy, flow records; root)",
+        ),
     }
+
+    @classmethod
+    def validate_options(cls, raw: Any) -> dict[str, Any]:
+        opts = super().validate_options(raw)
+        why = unavailable() if opts["network"] == "fabric" else None
+        if why:
+            raise InvalidInput(f"network=fabric: {why}", field="options.network")
+        return opts
 
     def __init__(self, name: str, options: Any, state_dir: Path) -> None:
         super().__init__(name, options, state_dir)
         missing = available()
         if missing:
             raise InvalidInput(f"a libvirt cloud needs {missing}", field="kind")
+        self.tenant_network = self.opts.get("network") == "fabric"
         self.hv = Hypervisor(str(self.opts["uri"]))
         self.images = ImageStore()
         self._locks = _Locks()
@@ -136,6 +175,12 @@ class LibvirtProvider(MachineCloud):
             where = self.hv.describe()
         except HypervisorError as err:
             return CloudStatus(False, str(err))
+        if self.tenant_network:
+            why = unavailable()
+            if why:
+                return CloudStatus(False, why)
+            self._ensure_fabric()
+            where += f"; on the tenant fabric ({self._hosts} host namespaces)"
         return CloudStatus(True, f"ok; {where}; {self.accel[1]}")
 
     def _mine(self) -> list[DomainInfo]:
@@ -154,8 +199,9 @@ class LibvirtProvider(MachineCloud):
         ports = dict(d.meta.ports)
         first = next(iter(ports.values()), None)
         detail = f"domain {d.name} ({d.state_name})" + (f", qemu pid {d.pid}" if d.pid else "")
+        where = d.meta.address or "127.0.0.1"  # on the fabric its own address; else a host forward
         return ObservedInstance(
-            d.meta.instance, d.meta.host, d.state, f"127.0.0.1:{first}" if first else None, ports, detail
+            d.meta.instance, d.meta.host, d.state, f"{where}:{first}" if first else None, ports, detail
         )
 
     def create_instance(self, req: InstanceRequest) -> ObservedInstance:
@@ -177,11 +223,16 @@ class LibvirtProvider(MachineCloud):
         except ImageError as err:
             raise InvalidInput(str(err), field="image") from None
         name = self._domain(req.name)
+        net = req.network if self.tenant_network else None
+        if self.tenant_network and net is None:
+            raise InvalidInput(
+                f"instance {req.name} has no tenant address; this cloud is on the fabric", field="network"
+            )
         try:
             found = self.hv.find(name)
             if found is not None:
                 if found.state != "running":
-                    self.hv.start(name)
+                    self._start(name, found.meta)
                     found = self.hv.find(name) or found
                 return self._observe(found)
             files = self._files(req.name)
@@ -189,13 +240,17 @@ class LibvirtProvider(MachineCloud):
             files.mkdir(parents=True)
             for p in (files, files.parent, files.parent.parent):
                 os.chmod(p, 0o711)  # QEMU's user reaches its seed and overlay (the server's umask is 077)
-            taken = {p for d in self.hv.domains() for p in d.meta.ports.values()}
             ports: dict[str, int] = {}
-            guest: dict[str, int] = {}
-            for pname, gport in req.ports:
-                ports[pname] = free_port(taken | set(ports.values()))
-                guest[pname] = gport
-            meta = Meta(self.name, req.app, req.component, req.vdc, req.name, req.host, ports, guest)
+            guest: dict[str, int] = dict(req.ports)
+            if net is not None:  # reached at its own address: nothing forwarded
+                ports = dict(guest)
+            else:
+                taken = {p for d in self.hv.domains() for p in d.meta.ports.values()}
+                for pname in guest:
+                    ports[pname] = free_port(taken | set(ports.values()))
+            meta = Meta(
+                self.name, req.app, req.component, req.vdc, req.name, req.host, ports, guest, net.address if net else ""
+            )
             disks: list[tuple[str, str, str]] = []
             if image.kind == "disk":  # its own copy-on-write layer over the imported image
                 root = files / "root.qcow2"
@@ -208,7 +263,13 @@ class LibvirtProvider(MachineCloud):
                 disks.append((str(self._disk(v.key, v.size, v.copy_from)), dev, "qcow2"))
                 mounts[dev] = v.mount_path
             seed = build_seed(
-                files / "seed.iso", req.name, guest, mounts, dict(req.env), self.opts.get("ssh_key") or None
+                files / "seed.iso",
+                req.name,
+                guest,
+                mounts,
+                dict(req.env),
+                self.opts.get("ssh_key") or None,
+                address=net.address if net else None,
             )
             disks.append((str(seed), f"vd{chr(ord('a') + len(disks))}", "raw"))  # last: volumes keep vda, vdb, ...
             cmdline = "console=ttyS0 quiet"
@@ -223,8 +284,15 @@ class LibvirtProvider(MachineCloud):
                 console_log=str(files / "console.log"),
                 accel=self.accel[0],
                 disks=tuple(disks),
+                tap=self.fabric.instance_link(self.name, req.name) if net else None,
             )
+            if net is not None:
+                self.fabric.ensure_cloud(self.name, self._hosts)
+                self.fabric.ensure_management(net.pool, net.management)
+                self.fabric.add_tap(self.name, req.name, _qemu_user())
             self.hv.define_and_start(name, domain.xml())
+            if net is not None:
+                self.fabric.adopt_tap(self.name, self._host_index(req.host), req.name, net.address)
             started = self.hv.find(name)
         except (HypervisorError, SeedError) as err:
             raise OSError(str(err)) from None
@@ -250,14 +318,32 @@ class LibvirtProvider(MachineCloud):
             },
         }
 
+    def _start(self, name: str, meta: Meta) -> None:
+        """Start a defined domain again; on the fabric its tap is made anew for QEMU to open."""
+        if meta.address:
+            host = self._host_index(meta.host)
+            self.fabric.detach(self.name, host, meta.instance, None)
+            self.fabric.add_tap(self.name, meta.instance, _qemu_user())
+            self.hv.start(name)
+            self.fabric.adopt_tap(self.name, host, meta.instance, meta.address)
+        else:
+            self.hv.start(name)
+
     def delete_instance(self, name: str) -> None:
         domain = self._domain(name)
         try:
+            found = self.hv.find(domain)
             self.hv.stop(domain, float(self.opts["stop_timeout"]))
             self.hv.undefine(domain)
         except HypervisorError as err:
             raise OSError(str(err)) from None
+        if found is not None and found.meta.address:
+            self.fabric.detach(self.name, self._host_index(found.meta.host), name, found.meta.address)
         shutil.rmtree(self._files(name), ignore_errors=True)
+
+    def dismantle(self) -> None:
+        if self.tenant_network:
+            self.fabric.remove_cloud(self.name)
 
     # ------------------------------------------------------------- volumes
     def _volumes(self) -> Path:
@@ -300,16 +386,15 @@ class LibvirtProvider(MachineCloud):
         domain = self._domain(instance) if instance else None
         with self._locks.hold(instance or key):
             started = time.monotonic()
-            was_running = False
+            found = self.hv.find(domain) if domain is not None else None
+            was_running = found is not None and found.state == "running"
             try:
                 if domain is not None:
-                    found = self.hv.find(domain)
-                    was_running = found is not None and found.state == "running"
                     self.hv.stop(domain, float(self.opts["stop_timeout"]))
                 self._qemu_img("snapshot", "-a" if restore else "-c", snapshot, str(disk))
             finally:
-                if domain is not None and was_running:
-                    self.hv.start(domain)
+                if domain is not None and found is not None and was_running:
+                    self._start(domain, found.meta)
             return time.monotonic() - started
 
     def volume_snapshots(self, key: str) -> list[dict[str, Any]]:

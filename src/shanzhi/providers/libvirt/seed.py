@@ -33,6 +33,7 @@ def build_seed(
     volumes: Mapping[str, str],
     env: Mapping[str, str],
     ssh_key: str | None = None,
+    address: str | None = None,
 ) -> Path:
     """Write the seed ISO to `path`. `ports`: name -> port in the guest; `volumes`: device -> mount path."""
     xorriso = shutil.which("xorriso")
@@ -44,7 +45,9 @@ def build_seed(
         "SHANZHI_VOLS": ",".join(f"{dev}:{mount}" for dev, mount in volumes.items()),
     }
     facts.update({f"PORT_{k.upper().replace('-', '_')}": str(v) for k, v in ports.items()})
-    facts.update(env)
+    if address:  # on the tenant fabric: the guest's own address (else QEMU's user network)
+        facts["SHANZHI_ADDRESS"] = address
+    facts = {**env, **facts}  # the spec's env cannot pass itself off as the platform's facts
     user: dict[str, object] = {
         "hostname": instance,
         "write_files": [{"path": "/etc/shanzhi/env", "permissions": "0644", "content": env_lines(facts)}],
