@@ -99,6 +99,7 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/instances/{name}/logs"): VDC_READERS,
     ("GET", "/events"): VDC_READERS,
     ("GET", "/flows"): VDC_READERS,
+    ("GET", "/flows/hourly"): VDC_READERS,
     ("GET", "/alarms"): VDC_ROLES_ANYWHERE,
     ("POST", "/alarms/{alarm_id}/ack"): frozenset({SYS, VADMIN, MEMBER}),
     ("POST", "/plans"): frozenset({SYS}),
@@ -360,6 +361,7 @@ def _calls(w: World) -> dict[tuple[str, str], Callable[[str], Call]]:
         ("GET", "/instances/{name}/logs"): lambda _: (f"/instances/{w.instance}/logs", {}),  # unplaced: 409
         ("GET", "/events"): lambda _: ("/events?app=records&vdc=gz/health", {}),
         ("GET", "/flows"): lambda _: ("/flows?app=records&vdc=gz/health", {}),
+        ("GET", "/flows/hourly"): lambda _: ("/flows/hourly?app=records&vdc=gz/health", {}),
         ("GET", "/alarms"): lambda _: ("/alarms?vdc=gz/health", {}),
         ("POST", "/alarms/{alarm_id}/ack"): lambda _: (f"/alarms/{w.alarm()}/ack", {}),
         ("POST", "/plans"): lambda _: ("/plans", {"json": {"kind": "rebalance", "time_limit": 1}}),

@@ -81,3 +81,18 @@ def test_alarms_are_scoped_and_acknowledged_once(tenants: Tenants) -> None:
     again = tenants.as_("hadmin").post(f"/api/v1/alarms/{mine}/ack").json()
     assert again["acknowledged_by"] == "hmember"  # the first acknowledgement stands
     assert tenants.as_("hviewer").get("/api/v1/alarms?open=true").json() == []
+
+
+def test_hourly_sums_are_scoped_like_the_flows(tenants: Tenants) -> None:
+    from shanzhi.store.tables import FlowHour
+
+    hour = utcnow().replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
+    with tenants.api.app.state.db.session() as s, s.begin():  # type: ignore[attr-defined]
+        s.add(FlowHour(hour=hour, src_vdc="gz/transport", src_app="buses", dst_vdc="gz/transport", dst_app="buses",
+                       verdict="forwarded", proto=6, dport=80, flows=5, packets=50, bytes=5000))  # fmt: skip
+        s.add(FlowHour(hour=hour, src_vdc="gz/health", src_app="records", dst_vdc="gz/health", dst_app="records",
+                       verdict="forwarded", proto=17, dport=53, flows=1, packets=2, bytes=90))  # fmt: skip
+    rows = tenants.as_("tmember").get("/api/v1/flows/hourly").json()
+    assert [(r["src_app"], r["flows"], r["proto"]) for r in rows] == [("buses", 5, "tcp")]
+    assert len(tenants.api.get("/api/v1/flows/hourly?since=2h").json()) == 2
+    assert tenants.api.get("/api/v1/flows/hourly?since=soon").status_code == 422

@@ -123,3 +123,33 @@ def test_losses_become_an_event(recorder: FlowController, db: Database) -> None:
     with db.session() as s:
         (ev,) = s.scalars(select(Event).where(Event.reason == "FlowRecordsLost")).all()
         assert "12 dropped packets" in ev.message and "1 conntrack event overruns" in ev.message
+
+
+def test_flows_are_summed_per_hour_once_and_outlive_their_records(db: Database) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from shanzhi.controllers.flow_rollup import roll_up_flows
+    from shanzhi.controllers.housekeeping import prune_flows
+    from shanzhi.store.tables import FlowHour
+
+    h0 = datetime(2026, 12, 1, 9, tzinfo=UTC)
+
+    def flow(start: datetime, verdict: str = "forwarded", size: int = 100) -> Flow:
+        return Flow(
+            host="h0", verdict=verdict, rule="", proto=6, src=WEB, sport=1, dst=DB, dport=8080,
+            src_vdc="gz", src_app="web", dst_vdc="gz", dst_app="db", packets_out=2, bytes_out=size,
+            packets_in=1, bytes_in=0, started_at=start, ended_at=start, updated_at=start,
+        )  # fmt: skip
+
+    with db.session() as s, s.begin():
+        s.add_all([flow(h0 + timedelta(minutes=5)), flow(h0 + timedelta(minutes=50), size=300)])
+        s.add_all([flow(h0 + timedelta(hours=1, minutes=1), "dropped"), flow(h0 + timedelta(hours=2, minutes=1))])
+    now = h0 + timedelta(hours=2, minutes=30)  # hours 9 and 10 are complete, 11 is not
+    with db.session() as s, s.begin():
+        assert roll_up_flows(s, now) == 2
+    with db.session() as s, s.begin():
+        assert roll_up_flows(s, now) == 0  # nothing summed twice
+        assert prune_flows(s, now) == 4  # the records go (retention) ...
+    with db.session() as s:
+        rows = {(r.hour.hour, r.verdict): (r.flows, r.packets, r.bytes) for r in s.scalars(select(FlowHour))}
+    assert rows == {(9, "forwarded"): (2, 6, 400), (10, "dropped"): (1, 3, 100)}  # ... their sums stay

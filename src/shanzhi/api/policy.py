@@ -128,6 +128,7 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/instances/{name}/logs"): _v("app.read"),
     ("GET", "/events"): _v("app.read"),
     ("GET", "/flows"): _v("app.read"),
+    ("GET", "/flows/hourly"): _v("app.read"),
     ("GET", "/alarms"): _v("app.read"),
     ("POST", "/alarms/{alarm_id}/ack"): _v("app.write"),
     ("POST", "/plans"): _p("plan.write"),

@@ -259,3 +259,17 @@ class AlarmOut(BaseModel):
     detail: dict[str, Any]
     acknowledged_by: str | None
     acknowledged_at: datetime | None
+
+
+class FlowHourOut(BaseModel):
+    hour: datetime
+    src_vdc: str
+    src_app: str
+    dst_vdc: str
+    dst_app: str
+    verdict: str
+    proto: str
+    dport: int
+    flows: int
+    packets: int
+    bytes: int

@@ -34,6 +34,16 @@ FLOW_COLS: Columns = [
     ("RULE", lambda r: r["rule"]),
     ("ENDED", lambda r: str(r["ended_at"])[11:19] if r["ended_at"] else "open"),
 ]
+HOUR_COLS: Columns = [
+    ("HOUR", lambda r: str(r["hour"])[:13]),
+    ("FROM", lambda r: f"{r['src_vdc']}/{r['src_app']}" if r["src_app"] else "-"),
+    ("TO", lambda r: f"{r['dst_vdc']}/{r['dst_app']}" if r["dst_app"] else "-"),
+    ("VERDICT", lambda r: r["verdict"]),
+    ("PORT", lambda r: f"{r['dport']}/{r['proto']}"),
+    ("FLOWS", lambda r: r["flows"]),
+    ("PACKETS", lambda r: r["packets"]),
+    ("BYTES", lambda r: r["bytes"]),
+]
 ALARM_COLS: Columns = [
     ("ID", lambda r: r["id"]),
     ("AT", lambda r: str(r["at"])[:19]),
@@ -57,12 +67,19 @@ def flows(
     since: str | None = typer.Option(None, "--since", help="Started this long ago or later: 30s, 10m, 2h, 1d."),
     limit: int = typer.Option(50, "--limit", help="How many of the latest flows."),
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new flows."),
+    hourly: bool = typer.Option(
+        False, "--hourly", help="Sums per hour and app pair instead (kept 90 days; --since defaults to 1d)."
+    ),
     data_dir: Path | None = DataDirOpt,
     output: Fmt = OutputOpt,
 ) -> None:
     """East-west traffic on tenant networks: one record per connection (bytes and packets both
     ways, updated while it lasts) and per dropped 5-tuple, with both ends' VDC and app and the
     rule that let it in or dropped it. With -f and -o json, one JSON object per line."""
+    if hourly:
+        with handle_errors(), Client(token=discover_token(data_dir)) as c:
+            emit(c.flow_hours(app_name, vdc, since or "1d"), output, HOUR_COLS)
+        return
     with handle_errors(), Client(token=discover_token(data_dir)) as c:
         rows = c.flows(app_name, vdc, verdict, since, limit=limit)
         if follow and output is Fmt.json:

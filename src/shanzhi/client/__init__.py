@@ -233,6 +233,9 @@ class Client:
         params = _params(app=app, vdc=vdc, verdict=verdict, since=since, after=after, limit=limit)
         return self._call("GET", "/flows", params=params)
 
+    def flow_hours(self, app: str | None = None, vdc: str | None = None, since: str = "1d") -> Any:
+        return self._call("GET", "/flows/hourly", params=_params(app=app, vdc=vdc, since=since))
+
     def alarms(self, vdc: str | None = None, kind: str | None = None, open_only: bool = False, after: int = 0) -> Any:
         params = _params(vdc=vdc, kind=kind, after=after, **({"open": "true"} if open_only else {}))
         return self._call("GET", "/alarms", params=params)

@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
+from shanzhi.controllers.flow_rollup import roll_up_flows
 from shanzhi.store import Database
 from shanzhi.store import audit as chain
 from shanzhi.store.tables import (
@@ -198,6 +199,7 @@ class Housekeeping:
             with self.db.session() as s, s.begin():
                 n = prune_audit(s, self.retention)
                 dead = prune_credentials(s)
+                roll_up_flows(s)  # before the records go
                 old_flows = prune_flows(s, utcnow() - self.flow_retention)
             if n:
                 log.info("pruned %d audit records older than %d days", n, self.retention)

@@ -220,6 +220,28 @@ class Flow(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class FlowHour(Base):
+    """Flows summed per hour (of their start), app pair, verdict, protocol and port: what stays
+    once the records themselves are past their retention ('' where an end is not an app)."""
+
+    __tablename__ = "flow_hours"
+    __table_args__ = (
+        UniqueConstraint("hour", "src_vdc", "src_app", "dst_vdc", "dst_app", "verdict", "proto", "dport"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    hour: Mapped[datetime] = mapped_column()
+    src_vdc: Mapped[str] = mapped_column(String(512), default="")
+    src_app: Mapped[str] = mapped_column(String(63), default="")
+    dst_vdc: Mapped[str] = mapped_column(String(512), default="")
+    dst_app: Mapped[str] = mapped_column(String(63), default="")
+    verdict: Mapped[str] = mapped_column(String(16))
+    proto: Mapped[int] = mapped_column()
+    dport: Mapped[int] = mapped_column()
+    flows: Mapped[int] = mapped_column(default=0)
+    packets: Mapped[int] = mapped_column(default=0)
+    bytes: Mapped[int] = mapped_column(default=0)
+
+
 class FlowEdge(Base):
     """An app-to-app edge ever seen (the baseline alarms compare against)."""
 

@@ -21,7 +21,7 @@ from shanzhi.domain.errors import Forbidden, InvalidInput, NotFound
 from shanzhi.domain.rbac import Principal
 from shanzhi.services.apps import find_app
 from shanzhi.services.vdcs import scope_filter
-from shanzhi.store.tables import Alarm, Flow, utcnow
+from shanzhi.store.tables import Alarm, Flow, FlowHour, utcnow
 
 router = APIRouter(tags=["network"])
 _PROTO = {1: "icmp", 6: "tcp", 17: "udp"}
@@ -81,6 +81,46 @@ def list_flows(
             q = q.where(Flow.started_at >= utcnow() - parse_since(since))
         rows = list(s.scalars(q.order_by(Flow.id.desc()).limit(limit)))
         return [_flow(f) for f in reversed(rows)]
+
+
+@router.get("/flows/hourly", response_model=list[schemas.FlowHourOut])
+def list_flow_hours(
+    app: str | None = Query(None, description="traffic from or to this app"),
+    vdc: str | None = Query(None, description="traffic from or to this VDC (and its subtree)"),
+    since: str = Query("1d", description="hours this long ago or later (12h, 7d, 90d)"),
+    limit: int = Query(1000, ge=1, le=10000),
+    p: Principal = Depends(principal),
+    rt: Runtime = Depends(runtime),
+) -> list[schemas.FlowHourOut]:
+    """Flows summed per hour, app pair, verdict, protocol and port: kept 90 days, after the
+    records themselves are gone."""
+    scope = p.scope("app.read")
+    with rt.db.session() as s, s.begin():
+        visible = or_(scope_filter(scope, FlowHour.src_vdc), scope_filter(scope, FlowHour.dst_vdc))
+        q = select(FlowHour).where(visible, FlowHour.verdict != "", FlowHour.hour >= utcnow() - parse_since(since))
+        if app is not None:
+            found = find_app(s, app, vdc, scope)
+            path = found.vdc.path
+            q = q.where(
+                ((FlowHour.src_app == found.name) & (FlowHour.src_vdc == path))
+                | ((FlowHour.dst_app == found.name) & (FlowHour.dst_vdc == path))
+            )
+        elif vdc is not None:
+            under = vdc + "/"
+            q = q.where(
+                or_(
+                    FlowHour.src_vdc == vdc,
+                    FlowHour.src_vdc.startswith(under, autoescape=True),
+                    FlowHour.dst_vdc == vdc,
+                    FlowHour.dst_vdc.startswith(under, autoescape=True),
+                )
+            )
+        rows = list(s.scalars(q.order_by(FlowHour.hour.desc(), FlowHour.id).limit(limit)))
+        out = []
+        for h in reversed(rows):
+            fields = {k: getattr(h, k) for k in schemas.FlowHourOut.model_fields if k != "proto"}
+            out.append(schemas.FlowHourOut(**fields, proto=_PROTO.get(h.proto, str(h.proto))))
+        return out
 
 
 @router.get("/alarms", response_model=list[schemas.AlarmOut])

@@ -1,5 +1,5 @@
 """tenant networks: a subnet per VDC per site, an address per instance on the fabric; flow
-records, app-to-app edges and alarms
+records and their hourly sums, app-to-app edges and alarms
 
 Revision ID: 0010
 Revises: 0009
@@ -60,6 +60,22 @@ def upgrade() -> None:
     op.create_index("ix_flows_dst_vdc", "flows", ["dst_vdc"])
     op.create_index("ix_flows_open", "flows", ["host", "ct_id"])
     op.create_table(
+        "flow_hours",
+        sa.Column("id", sa.Integer(), primary_key=True),
+        sa.Column("hour", ts, nullable=False),
+        sa.Column("src_vdc", sa.String(512), nullable=False),
+        sa.Column("src_app", sa.String(63), nullable=False),
+        sa.Column("dst_vdc", sa.String(512), nullable=False),
+        sa.Column("dst_app", sa.String(63), nullable=False),
+        sa.Column("verdict", sa.String(16), nullable=False),
+        sa.Column("proto", sa.BigInteger(), nullable=False),
+        sa.Column("dport", sa.BigInteger(), nullable=False),
+        sa.Column("flows", sa.BigInteger(), nullable=False),
+        sa.Column("packets", sa.BigInteger(), nullable=False),
+        sa.Column("bytes", sa.BigInteger(), nullable=False),
+        sa.UniqueConstraint("hour", "src_vdc", "src_app", "dst_vdc", "dst_app", "verdict", "proto", "dport"),
+    )
+    op.create_table(
         "flow_edges",
         sa.Column("id", sa.Integer(), primary_key=True),
         sa.Column("src_vdc", sa.String(512), nullable=False),
@@ -93,6 +109,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("alarms")
     op.drop_table("flow_edges")
+    op.drop_table("flow_hours")
     op.drop_table("flows")
     with op.batch_alter_table("instances") as batch:
         batch.drop_constraint("uq_instances_address", type_="unique")
