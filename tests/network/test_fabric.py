@@ -194,3 +194,52 @@ def test_a_vm_tap_left_in_the_root_namespace_is_found_and_removed(data_dir: Path
     fabric.remove_all()
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
     assert f" {tap}:" not in links
+
+
+def test_clouds_of_a_site_share_its_router_and_sites_reach_each_other(data_dir: Path) -> None:
+    skip_unless_netns()
+    pool = fresh_pool()
+    mgmt = management_address(pool)
+    net = ".".join(pool.split(".")[:3])
+    clouds = {}
+    for name, site in (("a1", "city"), ("a2", "city"), ("b1", "district")):
+        state = data_dir / "clouds" / name
+        state.mkdir(parents=True)
+        opts = NetnsProvider.validate_options({"hosts": 1, "cpu": 2000, "site": site})
+        clouds[name] = NetnsProvider(name, opts, state)
+        assert clouds[name].status().healthy
+    fabric = clouds["a1"].fabric
+    try:
+        routers = [n for n in fabric.namespaces() if n.startswith(f"{fabric.prefix}_r.")]
+        assert sorted(routers) == [fabric.router("city"), fabric.router("district")]
+        addrs = {"a1": f"{net}.10", "a2": f"{net}.11", "b1": f"{net}.12"}
+        for name, p in clouds.items():
+            req = InstanceRequest(
+                f"w-{name}", "web", "main", "gz", "node-0", 500, 64 << 20, ("python3", "-c", ECHO),
+                ports=(("http", PORT),), network=NetworkAttachment(addrs[name], pool, mgmt),
+            )  # fmt: skip
+            p.create_instance(req)
+        eps = [Endpoint(a, "gz", "web", f"w-{n}", fabric.instance_link(n, f"w-{n}")) for n, a in addrs.items()]
+        rs = compile_ruleset(eps, [AppNet("gz", "web", None)], mgmt)
+        for p in clouds.values():
+            p.apply_policy(rs.commands)
+        for a in addrs.values():
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    httpx.get(f"http://{a}:{PORT}/", timeout=1)
+                    break
+                except httpx.HTTPError:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.2)
+        # the same app across two clouds of one site and across sites
+        src = fabric.instance("a1", "w-a1")
+        assert probe(src, [addrs["a2"], addrs["b1"]], PORT, 20, "tcp")["tcp"]["answered"] == 20
+        clouds["a1"].dismantle()
+        assert fabric.router("city") in fabric.namespaces()  # a2 still uses it
+        clouds["a2"].dismantle()
+        assert fabric.router("city") not in fabric.namespaces() and fabric.core in fabric.namespaces()
+    finally:
+        for p in clouds.values():
+            p.dismantle()
+    assert fabric.namespaces() == []

@@ -33,7 +33,10 @@ def add_cloud(
     _check_name(name, "name")
     _check_name(site, "site")
     _check_name(region, "region")
-    opts = provider_class(kind).validate_options(options)
+    cls = provider_class(kind)
+    if "site" in cls.options:  # a fabric cloud routes through its site's router
+        options = {**options, "site": site}
+    opts = cls.validate_options(options)
     if s.scalar(select(Cloud.id).where(Cloud.name == name)) is not None:
         raise Conflict(f"cloud {name} already exists", field="name")
     site_row = s.scalar(select(Site).where(Site.name == site))

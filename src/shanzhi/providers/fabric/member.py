@@ -11,6 +11,7 @@ from typing import Any
 
 from shanzhi.domain.errors import InvalidInput, ProviderError
 from shanzhi.network.policy import LOG_GROUP
+from shanzhi.providers.base import OptionSpec
 from shanzhi.providers.fabric import nft
 from shanzhi.providers.fabric.topology import Fabric
 from shanzhi.providers.sandbox import server_id
@@ -23,6 +24,10 @@ def unavailable() -> str | None:
     if not Path("/proc/self/ns/net").exists():
         return "this kernel has no network namespaces; use a local cloud"
     return nft.available()
+
+
+#: the option through which the platform tells a fabric cloud its site (`cloud add --site`)
+SITE_OPTION = OptionSpec(str, "", "the cloud's site: set by the platform from `cloud add --site`")
 
 
 class FabricMember:
@@ -40,6 +45,11 @@ class FabricMember:
     def _hosts(self) -> int:
         return int(self.opts["hosts"])
 
+    @property
+    def _site(self) -> str:
+        """The cloud's site (set by the platform when the cloud is added; its own name before)."""
+        return str(self.opts.get("site") or self.name)
+
     def _host_index(self, host: str) -> int:
         try:
             index = int(host.rsplit("-", 1)[1])
@@ -50,8 +60,8 @@ class FabricMember:
         return index
 
     def _ensure_fabric(self) -> None:
-        if not self.fabric.cloud_ready(self.name, self._hosts):
-            self.fabric.ensure_cloud(self.name, self._hosts)
+        if not self.fabric.cloud_ready(self.name, self._site, self._hosts):
+            self.fabric.ensure_cloud(self.name, self._site, self._hosts)
 
     def apply_policy(self, document: dict[str, Any]) -> None:
         hosts = [self.fabric.host(self.name, i) for i in range(self._hosts)]

@@ -104,8 +104,9 @@ class Fabric:
     def core(self) -> str:
         return f"{self.prefix}core"
 
-    def router(self, cloud: str) -> str:
-        return f"{self.prefix}{cloud}.r"
+    def router(self, site: str) -> str:
+        """A site's router ("_" is in no cloud's name, so no cloud's namespace is named alike)."""
+        return f"{self.prefix}_r.{site}"
 
     def host(self, cloud: str, index: int) -> str:
         return f"{self.prefix}{cloud}.h{index}"
@@ -200,12 +201,12 @@ class Fabric:
             netns.remove(name)
 
     # ------------------------------------------------------------ topology
-    def ensure_cloud(self, cloud: str, hosts: int) -> None:
-        """The core, the cloud's router and its hosts, linked (idempotent)."""
+    def ensure_cloud(self, cloud: str, site: str, hosts: int) -> None:
+        """The core, the site's router and the cloud's hosts, linked (idempotent)."""
         self._ensure_ns(self.core, _FORWARDER_SYSCTLS, tier="core")
-        router = self.router(cloud)
+        router = self.router(site)
         self._ensure_ns(router, _FORWARDER_SYSCTLS, tier="router")
-        self._ensure_link(self.core, self.ifname("c", cloud), router, "up0")
+        self._ensure_link(self.core, self.ifname("c", site), router, "up0")
         with _ipr(router) as ipr:
             up = _index(ipr, "up0")
             with contextlib.suppress(NetlinkError):
@@ -219,9 +220,9 @@ class Fabric:
                 with contextlib.suppress(NetlinkError):
                     ipr.route("replace", dst="0.0.0.0/0", oif=up)
 
-    def cloud_ready(self, cloud: str, hosts: int) -> bool:
+    def cloud_ready(self, cloud: str, site: str, hosts: int) -> bool:
         present = set(netns.listnetns())
-        return {self.core, self.router(cloud), *(self.host(cloud, i) for i in range(hosts))} <= present
+        return {self.core, self.router(site), *(self.host(cloud, i) for i in range(hosts))} <= present
 
     def ensure_management(self, pool: str, address: str) -> None:
         """The management link from the root namespace, routing the pool from `address`."""
@@ -248,7 +249,12 @@ class Fabric:
         self._route(None, pool, link, src=address)
         self._route(self.core, f"{address}/32", "m0")
 
-    def attach(self, cloud: str, host: int, name: str, address: str) -> str:
+    def _routes(self, cloud: str, site: str, host: int, address: str, *, present: bool = True) -> None:
+        """An instance's /32 on its site's router (to its host) and on the core (to its site)."""
+        self._route(self.router(site), f"{address}/32", self.ifname("h", f"{cloud}/{host}"), present=present)
+        self._route(self.core, f"{address}/32", self.ifname("c", site), present=present)
+
+    def attach(self, cloud: str, site: str, host: int, name: str, address: str) -> str:
         """An instance's namespace with its address, linked to its host and routed; returns the
         namespace's name. Idempotent."""
         ns = self.instance(cloud, name)
@@ -264,8 +270,7 @@ class Fabric:
             with contextlib.suppress(NetlinkError):
                 ipr.route("replace", dst="0.0.0.0/0", oif=idx)
         self._route(hostns, f"{address}/32", link)
-        self._route(self.router(cloud), f"{address}/32", self.ifname("h", f"{cloud}/{host}"))
-        self._route(self.core, f"{address}/32", self.ifname("c", cloud))
+        self._routes(cloud, site, host, address)
         return ns
 
     def add_tap(self, cloud: str, name: str, owner: str) -> str:
@@ -285,7 +290,7 @@ class Fabric:
             raise ProviderError(f"could not create tap {link}: {done.stderr.strip()}")
         return link
 
-    def adopt_tap(self, cloud: str, host: int, name: str, address: str) -> None:
+    def adopt_tap(self, cloud: str, site: str, host: int, name: str, address: str) -> None:
         """Move a VM's tap (opened by QEMU: the file stays bound to it) to its host, and route."""
         link = self.instance_link(cloud, name)
         hostns = self.host(cloud, host)
@@ -300,10 +305,9 @@ class Fabric:
             ipr.link("set", index=idx, state="up")
         _sysctl(hostns, (f"net.ipv4.conf.{link}.proxy_arp=1", f"net.ipv4.neigh.{link}.proxy_delay=0"))
         self._route(hostns, f"{address}/32", link)
-        self._route(self.router(cloud), f"{address}/32", self.ifname("h", f"{cloud}/{host}"))
-        self._route(self.core, f"{address}/32", self.ifname("c", cloud))
+        self._routes(cloud, site, host, address)
 
-    def detach(self, cloud: str, host: int, name: str, address: str | None) -> None:
+    def detach(self, cloud: str, site: str, host: int, name: str, address: str | None) -> None:
         """Remove an instance's namespace (or a VM's tap) and its routes; succeed when gone."""
         link = self.instance_link(cloud, name)
         for ns in (None, self.host(cloud, host)):  # a VM's tap, wherever it is
@@ -313,20 +317,24 @@ class Fabric:
                     ipr.link("del", index=idx)
         self._remove_ns(self.instance(cloud, name))  # its link goes with it, and the host's route
         if address:
-            self._route(self.router(cloud), f"{address}/32", self.ifname("h", f"{cloud}/{host}"), present=False)
-            self._route(self.core, f"{address}/32", self.ifname("c", cloud), present=False)
+            self._routes(cloud, site, host, address, present=False)
 
-    def remove_cloud(self, cloud: str) -> None:
-        """Every namespace of the cloud; the core too when no other cloud is left."""
+    def remove_cloud(self, cloud: str, site: str, hosts: int) -> None:
+        """Every namespace of the cloud; its site's router when no other cloud is left there, and
+        the core when no site is."""
+        router = self.router(site)
+        with contextlib.suppress(ProviderError, NetlinkError, OSError), _ipr(router) as ipr:
+            for i in range(hosts):  # at once (a namespace's own links go when the kernel gets to it)
+                idx = _index(ipr, self.ifname("h", f"{cloud}/{i}"))
+                if idx is not None:
+                    ipr.link("del", index=idx)
+            if not any(str(link.get_attr("IFLA_IFNAME")).startswith("h") for link in ipr.get_links()):
+                self._remove_ns(router)
         mine = f"{self.prefix}{cloud}."
         for name in self.namespaces():
             if name.startswith(mine):
                 self._remove_ns(name)
-        with contextlib.suppress(ProviderError, NetlinkError, OSError), _ipr(self.core) as ipr:
-            idx = _index(ipr, self.ifname("c", cloud))
-            if idx is not None:
-                ipr.link("del", index=idx)
-        if not any(n.endswith(".r") for n in self.namespaces()):
+        if not any(n.startswith(f"{self.prefix}_r.") for n in self.namespaces()):
             self.remove_all()
 
     def remove_all(self) -> int:

@@ -41,7 +41,7 @@ from shanzhi.providers.base import (
     positive_int,
     tail_file,
 )
-from shanzhi.providers.fabric.member import FabricMember, unavailable
+from shanzhi.providers.fabric.member import SITE_OPTION, FabricMember, unavailable
 from shanzhi.providers.libvirt.domain_xml import Domain, Meta
 from shanzhi.providers.libvirt.host import DomainInfo, Hypervisor, HypervisorError, available
 from shanzhi.providers.libvirt.images import ImageError, ImageStore
@@ -125,6 +125,7 @@ class LibvirtProvider(FabricMember, MachineCloud):
             "user (QEMU's own; ports forwarded on 127.0.0.1) or fabric (the tenant fabric: an address in the "
             "VDC's subnet, the tenant policy, flow records; root)",
         ),
+        "site": SITE_OPTION,
     }
 
     @classmethod
@@ -287,12 +288,12 @@ class LibvirtProvider(FabricMember, MachineCloud):
                 tap=self.fabric.instance_link(self.name, req.name) if net else None,
             )
             if net is not None:
-                self.fabric.ensure_cloud(self.name, self._hosts)
+                self.fabric.ensure_cloud(self.name, self._site, self._hosts)
                 self.fabric.ensure_management(net.pool, net.management)
                 self.fabric.add_tap(self.name, req.name, _qemu_user())
             self.hv.define_and_start(name, domain.xml())
             if net is not None:
-                self.fabric.adopt_tap(self.name, self._host_index(req.host), req.name, net.address)
+                self.fabric.adopt_tap(self.name, self._site, self._host_index(req.host), req.name, net.address)
             started = self.hv.find(name)
         except (HypervisorError, SeedError) as err:
             raise OSError(str(err)) from None
@@ -322,10 +323,10 @@ class LibvirtProvider(FabricMember, MachineCloud):
         """Start a defined domain again; on the fabric its tap is made anew for QEMU to open."""
         if meta.address:
             host = self._host_index(meta.host)
-            self.fabric.detach(self.name, host, meta.instance, None)
+            self.fabric.detach(self.name, self._site, host, meta.instance, None)
             self.fabric.add_tap(self.name, meta.instance, _qemu_user())
             self.hv.start(name)
-            self.fabric.adopt_tap(self.name, host, meta.instance, meta.address)
+            self.fabric.adopt_tap(self.name, self._site, host, meta.instance, meta.address)
         else:
             self.hv.start(name)
 
@@ -338,12 +339,12 @@ class LibvirtProvider(FabricMember, MachineCloud):
         except HypervisorError as err:
             raise OSError(str(err)) from None
         if found is not None and found.meta.address:
-            self.fabric.detach(self.name, self._host_index(found.meta.host), name, found.meta.address)
+            self.fabric.detach(self.name, self._site, self._host_index(found.meta.host), name, found.meta.address)
         shutil.rmtree(self._files(name), ignore_errors=True)
 
     def dismantle(self) -> None:
         if self.tenant_network:
-            self.fabric.remove_cloud(self.name)
+            self.fabric.remove_cloud(self.name, self._site, self._hosts)
 
     # ------------------------------------------------------------- volumes
     def _volumes(self) -> Path:

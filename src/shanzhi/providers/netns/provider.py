@@ -18,7 +18,7 @@ from typing import Any
 
 from shanzhi.domain.errors import InvalidInput
 from shanzhi.providers.base import CloudStatus, InstanceRequest, OptionSpec, positive_int
-from shanzhi.providers.fabric.member import FabricMember, unavailable
+from shanzhi.providers.fabric.member import SITE_OPTION, FabricMember, unavailable
 from shanzhi.providers.local import LocalProvider
 
 DEFAULT_PORT = 8080
@@ -27,7 +27,11 @@ DEFAULT_PORT = 8080
 class NetnsProvider(FabricMember, LocalProvider):
     kind = "netns"
     tenant_network = True
-    options = {**LocalProvider.options, "hosts": OptionSpec(positive_int, 2, "how many host namespaces")}
+    options = {
+        **LocalProvider.options,
+        "hosts": OptionSpec(positive_int, 2, "how many host namespaces"),
+        "site": SITE_OPTION,
+    }
 
     @classmethod
     def validate_options(cls, raw: Mapping[str, Any]) -> dict[str, Any]:
@@ -58,9 +62,9 @@ class NetnsProvider(FabricMember, LocalProvider):
         host = self._host_index(req.host)
         statedir = self._instances / req.name
         (statedir / "net.json").write_text(json.dumps({"host": host, "address": net.address}))
-        self.fabric.ensure_cloud(self.name, self._hosts)
+        self.fabric.ensure_cloud(self.name, self._site, self._hosts)
         self.fabric.ensure_management(net.pool, net.management)
-        ns = self.fabric.attach(self.name, host, req.name, net.address)
+        ns = self.fabric.attach(self.name, self._site, host, req.name, net.address)
         return ["nsenter", f"--net=/run/netns/{ns}", "--"], {
             "address": net.address,
             "netns": ns,
@@ -74,7 +78,7 @@ class NetnsProvider(FabricMember, LocalProvider):
             net = json.loads((self._instances / name / "net.json").read_text())
         except (OSError, ValueError):
             net = {"host": st.get("host_index", 0), "address": st.get("address")}
-        self.fabric.detach(self.name, int(net.get("host", 0)), name, net.get("address"))
+        self.fabric.detach(self.name, self._site, int(net.get("host", 0)), name, net.get("address"))
 
     def describe(self, name: str) -> dict[str, Any]:
         out = super().describe(name)
@@ -85,4 +89,4 @@ class NetnsProvider(FabricMember, LocalProvider):
     def dismantle(self) -> None:
         for name in list(self._states()):
             self.delete_instance(name)
-        self.fabric.remove_cloud(self.name)
+        self.fabric.remove_cloud(self.name, self._site, self._hosts)
