@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from typing import TypeVar
 
 from fastapi import APIRouter, Depends, Query, Request
-from sqlalchemy import or_, select
+from pydantic import BaseModel
+from sqlalchemy import ColumnElement, and_, or_, select
+from sqlalchemy.orm import Session
 
 from shanzhi.api import schemas
 from shanzhi.api.audit import transaction
@@ -18,12 +21,13 @@ from shanzhi.api.auth import principal, require
 from shanzhi.api.deps import Runtime, runtime
 from shanzhi.api.schemas import MAX_ID
 from shanzhi.domain.errors import Forbidden, InvalidInput, NotFound
-from shanzhi.domain.rbac import Principal
+from shanzhi.domain.rbac import Principal, Scope
 from shanzhi.services.apps import find_app
 from shanzhi.services.vdcs import scope_filter
 from shanzhi.store.tables import Alarm, Flow, FlowHour, utcnow
 
 router = APIRouter(tags=["network"])
+_Out = TypeVar("_Out", bound=BaseModel)
 _PROTO = {1: "icmp", 6: "tcp", 17: "udp"}
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d)$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -36,9 +40,23 @@ def parse_since(text: str) -> timedelta:
     return timedelta(seconds=float(m.group(1)) * _UNIT[m.group(2)])
 
 
-def _flow(f: Flow) -> schemas.FlowOut:
-    fields = {k: getattr(f, k) for k in schemas.FlowOut.model_fields if k != "proto"}
-    return schemas.FlowOut(**fields, proto=_PROTO.get(f.proto, str(f.proto)))
+def _out(model: type[_Out], row: Flow | FlowHour) -> _Out:
+    fields = {k: getattr(row, k) for k in model.model_fields if k != "proto"}
+    return model(**fields, proto=_PROTO.get(row.proto, str(row.proto)))
+
+
+def _touching(
+    s: Session, table: type[Flow] | type[FlowHour], scope: Scope, app: str | None, vdc: str | None
+) -> ColumnElement[bool]:
+    """Rows with an end the caller may see, narrowed to an app's (or a VDC subtree's) traffic."""
+    ends = ((table.src_vdc, table.src_app), (table.dst_vdc, table.dst_app))
+    where = or_(*(scope_filter(scope, v) for v, _ in ends))
+    if app is not None:
+        found = find_app(s, app, vdc, scope)
+        return and_(where, or_(*((a == found.name) & (v == found.vdc.path) for v, a in ends)))
+    if vdc is not None:
+        return and_(where, or_(*(or_(v == vdc, v.startswith(vdc + "/", autoescape=True)) for v, _ in ends)))
+    return where
 
 
 @router.get("/flows", response_model=list[schemas.FlowOut])
@@ -54,33 +72,14 @@ def list_flows(
 ) -> list[schemas.FlowOut]:
     """Flow records, newest last: 5-tuple, verdict and rule, bytes and packets both ways, start
     and end, and both ends' VDC, app and instance."""
-    scope = p.scope("app.read")
     with rt.db.session() as s, s.begin():
-        q = select(Flow).where(
-            Flow.id > after, or_(scope_filter(scope, Flow.src_vdc), scope_filter(scope, Flow.dst_vdc))
-        )
-        if app is not None:
-            found = find_app(s, app, vdc, scope)
-            path = found.vdc.path
-            q = q.where(
-                ((Flow.src_app == found.name) & (Flow.src_vdc == path))
-                | ((Flow.dst_app == found.name) & (Flow.dst_vdc == path))
-            )
-        elif vdc is not None:
-            q = q.where(
-                or_(
-                    Flow.src_vdc == vdc,
-                    Flow.src_vdc.startswith(vdc + "/", autoescape=True),
-                    Flow.dst_vdc == vdc,
-                    Flow.dst_vdc.startswith(vdc + "/", autoescape=True),
-                )
-            )
+        q = select(Flow).where(Flow.id > after, _touching(s, Flow, p.scope("app.read"), app, vdc))
         if verdict is not None:
             q = q.where(Flow.verdict == verdict)
         if since is not None:
             q = q.where(Flow.started_at >= utcnow() - parse_since(since))
         rows = list(s.scalars(q.order_by(Flow.id.desc()).limit(limit)))
-        return [_flow(f) for f in reversed(rows)]
+        return [_out(schemas.FlowOut, f) for f in reversed(rows)]
 
 
 @router.get("/flows/hourly", response_model=list[schemas.FlowHourOut])
@@ -94,33 +93,14 @@ def list_flow_hours(
 ) -> list[schemas.FlowHourOut]:
     """Flows summed per hour, app pair, verdict, protocol and port: kept 90 days, after the
     records themselves are gone."""
-    scope = p.scope("app.read")
     with rt.db.session() as s, s.begin():
-        visible = or_(scope_filter(scope, FlowHour.src_vdc), scope_filter(scope, FlowHour.dst_vdc))
-        q = select(FlowHour).where(visible, FlowHour.verdict != "", FlowHour.hour >= utcnow() - parse_since(since))
-        if app is not None:
-            found = find_app(s, app, vdc, scope)
-            path = found.vdc.path
-            q = q.where(
-                ((FlowHour.src_app == found.name) & (FlowHour.src_vdc == path))
-                | ((FlowHour.dst_app == found.name) & (FlowHour.dst_vdc == path))
-            )
-        elif vdc is not None:
-            under = vdc + "/"
-            q = q.where(
-                or_(
-                    FlowHour.src_vdc == vdc,
-                    FlowHour.src_vdc.startswith(under, autoescape=True),
-                    FlowHour.dst_vdc == vdc,
-                    FlowHour.dst_vdc.startswith(under, autoescape=True),
-                )
-            )
+        q = select(FlowHour).where(
+            _touching(s, FlowHour, p.scope("app.read"), app, vdc),
+            FlowHour.verdict != "",  # an hour with no traffic keeps its place with an empty row
+            FlowHour.hour >= utcnow() - parse_since(since),
+        )
         rows = list(s.scalars(q.order_by(FlowHour.hour.desc(), FlowHour.id).limit(limit)))
-        out = []
-        for h in reversed(rows):
-            fields = {k: getattr(h, k) for k in schemas.FlowHourOut.model_fields if k != "proto"}
-            out.append(schemas.FlowHourOut(**fields, proto=_PROTO.get(h.proto, str(h.proto))))
-        return out
+        return [_out(schemas.FlowHourOut, h) for h in reversed(rows)]
 
 
 @router.get("/alarms", response_model=list[schemas.AlarmOut])
