@@ -51,6 +51,7 @@ class Server:
         demo_vms: bool = False,
     ) -> None:
         self.data_dir = data_dir
+        self.extra = extra  # to start it again the same way
         self.port = free_port()
         self.tls = "--tls-cert" in extra
         self.url = f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"

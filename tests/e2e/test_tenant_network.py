@@ -5,6 +5,8 @@ peers; a policy change takes effect; deleting the clouds leaves no namespace or 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -150,3 +152,43 @@ def test_vdcs_are_isolated_and_policy_follows_a_moved_replica(
     assert fabric.namespaces() == []
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
     assert fabric.mgmt_link not in links
+
+
+def test_a_replica_on_the_fabric_is_healed_and_adopted_with_its_address(
+    world: tuple[Server, Cli, Fabric], tmp_path: Path
+) -> None:
+    server, cli, fabric = world
+    for name in ("api", "web"):
+        (tmp_path / f"{name}.json").write_text(_spec(name, "gz/health", 1, None, "t1"))
+        cli.ok("apply", "-f", str(tmp_path / f"{name}.json"))
+    api, web = _running(cli, "api", 1)[0], _running(cli, "web", 1)[0]
+    ns = fabric.instance("t1", str(api["name"]))
+    said = cli.json("instance", "get", str(web["name"]))["provider"]
+    assert said["address"] == _addr(web) and said["netns"] == fabric.instance("t1", str(web["name"]))
+
+    # the workload dies: healed in place, the same address, the same peers
+    os.kill(int(said["pid"]), signal.SIGKILL)
+    healed = wait_for(
+        lambda: (
+            (g := cli.json("instance", "get", str(web["name"])))["provider"]["pid"] not in (None, said["pid"])
+            and g["state"] == "running"
+            and g
+        ),
+        120,
+        "the replica healed",
+    )
+    assert healed["provider"]["address"] == said["address"]
+    assert _answered(probe(ns, [_addr(web)], PORT, 20, "tcp")) == {"tcp": 20}
+
+    # a restarted server adopts it: the same process, the policy applied again
+    pid = healed["provider"]["pid"]
+    server.kill()
+    again = Server(server.data_dir, None, *server.extra)  # the same network pool
+    cli.server = again
+    try:
+        again.passes_after(10, 60)  # health checks over the management link keep passing
+        got = cli.json("instance", "get", str(web["name"]))
+        assert got["provider"]["pid"] == pid and got["state"] == "running" and got["restarts"] == healed["restarts"]
+        assert _answered(probe(ns, [_addr(web)], PORT, 20, "tcp")) == {"tcp": 20}
+    finally:
+        again.kill()
