@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ from shanzhi.cli.audit import audit_app
 from shanzhi.cli.images import image_app
 from shanzhi.cli.ledger import ledger_app, witness_app
 from shanzhi.cli.mfa import mfa_app
-from shanzhi.cli.output import Columns, Fmt, OutputOpt, cpu, emit, err, handle_errors, mem, out
+from shanzhi.cli.output import Columns, Fmt, OutputOpt, cpu, emit, emit_followed, err, handle_errors, mem, out
 from shanzhi.cli.plans import plan_app
 from shanzhi.client import Client, discover_token
 from shanzhi.config import Settings
@@ -336,27 +335,7 @@ def events(
     (NDJSON) from the first event on, as `jq` and log shippers read streams."""
     with handle_errors(), client(data_dir) as c:
         rows = c.events(app_name, vdc, limit=limit)
-        if follow and output is Fmt.json:
-            _ndjson(rows)
-        else:
-            emit(rows, output, EVENT_COLS)
-        since = rows[-1]["id"] if rows else 0
-        while follow:
-            time.sleep(1)
-            rows = c.events(app_name, vdc, since=since)
-            if rows:
-                if output is Fmt.json:
-                    _ndjson(rows)
-                else:
-                    for r in rows:
-                        out.print("  ".join(str(get(r)) for _, get in EVENT_COLS))
-                since = rows[-1]["id"]
-
-
-def _ndjson(rows: list[dict[str, Any]]) -> None:
-    for r in rows:
-        sys.stdout.write(json.dumps(r, default=str) + "\n")
-    sys.stdout.flush()
+        emit_followed(rows, lambda last: c.events(app_name, vdc, since=last), output, EVENT_COLS, follow)
 
 
 # -------------------------------------------------------------- workloads

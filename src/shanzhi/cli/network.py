@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from shanzhi.cli.output import Columns, Fmt, OutputOpt, emit, handle_errors, out
+from shanzhi.cli.output import Columns, Fmt, OutputOpt, emit, emit_followed, handle_errors
 from shanzhi.client import Client, discover_token
 
 alarm_app = typer.Typer(help="Alarms: denied cross-VDC traffic, new app-to-app edges, spikes.", no_args_is_help=True)
@@ -54,12 +51,6 @@ ALARM_COLS: Columns = [
 ]
 
 
-def _ndjson(rows: list[dict[str, Any]]) -> None:
-    for r in rows:
-        sys.stdout.write(json.dumps(r, default=str) + "\n")
-    sys.stdout.flush()
-
-
 def flows(
     app_name: str | None = typer.Option(None, "--app", help="Flows from or to this app."),
     vdc: str | None = typer.Option(None, "--vdc", help="Flows from or to this VDC (and its subtree)."),
@@ -82,22 +73,12 @@ def flows(
         return
     with handle_errors(), Client(token=discover_token(data_dir)) as c:
         rows = c.flows(app_name, vdc, verdict, since, limit=limit)
-        if follow and output is Fmt.json:
-            _ndjson(rows)
-        else:
-            emit(rows, output, FLOW_COLS)
-        after = rows[-1]["id"] if rows else 0
-        while follow:
-            time.sleep(1)
-            rows = c.flows(app_name, vdc, verdict, since, after=after, limit=5000)
-            if not rows:
-                continue
-            if output is Fmt.json:
-                _ndjson(rows)
-            else:
-                for r in rows:
-                    out.print("  ".join(str(get(r)) for _, get in FLOW_COLS))
-            after = rows[-1]["id"]
+
+        def newer(last: int) -> list[dict[str, Any]]:
+            found: list[dict[str, Any]] = c.flows(app_name, vdc, verdict, since, after=last, limit=5000)
+            return found
+
+        emit_followed(rows, newer, output, FLOW_COLS, follow)
 
 
 @alarm_app.command("list")

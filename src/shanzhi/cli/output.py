@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from enum import StrEnum
@@ -58,6 +59,39 @@ def emit(data: Any, fmt: Fmt, columns: Columns | None = None) -> None:
     out.print(table)
     if not rows:
         err.print("(none)")
+
+
+def emit_followed(
+    rows: list[dict[str, Any]],
+    newer: Callable[[int], list[dict[str, Any]]],
+    fmt: Fmt,
+    columns: Columns,
+    follow: bool,
+) -> None:
+    """Print `rows`; with `follow`, keep printing what `newer(last id)` returns, once a second.
+    Followed JSON is one object per line (NDJSON), as `jq` and log shippers read streams."""
+
+    def ndjson(batch: list[dict[str, Any]]) -> None:
+        for r in batch:
+            sys.stdout.write(json.dumps(r, default=str) + "\n")
+        sys.stdout.flush()
+
+    if follow and fmt is Fmt.json:
+        ndjson(rows)
+    else:
+        emit(rows, fmt, columns)
+    last = rows[-1]["id"] if rows else 0
+    while follow:
+        time.sleep(1)
+        batch = newer(last)
+        if not batch:
+            continue
+        if fmt is Fmt.json:
+            ndjson(batch)
+        else:
+            for r in batch:
+                out.print("  ".join(str(get(r)) for _, get in columns))
+        last = batch[-1]["id"]
 
 
 @contextmanager
