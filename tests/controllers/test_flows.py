@@ -32,7 +32,7 @@ def recorder(db: Database, data_dir: Path) -> FlowController:
     )
     net.endpoints = {e.address: e for e in eps}
     net.homes = {WEB: "h0", DB: "h1", OTHER: "h0"}
-    return FlowController(db, fleet, net, lambda: True)
+    return FlowController(db, net, lambda: True)
 
 
 def _rule(rec: FlowController, name: str, app: str | None = None, vdc: str | None = None) -> int:

@@ -29,12 +29,11 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from shanzhi.controllers.alarms import raise_alarm
-from shanzhi.controllers.fleet import Fleet
 from shanzhi.controllers.network import NetworkController
 from shanzhi.network.policy import Endpoint, Rule
 from shanzhi.store import Database
 from shanzhi.store.events import record_event
-from shanzhi.store.tables import Cloud, Flow, FlowEdge, utcnow
+from shanzhi.store.tables import Flow, FlowEdge, utcnow
 
 log = logging.getLogger("shanzhi.flows")
 FLUSH = 0.5
@@ -79,9 +78,8 @@ class _Batch:
 
 
 class FlowController:
-    def __init__(self, db: Database, fleet: Fleet, network: NetworkController, is_leader: Callable[[], bool]) -> None:
+    def __init__(self, db: Database, network: NetworkController, is_leader: Callable[[], bool]) -> None:
         self.db = db
-        self.fleet = fleet
         self.network = network
         self.is_leader = is_leader
         self.queue: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
@@ -127,13 +125,9 @@ class FlowController:
 
     # ------------------------------------------------------------- collectors
     def ensure_collectors(self) -> None:
-        with self.db.session() as s:
-            clouds = [(c.name, c.kind, dict(c.options)) for c in s.scalars(select(Cloud))]
         wanted: dict[str, list[str]] = {}
-        for name, kind, options in clouds:
-            p = self.fleet.provider(name, kind, options)
-            if p.tenant_network and p.status().healthy:
-                wanted.update(p.flow_collectors())
+        for _, p in self.network.tenant_clouds(healthy=True):  # as the reconciler last found them
+            wanted.update(p.flow_collectors())
         for host in set(self._collectors) - set(wanted):
             self._stop_collector(host)
         for host, argv in wanted.items():

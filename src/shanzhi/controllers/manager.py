@@ -43,7 +43,7 @@ class ControllerManager:
             db, fleet, failover_grace=failover_grace, network_pool=network_pool, network_prefix=network_prefix
         )
         self.network = NetworkController(db, fleet, network_pool)
-        self.flows = FlowController(db, fleet, self.network, lambda: self.is_leader)
+        self.flows = FlowController(db, self.network, lambda: self.is_leader)
         self.notifier = Notifier(db, alarm_webhook, lambda: self.is_leader)
         self.housekeeping = Housekeeping(
             db, audit_retention_days=audit_retention_days, flow_retention_days=flow_retention_days

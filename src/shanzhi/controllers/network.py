@@ -26,7 +26,7 @@ from shanzhi.network.addressing import management_address
 from shanzhi.network.policy import AppNet, Endpoint, Ruleset, compile_ruleset
 from shanzhi.providers import Provider
 from shanzhi.store import Database
-from shanzhi.store.tables import App, Cloud, Instance
+from shanzhi.store.tables import App, Cloud, Instance, Vdc
 
 log = logging.getLogger("shanzhi.network")
 REFRESH = 30.0
@@ -50,37 +50,45 @@ class NetworkController:
         self._digest = ""
         self._applied: dict[str, _Applied] = {}
 
-    def _clouds(self) -> list[tuple[str, Provider]]:
+    def tenant_clouds(self, *, healthy: bool = False) -> list[tuple[str, Provider]]:
+        """The clouds on the tenant fabric (with `healthy`, those the reconciler last found up)."""
         with self.db.session() as s:
-            rows = [(c.name, c.kind, dict(c.options)) for c in s.scalars(select(Cloud))]
+            rows = [(c.name, c.kind, dict(c.options), c.health) for c in s.scalars(select(Cloud))]
         out = []
-        for name, kind, options in rows:
+        for name, kind, options, health in rows:
             p = self.fleet.provider(name, kind, options)
-            if p.tenant_network:
+            if p.tenant_network and (health == "healthy" or not healthy):
                 out.append((name, p))
         return out
 
     def _compile(self, clouds: list[tuple[str, Provider]]) -> None:
-        names = {n for n, _ in clouds}
+        """Recompile when an app's generation or an instance's address changed. A pass reads only
+        those columns; the specs are read when something did change."""
         links = dict(clouds)
         with self.db.session() as s:
-            apps = [(a.vdc.path, a.name, a.generation, a.spec) for a in s.scalars(select(App))]
-            rows = [
-                (i.address, i.app.vdc.path, i.app.name, i.name, i.cloud.name, i.host or "")
-                for i in s.scalars(select(Instance).where(Instance.address.is_not(None)))
-                if i.cloud is not None and i.cloud.name in names
-            ]
-        inputs = json.dumps([sorted((v, n, g) for v, n, g, _ in apps), sorted(rows)])
-        if inputs == self._inputs and self.ruleset is not None:
-            return
+            apps = sorted(
+                s.execute(select(Vdc.path, App.name, App.generation).join(Vdc, App.vdc_id == Vdc.id)).tuples()
+            )
+            q = (
+                select(Instance.address, Vdc.path, App.name, Instance.name, Cloud.name, Instance.host)
+                .join(App, Instance.app_id == App.id)
+                .join(Vdc, App.vdc_id == Vdc.id)
+                .join(Cloud, Instance.cloud_id == Cloud.id)
+                .where(Instance.address.is_not(None), Cloud.name.in_(links))
+            )
+            rows = sorted((str(a), v, n, i, c, h or "") for a, v, n, i, c, h in s.execute(q).tuples())
+            inputs = json.dumps([apps, rows])
+            if inputs == self._inputs and self.ruleset is not None:
+                return
+            specs = [(a.vdc.path, a.name, a.spec) for a in s.scalars(select(App))]
         endpoints = []
         homes = {}
         for address, vdc, app, instance, cloud, host in rows:
             provider = links[cloud]
-            endpoints.append(Endpoint(str(address), vdc, app, instance, provider.link_name(instance)))
-            homes[str(address)] = provider.host_namespace(host)
+            endpoints.append(Endpoint(address, vdc, app, instance, provider.link_name(instance)))
+            homes[address] = provider.host_namespace(host)
         nets = []
-        for vdc, name, _, spec in apps:
+        for vdc, name, spec in specs:
             try:
                 body = parse_app(spec).spec
             except ShanzhiError:
@@ -93,7 +101,7 @@ class NetworkController:
         self._inputs = inputs
 
     def run_once(self) -> None:
-        clouds = self._clouds()
+        clouds = self.tenant_clouds()
         if not clouds:
             return
         self._compile(clouds)
@@ -104,8 +112,7 @@ class NetworkController:
             if done and done.digest == self._digest and now - done.at < REFRESH:
                 continue
             try:
-                if p.status().healthy:
-                    p.apply_policy(self.ruleset.commands)
+                p.apply_policy(self.ruleset.commands)
             except (ShanzhiError, OSError, sqlite3.Error) as err:
                 log.warning("could not apply the network policy to cloud %s: %s", name, err)
                 continue
