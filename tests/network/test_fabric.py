@@ -243,3 +243,17 @@ def test_clouds_of_a_site_share_its_router_and_sites_reach_each_other(data_dir: 
         for p in clouds.values():
             p.dismantle()
     assert fabric.namespaces() == []
+
+
+def test_a_host_forwards_nothing_before_its_first_policy(cloud: NetnsProvider) -> None:
+    w = World(cloud)  # instances up, no policy applied yet
+    assert _answered_all(probe(w.ns("web-0"), [w.addr("web-1")], PORT, 20)) == {"tcp": 0, "udp": 0, "icmp": 0}
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://{w.addr('web-0')}:{PORT}/", timeout=1)
+    w.apply(None)
+    w.wait_serving()
+    assert _answered_all(probe(w.ns("web-0"), [w.addr("web-1")], PORT, 20)) == {"tcp": 20, "udp": 20, "icmp": 20}
+
+
+def _answered_all(result: dict[str, dict[str, int]]) -> dict[str, int]:
+    return {k: v["answered"] for k, v in result.items()}

@@ -66,9 +66,8 @@ class NetworkController:
         those columns; the specs are read when something did change."""
         links = dict(clouds)
         with self.db.session() as s:
-            apps = sorted(
-                s.execute(select(Vdc.path, App.name, App.generation).join(Vdc, App.vdc_id == Vdc.id)).tuples()
-            )
+            generations = select(Vdc.path, App.name, App.generation).join(Vdc, App.vdc_id == Vdc.id)
+            apps = sorted(tuple(r) for r in s.execute(generations))
             q = (
                 select(Instance.address, Vdc.path, App.name, Instance.name, Cloud.name, Instance.host)
                 .join(App, Instance.app_id == App.id)

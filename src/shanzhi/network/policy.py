@@ -204,11 +204,7 @@ class _Compiler:
 
     def _document(self) -> dict[str, Any]:
         t = {"family": FAMILY, "table": TABLE}
-        cmds: list[dict[str, Any]] = [
-            {"add": {"table": {"family": FAMILY, "name": TABLE}}},
-            {"delete": {"table": {"family": FAMILY, "name": TABLE}}},
-            {"add": {"table": {"family": FAMILY, "name": TABLE}}},
-        ]
+        cmds: list[dict[str, Any]] = list(closed_ruleset()["nftables"])  # the table anew, its chain empty
 
         def addr_set(name: str, members: Iterable[str]) -> None:
             body: dict[str, Any] = {**t, "name": name, "type": "ipv4_addr"}
@@ -228,8 +224,6 @@ class _Compiler:
         cmds.append({"add": {"set": bind}})
         for rid in self.rules:
             cmds.append({"add": {"counter": {**t, "name": f"r{rid}"}}})
-        chain = {**t, "name": "forward", "type": "filter", "hook": "forward", "prio": 0, "policy": "drop"}
-        cmds.append({"add": {"chain": chain}})
         fixed: list[list[dict[str, Any]]] = [
             [_m({"ct": {"key": "state"}}, ["established", "related"], "in"), {"accept": None}],
             [_m({"meta": {"key": "nfproto"}}, "ipv6"), {"drop": None}],
@@ -240,6 +234,15 @@ class _Compiler:
         for rule in self.body:
             cmds.append({"add": {"rule": {**t, "chain": "forward", **rule}}})
         return {"nftables": [{"metainfo": {"json_schema_version": 1}}, *cmds]}
+
+
+def closed_ruleset() -> dict[str, Any]:
+    """What a host enforces from its creation until the first compiled policy replaces it:
+    nothing is forwarded (a host that never hears from the controller fails closed)."""
+    table = {"table": {"family": FAMILY, "name": TABLE}}
+    chain: dict[str, Any] = {"family": FAMILY, "table": TABLE, "name": "forward", "type": "filter"}
+    chain |= {"hook": "forward", "prio": 0, "policy": "drop"}
+    return {"nftables": [{"add": table}, {"delete": table}, {"add": table}, {"add": {"chain": chain}}]}
 
 
 def compile_ruleset(endpoints: Sequence[Endpoint], apps: Sequence[AppNet], mgmt: str) -> Ruleset:

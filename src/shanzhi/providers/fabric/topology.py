@@ -32,7 +32,8 @@ from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
 from shanzhi.domain.errors import ProviderError
-from shanzhi.network.policy import INSTANCE_LINK_PREFIX
+from shanzhi.network.policy import INSTANCE_LINK_PREFIX, closed_ruleset
+from shanzhi.providers.fabric import nft
 
 _EEXIST = 17
 _ENOENT = 2
@@ -213,7 +214,8 @@ class Fabric:
                 ipr.route("replace", dst="0.0.0.0/0", oif=up)
         for i in range(hosts):
             host = self.host(cloud, i)
-            self._ensure_ns(host, _FORWARDER_SYSCTLS, tier="host")
+            if self._ensure_ns(host, _FORWARDER_SYSCTLS, tier="host"):
+                nft.apply(host, closed_ruleset())  # closed until the controller's policy arrives
             self._ensure_link(router, self.ifname("h", f"{cloud}/{i}"), host, "up0")
             with _ipr(host) as ipr:
                 up = _index(ipr, "up0")
