@@ -213,6 +213,11 @@ class FlowController:
             return homes.get(src.address) == host
         return dst is not None and homes.get(dst.address) == host
 
+    def _rule(self, rule_id: Any) -> str:
+        """What the rule with this id (a mark or a log prefix's number) says, as records show it."""
+        rules = self.network.ruleset.rules if self.network.ruleset else {}
+        return rule_text(rules.get(int(rule_id or 0)))
+
     def _row(self, host: str, rec: dict[str, Any], verdict: str, rule: str) -> dict[str, Any]:
         src, dst = self._ends(rec)
         return {
@@ -255,8 +260,7 @@ class FlowController:
             self.lost[ch] = self.lost.get(ch, 0) + int(rec.get("n", 0))
             return
         if kind == "drop":
-            rules = self.network.ruleset.rules if self.network.ruleset else {}
-            row = self._row(host, rec, "dropped", rule_text(rules.get(int(rec.get("r", 0)))))
+            row = self._row(host, rec, "dropped", self._rule(rec.get("r")))
             row.update(ct_id=None, packets_out=int(rec["n"]), bytes_out=int(rec["b"]), ended_at=_when(rec.get("t1")))
             b.drops.append(row)
             return
@@ -264,8 +268,7 @@ class FlowController:
         if kind == "new" or (kind == "end" and key not in self._tracked and "s" in rec):
             if not self._mine(host, rec):
                 return
-            rules = self.network.ruleset.rules if self.network.ruleset else {}
-            row = self._row(host, rec, "forwarded", rule_text(rules.get(int(rec.get("m", 0)))))
+            row = self._row(host, rec, "forwarded", self._rule(rec.get("m")))
             edge = self._edge(row)
             b.new[key] = row
             self._tracked[key] = _Open(edge)

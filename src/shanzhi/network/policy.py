@@ -70,9 +70,6 @@ class Ruleset:
     commands: dict[str, Any]  # the libnftables JSON document
     rules: dict[int, Rule]
 
-    def describe(self, rule_id: int) -> Rule | None:
-        return self.rules.get(rule_id)
-
 
 def _m(left: Any, right: Any, op: str = "==") -> dict[str, Any]:
     return {"match": {"op": op, "left": left, "right": right}}

@@ -58,6 +58,11 @@ def _counters(c: Conntrack) -> tuple[int, int, int, int]:
     return (c.packets_out, c.bytes_out, c.packets_in, c.bytes_in)
 
 
+def _cnt(counters: tuple[int, int, int, int]) -> dict[str, int]:
+    """Packets and bytes out and back, as the output names them."""
+    return dict(zip(("po", "bo", "pr", "br"), counters, strict=True))
+
+
 class Collector:
     def __init__(self, group: int, dump_every: float, out: TextIO) -> None:
         self.events = netlink.conntrack_events()
@@ -111,14 +116,10 @@ class Collector:
                 if c.id in self.closed:
                     self.closed.discard(c.id)
                     continue
-                self.emit({"e": "end", **_tuple(c), "t": c.start_ns / 1e9, "t1": c.stop_ns / 1e9, **self._cnt(c)})
+                self.emit({"e": "end", **_tuple(c), "t": c.start_ns / 1e9, "t1": c.stop_ns / 1e9, **_cnt(_counters(c))})
             elif c.id not in self.open:
                 self.open[c.id] = (_counters(c), time.monotonic())
                 self.emit({"e": "new", **_tuple(c), "t": (c.start_ns / 1e9) or time.time()})
-
-    @staticmethod
-    def _cnt(c: Conntrack) -> dict[str, int]:
-        return {"po": c.packets_out, "bo": c.bytes_out, "pr": c.packets_in, "br": c.bytes_in}
 
     def on_log(self) -> None:
         for data in self._drain(self.log, "nflog"):
@@ -184,14 +185,13 @@ class Collector:
                 self.emit({"e": "new", **_tuple(c), "t": (c.start_ns / 1e9) or time.time(), "late": True})
             elif known[0] == counters and tcp_state < _TCP_TIME_WAIT:
                 continue
-            po, bo, pr, br = counters
             if tcp_state >= _TCP_TIME_WAIT:  # over: TIME_WAIT only holds the tuple
                 self.open.pop(cid, None)
                 self.closed.add(cid)
-                self.emit({"e": "end", "id": cid, "po": po, "bo": bo, "pr": pr, "br": br, "t1": time.time()})
+                self.emit({"e": "end", "id": cid, **_cnt(counters), "t1": time.time()})
             else:
                 self.open[cid] = (counters, time.monotonic())
-                self.emit({"e": "upd", "id": cid, "po": po, "bo": bo, "pr": pr, "br": br})
+                self.emit({"e": "upd", "id": cid, **_cnt(counters)})
 
     def _dump_done(self) -> None:
         if self.dumped is None:
@@ -200,8 +200,7 @@ class Collector:
         for cid, (counters, seen) in list(self.open.items()):
             if cid not in self.dumped and seen < self.dump_started:  # gone, and its DESTROY lost
                 del self.open[cid]
-                po, bo, pr, br = counters
-                self.emit({"e": "end", "id": cid, "po": po, "bo": bo, "pr": pr, "br": br, "t1": time.time()})
+                self.emit({"e": "end", "id": cid, **_cnt(counters), "t1": time.time()})
         self.dumped = None
 
     def run(self) -> None:

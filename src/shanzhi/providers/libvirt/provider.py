@@ -288,7 +288,7 @@ class LibvirtProvider(FabricMember, MachineCloud):
                 tap=self.fabric.instance_link(self.name, req.name) if net else None,
             )
             if net is not None:
-                self.fabric.ensure_cloud(self.name, self._site, self._hosts)
+                self._ensure_fabric()
                 self.fabric.ensure_management(net.pool, net.management)
                 self.fabric.add_tap(self.name, req.name, _qemu_user())
             self.hv.define_and_start(name, domain.xml())

@@ -62,7 +62,7 @@ class NetnsProvider(FabricMember, LocalProvider):
         host = self._host_index(req.host)
         statedir = self._instances / req.name
         (statedir / "net.json").write_text(json.dumps({"host": host, "address": net.address}))
-        self.fabric.ensure_cloud(self.name, self._site, self._hosts)
+        self._ensure_fabric()
         self.fabric.ensure_management(net.pool, net.management)
         ns = self.fabric.attach(self.name, self._site, host, req.name, net.address)
         return ["nsenter", f"--net=/run/netns/{ns}", "--"], {
