@@ -281,3 +281,29 @@ def test_a_fresh_workload_root_made_under_the_servers_umask_is_traversable(
         os.umask(old)
     assert str(out["cwd"]).startswith(str(top / "not" / "yet"))
     assert oct(os.stat(top / "not").st_mode & 0o777) == "0o711"
+
+
+@root_only
+def test_a_workload_has_a_name_and_the_cloud_address_and_volume_are_substituted(data_dir: Path) -> None:
+    """Programs that look their user up (initdb, ssh) need a passwd entry: the namespace gets
+    one for its uid only, the machine's own /etc/passwd stays as it was. `${ADDRESS}` is the
+    cloud's loopback address and `${VOLUME_<NAME>}` the volume's directory."""
+    from shanzhi.domain.errors import InvalidInput
+    from shanzhi.providers.base import VolumeRequest
+
+    before = Path("/etc/passwd").read_text()
+    p = LocalProvider("loc", LocalProvider.validate_options({"address": "127.0.3.7"}), data_dir / "clouds" / "loc")
+    show = ("sh", "-c", 'echo "WHO $(id -un) $(id -gn) AT ${ADDRESS}:${PORT} IN ${VOLUME_DATA}"; sleep 60')
+    r = req("named-1", show)
+    r = InstanceRequest(**{**r.__dict__, "volumes": (VolumeRequest("k1", "data", 2**20, "/data"),)})
+    obs = p.create_instance(r)
+    assert wait_until(lambda: "WHO " in log_of(data_dir, "named-1"), 20), log_of(data_dir, "named-1")
+    line = next(x for x in log_of(data_dir, "named-1").splitlines() if x.startswith("WHO "))
+    uid = Sandbox.for_data_dir(data_dir).uid_for("gz/health")
+    _, user, group, _, at, _, volume = line.split()
+    assert (user, group) == (f"shz-{uid}", f"shz-{uid}")
+    assert at == f"127.0.3.7:{obs.ports['http']}" and obs.endpoint == at
+    assert volume.endswith("/volumes/k1") and Path(volume).is_dir() and os.stat(volume).st_uid == uid
+    assert Path("/etc/passwd").read_text() == before
+    with pytest.raises(InvalidInput, match="loopback"):
+        LocalProvider.validate_options({"address": "10.0.0.1"})

@@ -529,7 +529,7 @@ class Reconciler:
         req = Request(
             cpu=comp.resources.cpu_millis,
             memory=comp.resources.memory_bytes,
-            runtime="process" if comp.run else "vm",
+            runtime=comp.runtime,
             placement=placement,
             total_replicas=desired,
             existing=tuple(Replica(r.cloud.name, r.cloud.site.name, r.host or "") for r in cur if r.cloud is not None),

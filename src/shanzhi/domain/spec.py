@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
+from shanzhi.domain.dr import MEMBERS, Dr, Postgres
 from shanzhi.domain.errors import InvalidInput
 from shanzhi.domain.quantity import parse_cpu, parse_memory
 
@@ -139,8 +140,20 @@ def volume_key(vdc: str, app: str, component: str, ordinal: int, volume: str) ->
     return f"{vdc.replace('/', '.')}_{app}_{component}-{ordinal}_{volume}"
 
 
+#: a managed PostgreSQL's defaults: its data volume's mount point and the memory Patroni and
+#: PostgreSQL need together (shared_buffers stays small unless `postgres.parameters` says more)
+POSTGRES_MOUNT = "/var/lib/postgresql"
+POSTGRES_MEMORY = "256Mi"
+#: the ports a managed PostgreSQL member listens on: PostgreSQL first (the instance's endpoint)
+POSTGRES_PORTS = ({"name": "pg", "port": 5432}, {"name": "api", "port": 8008})
+
+
 class Component(_Model):
     name: Name
+    # service: the replicas run what `run` or `image` says; postgres: the platform runs a Patroni
+    # cluster, one member per centre of the app's DR tier (`replicas` comes from the tier)
+    kind: Literal["service", "postgres"] = "service"
+    postgres: Postgres | None = None
     replicas: Annotated[StrictInt, Field(ge=0, le=10_000)] = 1
     resources: Resources = Field(default_factory=Resources)
     run: Run | None = None
@@ -177,8 +190,35 @@ class Component(_Model):
             raise ValueError(f"flavor {flavor} sets cpu and memory: leave out resources.{' and resources.'.join(both)}")
         return {**data, "resources": {**given, "cpu": cpu, "memory": memory}}
 
+    @model_validator(mode="before")
+    @classmethod
+    def _postgres(cls, data: Any) -> Any:
+        """A managed PostgreSQL: the platform's command, ports and (unless named) data volume."""
+        if not isinstance(data, dict) or data.get("kind") != "postgres":
+            if isinstance(data, dict) and data.get("postgres") is not None:
+                raise ValueError("'postgres' settings go with kind: postgres")
+            return data
+        given = sorted(k for k in ("run", "image", "ports", "health", "env", "flavor") if data.get(k))
+        stored = given == ["ports"] and [
+            (q.get("name"), q.get("port")) for q in data["ports"] if isinstance(q, dict)
+        ] == [(q["name"], q["port"]) for q in POSTGRES_PORTS]  # a stored spec holds the platform's own ports
+        if given and not stored:
+            raise ValueError(f"kind postgres is run by the platform: leave out {', '.join(given)}")
+        pg = data.get("postgres") or {}
+        out = {**data, "postgres": pg, "ports": list(POSTGRES_PORTS)}
+        if not data.get("volumes") and isinstance(pg, dict):
+            out["volumes"] = [{"name": "data", "size": pg.get("size", "1Gi"), "mountPath": POSTGRES_MOUNT}]
+        res = data.get("resources")
+        if isinstance(res, dict) or res is None:
+            out["resources"] = {"memory": POSTGRES_MEMORY, **(res or {})}
+        return out
+
     @model_validator(mode="after")
     def _check(self) -> Component:
+        if self.kind == "postgres":
+            if len(self.volumes) != 1:
+                raise ValueError("kind postgres keeps its data on one volume (name it, or let postgres.size make it)")
+            return self
         if self.run is None and self.image is None:
             raise ValueError("a component needs 'run' (process runtime) or 'image' (VM runtime)")
         names = [p.name for p in self.ports]
@@ -195,6 +235,11 @@ class Component(_Model):
             if isinstance(check.port, str) and check.port not in names:
                 raise ValueError(f"health check names port {check.port!r}, which is not in 'ports'")
         return self
+
+    @property
+    def runtime(self) -> str:
+        """What a cloud must run for it: processes (a managed database is processes) or VMs."""
+        return "vm" if self.run is None and self.kind == "service" else "process"
 
     @property
     def storage_bytes(self) -> int:
@@ -309,6 +354,32 @@ class AppSpecBody(_Model):
     components: Annotated[list[Component], Field(min_length=1)]
     placement: Placement = Field(default_factory=Placement)
     network: Network | None = None
+    dr: Dr = Field(default_factory=Dr)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _members(cls, data: Any) -> Any:
+        """A managed database has one member per centre of the DR tier: that is its replicas."""
+        if not isinstance(data, dict) or not isinstance(data.get("components"), list):
+            return data
+        dr = data.get("dr") or {}
+        tier = dr.get("tier", "none") if isinstance(dr, dict) else "none"
+        if tier not in MEMBERS:
+            return data  # the field's own validation names it
+        want = len(MEMBERS[tier])
+        comps = []
+        for c in data["components"]:
+            if isinstance(c, dict) and c.get("kind") == "postgres":
+                given = c.get("replicas")
+                if given is not None and given != want:
+                    raise ValueError(
+                        f"component {c.get('name')}: a postgres has one member per centre of dr.tier {tier} "
+                        f"({want}); leave out replicas"
+                    )
+                comps.append({**c, "replicas": want})
+            else:
+                comps.append(c)
+        return {**data, "components": comps}
 
     @model_validator(mode="after")
     def _unique(self) -> AppSpecBody:
@@ -326,6 +397,9 @@ class AppSpecBody(_Model):
                     f"(ports: {', '.join(sorted(known)) or 'none'})"
                 )
         return self
+
+    def databases(self) -> list[Component]:
+        return [c for c in self.components if c.kind == "postgres"]
 
     def port_table(self) -> dict[str, tuple[int, str]]:
         """Every named port of the app: name -> (number, protocol)."""

@@ -245,15 +245,15 @@ class MachineCloud(Provider):
         self._failed_marker.unlink(missing_ok=True)
 
 
-def free_port(taken: set[int]) -> int:
-    """A port on 127.0.0.1 free now and not in `taken` (ports handed out but not yet bound)."""
+def free_port(taken: set[int], address: str = "127.0.0.1") -> int:
+    """A port on `address` free now and not in `taken` (ports handed out but not yet bound)."""
     for _ in range(100):
         with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
+            s.bind((address, 0))
             port = int(s.getsockname()[1])
         if port not in taken:
             return port
-    raise RuntimeError("could not find a free port on 127.0.0.1")
+    raise RuntimeError(f"could not find a free port on {address}")
 
 
 def positive_int(value: Any) -> int:

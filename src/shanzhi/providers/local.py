@@ -1,10 +1,13 @@
 """`local`: each instance is a real OS process on this machine, in a sandbox.
 
 Every instance gets a working directory outside the data directory, a log file and ports
-allocated on 127.0.0.1; `${PORT}` (first port) and `${PORT_<NAME>}` are substituted in the
-command and environment. As root, it runs as its VDC's own uid in private namespaces and
-cgroups (see `shanzhi.providers.sandbox`); its state (`state.json`) and log stay in the
-cloud's private state directory, where the workload can neither read nor replace them.
+allocated on the cloud's loopback address (`--option address=127.0.2.1`; 127.0.0.1 by
+default, so that clouds standing for separate centres can be told apart and cut apart by
+address); `${PORT}` (first port), `${PORT_<NAME>}`, `${ADDRESS}` (where it listens) and
+`${VOLUME_<NAME>}` (a volume's directory) are substituted in the command and environment.
+As root, it runs as its VDC's own uid in private namespaces and cgroups (see
+`shanzhi.providers.sandbox`); its state (`state.json`) and log stay in the cloud's private
+state directory, where the workload can neither read nor replace them.
 
 Workloads are started through a launcher shell that backgrounds them and exits, so they are
 never children of Shanzhi: they run in their own session, outlive the server, leave no zombies
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import ipaddress
 import json
 import os
 import re
@@ -58,7 +62,7 @@ unset IFS SHANZHI_CGROUP_PROCS
 "$@" <&3 >&2 3<&- &
 echo $!"""
 MIN_MEMORY = 8 * 2**20  # below this even a shell is killed at start (Kubernetes refuses under 6 MB)
-_VAR = re.compile(r"\$\{(PORT(?:_[A-Z0-9_]+)?)\}")
+_VAR = re.compile(r"\$\{(PORT(?:_[A-Z0-9_]+)?|ADDRESS|VOLUME_[A-Z0-9_]+)\}")
 
 
 def _default_memory() -> int:
@@ -69,6 +73,13 @@ def _default_cpu() -> int:
     return (os.cpu_count() or 1) * 1000
 
 
+def _loopback(value: Any) -> str:
+    addr = ipaddress.ip_address(str(value))
+    if addr.version != 4 or not addr.is_loopback:
+        raise ValueError(f"must be an IPv4 loopback address (127.x.y.z), not {value!r}")
+    return str(addr)
+
+
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     with open(tmp, "w") as f:
@@ -76,6 +87,10 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def _env_name(name: str) -> str:
+    return name.upper().replace("-", "_")
 
 
 def _alive(pid: int, create_time: float) -> bool:
@@ -96,6 +111,7 @@ class LocalProvider(MachineCloud):
         "instances": OptionSpec(positive_int, 50, "maximum number of instances"),
         "hosts": OptionSpec(positive_int, 1, "split the capacity into this many logical hosts"),
         "pids": OptionSpec(positive_int, 1024, "most processes one instance may run (cgroup pids limit)"),
+        "address": OptionSpec(_loopback, "127.0.0.1", "loopback address the instances listen on (127.x.y.z)"),
     }
 
     @property
@@ -159,17 +175,19 @@ class LocalProvider(MachineCloud):
         uid = box.uid_for(req.vdc)
         workdir = box.make_workdir(self.name, req.name, uid)
         ports = self._ports(req, states)
-        subst = {"PORT": next(iter(ports.values()))}
-        subst.update({f"PORT_{k.upper().replace('-', '_')}": v for k, v in ports.items()})
+        address = req.network.address if req.network else str(self.opts.get("address", "127.0.0.1"))
+        subst: dict[str, str] = {"PORT": str(next(iter(ports.values()))), "ADDRESS": address}
+        subst.update({f"PORT_{_env_name(k)}": str(v) for k, v in ports.items()})
+        volumes = {f"VOLUME_{_env_name(v.name)}": str(self._volume(v.key, uid, v.copy_from)) for v in req.volumes}
 
         def expand(text: str) -> str:
-            return _VAR.sub(lambda m: str(subst.get(m.group(1), m.group(0))), text)
+            return _VAR.sub(lambda m: {**subst, **volumes}.get(m.group(1), m.group(0)), text)
 
         argv = [expand(a) for a in req.command]
         env = box.environment(workdir, {k: expand(v) for k, v in req.env.items()})
-        for v in req.volumes:  # a directory that outlives the replica, found through its env
-            env[f"SHANZHI_VOLUME_{v.name.upper().replace('-', '_')}"] = str(self._volume(v.key, uid, v.copy_from))
-        env.update({k: str(v) for k, v in subst.items()})  # PORT and every PORT_<NAME>
+        # a volume is a directory that outlives the replica, found through its env
+        env.update({f"SHANZHI_{k}": v for k, v in volumes.items()})
+        env.update({k: v for k, v in subst.items() if k != "ADDRESS"})  # PORT and every PORT_<NAME>
         env.update(
             {
                 "SHANZHI_INSTANCE": req.name,
@@ -182,7 +200,7 @@ class LocalProvider(MachineCloud):
         if box.cgroups is not None:
             procs = box.cgroups.create(self._cgroup(req.name), req.cpu, req.memory, int(self.opts.get("pids", 1024)))
         enter, extra = self._enter(req)
-        gated = [*enter, *box.command_prefix(uid), "/bin/sh", "-c", _GATE, "sh", *argv]
+        gated = [*enter, *box.command_prefix(uid, statedir), "/bin/sh", "-c", _GATE, "sh", *argv]
         with open(statedir / "log", "ab") as log:
             os.chmod(statedir / "log", 0o600)
             launcher = subprocess.Popen(
@@ -213,6 +231,7 @@ class LocalProvider(MachineCloud):
             "pgid": launcher.pid,  # the launcher's session; the workload stays in it
             "create_time": create_time,
             "ports": ports,
+            "address": address,
             "argv": argv,
             "uid": uid,
             "workdir": str(workdir),
@@ -230,7 +249,7 @@ class LocalProvider(MachineCloud):
         taken = {int(p) for st in states.values() for p in st.get("ports", {}).values()}
         ports: dict[str, int] = {}
         for pname, _ in req.ports or (("port", 0),):
-            ports[pname] = free_port(taken | set(ports.values()))
+            ports[pname] = free_port(taken | set(ports.values()), str(self.opts.get("address", "127.0.0.1")))
         return ports
 
     def _enter(self, req: InstanceRequest) -> tuple[list[str], dict[str, Any]]:

@@ -11,6 +11,9 @@ When the server runs as root, every workload:
   (`SHANZHI_INSTANCE`/`_APP`/`_COMPONENT`/`_VDC`) and a minimal `PATH`/`HOME`/`LANG`;
 - runs in private PID and mount namespaces (util-linux `unshare`): a fresh `/proc` that shows
   only its own processes, and the data directory covered by an empty tmpfs;
+- has a name: inside its namespace `/etc/passwd` and `/etc/group` are copies that add its uid
+  (`shz-<uid>`), so programs that look their user up (PostgreSQL's `initdb`, ssh, `whoami`)
+  work, as OpenShift's nss_wrapper does for its random uids;
 - is held to its `resources` by a cgroup per instance: `cpu` quota, `memory` limit (no swap) and
   a `pids` limit, on cgroup v1 (the controllers' own mounts) or v2 (a `shanzhi` subtree).
 
@@ -246,21 +249,42 @@ class Sandbox:
         env.update(extra)
         return env
 
-    def command_prefix(self, uid: int) -> list[str]:
-        """What runs before the workload's own command (its gate shell) to drop into the sandbox."""
+    def command_prefix(self, uid: int, identity: Path | None = None) -> list[str]:
+        """What runs before the workload's own command (its gate shell) to drop into the sandbox.
+        `identity`: a private directory of the platform's where the uid's passwd and group
+        copies are written (bound over `/etc/passwd` and `/etc/group` in the namespace)."""
         setpriv = ["setpriv", "--no-new-privs"]
         if not self.isolate:
             return setpriv if shutil.which("setpriv") else []
+        names = ""
+        if identity is not None:
+            _write_identity(identity, uid)
+            names = str(identity)
         return [
             "unshare", "--mount", "--pid", "--fork", "--mount-proc", "--kill-child", "--propagation", "private",
-            "/bin/sh", "-c", _NS_INIT, str(self.data_dir),
+            "/bin/sh", "-c", _NS_INIT, str(self.data_dir), names,
             *setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all",
     ]  # fmt: skip
 
 
-#: PID 1 of the workload's namespace, as root inside it: cover the data dir, start the workload
-#: as a child (PID 1 would ignore a plain SIGTERM) and pass termination signals on to it.
+def _write_identity(directory: Path, uid: int) -> None:
+    """`passwd` and `group` as the machine has them, plus the workload's own uid and gid."""
+    name = f"shz-{uid}"
+    for fname, line in (("passwd", f"{name}:x:{uid}:{uid}:shanzhi workload:/nonexistent:/usr/sbin/nologin\n"),
+                        ("group", f"{name}:x:{uid}:\n")):  # fmt: skip
+        base = Path("/etc", fname).read_text()
+        if not base.endswith("\n"):
+            base += "\n"
+        (directory / fname).write_text(base + line)
+        os.chmod(directory / fname, 0o644)
+
+
+#: PID 1 of the workload's namespace, as root inside it: give its uid a name, cover the data
+#: dir, start the workload as a child (PID 1 would ignore a plain SIGTERM) and pass termination
+#: signals on to it. $0: the data dir; $1: the identity directory (or empty).
 _NS_INIT = """trap 'exit 143' TERM INT HUP
+if [ -n "$1" ]; then mount --bind "$1/passwd" /etc/passwd && mount --bind "$1/group" /etc/group || exit 113; fi
+shift
 mount -t tmpfs -o size=4k,mode=0700 shanzhi-private "$0" 2>/dev/null
 exec 3<&0
 "$@" <&3 3<&- &

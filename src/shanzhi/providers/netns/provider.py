@@ -28,7 +28,7 @@ class NetnsProvider(FabricMember, LocalProvider):
     kind = "netns"
     tenant_network = True
     options = {
-        **LocalProvider.options,
+        **{k: v for k, v in LocalProvider.options.items() if k != "address"},  # addresses come from the fabric
         "hosts": OptionSpec(positive_int, 2, "how many host namespaces"),
         "site": SITE_OPTION,
     }
