@@ -98,6 +98,11 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/instances/{name}"): VDC_READERS,
     ("GET", "/instances/{name}/logs"): VDC_READERS,
     ("GET", "/events"): VDC_READERS,
+    ("GET", "/dr/topology"): VDC_ROLES_ANYWHERE,
+    ("PUT", "/sites/{name}/dr-role"): frozenset({SYS}),
+    ("GET", "/apps/{name}/dr"): VDC_READERS,
+    ("GET", "/apps/{name}/dr/credentials"): frozenset({SYS, VADMIN, MEMBER}),
+    ("GET", "/dr/reports"): VDC_READERS,
     ("GET", "/flows"): VDC_READERS,
     ("GET", "/flows/hourly"): VDC_READERS,
     ("GET", "/alarms"): VDC_ROLES_ANYWHERE,
@@ -360,6 +365,11 @@ def _calls(w: World) -> dict[tuple[str, str], Callable[[str], Call]]:
         ("GET", "/instances/{name}"): lambda _: (f"/instances/{w.instance}", {}),
         ("GET", "/instances/{name}/logs"): lambda _: (f"/instances/{w.instance}/logs", {}),  # unplaced: 409
         ("GET", "/events"): lambda _: ("/events?app=records&vdc=gz/health", {}),
+        ("GET", "/dr/topology"): lambda _: ("/dr/topology", {}),
+        ("PUT", "/sites/{name}/dr-role"): lambda _: ("/sites/s-vols/dr-role", {"json": {"role": "arbiter"}}),
+        ("GET", "/apps/{name}/dr"): lambda _: ("/apps/records/dr?vdc=gz/health", {}),
+        ("GET", "/apps/{name}/dr/credentials"): lambda _: ("/apps/records/dr/credentials?vdc=gz/health", {}),
+        ("GET", "/dr/reports"): lambda _: ("/dr/reports?app=records&vdc=gz/health", {}),
         ("GET", "/flows"): lambda _: ("/flows?app=records&vdc=gz/health", {}),
         ("GET", "/flows/hourly"): lambda _: ("/flows/hourly?app=records&vdc=gz/health", {}),
         ("GET", "/alarms"): lambda _: ("/alarms?vdc=gz/health", {}),
@@ -497,6 +507,7 @@ def test_the_route_table_knows_every_api_route(api: TestClient) -> None:
         apps,
         audit,
         clouds,
+        dr,
         identity,
         images,
         ledger,
@@ -509,7 +520,7 @@ def test_the_route_table_knows_every_api_route(api: TestClient) -> None:
         volumes,
     )
 
-    modules = (identity, oidc, clouds, images, vdcs, apps, volumes, observe, network, plans, approvals, metering)
+    modules = (identity, oidc, clouds, images, vdcs, apps, volumes, observe, network, dr, plans, approvals, metering)
     modules += (audit, ledger)
     table = RouteTable([m.router for m in modules])
     assert table.missing() == []

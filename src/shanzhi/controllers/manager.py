@@ -11,6 +11,7 @@ import threading
 
 from shanzhi.config import Settings
 from shanzhi.controllers.alarms import Notifier
+from shanzhi.controllers.dr import DrController
 from shanzhi.controllers.fleet import Fleet
 from shanzhi.controllers.flows import FlowController
 from shanzhi.controllers.housekeeping import Housekeeping
@@ -43,6 +44,7 @@ class ControllerManager:
             db, fleet, failover_grace=failover_grace, network_pool=network_pool, network_prefix=network_prefix
         )
         self.network = NetworkController(db, fleet, network_pool)
+        self.dr = DrController(db, fleet.data_dir)
         self.flows = FlowController(db, self.network, lambda: self.is_leader)
         self.notifier = Notifier(db, alarm_webhook, lambda: self.is_leader)
         self.housekeeping = Housekeeping(
@@ -87,6 +89,7 @@ class ControllerManager:
         self.notifier.stop()
         self._lock.release()
         self.reconciler.close()
+        self.dr.close()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -98,6 +101,7 @@ class ControllerManager:
                 try:
                     self.reconciler.run_once()
                     self.network.run_once()
+                    self.dr.run_once()
                     self.housekeeping.run_once()
                     self.passes += 1
                 except Exception:

@@ -22,7 +22,7 @@ from typing import Any, Literal
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from shanzhi.controllers import health
+from shanzhi.controllers import dr_members, health
 from shanzhi.controllers.cleanup import finish_removals, reclaim_volumes, sweep_orphans
 from shanzhi.controllers.fleet import Fleet
 from shanzhi.domain.errors import ShanzhiError
@@ -359,6 +359,10 @@ class Reconciler:
         if s is not None and comp.volumes:
             for v in self._sources(s, app, comp, r):
                 copy_from.setdefault(v.key, v.cloud.name)  # the newest released copy
+        command = tuple(comp.run.command) if comp.run else None
+        env = dict(comp.run.env) if comp.run else dict(comp.env)
+        if comp.kind == "postgres" and s is not None:
+            command, env = dr_members.member_command(s, app, AppSpec.model_validate(app.spec), comp, r)
         return InstanceRequest(
             network=self._attachment(s, app, r),
             name=r.name,
@@ -368,8 +372,8 @@ class Reconciler:
             host=r.host or "",
             cpu=r.cpu,
             memory=r.memory,
-            command=tuple(comp.run.command) if comp.run else None,
-            env=dict(comp.run.env) if comp.run else dict(comp.env),
+            command=command,
+            env=env,
             ports=tuple((p.name, p.port) for p in comp.ports),
             image=comp.image,
             flavor=comp.flavor,
@@ -538,6 +542,10 @@ class Reconciler:
         todo: list[tuple[Instance | None, int]] = [(r, r.ordinal) for r in unplaced]
         todo += [(None, o) for o in free[:to_add]]
         decided: list[tuple[Instance | None, int, Decision]] = []
+        if comp.kind == "postgres":  # each member in its own centre, once what it needs is there
+            todo, decided = self._place_members(s, app, spec, comp, key, req, todo)
+        elif (sites := dr_members.stateless_sites(s, spec)) is not None:
+            req = _only(req, dr_members.clouds_in(s, sites))
         if comp.volumes:  # a replica goes back to the cloud that holds its ordinal's disk, where it can
             homes = self._homes(s, app, comp, placement)
             rest = []
@@ -602,6 +610,38 @@ class Reconciler:
                 app=app.name,
             )
         return actions
+
+    def _place_members(
+        self,
+        s: Session,
+        app: App,
+        spec: AppSpec,
+        comp: Component,
+        key: str,
+        req: Request,
+        todo: list[tuple[Instance | None, int]],
+    ) -> tuple[list[tuple[Instance | None, int]], list[tuple[Instance | None, int, Decision]]]:
+        """A managed database's members: each pinned to its centre's clouds (its disk's home
+        first), one decision at a time. Returns nothing left for the common path."""
+        assert self._engine is not None
+        decided: list[tuple[Instance | None, int, Decision]] = []
+        homes = self._homes(s, app, comp, spec.spec.placement)
+        for r0, o in todo:
+            why = dr_members.waiting_for(s, app, spec, comp, o)
+            site = dr_members.member_site(s, spec, o)
+            if why is None and site is None:
+                why = f"no site has the DR role {dr_members.member_role(spec, o)}"
+            if why is not None:
+                decided.append((r0, o, Decision(None, None, None, why, {})))
+                continue
+            assert site is not None
+            clouds = dr_members.clouds_in(s, [site])
+            home = homes.get(o)
+            d = self._engine.decide(key, _only(req, [home] if home in clouds else clouds), 1)[0]
+            if d.placed and d.cloud and d.site:
+                req = replace(req, existing=(*req.existing, Replica(d.cloud, d.site, d.host or "")))
+            decided.append((r0, o, d))
+        return [], decided
 
     def _host_states(self, s: Session) -> list[HostState]:
         usage = {
@@ -712,7 +752,10 @@ def _release_volumes(s: Session, r: Instance) -> None:
         v.state, v.instance, v.released_at = "released", None, utcnow()
 
 
-def _only(req: Request, cloud: str | None) -> Request:
-    """`req` restricted to one cloud (the rest of its placement rules still hold)."""
+def _only(req: Request, clouds: str | list[str] | None) -> Request:
+    """`req` restricted to one cloud or some (the rest of its placement rules still hold)."""
     p = req.placement
-    return replace(req, placement=p.model_copy(update={"clouds": p.clouds.model_copy(update={"names": [cloud]})}))
+    names = [clouds] if isinstance(clouds, str) or clouds is None else clouds
+    if p.clouds.names:
+        names = [n for n in names if n in p.clouds.names]
+    return replace(req, placement=p.model_copy(update={"clouds": p.clouds.model_copy(update={"names": names})}))

@@ -13,6 +13,7 @@ from shanzhi.domain.errors import Conflict, NotFound
 from shanzhi.domain.quota import Usage, check_usage
 from shanzhi.domain.rbac import EVERYWHERE, Scope
 from shanzhi.domain.spec import AppSpec, warnings
+from shanzhi.services import dr
 from shanzhi.services.vdcs import get_vdc, lock_path, quotas, scope_filter, usage_by_vdc
 from shanzhi.store.events import record_event
 from shanzhi.store.tables import App, AppRevision, Vdc, utcnow
@@ -40,6 +41,7 @@ def apply_app(s: Session, spec: AppSpec, author: str = "", cause: str = "") -> t
         raise Conflict(f"app {spec.metadata.name} is being deleted; wait until it is gone", field="metadata.name")
     if app is not None and app.spec == body:
         return app, "unchanged"
+    dr.check_tier(s, spec, AppSpec.model_validate(app.spec) if app is not None else None)
     want = desired_usage(spec)
     have = Usage(app.cpu, app.memory, app.instances, app.storage) if app is not None else Usage()
     check_usage(path, want - have, quotas(s), usage_by_vdc(s))
@@ -54,6 +56,7 @@ def apply_app(s: Session, spec: AppSpec, author: str = "", cause: str = "") -> t
         app.updated_at = utcnow()
     app.cpu, app.memory, app.instances, app.storage = want.cpu, want.memory, want.instances, want.storage
     s.flush()
+    dr.ensure_clusters(s, app, spec)
     s.add(AppRevision(app_id=app.id, generation=app.generation, spec=body, author=author, cause=cause[:256]))
     record_event(
         s,
@@ -100,6 +103,7 @@ def preview(s: Session, spec: AppSpec) -> Preview:
     if found.outcome == "unchanged":
         found.changes, found.rolls = [], []
         return found
+    dr.check_tier(s, spec, old)
     want = desired_usage(spec)
     have = Usage(app.cpu, app.memory, app.instances, app.storage) if app is not None else Usage()
     check_usage(path, want - have, quotas(s), usage_by_vdc(s))

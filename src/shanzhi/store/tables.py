@@ -52,6 +52,8 @@ class Site(Base):
     __tablename__ = "sites"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(63), unique=True)
+    # production | same-city | remote | arbiter (one site each), or none
+    dr_role: Mapped[str | None] = mapped_column(String(16), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -597,3 +599,60 @@ class LedgerKey(Base):
     role: Mapped[str] = mapped_column(String(16))  # department | log | witness
     vkey: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class DrEtcdMember(Base):
+    """One etcd member the DR controller runs: of the `quorum` (production, same-city, arbiter)
+    or of the `remote` centre's own cluster (its standby clusters' DCS)."""
+
+    __tablename__ = "dr_etcd_members"
+    __table_args__ = (UniqueConstraint("cluster", "name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    cluster: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(63))
+    site_id: Mapped[int] = mapped_column(ForeignKey("sites.id"))
+    address: Mapped[str] = mapped_column(String(45))
+    client_port: Mapped[int] = mapped_column(Integer)
+    peer_port: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    site: Mapped[Site] = relationship(lazy="joined")
+
+    @property
+    def client_url(self) -> str:
+        return f"http://{self.address}:{self.client_port}"
+
+
+class DrCluster(Base):
+    """A managed PostgreSQL (an app's `kind: postgres` component): its secrets, whether its etcd
+    user exists yet (members wait for it), and the last status the DR controller read."""
+
+    __tablename__ = "dr_clusters"
+    __table_args__ = (UniqueConstraint("app_id", "component"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    app_id: Mapped[int] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"))
+    component: Mapped[str] = mapped_column(String(63))
+    secrets: Mapped[dict[str, Any]] = mapped_column()
+    prepared: Mapped[bool] = mapped_column(default=False)
+    leader: Mapped[str | None] = mapped_column(String(128))
+    timeline: Mapped[int | None] = mapped_column()
+    status: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    app: Mapped[App] = relationship(lazy="joined")
+
+
+class DrReport(Base):
+    """What a DR operation or an automatic failover did: steps, timings, measured RTO and RPO."""
+
+    __tablename__ = "dr_reports"
+    __table_args__ = (Index("ix_dr_reports_app", "vdc", "app"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    app_id: Mapped[int | None] = mapped_column(ForeignKey("apps.id", ondelete="SET NULL"))
+    vdc: Mapped[str] = mapped_column(String(512))
+    app: Mapped[str] = mapped_column(String(63))
+    kind: Mapped[str] = mapped_column(String(32))  # failover | switchover | drill | ...
+    outcome: Mapped[str] = mapped_column(String(16))  # running | succeeded | failed
+    summary: Mapped[str] = mapped_column(Text)
+    body: Mapped[dict[str, Any]] = mapped_column()
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column()

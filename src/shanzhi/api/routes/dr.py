@@ -1,0 +1,91 @@
+"""/dr and the DR parts of sites and apps: the topology, site roles, a protected app's
+databases (members, roles, timelines, lag, connection) and the reports of what happened."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Body, Depends, Query, Request
+
+from shanzhi.api.audit import transaction
+from shanzhi.api.auth import principal, require
+from shanzhi.api.deps import Runtime, runtime
+from shanzhi.domain.rbac import Principal
+from shanzhi.services import dr as svc
+from shanzhi.services.apps import find_app
+from shanzhi.store.tables import DrReport
+
+router = APIRouter(tags=["dr"])
+
+
+def _report(r: DrReport) -> dict[str, Any]:
+    return {
+        "id": r.id, "vdc": r.vdc, "app": r.app, "kind": r.kind, "outcome": r.outcome, "summary": r.summary,
+        "body": r.body, "started_at": r.started_at.isoformat(),
+        "finished_at": r.finished_at.isoformat() if r.finished_at else None,
+    }  # fmt: skip
+
+
+@router.get("/dr/topology")
+def topology(rt: Runtime = Depends(runtime)) -> dict[str, Any]:
+    """Sites with their DR roles, clouds and quorum members; the links between the centres; and
+    for each tier, what the topology still lacks to give it (null: it can)."""
+    with rt.db.session() as s, s.begin():
+        return svc.topology(s)
+
+
+@router.put("/sites/{name}/dr-role")
+def set_site_role(
+    request: Request,
+    name: str,
+    role: str | None = Body(..., embed=True, description="production, same-city, remote, arbiter or null"),
+    rt: Runtime = Depends(runtime),
+) -> dict[str, Any]:
+    """Give a site its DR role (one site per role), or take it away with null."""
+    with transaction(request) as s:
+        site = svc.set_role(s, name, None if role in (None, "none") else role)
+        out = {"site": site.name, "role": site.dr_role}
+    rt.wake()
+    return out
+
+
+@router.get("/apps/{name}/dr")
+def app_dr(
+    name: str, vdc: str | None = Query(None), p: Principal = Depends(principal), rt: Runtime = Depends(runtime)
+) -> dict[str, Any]:
+    """A protected app's tier and databases: each member's centre, role, state, timeline and lag
+    in bytes; the leader; the connection string (its password masked)."""
+    with rt.db.session() as s, s.begin():
+        return svc.status(s, find_app(s, name, vdc, p.scope("app.read")))
+
+
+@router.get("/apps/{name}/dr/credentials")
+def app_dr_credentials(
+    request: Request,
+    name: str,
+    vdc: str | None = Query(None),
+    p: Principal = Depends(principal),
+    rt: Runtime = Depends(runtime),
+) -> dict[str, Any]:
+    """The same, with the connection string's password: for those who may change the app."""
+    with rt.db.session() as s, s.begin():
+        app = find_app(s, name, vdc, p.scope("app.read"))
+        require(p, "app.write", app.vdc.path, visible="app.read")
+        request.state.target = f"app {app.vdc.path}/{app.name}"
+        return svc.status(s, app, reveal=True)
+
+
+@router.get("/dr/reports")
+def reports(
+    app: str | None = Query(None),
+    vdc: str | None = Query(None),
+    limit: int = Query(50, ge=1, le=1000),
+    p: Principal = Depends(principal),
+    rt: Runtime = Depends(runtime),
+) -> list[dict[str, Any]]:
+    """Failovers, switchovers and drills, newest last: steps, timings, measured RTO and RPO."""
+    scope = p.scope("app.read")
+    with rt.db.session() as s, s.begin():
+        if app is not None:
+            return [_report(r) for r in svc.reports(s, find_app(s, app, vdc, scope), limit)]
+        return [_report(r) for r in svc.reports(s, None, limit) if scope.contains(r.vdc)]

@@ -1,0 +1,408 @@
+"""The DR controller: runs the quorum, admits managed databases to it and watches them.
+
+Each pass (on the leader, after the reconciler):
+
+1. **Quorum.** Once an app asks for protection, one etcd member per quorum centre (production,
+   same-city, arbiter) and one in the remote centre for its standby clusters, each recorded in
+   the store with its address and ports and run as a process of the platform's (found again
+   after a restart by pid and start time, like a `local` workload). Auth is enabled on first
+   start: the root password stays in the data directory (0600).
+2. **Admission.** Each managed database gets an etcd user and role that reach only its own
+   prefix; its members are created only after that (`DrCluster.prepared`), so a tenant's
+   Patroni can never read or take another's leader key.
+3. **Watch.** Each database's members as Patroni records them in etcd: role, state, timeline,
+   lag. A new leader is an event and a report (who, when it was last seen, when the new one
+   was, the data it may have lost); the app's database and role are created once a leader runs.
+
+Patroni holds the leader key, fences and promotes: this controller never decides a failover.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import logging
+import os
+import secrets
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from shanzhi.domain.dr import quorum_sites, sites_by_role
+from shanzhi.domain.spec import AppSpec
+from shanzhi.dr.etcd import EtcdMember, member_argv
+from shanzhi.dr.patroni import (
+    NAMESPACE,
+    SUPERUSER,
+    MemberStatus,
+    etcd_prefix,
+    etcd_user,
+    lag_bytes,
+    parse_member,
+    scope,
+)
+from shanzhi.files import write_private
+from shanzhi.providers.base import free_port
+from shanzhi.store import Database
+from shanzhi.store.events import record_event
+from shanzhi.store.tables import Cloud, DrCluster, DrEtcdMember, DrReport, Instance, Site, utcnow
+
+log = logging.getLogger("shanzhi.dr")
+TIMEOUT = httpx.Timeout(2.0)
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def _prefix_end(prefix: str) -> str:
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
+class Etcd:
+    """The few calls of etcd's v3 JSON gateway the controller needs (auth and ranges)."""
+
+    def __init__(self, urls: list[str], root_password: str) -> None:
+        self.urls = urls
+        self.root_password = root_password
+        self._token: str | None = None
+        self._http = httpx.Client(timeout=TIMEOUT)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def call(self, path: str, body: dict[str, Any], *, auth: bool = True) -> dict[str, Any]:
+        last: Exception | None = None
+        for url in self.urls:
+            try:
+                headers = {"Authorization": self._token} if auth and self._token else {}
+                r = self._http.post(f"{url}/v3/{path}", json=body, headers=headers)
+                if r.status_code in (401, 403) or (r.status_code == 400 and "token" in r.text and auth):
+                    self._token = self._authenticate(url)
+                    r = self._http.post(f"{url}/v3/{path}", json=body, headers={"Authorization": self._token})
+                if r.status_code == 200:
+                    out: dict[str, Any] = r.json()
+                    return out
+                last = RuntimeError(f"etcd {path}: {r.status_code} {r.text[:200]}")
+                if "already exists" in r.text or "already granted" in r.text:
+                    return {}
+            except httpx.HTTPError as err:
+                last = err
+        raise RuntimeError(f"etcd unreachable or refused ({', '.join(self.urls)}): {last}")
+
+    def _authenticate(self, url: str) -> str:
+        r = self._http.post(f"{url}/v3/auth/authenticate", json={"name": "root", "password": self.root_password})
+        r.raise_for_status()
+        return str(r.json()["token"])
+
+    def enable_auth(self) -> None:
+        """Root with the platform's password, then auth on (idempotent)."""
+        status = self._http.post(f"{self.urls[0]}/v3/auth/status", json={})
+        if status.status_code == 200 and status.json().get("enabled"):
+            return
+        self.call("auth/user/add", {"name": "root", "password": self.root_password}, auth=False)
+        self.call("auth/user/grant", {"user": "root", "role": "root"}, auth=False)
+        self.call("auth/enable", {}, auth=False)
+
+    def admit(self, user: str, password: str, prefix: str) -> None:
+        """A user and role that may read and write only `prefix`."""
+        self.call("auth/role/add", {"name": user})
+        perm = {"permType": "READWRITE", "key": _b64(prefix), "range_end": _b64(_prefix_end(prefix))}
+        self.call("auth/role/grant", {"name": user, "perm": perm})
+        self.call("auth/user/add", {"name": user, "password": password})
+        self.call("auth/user/grant", {"user": user, "role": user})
+
+    def get_prefix(self, prefix: str) -> dict[str, str]:
+        out = self.call("kv/range", {"key": _b64(prefix), "range_end": _b64(_prefix_end(prefix))})
+        return {
+            base64.b64decode(kv["key"]).decode(): base64.b64decode(kv.get("value", "")).decode()
+            for kv in out.get("kvs", [])
+        }
+
+    def healthy(self) -> bool:
+        for url in self.urls:
+            with contextlib.suppress(httpx.HTTPError, ValueError):
+                if self._http.get(f"{url}/health").json().get("health") == "true":
+                    return True
+        return False
+
+
+class DrController:
+    def __init__(self, db: Database, data_dir: Path) -> None:
+        self.db = db
+        self.dir = data_dir / "dr"
+        self._etcd: dict[str, Etcd] = {}
+        self._seen: dict[int, dict[str, Any]] = {}  # cluster id -> the leader as last seen
+
+    def close(self) -> None:
+        for e in self._etcd.values():
+            e.close()
+
+    # --------------------------------------------------------------------- pass
+    def run_once(self) -> None:
+        with self.db.session() as s, s.begin():
+            if s.scalar(select(DrCluster.id).limit(1)) is None:
+                return  # nothing protected: no quorum to run
+            self._plan_members(s)
+            members = [
+                (m.cluster, EtcdMember(m.name, m.address, m.client_port, m.peer_port))
+                for m in s.scalars(select(DrEtcdMember).order_by(DrEtcdMember.id))
+            ]
+        clusters: dict[str, list[EtcdMember]] = {}
+        for cluster, m in members:
+            clusters.setdefault(cluster, []).append(m)
+        for cluster, ms in clusters.items():
+            for m in ms:
+                self._run_member(cluster, m, ms)
+            if cluster not in self._etcd:
+                self._etcd[cluster] = Etcd([m.client_url for m in ms], self._root_password())
+        for cluster in clusters:
+            try:
+                if self._etcd[cluster].healthy():
+                    self._etcd[cluster].enable_auth()
+            except (RuntimeError, httpx.HTTPError) as err:
+                log.warning("etcd %s not ready: %s", cluster, err)
+        self._admit_and_watch()
+
+    # ------------------------------------------------------------------ quorum
+    def _plan_members(self, s: Session) -> None:
+        """Rows for the etcd members the topology calls for (fixed once made)."""
+        roles = {n: r for n, r in s.execute(select(Site.name, Site.dr_role).where(Site.dr_role.is_not(None))) if r}
+        want: list[tuple[str, str]] = [("quorum", site) for site in quorum_sites(roles)]
+        remote = sites_by_role(roles).get("remote")
+        if remote:
+            want.append(("remote", remote))
+        have = {(m.cluster, m.site.name) for m in s.scalars(select(DrEtcdMember))}
+        if any(c == "quorum" for c, _ in have):
+            want = [w for w in want if w[0] != "quorum"]  # a quorum's membership is fixed once formed
+        for cluster, site in want:
+            if (cluster, site) in have:
+                continue
+            site_row = s.scalar(select(Site).where(Site.name == site))
+            assert site_row is not None
+            address = _site_address(s, site_row)
+            taken = {p for m in s.scalars(select(DrEtcdMember)) for p in (m.client_port, m.peer_port)}
+            client = free_port(taken, address)
+            peer = free_port(taken | {client}, address)
+            s.add(
+                DrEtcdMember(
+                    cluster=cluster, name=f"{cluster}-{site}", site_id=site_row.id, address=address,
+                    client_port=client, peer_port=peer,
+                )
+            )  # fmt: skip
+            record_event(s, "QuorumMemberPlanned", "site", site, f"etcd member {cluster}-{site} at {address}:{client}")
+        s.flush()
+
+    def _root_password(self) -> str:
+        path = self.dir / "etcd-root.secret"
+        if not path.exists():
+            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            write_private(path, secrets.token_urlsafe(24))
+        return path.read_text().strip()
+
+    def _run_member(self, cluster: str, m: EtcdMember, ms: list[EtcdMember]) -> None:
+        """Start the member unless it runs (pid and start time in its state file)."""
+        home = self.dir / "etcd" / m.name
+        state = home / "state.json"
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            st = json.loads(state.read_text())
+            if _alive(int(st["pid"]), float(st["create_time"])):
+                return
+        home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        token = f"shanzhi-{cluster}-{self._root_password()[:8]}"
+        with open(home / "log", "ab") as logf:
+            proc = subprocess.Popen(
+                member_argv(m, ms, str(home / "data"), token),
+                stdin=subprocess.DEVNULL,
+                stdout=logf,
+                stderr=logf,
+                start_new_session=True,  # outlives the server, like a workload
+            )
+        create_time = psutil.Process(proc.pid).create_time()
+        write_private(state, json.dumps({"pid": proc.pid, "create_time": create_time}))
+        log.info("started etcd member %s (pid %s) at %s", m.name, proc.pid, m.client_url)
+
+    # ------------------------------------------------------------------ databases
+    def _admit_and_watch(self) -> None:
+        with self.db.session() as s, s.begin():
+            rows = [(c.id, c.app_id, c.component, c.prepared, dict(c.secrets)) for c in s.scalars(select(DrCluster))]
+            apps = {c.id: AppSpec.model_validate(c.app.spec) for c in s.scalars(select(DrCluster))}
+        for cid, app_id, comp, prepared, sec in rows:
+            spec = apps[cid]
+            remote = "remote" in _member_roles(spec)
+            try:
+                if not prepared:
+                    self._admit(cid, app_id, comp, sec, remote)
+                self._watch(cid, app_id, comp, spec, sec, remote)
+            except (RuntimeError, httpx.HTTPError, KeyError) as err:
+                log.warning("database %s/%s: %s", app_id, comp, err)
+
+    def _admit(self, cid: int, app_id: int, comp: str, sec: dict[str, str], remote: bool) -> None:
+        main = self._etcd.get("quorum")
+        if main is None or not main.healthy():
+            return
+        for cluster, sc in (("quorum", scope(app_id, comp)), ("remote", scope(app_id, comp, True))):
+            if cluster == "remote" and not remote:
+                continue
+            e = self._etcd.get(cluster)
+            if e is None or not e.healthy():
+                return
+            e.admit(etcd_user(sc), sec["etcd"], etcd_prefix(sc))
+        with self.db.session() as s, s.begin():
+            c = s.get(DrCluster, cid)
+            if c is not None:
+                c.prepared = True
+                record_event(s, "DatabaseAdmitted", "app", c.app.name, f"database {comp} admitted to the DR quorum",
+                             vdc=c.app.vdc.path, app=c.app.name)  # fmt: skip
+
+    def _read(self, cluster: str, sc: str) -> tuple[list[MemberStatus], str | None, int | None]:
+        e = self._etcd.get(cluster)
+        if e is None:
+            return [], None, None
+        kv = e.get_prefix(f"{NAMESPACE}{sc}/")
+        members = [
+            parse_member(k.rsplit("/", 1)[-1], v)
+            for k, v in sorted(kv.items())
+            if k.startswith(f"{NAMESPACE}{sc}/members/")
+        ]
+        leader = kv.get(f"{NAMESPACE}{sc}/leader")
+        pos: int | None = None
+        with contextlib.suppress(ValueError, TypeError):
+            st = kv.get(f"{NAMESPACE}{sc}/status")
+            pos = int(json.loads(st)["optime"]) if st else None
+        return members, leader, pos
+
+    def _watch(self, cid: int, app_id: int, comp: str, spec: AppSpec, sec: dict[str, str], remote: bool) -> None:
+        members, leader, pos = self._read("quorum", scope(app_id, comp))
+        rmembers, rleader, _ = self._read("remote", scope(app_id, comp, True)) if remote else ([], None, None)
+        lead = next((m for m in members if m.name == leader), None)
+        lags = lag_bytes(members, pos if pos is not None else (lead.wal_position if lead else None))
+        source_pos = pos if pos is not None else (lead.wal_position if lead else None)
+        rlags = lag_bytes(rmembers, source_pos)
+        now = utcnow()
+        with self.db.session() as s, s.begin():
+            c = s.get(DrCluster, cid)
+            if c is None:
+                return
+            sites = {
+                r.name: (r.cloud.site.name if r.cloud else None)
+                for r in s.scalars(select(Instance).where(Instance.app_id == app_id, Instance.component == comp))
+            }
+            out = [
+                {"cluster": "main", "name": m.name, "role": m.role, "state": m.state, "timeline": m.timeline,
+                 "host": m.host, "site": sites.get(m.name), "lag_bytes": lags.get(m.name)}
+                for m in members
+            ] + [
+                {"cluster": "remote", "name": m.name, "role": m.role, "state": m.state, "timeline": m.timeline,
+                 "host": m.host, "site": sites.get(m.name), "lag_bytes": rlags.get(m.name), "leader": m.name == rleader}
+                for m in rmembers
+            ]  # fmt: skip
+            before = self._seen.get(cid) or {"leader": c.leader, "at": c.updated_at, "position": None}
+            if leader and lead is not None and lead.state == "running" and leader != before["leader"]:
+                self._new_leader(s, c, before, leader, lead, now)
+            if leader and lead is not None and lead.state == "running":
+                self._seen[cid] = {"leader": leader, "at": now, "position": lead.wal_position}
+            c.leader, c.timeline = leader, lead.timeline if lead else c.timeline
+            c.status = {**c.status, "members": out, "leader_position": pos}
+            c.updated_at = now
+            need_bootstrap = lead is not None and lead.state == "running" and not c.status.get("bootstrapped")
+            host = lead.host if lead else None
+            database = next(
+                (x.postgres.database for x in spec.spec.databases() if x.name == comp and x.postgres), "app"
+            )
+        if need_bootstrap and host:
+            self._bootstrap(cid, host, sec, database)
+
+    def _new_leader(
+        self, s: Session, c: DrCluster, before: dict[str, Any], leader: str, lead: MemberStatus, now: Any
+    ) -> None:
+        app = c.app
+        if before["leader"] is None:
+            record_event(s, "DatabaseLeader", "app", app.name, f"database {c.component}: {leader} leads",
+                         vdc=app.vdc.path, app=app.name)  # fmt: skip
+            return
+        lost = None
+        if before.get("position") is not None and lead.wal_position is not None:
+            lost = max(0, int(before["position"]) - int(lead.wal_position))
+        gap = (now - before["at"]).total_seconds()
+        summary = (
+            f"database {c.component}: {leader} took over from {before['leader']} (timeline {lead.timeline}); "
+            f"{gap:.1f}s from the old leader last seen to the new one running"
+        )
+        record_event(s, "DatabaseFailover", "app", app.name, summary, warning=True, vdc=app.vdc.path, app=app.name)
+        s.add(
+            DrReport(
+                app_id=app.id, vdc=app.vdc.path, app=app.name, kind="failover", outcome="succeeded", summary=summary,
+                body={"component": c.component, "old_leader": before["leader"], "new_leader": leader,
+                      "timeline": lead.timeline, "old_leader_last_seen": before["at"].isoformat(),
+                      "new_leader_seen": now.isoformat(), "seconds": round(gap, 3),
+                      "lost_bytes_at_most": lost},
+                started_at=before["at"], finished_at=now,
+            )
+        )  # fmt: skip
+
+    def _bootstrap(self, cid: int, host: str, sec: dict[str, str], database: str) -> None:
+        """The app's role and database, once, on the leader (idempotent)."""
+        import psycopg
+        from psycopg import sql
+
+        h, _, port = host.rpartition(":")
+        with psycopg.connect(
+            host=h, port=int(port), user=SUPERUSER, password=sec["superuser"], dbname="postgres",
+            connect_timeout=3, autocommit=True,
+        ) as conn:  # fmt: skip
+            if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'app'").fetchone() is None:
+                conn.execute(sql.SQL("CREATE ROLE app LOGIN PASSWORD {}").format(sql.Literal(sec["app"])))
+            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone() is None:
+                conn.execute(sql.SQL("CREATE DATABASE {} OWNER app").format(sql.Identifier(database)))
+        with self.db.session() as s, s.begin():
+            c = s.get(DrCluster, cid)
+            if c is not None:
+                c.status = {**c.status, "bootstrapped": True}
+                record_event(s, "DatabaseReady", "app", c.app.name, f"database {c.component}: {database} ready",
+                             vdc=c.app.vdc.path, app=c.app.name)  # fmt: skip
+
+
+def _member_roles(spec: AppSpec) -> tuple[str, ...]:
+    from shanzhi.domain.dr import MEMBERS
+
+    return MEMBERS[spec.spec.dr.tier]
+
+
+def _site_address(s: Session, site: Site) -> str:
+    """Where a centre's etcd member listens: the loopback address of the centre's local clouds."""
+    for c in s.scalars(select(Cloud).where(Cloud.site_id == site.id).order_by(Cloud.name)):
+        if c.options.get("address"):
+            return str(c.options["address"])
+    return "127.0.0.1"
+
+
+def _alive(pid: int, create_time: float) -> bool:
+    try:
+        return abs(psutil.Process(pid).create_time() - create_time) < 1 and psutil.Process(pid).status() != "zombie"
+    except psutil.Error:
+        return False
+
+
+def stop_quorum(data_dir: Path, *, remove: bool = False) -> int:
+    """Stop every etcd member this data directory's DR controller started (offline cleanup)."""
+    n = 0
+    for state in sorted((data_dir / "dr" / "etcd").glob("*/state.json")):
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            st = json.loads(state.read_text())
+            if _alive(int(st["pid"]), float(st["create_time"])):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(int(st["pid"]), signal.SIGKILL)
+                n += 1
+    if remove:
+        import shutil
+
+        shutil.rmtree(data_dir / "dr", ignore_errors=True)
+    return n

@@ -1,0 +1,109 @@
+"""Where a protected app's replicas go, and what a managed database's member runs.
+
+For the reconciler: a `kind: postgres` component has one member per centre of its app's DR
+tier (member 0 in production, 1 in same-city, then remote), each pinned to its centre's site;
+a stateless component of a protected app runs in production and same-city (`active-active`),
+or in production alone and in same-city once production has no healthy cloud (`cold`). A
+member runs Patroni with the configuration `shanzhi.dr.patroni` builds, against the quorum's
+etcd (the remote centre's standby cluster against the remote centre's own etcd, fed from the
+same-city member, so it can never be ahead of it).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from shanzhi.domain.dr import MEMBERS, sites_by_role
+from shanzhi.domain.spec import AppSpec, Component
+from shanzhi.dr.patroni import PATRONI, Secrets, member_config, scope
+from shanzhi.store.tables import App, Cloud, DrCluster, DrEtcdMember, Instance, Site
+
+
+def _roles(s: Session) -> dict[str, str]:
+    return {n: r for n, r in s.execute(select(Site.name, Site.dr_role).where(Site.dr_role.is_not(None))) if r}
+
+
+def member_role(spec: AppSpec, ordinal: int) -> str:
+    members = MEMBERS[spec.spec.dr.tier]
+    return members[ordinal] if ordinal < len(members) else members[-1]
+
+
+def member_site(s: Session, spec: AppSpec, ordinal: int) -> str | None:
+    """The site of a managed database's member `ordinal` (None: its centre has no site)."""
+    return sites_by_role(_roles(s)).get(member_role(spec, ordinal))
+
+
+def stateless_sites(s: Session, spec: AppSpec) -> list[str] | None:
+    """The sites a protected app's stateless replicas may use (None: not protected)."""
+    if spec.spec.dr.tier in ("none", "remote-backup"):
+        return None
+    by_role = sites_by_role(_roles(s))
+    prod, same = by_role.get("production"), by_role.get("same-city")
+    if spec.spec.dr.stateless == "active-active":
+        return [x for x in (prod, same) if x]
+    up = {
+        c.site.name
+        for c in s.scalars(select(Cloud).where(Cloud.health == "healthy", Cloud.draining.is_(False)))
+        if c.site.name == prod
+    }
+    return [prod] if prod in up else [x for x in (same,) if x]
+
+
+def clouds_in(s: Session, sites: list[str]) -> list[str]:
+    return [c.name for c in s.scalars(select(Cloud).order_by(Cloud.name)) if c.site.name in sites]
+
+
+def waiting_for(s: Session, app: App, spec: AppSpec, comp: Component, ordinal: int) -> str | None:
+    """Why member `ordinal` cannot be created yet, or None."""
+    cluster = s.scalar(select(DrCluster).where(DrCluster.app_id == app.id, DrCluster.component == comp.name))
+    if cluster is None or not cluster.prepared:
+        return "waiting for the DR quorum to admit the database (its etcd user)"
+    role = member_role(spec, ordinal)
+    if not etcd_hosts(s, "remote" if role == "remote" else "quorum"):
+        return f"waiting for the {'remote centre' if role == 'remote' else 'quorum'}'s etcd"
+    if role == "remote" and _source(s, app, spec, comp) is None:
+        return "waiting for its source member to run (the remote standby cluster is fed from it)"
+    return None
+
+
+def etcd_hosts(s: Session, cluster: str) -> list[str]:
+    q = select(DrEtcdMember).where(DrEtcdMember.cluster == cluster).order_by(DrEtcdMember.name)
+    return [f"{m.address}:{m.client_port}" for m in s.scalars(q)]
+
+
+def _source(s: Session, app: App, spec: AppSpec, comp: Component) -> tuple[str, int] | None:
+    """The member the remote standby cluster replicates from: same-city's (production's when the
+    tier has no same-city member), while it runs."""
+    members = MEMBERS[spec.spec.dr.tier]
+    ordinal = members.index("same-city") if "same-city" in members else 0
+    q = select(Instance).where(Instance.app_id == app.id, Instance.component == comp.name, Instance.ordinal == ordinal)
+    for r in s.scalars(q.order_by(Instance.id.desc())):
+        if r.state == "running" and r.endpoint:
+            host, _, port = r.endpoint.rpartition(":")
+            return host, int(port)
+    return None
+
+
+def _main_members(spec: AppSpec) -> int:
+    return sum(1 for role in MEMBERS[spec.spec.dr.tier] if role != "remote")
+
+
+def member_command(
+    s: Session, app: App, spec: AppSpec, comp: Component, r: Instance
+) -> tuple[tuple[str, ...], dict[str, str]]:
+    """The command and environment of a managed database's member."""
+    cluster = s.scalar(select(DrCluster).where(DrCluster.app_id == app.id, DrCluster.component == comp.name))
+    assert cluster is not None
+    remote = member_role(spec, r.ordinal) == "remote"
+    sec = cluster.secrets
+    config = member_config(
+        cluster_scope=scope(app.id, comp.name, remote),
+        member=r.name,
+        etcd_hosts=etcd_hosts(s, "remote" if remote else "quorum"),
+        secrets=Secrets(sec["superuser"], sec["replication"], sec["app"], sec["etcd"]),
+        synchronous=not remote and spec.spec.dr.rpo_seconds == 0 and _main_members(spec) > 1,
+        standby_of=_source(s, app, spec, comp) if remote else None,
+        parameters=comp.postgres.parameters if comp.postgres else None,
+    )
+    return (PATRONI,), {"PATRONI_CONFIGURATION": config}

@@ -1,0 +1,174 @@
+"""A managed PostgreSQL member's Patroni configuration, and what Patroni reports of it.
+
+A member is an instance like any other: the provider substitutes `${ADDRESS}`, `${PORT_PG}`,
+`${PORT_API}` and `${VOLUME_DATA}`, and Patroni reads the whole YAML from
+`PATRONI_CONFIGURATION`. The timing is Patroni's minimum safe one (ttl 20 s, loop_wait 1 s,
+retry_timeout 5 s), measured on this project's machines; `wal_retrieve_retry_interval` is
+500 ms so that replicas find the new primary's slot ~2 s sooner after a promotion.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import yaml
+
+BIN_DIR = "/usr/lib/postgresql/15/bin"
+PATRONI = "/usr/bin/patroni"  # Debian's: it runs under /usr/bin/python3, which has psycopg2
+NAMESPACE = "/shanzhi/"
+SUPERUSER = "postgres"
+REPLICATOR = "replicator"
+
+#: Patroni's dynamic settings: the minimum safe timing and what RPO 0 and rewind need
+TIMING: dict[str, Any] = {"ttl": 20, "loop_wait": 1, "retry_timeout": 5, "primary_start_timeout": 0}
+
+
+@dataclass(frozen=True)
+class Secrets:
+    superuser: str
+    replication: str
+    app: str
+    etcd: str  # the cluster's own etcd user's password (its prefix only)
+
+
+def scope(app_id: int, component: str, remote: bool = False) -> str:
+    """The Patroni cluster's name: the main cluster, or the remote centre's standby cluster."""
+    return f"a{app_id}-{component}" + ("-remote" if remote else "")
+
+
+def etcd_user(cluster_scope: str) -> str:
+    return f"patroni-{cluster_scope}"
+
+
+def etcd_prefix(cluster_scope: str) -> str:
+    return f"{NAMESPACE}{cluster_scope}/"
+
+
+def member_config(
+    *,
+    cluster_scope: str,
+    member: str,
+    etcd_hosts: Sequence[str],
+    secrets: Secrets,
+    synchronous: bool,
+    standby_of: tuple[str, int] | None = None,
+    parameters: Mapping[str, str | int] | None = None,
+) -> str:
+    """The YAML Patroni runs a member with. `synchronous`: RPO 0 (`synchronous_mode_strict`: a
+    primary without a synchronous standby stops accepting writes rather than lose them).
+    `standby_of`: this member is (the leader of) a standby cluster fed from that host and port."""
+    params: dict[str, Any] = {
+        "wal_log_hints": "on",
+        "wal_keep_size": "256MB",
+        "wal_retrieve_retry_interval": "500ms",
+        "max_wal_senders": 10,
+        "max_replication_slots": 10,
+        "hot_standby": "on",
+        "shared_buffers": "16MB",
+        "max_connections": 50,
+        "password_encryption": "scram-sha-256",
+    }
+    params.update(parameters or {})
+    dcs: dict[str, Any] = {
+        **TIMING,
+        "synchronous_mode": synchronous,
+        "synchronous_mode_strict": synchronous,
+        "postgresql": {"use_pg_rewind": True, "use_slots": True, "parameters": params},
+    }
+    if standby_of is not None:
+        dcs["standby_cluster"] = {
+            "host": standby_of[0],
+            "port": standby_of[1],
+            "create_replica_methods": ["basebackup"],
+        }
+    data = "${VOLUME_DATA}"
+    conf: dict[str, Any] = {
+        "scope": cluster_scope,
+        "namespace": NAMESPACE,
+        "name": member,
+        "log": {"level": "INFO"},
+        "restapi": {"listen": "${ADDRESS}:${PORT_API}", "connect_address": "${ADDRESS}:${PORT_API}"},
+        "etcd3": {
+            "hosts": list(etcd_hosts),
+            "username": etcd_user(cluster_scope),
+            "password": secrets.etcd,
+        },
+        "bootstrap": {"dcs": dcs, "initdb": [{"encoding": "UTF8"}, "data-checksums"]},
+        "postgresql": {
+            "listen": "${ADDRESS}:${PORT_PG}",
+            "connect_address": "${ADDRESS}:${PORT_PG}",
+            "data_dir": f"{data}/pgdata",
+            "bin_dir": BIN_DIR,
+            "pgpass": f"{data}/pgpass",
+            "use_unix_socket": True,
+            "authentication": {
+                "superuser": {"username": SUPERUSER, "password": secrets.superuser},
+                "replication": {"username": REPLICATOR, "password": secrets.replication},
+            },
+            "pg_hba": [
+                "local all all trust",  # the socket is in the volume, which only this VDC's uid enters
+                f"host replication {REPLICATOR} all scram-sha-256",
+                "host all all all scram-sha-256",
+            ],
+            "parameters": {"unix_socket_directories": data},
+        },
+    }
+    return yaml.safe_dump(conf, sort_keys=False)
+
+
+def connection_string(hosts: Sequence[str], user: str, password: str, database: str) -> str:
+    """A libpq URI over every member, that only ever connects to the writable one."""
+    return (
+        f"postgresql://{quote(user, safe='')}:{quote(password, safe='')}@{','.join(hosts)}/{database}"
+        "?target_session_attrs=read-write&connect_timeout=3"
+    )
+
+
+@dataclass(frozen=True)
+class MemberStatus:
+    """One member as Patroni records it in etcd (`/<namespace>/<scope>/members/<name>`)."""
+
+    name: str
+    role: str  # primary | replica | standby_leader
+    state: str  # running | starting | stopped | ...
+    timeline: int | None
+    host: str | None  # host:port of PostgreSQL
+    api: str | None
+    wal_position: int | None  # replayed (replica) or written (primary) LSN, in bytes
+
+
+def parse_member(name: str, raw: str) -> MemberStatus:
+    """A member key's JSON value."""
+    data: dict[str, Any] = json.loads(raw)
+    conn = str(data.get("conn_url", ""))
+    host = conn.split("@", 1)[-1].split("/", 1)[0] if "://" in conn else None
+    role = str(data.get("role", "unknown"))
+    role = "primary" if role == "master" else role
+    tl = data.get("timeline")
+    pos = data.get("xlog_location")
+    return MemberStatus(
+        name=name,
+        role=role,
+        state=str(data.get("state", "unknown")),
+        timeline=int(tl) if tl is not None else None,
+        host=host,
+        api=str(data["api_url"]) if data.get("api_url") else None,
+        wal_position=int(pos) if pos is not None else None,
+    )
+
+
+def lag_bytes(members: Sequence[MemberStatus], leader_position: int | None) -> dict[str, int | None]:
+    """Each member's replay lag behind the leader's position, in bytes (the leader: 0)."""
+    out: dict[str, int | None] = {}
+    for m in members:
+        if m.role in ("primary", "standby_leader") and leader_position is None:
+            out[m.name] = 0
+        elif leader_position is None or m.wal_position is None:
+            out[m.name] = None
+        else:
+            out[m.name] = max(0, leader_position - m.wal_position)
+    return out

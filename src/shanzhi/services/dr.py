@@ -1,0 +1,162 @@
+"""Disaster recovery's use cases: site roles, the topology view, the apply-time tier check, a
+managed database's secrets and status, and the reports of what happened."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from shanzhi.domain.dr import MEMBERS, ROLES, links, missing_for, quorum_sites
+from shanzhi.domain.errors import Conflict, InvalidInput, NotFound
+from shanzhi.domain.spec import AppSpec
+from shanzhi.dr.patroni import SUPERUSER, connection_string
+from shanzhi.store.events import record_event
+from shanzhi.store.tables import App, Cloud, DrCluster, DrEtcdMember, DrReport, Site
+
+
+def roles(s: Session) -> dict[str, str]:
+    """site -> DR role, for the sites that have one."""
+    rows = s.execute(select(Site.name, Site.dr_role).where(Site.dr_role.is_not(None)))
+    return {name: role for name, role in rows if role}
+
+
+def healthy_sites(s: Session) -> dict[str, bool]:
+    """site -> whether it has a healthy cloud that takes new placements."""
+    out: dict[str, bool] = {}
+    for c in s.scalars(select(Cloud)):
+        ok = c.health == "healthy" and not c.draining
+        out[c.site.name] = out.get(c.site.name, False) or ok
+    return out
+
+
+def set_role(s: Session, site: str, role: str | None) -> Site:
+    """Give a site a DR role (or take it away). One site per role; a role that a protected app
+    relies on is not taken away."""
+    row = s.scalar(select(Site).where(Site.name == site))
+    if row is None:
+        known = ", ".join(s.scalars(select(Site.name).order_by(Site.name))) or "none yet (add a cloud first)"
+        raise NotFound(f"site {site} does not exist (sites: {known})", field="site")
+    if role is not None and role not in ROLES:
+        raise InvalidInput(f"unknown DR role {role!r}; one of: {', '.join(ROLES)} (or 'none')", field="role")
+    if row.dr_role == role:
+        return row
+    holder = s.scalar(select(Site).where(Site.dr_role == role)) if role else None
+    if holder is not None:
+        raise Conflict(f"site {holder.name} is already the {role} centre; take it away first", field="role")
+    if row.dr_role is not None:
+        users = [a for a in protected_apps(s) if row.dr_role in _needs(a)]
+        if users:
+            names = ", ".join(f"{a.vdc.path}/{a.name}" for a in users[:5])
+            raise Conflict(
+                f"site {site} is the {row.dr_role} centre of protected apps ({names}); change their dr.tier first",
+                field="role",
+            )
+    if s.scalar(select(DrEtcdMember.id).where(DrEtcdMember.site_id == row.id)) is not None:
+        raise Conflict(f"site {site} holds a member of the DR quorum; the quorum's centres cannot change", field="role")
+    old = row.dr_role
+    row.dr_role = role
+    s.flush()
+    record_event(s, "SiteRoleChanged", "site", site, f"site {site}: DR role {old or 'none'} -> {role or 'none'}")
+    return row
+
+
+def protected_apps(s: Session) -> list[App]:
+    return [a for a in s.scalars(select(App)) if AppSpec.model_validate(a.spec).spec.dr.tier != "none"]
+
+
+def _needs(app: App) -> set[str]:
+    tier = AppSpec.model_validate(app.spec).spec.dr.tier
+    need = set(MEMBERS[tier])
+    if tier == "same-city":
+        need.add("arbiter")
+    return need
+
+
+def check_tier(s: Session, spec: AppSpec, previous: AppSpec | None) -> None:
+    """Refuse a tier the topology cannot give, naming what is missing (apply and dry-run). A
+    centre without a healthy cloud refuses a new protection, not an update of one in place (an
+    outage must not stop a department changing its app)."""
+    tier = spec.spec.dr.tier
+    same = previous is not None and previous.spec.dr.tier == tier
+    why = missing_for(tier, roles(s), None if same else healthy_sites(s))
+    if why:
+        raise InvalidInput(why, field="spec.dr.tier")
+
+
+def ensure_clusters(s: Session, app: App, spec: AppSpec) -> None:
+    """A row with fresh secrets for each managed database of the app (kept across applies)."""
+    have = {c.component for c in s.scalars(select(DrCluster).where(DrCluster.app_id == app.id))}
+    for comp in spec.spec.databases():
+        if comp.name not in have:
+            s.add(
+                DrCluster(
+                    app_id=app.id,
+                    component=comp.name,
+                    secrets={k: secrets.token_urlsafe(24) for k in ("superuser", "replication", "app", "etcd")},
+                    status={},
+                )
+            )
+    s.flush()
+
+
+def topology(s: Session) -> dict[str, Any]:
+    """Every site with its role, clouds and quorum members; the links between the centres."""
+    r = roles(s)
+    members: dict[str, list[dict[str, Any]]] = {}
+    for m in s.scalars(select(DrEtcdMember).order_by(DrEtcdMember.cluster, DrEtcdMember.name)):
+        members.setdefault(m.site.name, []).append({"cluster": m.cluster, "name": m.name, "url": m.client_url})
+    sites = []
+    for site in s.scalars(select(Site).order_by(Site.name)):
+        clouds = [
+            {"name": c.name, "kind": c.kind, "health": c.health}
+            for c in s.scalars(select(Cloud).where(Cloud.site_id == site.id).order_by(Cloud.name))
+        ]
+        sites.append({"name": site.name, "role": site.dr_role, "clouds": clouds, "etcd": members.get(site.name, [])})
+    tiers = {t: missing_for(t, r, healthy_sites(s)) for t in ("same-city", "two-sites-three-centres", "remote-backup")}
+    return {"sites": sites, "links": links(r), "quorum": quorum_sites(r), "tiers": tiers}
+
+
+def cluster_of(s: Session, app: App, component: str | None = None) -> DrCluster:
+    q = select(DrCluster).where(DrCluster.app_id == app.id)
+    if component is not None:
+        q = q.where(DrCluster.component == component)
+    found = list(s.scalars(q.order_by(DrCluster.component)))
+    if not found:
+        what = f"component {component}" if component else "a kind: postgres component"
+        raise NotFound(f"app {app.name} has no managed database ({what})", field="component")
+    return found[0]
+
+
+def status(s: Session, app: App, *, reveal: bool = False) -> dict[str, Any]:
+    """Each managed database: members (role, state, timeline, lag), leader, the connection string
+    (its password shown only when `reveal`)."""
+    spec = AppSpec.model_validate(app.spec)
+    out = []
+    for c in s.scalars(select(DrCluster).where(DrCluster.app_id == app.id).order_by(DrCluster.component)):
+        comp = next((x for x in spec.spec.databases() if x.name == c.component), None)
+        database = comp.postgres.database if comp and comp.postgres else "app"
+        hosts = [m["host"] for m in c.status.get("members", []) if m.get("host") and m.get("cluster") == "main"]
+        password = c.secrets["app"] if reveal else "********"
+        out.append(
+            {
+                "component": c.component,
+                "prepared": c.prepared,
+                "leader": c.leader,
+                "timeline": c.timeline,
+                "members": c.status.get("members", []),
+                "connection": connection_string(hosts, "app", password, database) if hosts else None,
+                "superuser": SUPERUSER,
+                "updated_at": c.updated_at.isoformat(),
+            }
+        )
+    return {"app": app.name, "vdc": app.vdc.path, "tier": spec.spec.dr.model_dump(), "databases": out}
+
+
+def reports(s: Session, app: App | None = None, limit: int = 50) -> list[DrReport]:
+    q = select(DrReport)
+    if app is not None:
+        q = q.where(DrReport.vdc == app.vdc.path, DrReport.app == app.name)
+    return list(reversed(list(s.scalars(q.order_by(DrReport.id.desc()).limit(limit)))))
