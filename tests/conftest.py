@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from shanzhi.providers.fabric.member import remove_fabric
+from shanzhi.controllers.dr import stop_quorum
 from shanzhi.providers.local import stop_all_under
 from shanzhi.store import Database, open_database
 from tests.pg import pg_available, throwaway_database
@@ -76,4 +77,5 @@ def data_dir(tmp_path: Path) -> Iterator[Path]:
     d.mkdir()
     yield d
     stop_all_under(d / "clouds", remove=True)
+    stop_quorum(d, remove=True)
     remove_fabric(d)

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 
 from shanzhi.providers.fabric.member import remove_fabric
+from shanzhi.controllers.dr import stop_quorum
 from shanzhi.providers.local import stop_all_under
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -146,6 +147,7 @@ def stop_everything(data_dir: Path, *servers: Server) -> None:
     for s in servers:
         s.kill()
     stop_all_under(data_dir / "clouds", remove=True)
+    stop_quorum(data_dir, remove=True)
     remove_fabric(data_dir)
     remove_vms(data_dir)
 

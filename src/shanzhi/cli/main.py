@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from shanzhi.cli import apps, governance, identity, network, serve
+from shanzhi.cli import apps, dr, governance, identity, network, serve
 from shanzhi.cli.audit import audit_app
 from shanzhi.cli.images import image_app
 from shanzhi.cli.ledger import ledger_app, witness_app
@@ -40,6 +40,8 @@ app.add_typer(ledger_app, name="ledger")
 app.add_typer(witness_app, name="witness")
 app.add_typer(plan_app, name="plan")
 app.add_typer(network.alarm_app, name="alarm")
+app.add_typer(dr.dr_app, name="dr")
+app.add_typer(dr.site_app, name="site")
 app.command("flows")(network.flows)
 app.command("alarms", help="The same as 'alarm list'.")(network.alarm_list)
 app.add_typer(audit_app, name="audit")
@@ -341,11 +343,13 @@ def events(
 # -------------------------------------------------------------- workloads
 @workloads_app.command("stop-all")
 def workloads_stop_all(data_dir: Path | None = DataDirOpt, output: Fmt = OutputOpt) -> None:
-    """Stop every local workload process under the data directory (stop the server first)."""
+    """Stop every local workload process under the data directory, and the DR quorum's etcd
+    members (stop the server first)."""
+    from shanzhi.controllers.dr import stop_quorum
     from shanzhi.providers.local import stop_all_under
 
     d = Settings.build(data_dir).data_dir
-    n = stop_all_under(d / "clouds")
+    n = stop_all_under(d / "clouds") + stop_quorum(d)
     emit(
         {"data_dir": str(d), "stopped": n},
         output,

@@ -236,6 +236,19 @@ class Client:
     def flow_hours(self, app: str | None = None, vdc: str | None = None, since: str = "1d") -> Any:
         return self._call("GET", "/flows/hourly", params=_params(app=app, vdc=vdc, since=since))
 
+    def dr_topology(self) -> Any:
+        return self._call("GET", "/dr/topology")
+
+    def set_site_role(self, site: str, role: str | None) -> Any:
+        return self._call("PUT", f"/sites/{site}/dr-role", json={"role": role})
+
+    def app_dr(self, app: str, vdc: str | None = None, reveal: bool = False) -> Any:
+        tail = "/dr/credentials" if reveal else "/dr"
+        return self._call("GET", f"/apps/{app}{tail}", params=_params(vdc=vdc))
+
+    def dr_reports(self, app: str | None = None, vdc: str | None = None) -> Any:
+        return self._call("GET", "/dr/reports", params=_params(app=app, vdc=vdc))
+
     def alarms(self, vdc: str | None = None, kind: str | None = None, open_only: bool = False, after: int = 0) -> Any:
         params = _params(vdc=vdc, kind=kind, after=after, **({"open": "true"} if open_only else {}))
         return self._call("GET", "/alarms", params=params)

@@ -24,6 +24,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -56,6 +57,7 @@ from shanzhi.store.tables import Cloud, DrCluster, DrEtcdMember, DrReport, Insta
 
 log = logging.getLogger("shanzhi.dr")
 TIMEOUT = httpx.Timeout(2.0)
+_NEEDS_AUTH = re.compile(r"user name is empty|invalid auth token|permission denied|token")
 
 
 def _b64(text: str) -> str:
@@ -84,7 +86,7 @@ class Etcd:
             try:
                 headers = {"Authorization": self._token} if auth and self._token else {}
                 r = self._http.post(f"{url}/v3/{path}", json=body, headers=headers)
-                if r.status_code in (401, 403) or (r.status_code == 400 and "token" in r.text and auth):
+                if auth and r.status_code in (400, 401, 403) and _NEEDS_AUTH.search(r.text):
                     self._token = self._authenticate(url)
                     r = self._http.post(f"{url}/v3/{path}", json=body, headers={"Authorization": self._token})
                 if r.status_code == 200:
@@ -103,10 +105,15 @@ class Etcd:
         return str(r.json()["token"])
 
     def enable_auth(self) -> None:
-        """Root with the platform's password, then auth on (idempotent)."""
-        status = self._http.post(f"{self.urls[0]}/v3/auth/status", json={})
-        if status.status_code == 200 and status.json().get("enabled"):
+        """Root with the platform's password, then auth on (idempotent: once on, root logs in)."""
+        r = self._http.post(
+            f"{self.urls[0]}/v3/auth/authenticate", json={"name": "root", "password": self.root_password}
+        )
+        if r.status_code == 200:
+            self._token = str(r.json()["token"])
             return
+        if "not enabled" not in r.text:
+            raise RuntimeError(f"etcd auth: {r.status_code} {r.text[:200]}")
         self.call("auth/user/add", {"name": "root", "password": self.root_password}, auth=False)
         self.call("auth/user/grant", {"user": "root", "role": "root"}, auth=False)
         self.call("auth/enable", {}, auth=False)

@@ -64,7 +64,16 @@ def waiting_for(s: Session, app: App, spec: AppSpec, comp: Component, ordinal: i
         return f"waiting for the {'remote centre' if role == 'remote' else 'quorum'}'s etcd"
     if role == "remote" and _source(s, app, spec, comp) is None:
         return "waiting for its source member to run (the remote standby cluster is fed from it)"
+    if ordinal > 0 and role != "remote" and not _primary_runs(cluster):
+        return "waiting for the production member to bootstrap the cluster (it starts as the primary)"
     return None
+
+
+def _primary_runs(cluster: DrCluster) -> bool:
+    return any(
+        m.get("cluster") == "main" and m.get("role") == "primary" and m.get("state") == "running"
+        for m in cluster.status.get("members", [])
+    )
 
 
 def etcd_hosts(s: Session, cluster: str) -> list[str]:
@@ -74,13 +83,17 @@ def etcd_hosts(s: Session, cluster: str) -> list[str]:
 
 def _source(s: Session, app: App, spec: AppSpec, comp: Component) -> tuple[str, int] | None:
     """The member the remote standby cluster replicates from: same-city's (production's when the
-    tier has no same-city member), while it runs."""
+    tier has no same-city member), once Patroni reports its PostgreSQL running."""
     members = MEMBERS[spec.spec.dr.tier]
     ordinal = members.index("same-city") if "same-city" in members else 0
-    q = select(Instance).where(Instance.app_id == app.id, Instance.component == comp.name, Instance.ordinal == ordinal)
-    for r in s.scalars(q.order_by(Instance.id.desc())):
-        if r.state == "running" and r.endpoint:
-            host, _, port = r.endpoint.rpartition(":")
+    q = select(Instance.name).where(
+        Instance.app_id == app.id, Instance.component == comp.name, Instance.ordinal == ordinal
+    )
+    names = set(s.scalars(q))
+    cluster = s.scalar(select(DrCluster).where(DrCluster.app_id == app.id, DrCluster.component == comp.name))
+    for m in cluster.status.get("members", []) if cluster else []:
+        if m.get("cluster") == "main" and m.get("name") in names and m.get("state") == "running" and m.get("host"):
+            host, _, port = str(m["host"]).rpartition(":")
             return host, int(port)
     return None
 

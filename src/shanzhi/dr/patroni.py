@@ -13,7 +13,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import yaml
 
@@ -144,8 +144,8 @@ class MemberStatus:
 def parse_member(name: str, raw: str) -> MemberStatus:
     """A member key's JSON value."""
     data: dict[str, Any] = json.loads(raw)
-    conn = str(data.get("conn_url", ""))
-    host = conn.split("@", 1)[-1].split("/", 1)[0] if "://" in conn else None
+    conn = urlsplit(str(data.get("conn_url", "")))
+    host = f"{conn.hostname}:{conn.port}" if conn.hostname and conn.port else None
     role = str(data.get("role", "unknown"))
     role = "primary" if role == "master" else role
     tl = data.get("timeline")

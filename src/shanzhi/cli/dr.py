@@ -1,0 +1,105 @@
+"""`shanzhi dr ...` and `shanzhi site role`: the DR topology, protected apps' databases, reports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from shanzhi.cli.output import Columns, Fmt, OutputOpt, emit, handle_errors, out
+from shanzhi.client import Client, discover_token
+
+dr_app = typer.Typer(help="Disaster recovery: topology, protected databases, reports.", no_args_is_help=True)
+site_app = typer.Typer(help="Sites: the centres clouds stand in.", no_args_is_help=True)
+DataDirOpt = typer.Option(None, "--data-dir", envvar="SHANZHI_HOME", help="Data directory (for the token).")
+
+SITE_COLS: Columns = [
+    ("SITE", lambda r: r["name"]),
+    ("ROLE", lambda r: r["role"] or "-"),
+    ("CLOUDS", lambda r: ", ".join(f"{c['name']}({c['health']})" for c in r["clouds"]) or "-"),
+    ("ETCD", lambda r: ", ".join(f"{e['name']} {e['url']}" for e in r["etcd"]) or "-"),
+]
+MEMBER_COLS: Columns = [
+    ("DATABASE", lambda r: r["database"]),
+    ("MEMBER", lambda r: r["name"]),
+    ("CLUSTER", lambda r: r["cluster"]),
+    ("SITE", lambda r: r.get("site") or "-"),
+    ("ROLE", lambda r: r["role"]),
+    ("STATE", lambda r: r["state"]),
+    ("TL", lambda r: r.get("timeline")),
+    ("LAG", lambda r: "-" if r.get("lag_bytes") is None else f"{r['lag_bytes']} B"),
+    ("HOST", lambda r: r.get("host")),
+]
+REPORT_COLS: Columns = [
+    ("ID", lambda r: r["id"]),
+    ("STARTED", lambda r: str(r["started_at"])[:19]),
+    ("APP", lambda r: f"{r['vdc']}/{r['app']}"),
+    ("KIND", lambda r: r["kind"]),
+    ("OUTCOME", lambda r: r["outcome"]),
+    ("SUMMARY", lambda r: r["summary"]),
+]
+
+
+@site_app.command("role")
+def site_role(
+    site: str = typer.Argument(..., help="The site (as given to `cloud add --site`)."),
+    role: str = typer.Argument(..., help="production, same-city, remote, arbiter, or none."),
+    data_dir: Path | None = DataDirOpt,
+    output: Fmt = OutputOpt,
+) -> None:
+    """Give a site its DR role: one site per role. Two sites, three centres needs production,
+    same-city and remote (the remote centre doubles as the quorum's arbiter unless a site is)."""
+    with handle_errors(), Client(token=discover_token(data_dir)) as c:
+        emit(c.set_site_role(site, None if role == "none" else role), output)
+
+
+@dr_app.command("topology")
+def topology(data_dir: Path | None = DataDirOpt, output: Fmt = OutputOpt) -> None:
+    """Sites with their roles, clouds and quorum members; the links between centres; and which
+    tiers the topology can give."""
+    with handle_errors(), Client(token=discover_token(data_dir)) as c:
+        topo = c.dr_topology()
+    if output is Fmt.json:
+        emit(topo, output)
+        return
+    emit(topo["sites"], output, SITE_COLS)
+    for link in topo["links"]:
+        out.print(f"  {link['from']} -> {link['to']}: {link['kind']}")
+    for tier, missing in topo["tiers"].items():
+        out.print(f"  tier {tier}: {'available' if missing is None else missing}")
+
+
+@dr_app.command("status")
+def status(
+    app_name: str = typer.Argument(..., metavar="APP"),
+    vdc: str | None = typer.Option(None, "--vdc"),
+    show_password: bool = typer.Option(False, "--show-password", help="Print the connection string's password."),
+    data_dir: Path | None = DataDirOpt,
+    output: Fmt = OutputOpt,
+) -> None:
+    """A protected app's databases: each member's centre, role, state, timeline and lag; the
+    leader; and the connection string apps use (it only ever reaches the writable member)."""
+    with handle_errors(), Client(token=discover_token(data_dir)) as c:
+        st = c.app_dr(app_name, vdc, reveal=show_password)
+    if output is Fmt.json:
+        emit(st, output)
+        return
+    tier = st["tier"]
+    out.print(f"{st['vdc']}/{st['app']}: tier {tier['tier']}, RPO {tier['rpo']}, RTO {tier['rto']}")
+    rows: list[dict[str, Any]] = [{**m, "database": d["component"]} for d in st["databases"] for m in d["members"]]
+    emit(rows, output, MEMBER_COLS)
+    for d in st["databases"]:
+        out.print(f"  {d['component']}: leader {d['leader'] or '-'}; connect with {d['connection'] or '(not yet)'}")
+
+
+@dr_app.command("reports")
+def reports(
+    app_name: str | None = typer.Option(None, "--app"),
+    vdc: str | None = typer.Option(None, "--vdc"),
+    data_dir: Path | None = DataDirOpt,
+    output: Fmt = OutputOpt,
+) -> None:
+    """Failovers, switchovers and drills, oldest first, with what each measured."""
+    with handle_errors(), Client(token=discover_token(data_dir)) as c:
+        emit(c.dr_reports(app_name, vdc), output, REPORT_COLS)
