@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from shanzhi.providers.fabric.member import remove_fabric
 from shanzhi.controllers.dr import stop_quorum
+from shanzhi.providers.fabric.member import remove_fabric
 from shanzhi.providers.local import stop_all_under
 from shanzhi.store import Database, open_database
 from tests.pg import pg_available, throwaway_database

@@ -16,8 +16,8 @@ from typing import Any
 
 import httpx
 
-from shanzhi.providers.fabric.member import remove_fabric
 from shanzhi.controllers.dr import stop_quorum
+from shanzhi.providers.fabric.member import remove_fabric
 from shanzhi.providers.local import stop_all_under
 
 ROOT = Path(__file__).resolve().parents[2]

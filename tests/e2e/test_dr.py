@@ -104,7 +104,12 @@ def test_production_lost_same_city_takes_over_with_every_acknowledged_write(worl
     spec = server.data_dir.parent / "tax.json"
     spec.write_text(app_doc())
     cli.ok("apply", "-f", str(spec))
-    ms = wait_for(lambda: settled(cli), 180, "three members running (dr status)")
+    try:
+        ms = wait_for(lambda: settled(cli), 180, "three members running (dr status)")
+    except AssertionError:
+        log = server.log.read_text()[-3000:]
+        status = cli.ok("dr", "status", "tax", "--vdc", "gz/tax")
+        raise AssertionError(f"{status}\n{cli.ok('app', 'get', 'tax')}\n{log}") from None
     where = {m["role"]: m["site"] for m in ms}
     assert where == {"primary": "gz-a", "replica": "gz-b", "standby_leader": "sz"}, ms
     topo = cli.json("dr", "topology")
@@ -138,8 +143,12 @@ def test_production_lost_same_city_takes_over_with_every_acknowledged_write(worl
                 acked.append(n)  # acknowledged: committed on the primary and the synchronous standby
             except psycopg.Error as err:
                 errors.append(type(err).__name__)
+                if conn is not None:
+                    conn.close()
                 conn = None
                 time.sleep(0.2)
+        if conn is not None:
+            conn.close()
 
     t = threading.Thread(target=writer, daemon=True)
     t.start()
@@ -154,8 +163,11 @@ def test_production_lost_same_city_takes_over_with_every_acknowledged_write(worl
     t.join(timeout=30)
     assert errors, "the writer never saw the primary go"
 
-    new = wait_for(lambda: next((m for m in members(cli) if m["role"] == "primary"), None), 60, "a primary")
-    assert new["site"] == "gz-b" and new["name"] != old["name"] and new["timeline"] >= 2
+    def promoted() -> dict[str, Any] | None:
+        return next((m for m in members(cli) if m["role"] == "primary" and (m["timeline"] or 0) >= 2), None)
+
+    new = wait_for(promoted, 60, "a primary on a new timeline")
+    assert new["site"] == "gz-b" and new["name"] != old["name"], (members(cli), old, errors[:5], resumed)
     with connect() as c:
         stored = {row[0] for row in c.execute("SELECT id FROM acks")}
         assert c.execute("SELECT pg_is_in_recovery()").fetchone() == (False,)
@@ -190,6 +202,6 @@ def test_production_lost_same_city_takes_over_with_every_acknowledged_write(worl
 def _try(fn: Any) -> bool:
     try:
         fn()
-    except Exception:  # noqa: BLE001 - any failure means not yet
+    except Exception:  # any failure means not yet
         return False
     return True

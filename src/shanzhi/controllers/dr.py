@@ -33,6 +33,8 @@ from typing import Any
 
 import httpx
 import psutil
+import psycopg
+from psycopg import sql
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -248,7 +250,7 @@ class DrController:
                 if not prepared:
                     self._admit(cid, app_id, comp, sec, remote)
                 self._watch(cid, app_id, comp, spec, sec, remote)
-            except (RuntimeError, httpx.HTTPError, KeyError) as err:
+            except (RuntimeError, httpx.HTTPError, KeyError, OSError, psycopg.Error) as err:
                 log.warning("database %s/%s: %s", app_id, comp, err)
 
     def _admit(self, cid: int, app_id: int, comp: str, sec: dict[str, str], remote: bool) -> None:
@@ -303,7 +305,7 @@ class DrController:
                 for r in s.scalars(select(Instance).where(Instance.app_id == app_id, Instance.component == comp))
             }
             out = [
-                {"cluster": "main", "name": m.name, "role": m.role, "state": m.state, "timeline": m.timeline,
+                {"cluster": "main", "name": m.name, "role": _role(m, leader), "state": m.state, "timeline": m.timeline,
                  "host": m.host, "site": sites.get(m.name), "lag_bytes": lags.get(m.name)}
                 for m in members
             ] + [
@@ -319,7 +321,10 @@ class DrController:
             c.leader, c.timeline = leader, lead.timeline if lead else c.timeline
             c.status = {**c.status, "members": out, "leader_position": pos}
             c.updated_at = now
-            need_bootstrap = lead is not None and lead.state == "running" and not c.status.get("bootstrapped")
+            # with synchronous_mode_strict a primary commits nothing until its standby runs: wait for it
+            expected = sum(1 for role in _member_roles(spec) if role != "remote")
+            running = sum(1 for m in members if m.state == "running")
+            need_bootstrap = lead is not None and running >= expected and not c.status.get("bootstrapped")
             host = lead.host if lead else None
             database = next(
                 (x.postgres.database for x in spec.spec.databases() if x.name == comp and x.postgres), "app"
@@ -357,14 +362,18 @@ class DrController:
 
     def _bootstrap(self, cid: int, host: str, sec: dict[str, str], database: str) -> None:
         """The app's role and database, once, on the leader (idempotent)."""
-        import psycopg
-        from psycopg import sql
-
         h, _, port = host.rpartition(":")
         with psycopg.connect(
-            host=h, port=int(port), user=SUPERUSER, password=sec["superuser"], dbname="postgres",
-            connect_timeout=3, autocommit=True,
+            host=h,
+            port=int(port),
+            user=SUPERUSER,
+            password=sec["superuser"],
+            dbname="postgres",
+            connect_timeout=3,
+            autocommit=True,
+            options="-c statement_timeout=10000 -c synchronous_commit=local",
         ) as conn:  # fmt: skip
+            # never waits for a standby (this loop must not hang); they are running, so they follow
             if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'app'").fetchone() is None:
                 conn.execute(sql.SQL("CREATE ROLE app LOGIN PASSWORD {}").format(sql.Literal(sec["app"])))
             if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone() is None:
@@ -375,6 +384,14 @@ class DrController:
                 c.status = {**c.status, "bootstrapped": True}
                 record_event(s, "DatabaseReady", "app", c.app.name, f"database {c.component}: {database} ready",
                              vdc=c.app.vdc.path, app=c.app.name)  # fmt: skip
+
+
+def _role(m: MemberStatus, leader: str | None) -> str:
+    """A member's role as the leader key has it: one that still says primary without the key is
+    a former primary (its member key outlives it until its ttl)."""
+    if m.name == leader:
+        return "primary"
+    return "former-primary" if m.role == "primary" else m.role
 
 
 def _member_roles(spec: AppSpec) -> tuple[str, ...]:

@@ -120,10 +120,12 @@ def member_config(
     return yaml.safe_dump(conf, sort_keys=False)
 
 
-def connection_string(hosts: Sequence[str], user: str, password: str, database: str) -> str:
-    """A libpq URI over every member, that only ever connects to the writable one."""
+def connection_string(hosts: Sequence[str], user: str, password: str | None, database: str) -> str:
+    """A libpq URI over every member, that only ever connects to the writable one (`password`
+    None: shown masked)."""
+    secret = "********" if password is None else quote(password, safe="")
     return (
-        f"postgresql://{quote(user, safe='')}:{quote(password, safe='')}@{','.join(hosts)}/{database}"
+        f"postgresql://{quote(user, safe='')}:{secret}@{','.join(hosts)}/{database}"
         "?target_session_attrs=read-write&connect_timeout=3"
     )
 

@@ -264,12 +264,13 @@ class LocalProvider(MachineCloud):
     def _cgroup(self, instance: str) -> str:
         return f"{self.name}.{instance}"
 
-    def _kill(self, st: dict[str, Any]) -> None:
+    def _kill(self, st: dict[str, Any], *, hard: bool = False) -> None:
+        """Stop an instance: SIGTERM, then SIGKILL after 5 s (`hard`: SIGKILL at once)."""
         pid = st.get("pid")
         cg = self.sandbox.cgroups
         if pid and _alive(int(pid), float(st.get("create_time", 0))):
             pgid = int(st.get("pgid", pid))
-            deadline = time.monotonic() + 5
+            deadline = time.monotonic() + (0 if hard else 5)
             resend = 0.0
             while time.monotonic() < deadline and _alive(int(pid), float(st["create_time"])):
                 if time.monotonic() >= resend:  # again now and then: a namespace's init may not listen yet
@@ -345,8 +346,8 @@ class LocalProvider(MachineCloud):
             raise InvalidInput("a local cloud can only fail as a whole; omit --host")
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._failed_marker.touch()
-        for st in self._states().values():
-            self._kill(st)
+        for st in self._states().values():  # a lost machine does not shut down gracefully
+            self._kill(st, hard=True)
 
 
 def stop_all_under(clouds_dir: Path, *, remove: bool = False) -> int:

@@ -14,7 +14,7 @@ from shanzhi.domain.errors import Conflict, InvalidInput, NotFound
 from shanzhi.domain.spec import AppSpec
 from shanzhi.dr.patroni import SUPERUSER, connection_string
 from shanzhi.store.events import record_event
-from shanzhi.store.tables import App, Cloud, DrCluster, DrEtcdMember, DrReport, Site
+from shanzhi.store.tables import App, Cloud, DrCluster, DrEtcdMember, DrReport, Instance, Site
 
 
 def roles(s: Session) -> dict[str, str]:
@@ -138,8 +138,10 @@ def status(s: Session, app: App, *, reveal: bool = False) -> dict[str, Any]:
     for c in s.scalars(select(DrCluster).where(DrCluster.app_id == app.id).order_by(DrCluster.component)):
         comp = next((x for x in spec.spec.databases() if x.name == c.component), None)
         database = comp.postgres.database if comp and comp.postgres else "app"
-        hosts = [m["host"] for m in c.status.get("members", []) if m.get("host") and m.get("cluster") == "main"]
-        password = c.secrets["app"] if reveal else "********"
+        order = {r.name: r.ordinal for r in s.scalars(select(Instance).where(Instance.app_id == app.id))}
+        main = [m for m in c.status.get("members", []) if m.get("host") and m.get("cluster") == "main"]
+        hosts = [m["host"] for m in sorted(main, key=lambda m: order.get(m["name"], 99))]  # production first
+        password = c.secrets["app"] if reveal else None
         out.append(
             {
                 "component": c.component,
