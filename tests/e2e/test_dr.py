@@ -127,41 +127,17 @@ def test_production_lost_same_city_takes_over_with_every_acknowledged_write(worl
     with connect() as c:
         c.execute("CREATE TABLE acks (id bigint PRIMARY KEY)")
         assert c.execute("SHOW synchronous_commit").fetchone() == ("on",)
-    acked: list[int] = []
-    stop = threading.Event()
-    errors: list[str] = []
-
-    def writer() -> None:
-        n = 0
-        conn: psycopg.Connection[Any] | None = None
-        while not stop.is_set():
-            try:
-                if conn is None:
-                    conn = connect()
-                n += 1
-                conn.execute("INSERT INTO acks VALUES (%s)", (n,))
-                acked.append(n)  # acknowledged: committed on the primary and the synchronous standby
-            except psycopg.Error as err:
-                errors.append(type(err).__name__)
-                if conn is not None:
-                    conn.close()
-                conn = None
-                time.sleep(0.2)
-        if conn is not None:
-            conn.close()
-
-    t = threading.Thread(target=writer, daemon=True)
-    t.start()
-    wait_for(lambda: len(acked) > 200, 60, "writes before the crash")
+    w = Writer(connect)
+    wait_for(lambda: len(w.acked) > 200, 60, "writes before the crash")
     old = next(m for m in ms if m["role"] == "primary")
-    before = len(acked)
     crashed = time.monotonic()
-    cli.ok("cloud", "fail", "prod")  # production's member: Patroni and PostgreSQL killed together
-    wait_for(lambda: len(acked) > before + 200, 120, "writes on the new primary")
+    cli.ok("cloud", "fail", "prod")  # production lost: Patroni and PostgreSQL killed together (SIGKILL)
+    wait_for(lambda: w.errors, 30, "the writer to see the primary go")
+    before = len(w.acked)
+    wait_for(lambda: len(w.acked) > before + 200, 120, "writes on the new primary")
     resumed = time.monotonic() - crashed
-    stop.set()
-    t.join(timeout=30)
-    assert errors, "the writer never saw the primary go"
+    w.stop()
+    acked, errors = w.acked, w.errors
 
     def promoted() -> dict[str, Any] | None:
         return next((m for m in members(cli) if m["role"] == "primary" and (m["timeline"] or 0) >= 2), None)
@@ -197,6 +173,89 @@ def test_production_lost_same_city_takes_over_with_every_acknowledged_write(worl
 
     wait_for(on_remote, 60, "the write on the remote standby cluster")
     print(f"writes resumed {resumed:.1f}s after the production cloud failed; {len(acked)} acknowledged")
+
+    # not protected while production is down, and it says why
+    r = cli.run("dr", "reprotect", "tax", "--vdc", "gz/tax")
+    assert r.returncode == 1 and "gz-a" in r.stdout, r.stdout
+    bad = cli.run("dr", "switchover", "tax", "--vdc", "gz/tax", "--site", "gz-a")
+    assert bad.returncode != 0 and "no running replica in site gz-a" in bad.stderr, bad.stderr
+    # production comes back: its member returns to its own disk, is rewound, and follows
+    cli.ok("cloud", "recover", "prod")
+
+    def back() -> bool:
+        return json.loads(cli.run("dr", "reprotect", "tax", "--vdc", "gz/tax", "-o", "json").stdout)["protected"]
+
+    wait_for(back, 120, "every centre protected again (the old primary rewound and following)")
+    returned = next(m for m in members(cli) if m["site"] == "gz-a")
+    assert returned["role"] == "replica" and returned["timeline"] == promoted_timeline(cli)
+    # on its own disk: the production ordinal's volume, kept on prod through the outage
+    disk = next(v for v in cli.json("volume", "list", "--app", "tax") if v["ordinal"] == 0)
+    assert (disk["cloud"], disk["instance"], disk["state"]) == ("prod", returned["name"], "attached")
+
+    # failback under load: the primary back in production, no acknowledged write lost
+    w = Writer(connect)
+    wait_for(lambda: len(w.acked) > 50, 60, "writes before the failback")
+    report = cli.json("dr", "failback", "tax", "--vdc", "gz/tax")
+    after = len(w.acked)
+    try:
+        wait_for(lambda: len(w.acked) > after + 50, 60, "writes after the failback")
+    except AssertionError:
+        raise AssertionError(f"{report}\n{cli.ok('dr', 'status', 'tax', '--vdc', 'gz/tax')}\n{w.errors[-3:]}") from None
+    w.stop()
+    assert report["outcome"] == "succeeded" and report["body"]["to"] == returned["name"], report
+    assert report["body"]["old_primary_follows"] is True
+    primary = next(m for m in members(cli) if m["role"] == "primary")
+    assert primary["site"] == "gz-a"
+    with connect() as c:
+        stored = {row[0] for row in c.execute("SELECT id FROM acks")}
+    assert not set(w.acked) - stored
+    again = cli.run("dr", "failback", "tax", "--vdc", "gz/tax")
+    assert again.returncode != 0 and "nothing to fail back" in again.stderr
+    kinds = [r["kind"] for r in cli.json("dr", "reports", "--app", "tax", "--vdc", "gz/tax")]
+    assert kinds.count("failover") == 1 and kinds.count("failback") == 1, kinds
+
+
+def promoted_timeline(cli: Cli) -> int:
+    return int(next(m for m in members(cli) if m["role"] == "primary")["timeline"])
+
+
+class Writer:
+    """Inserts ids one by one in autocommit; an id is acknowledged once its commit returned."""
+
+    def __init__(self, connect: Any) -> None:
+        self.connect = connect
+        self.acked: list[int] = []
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import psycopg
+
+        with self.connect() as c:
+            start = int(c.execute("SELECT coalesce(max(id), 0) FROM acks").fetchone()[0])
+        n = start
+        conn = None
+        while not self._stop.is_set():
+            try:
+                if conn is None:
+                    conn = self.connect()
+                n += 1
+                conn.execute("INSERT INTO acks VALUES (%s)", (n,))
+                self.acked.append(n)  # acknowledged: on the primary and its synchronous standby
+            except psycopg.Error as err:
+                self.errors.append(f"{type(err).__name__}: {str(err)[:300]}")
+                if conn is not None:
+                    conn.close()
+                conn = None
+                time.sleep(0.2)
+        if conn is not None:
+            conn.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
 
 
 def _try(fn: Any) -> bool:

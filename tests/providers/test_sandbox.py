@@ -307,3 +307,21 @@ def test_a_workload_has_a_name_and_the_cloud_address_and_volume_are_substituted(
     assert Path("/etc/passwd").read_text() == before
     with pytest.raises(InvalidInput, match="loopback"):
         LocalProvider.validate_options({"address": "10.0.0.1"})
+
+
+def test_a_replica_with_a_volume_keeps_its_ports_when_it_comes_back(data_dir: Path) -> None:
+    """Its endpoint follows its disk: clients' connection strings stay right."""
+    from shanzhi.providers.base import VolumeRequest
+
+    p = LocalProvider("loc", LocalProvider.validate_options({}), data_dir / "clouds" / "loc")
+    vol = (VolumeRequest("k-ports", "data", 2**20, "/data"),)
+    first = p.create_instance(InstanceRequest(**{**req("db-1", ("sleep", "60")).__dict__, "volumes": vol}))
+    p.delete_instance("db-1")
+    again = p.create_instance(InstanceRequest(**{**req("db-2", ("sleep", "60")).__dict__, "volumes": vol}))
+    other = p.create_instance(req("web-1", ("sleep", "60")))
+    assert again.ports == first.ports and other.ports != first.ports
+    remembered = data_dir / "clouds" / "loc" / "volume-ports" / "k-ports.json"
+    assert json.loads(remembered.read_text()) == first.ports
+    p.delete_instance("db-2")
+    p.delete_volume("k-ports")  # the disk gone, its ports are forgotten
+    assert not remembered.exists()

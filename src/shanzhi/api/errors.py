@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException
 
 from shanzhi.domain.errors import QuotaExceeded, ShanzhiError
@@ -66,5 +67,10 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _crash(_: Request, err: Exception) -> JSONResponse:
+        if isinstance(err, OperationalError | InterfaceError):  # the database is away: a failover, a restart
+            log.warning("database unavailable: %s", str(err).splitlines()[0])
+            resp = problem(503, "Database unavailable", "the platform's database is not reachable now; retry shortly")
+            resp.headers["Retry-After"] = "2"
+            return resp
         log.exception("unhandled error")
         return problem(500, "Internal error", f"{type(err).__name__}: {err}; see the server log")

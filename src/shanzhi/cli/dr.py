@@ -103,3 +103,64 @@ def reports(
     """Failovers, switchovers and drills, oldest first, with what each measured."""
     with handle_errors(), Client(token=discover_token(data_dir)) as c:
         emit(c.dr_reports(app_name, vdc), output, REPORT_COLS)
+
+
+def _show(r: dict[str, Any], output: Fmt) -> None:
+    if output is Fmt.json:
+        emit(r, output)
+        return
+    out.print(f"{r['kind']} {r['outcome']}: {r['summary']}")
+    for step in r["body"].get("steps", []):
+        out.print(f"  {step['seconds']:>7.2f}s  {step['step']}")
+
+
+@dr_app.command("switchover")
+def switchover(
+    app_name: str = typer.Argument(..., metavar="APP"),
+    vdc: str | None = typer.Option(None, "--vdc"),
+    site: str | None = typer.Option(None, "--site", help="Move the primary to this site (default: any replica's)."),
+    component: str | None = typer.Option(None, "--component", help="The database (default: the app's first)."),
+    data_dir: Path | None = DataDirOpt,
+    output: Fmt = OutputOpt,
+) -> None:
+    """A planned switchover, no data lost: the primary moves to a synchronous replica. Waits
+    until the new primary runs (a few seconds of paused writes) and prints the report."""
+    with handle_errors(), Client(token=discover_token(data_dir)) as c:
+        if output is not Fmt.json:
+            out.print(f"switching over {app_name} (Patroni hands the primary over; writes pause) ...")
+        r = c.dr_operation(app_name, "switchover", vdc, site=site, component=component)
+    _show(r, output)
+
+
+@dr_app.command("failback")
+def failback(
+    app_name: str = typer.Argument(..., metavar="APP"),
+    vdc: str | None = typer.Option(None, "--vdc"),
+    component: str | None = typer.Option(None, "--component"),
+    data_dir: Path | None = DataDirOpt,
+    output: Fmt = OutputOpt,
+) -> None:
+    """After a failover: the primary back to the production centre (a planned switchover)."""
+    with handle_errors(), Client(token=discover_token(data_dir)) as c:
+        r = c.dr_operation(app_name, "failback", vdc, component=component)
+    _show(r, output)
+
+
+@dr_app.command("reprotect")
+def reprotect(
+    app_name: str = typer.Argument(..., metavar="APP"),
+    vdc: str | None = typer.Option(None, "--vdc"),
+    component: str | None = typer.Option(None, "--component"),
+    data_dir: Path | None = DataDirOpt,
+    output: Fmt = OutputOpt,
+) -> None:
+    """Is every centre protected again (each member running and following)? Exits 1 if not,
+    naming what is missing."""
+    with handle_errors(), Client(token=discover_token(data_dir)) as c:
+        r = c.dr_operation(app_name, "reprotect", vdc, component=component)
+    if output is Fmt.json:
+        emit(r, output)
+    else:
+        out.print("protected" if r["protected"] else "NOT protected: " + "; ".join(r["problems"]))
+    if not r["protected"]:
+        raise typer.Exit(1)

@@ -246,6 +246,11 @@ class Client:
         tail = "/dr/credentials" if reveal else "/dr"
         return self._call("GET", f"/apps/{app}{tail}", params=_params(vdc=vdc))
 
+    def dr_operation(self, app: str, op: str, vdc: str | None = None, **body: Any) -> Any:
+        """switchover, failback or reprotect."""
+        payload = {k: v for k, v in body.items() if v is not None}
+        return self._call("POST", f"/apps/{app}/dr/{op}", params=_params(vdc=vdc), json=payload)
+
     def dr_reports(self, app: str | None = None, vdc: str | None = None) -> Any:
         return self._call("GET", "/dr/reports", params=_params(app=app, vdc=vdc))
 

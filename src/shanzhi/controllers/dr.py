@@ -28,6 +28,7 @@ import re
 import secrets
 import signal
 import subprocess
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +150,7 @@ class DrController:
         self.dir = data_dir / "dr"
         self._etcd: dict[str, Etcd] = {}
         self._seen: dict[int, dict[str, Any]] = {}  # cluster id -> the leader as last seen
+        self._sync: dict[str, set[str]] = {}  # scope -> its synchronous standbys (Patroni's /sync key)
 
     def close(self) -> None:
         for e in self._etcd.values():
@@ -286,6 +288,11 @@ class DrController:
         with contextlib.suppress(ValueError, TypeError):
             st = kv.get(f"{NAMESPACE}{sc}/status")
             pos = int(json.loads(st)["optime"]) if st else None
+        self._sync[sc] = set()
+        with contextlib.suppress(ValueError, TypeError, KeyError):
+            sync = kv.get(f"{NAMESPACE}{sc}/sync")
+            if sync:
+                self._sync[sc] = set(str(json.loads(sync).get("sync_standby") or "").split(",")) - {""}
         return members, leader, pos
 
     def _watch(self, cid: int, app_id: int, comp: str, spec: AppSpec, sec: dict[str, str], remote: bool) -> None:
@@ -306,11 +313,13 @@ class DrController:
             }
             out = [
                 {"cluster": "main", "name": m.name, "role": _role(m, leader), "state": m.state, "timeline": m.timeline,
-                 "host": m.host, "site": sites.get(m.name), "lag_bytes": lags.get(m.name)}
+                 "host": m.host, "api": m.api, "site": sites.get(m.name), "lag_bytes": lags.get(m.name),
+                 "sync": m.name in self._sync.get(scope(app_id, comp), set())}
                 for m in members
             ] + [
                 {"cluster": "remote", "name": m.name, "role": m.role, "state": m.state, "timeline": m.timeline,
-                 "host": m.host, "site": sites.get(m.name), "lag_bytes": rlags.get(m.name), "leader": m.name == rleader}
+                 "host": m.host, "api": m.api, "site": sites.get(m.name), "lag_bytes": rlags.get(m.name),
+                 "leader": m.name == rleader}
                 for m in rmembers
             ]  # fmt: skip
             before = self._seen.get(cid) or {"leader": c.leader, "at": c.updated_at, "position": None}
@@ -336,6 +345,18 @@ class DrController:
         self, s: Session, c: DrCluster, before: dict[str, Any], leader: str, lead: MemberStatus, now: Any
     ) -> None:
         app = c.app
+        planned = s.scalar(
+            select(DrReport.id).where(
+                DrReport.app_id == app.id,
+                DrReport.kind.in_(("switchover", "failback")),
+                DrReport.outcome == "running",
+                DrReport.started_at >= now - timedelta(minutes=5),  # one a crash left running does not count
+            )
+        )
+        if planned is not None:  # the operation's own report tells it
+            record_event(s, "DatabaseLeader", "app", app.name, f"database {c.component}: {leader} leads (planned)",
+                         vdc=app.vdc.path, app=app.name)  # fmt: skip
+            return
         if before["leader"] is None:
             record_event(s, "DatabaseLeader", "app", app.name, f"database {c.component}: {leader} leads",
                          vdc=app.vdc.path, app=app.name)  # fmt: skip

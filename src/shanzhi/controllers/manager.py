@@ -93,7 +93,11 @@ class ControllerManager:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            leader = self._lock.try_acquire()
+            try:
+                leader = self._lock.try_acquire()
+            except Exception as err:  # the database is away (a failover, a restart): stand by, retry
+                log.warning("cannot reach the database for the leader lock (%s); retrying", type(err).__name__)
+                leader = False
             if leader != self.is_leader:
                 log.info("controller %s", "is now the leader" if leader else "lost leadership; standing by")
                 self.is_leader = leader

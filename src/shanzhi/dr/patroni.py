@@ -21,6 +21,7 @@ BIN_DIR = "/usr/lib/postgresql/15/bin"
 PATRONI = "/usr/bin/patroni"  # Debian's: it runs under /usr/bin/python3, which has psycopg2
 NAMESPACE = "/shanzhi/"
 SUPERUSER = "postgres"
+API_USER = "shanzhi"  # Patroni's REST API, with the superuser's password
 REPLICATOR = "replicator"
 
 #: Patroni's dynamic settings: the minimum safe timing and what RPO 0 and rewind need
@@ -91,7 +92,12 @@ def member_config(
         "namespace": NAMESPACE,
         "name": member,
         "log": {"level": "INFO"},
-        "restapi": {"listen": "${ADDRESS}:${PORT_API}", "connect_address": "${ADDRESS}:${PORT_API}"},
+        "restapi": {
+            "listen": "${ADDRESS}:${PORT_API}",
+            "connect_address": "${ADDRESS}:${PORT_API}",
+            # its writing calls (switchover, restart, config) are the platform's alone
+            "authentication": {"username": API_USER, "password": secrets.superuser},
+        },
         "etcd3": {
             "hosts": list(etcd_hosts),
             "username": etcd_user(cluster_scope),

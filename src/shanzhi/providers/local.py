@@ -29,6 +29,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -87,6 +88,17 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def _bindable(address: str, port: int) -> bool:
+    """Whether a server could listen there now (as servers do, past connections in TIME_WAIT)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((address, port))
+        except OSError:
+            return False
+    return True
 
 
 def _env_name(name: str) -> str:
@@ -200,7 +212,7 @@ class LocalProvider(MachineCloud):
         if box.cgroups is not None:
             procs = box.cgroups.create(self._cgroup(req.name), req.cpu, req.memory, int(self.opts.get("pids", 1024)))
         enter, extra = self._enter(req)
-        gated = [*enter, *box.command_prefix(uid, statedir), "/bin/sh", "-c", _GATE, "sh", *argv]
+        gated = [*enter, *box.command_prefix(uid), "/bin/sh", "-c", _GATE, "sh", *argv]
         with open(statedir / "log", "ab") as log:
             os.chmod(statedir / "log", 0o600)
             launcher = subprocess.Popen(
@@ -245,12 +257,35 @@ class LocalProvider(MachineCloud):
         return self._observe(state)
 
     def _ports(self, req: InstanceRequest, states: dict[str, dict[str, Any]]) -> dict[str, int]:
-        """Ports on 127.0.0.1, free now and not handed to another instance of this cloud."""
-        taken = {int(p) for st in states.values() for p in st.get("ports", {}).values()}
+        """Ports on the cloud's address, free now and not handed to another instance of this cloud.
+        A replica with volumes keeps the ports its disk had here (its endpoint follows the disk,
+        so a database member that comes back is where its clients' connection strings say)."""
+        address = str(self.opts.get("address", "127.0.0.1"))
+        live = [st for st in states.values() if st.get("pid") and _alive(int(st["pid"]), float(st["create_time"]))]
+        taken = {int(p) for st in live if st.get("name") != req.name for p in st.get("ports", {}).values()}
+        remembered = self._volume_ports(req)
         ports: dict[str, int] = {}
         for pname, _ in req.ports or (("port", 0),):
-            ports[pname] = free_port(taken | set(ports.values()), str(self.opts.get("address", "127.0.0.1")))
+            old = remembered.get(pname)
+            if old is not None and old not in taken | set(ports.values()) and _bindable(address, old):
+                ports[pname] = old
+            else:
+                ports[pname] = free_port(taken | set(ports.values()), address)
+        if req.volumes:
+            self._ports_file("").parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            _write_json(self._ports_file(req.volumes[0].key), ports)
         return ports
+
+    def _ports_file(self, key: str) -> Path:
+        return self.state_dir / "volume-ports" / f"{key}.json"
+
+    def _volume_ports(self, req: InstanceRequest) -> dict[str, int]:
+        if not req.volumes:
+            return {}
+        try:
+            return {str(k): int(v) for k, v in json.loads(self._ports_file(req.volumes[0].key).read_text()).items()}
+        except (OSError, ValueError, AttributeError):
+            return {}
 
     def _enter(self, req: InstanceRequest) -> tuple[list[str], dict[str, Any]]:
         """What to run the sandboxed command under, and what to remember of it in state.json
@@ -335,6 +370,7 @@ class LocalProvider(MachineCloud):
 
     def delete_volume(self, key: str) -> None:
         shutil.rmtree(self.sandbox.root / self.name / "volumes" / key, ignore_errors=True)
+        self._ports_file(key).unlink(missing_ok=True)
 
     def read_log(self, name: str, tail: int) -> LogChunk:
         """The instance's stdout and stderr (one file, kept in the state dir, never the workload's)."""

@@ -33,6 +33,7 @@ import json
 import os
 import pwd
 import shutil
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -249,22 +250,27 @@ class Sandbox:
         env.update(extra)
         return env
 
-    def command_prefix(self, uid: int, identity: Path | None = None) -> list[str]:
-        """What runs before the workload's own command (its gate shell) to drop into the sandbox.
-        `identity`: a private directory of the platform's where the uid's passwd and group
-        copies are written (bound over `/etc/passwd` and `/etc/group` in the namespace)."""
+    def command_prefix(self, uid: int) -> list[str]:
+        """What runs before the workload's own command (its gate shell) to drop into the sandbox."""
         setpriv = ["setpriv", "--no-new-privs"]
         if not self.isolate:
             return setpriv if shutil.which("setpriv") else []
-        names = ""
-        if identity is not None:
-            _write_identity(identity, uid)
-            names = str(identity)
+        names = str(self._identity(uid))
         return [
             "unshare", "--mount", "--pid", "--fork", "--mount-proc", "--kill-child", "--propagation", "private",
             "/bin/sh", "-c", _NS_INIT, str(self.data_dir), names,
             *setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all",
     ]  # fmt: skip
+
+    def _identity(self, uid: int) -> Path:
+        """`passwd` and `group` for the uid's namespaces (bound over `/etc/passwd` and `/etc/group`
+        there): under the workload root, not the data directory, as they must be world-readable."""
+        directory = self.root / ".identity" / str(uid)
+        directory.mkdir(parents=True, exist_ok=True)
+        for d in (self.root / ".identity", directory):
+            os.chmod(d, 0o755)
+        _write_identity(directory, uid)
+        return directory
 
 
 def _write_identity(directory: Path, uid: int) -> None:
@@ -275,8 +281,10 @@ def _write_identity(directory: Path, uid: int) -> None:
         base = Path("/etc", fname).read_text()
         if not base.endswith("\n"):
             base += "\n"
-        (directory / fname).write_text(base + line)
-        os.chmod(directory / fname, 0o644)
+        tmp = directory / f".{fname}.{os.getpid()}.{threading.get_ident()}"
+        tmp.write_text(base + line)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, directory / fname)  # a namespace starting now binds a whole file
 
 
 #: PID 1 of the workload's namespace, as root inside it: give its uid a name, cover the data

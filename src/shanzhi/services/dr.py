@@ -126,7 +126,7 @@ def cluster_of(s: Session, app: App, component: str | None = None) -> DrCluster:
     found = list(s.scalars(q.order_by(DrCluster.component)))
     if not found:
         what = f"component {component}" if component else "a kind: postgres component"
-        raise NotFound(f"app {app.name} has no managed database ({what})", field="component")
+        raise Conflict(f"app {app.name} has no managed database ({what}); see `dr status`", field="component")
     return found[0]
 
 

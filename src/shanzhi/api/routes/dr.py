@@ -12,6 +12,7 @@ from shanzhi.api.auth import principal, require
 from shanzhi.api.deps import Runtime, runtime
 from shanzhi.domain.rbac import Principal
 from shanzhi.services import dr as svc
+from shanzhi.services import dr_ops
 from shanzhi.services.apps import find_app
 from shanzhi.store.tables import DrReport
 
@@ -89,3 +90,61 @@ def reports(
         if app is not None:
             return [_report(r) for r in svc.reports(s, find_app(s, app, vdc, scope), limit)]
         return [_report(r) for r in svc.reports(s, None, limit) if scope.contains(r.vdc)]
+
+
+def _planned(request: Request, p: Principal, name: str, vdc: str | None, component: str | None, site: str | None,
+             kind: str) -> dict[str, Any]:  # fmt: skip
+    rt: Runtime = request.app.state.runtime
+    with transaction(request) as s:
+        app = find_app(s, name, vdc, p.scope("app.read"))
+        require(p, "app.write", app.vdc.path, visible="app.read")
+        request.state.target = f"app {app.vdc.path}/{app.name}"
+        plan = dr_ops.plan_switchover(s, app, component, site, kind)
+    report = dr_ops.begin(rt.db, plan)
+    try:
+        body = dr_ops.execute_switchover(plan)
+    except Exception as err:
+        dr_ops.finish(rt.db, report, plan, None, str(err))
+        raise
+    return _report(dr_ops.finish(rt.db, report, plan, body, None))
+
+
+@router.post("/apps/{name}/dr/switchover")
+def switchover(
+    request: Request,
+    name: str,
+    vdc: str | None = Query(None),
+    component: str | None = Body(None, embed=True, description="the database (default: the app's first)"),
+    site: str | None = Body(None, embed=True, description="the site to move the primary to (default: any replica)"),
+    p: Principal = Depends(principal),
+) -> dict[str, Any]:
+    """A planned switchover (no data lost): Patroni hands the primary to a synchronous replica.
+    Answers once the new primary runs, with the report (steps and timings)."""
+    return _planned(request, p, name, vdc, component, site, "switchover")
+
+
+@router.post("/apps/{name}/dr/failback")
+def failback(
+    request: Request,
+    name: str,
+    vdc: str | None = Query(None),
+    component: str | None = Body(None, embed=True),
+    p: Principal = Depends(principal),
+) -> dict[str, Any]:
+    """After a failover: the primary back to the production centre, as a planned switchover."""
+    return _planned(request, p, name, vdc, component, None, "failback")
+
+
+@router.post("/apps/{name}/dr/reprotect")
+def reprotect(
+    request: Request,
+    name: str,
+    vdc: str | None = Query(None),
+    component: str | None = Body(None, embed=True),
+    p: Principal = Depends(principal),
+) -> dict[str, Any]:
+    """Is every centre protected again after a failover (each member running and following)?"""
+    with transaction(request) as s:
+        app = find_app(s, name, vdc, p.scope("app.read"))
+        require(p, "app.write", app.vdc.path, visible="app.read")
+        return dr_ops.reprotect(s, app, component)

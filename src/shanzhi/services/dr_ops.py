@@ -1,0 +1,200 @@
+"""Planned DR operations on a protected app's database: switchover, failback, reprotect.
+
+Each is asked of Patroni (its REST API, with the platform's credentials: tenants cannot) and
+measured here: the request, the candidate running as primary, the old primary back as a
+replica. Each run leaves a report; the API call that started it is in the audit trail, whose
+commitments go to the directory ledger.
+
+A switchover is planned: Patroni hands over only to a synchronous standby that has everything
+(RPO 0); the writes pause for the seconds it takes. Failback is a switchover back to the
+production centre after a failover; reprotect checks that every centre's member runs again
+and follows (after a failover, Patroni rewinds the returning old primary by itself).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from sqlalchemy.orm import Session
+
+from shanzhi.controllers.dr_members import member_site
+from shanzhi.domain.errors import Conflict, InvalidInput
+from shanzhi.domain.spec import AppSpec
+from shanzhi.dr.patroni import API_USER
+from shanzhi.services.dr import cluster_of, roles
+from shanzhi.store import Database
+from shanzhi.store.events import record_event
+from shanzhi.store.tables import App, DrCluster, DrReport, utcnow
+
+TIMEOUT = 60.0
+
+
+@dataclass
+class Plan:
+    """What an operation will do, checked against the last status the DR controller read."""
+
+    kind: str
+    app_id: int
+    cluster_id: int
+    vdc: str
+    app: str
+    component: str
+    leader: str
+    leader_api: str
+    candidate: str
+    candidate_api: str
+    target_site: str
+    password: str
+    steps: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _api(url: str | None) -> str:
+    if not url:
+        raise Conflict("a member's REST API is not known yet; wait for `dr status` to list it")
+    return url.removesuffix("/patroni")
+
+
+def plan_switchover(s: Session, app: App, component: str | None, to_site: str | None, kind: str) -> Plan:
+    """Pick the candidate: the running synchronous replica in `to_site` (failback: production)."""
+    c = cluster_of(s, app, component)
+    members = [m for m in c.status.get("members", []) if m.get("cluster") == "main"]
+    leader = next((m for m in members if m["role"] == "primary" and m["state"] == "running"), None)
+    if leader is None:
+        raise Conflict(f"database {c.component} has no running primary to hand over from; see `dr status`")
+    if kind == "failback":
+        prod = {r: site for site, r in roles(s).items()}.get("production")
+        if to_site is not None and to_site != prod:
+            raise InvalidInput(f"failback goes to the production centre ({prod}), not {to_site}", field="site")
+        to_site = prod
+        if leader.get("site") == prod:
+            raise Conflict(
+                f"database {c.component} already has its primary in production ({prod}): nothing to fail back"
+            )
+    replicas = [m for m in members if m["role"] == "replica" and m["state"] == "running"]
+    if to_site is not None:
+        replicas = [m for m in replicas if m.get("site") == to_site]
+    if not replicas:
+        where = f" in site {to_site}" if to_site else ""
+        raise Conflict(f"database {c.component} has no running replica{where} to hand over to; see `dr status`")
+    synced = [m for m in replicas if m.get("sync")]
+    if not synced:
+        names = ", ".join(m["name"] for m in replicas)
+        raise Conflict(
+            f"{names} is not yet the synchronous standby (it is catching up): a switchover to it could lose "
+            "data, so Patroni refuses it; retry in a few seconds (`dr reprotect` says when it is)"
+        )
+    cand = synced[0]
+    return Plan(
+        kind, app.id, c.id, app.vdc.path, app.name, c.component, leader["name"], _api(leader.get("api")),
+        cand["name"], _api(cand.get("api")), str(cand.get("site") or ""), c.secrets["superuser"],
+    )  # fmt: skip
+
+
+def execute_switchover(plan: Plan) -> dict[str, Any]:
+    """Ask Patroni, then watch the candidate become primary and the old leader follow it."""
+    auth = (API_USER, plan.password)
+    t0 = time.monotonic()
+    with httpx.Client(timeout=30.0, auth=auth) as http:
+        r = http.post(f"{plan.leader_api}/switchover", json={"leader": plan.leader, "candidate": plan.candidate})
+        plan.steps.append({"step": "request", "seconds": round(time.monotonic() - t0, 3), "answer": r.text[:200]})
+        if r.status_code != 200:
+            raise Conflict(f"Patroni refused the switchover: {r.status_code} {r.text[:200]}")
+        promoted = _wait(http, plan.candidate_api, _is_primary, TIMEOUT)
+        plan.steps.append({"step": f"{plan.candidate} is primary", "seconds": round(time.monotonic() - t0, 3)})
+        if promoted is None:
+            raise Conflict(f"{plan.candidate} did not become primary within {TIMEOUT:.0f}s")
+        follows = _wait(http, plan.leader_api, _is_following, TIMEOUT)
+        plan.steps.append(
+            {"step": f"{plan.leader} follows as a replica" if follows else f"{plan.leader} not back yet",
+             "seconds": round(time.monotonic() - t0, 3)}
+        )  # fmt: skip
+    return {
+        "component": plan.component, "from": plan.leader, "to": plan.candidate, "site": plan.target_site,
+        "timeline": promoted.get("timeline"), "switch_seconds": plan.steps[1]["seconds"],
+        "old_primary_follows": bool(follows), "steps": plan.steps,
+    }  # fmt: skip
+
+
+def _is_following(d: dict[str, Any]) -> bool:
+    return d.get("role") == "replica" and d.get("state") == "running"
+
+
+def _is_primary(d: dict[str, Any]) -> bool:
+    return d.get("role") in ("master", "primary") and d.get("state") == "running"
+
+
+def _wait(http: httpx.Client, api: str, ok: Callable[[dict[str, Any]], bool], timeout: float) -> dict[str, Any] | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            d: dict[str, Any] = http.get(f"{api}/patroni").json()
+            if ok(d):
+                return d
+        except (httpx.HTTPError, ValueError):
+            pass
+        time.sleep(0.1)
+    return None
+
+
+def begin(db: Database, plan: Plan) -> int:
+    """The run's report, `running` from the start: the DR controller, seeing the leader change,
+    knows it was planned (no failover report) by it."""
+    with db.session() as s, s.begin():
+        rep = DrReport(
+            app_id=plan.app_id, vdc=plan.vdc, app=plan.app, kind=plan.kind, outcome="running",
+            summary=f"{plan.kind} of database {plan.component}: {plan.leader} -> {plan.candidate} ...",
+            body={"component": plan.component, "from": plan.leader, "to": plan.candidate}, started_at=utcnow(),
+        )  # fmt: skip
+        s.add(rep)
+        s.flush()
+        return rep.id
+
+
+def finish(db: Database, report_id: int, plan: Plan, body: dict[str, Any] | None, error: str | None) -> DrReport:
+    """The run's outcome in its report, and an event (failed runs too, with what went wrong)."""
+    with db.session() as s, s.begin():
+        rep = s.get(DrReport, report_id)
+        assert rep is not None
+        if error:
+            rep.outcome = "failed"
+            rep.summary = f"{plan.kind} of database {plan.component} to {plan.candidate} failed: {error}"
+            rep.body = {**rep.body, "steps": plan.steps, "error": error}
+        else:
+            assert body is not None
+            rep.outcome = "succeeded"
+            rep.summary = (
+                f"{plan.kind} of database {plan.component}: {plan.leader} -> {plan.candidate} ({plan.target_site}) "
+                f"in {body['switch_seconds']:.1f}s, no data lost (planned)"
+            )
+            rep.body = body
+        rep.finished_at = utcnow()
+        record_event(s, f"Database{plan.kind.capitalize()}", "app", plan.app, rep.summary, warning=bool(error),
+                     vdc=plan.vdc, app=plan.app)  # fmt: skip
+        s.flush()
+        s.expunge(rep)
+        return rep
+
+
+def reprotect(s: Session, app: App, component: str | None) -> dict[str, Any]:
+    """Is every centre protected again? Each member running and following, with its lag."""
+    c: DrCluster = cluster_of(s, app, component)
+    members = c.status.get("members", [])
+    problems = [f"{m['name']} ({m.get('site')}) is {m['state']}" for m in members if m.get("state") != "running"]
+    spec = AppSpec.model_validate(app.spec)
+    main = [m for m in members if m.get("cluster") == "main" and m.get("role") == "replica"]
+    if spec.spec.dr.rpo_seconds == 0 and main and not any(m.get("sync") for m in main):
+        problems.append("no synchronous standby yet (RPO 0 waits for one)")
+    sites = {m.get("site") for m in members}
+    missing = sorted(site for site in roles(s) if site not in sites and _needed(s, app, site))
+    problems += [f"no member in {site} yet" for site in missing]
+    return {"component": c.component, "protected": not problems, "problems": problems, "members": members}
+
+
+def _needed(s: Session, app: App, site: str) -> bool:
+    spec = AppSpec.model_validate(app.spec)
+    n = next((x.replicas for x in spec.spec.databases()), 0)
+    return any(member_site(s, spec, o) == site for o in range(n))

@@ -1,0 +1,76 @@
+"""The engines' configuration, as Shanzhi writes it, and Patroni's records, as Shanzhi reads them."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from shanzhi.dr.etcd import EtcdMember, member_argv
+from shanzhi.dr.patroni import (
+    Secrets,
+    connection_string,
+    etcd_prefix,
+    lag_bytes,
+    member_config,
+    parse_member,
+    scope,
+)
+
+SECRETS = Secrets("su", "repl", "app", "etcd-pw")
+
+
+def config(**kw: object) -> dict[str, object]:
+    base: dict[str, object] = {
+        "cluster_scope": scope(7, "db"), "member": "tax-db-1", "etcd_hosts": ["127.0.1.1:2379"],
+        "secrets": SECRETS, "synchronous": True,
+    }  # fmt: skip
+    return dict(yaml.safe_load(member_config(**{**base, **kw})))  # type: ignore[arg-type]
+
+
+def test_a_member_runs_with_rpo_0_rewind_and_its_own_etcd_user() -> None:
+    c = config()
+    dcs = c["bootstrap"]["dcs"]  # type: ignore[index]
+    assert dcs["synchronous_mode"] is True and dcs["synchronous_mode_strict"] is True
+    assert (dcs["ttl"], dcs["loop_wait"], dcs["retry_timeout"]) == (20, 1, 5)
+    assert dcs["postgresql"]["use_pg_rewind"] is True and dcs["postgresql"]["parameters"]["wal_log_hints"] == "on"
+    assert "standby_cluster" not in dcs
+    assert c["etcd3"] == {"hosts": ["127.0.1.1:2379"], "username": "patroni-a7-db", "password": "etcd-pw"}
+    pg = c["postgresql"]
+    assert pg["listen"] == "${ADDRESS}:${PORT_PG}" and pg["data_dir"] == "${VOLUME_DATA}/pgdata"  # type: ignore[index]
+    assert pg["authentication"]["replication"] == {"username": "replicator", "password": "repl"}  # type: ignore[index]
+    assert etcd_prefix(scope(7, "db")) == "/shanzhi/a7-db/"
+
+
+def test_the_remote_member_is_a_standby_cluster_of_its_source_and_not_synchronous() -> None:
+    c = config(cluster_scope=scope(7, "db", remote=True), synchronous=False, standby_of=("127.0.2.1", 5433),
+               parameters={"work_mem": "8MB"})  # fmt: skip
+    dcs = c["bootstrap"]["dcs"]  # type: ignore[index]
+    assert c["scope"] == "a7-db-remote" and dcs["synchronous_mode"] is False
+    assert dcs["standby_cluster"]["host"] == "127.0.2.1" and dcs["standby_cluster"]["port"] == 5433
+    assert dcs["postgresql"]["parameters"]["work_mem"] == "8MB"
+
+
+def test_patroni_records_are_read_with_the_leader_key_in_mind() -> None:
+    raw = {"conn_url": "postgres://127.0.2.1:43573/postgres", "api_url": "http://127.0.2.1:8008/patroni",
+           "state": "running", "role": "master", "timeline": 3, "xlog_location": 5000}  # fmt: skip
+    m = parse_member("a", json.dumps(raw))
+    assert (m.role, m.host, m.timeline, m.wal_position) == ("primary", "127.0.2.1:43573", 3, 5000)
+    r = parse_member("b", json.dumps({"state": "starting", "role": "replica", "xlog_location": 4000}))
+    assert r.host is None and r.timeline is None
+    assert lag_bytes([m, r], 5000) == {"a": 0, "b": 1000}
+    assert lag_bytes([m, r], None) == {"a": 0, "b": None}
+
+
+def test_the_connection_string_reaches_only_the_writable_member() -> None:
+    dsn = connection_string(["127.0.1.1:5432", "127.0.2.1:5432"], "app", "p@ss/word", "ledger")
+    assert dsn.startswith("postgresql://app:p%40ss%2Fword@127.0.1.1:5432,127.0.2.1:5432/ledger?")
+    assert "target_session_attrs=read-write" in dsn
+    assert ":********@" in connection_string(["h:1"], "app", None, "ledger")
+
+
+def test_an_etcd_member_knows_its_whole_cluster() -> None:
+    ms = [EtcdMember("q-a", "127.0.1.1", 2379, 2380), EtcdMember("q-b", "127.0.2.1", 2379, 2380)]
+    argv = member_argv(ms[1], ms, "/d", "tok")
+    assert argv[argv.index("--initial-cluster") + 1] == "q-a=http://127.0.1.1:2380,q-b=http://127.0.2.1:2380"
+    assert argv[argv.index("--listen-client-urls") + 1] == "http://127.0.2.1:2379"
