@@ -133,7 +133,7 @@ class BareCluster:
         return next(n for n in self.nodes if self.role(n) == "primary")
 
     def healthy(self) -> bool:
-        return sorted(str(self.role(n)) for n in self.nodes) == ["primary", "replica"]
+        return sorted(str(self.role(n)) for n in self.nodes) == ["primary"] + ["replica"] * (len(self.nodes) - 1)
 
     def dsn(self, database: str = "postgres") -> str:
         return connection_string([n["pg"] for n in self.nodes.values()], "postgres", self.secrets.superuser, database)

@@ -22,7 +22,8 @@ def cluster(tmp_path: Path) -> Iterator[BareCluster]:
         if os.environ.get("SHANZHI_REQUIRE_DR") == "1":
             pytest.fail(f"DR engines required here: {why}")
         pytest.skip(why)
-    c = BareCluster(tmp_path / "pg", addresses=("127.0.8.1", "127.0.9.1"))
+    # three nodes: with synchronous_mode_strict the new primary needs a standby left to commit
+    c = BareCluster(tmp_path / "pg", addresses=("127.0.8.1", "127.0.9.1", "127.0.10.1"))
     try:
         yield c
     finally:
