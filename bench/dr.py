@@ -53,11 +53,13 @@ def free_port(address: str = "127.0.0.1") -> int:
 
 
 class Writer:
-    """One row per autocommit insert; acknowledged when the commit returned, with its time."""
+    """One row per autocommit insert; acknowledged when the commit returned. Each write keeps
+    when it was sent, so a commit in flight at the crash does not count as the recovery."""
 
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
-        self.acked: list[tuple[int, float]] = []
+        self.acked: list[tuple[int, float, float]] = []  # id, sent, acknowledged
+        self.failures: list[float] = []  # when a write or a connection failed
         self.n = int(time.time() * 1000) * 1000
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -70,9 +72,11 @@ class Writer:
                 if conn is None:
                     conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=2)
                 self.n += 1
+                sent = time.monotonic()
                 conn.execute("INSERT INTO acks VALUES (%s)", (self.n,))
-                self.acked.append((self.n, time.monotonic()))
+                self.acked.append((self.n, sent, time.monotonic()))
             except psycopg.Error:
+                self.failures.append(time.monotonic())
                 if conn is not None:
                     conn.close()
                 conn = None
@@ -80,36 +84,51 @@ class Writer:
         if conn is not None:
             conn.close()
 
-    def first_after(self, t: float) -> float | None:
-        return next((at for _, at in self.acked if at > t), None)
+    def recovered_after(self, t: float) -> float | None:
+        """When writes came back after the first failure since `t` (a backend of a killed
+        postmaster may still finish a commit or two: those are not the recovery)."""
+        failed = next((f for f in self.failures if f > t), None)
+        if failed is None:
+            return None
+        return next((at for _, sent, at in self.acked if sent > failed), None)
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=30)
 
 
-def crash_loop(
-    name: str, dsn: str, crashes: int, crash: Callable[[], None], healthy: Callable[[], bool]
-) -> dict[str, Any]:
-    """`crashes` times: wait until healthy, crash the primary, time the first write after it."""
-    with psycopg.connect(dsn, autocommit=True) as c:
-        c.execute("CREATE TABLE IF NOT EXISTS acks (id bigint PRIMARY KEY)")
+Crash = Callable[[], Callable[[], None] | None]  # crash the primary; what brings the node back, if anything
+
+
+def crash_loop(name: str, dsn: str, crashes: int, crash: Crash, healthy: Callable[[], bool]) -> dict[str, Any]:
+    """`crashes` times: wait until healthy, crash the primary, time the first write sent after
+    the crash and acknowledged; then bring the lost node back (it rejoins as a replica)."""
+    wait(healthy, 240, f"{name}: a primary and a running synchronous standby")
+    wait(lambda: _create_table(dsn), 60, f"{name}: the table")
     w = Writer(dsn)
     rtos: list[float] = []
     for i in range(crashes):
-        wait(healthy, 180, f"{name}: a primary and a running synchronous standby")
+        wait(healthy, 240, f"{name}: a primary and a running synchronous standby")
         start = len(w.acked)
         wait(lambda start=start: len(w.acked) > start + 20, 60, f"{name}: writes before crash {i + 1}")
         t0 = time.monotonic()
-        crash()
-        at = wait(lambda t0=t0: w.first_after(t0 + 0.05), 120, f"{name}: a write after crash {i + 1}")
+        recover = crash()
+        at = wait(lambda t0=t0: w.recovered_after(t0), 120, f"{name}: writes back after crash {i + 1}")
         rtos.append(at - t0)
         console.print(f"  {name}: crash {i + 1}/{crashes}: writes back after {at - t0:.1f}s")
+        if recover is not None:
+            recover()
     w.stop()
     with psycopg.connect(dsn, autocommit=True) as c:
         stored = {r[0] for r in c.execute("SELECT id FROM acks")}
-    lost = sum(1 for n, _ in w.acked if n not in stored)
+    lost = sum(1 for n, _, _ in w.acked if n not in stored)
     return {"crashes": crashes, "acknowledged": len(w.acked), "lost": lost, "rto": rtos}
+
+
+def _create_table(dsn: str) -> bool:
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("CREATE TABLE IF NOT EXISTS acks (id bigint PRIMARY KEY)")
+    return True
 
 
 def quantile(xs: list[float], p: float) -> float:
@@ -146,7 +165,8 @@ class Shanzhi:
         spec = {"apiVersion": "shanzhi.io/v1", "kind": "App", "metadata": {"name": "tax", "vdc": "gz/tax"},
                 "spec": {"dr": {"tier": "same-city", "rpo": "0s"},
                          "components": [{"name": "db", "kind": "postgres"}]}}  # fmt: skip
-        self.http.post("/apps", json=spec).raise_for_status()
+        r = self.http.post("/apps", json=spec)
+        assert r.status_code < 300, r.text
         wait(self.healthy, 240, "Shanzhi: two members running")
         cred = self.http.get("/apps/tax/dr/credentials", params={"vdc": "gz/tax"}).json()
         dsn = str(cred["databases"][0]["connection"])
@@ -158,15 +178,22 @@ class Shanzhi:
         return [m for d in st["databases"] for m in d["members"] if m["cluster"] == "main"]
 
     def healthy(self) -> bool:
+        """A primary and its synchronous standby, running (as `dr reprotect` would say)."""
         ms = self.members()
-        return sorted((m["role"], m["state"]) for m in ms) == [("primary", "running"), ("replica", "running")]
+        roles = sorted((m["role"], m["state"]) for m in ms)
+        return roles == [("primary", "running"), ("replica", "running")] and any(m.get("sync") for m in ms)
 
-    def _primary_state(self) -> dict[str, Any]:
-        name = next(m["name"] for m in self.members() if m["role"] == "primary")
-        return dict(json.loads(next((self.data / "clouds").glob(f"*/instances/{name}/state.json")).read_text()))
+    def crash_node(self) -> Callable[[], None]:
+        """The primary's node lost: its cloud fails (Patroni and PostgreSQL SIGKILLed, nothing
+        restarted there) until the writes are back; then the cloud recovers."""
+        primary = next(m for m in self.members() if m["role"] == "primary")
+        cloud = {"gz-a": "prod", "gz-b": "same"}[primary["site"]]
+        self.http.post(f"/clouds/{cloud}/fail", json={}).raise_for_status()
 
-    def crash_node(self) -> None:
-        os.killpg(int(self._primary_state()["pgid"]), signal.SIGKILL)  # its namespace and all in it
+        def recover() -> None:
+            self.http.post(f"/clouds/{cloud}/recover", json={}).raise_for_status()
+
+        return recover
 
     def crash_postgres(self) -> None:
         primary = next(m for m in self.members() if m["role"] == "primary")
@@ -181,11 +208,11 @@ class Shanzhi:
 
 # ------------------------------------------------------------------------- bare Patroni
 class Bare:
-    """The floor: the same engines and settings, run by hand (tests/dr/bare.py); a crashed node's
-    Patroni is started again 3 s later, as the reconciler would."""
+    """The floor: the same engines and settings, run by hand (tests/dr/bare.py); a lost node's
+    Patroni is started again once the writes are back."""
 
     def __init__(self, root: Path) -> None:
-        self.cluster = BareCluster(root / "bare")
+        self.cluster = BareCluster(root / "bare", strict=False)  # two data centres, as Shanzhi's same-city tier
 
     def dsn(self) -> str:
         return self.cluster.dsn()
@@ -193,8 +220,10 @@ class Bare:
     def healthy(self) -> bool:
         return self.cluster.healthy()
 
-    def crash_node(self) -> None:
-        self.cluster.crash_node(self.cluster.primary())
+    def crash_node(self) -> Callable[[], None]:
+        name = self.cluster.primary()
+        self.cluster.crash_node(name, restart_after=None)
+        return lambda: self.cluster.start(name)
 
     def crash_postgres(self) -> None:
         self.cluster.crash_postgres(self.cluster.primary())

@@ -64,7 +64,9 @@ def kill_postmaster(port: int) -> None:
 
 
 class BareCluster:
-    def __init__(self, root: Path, addresses: tuple[str, ...] = ("127.0.6.1", "127.0.7.1")) -> None:
+    def __init__(
+        self, root: Path, addresses: tuple[str, ...] = ("127.0.6.1", "127.0.7.1"), *, strict: bool = True
+    ) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         shutil.chown(root, "postgres", "postgres")
@@ -91,7 +93,7 @@ class BareCluster:
             shutil.chown(data, "postgres", "postgres")
             os.chmod(data, 0o700)
             conf = member_config(cluster_scope="bare", member=name, etcd_hosts=hosts, secrets=self.secrets,
-                                 synchronous=True)  # fmt: skip
+                                 synchronous=True, strict=strict)  # fmt: skip
             pg, api = free_port(addr), free_port(addr)
             for k, v in {
                 "${ADDRESS}": addr,
@@ -133,7 +135,18 @@ class BareCluster:
         return next(n for n in self.nodes if self.role(n) == "primary")
 
     def healthy(self) -> bool:
-        return sorted(str(self.role(n)) for n in self.nodes) == ["primary"] + ["replica"] * (len(self.nodes) - 1)
+        """A primary, every other node a running replica, one of them its synchronous standby
+        (Patroni promotes only that one: crashing before it is chosen proves nothing)."""
+        roles = {n: self.role(n) for n in self.nodes}
+        if sorted(str(r) for r in roles.values()) != ["primary"] + ["replica"] * (len(self.nodes) - 1):
+            return False
+        return any(self._sync(n) for n, r in roles.items() if r == "replica")
+
+    def _sync(self, name: str) -> bool:
+        try:
+            return httpx.get(f"{self.nodes[name]['api']}/sync", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
 
     def dsn(self, database: str = "postgres") -> str:
         return connection_string([n["pg"] for n in self.nodes.values()], "postgres", self.secrets.superuser, database)

@@ -74,3 +74,10 @@ def test_an_etcd_member_knows_its_whole_cluster() -> None:
     argv = member_argv(ms[1], ms, "/d", "tok")
     assert argv[argv.index("--initial-cluster") + 1] == "q-a=http://127.0.1.1:2380,q-b=http://127.0.2.1:2380"
     assert argv[argv.index("--listen-client-urls") + 1] == "http://127.0.2.1:2379"
+
+
+def test_two_data_centres_stay_writable_after_losing_one_but_never_promote_an_async_standby() -> None:
+    dcs = config(strict=False)["bootstrap"]["dcs"]  # type: ignore[index]
+    assert dcs["synchronous_mode"] is True and dcs["synchronous_mode_strict"] is False
+    off = config(synchronous=False, strict=True)["bootstrap"]["dcs"]  # type: ignore[index]
+    assert off["synchronous_mode"] is False and off["synchronous_mode_strict"] is False

@@ -39,7 +39,8 @@ from psycopg import sql
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from shanzhi.domain.dr import quorum_sites, sites_by_role
+from shanzhi.controllers.dr_members import site_roles
+from shanzhi.domain.dr import MEMBERS, quorum_sites, sites_by_role
 from shanzhi.domain.spec import AppSpec
 from shanzhi.dr.etcd import EtcdMember, member_argv
 from shanzhi.dr.patroni import (
@@ -109,6 +110,8 @@ class Etcd:
 
     def enable_auth(self) -> None:
         """Root with the platform's password, then auth on (idempotent: once on, root logs in)."""
+        if self._token is not None:
+            return
         r = self._http.post(
             f"{self.urls[0]}/v3/auth/authenticate", json={"name": "root", "password": self.root_password}
         )
@@ -185,7 +188,7 @@ class DrController:
     # ------------------------------------------------------------------ quorum
     def _plan_members(self, s: Session) -> None:
         """Rows for the etcd members the topology calls for (fixed once made)."""
-        roles = {n: r for n, r in s.execute(select(Site.name, Site.dr_role).where(Site.dr_role.is_not(None))) if r}
+        roles = site_roles(s)
         want: list[tuple[str, str]] = [("quorum", site) for site in quorum_sites(roles)]
         remote = sites_by_role(roles).get("remote")
         if remote:
@@ -416,8 +419,6 @@ def _role(m: MemberStatus, leader: str | None) -> str:
 
 
 def _member_roles(spec: AppSpec) -> tuple[str, ...]:
-    from shanzhi.domain.dr import MEMBERS
-
     return MEMBERS[spec.spec.dr.tier]
 
 

@@ -20,7 +20,8 @@ from shanzhi.dr.patroni import PATRONI, Secrets, member_config, scope
 from shanzhi.store.tables import App, Cloud, DrCluster, DrEtcdMember, Instance, Site
 
 
-def _roles(s: Session) -> dict[str, str]:
+def site_roles(s: Session) -> dict[str, str]:
+    """site -> DR role, for the sites that have one."""
     return {n: r for n, r in s.execute(select(Site.name, Site.dr_role).where(Site.dr_role.is_not(None))) if r}
 
 
@@ -31,14 +32,14 @@ def member_role(spec: AppSpec, ordinal: int) -> str:
 
 def member_site(s: Session, spec: AppSpec, ordinal: int) -> str | None:
     """The site of a managed database's member `ordinal` (None: its centre has no site)."""
-    return sites_by_role(_roles(s)).get(member_role(spec, ordinal))
+    return sites_by_role(site_roles(s)).get(member_role(spec, ordinal))
 
 
 def stateless_sites(s: Session, spec: AppSpec) -> list[str] | None:
     """The sites a protected app's stateless replicas may use (None: not protected)."""
     if spec.spec.dr.tier in ("none", "remote-backup"):
         return None
-    by_role = sites_by_role(_roles(s))
+    by_role = sites_by_role(site_roles(s))
     prod, same = by_role.get("production"), by_role.get("same-city")
     if spec.spec.dr.stateless == "active-active":
         return [x for x in (prod, same) if x]
@@ -116,6 +117,11 @@ def member_command(
         etcd_hosts=etcd_hosts(s, "remote" if remote else "quorum"),
         secrets=Secrets(sec["superuser"], sec["replication"], sec["app"], sec["etcd"]),
         synchronous=not remote and spec.spec.dr.rpo_seconds == 0 and _main_members(spec) > 1,
+        # strict where a standby is left after losing a centre: the remote centre's standby cluster
+        # (fed from the same-city member) is one; with production and same-city alone, losing
+        # either would stop every write, so the survivor goes on alone (only a synchronous standby
+        # is ever promoted: nothing acknowledged is lost)
+        strict="remote" in MEMBERS[spec.spec.dr.tier],
         standby_of=_source(s, app, spec, comp) if remote else None,
         parameters=comp.postgres.parameters if comp.postgres else None,
     )

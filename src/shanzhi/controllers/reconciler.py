@@ -636,6 +636,9 @@ class Reconciler:
                 continue
             assert site is not None
             clouds = dr_members.clouds_in(s, [site])
+            if not clouds:
+                decided.append((r0, o, Decision(None, None, None, f"site {site} has no cloud", {})))
+                continue
             home = homes.get(o)
             d = self._engine.decide(key, _only(req, [home] if home in clouds else clouds), 1)[0]
             if d.placed and d.cloud and d.site:
@@ -758,4 +761,6 @@ def _only(req: Request, clouds: str | list[str] | None) -> Request:
     names = [clouds] if isinstance(clouds, str) or clouds is None else clouds
     if p.clouds.names:
         names = [n for n in names if n in p.clouds.names]
+    if not names:  # an empty list would mean any cloud; no cloud is named "-" (names start with [a-z0-9])
+        names = ["-"]
     return replace(req, placement=p.model_copy(update={"clouds": p.clouds.model_copy(update={"names": names})}))

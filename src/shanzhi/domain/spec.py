@@ -144,6 +144,7 @@ def volume_key(vdc: str, app: str, component: str, ordinal: int, volume: str) ->
 #: PostgreSQL need together (shared_buffers stays small unless `postgres.parameters` says more)
 POSTGRES_MOUNT = "/var/lib/postgresql"
 POSTGRES_MEMORY = "256Mi"
+POSTGRES_CPU = "1"  # at the 0.1 of a plain component, commits and recovery crawl
 #: the ports a managed PostgreSQL member listens on: PostgreSQL first (the instance's endpoint)
 POSTGRES_PORTS = ({"name": "pg", "port": 5432}, {"name": "api", "port": 8008})
 
@@ -210,7 +211,7 @@ class Component(_Model):
             out["volumes"] = [{"name": "data", "size": pg.get("size", "1Gi"), "mountPath": POSTGRES_MOUNT}]
         res = data.get("resources")
         if isinstance(res, dict) or res is None:
-            out["resources"] = {"memory": POSTGRES_MEMORY, **(res or {})}
+            out["resources"] = {"cpu": POSTGRES_CPU, "memory": POSTGRES_MEMORY, **(res or {})}
         return out
 
     @model_validator(mode="after")

@@ -56,11 +56,14 @@ def member_config(
     etcd_hosts: Sequence[str],
     secrets: Secrets,
     synchronous: bool,
+    strict: bool | None = None,
     standby_of: tuple[str, int] | None = None,
     parameters: Mapping[str, str | int] | None = None,
 ) -> str:
-    """The YAML Patroni runs a member with. `synchronous`: RPO 0 (`synchronous_mode_strict`: a
-    primary without a synchronous standby stops accepting writes rather than lose them).
+    """The YAML Patroni runs a member with. `synchronous`: RPO 0 (only a synchronous standby is
+    ever promoted); `strict` (default: as `synchronous`): a primary without a synchronous standby
+    stops accepting writes rather than risk them (right where a standby is left after losing any
+    one centre; with two data centres it would stop all writes once either is lost).
     `standby_of`: this member is (the leader of) a standby cluster fed from that host and port."""
     params: dict[str, Any] = {
         "wal_log_hints": "on",
@@ -77,7 +80,7 @@ def member_config(
     dcs: dict[str, Any] = {
         **TIMING,
         "synchronous_mode": synchronous,
-        "synchronous_mode_strict": synchronous,
+        "synchronous_mode_strict": synchronous if strict is None else strict and synchronous,
         "postgresql": {"use_pg_rewind": True, "use_slots": True, "parameters": params},
     }
     if standby_of is not None:

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from shanzhi.controllers.dr_members import site_roles
 from shanzhi.domain.dr import MEMBERS, ROLES, links, missing_for, quorum_sites
 from shanzhi.domain.errors import Conflict, InvalidInput, NotFound
 from shanzhi.domain.spec import AppSpec
@@ -16,11 +17,7 @@ from shanzhi.dr.patroni import SUPERUSER, connection_string
 from shanzhi.store.events import record_event
 from shanzhi.store.tables import App, Cloud, DrCluster, DrEtcdMember, DrReport, Instance, Site
 
-
-def roles(s: Session) -> dict[str, str]:
-    """site -> DR role, for the sites that have one."""
-    rows = s.execute(select(Site.name, Site.dr_role).where(Site.dr_role.is_not(None)))
-    return {name: role for name, role in rows if role}
+roles = site_roles
 
 
 def healthy_sites(s: Session) -> dict[str, bool]:

@@ -1,0 +1,123 @@
+"""Where a protected app's replicas go, on both databases (simulated clouds: no engines run).
+
+A managed database's members are pinned to their centres and wait, each with its reason, for
+what they need: the quorum's admission, the production member's bootstrap, the source of the
+remote standby cluster. Stateless components stay in production and same-city (active-active)
+or production alone until it is lost (cold). The topology is checked at apply."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from shanzhi.domain.errors import Conflict, InvalidInput, NotFound
+from shanzhi.services import dr
+from shanzhi.services.clouds import inject_failure
+from shanzhi.store import Database
+from shanzhi.store.tables import DrCluster, DrEtcdMember, Instance, Site
+from tests.controllers.test_reconciler import World
+
+
+def doc(tier: str, stateless: str = "active-active", replicas: int = 4) -> dict[str, Any]:
+    return {
+        "apiVersion": "shanzhi.io/v1", "kind": "App", "metadata": {"name": "tax", "vdc": "gz"},
+        "spec": {
+            "dr": {"tier": tier, "stateless": stateless},
+            "components": [
+                {"name": "db", "kind": "postgres"},
+                {"name": "api", "replicas": replicas, "image": "x", "resources": {"cpu": 0.5, "memory": "256Mi"}},
+            ],
+        },
+    }  # fmt: skip
+
+
+@pytest.fixture
+def centres(db: Database, data_dir: Path) -> World:
+    w = World(db, data_dir)
+    for cloud, site in (("prod", "gz-a"), ("same", "gz-b"), ("far", "sz"), ("other", "fs")):
+        w.cloud(cloud, "sim", site, "city", hosts=2, boot=0)
+    w.rec.run_once()  # the clouds' hosts
+    yield w
+    w.rec.close()
+
+
+def placed(w: World, component: str) -> dict[int, str | None]:
+    rows = [r for r in w.rows("tax") if r.component == component and r.state not in ("lost", "terminating")]
+    return {r.ordinal: (r.cloud.site.name if r.cloud else None) for r in rows}
+
+
+def reasons(w: World) -> dict[int, str]:
+    return {r.ordinal: r.reason for r in w.rows("tax") if r.component == "db" and r.cloud is None}
+
+
+def roles(w: World, **r: str) -> None:
+    with w.db.session() as s, s.begin():
+        for site, role in r.items():
+            dr.set_role(s, site.replace("_", "-"), role)
+
+
+def member_status(w: World, **states: tuple[str, str]) -> None:
+    """What the DR controller would have read from etcd: member name -> (role, state)."""
+    with w.db.session() as s, s.begin():
+        c = s.scalar(select(DrCluster))
+        assert c is not None
+        names = {r.ordinal: r.name for r in s.scalars(select(Instance).where(Instance.component == "db"))}
+        c.status = {"members": [
+            {"cluster": "main", "name": names[int(o)], "role": role, "state": state, "host": f"127.0.0.{o}:5432"}
+            for o, (role, state) in states.items()
+        ]}  # fmt: skip
+
+
+def test_members_wait_for_what_they_need_and_go_to_their_centres(centres: World) -> None:
+    w = centres
+    with pytest.raises(InvalidInput, match="missing: production, same-city, remote"):
+        w.apply(doc("two-sites-three-centres"))
+    assert w.rows("tax") == []  # refused: nothing stored
+    roles(w, gz_a="production", gz_b="same-city", sz="remote")
+    w.apply(doc("two-sites-three-centres"))
+    w.rec.run_once()
+    assert placed(w, "db") == {0: None, 1: None, 2: None}
+    assert all("DR quorum" in why for why in reasons(w).values())
+    # stateless replicas: production and same-city only, spread over both (active-active)
+    assert sorted(set(placed(w, "api").values())) == ["gz-a", "gz-b"]
+
+    with w.db.session() as s, s.begin():  # admitted: its etcd users exist (the DR controller's job)
+        s.scalar(select(DrCluster)).prepared = True  # type: ignore[union-attr]
+        for cluster, site in (("quorum", "gz-a"), ("remote", "sz")):
+            site_id = s.scalar(select(Site.id).where(Site.name == site))
+            s.add(DrEtcdMember(cluster=cluster, name=f"{cluster}-{site}", site_id=site_id, address="127.0.0.1",
+                               client_port=1, peer_port=2))  # fmt: skip
+    w.rec.run_once()
+    assert placed(w, "db") == {0: "gz-a", 1: None, 2: None}  # production bootstraps first
+    assert "production member to bootstrap" in reasons(w)[1]
+    member_status(w, **{"0": ("primary", "running")})
+    w.rec.run_once()
+    assert placed(w, "db") == {0: "gz-a", 1: "gz-b", 2: None}
+    assert "source member" in reasons(w)[2]
+    member_status(w, **{"0": ("primary", "running"), "1": ("replica", "running")})
+    w.rec.run_once()
+    assert placed(w, "db") == {0: "gz-a", 1: "gz-b", 2: "sz"}
+
+    # a role a protected app relies on is not taken away; a held one is not given twice
+    with w.db.session() as s, s.begin(), pytest.raises(Conflict, match="protected apps"):
+        dr.set_role(s, "sz", None)
+    with w.db.session() as s, s.begin(), pytest.raises(Conflict, match="already the production"):
+        dr.set_role(s, "fs", "production")
+    with w.db.session() as s, s.begin(), pytest.raises(InvalidInput, match="unknown DR role"):
+        dr.set_role(s, "fs", "backup")
+    with w.db.session() as s, s.begin(), pytest.raises(NotFound, match="sites: fs, gz-a"):
+        dr.set_role(s, "nowhere", "arbiter")
+
+
+def test_cold_stateless_replicas_start_in_same_city_once_production_is_lost(centres: World) -> None:
+    w = centres
+    roles(w, gz_a="production", gz_b="same-city", fs="arbiter")
+    w.apply(doc("same-city", stateless="cold", replicas=2))
+    w.rec.run_once()
+    assert set(placed(w, "api").values()) == {"gz-a"}
+    with w.db.session() as s, s.begin():
+        inject_failure(s, w.fleet, "prod", None, recover=False)
+    w.converge(lambda: set(placed(w, "api").values()) == {"gz-b"} and len(placed(w, "api")) == 2)
