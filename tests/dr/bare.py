@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import psutil
+import psycopg
 import yaml
 
 from shanzhi.dr.etcd import EtcdMember, member_argv
@@ -181,3 +182,55 @@ class BareCluster:
             p.kill()
             p.wait()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+class Writer:
+    """One row per autocommit insert; acknowledged when the commit returned. Each write keeps
+    when it was sent, so a commit in flight at the crash does not count as the recovery."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.acked: list[tuple[int, float, float]] = []  # id, sent, acknowledged
+        self.failures: list[float] = []  # when a write or a connection failed
+        self.errors: list[str] = []  # what failed
+        self.n = int(time.time() * 1000) * 1000
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        conn: psycopg.Connection[Any] | None = None
+        while not self._stop.is_set():
+            try:
+                if conn is None:
+                    conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=2)
+                self.n += 1
+                sent = time.monotonic()
+                conn.execute("INSERT INTO acks VALUES (%s)", (self.n,))
+                self.acked.append((self.n, sent, time.monotonic()))
+            except psycopg.Error as err:
+                self.failures.append(time.monotonic())
+                self.errors.append(f"{type(err).__name__}: {str(err)[:300]}")
+                if conn is not None:
+                    conn.close()
+                conn = None
+                time.sleep(0.05)
+        if conn is not None:
+            conn.close()
+
+    @property
+    def ids(self) -> list[int]:
+        """The acknowledged ids, in order."""
+        return [n for n, _, _ in self.acked]
+
+    def recovered_after(self, t: float) -> float | None:
+        """When writes came back after the first failure since `t` (a backend of a killed
+        postmaster may still finish a commit or two: those are not the recovery)."""
+        failed = next((f for f in self.failures if f > t), None)
+        if failed is None:
+            return None
+        return next((at for _, sent, at in self.acked if sent > failed), None)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from tests.dr.bare import Writer
 from tests.e2e.harness import Cli, Server, stop_everything, wait_for
 
 ENGINES = ("/usr/bin/patroni", "/usr/bin/etcd", "/usr/lib/postgresql/15/bin/postgres")
@@ -127,7 +127,7 @@ def test_production_lost_same_city_takes_over_with_every_acknowledged_write(worl
     with connect() as c:
         c.execute("CREATE TABLE acks (id bigint PRIMARY KEY)")
         assert c.execute("SHOW synchronous_commit").fetchone() == ("on",)
-    w = Writer(connect)
+    w = Writer(dsn)
     wait_for(lambda: len(w.acked) > 200, 60, "writes before the crash")
     old = next(m for m in ms if m["role"] == "primary")
     crashed = time.monotonic()
@@ -137,7 +137,7 @@ def test_production_lost_same_city_takes_over_with_every_acknowledged_write(worl
     wait_for(lambda: len(w.acked) > before + 200, 120, "writes on the new primary")
     resumed = time.monotonic() - crashed
     w.stop()
-    acked, errors = w.acked, w.errors
+    acked, errors = w.ids, w.errors
 
     def promoted() -> dict[str, Any] | None:
         return next((m for m in members(cli) if m["role"] == "primary" and (m["timeline"] or 0) >= 2), None)
@@ -193,7 +193,7 @@ def test_production_lost_same_city_takes_over_with_every_acknowledged_write(worl
     assert (disk["cloud"], disk["instance"], disk["state"]) == ("prod", returned["name"], "attached")
 
     # failback under load: the primary back in production, no acknowledged write lost
-    w = Writer(connect)
+    w = Writer(dsn)
     wait_for(lambda: len(w.acked) > 50, 60, "writes before the failback")
     report = cli.json("dr", "failback", "tax", "--vdc", "gz/tax")
     after = len(w.acked)
@@ -208,7 +208,7 @@ def test_production_lost_same_city_takes_over_with_every_acknowledged_write(worl
     assert primary["site"] == "gz-a"
     with connect() as c:
         stored = {row[0] for row in c.execute("SELECT id FROM acks")}
-    assert not set(w.acked) - stored
+    assert not set(w.ids) - stored
     again = cli.run("dr", "failback", "tax", "--vdc", "gz/tax")
     assert again.returncode != 0 and "nothing to fail back" in again.stderr
     kinds = [r["kind"] for r in cli.json("dr", "reports", "--app", "tax", "--vdc", "gz/tax")]
@@ -217,45 +217,6 @@ def test_production_lost_same_city_takes_over_with_every_acknowledged_write(worl
 
 def promoted_timeline(cli: Cli) -> int:
     return int(next(m for m in members(cli) if m["role"] == "primary")["timeline"])
-
-
-class Writer:
-    """Inserts ids one by one in autocommit; an id is acknowledged once its commit returned."""
-
-    def __init__(self, connect: Any) -> None:
-        self.connect = connect
-        self.acked: list[int] = []
-        self.errors: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        import psycopg
-
-        with self.connect() as c:
-            start = int(c.execute("SELECT coalesce(max(id), 0) FROM acks").fetchone()[0])
-        n = start
-        conn = None
-        while not self._stop.is_set():
-            try:
-                if conn is None:
-                    conn = self.connect()
-                n += 1
-                conn.execute("INSERT INTO acks VALUES (%s)", (n,))
-                self.acked.append(n)  # acknowledged: on the primary and its synchronous standby
-            except psycopg.Error as err:
-                self.errors.append(f"{type(err).__name__}: {str(err)[:300]}")
-                if conn is not None:
-                    conn.close()
-                conn = None
-                time.sleep(0.2)
-        if conn is not None:
-            conn.close()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
 
 
 def _try(fn: Any) -> bool:
