@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,19 +35,13 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests/dr/bare.py
 
-from tests.dr.bare import BareCluster, Writer, kill_postmaster, wait
+from tests.dr.bare import BareCluster, Writer, free_port, kill_postmaster, wait
 
 from shanzhi.controllers.dr import stop_quorum
 from shanzhi.dr.patroni import PATRONI
 from shanzhi.providers.local import stop_all_under
 
 console = Console(width=140)
-
-
-def free_port(address: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((address, 0))
-        return int(s.getsockname()[1])
 
 
 STALL = 120.0  # a crash with no write this long after it counts as stalled

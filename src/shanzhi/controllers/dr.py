@@ -39,7 +39,7 @@ from psycopg import sql
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from shanzhi.controllers.dr_members import site_roles
+from shanzhi.controllers.dr_members import main_members, site_roles
 from shanzhi.domain.dr import MEMBERS, quorum_sites, sites_by_role
 from shanzhi.domain.spec import AppSpec
 from shanzhi.dr.etcd import EtcdMember, member_argv
@@ -153,7 +153,6 @@ class DrController:
         self.dir = data_dir / "dr"
         self._etcd: dict[str, Etcd] = {}
         self._seen: dict[int, dict[str, Any]] = {}  # cluster id -> the leader as last seen
-        self._sync: dict[str, set[str]] = {}  # scope -> its synchronous standbys (Patroni's /sync key)
 
     def close(self) -> None:
         for e in self._etcd.values():
@@ -246,11 +245,12 @@ class DrController:
     # ------------------------------------------------------------------ databases
     def _admit_and_watch(self) -> None:
         with self.db.session() as s, s.begin():
-            rows = [(c.id, c.app_id, c.component, c.prepared, dict(c.secrets)) for c in s.scalars(select(DrCluster))]
-            apps = {c.id: AppSpec.model_validate(c.app.spec) for c in s.scalars(select(DrCluster))}
-        for cid, app_id, comp, prepared, sec in rows:
-            spec = apps[cid]
-            remote = "remote" in _member_roles(spec)
+            rows = [
+                (c.id, c.app_id, c.component, c.prepared, dict(c.secrets), AppSpec.model_validate(c.app.spec))
+                for c in s.scalars(select(DrCluster))
+            ]
+        for cid, app_id, comp, prepared, sec, spec in rows:
+            remote = "remote" in MEMBERS[spec.spec.dr.tier]
             try:
                 if not prepared:
                     self._admit(cid, app_id, comp, sec, remote)
@@ -276,10 +276,11 @@ class DrController:
                 record_event(s, "DatabaseAdmitted", "app", c.app.name, f"database {comp} admitted to the DR quorum",
                              vdc=c.app.vdc.path, app=c.app.name)  # fmt: skip
 
-    def _read(self, cluster: str, sc: str) -> tuple[list[MemberStatus], str | None, int | None]:
+    def _read(self, cluster: str, sc: str) -> tuple[list[MemberStatus], str | None, int | None, set[str]]:
+        """A Patroni cluster as etcd has it: members, leader, the leader's position, synchronous standbys."""
         e = self._etcd.get(cluster)
         if e is None:
-            return [], None, None
+            return [], None, None, set()
         kv = e.get_prefix(f"{NAMESPACE}{sc}/")
         members = [
             parse_member(k.rsplit("/", 1)[-1], v)
@@ -291,16 +292,16 @@ class DrController:
         with contextlib.suppress(ValueError, TypeError):
             st = kv.get(f"{NAMESPACE}{sc}/status")
             pos = int(json.loads(st)["optime"]) if st else None
-        self._sync[sc] = set()
+        sync: set[str] = set()
         with contextlib.suppress(ValueError, TypeError, KeyError):
-            sync = kv.get(f"{NAMESPACE}{sc}/sync")
-            if sync:
-                self._sync[sc] = set(str(json.loads(sync).get("sync_standby") or "").split(",")) - {""}
-        return members, leader, pos
+            raw = kv.get(f"{NAMESPACE}{sc}/sync")
+            if raw:
+                sync = set(str(json.loads(raw).get("sync_standby") or "").split(",")) - {""}
+        return members, leader, pos, sync
 
     def _watch(self, cid: int, app_id: int, comp: str, spec: AppSpec, sec: dict[str, str], remote: bool) -> None:
-        members, leader, pos = self._read("quorum", scope(app_id, comp))
-        rmembers, rleader, _ = self._read("remote", scope(app_id, comp, True)) if remote else ([], None, None)
+        members, leader, pos, sync = self._read("quorum", scope(app_id, comp))
+        rmembers, rleader, _, _ = self._read("remote", scope(app_id, comp, True)) if remote else ([], None, None, set())
         lead = next((m for m in members if m.name == leader), None)
         lags = lag_bytes(members, pos if pos is not None else (lead.wal_position if lead else None))
         source_pos = pos if pos is not None else (lead.wal_position if lead else None)
@@ -317,7 +318,7 @@ class DrController:
             out = [
                 {"cluster": "main", "name": m.name, "role": _role(m, leader), "state": m.state, "timeline": m.timeline,
                  "host": m.host, "api": m.api, "site": sites.get(m.name), "lag_bytes": lags.get(m.name),
-                 "sync": m.name in self._sync.get(scope(app_id, comp), set())}
+                 "sync": m.name in sync}
                 for m in members
             ] + [
                 {"cluster": "remote", "name": m.name, "role": m.role, "state": m.state, "timeline": m.timeline,
@@ -334,7 +335,7 @@ class DrController:
             c.status = {**c.status, "members": out, "leader_position": pos}
             c.updated_at = now
             # with synchronous_mode_strict a primary commits nothing until its standby runs: wait for it
-            expected = sum(1 for role in _member_roles(spec) if role != "remote")
+            expected = main_members(spec)
             running = sum(1 for m in members if m.state == "running")
             need_bootstrap = lead is not None and running >= expected and not c.status.get("bootstrapped")
             host = lead.host if lead else None
@@ -416,10 +417,6 @@ def _role(m: MemberStatus, leader: str | None) -> str:
     if m.name == leader:
         return "primary"
     return "former-primary" if m.role == "primary" else m.role
-
-
-def _member_roles(spec: AppSpec) -> tuple[str, ...]:
-    return MEMBERS[spec.spec.dr.tier]
 
 
 def _site_address(s: Session, site: Site) -> str:

@@ -99,7 +99,8 @@ def _source(s: Session, app: App, spec: AppSpec, comp: Component) -> tuple[str, 
     return None
 
 
-def _main_members(spec: AppSpec) -> int:
+def main_members(spec: AppSpec) -> int:
+    """How many members the main cluster has (the remote centre's is a cluster of its own)."""
     return sum(1 for role in MEMBERS[spec.spec.dr.tier] if role != "remote")
 
 
@@ -116,7 +117,7 @@ def member_command(
         member=r.name,
         etcd_hosts=etcd_hosts(s, "remote" if remote else "quorum"),
         secrets=Secrets(sec["superuser"], sec["replication"], sec["app"], sec["etcd"]),
-        synchronous=not remote and spec.spec.dr.rpo_seconds == 0 and _main_members(spec) > 1,
+        synchronous=not remote and spec.spec.dr.rpo_seconds == 0 and main_members(spec) > 1,
         # strict where a standby is left after losing a centre: the remote centre's standby cluster
         # (fed from the same-city member) is one; with production and same-city alone, losing
         # either would stop every write, so the survivor goes on alone (only a synchronous standby

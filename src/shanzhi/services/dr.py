@@ -17,8 +17,6 @@ from shanzhi.dr.patroni import SUPERUSER, connection_string
 from shanzhi.store.events import record_event
 from shanzhi.store.tables import App, Cloud, DrCluster, DrEtcdMember, DrReport, Instance, Site
 
-roles = site_roles
-
 
 def healthy_sites(s: Session) -> dict[str, bool]:
     """site -> whether it has a healthy cloud that takes new placements."""
@@ -78,7 +76,7 @@ def check_tier(s: Session, spec: AppSpec, previous: AppSpec | None) -> None:
     outage must not stop a department changing its app)."""
     tier = spec.spec.dr.tier
     same = previous is not None and previous.spec.dr.tier == tier
-    why = missing_for(tier, roles(s), None if same else healthy_sites(s))
+    why = missing_for(tier, site_roles(s), None if same else healthy_sites(s))
     if why:
         raise InvalidInput(why, field="spec.dr.tier")
 
@@ -101,7 +99,7 @@ def ensure_clusters(s: Session, app: App, spec: AppSpec) -> None:
 
 def topology(s: Session) -> dict[str, Any]:
     """Every site with its role, clouds and quorum members; the links between the centres."""
-    r = roles(s)
+    r = site_roles(s)
     members: dict[str, list[dict[str, Any]]] = {}
     for m in s.scalars(select(DrEtcdMember).order_by(DrEtcdMember.cluster, DrEtcdMember.name)):
         members.setdefault(m.site.name, []).append({"cluster": m.cluster, "name": m.name, "url": m.client_url})

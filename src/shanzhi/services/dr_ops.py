@@ -21,11 +21,11 @@ from typing import Any
 import httpx
 from sqlalchemy.orm import Session
 
-from shanzhi.controllers.dr_members import member_site
+from shanzhi.controllers.dr_members import member_site, site_roles
 from shanzhi.domain.errors import Conflict, InvalidInput
 from shanzhi.domain.spec import AppSpec
 from shanzhi.dr.patroni import API_USER
-from shanzhi.services.dr import cluster_of, roles
+from shanzhi.services.dr import cluster_of
 from shanzhi.store import Database
 from shanzhi.store.events import record_event
 from shanzhi.store.tables import App, DrCluster, DrReport, utcnow
@@ -66,7 +66,7 @@ def plan_switchover(s: Session, app: App, component: str | None, to_site: str | 
     if leader is None:
         raise Conflict(f"database {c.component} has no running primary to hand over from; see `dr status`")
     if kind == "failback":
-        prod = {r: site for site, r in roles(s).items()}.get("production")
+        prod = {r: site for site, r in site_roles(s).items()}.get("production")
         if to_site is not None and to_site != prod:
             raise InvalidInput(f"failback goes to the production centre ({prod}), not {to_site}", field="site")
         to_site = prod
@@ -189,7 +189,7 @@ def reprotect(s: Session, app: App, component: str | None) -> dict[str, Any]:
     if spec.spec.dr.rpo_seconds == 0 and main and not any(m.get("sync") for m in main):
         problems.append("no synchronous standby yet (RPO 0 waits for one)")
     sites = {m.get("site") for m in members}
-    missing = sorted(site for site in roles(s) if site not in sites and _needed(s, app, site))
+    missing = sorted(site for site in site_roles(s) if site not in sites and _needed(s, app, site))
     problems += [f"no member in {site} yet" for site in missing]
     return {"component": c.component, "protected": not problems, "problems": problems, "members": members}
 
