@@ -35,7 +35,7 @@ from shanzhi.api.routes import audit as audit_routes
 from shanzhi.api.routes import ledger as ledger_routes
 from shanzhi.config import Settings
 from shanzhi.controllers import ControllerManager, Fleet
-from shanzhi.services.mfa import Vault
+from shanzhi.sealing import Vault
 from shanzhi.store import open_database
 
 log = logging.getLogger("shanzhi.api")

@@ -9,7 +9,7 @@ from fastapi import Request
 from shanzhi.config import Settings
 from shanzhi.controllers import ControllerManager, Fleet
 from shanzhi.ledger.service import Ledger
-from shanzhi.services.mfa import Vault
+from shanzhi.sealing import Vault
 from shanzhi.services.oidc import OidcConfig, RelyingParty
 from shanzhi.store import Database
 

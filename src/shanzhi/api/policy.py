@@ -99,6 +99,7 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/clouds"): _p("cloud.write"),
     ("GET", "/clouds/{name}"): _v("cloud.read"),
     ("DELETE", "/clouds/{name}"): _p("cloud.write"),
+    ("PUT", "/clouds/{name}/credentials"): _p("cloud.write"),
     ("POST", "/clouds/{name}/fail"): _p("cloud.write"),
     ("POST", "/clouds/{name}/recover"): _p("cloud.write"),
     ("GET", "/images"): _v("cloud.read"),

@@ -27,10 +27,11 @@ from shanzhi.files import secure_data_dir
 from shanzhi.ledger.keys import load_or_create, stored_name
 from shanzhi.ledger.note import Verifier
 from shanzhi.ledger.service import Ledger, Witness
+from shanzhi.providers.credentials import CREDENTIALS_KEY
 from shanzhi.providers.sandbox import Sandbox
+from shanzhi.sealing import Vault
 from shanzhi.services.demo import seed_demo, seed_ledger, seed_vm_demo
 from shanzhi.services.identity import ensure_bootstrap
-from shanzhi.services.mfa import Vault
 from shanzhi.store import Database, open_database
 
 log = logging.getLogger("shanzhi.api")
@@ -67,6 +68,7 @@ def prepare(settings: Settings, db: Database) -> None:
     with db.session() as s, s.begin():
         ensure_bootstrap(s, settings.data_dir, timedelta(days=settings.token_max_days))
     Vault.for_data_dir(settings.data_dir)  # the keys are made here, once, never by racing workers
+    Vault.for_data_dir(settings.data_dir, CREDENTIALS_KEY)
     ledger = make_ledger(settings, db)
     if settings.demo:
         with db.session() as s, s.begin():

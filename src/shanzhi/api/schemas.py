@@ -27,6 +27,13 @@ class CloudIn(_In):
     region: str
     tags: dict[str, str] = Field(default_factory=dict)
     options: dict[str, str | int | float] = Field(default_factory=dict)
+    credentials: dict[str, str] | None = Field(
+        None, description="the provider's credentials: sealed at rest, never shown again (only their field names)"
+    )
+
+
+class CredentialsIn(_In):
+    credentials: dict[str, str]
 
 
 class FailureIn(_In):

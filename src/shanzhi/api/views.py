@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from shanzhi.api import schemas
 from shanzhi.domain.quota import Usage, rollup
 from shanzhi.domain.spec import Component
+from shanzhi.providers import credentials
 from shanzhi.store.tables import App, ApprovalRequest, Cloud, Instance, Vdc, VolumeRecord
 
 REPLICAS_DEFAULT = Component.model_fields["replicas"].default
@@ -25,7 +26,7 @@ def cloud(
         site=c.site.name,
         region=c.region,
         tags=c.tags,
-        options=c.options,
+        options=credentials.public(c.options),
         health=c.health,
         health_message=c.health_message,
         draining=c.draining,

@@ -11,6 +11,7 @@ import typer
 
 from shanzhi.cli import apps, dr, governance, identity, network, serve
 from shanzhi.cli.audit import audit_app
+from shanzhi.cli.credentials import read_credentials
 from shanzhi.cli.images import image_app
 from shanzhi.cli.ledger import ledger_app, witness_app
 from shanzhi.cli.mfa import mfa_app
@@ -133,6 +134,14 @@ CLOUD_COLS: Columns = [
 ]
 
 
+CredentialsFileOpt = typer.Option(
+    None,
+    "--credentials-file",
+    help="File with the cloud's credentials (YAML/JSON mapping, or an AWS credentials file); - reads stdin.",
+)
+ProfileOpt = typer.Option("default", "--profile", help="Section to read from an AWS-style credentials file.")
+
+
 @cloud_app.command("add")
 def cloud_add(
     name: str,
@@ -143,13 +152,40 @@ def cloud_add(
     region: str = typer.Option(..., "--region", help="Region (for data residency)."),
     tag: list[str] = typer.Option(None, "--tag", help="k=v, repeatable (e.g. level=city)."),
     option: list[str] = typer.Option(None, "--option", help="Provider option k=v, repeatable (e.g. cpu=8)."),
+    credentials_file: str | None = CredentialsFileOpt,
+    profile: str = ProfileOpt,
     data_dir: Path | None = DataDirOpt,
     output: Fmt = OutputOpt,
 ) -> None:
-    """Register a cloud."""
+    """Register a cloud (an ec2 cloud's keys come from --credentials-file, never the command line)."""
+    secrets = _credentials(credentials_file, profile) if credentials_file else None
     with handle_errors(), client(data_dir) as c:
-        r = c.add_cloud(name, kind, site, region, _pairs(tag, "tag"), _pairs(option, "option"))
+        r = c.add_cloud(name, kind, site, region, _pairs(tag, "tag"), _pairs(option, "option"), secrets)
         emit(r, output, CLOUD_COLS)
+
+
+@cloud_app.command("credentials")
+def cloud_credentials(
+    name: str,
+    credentials_file: str = typer.Option(
+        ..., "--credentials-file", help="YAML/JSON mapping or AWS credentials file with the new credentials; - = stdin."
+    ),
+    profile: str = ProfileOpt,
+    data_dir: Path | None = DataDirOpt,
+    output: Fmt = OutputOpt,
+) -> None:
+    """Replace a cloud's credentials (sealed at rest; shown afterwards only by field name)."""
+    secrets = _credentials(credentials_file, profile)
+    with handle_errors(), client(data_dir) as c:
+        emit(c.set_cloud_credentials(name, secrets), output, CLOUD_COLS)
+
+
+def _credentials(path: str, profile: str) -> dict[str, str]:
+    try:
+        return read_credentials(path, profile)
+    except (OSError, ValueError) as e:
+        err.print(f"[red]error[/]: credentials: {e}")
+        raise typer.Exit(1) from None
 
 
 @cloud_app.command("list")

@@ -116,10 +116,23 @@ class Client:
 
     # clouds
     def add_cloud(
-        self, name: str, kind: str, site: str, region: str, tags: dict[str, str], options: dict[str, str]
+        self,
+        name: str,
+        kind: str,
+        site: str,
+        region: str,
+        tags: dict[str, str],
+        options: dict[str, str],
+        credentials: dict[str, str] | None = None,
     ) -> Any:
-        body = {"name": name, "kind": kind, "site": site, "region": region, "tags": tags, "options": options}
+        body: dict[str, Any] = {"name": name, "kind": kind, "site": site, "region": region, "tags": tags}
+        body["options"] = options
+        if credentials is not None:
+            body["credentials"] = credentials
         return self._call("POST", "/clouds", json=body)
+
+    def set_cloud_credentials(self, name: str, credentials: dict[str, str]) -> Any:
+        return self._call("PUT", f"/clouds/{name}/credentials", json={"credentials": credentials})
 
     def list_clouds(self) -> Any:
         return self._call("GET", "/clouds")

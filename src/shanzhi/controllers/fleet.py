@@ -10,7 +10,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from shanzhi.providers import Provider, load_provider
+from shanzhi.providers import Provider, credentials, load_provider
+from shanzhi.providers.credentials import CREDENTIALS_KEY
+from shanzhi.sealing import Vault
 
 
 class Fleet:
@@ -18,6 +20,7 @@ class Fleet:
         self.data_dir = data_dir
         self._providers: dict[str, tuple[str, str, Provider]] = {}
         self._lock = threading.Lock()
+        self._vault: Vault | None = None  # opens clouds' sealed credentials (made on first use)
 
     def state_dir(self, cloud: str) -> Path:
         return self.data_dir / "clouds" / cloud
@@ -28,9 +31,17 @@ class Fleet:
             cached = self._providers.get(name)
             if cached and cached[0] == kind and cached[1] == key:
                 return cached[2]
-            p = load_provider(kind, name, options, self.state_dir(name))
+            rest, creds = credentials.split(self.vault, name, options)
+            p = load_provider(kind, name, rest, self.state_dir(name), creds)
             self._providers[name] = (kind, key, p)
             return p
+
+    @property
+    def vault(self) -> Vault:
+        """Seals and opens clouds' credentials (`credentials.key` in the data directory)."""
+        if self._vault is None:
+            self._vault = Vault.for_data_dir(self.data_dir, CREDENTIALS_KEY)
+        return self._vault
 
     def forget(self, name: str) -> None:
         with self._lock:

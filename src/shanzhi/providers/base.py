@@ -115,11 +115,16 @@ class Provider(ABC):
     probes_endpoints: ClassVar[bool] = False
     #: whether instances live on the tenant fabric (each gets a NetworkAttachment, policy applies)
     tenant_network: bool = False
+    #: the credential fields the cloud takes (name -> help), sealed at rest (providers.credentials)
+    credential_fields: ClassVar[dict[str, str]] = {}
 
-    def __init__(self, name: str, options: Mapping[str, Any], state_dir: Path) -> None:
+    def __init__(
+        self, name: str, options: Mapping[str, Any], state_dir: Path, credentials: Mapping[str, str] | None = None
+    ) -> None:
         self.name = name
         self.opts = dict(options)
         self.state_dir = state_dir
+        self.credentials = dict(credentials or {})
 
     @classmethod
     def validate_options(cls, raw: Mapping[str, Any]) -> dict[str, Any]:

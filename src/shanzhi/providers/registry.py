@@ -15,6 +15,7 @@ _KINDS: dict[str, str] = {
     "sim": "shanzhi.providers.sim:SimProvider",
     "libvirt": "shanzhi.providers.libvirt.provider:LibvirtProvider",
     "netns": "shanzhi.providers.netns.provider:NetnsProvider",
+    "ec2": "shanzhi.providers.ec2:Ec2Provider",
 }
 
 
@@ -32,5 +33,7 @@ def provider_class(kind: str) -> type[Provider]:
     return cls
 
 
-def load_provider(kind: str, name: str, options: Mapping[str, Any], state_dir: Path) -> Provider:
-    return provider_class(kind)(name, options, state_dir)
+def load_provider(
+    kind: str, name: str, options: Mapping[str, Any], state_dir: Path, credentials: Mapping[str, str] | None = None
+) -> Provider:
+    return provider_class(kind)(name, options, state_dir, credentials)

@@ -51,8 +51,8 @@ class SimProvider(Provider):
         "boot": OptionSpec(non_negative_float, 1.0, "seconds from create to running"),
     }
 
-    def __init__(self, name: str, options: dict[str, Any], state_dir: Path) -> None:
-        super().__init__(name, options, state_dir)
+    def __init__(self, name: str, options: dict[str, Any], state_dir: Path, credentials: Any = None) -> None:
+        super().__init__(name, options, state_dir, credentials)
         self._db_path = state_dir / "sim.sqlite3"
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -11,7 +12,8 @@ from sqlalchemy.orm import Session
 from shanzhi.controllers import Fleet
 from shanzhi.domain.errors import Conflict, InvalidInput, NotFound
 from shanzhi.domain.spec import NAME_RE
-from shanzhi.providers import provider_class
+from shanzhi.providers import credentials, provider_class
+from shanzhi.sealing import Vault
 from shanzhi.store.events import record_event
 from shanzhi.store.tables import Cloud, Instance, Site
 
@@ -29,6 +31,8 @@ def add_cloud(
     region: str,
     tags: Mapping[str, str],
     options: Mapping[str, str | int | float],
+    secrets: Mapping[str, Any] | None = None,
+    vault: Vault | None = None,
 ) -> Cloud:
     _check_name(name, "name")
     _check_name(site, "site")
@@ -36,7 +40,12 @@ def add_cloud(
     cls = provider_class(kind)
     if "site" in cls.options:  # a fabric cloud routes through its site's router
         options = {**options, "site": site}
+    if credentials.OPTION in options:
+        raise InvalidInput("credentials go in the request's 'credentials', not among its options", field="options")
     opts = cls.validate_options(options)
+    if secrets is not None:
+        assert vault is not None
+        opts[credentials.OPTION] = credentials.seal(vault, credentials.check(kind, cls.credential_fields, secrets))
     if s.scalar(select(Cloud.id).where(Cloud.name == name)) is not None:
         raise Conflict(f"cloud {name} already exists", field="name")
     site_row = s.scalar(select(Site).where(Site.name == site))
@@ -47,6 +56,18 @@ def add_cloud(
     s.add(cloud)
     s.flush()
     record_event(s, "CloudAdded", "cloud", name, f"{kind} cloud {name} added in site {site}, region {region}")
+    return cloud
+
+
+def set_credentials(s: Session, name: str, secrets: Mapping[str, Any], vault: Vault) -> Cloud:
+    """Replace a cloud's credentials (the fleet builds its provider anew with them)."""
+    cloud = get_cloud(s, name)
+    cls = provider_class(cloud.kind)
+    sealed = credentials.seal(vault, credentials.check(cloud.kind, cls.credential_fields, secrets))
+    cloud.options = {**cloud.options, credentials.OPTION: sealed}
+    record_event(
+        s, "CloudCredentials", "cloud", name, f"credentials of cloud {name} replaced ({', '.join(sealed['fields'])})"
+    )
     return cloud
 
 

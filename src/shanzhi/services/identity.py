@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from shanzhi.domain.errors import Conflict, Forbidden, InvalidInput, Locked, NotFound, Unauthorized
 from shanzhi.domain.rbac import PLATFORM_ROLES, ROLES, VDC_ROLES, Principal, Scope
 from shanzhi.files import write_private
+from shanzhi.sealing import Vault
 from shanzhi.services import mfa
 from shanzhi.services.vdcs import get_vdc, scope_filter
 from shanzhi.store.tables import Grant, LoginFailure, Token, User, Vdc, utcnow
@@ -215,7 +216,7 @@ def login(
     new_password: str | None = None,
     *,
     otp: str | None = None,
-    vault: mfa.Vault | None = None,
+    vault: Vault | None = None,
 ) -> tuple[str, Token]:
     """Check a password; after `max_failures` wrong ones in a row the user is locked for a while.
     Unknown users and wrong passwords get the same answer. A password older than
@@ -261,7 +262,7 @@ def count_failure(u: User, policy: Policy) -> None:
         u.locked_until = utcnow() + policy.lockout
 
 
-def second_factor(s: Session, u: User, otp: str | None, vault: mfa.Vault | None, policy: Policy) -> str | None:
+def second_factor(s: Session, u: User, otp: str | None, vault: Vault | None, policy: Policy) -> str | None:
     """After a good password (or single sign-on): check the second factor the user has. A wrong
     code counts toward the lock-out. Returns the restriction of the session to issue: enrolment
     only, when a second factor is required and the user has none yet."""

@@ -17,17 +17,14 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
-from dataclasses import dataclass
-from pathlib import Path
 
 import pyotp
-from cryptography.fernet import Fernet, InvalidToken
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shanzhi.domain.errors import Conflict, InvalidInput, Unauthorized
 from shanzhi.domain.rbac import PLATFORM_ROLES
-from shanzhi.files import write_private
+from shanzhi.sealing import Vault
 from shanzhi.store.tables import Grant, RecoveryCode, User, utcnow
 
 ISSUER = "Shanzhi"
@@ -46,29 +43,6 @@ class MfaRequired(Unauthorized):
             "(or a recovery code) as 'otp'",
             field="otp",
         )
-
-
-@dataclass(frozen=True)
-class Vault:
-    """Encrypts TOTP secrets with the data directory's key."""
-
-    fernet: Fernet
-
-    @classmethod
-    def for_data_dir(cls, data_dir: Path) -> Vault:
-        path = data_dir / "mfa.key"
-        if not path.exists():
-            write_private(path, Fernet.generate_key().decode() + "\n")
-        return cls(Fernet(path.read_text().strip().encode()))
-
-    def seal(self, secret: str) -> str:
-        return self.fernet.encrypt(secret.encode()).decode()
-
-    def open(self, sealed: str) -> str:
-        try:
-            return self.fernet.decrypt(sealed.encode()).decode()
-        except InvalidToken:
-            raise Conflict("this user's second factor cannot be read with this server's mfa.key") from None
 
 
 def required(s: Session, u: User, everyone: bool) -> bool:
@@ -98,7 +72,7 @@ def confirm(s: Session, u: User, code: str, vault: Vault) -> list[str]:
         raise Conflict(f"{u.name} already has a second factor")
     if u.mfa_secret is None:
         raise Conflict("no enrolment in progress: start one with 'shanzhi mfa enroll'")
-    step = _totp_step(vault.open(u.mfa_secret), code, after=0)
+    step = _totp_step(vault.open(u.mfa_secret, "this user's second factor"), code, after=0)
     if step is None:
         raise InvalidInput("that code does not match: check the authenticator app's clock and try again", field="code")
     u.mfa_enabled, u.mfa_last_step = True, step
@@ -123,7 +97,7 @@ def verify(s: Session, u: User, code: str, vault: Vault) -> str:
         raise Unauthorized(f"{u.name} has no second factor", field="otp")
     code = code.strip()
     if code.isdigit():
-        step = _totp_step(vault.open(u.mfa_secret), code, after=u.mfa_last_step)
+        step = _totp_step(vault.open(u.mfa_secret, "this user's second factor"), code, after=u.mfa_last_step)
         if step is not None:
             u.mfa_last_step = step
             return "totp"

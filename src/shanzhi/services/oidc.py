@@ -45,6 +45,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from shanzhi.domain.errors import Forbidden, IdentityProviderError, InvalidInput, Locked, Unauthorized
+from shanzhi.sealing import Vault
 from shanzhi.services.identity import (
     BOOTSTRAP,
     USER_RE,
@@ -54,7 +55,7 @@ from shanzhi.services.identity import (
     second_factor,
     token_hash,
 )
-from shanzhi.services.mfa import MfaRequired, Vault
+from shanzhi.services.mfa import MfaRequired
 from shanzhi.services.oidc_groups import groups_of, sync_grants
 from shanzhi.store.tables import OidcFlow, Token, User, utcnow
 

@@ -17,8 +17,21 @@ router = APIRouter(prefix="/clouds", tags=["clouds"])
 @router.post("", status_code=201, response_model=schemas.CloudOut)
 def add_cloud(request: Request, body: schemas.CloudIn, rt: Runtime = Depends(runtime)) -> schemas.CloudOut:
     with transaction(request) as s:
-        c = svc.add_cloud(s, body.name, body.kind, body.site, body.region, body.tags, body.options)
+        c = svc.add_cloud(
+            s, body.name, body.kind, body.site, body.region, body.tags, body.options, body.credentials, rt.fleet.vault
+        )
         out = views.cloud(c, (0, 0, 0))
+    rt.wake()
+    return out
+
+
+@router.put("/{name}/credentials", response_model=schemas.CloudOut)
+def set_credentials(
+    request: Request, name: str, body: schemas.CredentialsIn, rt: Runtime = Depends(runtime)
+) -> schemas.CloudOut:
+    with transaction(request) as s:
+        c = svc.set_credentials(s, name, body.credentials, rt.fleet.vault)
+        out = views.cloud(c, svc.usage(s).get(c.id, (0, 0, 0)))
     rt.wake()
     return out
 

@@ -136,8 +136,8 @@ class LibvirtProvider(FabricMember, MachineCloud):
             raise InvalidInput(f"network=fabric: {why}", field="options.network")
         return opts
 
-    def __init__(self, name: str, options: Any, state_dir: Path) -> None:
-        super().__init__(name, options, state_dir)
+    def __init__(self, name: str, options: Any, state_dir: Path, credentials: Any = None) -> None:
+        super().__init__(name, options, state_dir, credentials)
         missing = available()
         if missing:
             raise InvalidInput(f"a libvirt cloud needs {missing}", field="kind")
