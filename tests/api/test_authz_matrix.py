@@ -75,6 +75,7 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/clouds"): frozenset({SYS}),
     ("GET", "/clouds/{name}"): VDC_ROLES_ANYWHERE,
     ("DELETE", "/clouds/{name}"): frozenset({SYS}),
+    ("PUT", "/clouds/{name}/credentials"): frozenset({SYS}),
     ("POST", "/clouds/{name}/fail"): frozenset({SYS}),
     ("POST", "/clouds/{name}/recover"): frozenset({SYS}),
     ("GET", "/vdcs"): VDC_ROLES_ANYWHERE,
@@ -340,6 +341,8 @@ def _calls(w: World) -> dict[tuple[str, str], Callable[[str], Call]]:
         ("GET", "/clouds/{name}"): lambda _: ("/clouds/city-a", {}),
         ("DELETE", "/clouds/{name}"): new_cloud,
         ("POST", "/clouds/{name}/fail"): lambda _: ("/clouds/city-b/fail", {"json": {}}),
+        # a local cloud takes no credentials: the system administrator gets a 422, the rest 403
+        ("PUT", "/clouds/{name}/credentials"): lambda _: ("/clouds/city-b/credentials", {"json": {"credentials": {}}}),
         ("POST", "/clouds/{name}/recover"): lambda _: ("/clouds/city-b/recover", {"json": {}}),
         ("GET", "/vdcs"): lambda _: ("/vdcs", {}),
         ("POST", "/vdcs"): lambda _: ("/vdcs", {"json": {"path": f"gz/health/{w.fresh()}"}}),

@@ -1,0 +1,145 @@
+"""End to end on an ec2 cloud: a real server and CLI driving a real moto server on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.harness import Cli, Server, stop_everything, wait_for
+from tests.ec2.moto import REGION, Moto, tagged
+
+pytestmark = pytest.mark.e2e
+SECRET = "wJalrXUtnFEMI-K7MDENG-shanzhi-test-secret"
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    data = tmp_path / "data"
+    data.mkdir()
+    s = Server(data)
+    yield s
+    stop_everything(data, s)
+
+
+def app_spec(image: str, replicas: int = 2) -> str:
+    return json.dumps(
+        {
+            "apiVersion": "shanzhi.io/v1",
+            "kind": "App",
+            "metadata": {"name": "tax", "vdc": "gz"},
+            "spec": {
+                "components": [
+                    {
+                        "name": "api",
+                        "replicas": replicas,
+                        "image": image,
+                        "flavor": "s1.small",
+                        "env": {"MODE": "production"},
+                        "ports": [{"name": "http", "port": 8080}],
+                        "volumes": [{"name": "data", "size": "2Gi", "mountPath": "/data"}],
+                    }
+                ],
+                "placement": {"clouds": {"names": ["aws-gz"]}},
+            },
+        }
+    )
+
+
+def by_name(ec2: Any) -> dict[str, dict[str, Any]]:
+    out = {}
+    live = ["pending", "running"]
+    filters = [{"Name": "tag:shanzhi:cloud", "Values": ["aws-gz"]}, {"Name": "instance-state-name", "Values": live}]
+    for r in ec2.describe_instances(Filters=filters)["Reservations"]:
+        for i in r["Instances"]:
+            out[next(t["Value"] for t in i["Tags"] if t["Key"] == "shanzhi:instance")] = i
+    return out
+
+
+def test_register_apply_heal_and_delete_on_an_ec2_cloud(server: Server, moto: Moto, tmp_path: Path) -> None:
+    cli = Cli(server)
+    creds = tmp_path / "aws-credentials"
+    creds.write_text(f"[gz]\naws_access_key_id = AKIASHANZHIGZ\naws_secret_access_key = {SECRET}\n")
+    options = ["--option", f"endpoint={moto.url}", "--option", f"region={REGION}", "--option", "instances=6"]
+    args = ["cloud", "add", "aws-gz", "--kind", "ec2", "--site", "public-a", "--region", "gz", *options]
+    cli.ok(*args, "--credentials-file", str(creds), "--profile", "gz")
+    cloud = wait_for(lambda: (c := cli.json("cloud", "get", "aws-gz"))["health"] == "healthy" and c, 30, "healthy")
+    assert cloud["options"]["credentials"] == {"fields": ["access_key_id", "secret_access_key"], "sealed": True}
+    assert [h["name"] for h in cloud["host_list"]] == [f"{REGION}a", f"{REGION}b", f"{REGION}c"]
+    # the secret is nowhere in the clear: not in the API's answers, the database, the log, the events
+    everything = "".join(cli.ok(*c) for c in (["cloud", "get", "aws-gz", "-o", "json"], ["events", "-o", "json"]))
+    stored = b"".join(p.read_bytes() for p in server.data_dir.glob("shanzhi.db*"))
+    assert SECRET not in everything and SECRET.encode() not in stored and SECRET not in server.log.read_text()
+    assert os.stat(server.data_dir / "credentials.key").st_mode & 0o777 == 0o600
+
+    cli.ok("vdc", "create", "gz", "--quota", "cpu=8,memory=16Gi,instances=10,storage=20Gi")
+    spec = tmp_path / "tax.json"
+    spec.write_text(app_spec(moto.image()))
+    out = cli.ok("apply", "-f", str(spec), "--wait", "--timeout", "90")
+    assert "app/tax ready" in out
+    ec2 = moto.client()
+    first = by_name(ec2)
+    rows = cli.json("instance", "list", "--app", "tax")
+    assert sorted(first) == sorted(r["name"] for r in rows) and len(rows) == 2
+    assert {r["cloud"] for r in rows} == {"aws-gz"} and all(r["state"] == "running" for r in rows)
+    assert {i["InstanceType"] for i in first.values()} == {"t3.micro"}  # s1.small (1 cpu, 1 GiB): 2 vCPU, 1 GiB
+    volumes = {
+        name: [m["Ebs"]["VolumeId"] for m in i["BlockDeviceMappings"] if m["DeviceName"] == "/dev/sdf"]
+        for name, i in first.items()
+    }
+    assert all(len(v) == 1 for v in volumes.values())
+    detail = cli.json("instance", "get", rows[0]["name"])
+    assert detail["provider"]["instance_id"] == first[rows[0]["name"]]["InstanceId"]
+
+    # an operator terminates one behind Shanzhi's back: it comes back, with its own disk
+    victim = rows[0]["name"]
+    ec2.terminate_instances(InstanceIds=[first[victim]["InstanceId"]])
+    healed = wait_for(
+        lambda: (
+            (now := by_name(ec2)).get(victim, {}).get("InstanceId") not in (None, first[victim]["InstanceId"]) and now
+        ),
+        60,
+        "the terminated instance to be replaced",
+    )
+    again = [m["Ebs"]["VolumeId"] for m in healed[victim]["BlockDeviceMappings"] if m["DeviceName"] == "/dev/sdf"]
+    assert again == volumes[victim]
+    reasons = [e["reason"] for e in cli.json("events", "--app", "tax")]
+    assert "InstanceVanished" in reasons
+    wait_for(lambda: all(r["state"] == "running" for r in cli.json("instance", "list", "--app", "tax")), 30, "running")
+
+    # delete leaves nothing behind on the cloud: no instance, volume or security group
+    cli.ok("app", "delete", "tax", "--wait", "--timeout", "60")
+    wait_for(lambda: tagged(ec2, "aws-gz") == {"instances": [], "volumes": [], "groups": []}, 60, "nothing left")
+
+
+def test_bad_credentials_and_clouds_are_refused_and_change_nothing(server: Server, moto: Moto, tmp_path: Path) -> None:
+    cli = Cli(server)
+    base = ["cloud", "add", "aws-gz", "--kind", "ec2", "--site", "public-a", "--region", "gz"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("access_key_id: AKIA\npassword: hunter2\n")
+    r = cli.run(*base, "--option", f"endpoint={moto.url}", "--credentials-file", str(bad))
+    assert r.returncode != 0 and "unknown credential 'password'" in r.stderr and "hunter2" not in r.stderr
+    r = cli.run(*base, "--credentials-file", str(tmp_path / "missing"))
+    assert r.returncode != 0 and "missing" in r.stderr
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"access_key_id": "AKIA", "secret_access_key": SECRET}))
+    r = cli.run(
+        "cloud", "add", "city", "--kind", "local", "--site", "s", "--region", "gz", "--credentials-file", str(good)
+    )
+    assert r.returncode != 0 and "a local cloud takes no credentials" in r.stderr
+    r = cli.run(*base, "--option", "endpoint=ftp://example", "--credentials-file", str(good))
+    assert r.returncode != 0 and "http(s) URL" in r.stderr
+    assert cli.json("cloud", "list") == []
+    # replacing credentials: the provider is built again with them; the old ones are gone
+    cli.ok(*base, "--option", f"endpoint={moto.url}", "--option", f"region={REGION}", "--credentials-file", str(good))
+    new = tmp_path / "new.yaml"
+    new.write_text("access_key_id: AKIANEW\nsecret_access_key: rotated-secret\n")
+    out = cli.json("cloud", "credentials", "aws-gz", "--credentials-file", str(new))
+    assert out["options"]["credentials"]["fields"] == ["access_key_id", "secret_access_key"]
+    assert "CloudCredentials" in [e["reason"] for e in cli.json("events")]
+    r = cli.run("cloud", "credentials", "nope", "--credentials-file", str(new))
+    assert r.returncode != 0 and "cloud nope does not exist" in r.stderr
