@@ -76,6 +76,10 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/clouds/{name}"): VDC_ROLES_ANYWHERE,
     ("DELETE", "/clouds/{name}"): frozenset({SYS}),
     ("PUT", "/clouds/{name}/credentials"): frozenset({SYS}),
+    ("GET", "/inventory"): frozenset({SYS}),
+    ("GET", "/inventory/syncs"): frozenset({SYS}),
+    ("POST", "/inventory/sync"): frozenset({SYS}),
+    ("POST", "/adopt"): frozenset({SYS}),
     ("POST", "/clouds/{name}/fail"): frozenset({SYS}),
     ("POST", "/clouds/{name}/recover"): frozenset({SYS}),
     ("GET", "/vdcs"): VDC_ROLES_ANYWHERE,
@@ -343,6 +347,11 @@ def _calls(w: World) -> dict[tuple[str, str], Callable[[str], Call]]:
         ("POST", "/clouds/{name}/fail"): lambda _: ("/clouds/city-b/fail", {"json": {}}),
         # a local cloud takes no credentials: the system administrator gets a 422, the rest 403
         ("PUT", "/clouds/{name}/credentials"): lambda _: ("/clouds/city-b/credentials", {"json": {"credentials": {}}}),
+        ("GET", "/inventory"): lambda _: ("/inventory?kind=server", {}),
+        ("GET", "/inventory/syncs"): lambda _: ("/inventory/syncs", {}),
+        ("POST", "/inventory/sync"): lambda _: ("/inventory/sync", {"json": {"cloud": "city-b"}}),
+        # no server named: the system administrator gets a 422, the rest 403
+        ("POST", "/adopt"): lambda _: ("/adopt", {"json": {"cloud": "city-b", "ids": [], "vdc": "gz", "app": "x"}}),
         ("POST", "/clouds/{name}/recover"): lambda _: ("/clouds/city-b/recover", {"json": {}}),
         ("GET", "/vdcs"): lambda _: ("/vdcs", {}),
         ("POST", "/vdcs"): lambda _: ("/vdcs", {"json": {"path": f"gz/health/{w.fresh()}"}}),
@@ -520,6 +529,7 @@ def test_the_route_table_knows_every_api_route(api: TestClient) -> None:
         dr,
         identity,
         images,
+        inventory,
         ledger,
         metering,
         network,
@@ -531,7 +541,7 @@ def test_the_route_table_knows_every_api_route(api: TestClient) -> None:
     )
 
     modules = (identity, oidc, clouds, images, vdcs, apps, volumes, observe, network, dr, plans, approvals, metering)
-    modules += (audit, ledger)
+    modules += (audit, ledger, inventory)
     table = RouteTable([m.router for m in modules])
     assert table.missing() == []
     for method, path in openapi_routes(api.app):

@@ -50,10 +50,10 @@ def app_spec(image: str, replicas: int = 2) -> str:
     )
 
 
-def by_name(ec2: Any) -> dict[str, dict[str, Any]]:
+def by_name(ec2: Any, cloud: str = "aws-gz") -> dict[str, dict[str, Any]]:
     out = {}
     live = ["pending", "running"]
-    filters = [{"Name": "tag:shanzhi:cloud", "Values": ["aws-gz"]}, {"Name": "instance-state-name", "Values": live}]
+    filters = [{"Name": "tag:shanzhi:cloud", "Values": [cloud]}, {"Name": "instance-state-name", "Values": live}]
     for r in ec2.describe_instances(Filters=filters)["Reservations"]:
         for i in r["Instances"]:
             out[next(t["Value"] for t in i["Tags"] if t["Key"] == "shanzhi:instance")] = i
@@ -143,3 +143,88 @@ def test_bad_credentials_and_clouds_are_refused_and_change_nothing(server: Serve
     assert "CloudCredentials" in [e["reason"] for e in cli.json("events")]
     r = cli.run("cloud", "credentials", "nope", "--credentials-file", str(new))
     assert r.returncode != 0 and "cloud nope does not exist" in r.stderr
+
+
+def test_inventory_lists_and_adopt_takes_over_an_instance_made_outside(
+    server: Server, moto: Moto, tmp_path: Path
+) -> None:
+    cli = Cli(server)
+    creds = tmp_path / "creds.yaml"
+    creds.write_text(f"access_key_id: AKIASHANZHIGZ\nsecret_access_key: {SECRET}\n")
+    options = ["--option", f"endpoint={moto.url}", "--option", f"region={REGION}", "--credentials-file", str(creds)]
+    cli.ok("cloud", "add", "aws-gz", "--kind", "ec2", "--site", "public-a", "--region", "gz", *options)
+    cli.ok("vdc", "create", "gz", "--quota", "cpu=8,memory=16Gi,instances=10")
+    # a legacy system someone started by hand: its own security group opens 8443 to the VPC
+    ec2 = moto.client()
+    vpc = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"][0]
+    group = ec2.create_security_group(GroupName="legacy", Description="by hand", VpcId=vpc["VpcId"])["GroupId"]
+    ec2.authorize_security_group_ingress(
+        GroupId=group,
+        IpPermissions=[
+            {"IpProtocol": "tcp", "FromPort": 8443, "ToPort": 8443, "IpRanges": [{"CidrIp": vpc["CidrBlock"]}]}
+        ],
+    )
+    legacy = ec2.run_instances(
+        ImageId=moto.image(),
+        MinCount=1,
+        MaxCount=1,
+        InstanceType="t3.small",
+        SecurityGroupIds=[group],
+        Placement={"AvailabilityZone": f"{REGION}b"},
+        TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": "Name", "Value": "legacy-tax"}]}],
+    )["Instances"][0]
+    lid = legacy["InstanceId"]
+
+    cli.ok("inventory", "sync", "--cloud", "aws-gz")
+    found = wait_for(
+        lambda: [
+            r for r in cli.json("inventory", "list", "--cloud", "aws-gz", "--unmanaged") if r["external_id"] == lid
+        ],
+        30,
+        "the legacy instance in the inventory",
+    )
+    assert found[0]["name"] == "legacy-tax" and found[0]["kind"] == "server" and found[0]["managed"] is False
+    assert found[0]["attrs"]["ports"] == [8443] and found[0]["attrs"]["zone"] == f"{REGION}b"
+    kinds = {r["kind"] for r in cli.json("inventory", "list", "--cloud", "aws-gz")}
+    assert {"host", "server", "network", "flavor"} <= kinds
+    (sync,) = [r for r in cli.json("inventory", "syncs") if r["cloud"] == "aws-gz"]
+    assert sync["synced_at"] and sync["error"] == "" and sync["items"] > 10
+
+    # dry run: the spec it would write, and nothing changes
+    base = ["adopt", lid, "--cloud", "aws-gz", "--vdc", "gz", "--app", "legacy", "--component", "web"]
+    dry = cli.json(*base, "--dry-run")
+    (comp,) = dry["spec"]["spec"]["components"]
+    assert comp["image"] == legacy["ImageId"] and comp["replicas"] == 1
+    assert comp["resources"] == {"cpu": "2000m", "memory": "2048Mi"}  # t3.small
+    assert comp["ports"] == [{"name": "p8443", "port": 8443}]
+    assert cli.json("app", "list") == []
+
+    adopted = cli.json(*base)
+    (name,) = adopted["instances"]
+    row = wait_for(
+        lambda: (r := cli.json("instance", "get", name))["state"] == "running" and r, 30, "the adopted replica to run"
+    )
+    assert row["cloud"] == "aws-gz" and row["host"] == f"{REGION}b"
+    tags = {t["Key"]: t["Value"] for t in ec2.describe_tags(Filters=[{"Name": "resource-id", "Values": [lid]}])["Tags"]}
+    assert tags["shanzhi:instance"] == name and tags["shanzhi:vdc"] == "gz" and tags["Name"] == "legacy-tax"
+    same = ec2.describe_instances(InstanceIds=[lid])["Reservations"][0]["Instances"][0]
+    assert same["State"]["Name"] == "running" and same["LaunchTime"] == legacy["LaunchTime"]  # never restarted
+    assert "AppAdopted" in [e["reason"] for e in cli.json("events", "--app", "legacy")]
+    r = cli.run(*base)
+    assert r.returncode != 0 and "already" in r.stderr
+    r = cli.run("adopt", "i-0000000000", "--cloud", "aws-gz", "--vdc", "gz", "--app", "other")
+    assert r.returncode != 0 and "no server i-0000000000" in r.stderr
+    cli.ok("inventory", "sync", "--cloud", "aws-gz")
+    wait_for(
+        lambda: (
+            [r["instance"] for r in cli.json("inventory", "list", "--kind", "server") if r["external_id"] == lid]
+            == [name]
+        ),
+        30,
+        "the inventory to show it managed",
+    )
+    # managed like any replica: terminated behind Shanzhi's back, it is replaced
+    ec2.terminate_instances(InstanceIds=[lid])
+    wait_for(lambda: name in by_name(ec2, "aws-gz"), 60, "a replacement")
+    cli.ok("app", "delete", "legacy", "--wait", "--timeout", "60")
+    wait_for(lambda: tagged(ec2, "aws-gz")["instances"] == [], 60, "nothing left")

@@ -36,6 +36,19 @@ class CredentialsIn(_In):
     credentials: dict[str, str]
 
 
+class SyncIn(_In):
+    cloud: str | None = Field(None, description="one cloud (default: every cloud)")
+
+
+class AdoptIn(_In):
+    cloud: str
+    ids: list[str] = Field(min_length=1, max_length=100, description="the servers' ids on the cloud")
+    vdc: str = Field(max_length=512)
+    app: str = Field(pattern=NAME_RE)
+    component: str = Field("main", pattern=NAME_RE)
+    dry_run: bool = Field(False, description="show the spec adopting would write; change nothing")
+
+
 class FailureIn(_In):
     host: str | None = None
 

@@ -54,6 +54,9 @@ def serve(
     flow_retention_days: float = typer.Option(
         7.0, "--flow-retention-days", min=0.01, help="Keep flow records this long (app-to-app edges keep totals)."
     ),
+    inventory_interval: float = typer.Option(
+        30.0, "--inventory-interval", min=1.0, help="Seconds between inventory syncs of each cloud."
+    ),
     ledger_origin: str | None = typer.Option(
         None,
         "--ledger-origin",
@@ -196,6 +199,7 @@ def serve(
         network_prefix=network_prefix,
         alarm_webhook=alarm_webhook,
         flow_retention_days=flow_retention_days,
+        inventory_interval=inventory_interval,
         ledger_origin=ledger_origin,
         witnesses=tuple(witnesses),
         witness_quorum=witness_quorum,

@@ -131,6 +131,21 @@ class Client:
             body["credentials"] = credentials
         return self._call("POST", "/clouds", json=body)
 
+    def inventory(self, cloud: str | None, kind: str | None, unmanaged: bool, after: int = 0, limit: int = 200) -> Any:
+        params: dict[str, Any] = {"after": after, "limit": limit, "unmanaged": unmanaged}
+        params |= {k: v for k, v in (("cloud", cloud), ("kind", kind)) if v is not None}
+        return self._call("GET", "/inventory", params=params)
+
+    def inventory_syncs(self) -> Any:
+        return self._call("GET", "/inventory/syncs")
+
+    def inventory_sync(self, cloud: str | None) -> Any:
+        return self._call("POST", "/inventory/sync", json={"cloud": cloud})
+
+    def adopt(self, cloud: str, ids: list[str], vdc: str, app: str, component: str, dry_run: bool) -> Any:
+        body = {"cloud": cloud, "ids": ids, "vdc": vdc, "app": app, "component": component, "dry_run": dry_run}
+        return self._call("POST", "/adopt", json=body)
+
     def set_cloud_credentials(self, name: str, credentials: dict[str, str]) -> Any:
         return self._call("PUT", f"/clouds/{name}/credentials", json={"credentials": credentials})
 

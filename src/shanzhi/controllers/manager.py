@@ -15,6 +15,7 @@ from shanzhi.controllers.dr import DrController
 from shanzhi.controllers.fleet import Fleet
 from shanzhi.controllers.flows import FlowController
 from shanzhi.controllers.housekeeping import Housekeeping
+from shanzhi.controllers.inventory import InventoryController
 from shanzhi.controllers.network import NetworkController
 from shanzhi.controllers.reconciler import Reconciler
 from shanzhi.network.addressing import DEFAULT_POOL, DEFAULT_PREFIX
@@ -37,6 +38,7 @@ class ControllerManager:
         network_prefix: int = DEFAULT_PREFIX,
         alarm_webhook: str | None = None,
         flow_retention_days: float = 7.0,
+        inventory_interval: float = 30.0,
     ) -> None:
         self.db = db
         self.interval = interval
@@ -47,6 +49,7 @@ class ControllerManager:
         self.dr = DrController(db, fleet.data_dir)
         self.flows = FlowController(db, self.network, lambda: self.is_leader)
         self.notifier = Notifier(db, alarm_webhook, lambda: self.is_leader)
+        self.inventory = InventoryController(db, fleet, lambda: self.is_leader, interval=inventory_interval)
         self.housekeeping = Housekeeping(
             db, audit_retention_days=audit_retention_days, flow_retention_days=flow_retention_days
         )
@@ -69,6 +72,7 @@ class ControllerManager:
             network_prefix=settings.network_prefix,
             alarm_webhook=settings.alarm_webhook,
             flow_retention_days=settings.flow_retention_days,
+            inventory_interval=settings.inventory_interval,
         )
 
     def start(self) -> None:
@@ -76,9 +80,11 @@ class ControllerManager:
         self._thread.start()
         self.flows.start()
         self.notifier.start()
+        self.inventory.start()
 
     def wake(self) -> None:
         self._wake.set()
+        self.inventory.wake()
 
     def stop(self) -> None:
         self._stop.set()
@@ -87,6 +93,7 @@ class ControllerManager:
             self._thread.join(timeout=30)
         self.flows.stop()
         self.notifier.stop()
+        self.inventory.stop()
         self._lock.release()
         self.reconciler.close()
         self.dr.close()

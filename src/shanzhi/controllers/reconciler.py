@@ -57,10 +57,11 @@ STARTUP_TIMEOUT = timedelta(seconds=60)
 
 @dataclass(frozen=True)
 class _Action:
-    kind: Literal["create", "delete", "restart"]
+    kind: Literal["create", "delete", "restart", "adopt"]
     name: str
     cloud: str
     request: InstanceRequest | None = None
+    source: str | None = None  # adopt: the cloud's id of what becomes this replica
 
 
 @dataclass(frozen=True)
@@ -403,6 +404,8 @@ class Reconciler:
         o = obs.get(r.name)
         if r.state == "lost":
             return self._terminate(s, r, f"cloud {cloud.name} is back; a replacement already runs elsewhere")
+        if r.state == "adopting" and o is None:  # its cloud does not know it by its name yet
+            return [_Action("adopt", r.name, cloud.name, self._request(app, comp, r, s), r.adopted_from)]
         if o is None and comp.volumes and r.replaces:
             # a cold migration: the replica it replaces stops first, so its disks are copied consistent
             old = s.scalar(select(Instance).where(Instance.name == r.replaces))
@@ -714,6 +717,9 @@ class Reconciler:
                 if a.kind in ("create", "restart"):
                     assert a.request is not None
                     observed = p.create_instance(a.request)
+                if a.kind == "adopt":
+                    assert a.request is not None and a.source is not None
+                    observed = p.adopt(a.source, a.request)
                 outcomes.append((a, observed, None))
             except (ShanzhiError, OSError, sqlite3.Error) as err:
                 outcomes.append((a, None, f"{a.kind} failed on cloud {a.cloud}: {err}"))
@@ -747,6 +753,12 @@ class Reconciler:
                 elif observed is not None and row.state == "scheduled":
                     self._set_state(s, row, "starting", f"created on {a.cloud}/{row.host}")
                     row.endpoint = observed.endpoint
+                elif observed is not None and row.state == "adopting":
+                    self._set_state(s, row, "starting", f"adopted {row.adopted_from} on {a.cloud}/{observed.host}")
+                    row.endpoint, row.host = observed.endpoint, observed.host
+                    record_event(
+                        s, "InstanceAdopted", "instance", row.name, row.reason, app=row.app.name, vdc=row.app.vdc.path
+                    )
 
 
 def _release_volumes(s: Session, r: Instance) -> None:

@@ -13,6 +13,7 @@ from shanzhi.providers.base import (
     NetworkAttachment,
     ObservedInstance,
     Provider,
+    Resource,
     VolumeRequest,
 )
 from shanzhi.providers.registry import kinds, load_provider, provider_class
@@ -25,6 +26,7 @@ __all__ = [
     "NetworkAttachment",
     "ObservedInstance",
     "Provider",
+    "Resource",
     "VolumeRequest",
     "kinds",
     "load_provider",

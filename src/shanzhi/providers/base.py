@@ -77,6 +77,24 @@ class ObservedInstance:
     detail: str = ""
 
 
+#: what an inventory holds, per cloud
+RESOURCE_KINDS = ("host", "server", "volume", "network", "image", "flavor")
+
+
+@dataclass(frozen=True)
+class Resource:
+    """One thing a cloud has, for the inventory: Shanzhi's own (`managed`, with the instance it
+    is when it is one) or found there (unmanaged: a legacy system, something made by hand)."""
+
+    kind: str  # one of RESOURCE_KINDS
+    id: str  # the cloud's own id
+    name: str
+    state: str = ""
+    managed: bool = False
+    instance: str | None = None
+    attrs: Mapping[str, Any] = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class LogChunk:
     text: str
@@ -167,6 +185,26 @@ class Provider(ABC):
     @abstractmethod
     def delete_instance(self, name: str) -> None:
         """Stop and remove an instance; succeed if it is already gone."""
+
+    def inventory(self) -> list[Resource]:
+        """Everything the cloud has that it can list: hosts, servers (Shanzhi's and others'),
+        volumes, networks, images and flavors. Raises CloudUnavailable when down. By default,
+        the hosts and Shanzhi's own instances."""
+        out = [
+            Resource(
+                "host", h.name, h.name, "up" if h.healthy else "down", True, None, {"cpu": h.cpu, "memory": h.memory}
+            )
+            for h in self.hosts()
+        ]
+        out += [
+            Resource("server", o.name, o.name, o.state, True, o.name, {"host": o.host, "endpoint": o.endpoint})
+            for o in self.list_instances()
+        ]
+        return out
+
+    def adopt(self, resource_id: str, req: InstanceRequest) -> ObservedInstance:
+        """Make a server found in the inventory the instance `req.name`, without restarting it."""
+        raise InvalidInput(f"a {self.kind} cloud cannot adopt what it did not create", field="cloud")
 
     def describe(self, name: str) -> dict[str, Any]:
         """What the cloud itself says of an instance (for `instance get`): empty when it says nothing."""

@@ -39,7 +39,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, WaiterError
 
-from shanzhi.domain.errors import CloudUnavailable, InvalidInput, NotFound
+from shanzhi.domain.errors import CloudUnavailable, Conflict, InvalidInput, NotFound
 from shanzhi.domain.quantity import parse_cpu, parse_memory
 from shanzhi.providers.base import (
     CloudStatus,
@@ -50,6 +50,7 @@ from shanzhi.providers.base import (
     ObservedInstance,
     OptionSpec,
     Provider,
+    Resource,
     positive_int,
 )
 
@@ -215,6 +216,17 @@ class Ec2Provider(Provider):
     def _instance_type(self, req: InstanceRequest) -> str:
         if self.opts["instance_type"]:
             return str(self.opts["instance_type"])
+        for cpu, memory, _, name in self._instance_types_loaded():
+            if cpu >= req.cpu and memory >= req.memory:
+                return name
+        raise InvalidInput(
+            f"cloud {self.name} offers no instance type in families {self.opts['families']} with "
+            f"{req.cpu / 1000:g} cpu and {req.memory // 2**20} MiB",
+            field="resources",
+        )
+
+    def _instance_types_loaded(self) -> list[tuple[int, int, int, str]]:
+        """The offered types of the families, smallest first (asked once per provider object)."""
         if self._types is None:
             families = str(self.opts["families"]).split(",")
             offered = self._pages(
@@ -232,14 +244,7 @@ class Ec2Provider(Provider):
                 )
                 for t in offered
             )
-        for cpu, memory, _, name in self._types:
-            if cpu >= req.cpu and memory >= req.memory:
-                return name
-        raise InvalidInput(
-            f"cloud {self.name} offers no instance type in families {self.opts['families']} with "
-            f"{req.cpu / 1000:g} cpu and {req.memory // 2**20} MiB",
-            field="resources",
-        )
+        return self._types
 
     # -- what an instance needs -----------------------------------------------------------------
 
@@ -518,6 +523,121 @@ class Ec2Provider(Provider):
         groups = self._call("describe_security_groups", Filters=[{"Name": f"tag:{TAG}cloud", "Values": [self.name]}])
         for g in groups["SecurityGroups"]:
             self._delete_group(str(g["GroupId"]))
+
+    # -- inventory and adoption -----------------------------------------------------------------
+
+    def inventory(self) -> list[Resource]:
+        """Zones, every instance (Shanzhi's and not), volumes, VPCs and subnets, the account's own
+        images and the instance types of the families: a full listing, paged."""
+        out = [Resource("host", h.name, h.name, "available", True, attrs={"cpu": h.cpu}) for h in self.hosts()]
+        groups = self._pages("describe_security_groups", "SecurityGroups")
+        ports = {
+            g["GroupId"]: sorted(
+                {
+                    int(p["FromPort"])
+                    for p in g.get("IpPermissions", [])
+                    if p.get("IpProtocol") == "tcp" and p.get("FromPort") is not None
+                }
+            )
+            for g in groups
+        }
+        live = ["pending", "running", "stopping", "stopped", "shutting-down"]
+        for r in self._pages(
+            "describe_instances", "Reservations", Filters=[{"Name": "instance-state-name", "Values": live}]
+        ):
+            for i in r["Instances"]:
+                mine = _tag(i, f"{TAG}cloud") == self.name
+                gids = [g["GroupId"] for g in i.get("SecurityGroups", [])]
+                attrs = {
+                    "instance_type": i.get("InstanceType"),
+                    "image": i.get("ImageId"),
+                    "zone": i["Placement"]["AvailabilityZone"],
+                    "private_ip": i.get("PrivateIpAddress"),
+                    "launched": str(i.get("LaunchTime", "")),
+                    "ports": sorted({p for g in gids for p in ports.get(g, [])}),
+                    "tags": {t["Key"]: t["Value"] for t in i.get("Tags", []) if not t["Key"].startswith(TAG)},
+                }
+                name = _tag(i, "Name") or str(i["InstanceId"])
+                instance = _tag(i, f"{TAG}instance") if mine else None
+                out.append(
+                    Resource(
+                        "server",
+                        str(i["InstanceId"]),
+                        name,
+                        i["State"]["Name"],
+                        bool(_tag(i, f"{TAG}cloud")),
+                        instance or None,
+                        attrs,
+                    )
+                )
+        for v in self._pages("describe_volumes", "Volumes"):
+            attrs = {
+                "size_gib": v["Size"],
+                "zone": v["AvailabilityZone"],
+                "type": v.get("VolumeType"),
+                "attached_to": [a["InstanceId"] for a in v.get("Attachments", [])],
+            }
+            out.append(
+                Resource(
+                    "volume",
+                    str(v["VolumeId"]),
+                    _tag(v, "Name") or str(v["VolumeId"]),
+                    v["State"],
+                    bool(_tag(v, f"{TAG}cloud")),
+                    attrs=attrs,
+                )
+            )
+        for vpc in self._pages("describe_vpcs", "Vpcs"):
+            out.append(
+                Resource(
+                    "network",
+                    str(vpc["VpcId"]),
+                    _tag(vpc, "Name") or str(vpc["VpcId"]),
+                    vpc.get("State", ""),
+                    attrs={"type": "vpc", "cidr": vpc["CidrBlock"], "default": vpc.get("IsDefault", False)},
+                )
+            )
+        for sub in self._pages("describe_subnets", "Subnets"):
+            attrs = {"type": "subnet", "cidr": sub["CidrBlock"], "vpc": sub["VpcId"], "zone": sub["AvailabilityZone"]}
+            out.append(
+                Resource(
+                    "network",
+                    str(sub["SubnetId"]),
+                    _tag(sub, "Name") or str(sub["SubnetId"]),
+                    sub.get("State", ""),
+                    attrs=attrs,
+                )
+            )
+        for img in self._call("describe_images", Owners=["self"])["Images"]:
+            out.append(
+                Resource(
+                    "image",
+                    str(img["ImageId"]),
+                    str(img.get("Name", img["ImageId"])),
+                    img.get("State", ""),
+                    attrs={"created": img.get("CreationDate")},
+                )
+            )
+        self._instance_types_loaded()
+        for cpu, memory, _, name in self._types or []:
+            out.append(Resource("flavor", name, name, "offered", attrs={"cpu": cpu, "memory": memory}))
+        return out
+
+    def adopt(self, resource_id: str, req: InstanceRequest) -> ObservedInstance:
+        """Tag an instance made outside Shanzhi as the replica `req.name`: nothing else about it
+        changes (not its groups, disks or user data), and it keeps running."""
+        found = self._call("describe_instances", InstanceIds=[resource_id])["Reservations"]
+        instances = [i for r in found for i in r["Instances"] if i["State"]["Name"] in LIVE]
+        if not instances:
+            raise NotFound(f"cloud {self.name} has no running instance {resource_id}", field="id")
+        i = instances[0]
+        held = _tag(i, f"{TAG}instance")
+        if held and held != req.name:
+            raise Conflict(f"{resource_id} is already Shanzhi's replica {held}", field="id")
+        labels = self._labels(req) | {f"{TAG}instance": req.name}
+        labels |= {f"{TAG}port:{port_name}": str(port) for port_name, port in req.ports}
+        self._call("create_tags", Resources=[resource_id], Tags=_tags(labels))
+        return self._observe(self._by_name(req.name)[0])
 
     def describe(self, name: str) -> dict[str, Any]:
         found = self._by_name(name)

@@ -164,6 +164,9 @@ class Instance(Base):
     ordinal: Mapped[int] = mapped_column(default=0)
     # set on a migration's new replica: the old one stops once this one is healthy
     replaces: Mapped[str | None] = mapped_column(String(128))
+    # set on a replica adopted from what a cloud already ran (`shanzhi adopt`): the cloud's id
+    # of it; the replica is `adopting` until its cloud knows it by this name
+    adopted_from: Mapped[str | None] = mapped_column(String(255))
     # its address on the tenant fabric (clouds with tenant networks), in its VDC's subnet there
     address: Mapped[str | None] = mapped_column(String(45), unique=True)
     state_changed_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -656,3 +659,42 @@ class DrReport(Base):
     body: Mapped[dict[str, Any]] = mapped_column()
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column()
+
+
+class InventoryItem(Base):
+    """One thing a cloud has (`providers.Resource`), as last synced: Shanzhi's own and what it
+    found there. `digest` is a hash of the rest, so a sync writes only what changed."""
+
+    __tablename__ = "inventory_items"
+    __table_args__ = (
+        UniqueConstraint("cloud_id", "kind", "external_id"),
+        Index("ix_inventory_kind", "kind", "managed"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    cloud_id: Mapped[int] = mapped_column(ForeignKey("clouds.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))
+    external_id: Mapped[str] = mapped_column(String(255))
+    name: Mapped[str] = mapped_column(String(255))
+    state: Mapped[str] = mapped_column(String(32), default="")
+    managed: Mapped[bool] = mapped_column(default=False)
+    instance: Mapped[str | None] = mapped_column(String(128))
+    attrs: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    digest: Mapped[str] = mapped_column(String(32))
+    first_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    cloud: Mapped[Cloud] = relationship(lazy="joined")
+
+
+class InventorySync(Base):
+    """A cloud's inventory sync: when it last ran, what it found and changed, its last error
+    and when it runs next (backing off while the cloud fails)."""
+
+    __tablename__ = "inventory_syncs"
+    cloud_id: Mapped[int] = mapped_column(ForeignKey("clouds.id", ondelete="CASCADE"), primary_key=True)
+    synced_at: Mapped[datetime | None] = mapped_column()
+    seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    items: Mapped[int] = mapped_column(default=0)
+    changed: Mapped[int] = mapped_column(default=0)
+    error: Mapped[str] = mapped_column(Text, default="")
+    failures: Mapped[int] = mapped_column(default=0)
+    next_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,160 @@
+"""The inventory: what every cloud has, Shanzhi's own and what it found there, in one table.
+
+A thread of its own (a slow cloud API never holds up reconciling) syncs each cloud when it is
+due: every `interval` seconds, sooner when asked (`shanzhi inventory sync`), later while the
+cloud fails (5 s doubling per failure, at most 10 minutes), with the last sync's time, size,
+changes and error kept per cloud. A sync is a full listing compared with what is stored by a
+digest per row, so the database sees only what changed: new rows in one bulk insert, changed
+ones in one bulk update, vanished ones deleted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.orm import Session
+
+from shanzhi.controllers.fleet import Fleet
+from shanzhi.domain.errors import ShanzhiError
+from shanzhi.providers import Resource
+from shanzhi.store import Database
+from shanzhi.store.tables import Cloud, InventoryItem, InventorySync, utcnow
+
+log = logging.getLogger("shanzhi.inventory")
+BACKOFF_BASE = 5.0
+BACKOFF_MAX = 600.0
+_CHUNK = 500
+
+
+def digest(r: Resource) -> str:
+    body = [r.name, r.state, r.managed, r.instance, r.attrs]
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def backoff(failures: int) -> float:
+    return float(min(BACKOFF_MAX, BACKOFF_BASE * 2 ** max(0, failures - 1)))
+
+
+def store(s: Session, cloud_id: int, resources: Iterable[Resource]) -> tuple[int, int]:
+    """Make the stored inventory of one cloud what `resources` says; return (items, changed)."""
+    now = utcnow()
+    found = {(r.kind, r.id): r for r in resources}
+    held = {
+        (kind, ext): (rid, dig)
+        for kind, ext, rid, dig in s.execute(
+            select(InventoryItem.kind, InventoryItem.external_id, InventoryItem.id, InventoryItem.digest).where(
+                InventoryItem.cloud_id == cloud_id
+            )
+        )
+    }
+    new, changed = [], []
+    for key, r in found.items():
+        d = digest(r)
+        row = {
+            "name": r.name[:255],
+            "state": r.state[:32],
+            "managed": r.managed,
+            "instance": r.instance,
+            "attrs": dict(r.attrs),
+            "digest": d,
+            "updated_at": now,
+        }
+        if key not in held:
+            new.append(row | {"cloud_id": cloud_id, "kind": r.kind, "external_id": r.id[:255], "first_seen_at": now})
+        elif held[key][1] != d:
+            changed.append(row | {"id": held[key][0]})
+    gone = [rid for key, (rid, _) in held.items() if key not in found]
+    for i in range(0, len(new), _CHUNK * 10):
+        s.execute(insert(InventoryItem), new[i : i + _CHUNK * 10])
+    if changed:
+        s.execute(update(InventoryItem), changed)
+    for i in range(0, len(gone), _CHUNK):
+        s.execute(delete(InventoryItem).where(InventoryItem.id.in_(gone[i : i + _CHUNK])))
+    return len(found), len(new) + len(changed) + len(gone)
+
+
+class InventoryController:
+    def __init__(self, db: Database, fleet: Fleet, is_leader: Callable[[], bool], *, interval: float = 30.0) -> None:
+        self.db = db
+        self.fleet = fleet
+        self.is_leader = is_leader
+        self.interval = interval
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="inventory", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if self.is_leader():
+                try:
+                    self.run_once()
+                except Exception:
+                    log.exception("inventory pass failed")
+            self._wake.wait(1.0)
+            self._wake.clear()
+
+    def run_once(self) -> int:
+        """Sync every cloud that is due; return how many were synced."""
+        now = utcnow()
+        with self.db.session() as s, s.begin():
+            due_at = dict(s.execute(select(InventorySync.cloud_id, InventorySync.next_at)).all())
+            clouds = [
+                (c.id, c.name, c.kind, dict(c.options))
+                for c in s.scalars(select(Cloud).order_by(Cloud.id))
+                if c.id not in due_at or due_at[c.id] <= now
+            ]
+        for cloud in clouds:
+            if self._stop.is_set():
+                break
+            self.sync(*cloud)
+        return len(clouds)
+
+    def sync(self, cloud_id: int, name: str, kind: str, options: dict[str, Any]) -> None:
+        started = time.monotonic()
+        error = ""
+        try:
+            resources = self.fleet.provider(name, kind, options).inventory()
+        except (ShanzhiError, OSError, sqlite3.Error) as err:
+            error, resources = str(err) or type(err).__name__, []
+        with self.db.session() as s, s.begin():
+            if s.get(Cloud, cloud_id) is None:
+                return  # removed meanwhile
+            row = s.get(InventorySync, cloud_id)
+            if row is None:
+                row = InventorySync(cloud_id=cloud_id, seconds=0.0, items=0, changed=0, error="", failures=0)
+                s.add(row)
+            now = utcnow()
+            if error:
+                row.failures += 1
+                row.error = error[:2000]
+                row.next_at = now + timedelta(seconds=backoff(row.failures))
+                log.warning("inventory of %s failed (%d in a row): %s", name, row.failures, error)
+                return
+            items, changed = store(s, cloud_id, resources)
+            row.synced_at, row.items, row.changed, row.error, row.failures = now, items, changed, "", 0
+            row.seconds = round(time.monotonic() - started, 3)
+            row.next_at = now + timedelta(seconds=self.interval)
+        if changed:
+            log.info("inventory of %s: %d items, %d changed in %.2fs", name, items, changed, row.seconds)

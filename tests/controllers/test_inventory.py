@@ -1,0 +1,95 @@
+"""The inventory controller on both databases: what a sync writes, and backing off a failing cloud."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import event, select
+
+from shanzhi.controllers import Fleet
+from shanzhi.controllers.inventory import InventoryController, backoff, store
+from shanzhi.providers import Resource
+from shanzhi.services.clouds import add_cloud, inject_failure
+from shanzhi.services.inventory import list_items, request_sync, syncs
+from shanzhi.store import Database
+from shanzhi.store.tables import Cloud, InventoryItem, InventorySync, utcnow
+
+
+def _cloud(db: Database, name: str = "sim-a", hosts: int = 3) -> int:
+    with db.session() as s, s.begin():
+        return add_cloud(s, name, "sim", "site-a", "gz", {}, {"hosts": hosts, "boot": 0}).id
+
+
+def _writes(db: Database) -> list[str]:
+    seen: list[str] = []
+
+    def count(conn, cursor, statement, parameters, context, executemany) -> None:  # type: ignore[no-untyped-def]
+        if statement.lstrip().upper().startswith(("INSERT", "UPDATE", "DELETE")) and "inventory_items" in statement:
+            seen.append(statement.split()[0].upper())
+
+    event.listen(db.engine, "before_cursor_execute", count)
+    return seen
+
+
+def test_a_sync_writes_only_what_changed(db: Database) -> None:
+    cloud = _cloud(db)
+    rs = [Resource("server", f"i-{n}", f"web-{n}", "running", attrs={"zone": "a"}) for n in range(1200)]
+    with db.session() as s, s.begin():
+        assert store(s, cloud, rs) == (1200, 1200)
+    writes = _writes(db)
+    with db.session() as s, s.begin():
+        assert store(s, cloud, rs) == (1200, 0)  # nothing changed: nothing written
+    assert writes == []
+    changed = [
+        *rs[:1100],
+        Resource("server", "i-5", "web-5", "stopped", attrs={"zone": "a"}),
+        Resource("volume", "v-1", "d"),
+    ]
+    changed = [r for r in changed if not (r.id == "i-5" and r.state == "running")]
+    with db.session() as s, s.begin():
+        # 100 gone, one changed, one new
+        assert store(s, cloud, changed) == (1101, 102)
+    assert writes.count("INSERT") == 1 and writes.count("UPDATE") == 1 and writes.count("DELETE") == 1
+    with db.session() as s, s.begin():
+        rows = list_items(s, cloud="sim-a", limit=5000)
+        assert len(rows) == 1101
+        assert next(r for r in rows if r.external_id == "i-5").state == "stopped"
+        assert [r.external_id for r in list_items(s, kind="volume")] == ["v-1"]
+        assert [r.external_id for r in list_items(s, kind="server", unmanaged=True, after=rows[0].id, limit=2)] == [
+            rows[1].external_id,
+            rows[2].external_id,
+        ]
+
+
+def test_the_controller_syncs_due_clouds_and_backs_off_a_failing_one(db: Database, tmp_path: Path) -> None:
+    fleet = Fleet(tmp_path)
+    ok, bad = _cloud(db, "sim-a", 3), _cloud(db, "sim-b", 2)
+    ctl = InventoryController(db, fleet, lambda: True, interval=60)
+    with db.session() as s, s.begin():
+        inject_failure(s, fleet, "sim-b", None, recover=False)
+    assert ctl.run_once() == 2
+    assert ctl.run_once() == 0  # nothing due
+    with db.session() as s, s.begin():
+        state = {c.name: r for c, r in syncs(s)}
+        good = state["sim-a"]
+        assert good is not None and good.items == 3 and good.error == "" and good.synced_at is not None
+        assert {r.kind for r in list_items(s, cloud="sim-a")} == {"host"}
+        failing = state["sim-b"]
+        assert failing is not None and failing.failures == 1 and "not answering" in failing.error
+        assert failing.synced_at is None and failing.next_at - utcnow() <= timedelta(seconds=backoff(1))
+        s.get(InventorySync, bad).next_at = utcnow()  # type: ignore[union-attr]
+    assert ctl.run_once() == 1
+    with db.session() as s, s.begin():
+        assert s.get(InventorySync, bad).failures == 2  # type: ignore[union-attr]
+        inject_failure(s, fleet, "sim-b", None, recover=True)
+        assert request_sync(s, None) == ["sim-a", "sim-b"]
+    assert ctl.run_once() == 2
+    with db.session() as s, s.begin():
+        row = s.get(InventorySync, bad)
+        assert row is not None and row.failures == 0 and row.error == "" and row.items == 2
+        # a removed cloud takes its inventory with it
+        s.delete(s.get(Cloud, ok))
+    with db.session() as s, s.begin():
+        assert {r.cloud_id for r in s.scalars(select(InventoryItem))} == {bad}
+    assert [backoff(n) for n in (1, 2, 3, 20)] == [5.0, 10.0, 20.0, 600.0]
