@@ -93,3 +93,80 @@ def test_the_controller_syncs_due_clouds_and_backs_off_a_failing_one(db: Databas
     with db.session() as s, s.begin():
         assert {r.cloud_id for r in s.scalars(select(InventoryItem))} == {bad}
     assert [backoff(n) for n in (1, 2, 3, 20)] == [5.0, 10.0, 20.0, 600.0]
+
+
+def test_adopting_found_servers_on_a_sim_cloud_creates_nothing_new(db: Database, tmp_path: Path) -> None:
+    from shanzhi.controllers import Reconciler
+    from shanzhi.domain.errors import Conflict, InvalidInput, NotFound, QuotaExceeded
+    from shanzhi.domain.quota import Quota
+    from shanzhi.services.inventory import adopt
+    from shanzhi.services.vdcs import create_vdc
+    from shanzhi.store.tables import App, Instance
+
+    fleet = Fleet(tmp_path)
+    with db.session() as s, s.begin():
+        add_cloud(s, "legacy-dc", "sim", "site-a", "gz", {}, {"hosts": 2, "boot": 0, "found": 5})
+        create_vdc(s, "gz", Quota(cpu=2000, memory=8 * 2**30))
+    ctl = InventoryController(db, fleet, lambda: True)
+    ctl.run_once()
+    ids = ["legacy-dc-legacy-00001", "legacy-dc-legacy-00002"]
+    with db.session() as s, s.begin():
+        assert len(list_items(s, kind="server", unmanaged=True)) == 5
+        dry = adopt(s, "legacy-dc", ids, "gz", "legacy", "web", dry_run=True, author="t")
+        (comp,) = dry["spec"]["spec"]["components"]
+        assert comp == {
+            "name": "web",
+            "replicas": 2,
+            "image": "legacy-os",
+            "resources": {"cpu": "1000m", "memory": "1024Mi"},
+            "ports": [{"name": "p8080", "port": 8080}],
+        }
+        assert s.scalar(select(App.id)) is None
+    bad = [
+        (["legacy-dc-legacy-00009"], NotFound, "no server legacy-dc-legacy-00009"),
+        ([ids[0], ids[0]], InvalidInput, "named twice"),
+        ([*ids, "legacy-dc-legacy-00003"], QuotaExceeded, "cpu"),  # 3 cpu asked, 2 allowed
+    ]
+    for chosen, error, message in bad:
+        with db.session() as s, s.begin():
+            try:
+                adopt(s, "legacy-dc", chosen, "gz", "legacy", "web", dry_run=False, author="t")
+            except error as err:
+                assert message in str(err)
+            else:
+                raise AssertionError(f"adopting {chosen} was not refused")
+    with db.session() as s, s.begin():
+        out = adopt(s, "legacy-dc", ids, "gz", "legacy", "web", dry_run=False, author="t")
+        assert out["outcome"] == "adopted" and len(out["instances"]) == 2
+    rec = Reconciler(db, fleet, failover_grace=0)
+    try:
+        for _ in range(4):
+            rec.run_once()
+    finally:
+        rec.close()
+    with db.session() as s, s.begin():
+        rows = list(s.scalars(select(Instance).order_by(Instance.ordinal)))
+        assert [(r.state, r.adopted_from, r.host) for r in rows] == [
+            ("running", ids[0], "legacy-dc-h0001"),
+            ("running", ids[1], "legacy-dc-h0000"),
+        ]
+        with_name = {r.name for r in rows}
+    provider = fleet.provider("legacy-dc", "sim", {"hosts": 2, "boot": 0, "found": 5})
+    assert {o.name for o in provider.list_instances()} == with_name  # nothing new was started
+    with db.session() as s, s.begin():
+        request_sync(s, "legacy-dc")
+    ctl.run_once()
+    with db.session() as s, s.begin():
+        servers = list_items(s, kind="server")
+        assert sorted(r.external_id for r in servers if not r.managed) == [
+            "legacy-dc-legacy-00000",
+            "legacy-dc-legacy-00003",
+            "legacy-dc-legacy-00004",
+        ]
+        assert {r.instance for r in servers if r.managed} == with_name
+        try:
+            adopt(s, "legacy-dc", ids[:1], "gz", "again", "web", dry_run=False, author="t")
+        except (Conflict, NotFound) as err:
+            assert ids[0] in str(err)
+        else:
+            raise AssertionError("adopting an adopted server twice was not refused")

@@ -306,6 +306,13 @@ def positive_int(value: Any) -> int:
     return n
 
 
+def non_negative_int(value: Any) -> int:
+    n = int(value)
+    if n < 0:
+        raise ValueError(f"must be an integer >= 0, not {value!r}")
+    return n
+
+
 def non_negative_float(value: Any) -> float:
     x = float(value)
     if x < 0:

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from shanzhi.domain.errors import CloudUnavailable, InvalidInput
+from shanzhi.domain.errors import CloudUnavailable, Conflict, InvalidInput, NotFound
 from shanzhi.domain.quantity import parse_cpu, parse_memory
 from shanzhi.providers.base import (
     CloudStatus,
@@ -27,7 +27,9 @@ from shanzhi.providers.base import (
     ObservedInstance,
     OptionSpec,
     Provider,
+    Resource,
     non_negative_float,
+    non_negative_int,
     positive_int,
 )
 
@@ -35,6 +37,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (name TEXT PRIMARY KEY, host TEXT NOT NULL,
     created REAL NOT NULL, ports TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS failures (target TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS adopted (found TEXT PRIMARY KEY, name TEXT NOT NULL);
 """
 _CLOUD = "*"
 
@@ -49,6 +52,9 @@ class SimProvider(Provider):
         "memory": OptionSpec(parse_memory, 64 * 2**30, "memory per host (default 64Gi)"),
         "instances": OptionSpec(positive_int, 110, "instances per host"),
         "boot": OptionSpec(non_negative_float, 1.0, "seconds from create to running"),
+        "found": OptionSpec(
+            non_negative_int, 0, "servers the cloud already runs that Shanzhi did not create (inventory, adoption)"
+        ),
     }
 
     def __init__(self, name: str, options: dict[str, Any], state_dir: Path, credentials: Any = None) -> None:
@@ -148,6 +154,51 @@ class SimProvider(Provider):
             if _CLOUD in self._failures(conn):
                 raise CloudUnavailable(f"cloud {self.name} is not answering (failure injection)")
             conn.execute("DELETE FROM instances WHERE name = ?", (name,))
+
+    def _found(self, adopted: set[str], failed: set[str]) -> list[Resource]:
+        hosts = self._host_names()
+        out = []
+        for i in range(int(self.opts["found"])):
+            rid = f"{self.name}-legacy-{i:05d}"
+            if rid in adopted:
+                continue
+            host = hosts[i % len(hosts)]
+            attrs = {"host": host, "image": "legacy-os", "cpu": 1000, "memory": 2**30, "ports": [8080]}
+            out.append(Resource("server", rid, f"legacy-{i}", "stopped" if host in failed else "running", attrs=attrs))
+        return out
+
+    def inventory(self) -> list[Resource]:
+        """The hosts, Shanzhi's instances and the `found` servers (those not adopted)."""
+        with self._db() as conn:
+            failed = self._failures(conn)
+            if _CLOUD in failed:
+                raise CloudUnavailable(f"cloud {self.name} is not answering (failure injection)")
+            rows = conn.execute("SELECT name, host, created, ports FROM instances").fetchall()
+            adopted = {row[0] for row in conn.execute("SELECT found FROM adopted")}
+        out = [
+            Resource("host", h.name, h.name, "up" if h.healthy else "down", True, attrs={"cpu": h.cpu})
+            for h in self.hosts()
+        ]
+        for name, host, created, port in rows:
+            o = self._observe(name, host, created, int(port), failed)
+            out.append(Resource("server", name, name, o.state, True, name, {"host": host, "endpoint": o.endpoint}))
+        return out + self._found(adopted, failed)
+
+    def adopt(self, resource_id: str, req: InstanceRequest) -> ObservedInstance:
+        """A found server becomes the instance `req.name`, on the host it runs on, as it is."""
+        index = resource_id.removeprefix(f"{self.name}-legacy-")
+        if not index.isdigit() or int(index) >= int(self.opts["found"]):
+            raise NotFound(f"cloud {self.name} runs no server {resource_id}", field="id")
+        host = self._host_names()[int(index) % len(self._hosts)]
+        with self._db() as conn:
+            failed = self._failures(conn)
+            held = conn.execute("SELECT name FROM adopted WHERE found = ?", (resource_id,)).fetchone()
+            if held is not None and held[0] != req.name:
+                raise Conflict(f"{resource_id} is already Shanzhi's instance {held[0]}", field="id")
+            if held is None:
+                conn.execute("INSERT INTO adopted VALUES (?, ?)", (resource_id, req.name))
+                conn.execute("INSERT INTO instances VALUES (?, ?, ?, ?)", (req.name, host, 0.0, "8080"))
+        return self._observe(req.name, host, 0.0, 8080, failed)
 
     def inject_failure(self, host: str | None = None) -> None:
         if host is not None and host not in self._hosts:
