@@ -2,7 +2,7 @@
 
 The file is YAML or JSON (a mapping of the provider's credential fields), or an AWS-style
 shared credentials file (`[profile]` sections of `aws_access_key_id = ...`; the `aws_` prefix
-is dropped). `-` reads standard input.
+is dropped), or a kubeconfig file (sent as the credential `kubeconfig`). `-` reads standard input.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ def read_credentials(path: str, profile: str = "default") -> dict[str, str]:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ValueError(f"{path}: not YAML or JSON: {err}") from None
+    if isinstance(data, dict) and {"clusters", "contexts"} <= set(data):  # a kubeconfig file itself
+        return {"kubeconfig": text}
     if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
         raise ValueError(f"{path} must hold a mapping of credential names to strings")
     return {str(k): v for k, v in data.items()}

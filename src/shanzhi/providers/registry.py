@@ -16,6 +16,7 @@ _KINDS: dict[str, str] = {
     "libvirt": "shanzhi.providers.libvirt.provider:LibvirtProvider",
     "netns": "shanzhi.providers.netns.provider:NetnsProvider",
     "ec2": "shanzhi.providers.ec2:Ec2Provider",
+    "kubernetes": "shanzhi.providers.kube:KubernetesProvider",
 }
 
 

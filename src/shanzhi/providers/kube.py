@@ -1,0 +1,406 @@
+"""`kubernetes`: a cluster as one cloud, through the official client.
+
+- A component is a **Deployment** plus a **Service** (its ports) in a namespace per VDC
+  (`<prefix>-<vdc>`, labelled with the VDC). The platform's placement hands the cluster a
+  replica count: each replica placed here is a slot of the Deployment (its name kept, in order,
+  in the annotation `shanzhi.io/instances`), and `spec.replicas` is the number of slots.
+- **Health from readiness**: the first `readyReplicas` slots are running, the rest starting.
+  The cluster's own controllers restart and reschedule pods; Shanzhi sees a slot whose
+  Deployment is gone as vanished and recreates it.
+- A component with `image` runs that container image; one with `run` runs its command in the
+  `process_image` option's image (python:3.11-slim by default). `resources` become the
+  container's requests and limits; `${PORT}`-style variables are set as for local processes.
+- **Hosts**: the cluster is one host whose capacity is the sum of its nodes' allocatable cpu,
+  memory and pods (the cluster's scheduler places pods on nodes).
+- **Credentials**: `kubeconfig` (the file's text), sealed at rest; or `--option in_cluster=true`
+  when Shanzhi itself runs in the cluster.
+
+Updates are read-modify-replace with the object's `resourceVersion` (a concurrent writer makes
+the API answer 409 and the call is retried), so two slots added at once are never lost.
+Volumes (a StatefulSet with claim templates) are not built yet: a component with volumes is
+refused here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import random
+import re
+import threading
+import time
+from typing import Any
+
+import yaml
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
+
+from shanzhi.domain.errors import CloudUnavailable, Conflict, InvalidInput
+from shanzhi.domain.quantity import parse_cpu, parse_memory
+from shanzhi.providers.base import (
+    CloudStatus,
+    HostInfo,
+    InstanceRequest,
+    ObservedInstance,
+    OptionSpec,
+    Provider,
+    Resource,
+)
+
+LABEL = "shanzhi.io/"
+SLOTS = f"{LABEL}instances"
+_TIMEOUT = 10
+_ATTEMPTS = 20  # writes of one Deployment that may lose a race (409) before giving up
+_DNS = re.compile(r"[^a-z0-9-]+")
+
+
+def _bool(value: Any) -> bool:
+    text = str(value).lower()
+    if text not in ("true", "false", "1", "0", "yes", "no"):
+        raise ValueError(f"must be true or false, not {value!r}")
+    return text in ("true", "1", "yes")
+
+
+def dns_name(*parts: str) -> str:
+    """A DNS label (at most 63) from parts; a hash keeps long ones unique."""
+    name = _DNS.sub("-", "-".join(parts).lower()).strip("-")
+    if len(name) <= 63:
+        return name
+    return name[:54].rstrip("-") + "-" + hashlib.sha256(name.encode()).hexdigest()[:8]
+
+
+def _label_value(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", ".", text)[:63].strip(".-_")
+
+
+class KubernetesProvider(Provider):
+    kind = "kubernetes"
+    runtimes = frozenset({"vm", "process"})
+    probes_endpoints = False
+    credential_fields = {"kubeconfig": "the kubeconfig file's text (its current context, or --option context)"}
+    options = {
+        "context": OptionSpec(str, "", "the kubeconfig context to use (default: its current one)"),
+        "in_cluster": OptionSpec(_bool, False, "use the service account of the pod Shanzhi runs in"),
+        "prefix": OptionSpec(str, "shz", "namespaces are <prefix>-<vdc>"),
+        "process_image": OptionSpec(str, "python:3.11-slim", "the image that runs a component's 'run' command"),
+    }
+
+    def __init__(self, name: str, options: Any, state_dir: Any, credentials: Any = None) -> None:
+        super().__init__(name, options, state_dir, credentials)
+        self._lock = threading.Lock()
+        self._api: k8s.ApiClient | None = None
+
+    # -- the client and its errors ------------------------------------------------------------
+
+    @property
+    def api(self) -> k8s.ApiClient:
+        with self._lock:
+            if self._api is None:
+                if self.opts["in_cluster"]:
+                    conf = k8s.Configuration()
+                    k8s_config.load_incluster_config(client_configuration=conf)
+                    self._api = k8s.ApiClient(conf)
+                else:
+                    text = self.credentials.get("kubeconfig")
+                    if not text:
+                        raise CloudUnavailable(
+                            f"cloud {self.name} has no kubeconfig: 'shanzhi cloud credentials {self.name} "
+                            "--credentials-file FILE' (kubeconfig: |...) or --option in_cluster=true"
+                        )
+                    try:
+                        doc = yaml.safe_load(text)
+                        self._api = k8s_config.new_client_from_config_dict(doc, context=self.opts["context"] or None)
+                    except (yaml.YAMLError, k8s_config.ConfigException, KeyError, TypeError) as err:
+                        raise CloudUnavailable(f"cloud {self.name}: its kubeconfig is not usable: {err}") from None
+                self._api.configuration.retries = 1
+            return self._api
+
+    def _call(self, what: str, fn: Any, *args: Any, missing_ok: bool = False, **kwargs: Any) -> Any:
+        """One API call, its JSON answer as plain data; failures as the platform's errors."""
+        try:
+            raw = fn(*args, _preload_content=False, _request_timeout=_TIMEOUT, **kwargs)
+            return json.loads(raw.data or b"null")
+        except ApiException as err:
+            if missing_ok and err.status == 404:
+                return None
+            if err.status == 409:
+                raise Conflict(f"cloud {self.name}: {what}: {_message(err)}") from None
+            if err.status in (400, 422):
+                raise InvalidInput(f"cloud {self.name}: {what}: {_message(err)}") from None
+            raise CloudUnavailable(f"cloud {self.name}: {what}: {err.status} {_message(err)}") from None
+        except (HTTPError, OSError) as err:
+            raise CloudUnavailable(f"cloud {self.name}: {what}: {err}") from None
+
+    @property
+    def _core(self) -> k8s.CoreV1Api:
+        return k8s.CoreV1Api(self.api)
+
+    @property
+    def _apps(self) -> k8s.AppsV1Api:
+        return k8s.AppsV1Api(self.api)
+
+    # -- capacity -------------------------------------------------------------------------------
+
+    def _nodes(self) -> list[dict[str, Any]]:
+        return list(self._call("list nodes", self._core.list_node)["items"])
+
+    def status(self) -> CloudStatus:
+        try:
+            nodes = self._nodes()
+        except CloudUnavailable as err:
+            return CloudStatus(False, str(err))
+        ready = [n for n in nodes if _ready(n)]
+        if not ready:
+            return CloudStatus(False, f"no ready node of {len(nodes)}")
+        return CloudStatus(True, f"ok: {len(ready)} of {len(nodes)} nodes ready")
+
+    def hosts(self) -> list[HostInfo]:
+        nodes = [n for n in self._nodes() if _ready(n)]
+        alloc = [n["status"].get("allocatable", {}) for n in nodes]
+        return [
+            HostInfo(
+                name="cluster",
+                cpu=sum(parse_cpu(a.get("cpu", "0")) for a in alloc),
+                memory=sum(parse_memory(a.get("memory", "0")) for a in alloc),
+                max_instances=max(1, sum(int(a.get("pods", "0")) for a in alloc)),
+                healthy=bool(nodes),
+            )
+        ]
+
+    # -- objects --------------------------------------------------------------------------------
+
+    def _namespace(self, vdc: str) -> str:
+        name = dns_name(self.opts["prefix"], vdc.replace("/", "-"))
+        body = {"metadata": {"name": name, "labels": {f"{LABEL}vdc": _label_value(vdc), f"{LABEL}managed": "true"}}}
+        with contextlib.suppress(Conflict):  # there already
+            self._call("create namespace", self._core.create_namespace, body)
+        return name
+
+    def _labels(self, req: InstanceRequest) -> dict[str, str]:
+        return {
+            f"{LABEL}cloud": _label_value(self.name),
+            f"{LABEL}vdc": _label_value(req.vdc),
+            f"{LABEL}app": req.app,
+            f"{LABEL}component": req.component,
+        }
+
+    def _deployment(self, req: InstanceRequest, name: str, slots: list[str]) -> dict[str, Any]:
+        ports = [{"name": p[:15], "containerPort": port} for p, port in req.ports]
+        env = {"PORT": str(req.ports[0][1])} if req.ports else {}
+        env |= {f"PORT_{p.upper().replace('-', '_')}": str(port) for p, port in req.ports}
+        env |= {k: v.replace("${PORT}", env.get("PORT", "")) for k, v in req.env.items()}
+        container: dict[str, Any] = {
+            "name": req.component[:63],
+            "image": req.image or self.opts["process_image"],
+            "env": [{"name": k, "value": v} for k, v in sorted(env.items())],
+            "ports": ports,
+            "resources": {
+                "requests": {"cpu": f"{req.cpu}m", "memory": str(req.memory)},
+                "limits": {"cpu": f"{req.cpu}m", "memory": str(req.memory)},
+            },
+        }
+        if req.command:
+            container["command"] = [_substitute(a, env) for a in req.command]
+        selector = {f"{LABEL}app": req.app, f"{LABEL}component": req.component}
+        return {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name, "labels": self._labels(req), "annotations": {SLOTS: json.dumps(slots)}},
+            "spec": {
+                "replicas": len(slots),
+                "selector": {"matchLabels": selector},
+                "template": {"metadata": {"labels": self._labels(req)}, "spec": {"containers": [container]}},
+            },
+        }
+
+    def _service(self, req: InstanceRequest, name: str) -> dict[str, Any]:
+        return {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": name, "labels": self._labels(req)},
+            "spec": {
+                "selector": {f"{LABEL}app": req.app, f"{LABEL}component": req.component},
+                "ports": [{"name": p[:15], "port": port, "targetPort": port} for p, port in req.ports],
+            },
+        }
+
+    def _mine(self) -> list[dict[str, Any]]:
+        selector = f"{LABEL}cloud={_label_value(self.name)}"
+        found = self._call("list deployments", self._apps.list_deployment_for_all_namespaces, label_selector=selector)
+        return list(found["items"])
+
+    # -- instances ------------------------------------------------------------------------------
+
+    def _observe(self, d: dict[str, Any]) -> list[ObservedInstance]:
+        meta, status = d["metadata"], d.get("status") or {}
+        slots = json.loads(meta.get("annotations", {}).get(SLOTS, "[]"))
+        ready = min(int(status.get("readyReplicas") or 0), len(slots))  # pods already ready stay ready
+        containers = d["spec"]["template"]["spec"]["containers"]
+        ports = {p["name"]: int(p["containerPort"]) for p in containers[0].get("ports", [])}
+        host = f"{meta['namespace']}/{meta['name']}"
+        endpoint = f"{meta['name']}.{meta['namespace']}.svc:{next(iter(ports.values()))}" if ports else None
+        return [
+            ObservedInstance(
+                name,
+                "cluster",
+                "running" if i < ready else "starting",
+                endpoint,
+                ports,
+                f"deployment {host}: {status.get('readyReplicas') or 0}/{len(slots)} ready",
+            )
+            for i, name in enumerate(slots)
+        ]
+
+    def list_instances(self) -> list[ObservedInstance]:
+        return [o for d in self._mine() for o in self._observe(d)]
+
+    def create_instance(self, req: InstanceRequest) -> ObservedInstance:
+        if req.volumes:
+            raise InvalidInput(f"cloud {self.name} (kubernetes) does not run components with volumes yet")
+        ns = self._namespace(req.vdc)
+        name = dns_name(req.app, req.component)
+        deployments = self._apps
+        for attempt in range(_ATTEMPTS):  # read, add the slot, replace; again when someone else wrote meanwhile
+            _backoff(attempt)
+            d = self._call("read deployment", deployments.read_namespaced_deployment, name, ns, missing_ok=True)
+            try:
+                if d is None:
+                    d = self._call(
+                        "create deployment",
+                        deployments.create_namespaced_deployment,
+                        ns,
+                        self._deployment(req, name, [req.name]),
+                    )
+                    if req.ports:
+                        with contextlib.suppress(Conflict):  # left by an earlier attempt
+                            self._call(
+                                "create service", self._core.create_namespaced_service, ns, self._service(req, name)
+                            )
+                else:
+                    slots = json.loads(d["metadata"].get("annotations", {}).get(SLOTS, "[]"))
+                    if req.name not in slots:
+                        body = self._deployment(req, name, [*slots, req.name])
+                        body["metadata"]["resourceVersion"] = d["metadata"]["resourceVersion"]
+                        d = self._call("replace deployment", deployments.replace_namespaced_deployment, name, ns, body)
+            except Conflict:
+                continue
+            assert d is not None
+            return next(o for o in self._observe(d) if o.name == req.name)
+        raise CloudUnavailable(f"cloud {self.name}: deployment {ns}/{name} kept changing under us")
+
+    def delete_instance(self, name: str) -> None:
+        deployments = self._apps
+        for attempt in range(_ATTEMPTS):
+            _backoff(attempt)
+            holder = next(
+                (d for d in self._mine() if name in json.loads(d["metadata"].get("annotations", {}).get(SLOTS, "[]"))),
+                None,
+            )
+            if holder is None:
+                return
+            meta = holder["metadata"]
+            slots = [s for s in json.loads(meta["annotations"][SLOTS]) if s != name]
+            try:
+                if not slots:
+                    self._call(
+                        "delete deployment",
+                        deployments.delete_namespaced_deployment,
+                        meta["name"],
+                        meta["namespace"],
+                        missing_ok=True,
+                    )
+                    self._call(
+                        "delete service",
+                        self._core.delete_namespaced_service,
+                        meta["name"],
+                        meta["namespace"],
+                        missing_ok=True,
+                    )
+                    return
+                holder["metadata"]["annotations"][SLOTS] = json.dumps(slots)
+                holder["spec"]["replicas"] = len(slots)
+                holder.pop("status", None)
+                self._call(
+                    "replace deployment",
+                    deployments.replace_namespaced_deployment,
+                    meta["name"],
+                    meta["namespace"],
+                    holder,
+                )
+                return
+            except Conflict:
+                continue
+        raise CloudUnavailable(f"cloud {self.name}: deployment of {name} kept changing under us")
+
+    def inventory(self) -> list[Resource]:
+        """Nodes, every Deployment (Shanzhi's and not) and Service."""
+        out = []
+        for n in self._nodes():
+            alloc = n["status"].get("allocatable", {})
+            attrs: dict[str, Any] = {"cpu": parse_cpu(alloc.get("cpu", "0"))}
+            attrs["memory"] = parse_memory(alloc.get("memory", "0"))
+            name = n["metadata"]["name"]
+            out.append(Resource("host", name, name, "ready" if _ready(n) else "not-ready", True, attrs=attrs))
+        mine = _label_value(self.name)
+        for d in self._call("list deployments", self._apps.list_deployment_for_all_namespaces)["items"]:
+            meta = d["metadata"]
+            containers = d["spec"]["template"]["spec"]["containers"]
+            attrs = {
+                "namespace": meta["namespace"],
+                "image": containers[0].get("image"),
+                "replicas": d["spec"].get("replicas", 1),
+                "ready": (d.get("status") or {}).get("readyReplicas") or 0,
+                "ports": sorted({int(p["containerPort"]) for c in containers for p in c.get("ports", [])}),
+            }
+            managed = (meta.get("labels") or {}).get(f"{LABEL}cloud") == mine
+            state = "ready" if attrs["ready"] else "not-ready"
+            out.append(
+                Resource("server", f"{meta['namespace']}/{meta['name']}", meta["name"], state, managed, attrs=attrs)
+            )
+        for svc in self._call("list services", self._core.list_service_for_all_namespaces)["items"]:
+            meta = svc["metadata"]
+            attrs = {"type": "service", "namespace": meta["namespace"], "cluster_ip": svc["spec"].get("clusterIP")}
+            managed = (meta.get("labels") or {}).get(f"{LABEL}cloud") == mine
+            rid = f"{meta['namespace']}/{meta['name']}"
+            out.append(Resource("network", rid, meta["name"], "", managed, attrs=attrs))
+        return out
+
+    def describe(self, name: str) -> dict[str, Any]:
+        for d in self._mine():
+            meta = d["metadata"]
+            slots = json.loads(meta.get("annotations", {}).get(SLOTS, "[]"))
+            if name in slots:
+                return {
+                    "namespace": meta["namespace"],
+                    "deployment": meta["name"],
+                    "slot": slots.index(name),
+                    "replicas": d["spec"].get("replicas"),
+                    "ready": (d.get("status") or {}).get("readyReplicas") or 0,
+                    "image": d["spec"]["template"]["spec"]["containers"][0].get("image"),
+                }
+        return {}
+
+
+def _backoff(attempt: int) -> None:
+    """After a lost race, wait a little (random, growing) so that racing writers spread out."""
+    if attempt:
+        time.sleep(random.uniform(0, 0.02 * min(attempt, 10)))
+
+
+def _ready(node: dict[str, Any]) -> bool:
+    conditions = node.get("status", {}).get("conditions", [])
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def _message(err: ApiException) -> str:
+    try:
+        return str(json.loads(err.body or "{}").get("message") or err.reason)
+    except ValueError:
+        return str(err.reason)
+
+
+def _substitute(arg: str, env: dict[str, str]) -> str:
+    return re.sub(r"\$\{(PORT(?:_[A-Z0-9_]+)?)\}", lambda m: env.get(m.group(1), m.group(0)), arg)

@@ -1,0 +1,165 @@
+"""The kubernetes provider through the official client against the loopback API stand-in
+(no Kubernetes runs here: `tests/kube/standin.py` answers the calls it makes)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from shanzhi.domain.errors import CloudUnavailable, InvalidInput
+from shanzhi.providers import InstanceRequest, VolumeRequest, provider_class
+from shanzhi.providers.kube import KubernetesProvider
+from tests.e2e.harness import free_port
+from tests.kube.cluster import StandIn
+
+
+def make(cluster: StandIn, tmp_path: Path, name: str = "k1", **options: Any) -> KubernetesProvider:
+    p = provider_class("kubernetes")(
+        name, KubernetesProvider.validate_options(options), tmp_path / name, {"kubeconfig": cluster.kubeconfig()}
+    )
+    assert isinstance(p, KubernetesProvider)
+    return p
+
+
+def request(name: str, **kw: Any) -> InstanceRequest:
+    base: dict[str, Any] = {
+        "name": name,
+        "app": "web",
+        "component": "api",
+        "vdc": "gz/tax",
+        "host": "cluster",
+        "cpu": 250,
+        "memory": 128 * 2**20,
+        "image": "nginx:1.27",
+        "ports": (("http", 8080),),
+        "env": {"MODE": "production", "SELF": "http://0.0.0.0:${PORT}"},
+    }
+    base.update(kw)
+    return InstanceRequest(**base)
+
+
+def states(p: KubernetesProvider) -> dict[str, str]:
+    return {o.name: o.state for o in p.list_instances()}
+
+
+def wait(cond: Any, timeout: float = 10) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := cond()):
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+    return value
+
+
+def test_the_cluster_is_one_host_with_its_nodes_capacity(cluster: StandIn, tmp_path: Path) -> None:
+    p = make(cluster, tmp_path)
+    assert p.status().healthy and "2 of 2 nodes ready" in p.status().message
+    (host,) = p.hosts()
+    assert (host.name, host.cpu, host.memory, host.max_instances) == ("cluster", 8000, 16 * 2**30, 220)
+
+
+def test_replicas_are_slots_of_one_deployment_with_its_service(cluster: StandIn, tmp_path: Path) -> None:
+    p = make(cluster, tmp_path)
+    first = p.create_instance(request("web-api-aaa"))
+    assert first.endpoint == "web-api.shz-gz-tax.svc:8080" and first.ports == {"http": 8080}
+    p.create_instance(request("web-api-bbb"))
+    p.create_instance(request("web-api-bbb"))  # again (a reconciler that crashed after the call): no new slot
+    d = cluster.get("/apis/apps/v1/namespaces/shz-gz-tax/deployments/web-api")
+    assert d["spec"]["replicas"] == 2
+    assert json.loads(d["metadata"]["annotations"]["shanzhi.io/instances"]) == ["web-api-aaa", "web-api-bbb"]
+    assert d["metadata"]["labels"]["shanzhi.io/vdc"] == "gz.tax" and d["metadata"]["labels"]["shanzhi.io/cloud"] == "k1"
+    (c,) = d["spec"]["template"]["spec"]["containers"]
+    assert c["image"] == "nginx:1.27" and c["resources"]["limits"] == {"cpu": "250m", "memory": str(128 * 2**20)}
+    env = {e["name"]: e["value"] for e in c["env"]}
+    assert env == {"PORT": "8080", "PORT_HTTP": "8080", "MODE": "production", "SELF": "http://0.0.0.0:8080"}
+    svc = cluster.get("/api/v1/namespaces/shz-gz-tax/services/web-api")
+    assert [(q["port"], q["targetPort"]) for q in svc["spec"]["ports"]] == [(8080, 8080)]
+    assert svc["spec"]["selector"] == {"shanzhi.io/app": "web", "shanzhi.io/component": "api"}
+    # health from readiness: the stand-in's kubelets make the pods ready
+    wait(lambda: states(p) == {"web-api-aaa": "running", "web-api-bbb": "running"})
+    assert p.describe("web-api-bbb")["slot"] == 1
+    # pods that fail readiness: the slots are not running
+    d = cluster.get("/apis/apps/v1/namespaces/shz-gz-tax/deployments/web-api")
+    d["metadata"]["annotations"]["standin.shanzhi.io/ready"] = "false"
+    httpx.put(f"{cluster.url}/apis/apps/v1/namespaces/shz-gz-tax/deployments/web-api", json=d).raise_for_status()
+    wait(lambda: set(states(p).values()) == {"starting"})
+
+    p.delete_instance("web-api-aaa")
+    d = cluster.get("/apis/apps/v1/namespaces/shz-gz-tax/deployments/web-api")
+    assert d["spec"]["replicas"] == 1 and json.loads(d["metadata"]["annotations"]["shanzhi.io/instances"]) == [
+        "web-api-bbb"
+    ]
+    p.delete_instance("web-api-bbb")
+    p.delete_instance("web-api-bbb")  # gone already: fine
+    assert cluster.get("/apis/apps/v1/deployments")["items"] == []
+    assert cluster.get("/api/v1/services")["items"] == []
+
+
+def test_a_process_component_runs_its_command_in_the_process_image(cluster: StandIn, tmp_path: Path) -> None:
+    p = make(cluster, tmp_path, process_image="python:3.12-slim")
+    p.create_instance(request("web-api-ccc", image=None, command=("python3", "-m", "http.server", "${PORT}")))
+    (c,) = cluster.get("/apis/apps/v1/namespaces/shz-gz-tax/deployments/web-api")["spec"]["template"]["spec"][
+        "containers"
+    ]
+    assert c["image"] == "python:3.12-slim" and c["command"] == ["python3", "-m", "http.server", "8080"]
+
+
+def test_slots_added_at_once_are_never_lost(cluster: StandIn, tmp_path: Path) -> None:
+    providers = [make(cluster, tmp_path, name="k1") for _ in range(4)]
+    names = [f"web-api-{i:03d}" for i in range(12)]
+    errors: list[BaseException] = []
+
+    def add(p: KubernetesProvider, mine: list[str]) -> None:
+        try:
+            for n in mine:
+                p.create_instance(request(n))
+        except BaseException as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=add, args=(p, names[i::4])) for i, p in enumerate(providers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    d = cluster.get("/apis/apps/v1/namespaces/shz-gz-tax/deployments/web-api")
+    assert sorted(json.loads(d["metadata"]["annotations"]["shanzhi.io/instances"])) == names
+    assert d["spec"]["replicas"] == 12
+
+
+def test_inventory_and_bad_input(cluster: StandIn, tmp_path: Path) -> None:
+    p = make(cluster, tmp_path)
+    p.create_instance(request("web-api-aaa"))
+    legacy = {
+        "metadata": {"name": "legacy"},
+        "spec": {
+            "replicas": 2,
+            "template": {"spec": {"containers": [{"name": "x", "image": "old:1", "ports": [{"containerPort": 9000}]}]}},
+        },
+    }
+    httpx.post(f"{cluster.url}/api/v1/namespaces", json={"metadata": {"name": "old"}}).raise_for_status()
+    httpx.post(f"{cluster.url}/apis/apps/v1/namespaces/old/deployments", json=legacy).raise_for_status()
+    found = {(r.kind, r.id): r for r in p.inventory()}
+    assert found[("server", "shz-gz-tax/web-api")].managed
+    old = found[("server", "old/legacy")]
+    assert not old.managed and old.attrs["image"] == "old:1" and old.attrs["ports"] == [9000]
+    assert {k for k, _ in found} == {"host", "server", "network"} and ("host", "node-1") in found
+    with pytest.raises(InvalidInput, match="volumes"):
+        p.create_instance(request("web-api-vol", volumes=(VolumeRequest("k", "data", 2**30, "/data"),)))
+    bare = KubernetesProvider("k2", KubernetesProvider.validate_options({}), tmp_path / "k2", None)
+    assert not bare.status().healthy and "no kubeconfig" in bare.status().message
+    gone = StandIn.__new__(StandIn)
+    gone.url = f"http://127.0.0.1:{free_port()}"
+    away = KubernetesProvider(
+        "k3", KubernetesProvider.validate_options({}), tmp_path / "k3", {"kubeconfig": gone.kubeconfig()}
+    )
+    assert not away.status().healthy and "list nodes" in away.status().message
+    with pytest.raises(CloudUnavailable, match="list deployments"):
+        away.list_instances()
+    with pytest.raises(InvalidInput, match="in_cluster"):
+        KubernetesProvider.validate_options({"in_cluster": "maybe"})
