@@ -29,6 +29,35 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def spawn(
+    args: list[str], log: Path, up: Callable[[], bool], what: str, timeout: float = 60
+) -> subprocess.Popen[bytes]:
+    """A helper server process (a cloud's stand-in), its output in `log`, once `up()` says so."""
+    with open(log, "ab") as f:
+        proc = subprocess.Popen(args, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if up():
+                return proc
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"{what} did not start:\n{log.read_text()[-2000:]}")
+        time.sleep(0.1)
+
+
+def reap(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a helper process: politely, then not."""
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def wait_for(cond: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     while True:

@@ -6,9 +6,7 @@ keeps instances, volumes and security groups, and is reset between tests.
 
 from __future__ import annotations
 
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +14,7 @@ from typing import Any
 import boto3
 import httpx
 
-from tests.e2e.harness import free_port
+from tests.e2e.harness import free_port, reap, spawn
 
 REGION = "ap-southeast-1"  # moto knows its zones and instance types
 
@@ -26,22 +24,12 @@ class Moto:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
-        with open(log, "ab") as f:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-                stdout=f,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{self.url}/moto-api/", timeout=1).status_code < 500:
-                    break
-            except httpx.HTTPError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"moto server did not start:\n{log.read_text()[-2000:]}")
-            time.sleep(0.2)
+        self.proc = spawn(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            log,
+            lambda: httpx.get(f"{self.url}/moto-api/", timeout=1).status_code < 500,
+            "the moto server",
+        )
 
     def reset(self) -> None:
         httpx.post(f"{self.url}/moto-api/reset", timeout=10).raise_for_status()
@@ -57,12 +45,7 @@ class Moto:
         return str(sorted(i["ImageId"] for i in images)[0])
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        reap(self.proc)
 
 
 def tagged(ec2: Any, cloud: str) -> dict[str, list[str]]:

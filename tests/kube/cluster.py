@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,30 +10,19 @@ from typing import Any
 import httpx
 import yaml
 
-from tests.e2e.harness import ROOT, free_port
+from tests.e2e.harness import free_port, reap, spawn
 
 
 class StandIn:
     def __init__(self, log: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        with open(log, "ab") as f:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tests.kube.standin", "--port", str(self.port)],
-                stdout=f,
-                stderr=subprocess.STDOUT,
-                cwd=ROOT,
-            )
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{self.url}/api/v1/nodes", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"the Kubernetes stand-in did not start:\n{log.read_text()[-2000:]}")
-            time.sleep(0.1)
+        self.proc = spawn(
+            [sys.executable, "-m", "tests.kube.standin", "--port", str(self.port)],
+            log,
+            lambda: httpx.get(f"{self.url}/api/v1/nodes", timeout=1).status_code == 200,
+            "the Kubernetes stand-in",
+        )
 
     def kubeconfig(self) -> str:
         return yaml.safe_dump(
@@ -57,12 +44,7 @@ class StandIn:
             httpx.delete(f"{self.url}/api/v1/namespaces/{ns['metadata']['name']}", timeout=5)
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        reap(self.proc)
 
 
 def standin(tmp_path_factory: Any) -> Iterator[StandIn]:

@@ -315,26 +315,13 @@ class Ec2Provider(Provider):
             if any(r.get("CidrIp") == cidr for r in p.get("IpRanges", []))
         }
         want = {("tcp", port) for _, port in req.ports}
-        missing = sorted(want - have, key=lambda p: p[1])
-        if missing:
-            self._call(
-                "authorize_security_group_ingress",
-                GroupId=gid,
-                IpPermissions=[
+        for op, ports in (("authorize", want - have), ("revoke", {p for p in have - want if p[0] == "tcp"})):
+            if ports:
+                rules = [
                     {"IpProtocol": "tcp", "FromPort": port, "ToPort": port, "IpRanges": [{"CidrIp": cidr}]}
-                    for _, port in missing
-                ],
-            )
-        extra = sorted((p for p in have - want if p[0] == "tcp"), key=lambda p: p[1] or 0)
-        if extra:
-            self._call(
-                "revoke_security_group_ingress",
-                GroupId=gid,
-                IpPermissions=[
-                    {"IpProtocol": "tcp", "FromPort": port, "ToPort": port, "IpRanges": [{"CidrIp": cidr}]}
-                    for _, port in extra
-                ],
-            )
+                    for _, port in sorted(ports, key=lambda p: p[1] or 0)
+                ]
+                self._call(f"{op}_security_group_ingress", GroupId=gid, IpPermissions=rules)
         return gid
 
     def _labels(self, req: InstanceRequest) -> dict[str, str]:
