@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import shlex
 import socket
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -318,3 +319,17 @@ def non_negative_float(value: Any) -> float:
     if x < 0:
         raise ValueError(f"must be >= 0, not {value!r}")
     return x
+
+
+def startup_script(command: Iterable[str] | None, env: dict[str, str]) -> str:
+    """A VM's start-up script (its user data): the environment kept in /etc/shanzhi.env and exported,
+    then the command."""
+    lines = ["#!/bin/sh", "# written by Shanzhi: the replica's environment and command", "umask 077"]
+    exports = [f"export {k}={shlex.quote(v)}" for k, v in sorted(env.items())]
+    lines.append("cat > /etc/shanzhi.env <<'SHANZHI_ENV'")
+    lines += exports
+    lines.append("SHANZHI_ENV")
+    lines += exports
+    if command:
+        lines.append("exec " + " ".join(shlex.quote(a) for a in command))
+    return "\n".join(lines) + "\n"

@@ -28,10 +28,8 @@ from __future__ import annotations
 
 import base64
 import math
-import shlex
 import threading
 import time
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -52,6 +50,7 @@ from shanzhi.providers.base import (
     Provider,
     Resource,
     positive_int,
+    startup_script,
 )
 
 if TYPE_CHECKING:
@@ -94,19 +93,6 @@ def _tag(resource: dict[str, Any], key: str) -> str:
         if t["Key"] == key:
             return str(t["Value"])
     return ""
-
-
-def user_data(command: Iterable[str] | None, env: dict[str, str]) -> str:
-    """The start-up script: the environment kept in /etc/shanzhi.env and exported, then the command."""
-    lines = ["#!/bin/sh", "# written by Shanzhi: the replica's environment and command", "umask 077"]
-    exports = [f"export {k}={shlex.quote(v)}" for k, v in sorted(env.items())]
-    lines.append("cat > /etc/shanzhi.env <<'SHANZHI_ENV'")
-    lines += exports
-    lines.append("SHANZHI_ENV")
-    lines += exports
-    if command:
-        lines.append("exec " + " ".join(shlex.quote(a) for a in command))
-    return "\n".join(lines) + "\n"
 
 
 class Ec2Provider(Provider):
@@ -464,7 +450,7 @@ class Ec2Provider(Provider):
             "Placement": {"AvailabilityZone": zone},
             "SubnetId": subnet,
             "SecurityGroupIds": [self._security_group(req, vpc, cidr)],
-            "UserData": user_data(req.command, dict(req.env)),
+            "UserData": startup_script(req.command, dict(req.env)),
             "TagSpecifications": [{"ResourceType": "instance", "Tags": _tags(labels)}],
         }
         if self.opts["key_name"]:

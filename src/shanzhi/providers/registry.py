@@ -17,6 +17,7 @@ _KINDS: dict[str, str] = {
     "netns": "shanzhi.providers.netns.provider:NetnsProvider",
     "ec2": "shanzhi.providers.ec2:Ec2Provider",
     "kubernetes": "shanzhi.providers.kube:KubernetesProvider",
+    "openstack": "shanzhi.providers.openstack_cloud:OpenStackProvider",
 }
 
 

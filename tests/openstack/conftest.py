@@ -1,0 +1,18 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.openstack.cloud import StandIn, standin
+
+
+@pytest.fixture(scope="session")
+def _openstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StandIn]:
+    yield from standin(tmp_path_factory)
+
+
+@pytest.fixture
+def openstack_cloud(_openstack: StandIn) -> StandIn:
+    _openstack.post("/_standin/reset")
+    return _openstack
