@@ -250,3 +250,47 @@ def test_a_volume_is_a_directory_that_outlives_the_process(data_dir: Path) -> No
     assert there != path and wait_until(lambda: (there / "f").read_text() == "kept\nkept\nkept\n")
     p.delete_volume(vol.key)
     assert not path.exists() and there.exists()
+
+
+def test_the_inventory_finds_processes_shanzhi_did_not_start_and_adopt_takes_one(data_dir: Path) -> None:
+    from shanzhi.domain.errors import Conflict, NotFound
+    from tests.e2e.harness import free_port
+
+    p = provider(data_dir)
+    mine = p.create_instance(request())
+    port = free_port()
+    legacy = subprocess.Popen(
+        ["python3", "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            servers = [r for r in p.inventory() if r.kind == "server"]
+            found = [r for r in servers if r.id.startswith(f"pid-{legacy.pid}-")]
+            if found or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        (item,) = found
+        assert not item.managed and item.attrs["ports"] == [port] and "http.server" in item.attrs["command"]
+        assert [r.instance for r in servers if r.managed] == ["web-1"]
+        # Shanzhi's own workload (whatever its pid in its namespace) is never listed as found
+        unmanaged = {int(r.id.split("-")[1]) for r in servers if not r.managed}
+        assert workload(mine.detail, "python3").pid not in unmanaged
+        obs = p.adopt(item.id, replace(request("legacy-0"), ports=(("p", port),)))
+        assert (obs.state, obs.endpoint, pid_of(obs.detail)) == ("running", f"127.0.0.1:{port}", legacy.pid)
+        assert p.adopt(item.id, replace(request("legacy-0"), ports=(("p", port),))).name == "legacy-0"
+        with pytest.raises(Conflict):
+            p.adopt(item.id, request("web-1"))
+        with pytest.raises(NotFound):
+            p.adopt(f"pid-{legacy.pid}-1", request("legacy-1"))  # a recycled pid is not the process found
+        assert not [r for r in p.inventory() if r.id == item.id and r.kind == "server" and not r.managed]
+        p.delete_instance("legacy-0")  # the adopted process is stopped by its pid, its directory left alone
+        assert legacy.wait(10) is not None
+        assert Path("/").exists() and p.list_instances()[0].name == "web-1"
+    finally:
+        if legacy.poll() is None:
+            legacy.kill()
+        legacy.wait()

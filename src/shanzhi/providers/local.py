@@ -37,7 +37,7 @@ from typing import Any
 
 import psutil
 
-from shanzhi.domain.errors import InvalidInput
+from shanzhi.domain.errors import Conflict, InvalidInput, NotFound
 from shanzhi.domain.quantity import parse_cpu, parse_memory
 from shanzhi.providers.base import (
     CloudStatus,
@@ -46,6 +46,7 @@ from shanzhi.providers.base import (
     MachineCloud,
     ObservedInstance,
     OptionSpec,
+    Resource,
     free_port,
     positive_int,
     tail_file,
@@ -303,7 +304,9 @@ class LocalProvider(MachineCloud):
         """Stop an instance: SIGTERM, then SIGKILL after 5 s (`hard`: SIGKILL at once)."""
         pid = st.get("pid")
         cg = self.sandbox.cgroups
-        if pid and _alive(int(pid), float(st.get("create_time", 0))):
+        if pid and st.get("adopted") and _alive(int(pid), float(st["create_time"])):
+            self._stop_adopted(int(pid), float(st["create_time"]), hard)
+        elif pid and _alive(int(pid), float(st.get("create_time", 0))):
             pgid = int(st.get("pgid", pid))
             deadline = time.monotonic() + (0 if hard else 5)
             resend = 0.0
@@ -327,6 +330,18 @@ class LocalProvider(MachineCloud):
                 time.sleep(0.02)
             cg.remove(name)
 
+    @staticmethod
+    def _stop_adopted(pid: int, create_time: float, hard: bool) -> None:
+        """An adopted process is not a group we made: signal it alone."""
+        deadline = time.monotonic() + (0 if hard else 5)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL if hard else signal.SIGTERM)
+        while time.monotonic() < deadline and _alive(pid, create_time):
+            time.sleep(0.02)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if _alive(pid, create_time):
+                os.kill(pid, signal.SIGKILL)
+
     def delete_instance(self, name: str) -> None:
         statedir = self._instances / name
         if not statedir.exists():
@@ -337,6 +352,78 @@ class LocalProvider(MachineCloud):
         if st.get("workdir"):
             shutil.rmtree(st["workdir"], ignore_errors=True)
         shutil.rmtree(statedir, ignore_errors=True)
+
+    #: whether the host's own listening processes are in the inventory (not for namespaced kinds)
+    finds_processes = True
+
+    def inventory(self) -> list[Resource]:
+        """The hosts, Shanzhi's instances, and the processes listening on the cloud's address
+        that Shanzhi did not start (legacy systems on this host, to adopt)."""
+        out = super().inventory()
+        if not self.finds_processes:
+            return out
+        ours = {int(st["pid"]) for st in self._states().values() if st.get("pid")}
+        address = str(self.opts.get("address", "127.0.0.1"))
+        listening: dict[int, set[int]] = {}
+        for c in psutil.net_connections(kind="tcp"):
+            if c.status == psutil.CONN_LISTEN and c.pid and c.laddr and c.laddr.ip in (address, "0.0.0.0"):
+                listening.setdefault(c.pid, set()).add(int(c.laddr.port))
+        me = {os.getpid(), *(p.pid for p in psutil.Process().parents())}
+        for pid, ports in sorted(listening.items()):
+            if pid in ours or pid in me:
+                continue
+            try:
+                proc = psutil.Process(pid)
+                if ours & {a.pid for a in proc.parents()} or "SHANZHI_INSTANCE" in proc.environ():
+                    continue  # a workload of this cloud, or any Shanzhi's (they carry their name)
+                with proc.oneshot():
+                    rid = f"pid-{pid}-{int(proc.create_time() * 1000)}"
+                    attrs = {
+                        "command": proc.cmdline(),
+                        "ports": sorted(ports),
+                        "user": proc.username(),
+                        "host": self.hosts()[0].name,
+                        "cpu": 1000,
+                        "memory": max(64 * 2**20, -(-proc.memory_info().rss * 2 // 2**20) * 2**20),
+                    }
+                    out.append(Resource("server", rid, proc.name(), proc.status(), attrs=attrs))
+            except psutil.Error:
+                continue  # gone meanwhile, or not ours to read
+        return out
+
+    def adopt(self, resource_id: str, req: InstanceRequest) -> ObservedInstance:
+        """A process found listening becomes the instance `req.name` as it runs: same pid, user
+        and directory. When it dies, the instance is started again from its spec, sandboxed."""
+        try:
+            _, pid_text, ms = resource_id.split("-")
+            proc = psutil.Process(int(pid_text))
+            born = proc.create_time()
+            if int(born * 1000) != int(ms):
+                raise psutil.NoSuchProcess(int(pid_text))
+        except (ValueError, psutil.Error):
+            raise NotFound(f"cloud {self.name} runs no process {resource_id} (any more)", field="id") from None
+        held = self._states().get(req.name)
+        if held is not None:
+            if int(held.get("pid") or 0) == proc.pid:
+                return self._observe(held)
+            raise Conflict(f"cloud {self.name} already has an instance {req.name}", field="name")
+        statedir = self._instances / req.name
+        statedir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        state = {
+            "name": req.name,
+            "host": req.host,
+            "pid": proc.pid,
+            "create_time": born,
+            "ports": dict(req.ports),
+            "address": str(self.opts.get("address", "127.0.0.1")),
+            "argv": proc.cmdline(),
+            "uid": proc.uids().real,
+            "adopted": resource_id,  # not started by us: stopped by its pid, its directory left alone
+            "cwd": proc.cwd(),
+            "started_at": born,
+        }
+        _write_json(statedir / "state.json", state)
+        return self._observe(state)
 
     def describe(self, name: str) -> dict[str, Any]:
         """The process: pid, its user, working directory and command."""

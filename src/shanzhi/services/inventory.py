@@ -9,6 +9,7 @@ name them (EC2: tags), after which they are healed, metered and audited like any
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Sequence
 from datetime import datetime
@@ -110,8 +111,9 @@ def proposal(s: Session, cloud: Cloud, rows: list[InventoryItem], vdc: str, app:
     if image:
         comp["image"] = image
     command = _same(rows, "command")
-    if command:
-        comp["run"] = {"command": list(command)}
+    ports = _same(rows, "ports") or []
+    if command:  # a port written in the command becomes the platform's (a restart may get another)
+        comp["run"] = {"command": [_port_variables(str(a), ports) for a in command]}
     itype = _same(rows, "instance_type")
     cpu, memory = _same(rows, "cpu"), _same(rows, "memory")
     if itype and cpu is None:
@@ -125,7 +127,6 @@ def proposal(s: Session, cloud: Cloud, rows: list[InventoryItem], vdc: str, app:
         cpu, memory = flavor.attrs["cpu"], flavor.attrs["memory"]
     if cpu is not None and memory is not None:
         comp["resources"] = {"cpu": f"{int(cpu)}m", "memory": f"{int(memory) // 2**20}Mi"}
-    ports = _same(rows, "ports") or []
     comp["ports"] = [{"name": f"p{p}", "port": int(p)} for p in ports]
     if not image and not command:
         raise InvalidInput("the inventory knows neither the servers' image nor their command", field="ids")
@@ -135,6 +136,12 @@ def proposal(s: Session, cloud: Cloud, rows: list[InventoryItem], vdc: str, app:
         "metadata": {"name": app, "vdc": vdc},
         "spec": {"components": [comp], "placement": {"clouds": {"names": [cloud.name]}}},
     }
+
+
+def _port_variables(arg: str, ports: list[int]) -> str:
+    for port in ports:
+        arg = re.sub(rf"(?<![0-9]){int(port)}(?![0-9])", f"${{PORT_P{int(port)}}}", arg)
+    return arg
 
 
 def adopt(

@@ -25,6 +25,7 @@ DEFAULT_PORT = 8080
 
 
 class NetnsProvider(FabricMember, LocalProvider):
+    finds_processes = False  # its processes live in namespaces: none of the host's are its own
     kind = "netns"
     tenant_network = True
     options = {
