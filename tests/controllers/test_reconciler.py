@@ -368,3 +368,34 @@ def test_weights_in_the_spec_divide_replicas_and_scaling_moves_nothing(districts
     districts.converge(districts.running("weighted", 9))
     after = {r.name: (r.cloud.name if r.cloud else None, r.host) for r in districts.rows()}
     assert {k: v for k, v in after.items() if k in before} == before  # n -> n+1 moved nothing
+
+
+def test_settled_apps_are_left_alone_until_something_about_them_changes(districts: World) -> None:
+    w = districts
+    w.rec.close()
+    w.rec = Reconciler(w.db, w.fleet, failover_grace=0, full_resync=3600)
+    w.apply(sim_doc("permits", 3))
+    w.apply(sim_doc("licences", 2))
+    w.converge(lambda: w.running("permits", 3)() and w.running("licences", 2)())
+    w.rec.run_once()
+    assert w.rec.skipped == 2  # both settled, nothing changed: neither is loaded
+    # a change to one app's spec: that app alone is reconciled
+    w.apply(sim_doc("licences", 3))
+    w.rec.run_once()
+    assert w.rec.skipped == 1
+    w.converge(w.running("licences", 3))
+    # an instance gone behind the platform's back is seen in the next pass
+    victim = w.rows("permits")[0]
+    assert victim.cloud is not None
+    w.fleet.provider(victim.cloud.name, "sim", w._options(victim.cloud.name)).delete_instance(victim.name)
+    w.rec.run_once()
+    assert w.rec.skipped == 1 and victim.name in w.events("InstanceVanished")
+    w.converge(w.running("permits", 3))
+    # a failed host: its app is reconciled, its replica replaced
+    other = w.rows("licences")[0]
+    with w.db.session() as s, s.begin():
+        inject_failure(s, w.fleet, other.cloud.name, other.host, recover=False)  # type: ignore[union-attr]
+    w.converge(lambda: w.running("licences", 3)() and other.name not in {r.name for r in w.rows("licences")})
+    w.rec.run_once()
+    w.rec.run_once()
+    assert w.rec.skipped == 2

@@ -39,11 +39,17 @@ class ControllerManager:
         alarm_webhook: str | None = None,
         flow_retention_days: float = 7.0,
         inventory_interval: float = 30.0,
+        full_resync: float = 10.0,
     ) -> None:
         self.db = db
         self.interval = interval
         self.reconciler = Reconciler(
-            db, fleet, failover_grace=failover_grace, network_pool=network_pool, network_prefix=network_prefix
+            db,
+            fleet,
+            failover_grace=failover_grace,
+            network_pool=network_pool,
+            network_prefix=network_prefix,
+            full_resync=full_resync,
         )
         self.network = NetworkController(db, fleet, network_pool)
         self.dr = DrController(db, fleet.data_dir)
@@ -73,6 +79,7 @@ class ControllerManager:
             alarm_webhook=settings.alarm_webhook,
             flow_retention_days=settings.flow_retention_days,
             inventory_interval=settings.inventory_interval,
+            full_resync=settings.full_resync,
         )
 
     def start(self) -> None:

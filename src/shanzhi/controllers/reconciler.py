@@ -84,8 +84,16 @@ class Reconciler:
         failover_grace: float = 3.0,
         network_pool: str = DEFAULT_POOL,
         network_prefix: int = DEFAULT_PREFIX,
+        full_resync: float = 0.0,
     ) -> None:
         self.db = db
+        # an app whose replicas all run, as observed, with nothing changed since the last pass is
+        # left alone, except in a full pass every `full_resync` seconds (0: every pass is full)
+        self.full_resync = full_resync
+        self._settled: dict[int, tuple[Any, ...]] = {}
+        self._specs: dict[int, tuple[int, AppSpec]] = {}  # app id -> (generation, parsed spec)
+        self._last_full = 0.0
+        self.skipped = 0  # apps left alone in the last pass
         self.network_pool = network_pool
         self.network_prefix = network_prefix
         self.fleet = fleet
@@ -103,14 +111,66 @@ class Reconciler:
         self._engine = None  # the fleet state of this pass, built at its first placement
         self._sync_clouds()
         app_ids = self._probe_all()
+        full = time.monotonic() - self._last_full >= self.full_resync
+        now_settled = {} if full else self._settled_apps()
+        self.skipped = 0
         for app_id in app_ids:
+            if not full and app_id in now_settled and self._settled.get(app_id) == now_settled[app_id]:
+                self.skipped += 1
+                continue
             try:
                 self._reconcile_app(app_id)
             except Exception:
                 log.exception("reconciling app id %s failed; will retry next pass", app_id)
+        if full:
+            self._last_full = time.monotonic()
+        if self.full_resync:
+            self._settled = self._settled_apps()
         sweep_orphans(self.db, self.fleet, self._observed)
         reclaim_volumes(self.db, self.fleet)
         finish_removals(self.db, self.fleet)
+
+    def _settled_apps(self) -> dict[int, tuple[Any, ...]]:
+        """Apps whose every replica runs, on a healthy cloud that is neither draining nor fenced,
+        observed running, passing its checks: each with a fingerprint of all of that (and its
+        generation). Columns only, three queries: no ORM objects, no specs parsed."""
+        with self.db.session() as s, s.begin():
+            clouds = {
+                cid: (name, health == "healthy" and not draining and fenced is None)
+                for cid, name, health, draining, fenced in s.execute(
+                    select(Cloud.id, Cloud.name, Cloud.health, Cloud.draining, Cloud.fenced_by_plan)
+                )
+            }
+            apps = {
+                aid: gen
+                for aid, gen, deleting in s.execute(select(App.id, App.generation, App.deleting))
+                if not deleting
+            }
+            rows = s.execute(
+                select(
+                    Instance.app_id,
+                    Instance.name,
+                    Instance.state,
+                    Instance.spec_hash,
+                    Instance.cloud_id,
+                    Instance.host,
+                    Instance.replaces,
+                )
+            ).all()
+        per_app: dict[int, list[tuple[Any, ...]]] = {a: [] for a in apps}
+        unsettled: set[int] = set()
+        for app_id, name, state, spec_hash, cloud_id, host, replaces in rows:
+            if app_id not in per_app:
+                continue
+            cloud = clouds.get(cloud_id) if cloud_id is not None else None
+            obs = (self._observed.get(cloud[0]) or {}).get(name) if cloud else None
+            probe = self._probes.get(name)
+            if state != "running" or replaces or cloud is None or not cloud[1] or obs is None or obs.state != "running":
+                unsettled.add(app_id)
+                continue
+            checks = (probe.successes > 0, probe.failures) if probe else None
+            per_app[app_id].append((name, spec_hash, cloud_id, host, obs.endpoint, checks))
+        return {a: (apps[a], tuple(sorted(r))) for a, r in per_app.items() if a not in unsettled}
 
     def _provider(self, ref: _CloudRef) -> Provider:
         return self.fleet.provider(ref.name, ref.kind, dict(ref.options))
@@ -204,12 +264,22 @@ class Reconciler:
         Returns the ids of all apps, read in the same snapshot.
         """
         with self.db.session() as s, s.begin():
-            apps = {a.id: a for a in s.scalars(select(App).order_by(App.id))}
-            rows = [
-                (r.name, r.app_id, r.component, r.cloud.name if r.cloud else None)
-                for r in s.scalars(select(Instance).where(Instance.state.in_(PROBED_STATES)))
-            ]
-            specs = {i: AppSpec.model_validate(a.spec) for i, a in apps.items() if not a.deleting}
+            heads = s.execute(select(App.id, App.generation, App.deleting).order_by(App.id)).all()
+            stale = [aid for aid, gen, deleting in heads if not deleting and self._specs.get(aid, (None,))[0] != gen]
+            for i in range(0, len(stale), 500):  # specs parsed once per generation, not once per pass
+                chunk = select(App.id, App.generation, App.spec).where(App.id.in_(stale[i : i + 500]))
+                for aid, gen, body in s.execute(chunk):
+                    self._specs[aid] = (gen, AppSpec.model_validate(body))
+            probed = (
+                select(Instance.name, Instance.app_id, Instance.component, Cloud.name)
+                .outerjoin(Cloud, Instance.cloud_id == Cloud.id)
+                .where(Instance.state.in_(PROBED_STATES))
+            )
+            rows = s.execute(probed).all()
+        live = {aid for aid, _, deleting in heads if not deleting}
+        known = {aid for aid, _, _ in heads}
+        self._specs = {aid: v for aid, v in self._specs.items() if aid in known}
+        specs = {aid: self._specs[aid][1] for aid in live if aid in self._specs}
         now = time.monotonic()
         jobs = []
         for name, app_id, comp_name, cloud in rows:
@@ -226,7 +296,7 @@ class Reconciler:
             jobs.append((state, self._pool.submit(health.probe, comp.health, host, port)))
         for state, fut in jobs:
             health.update(state, fut.result())
-        return list(apps)
+        return [aid for aid, _, _ in heads]
 
     def _set_state(self, s: Session, r: Instance, state: str, reason: str | None = None) -> None:
         if r.state != state:
