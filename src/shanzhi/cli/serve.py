@@ -57,6 +57,13 @@ def serve(
     inventory_interval: float = typer.Option(
         30.0, "--inventory-interval", min=1.0, help="Seconds between inventory syncs of each cloud."
     ),
+    full_resync: float = typer.Option(
+        10.0,
+        "--full-resync",
+        min=0.0,
+        help="Seconds between full reconcile passes; between them settled apps with nothing changed are "
+        "left alone (0: every pass is full).",
+    ),
     ledger_origin: str | None = typer.Option(
         None,
         "--ledger-origin",
@@ -200,6 +207,7 @@ def serve(
         alarm_webhook=alarm_webhook,
         flow_retention_days=flow_retention_days,
         inventory_interval=inventory_interval,
+        full_resync=full_resync,
         ledger_origin=ledger_origin,
         witnesses=tuple(witnesses),
         witness_quorum=witness_quorum,
