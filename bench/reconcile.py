@@ -125,7 +125,7 @@ def bench_converge(db: Database, data_dir: Path, replicas: int) -> dict[str, flo
 def run_backend(name: str, url: str, apps: int, replicas_each: int, tmp: Path) -> dict[str, Any]:
     db = open_database(url)
     db.migrate()
-    world(db, clouds=6, hosts=50)
+    world(db, clouds=6, hosts=max(50, apps * replicas_each // 300 + 1))  # room for all (64 a host by cpu)
     out = {"backend": name}
     out.update(bench_apply(db, apps, replicas_each))
     out.update(bench_converge(db, tmp / name, apps * replicas_each))
@@ -149,7 +149,8 @@ def main() -> None:
         with throwaway_postgres() as url:
             if url is not None and not args.sqlite_only:
                 results.append(run_backend("postgresql", url, apps, each, Path(tmp)))
-    table = Table(title=f"Shanzhi control plane ({apps} apps x {each} replicas on 6 sim clouds x 50 hosts)")
+    hosts = max(50, apps * each // 300 + 1)
+    table = Table(title=f"Shanzhi control plane ({apps} apps x {each} replicas on 6 sim clouds x {hosts} hosts)")
     cols = [
         ("backend", "backend", "{}"),
         ("apply apps/s", "apply_per_s", "{:,.0f}"),
