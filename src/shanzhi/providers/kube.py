@@ -191,7 +191,7 @@ class KubernetesProvider(Provider):
         ports = [{"name": p[:15], "containerPort": port} for p, port in req.ports]
         env = {"PORT": str(req.ports[0][1])} if req.ports else {}
         env |= {f"PORT_{p.upper().replace('-', '_')}": str(port) for p, port in req.ports}
-        env |= {k: v.replace("${PORT}", env.get("PORT", "")) for k, v in req.env.items()}
+        env |= {k: _substitute(v, env) for k, v in req.env.items()}
         container: dict[str, Any] = {
             "name": req.component[:63],
             "image": req.image or self.opts["process_image"],

@@ -104,6 +104,11 @@ def _same(rows: list[InventoryItem], key: str) -> Any:
     return rows[0].attrs.get(key)
 
 
+def _largest(rows: list[InventoryItem], key: str) -> int | None:
+    values = [int(r.attrs[key]) for r in rows if r.attrs.get(key) is not None]
+    return max(values) if values else None
+
+
 def proposal(s: Session, cloud: Cloud, rows: list[InventoryItem], vdc: str, app: str, component: str) -> dict[str, Any]:
     """The spec adopting `rows` writes: one component whose replicas they are."""
     comp: dict[str, Any] = {"name": component, "replicas": len(rows)}
@@ -115,7 +120,7 @@ def proposal(s: Session, cloud: Cloud, rows: list[InventoryItem], vdc: str, app:
     if command:  # a port written in the command becomes the platform's (a restart may get another)
         comp["run"] = {"command": [_port_variables(str(a), ports) for a in command]}
     itype = _same(rows, "instance_type")
-    cpu, memory = _same(rows, "cpu"), _same(rows, "memory")
+    cpu, memory = _largest(rows, "cpu"), _largest(rows, "memory")  # sizes measured per server may differ
     if itype and cpu is None:
         flavor = s.scalar(
             select(InventoryItem).where(
