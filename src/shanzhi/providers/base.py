@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shlex
 import socket
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from shanzhi.domain.errors import CloudUnavailable, InvalidInput, NotFound
+from shanzhi.domain.quantity import parse_cpu, parse_memory
 
 InstanceState = Literal["starting", "running", "exited", "failed"]
 
@@ -333,3 +335,50 @@ def startup_script(command: Iterable[str] | None, env: dict[str, str]) -> str:
     if command:
         lines.append("exec " + " ".join(shlex.quote(a) for a in command))
     return "\n".join(lines) + "\n"
+
+
+class ZonedCloud(Provider):
+    """A cloud reached through its API whose availability zones are the hosts (`ec2`,
+    `openstack`): the capacity the platform may use there (options `cpu`, `memory`,
+    `instances`: its quota) is split evenly over the zones, which are asked for again at most
+    every `ZONES_TTL` seconds (each pass asks for hosts)."""
+
+    ZONES_TTL: ClassVar[float] = 15.0
+    QUOTA_OPTIONS: ClassVar[dict[str, OptionSpec]] = {
+        "cpu": OptionSpec(parse_cpu, 64_000, "cpu the platform may use there (default 64)"),
+        "memory": OptionSpec(parse_memory, 256 * 2**30, "memory the platform may use (default 256Gi)"),
+        "instances": OptionSpec(positive_int, 50, "instances the platform may run"),
+    }
+
+    @abstractmethod
+    def _list_zones(self) -> list[str]:
+        """The available zones' names, from the cloud (raises CloudUnavailable)."""
+
+    def _zone_names(self, fresh: bool = False) -> list[str]:
+        at, zones = getattr(self, "_zones", (0.0, []))
+        if fresh or not zones or time.monotonic() - at > self.ZONES_TTL:
+            zones = sorted(self._list_zones())
+            self._zones = (time.monotonic(), zones)
+        return list(zones)
+
+    def status(self) -> CloudStatus:
+        try:
+            zones = self._zone_names(fresh=True)
+        except CloudUnavailable as err:
+            return CloudStatus(False, str(err))
+        if not zones:
+            return CloudStatus(False, "no availability zone is available")
+        return CloudStatus(True, f"ok: zones {', '.join(zones)}")
+
+    def hosts(self) -> list[HostInfo]:
+        zones = self._zone_names()
+        n = max(1, len(zones))
+        return [
+            HostInfo(
+                name=z,
+                cpu=int(self.opts["cpu"]) // n,
+                memory=int(self.opts["memory"]) // n,
+                max_instances=max(1, int(self.opts["instances"]) // n),
+            )
+            for z in zones
+        ]

@@ -29,7 +29,6 @@ from __future__ import annotations
 import base64
 import math
 import threading
-import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -38,18 +37,14 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, WaiterError
 
 from shanzhi.domain.errors import CloudUnavailable, Conflict, InvalidInput, NotFound
-from shanzhi.domain.quantity import parse_cpu, parse_memory
 from shanzhi.providers.base import (
-    CloudStatus,
-    HostInfo,
     InstanceRequest,
     InstanceState,
     LogChunk,
     ObservedInstance,
     OptionSpec,
-    Provider,
     Resource,
-    positive_int,
+    ZonedCloud,
     startup_script,
 )
 
@@ -65,7 +60,6 @@ _STATES: dict[str, InstanceState] = {
     "stopped": "exited",
 }
 _DEVICES = [f"/dev/sd{c}" for c in "fghijklm"]  # one per volume (a component has at most 8)
-_ZONES_TTL = 15.0  # seconds the zones (hosts) are reused before asking again
 _GiB = 2**30
 
 
@@ -95,7 +89,7 @@ def _tag(resource: dict[str, Any], key: str) -> str:
     return ""
 
 
-class Ec2Provider(Provider):
+class Ec2Provider(ZonedCloud):
     kind = "ec2"
     runtimes = frozenset({"vm"})
     probes_endpoints = False
@@ -111,16 +105,13 @@ class Ec2Provider(Provider):
         "families": OptionSpec(_families, "t3,m5,c5,r5", "instance families to choose types from"),
         "instance_type": OptionSpec(str, "", "one instance type for every replica (instead of choosing)"),
         "key_name": OptionSpec(str, "", "an EC2 key pair to put on instances"),
-        "cpu": OptionSpec(parse_cpu, 64_000, "cpu Shanzhi may use in the region (default 64)"),
-        "memory": OptionSpec(parse_memory, 256 * _GiB, "memory Shanzhi may use (default 256Gi)"),
-        "instances": OptionSpec(positive_int, 50, "instances Shanzhi may run"),
+        **ZonedCloud.QUOTA_OPTIONS,
     }
 
     def __init__(self, name: str, options: Any, state_dir: Any, credentials: Any = None) -> None:
         super().__init__(name, options, state_dir, credentials)
         self._lock = threading.Lock()
         self._client: EC2Client | None = None
-        self._zones: tuple[float, list[str]] = (0.0, [])
         self._types: list[tuple[int, int, int, str]] | None = None  # (millicores, bytes, rank, type)
         self._images: dict[str, str] = {}
         self._subnets: dict[str, tuple[str, str, str]] = {}  # zone -> (subnet, vpc, vpc cidr)
@@ -169,35 +160,9 @@ class Ec2Provider(Provider):
 
     # -- capacity -------------------------------------------------------------------------------
 
-    def _zone_names(self, fresh: bool = False) -> list[str]:
-        at, zones = self._zones
-        if fresh or not zones or time.monotonic() - at > _ZONES_TTL:
-            got = self._call("describe_availability_zones", Filters=[{"Name": "state", "Values": ["available"]}])
-            zones = sorted(z["ZoneName"] for z in got["AvailabilityZones"])
-            self._zones = (time.monotonic(), zones)
-        return zones
-
-    def status(self) -> CloudStatus:
-        try:
-            zones = self._zone_names(fresh=True)
-        except CloudUnavailable as err:
-            return CloudStatus(False, str(err))
-        if not zones:
-            return CloudStatus(False, f"region {self.opts['region']} has no available zone")
-        return CloudStatus(True, f"ok: region {self.opts['region']}, zones {', '.join(zones)}")
-
-    def hosts(self) -> list[HostInfo]:
-        zones = self._zone_names()
-        n = max(1, len(zones))
-        return [
-            HostInfo(
-                name=z,
-                cpu=int(self.opts["cpu"]) // n,
-                memory=int(self.opts["memory"]) // n,
-                max_instances=max(1, int(self.opts["instances"]) // n),
-            )
-            for z in zones
-        ]
+    def _list_zones(self) -> list[str]:
+        got = self._call("describe_availability_zones", Filters=[{"Name": "state", "Values": ["available"]}])
+        return [str(z["ZoneName"]) for z in got["AvailabilityZones"]]
 
     def _instance_type(self, req: InstanceRequest) -> str:
         if self.opts["instance_type"]:

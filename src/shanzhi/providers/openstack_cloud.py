@@ -25,7 +25,6 @@ import base64
 import contextlib
 import math
 import threading
-import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -34,17 +33,13 @@ from keystoneauth1 import exceptions as ks_exc
 import openstack
 from openstack import exceptions as os_exc
 from shanzhi.domain.errors import CloudUnavailable, Conflict, InvalidInput, NotFound
-from shanzhi.domain.quantity import parse_cpu, parse_memory
 from shanzhi.providers.base import (
-    CloudStatus,
-    HostInfo,
     InstanceRequest,
     InstanceState,
     ObservedInstance,
     OptionSpec,
-    Provider,
     Resource,
-    positive_int,
+    ZonedCloud,
     startup_script,
 )
 
@@ -62,7 +57,6 @@ _STATES: dict[str, InstanceState] = {
     "ERROR": "failed",
 }
 _GONE = ("DELETED", "SOFT_DELETED", "SHELVED_OFFLOADED")
-_ZONES_TTL = 15.0
 _GiB = 2**30
 
 
@@ -74,7 +68,7 @@ def _url(value: Any) -> str:
     return url
 
 
-class OpenStackProvider(Provider):
+class OpenStackProvider(ZonedCloud):
     kind = "openstack"
     runtimes = frozenset({"vm"})
     probes_endpoints = False
@@ -91,16 +85,13 @@ class OpenStackProvider(Provider):
         "project_domain": OptionSpec(str, "Default", "the project's domain"),
         "region": OptionSpec(str, "", "the region name in the catalog (default: the only one)"),
         "network": OptionSpec(str, "", "network name or id for servers (default: the project's first)"),
-        "cpu": OptionSpec(parse_cpu, 64_000, "vCPUs Shanzhi may use in the project (default 64)"),
-        "memory": OptionSpec(parse_memory, 256 * _GiB, "RAM Shanzhi may use (default 256Gi)"),
-        "instances": OptionSpec(positive_int, 50, "servers Shanzhi may run"),
+        **ZonedCloud.QUOTA_OPTIONS,
     }
 
     def __init__(self, name: str, options: Any, state_dir: Any, credentials: Any = None) -> None:
         super().__init__(name, options, state_dir, credentials)
         self._lock = threading.Lock()
         self._conn: Any = None
-        self._zones: tuple[float, list[str]] = (0.0, [])
         self._flavors: list[tuple[int, int, str, str]] | None = None  # (millicores, bytes, name, id)
         self._net: tuple[str, list[str]] | None = None  # network id, its subnets' CIDRs
 
@@ -162,35 +153,9 @@ class OpenStackProvider(Provider):
 
     # -- capacity -------------------------------------------------------------------------------
 
-    def _zone_names(self, fresh: bool = False) -> list[str]:
-        at, zones = self._zones
-        if fresh or not zones or time.monotonic() - at > _ZONES_TTL:
-            found = self._do("list availability zones", self._api("compute").availability_zones)
-            zones = sorted(z.name for z in found if (z.state or {}).get("available", True))
-            self._zones = (time.monotonic(), zones)
-        return zones
-
-    def status(self) -> CloudStatus:
-        try:
-            zones = self._zone_names(fresh=True)
-        except CloudUnavailable as err:
-            return CloudStatus(False, str(err))
-        if not zones:
-            return CloudStatus(False, "no availability zone is available")
-        return CloudStatus(True, f"ok: zones {', '.join(zones)}")
-
-    def hosts(self) -> list[HostInfo]:
-        zones = self._zone_names()
-        n = max(1, len(zones))
-        return [
-            HostInfo(
-                name=z,
-                cpu=int(self.opts["cpu"]) // n,
-                memory=int(self.opts["memory"]) // n,
-                max_instances=max(1, int(self.opts["instances"]) // n),
-            )
-            for z in zones
-        ]
+    def _list_zones(self) -> list[str]:
+        found = self._do("list availability zones", self._api("compute").availability_zones)
+        return [str(z.name) for z in found if (z.state or {}).get("available", True)]
 
     def _flavor_list(self) -> list[tuple[int, int, str, str]]:
         if self._flavors is None:
