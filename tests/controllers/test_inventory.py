@@ -170,3 +170,25 @@ def test_adopting_found_servers_on_a_sim_cloud_creates_nothing_new(db: Database,
             assert ids[0] in str(err)
         else:
             raise AssertionError("adopting an adopted server twice was not refused")
+
+
+def test_credentials_that_cannot_be_opened_make_the_cloud_down_not_the_pass(db: Database, tmp_path: Path) -> None:
+    from cryptography.fernet import Fernet
+
+    from shanzhi.controllers import Reconciler
+    from shanzhi.sealing import Vault
+
+    other = Vault(Fernet(Fernet.generate_key()), "elsewhere.key")  # sealed by another server's key
+    with db.session() as s, s.begin():
+        add_cloud(s, "sim-a", "sim", "site-a", "gz", {}, {"hosts": 1, "boot": 0})
+        creds = {"access_key_id": "AKIA", "secret_access_key": "x"}
+        add_cloud(s, "aws", "ec2", "site-b", "gz", {}, {"endpoint": "http://127.0.0.1:9"}, creds, other)
+    rec = Reconciler(db, Fleet(tmp_path), failover_grace=0)
+    try:
+        rec.run_once()
+    finally:
+        rec.close()
+    with db.session() as s, s.begin():
+        health = {c.name: (c.health, c.health_message) for c in s.scalars(select(Cloud))}
+    assert health["sim-a"][0] == "healthy"
+    assert health["aws"][0] == "down" and "cannot be read with this server's credentials.key" in health["aws"][1]

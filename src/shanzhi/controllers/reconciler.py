@@ -181,10 +181,10 @@ class Reconciler:
             refs = [_CloudRef(c.name, c.kind, dict(c.options)) for c in s.scalars(select(Cloud))]
         results = {}
         for ref in refs:
-            p = self._provider(ref)
             observed: dict[str, ObservedInstance] | None = None
             hosts = None
-            try:
+            try:  # building the provider opens its sealed credentials, which may fail too
+                p = self._provider(ref)
                 status = p.status()
                 hosts = p.hosts()
                 if status.healthy:
@@ -779,8 +779,8 @@ class Reconciler:
             ref = refs.get(a.cloud)
             if ref is None:
                 continue
-            p = self._provider(ref)
             try:
+                p = self._provider(ref)
                 observed = None
                 if a.kind in ("delete", "restart"):
                     p.delete_instance(a.name)
