@@ -163,3 +163,28 @@ def test_inventory_and_bad_input(cluster: StandIn, tmp_path: Path) -> None:
         away.list_instances()
     with pytest.raises(InvalidInput, match="in_cluster"):
         KubernetesProvider.validate_options({"in_cluster": "maybe"})
+
+
+def test_the_health_check_becomes_the_readiness_probe(cluster: StandIn, tmp_path: Path) -> None:
+    from shanzhi.domain.spec import Health
+
+    p = make(cluster, tmp_path)
+    http = Health.model_validate(
+        {"http": {"path": "/healthz", "port": "http"}, "periodSeconds": 5, "failureThreshold": 2}
+    )
+    p.create_instance(request("web-api-aaa", health=http))
+    (c,) = cluster.get("/apis/apps/v1/namespaces/shz-gz-tax/deployments/web-api")["spec"]["template"]["spec"][
+        "containers"
+    ]
+    assert c["readinessProbe"] == {
+        "httpGet": {"path": "/healthz", "port": 8080},
+        "periodSeconds": 5,
+        "timeoutSeconds": 1,
+        "failureThreshold": 2,
+    }
+    tcp = Health.model_validate({"tcp": {"port": 9090}})
+    p.create_instance(request("api-x", component="rpc", health=tcp))
+    (c,) = cluster.get("/apis/apps/v1/namespaces/shz-gz-tax/deployments/web-rpc")["spec"]["template"]["spec"][
+        "containers"
+    ]
+    assert c["readinessProbe"]["tcpSocket"] == {"port": 9090}

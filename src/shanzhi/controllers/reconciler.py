@@ -448,6 +448,7 @@ class Reconciler:
             ports=tuple((p.name, p.port) for p in comp.ports),
             image=comp.image,
             flavor=comp.flavor,
+            health=comp.health,
             volumes=tuple(
                 VolumeRequest(
                     key := volume_key(app.vdc.path, app.name, comp.name, r.ordinal, v.name),

@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Literal
 
 from shanzhi.domain.errors import CloudUnavailable, InvalidInput, NotFound
 from shanzhi.domain.quantity import parse_cpu, parse_memory
+from shanzhi.domain.spec import Health
 
 InstanceState = Literal["starting", "running", "exited", "failed"]
 
@@ -68,6 +69,7 @@ class InstanceRequest:
     flavor: str | None = None
     volumes: tuple[VolumeRequest, ...] = ()
     network: NetworkAttachment | None = None
+    health: Health | None = None  # the component's check, for clouds that run it themselves
 
 
 @dataclass(frozen=True)

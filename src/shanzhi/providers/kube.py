@@ -4,7 +4,8 @@
   (`<prefix>-<vdc>`, labelled with the VDC). The platform's placement hands the cluster a
   replica count: each replica placed here is a slot of the Deployment (its name kept, in order,
   in the annotation `shanzhi.io/instances`), and `spec.replicas` is the number of slots.
-- **Health from readiness**: the first `readyReplicas` slots are running, the rest starting.
+- **Health from readiness**: the component's `health` check becomes the container's readiness
+  probe, and the first `readyReplicas` slots are running, the rest starting.
   The cluster's own controllers restart and reschedule pods; Shanzhi sees a slot whose
   Deployment is gone as vanished and recreates it.
 - A component with `image` runs that container image; one with `run` runs its command in the
@@ -204,6 +205,8 @@ class KubernetesProvider(Provider):
         }
         if req.command:
             container["command"] = [_substitute(a, env) for a in req.command]
+        if req.health is not None:
+            container["readinessProbe"] = _probe(req)
         selector = {f"{LABEL}app": req.app, f"{LABEL}component": req.component}
         return {
             "apiVersion": "apps/v1",
@@ -388,6 +391,24 @@ def _backoff(attempt: int) -> None:
     """After a lost race, wait a little (random, growing) so that racing writers spread out."""
     if attempt:
         time.sleep(random.uniform(0, 0.02 * min(attempt, 10)))
+
+
+def _probe(req: InstanceRequest) -> dict[str, Any]:
+    """The component's health check as the kubelet's readiness probe (readiness is health here)."""
+    h = req.health
+    assert h is not None
+    check = h.http or h.tcp
+    assert check is not None
+    ports = dict(req.ports)
+    port = ports.get(check.port, 0) if isinstance(check.port, str) else check.port
+    probe: dict[str, Any] = {
+        "periodSeconds": max(1, round(h.period_seconds)),
+        "timeoutSeconds": max(1, round(h.timeout_seconds)),
+        "failureThreshold": h.failure_threshold,
+    }
+    if h.http is not None:
+        return probe | {"httpGet": {"path": h.http.path, "port": port}}
+    return probe | {"tcpSocket": {"port": port}}
 
 
 def _ready(node: dict[str, Any]) -> bool:
