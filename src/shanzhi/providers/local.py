@@ -369,6 +369,7 @@ class LocalProvider(MachineCloud):
             if c.status == psutil.CONN_LISTEN and c.pid and c.laddr and c.laddr.ip in (address, "0.0.0.0"):
                 listening.setdefault(c.pid, set()).add(int(c.laddr.port))
         me = {os.getpid(), *(p.pid for p in psutil.Process().parents())}
+        host = out[0].name  # the first host: a found process is on this machine, not on one of its slices
         for pid, ports in sorted(listening.items()):
             if pid in ours or pid in me:
                 continue
@@ -382,7 +383,7 @@ class LocalProvider(MachineCloud):
                         "command": proc.cmdline(),
                         "ports": sorted(ports),
                         "user": proc.username(),
-                        "host": self.hosts()[0].name,
+                        "host": host,
                         "cpu": 1000,
                         "memory": max(64 * 2**20, -(-proc.memory_info().rss * 2 // 2**20) * 2**20),
                     }
