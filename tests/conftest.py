@@ -12,6 +12,7 @@ from shanzhi.controllers.dr import stop_quorum
 from shanzhi.providers.fabric.member import remove_fabric
 from shanzhi.providers.local import stop_all_under
 from shanzhi.store import Database, open_database
+from tests.e2e.harness import Server, stop_everything
 from tests.pg import pg_available, throwaway_database
 
 _PG_OK, _PG_WHY = pg_available()
@@ -79,3 +80,12 @@ def data_dir(tmp_path: Path) -> Iterator[Path]:
     stop_all_under(d / "clouds", remove=True)
     stop_quorum(d, remove=True)
     remove_fabric(d)
+
+
+@pytest.fixture
+def server(data_dir: Path) -> Iterator[Server]:
+    """A real `shanzhi serve` on SQLite in its own data directory, stopped with all it started
+    (modules that need another kind define their own `server`)."""
+    s = Server(data_dir)
+    yield s
+    stop_everything(data_dir, s)

@@ -12,21 +12,12 @@ import httpx
 import psutil
 import pytest
 
-from tests.e2e.harness import Cli, Server, free_port, stop_everything, wait_for
+from tests.e2e.harness import Cli, Server, free_port, wait_for
 
 pytestmark = pytest.mark.e2e
 # the system's Python, as a legacy service on the host runs it (a restart runs the same command
 # sandboxed, as the VDC's uid: it must be able to run it)
 SYSTEM_PYTHON = shutil.which("python3", path="/usr/bin:/bin") or "python3"
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    data = tmp_path / "data"
-    data.mkdir()
-    s = Server(data)
-    yield s
-    stop_everything(data, s)
 
 
 @pytest.fixture

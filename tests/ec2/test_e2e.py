@@ -4,26 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.harness import Cli, Server, stop_everything, wait_for
+from tests.e2e.harness import Cli, Server, wait_for
 from tests.ec2.moto import REGION, Moto, tagged
 
 pytestmark = pytest.mark.e2e
 SECRET = "wJalrXUtnFEMI-K7MDENG-shanzhi-test-secret"
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    data = tmp_path / "data"
-    data.mkdir()
-    s = Server(data)
-    yield s
-    stop_everything(data, s)
 
 
 def app_spec(image: str, replicas: int = 2) -> str:

@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.e2e.harness import Cli, Server, stop_everything, wait_for
+from tests.e2e.harness import Cli, Server, wait_for
 from tests.kube.cluster import StandIn
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    data = tmp_path / "data"
-    data.mkdir()
-    s = Server(data)
-    yield s
-    stop_everything(data, s)
 
 
 def slots(cluster: StandIn) -> list[str]:

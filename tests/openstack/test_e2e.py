@@ -3,26 +3,16 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.e2e.harness import Cli, Server, stop_everything, wait_for
+from tests.e2e.harness import Cli, Server, wait_for
 from tests.openstack.cloud import PASSWORD, StandIn
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    data = tmp_path / "data"
-    data.mkdir()
-    s = Server(data)
-    yield s
-    stop_everything(data, s)
 
 
 def mine(cloud: StandIn) -> dict[str, dict[str, Any]]:
