@@ -4,12 +4,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.ec2.moto import Moto, moto_server
+from tests.ec2.moto import Moto
 
 
 @pytest.fixture(scope="session")
 def _moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Moto]:
-    yield from moto_server(tmp_path_factory)
+    m = Moto(tmp_path_factory.mktemp("moto") / "moto.log")
+    yield m
+    m.stop()
 
 
 @pytest.fixture

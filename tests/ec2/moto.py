@@ -7,7 +7,6 @@ keeps instances, volumes and security groups, and is reset between tests.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,11 +59,3 @@ def tagged(ec2: Any, cloud: str) -> dict[str, list[str]]:
     volumes = [v["VolumeId"] for v in ec2.describe_volumes(Filters=f)["Volumes"]]
     groups = [g["GroupId"] for g in ec2.describe_security_groups(Filters=f)["SecurityGroups"]]
     return {"instances": instances, "volumes": volumes, "groups": groups}
-
-
-def moto_server(tmp_path_factory: Any) -> Iterator[Moto]:
-    m = Moto(tmp_path_factory.mktemp("moto") / "moto.log")
-    try:
-        yield m
-    finally:
-        m.stop()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,11 +44,3 @@ class StandIn:
 
     def stop(self) -> None:
         reap(self.proc)
-
-
-def standin(tmp_path_factory: Any) -> Iterator[StandIn]:
-    s = StandIn(tmp_path_factory.mktemp("kube") / "standin.log")
-    try:
-        yield s
-    finally:
-        s.stop()

@@ -4,12 +4,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.kube.cluster import StandIn, standin
+from tests.kube.cluster import StandIn
 
 
 @pytest.fixture(scope="session")
 def _cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StandIn]:
-    yield from standin(tmp_path_factory)
+    s = StandIn(tmp_path_factory.mktemp("kube") / "standin.log")
+    yield s
+    s.stop()
 
 
 @pytest.fixture

@@ -4,12 +4,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.openstack.cloud import StandIn, standin
+from tests.openstack.cloud import StandIn
 
 
 @pytest.fixture(scope="session")
 def _openstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StandIn]:
-    yield from standin(tmp_path_factory)
+    s = StandIn(tmp_path_factory.mktemp("openstack") / "standin.log")
+    yield s
+    s.stop()
 
 
 @pytest.fixture
