@@ -1,5 +1,6 @@
 """The REST API: auth, problem documents, clouds, VDCs, apply, audit. Bad input changes nothing."""
 
+import re
 import stat
 from typing import Any
 
@@ -66,6 +67,29 @@ def test_openapi_document(api: TestClient) -> None:
     assert {"/api/v1/clouds", "/api/v1/apps", "/api/v1/vdcs", "/api/v1/instances", "/api/v1/events"} <= set(
         doc["paths"]
     )
+
+
+def test_api_docs_are_served_from_the_package_with_the_bearer_scheme(api: TestClient) -> None:
+    anonymous = TestClient(api.app)
+    for page in ("/api/v1/docs", "/api/v1/redoc"):
+        html = anonymous.get(page).text
+        scripts = re.findall(r'(?:src|href)="([^"]+)"', html)
+        assert scripts and all(s.startswith(("/static/docs/", "/api/v1/")) for s in scripts), scripts
+        assert "cdn." not in html and "fonts.googleapis" not in html
+        for asset in scripts:
+            fetched = anonymous.get(asset)
+            assert fetched.status_code == 200 and len(fetched.content) > 1000, asset
+    doc = anonymous.get("/api/v1/openapi.json").json()
+    assert doc["components"]["securitySchemes"]["bearer"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": doc["components"]["securitySchemes"]["bearer"]["description"],
+    }
+    assert doc["paths"]["/api/v1/clouds"]["get"]["security"] == [{"bearer": []}]
+    assert "security" not in doc["paths"]["/api/v1/auth/login"]["post"]
+    # what the scheme says works: the bearer token is what the routes take
+    token = api.headers["authorization"].removeprefix("Bearer ")
+    assert anonymous.get("/api/v1/clouds", headers=bearer(token)).status_code == 200
 
 
 def test_cloud_lifecycle(world: TestClient) -> None:

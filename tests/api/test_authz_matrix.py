@@ -77,6 +77,9 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("DELETE", "/clouds/{name}"): frozenset({SYS}),
     ("PUT", "/clouds/{name}/credentials"): frozenset({SYS}),
     ("GET", "/inventory"): frozenset({SYS}),
+    ("GET", "/metrics"): frozenset({SYS}),
+    ("GET", "/prometheus/targets"): frozenset({SYS}),
+    ("GET", "/apps/{name}/metrics"): VDC_READERS,
     ("GET", "/inventory/syncs"): frozenset({SYS}),
     ("POST", "/inventory/sync"): frozenset({SYS}),
     ("POST", "/adopt"): frozenset({SYS}),
@@ -348,6 +351,9 @@ def _calls(w: World) -> dict[tuple[str, str], Callable[[str], Call]]:
         # a local cloud takes no credentials: the system administrator gets a 422, the rest 403
         ("PUT", "/clouds/{name}/credentials"): lambda _: ("/clouds/city-b/credentials", {"json": {"credentials": {}}}),
         ("GET", "/inventory"): lambda _: ("/inventory?kind=server", {}),
+        ("GET", "/metrics"): lambda _: ("/metrics", {}),
+        ("GET", "/prometheus/targets"): lambda _: ("/prometheus/targets", {}),
+        ("GET", "/apps/{name}/metrics"): lambda _: ("/apps/records/metrics?vdc=gz/health", {}),
         ("GET", "/inventory/syncs"): lambda _: ("/inventory/syncs", {}),
         ("POST", "/inventory/sync"): lambda _: ("/inventory/sync", {"json": {"cloud": "city-b"}}),
         # no server named: the system administrator gets a 422, the rest 403
@@ -532,6 +538,7 @@ def test_the_route_table_knows_every_api_route(api: TestClient) -> None:
         inventory,
         ledger,
         metering,
+        metrics,
         network,
         observe,
         oidc,
@@ -541,7 +548,7 @@ def test_the_route_table_knows_every_api_route(api: TestClient) -> None:
     )
 
     modules = (identity, oidc, clouds, images, vdcs, apps, volumes, observe, network, dr, plans, approvals, metering)
-    modules += (audit, ledger, inventory)
+    modules += (audit, ledger, inventory, metrics)
     table = RouteTable([m.router for m in modules])
     assert table.missing() == []
     for method, path in openapi_routes(api.app):

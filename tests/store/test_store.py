@@ -18,11 +18,11 @@ from shanzhi.store.tables import AppRevision, ApprovalRequest, Base, Event, Site
 def test_migrations_create_every_table_and_rerun_cleanly(db: Database) -> None:
     names = set(inspect(db.engine).get_table_names())
     assert {"sites", "clouds", "hosts", "vdcs", "apps", "instances", "events", "audit", "tokens"} <= names
-    assert {"vdc_subnets", "dr_clusters", "dr_etcd_members", "dr_reports"} <= names
+    assert {"vdc_subnets", "dr_clusters", "dr_etcd_members", "dr_reports", "metric_points"} <= names
     assert "alembic_version" in names
     db.migrate()  # a second run is a no-op
     with db.engine.connect() as c:
-        assert c.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0012"
+        assert c.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0013"
 
 
 def test_upgrading_a_0005_database_keeps_its_rows_and_fills_the_new_columns(database_url: str) -> None:

@@ -7,13 +7,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, Depends, FastAPI
+from fastapi.responses import RedirectResponse
 
 from shanzhi import __version__
-from shanzhi.api import audit, errors
+from shanzhi.api import audit, docs, errors
 from shanzhi.api.auth import authorize
 from shanzhi.api.deps import Runtime, relying_party
 from shanzhi.api.guard import Guard, Limits
 from shanzhi.api.headers import SecurityHeaders
+from shanzhi.api.metrics import RequestTimer, registry, request_histogram
 from shanzhi.api.policy import check_routes
 from shanzhi.api.processes import make_ledger, prepare
 from shanzhi.api.routes import (
@@ -25,6 +27,7 @@ from shanzhi.api.routes import (
     images,
     inventory,
     metering,
+    metrics,
     network,
     observe,
     oidc,
@@ -80,7 +83,7 @@ def create_app(settings: Settings) -> FastAPI:
         version=__version__,
         description="One cloud from many: government hybrid multi-cloud management.",
         openapi_url="/api/v1/openapi.json",
-        docs_url="/api/v1/docs",
+        docs_url=None,  # served from the package by shanzhi.api.docs (no CDN)
         redoc_url=None,
         lifespan=lifespan,
     )
@@ -102,6 +105,7 @@ def create_app(settings: Settings) -> FastAPI:
         plans,
         approvals,
         metering,
+        metrics,
         audit_routes,
         ledger_routes,
     )
@@ -113,6 +117,15 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(Guard, table=table, limits=limits)
     app.add_middleware(audit.AuditMiddleware)  # it sees the guard's refusals too
     app.add_middleware(SecurityHeaders, tls=bool(settings.tls_cert))
+    requests = request_histogram()
+    app.add_middleware(RequestTimer, histogram=requests)  # outermost: it times the guard's refusals too
+    app.state.metrics_registry = registry(app, requests)
+    docs.install(app)
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics_alias() -> RedirectResponse:
+        """Where Prometheus looks by default; the exposition itself is an API route (a token)."""
+        return RedirectResponse("/api/v1/metrics", status_code=307)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:

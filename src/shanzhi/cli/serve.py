@@ -57,6 +57,9 @@ def serve(
     inventory_interval: float = typer.Option(
         30.0, "--inventory-interval", min=1.0, help="Seconds between inventory syncs of each cloud."
     ),
+    metrics_interval: float = typer.Option(
+        15.0, "--metrics-interval", min=1.0, help="Seconds between samples of every instance's cpu, memory, I/O."
+    ),
     full_resync: float = typer.Option(
         10.0,
         "--full-resync",
@@ -207,6 +210,7 @@ def serve(
         alarm_webhook=alarm_webhook,
         flow_retention_days=flow_retention_days,
         inventory_interval=inventory_interval,
+        metrics_interval=metrics_interval,
         full_resync=full_resync,
         ledger_origin=ledger_origin,
         witnesses=tuple(witnesses),

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from shanzhi.domain.errors import CloudUnavailable, InvalidInput, NotFound
+from shanzhi.domain.metrics import Usage
 from shanzhi.domain.quantity import parse_cpu, parse_memory
 from shanzhi.domain.spec import Health
 
@@ -248,6 +249,11 @@ class Provider(ABC):
     def volume_snapshots(self, key: str) -> list[dict[str, Any]]:
         """The snapshots of a volume's disk: name, taken at, size."""
         raise InvalidInput(f"a {self.kind} cloud keeps no volume snapshots", field="key")
+
+    def usage(self) -> dict[str, Usage]:
+        """What each instance this cloud runs has used so far, by name (counters since it started,
+        memory now); a cloud that cannot tell leaves an instance out."""
+        return {}
 
     def read_log(self, name: str, tail: int) -> LogChunk:
         """The last `tail` bytes of an instance's output (console or stdout/stderr)."""

@@ -38,7 +38,9 @@ from typing import Any
 import psutil
 
 from shanzhi.domain.errors import Conflict, InvalidInput, NotFound
+from shanzhi.domain.metrics import Usage
 from shanzhi.domain.quantity import parse_cpu, parse_memory
+from shanzhi.providers import usage
 from shanzhi.providers.base import (
     CloudStatus,
     InstanceRequest,
@@ -161,6 +163,23 @@ class LocalProvider(MachineCloud):
     def list_instances(self) -> list[ObservedInstance]:
         self._refuse_if_failed()
         return [self._observe(st) for st in self._states().values()]
+
+    def usage(self) -> dict[str, Usage]:
+        out: dict[str, Usage] = {}
+        cg = self.sandbox.cgroups
+        for name, st in self._states().items():
+            pid = st.get("pid")
+            if not pid or not _alive(int(pid), float(st.get("create_time", 0))):
+                continue
+            members = cg.member_pids(self._cgroup(name)) if cg is not None else set()
+            found = usage.of_processes(members or usage.tree(int(pid)))
+            if found is not None:
+                out[name] = self._with_network(st, found)
+        return out
+
+    def _with_network(self, st: dict[str, Any], found: Usage) -> Usage:
+        """A process on this machine's own network has no traffic counters of its own."""
+        return found
 
     @functools.cached_property
     def sandbox(self) -> Sandbox:

@@ -8,6 +8,7 @@ restart of Shanzhi and is shared safely by two processes on one data directory.
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import threading
 import time
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from shanzhi.domain.errors import CloudUnavailable, Conflict, InvalidInput, NotFound
+from shanzhi.domain.metrics import Usage
 from shanzhi.domain.quantity import parse_cpu, parse_memory
 from shanzhi.providers.base import (
     CloudStatus,
@@ -155,6 +157,17 @@ class SimProvider(Provider):
                 raise CloudUnavailable(f"cloud {self.name} is not answering (failure injection)")
             conn.execute("DELETE FROM instances WHERE name = ?", (name,))
 
+    def usage(self) -> dict[str, Usage]:
+        """Synthetic but consistent use: each instance busy at its own level (from its name),
+        swinging slowly (a 10-minute cycle), counters integrated from its creation."""
+        with self._db() as conn:
+            failed = self._failures(conn)
+            if _CLOUD in failed:
+                raise CloudUnavailable(f"cloud {self.name} is not answering (failure injection)")
+            rows = conn.execute("SELECT name, host, created FROM instances").fetchall()
+        now = time.time()
+        return {name: _synthetic(name, now - created) for name, host, created in rows if host not in failed}
+
     def _found(self, adopted: set[str], failed: set[str]) -> list[Resource]:
         hosts = self._host_names()
         out = []
@@ -209,3 +222,17 @@ class SimProvider(Provider):
     def recover(self, host: str | None = None) -> None:
         with self._db() as conn:
             conn.execute("DELETE FROM failures WHERE target = ?", (host or _CLOUD,))
+
+
+def _synthetic(name: str, age: float) -> Usage:
+    level = 0.05 + (zlib.crc32(name.encode()) % 100) / 250  # 0.05 to 0.45 cores
+    period = 600 / (2 * math.pi)
+    busy = level * (age + 0.3 * period * (1 - math.cos(max(age, 0.0) / period)))  # the integral of the swing
+    return Usage(
+        cpu_seconds=busy,
+        memory=(64 + zlib.crc32(name.encode()) % 256) * 2**20,
+        rx_bytes=int(busy * 200_000),
+        tx_bytes=int(busy * 120_000),
+        read_bytes=int(busy * 50_000),
+        write_bytes=int(busy * 80_000),
+    )

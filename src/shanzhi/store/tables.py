@@ -698,3 +698,28 @@ class InventorySync(Base):
     error: Mapped[str] = mapped_column(Text, default="")
     failures: Mapped[int] = mapped_column(default=0)
     next_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class MetricPoint(Base):
+    """An instance's average use over a minute or an hour (`resolution` in seconds, `at` the
+    bucket's start): cores, bytes resident, bytes per second (None where its cloud cannot tell)."""
+
+    __tablename__ = "metric_points"
+    __table_args__ = (
+        UniqueConstraint("instance", "resolution", "at"),
+        Index("ix_metric_points_app", "app_id", "resolution", "at"),
+        Index("ix_metric_points_at", "resolution", "at"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    app_id: Mapped[int] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"))
+    component: Mapped[str] = mapped_column(String(63))
+    instance: Mapped[str] = mapped_column(String(128))
+    resolution: Mapped[int] = mapped_column()
+    at: Mapped[datetime] = mapped_column()
+    samples: Mapped[int] = mapped_column()
+    cpu: Mapped[float] = mapped_column(Float)
+    memory: Mapped[float] = mapped_column(Float)
+    rx: Mapped[float | None] = mapped_column(Float)
+    tx: Mapped[float | None] = mapped_column(Float)
+    read: Mapped[float | None] = mapped_column(Float)
+    write: Mapped[float | None] = mapped_column(Float)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shanzhi.domain.metrics import Usage
 from shanzhi.providers.base import InstanceState
 from shanzhi.providers.libvirt.domain_xml import NS, Meta
 
@@ -105,6 +106,19 @@ class Hypervisor:
                 if info is not None:
                     out.append(info)
             return out
+
+    def stats(self) -> dict[str, Usage]:
+        """Each running domain's use from libvirt's own statistics (no guest agent): cpu time,
+        resident memory of its QEMU, bytes through its interfaces and to its disks."""
+        wanted = (
+            libvirt.VIR_DOMAIN_STATS_CPU_TOTAL
+            | libvirt.VIR_DOMAIN_STATS_BALLOON
+            | libvirt.VIR_DOMAIN_STATS_INTERFACE
+            | libvirt.VIR_DOMAIN_STATS_BLOCK
+        )
+        with self._connected("reading domain statistics") as c:
+            found = c.getAllDomainStats(wanted, libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE)
+        return {dom.name(): _usage(raw) for dom, raw in found}
 
     def find(self, name: str) -> DomainInfo | None:
         with self._connected(f"looking up {name}") as c:
@@ -213,3 +227,17 @@ def _alive(conn: Any) -> bool:
 
 def _version(v: int) -> str:
     return f"{v // 1_000_000}.{v // 1000 % 1000}.{v % 1000}"
+
+
+def _usage(raw: dict[str, Any]) -> Usage:
+    def total(prefix: str, count: str, field: str) -> int:
+        return sum(int(raw.get(f"{prefix}.{i}.{field}", 0)) for i in range(int(raw.get(count, 0))))
+
+    return Usage(
+        cpu_seconds=int(raw.get("cpu.time", 0)) / 1e9,
+        memory=int(raw.get("balloon.rss", raw.get("balloon.current", 0))) * 1024,  # KiB
+        rx_bytes=total("net", "net.count", "rx.bytes"),
+        tx_bytes=total("net", "net.count", "tx.bytes"),
+        read_bytes=total("block", "block.count", "rd.bytes"),
+        write_bytes=total("block", "block.count", "wr.bytes"),
+    )

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from shanzhi.domain.errors import CloudUnavailable, InvalidInput
+from shanzhi.domain.metrics import Usage
 from shanzhi.domain.quantity import parse_cpu, parse_memory
 from shanzhi.providers.base import (
     CloudStatus,
@@ -195,6 +196,14 @@ class LibvirtProvider(FabricMember, MachineCloud):
     def list_instances(self) -> list[ObservedInstance]:
         self._refuse_if_failed()
         return [self._observe(d) for d in self._mine()]
+
+    def usage(self) -> dict[str, Usage]:
+        self._refuse_if_failed()
+        try:
+            found = self.hv.stats()
+        except HypervisorError as err:
+            raise CloudUnavailable(str(err)) from None
+        return {d.meta.instance: found[d.name] for d in self._mine() if d.name in found}
 
     def _observe(self, d: DomainInfo) -> ObservedInstance:
         ports = dict(d.meta.ports)

@@ -12,11 +12,14 @@ Root only: registration is refused, saying why, where namespaces cannot be made.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
 from typing import Any
 
 from shanzhi.domain.errors import InvalidInput
+from shanzhi.domain.metrics import Usage
+from shanzhi.providers import usage
 from shanzhi.providers.base import CloudStatus, InstanceRequest, OptionSpec, positive_int
 from shanzhi.providers.fabric.member import SITE_OPTION, FabricMember, unavailable
 from shanzhi.providers.local import LocalProvider
@@ -80,6 +83,13 @@ class NetnsProvider(FabricMember, LocalProvider):
         except (OSError, ValueError):
             net = {"host": st.get("host_index", 0), "address": st.get("address")}
         self.fabric.detach(self.name, self._site, int(net.get("host", 0)), name, net.get("address"))
+
+    def _with_network(self, st: dict[str, Any], found: Usage) -> Usage:
+        """The instance's namespace is its own: its interfaces' counters are its traffic."""
+        counters = usage.network_of(int(st["pid"]))
+        if counters is None:
+            return found
+        return dataclasses.replace(found, rx_bytes=counters[0], tx_bytes=counters[1])
 
     def describe(self, name: str) -> dict[str, Any]:
         out = super().describe(name)

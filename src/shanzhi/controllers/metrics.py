@@ -1,0 +1,226 @@
+"""Metrics collection: every instance's use, read from its cloud without an agent.
+
+A thread of its own samples each cloud's instances every `interval` seconds (`Provider.usage`:
+the cgroup and /proc for local and netns, libvirt's domain statistics for VMs, synthetic for
+sim), turns two readings into a rate, keeps the latest point of every instance (for `/metrics`,
+alarm rules and the autoscaler) and writes minute averages as each minute closes, hour
+averages as each hour closes, and removes what is past its retention (a day of minutes, 90 days
+of hours). Only the leader collects; a cloud that fails to answer is skipped for that round.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from prometheus_client import Histogram
+from sqlalchemy import delete, func, insert, select
+from sqlalchemy.orm import Session
+
+from shanzhi.controllers.fleet import Fleet
+from shanzhi.domain.errors import ShanzhiError
+from shanzhi.domain.metrics import HOUR, MINUTE, RETENTION, SERIES, Point, Usage, bucket, mean, rate
+from shanzhi.store import Database
+from shanzhi.store.tables import App, Cloud, Instance, MetricPoint, Vdc, utcnow
+
+log = logging.getLogger("shanzhi.metrics")
+LIVE = ("running", "unhealthy", "starting")
+
+
+@dataclass(frozen=True)
+class Labels:
+    instance: str
+    app_id: int
+    app: str
+    vdc: str
+    component: str
+    cloud: str
+
+
+@dataclass
+class Latest:
+    labels: Labels
+    point: Point
+    at: datetime
+
+
+class MetricsCollector:
+    def __init__(self, db: Database, fleet: Fleet, is_leader: Callable[[], bool], *, interval: float = 15.0) -> None:
+        self.db = db
+        self.fleet = fleet
+        self.is_leader = is_leader
+        self.interval = interval
+        self.latest: dict[str, Latest] = {}
+        self.sample_seconds = Histogram(
+            "shanzhi_metrics_sample_seconds", "Time to sample one cloud's instances", ["cloud"], registry=None
+        )
+        self._readings: dict[str, tuple[float, Usage]] = {}
+        self._pending: dict[tuple[str, datetime], tuple[Labels, list[Point]]] = defaultdict(lambda: (NO_LABELS, []))
+        self._rolled: datetime | None = None  # the last hour rolled up
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="metrics", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if self.is_leader():
+                try:
+                    self.run_once()
+                except Exception:
+                    log.exception("metrics round failed")
+            self._stop.wait(self.interval)
+
+    # ------------------------------------------------------------------ a round
+    def run_once(self, now: datetime | None = None) -> int:
+        """Sample every cloud, write what closed; return how many instances were sampled."""
+        now = now or utcnow()
+        by_cloud = self._live_instances()
+        sampled = 0
+        seen: set[str] = set()
+        for name, (kind, options, labels) in by_cloud.items():
+            started = time.monotonic()
+            try:
+                found = self.fleet.provider(name, kind, options).usage()
+            except (ShanzhiError, OSError, sqlite3.Error) as err:
+                log.debug("no usage from cloud %s: %s", name, err)
+                continue
+            self.sample_seconds.labels(name).observe(time.monotonic() - started)
+            at = time.monotonic()
+            for lab in labels:
+                reading = found.get(lab.instance)
+                if reading is None:
+                    continue
+                seen.add(lab.instance)
+                before = self._readings.get(lab.instance)
+                self._readings[lab.instance] = (at, reading)
+                if before is None:
+                    continue
+                point = rate(before[1], reading, at - before[0])
+                self.latest[lab.instance] = Latest(lab, point, now)
+                key = (lab.instance, bucket(now, MINUTE))
+                self._pending[key] = (lab, [*self._pending[key][1], point])
+                sampled += 1
+        for gone in set(self._readings) - seen:
+            self._readings.pop(gone, None)
+            self.latest.pop(gone, None)
+        self.flush(now)
+        return sampled
+
+    def _live_instances(self) -> dict[str, tuple[str, dict[str, Any], list[Labels]]]:
+        with Session(self.db.reader) as s, s.begin():
+            rows = s.execute(
+                select(
+                    Instance.name,
+                    Instance.app_id,
+                    App.name,
+                    Vdc.path,
+                    Instance.component,
+                    Cloud.name,
+                    Cloud.kind,
+                    Cloud.options,
+                )
+                .join(App, App.id == Instance.app_id)
+                .join(Vdc, Vdc.id == App.vdc_id)
+                .join(Cloud, Cloud.id == Instance.cloud_id)
+                .where(Instance.state.in_(LIVE), Cloud.health != "down")
+            ).all()
+        out: dict[str, tuple[str, dict[str, Any], list[Labels]]] = {}
+        for inst, app_id, app, vdc, comp, cloud, kind, options in rows:
+            out.setdefault(cloud, (kind, options, []))[2].append(Labels(inst, app_id, app, vdc, comp, cloud))
+        return out
+
+    # ------------------------------------------------------------------ storing
+    def flush(self, now: datetime) -> None:
+        """Write the minutes that have closed, roll up the hours that have, prune."""
+        current = bucket(now, MINUTE)
+        closed = [key for key in self._pending if key[1] < current]
+        with self.db.session() as s, s.begin():
+            if closed:
+                self._write_minutes(s, {key: self._pending.pop(key) for key in closed})
+            self._roll_hours(s, bucket(now, HOUR))
+            for resolution, keep in RETENTION.items():
+                s.execute(delete(MetricPoint).where(MetricPoint.resolution == resolution, MetricPoint.at < now - keep))
+
+    def _write_minutes(self, s: Session, minutes: dict[tuple[str, datetime], tuple[Labels, list[Point]]]) -> None:
+        held = {
+            (instance, at)
+            for instance, at in s.execute(
+                select(MetricPoint.instance, MetricPoint.at).where(
+                    MetricPoint.resolution == MINUTE, MetricPoint.at.in_({at for _, at in minutes})
+                )
+            )
+        }
+        rows = [
+            _row(labels, MINUTE, at, len(points), mean(points))
+            for (instance, at), (labels, points) in minutes.items()
+            if (instance, at) not in held  # written before a restart: keep that one
+        ]
+        if rows:
+            s.execute(insert(MetricPoint), rows)
+
+    def _roll_hours(self, s: Session, current_hour: datetime) -> None:
+        """Average each closed hour's minutes into an hour point, once."""
+        if self._rolled is None:
+            last = s.scalar(select(func.max(MetricPoint.at)).where(MetricPoint.resolution == HOUR))
+            first = s.scalar(select(func.min(MetricPoint.at)).where(MetricPoint.resolution == MINUTE))
+            self._rolled = last if last is not None else (bucket(first, HOUR) - timedelta(hours=1) if first else None)
+        if self._rolled is None:
+            self._rolled = current_hour - timedelta(hours=1)
+            return
+        hour = self._rolled + timedelta(hours=1)
+        while hour < current_hour:
+            cols = [func.avg(getattr(MetricPoint, name)) for name in SERIES]
+            found = s.execute(
+                select(
+                    MetricPoint.instance,
+                    MetricPoint.app_id,
+                    MetricPoint.component,
+                    func.sum(MetricPoint.samples),
+                    *cols,
+                )
+                .where(
+                    MetricPoint.resolution == MINUTE,
+                    MetricPoint.at >= hour,
+                    MetricPoint.at < hour + timedelta(hours=1),
+                )
+                .group_by(MetricPoint.instance, MetricPoint.app_id, MetricPoint.component)
+            ).all()
+            rows = [
+                {"instance": i, "app_id": a, "component": c, "resolution": HOUR, "at": hour, "samples": int(n)}
+                | {name: (float(v) if v is not None else None) for name, v in zip(SERIES, values, strict=True)}
+                for i, a, c, n, *values in found
+            ]
+            if rows:
+                s.execute(insert(MetricPoint), rows)
+            self._rolled = hour
+            hour += timedelta(hours=1)
+
+
+NO_LABELS = Labels("", 0, "", "", "", "")
+
+
+def _row(labels: Labels, resolution: int, at: datetime, samples: int, p: Point) -> dict[str, Any]:
+    return {
+        "instance": labels.instance,
+        "app_id": labels.app_id,
+        "component": labels.component,
+        "resolution": resolution,
+        "at": at,
+        "samples": samples,
+        **{name: p.get(name) for name in SERIES},
+    }

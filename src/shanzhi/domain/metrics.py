@@ -1,0 +1,85 @@
+"""Resource use: what a cloud reports of an instance, turned into rates, kept at two resolutions.
+
+A provider reports counters (cpu seconds, bytes in and out, bytes read and written since the
+instance started) and the memory resident now; `rate` turns two readings into a `Point` (cores,
+bytes, bytes per second). Points are averaged into minute buckets, minutes into hours; the store
+keeps minutes for a day and hours for 90 days (the embedded default's retention; a Prometheus
+server scraping `/metrics` is the path for more).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime, timedelta
+
+MINUTE = 60
+HOUR = 3600
+RETENTION = {MINUTE: timedelta(days=1), HOUR: timedelta(days=90)}
+#: the metrics an instance has (and an autoscaler or an alarm rule may name)
+SERIES = ("cpu", "memory", "rx", "tx", "read", "write")
+UNITS = {"cpu": "cores", "memory": "bytes", "rx": "B/s", "tx": "B/s", "read": "B/s", "write": "B/s"}
+
+
+@dataclass(frozen=True)
+class Usage:
+    """One reading of an instance: counters since it started, memory resident now. None: the
+    cloud cannot tell (a local process has no network counters of its own)."""
+
+    cpu_seconds: float
+    memory: int
+    rx_bytes: int | None = None
+    tx_bytes: int | None = None
+    read_bytes: int | None = None
+    write_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class Point:
+    """Use over an interval: cores busy, bytes resident, bytes per second."""
+
+    cpu: float
+    memory: float
+    rx: float | None = None
+    tx: float | None = None
+    read: float | None = None
+    write: float | None = None
+
+    def get(self, series: str) -> float | None:
+        value: float | None = getattr(self, series)
+        return value
+
+
+def _per_second(before: int | None, after: int | None, seconds: float) -> float | None:
+    if before is None or after is None:
+        return None
+    return max(0.0, (after - before) / seconds)  # a counter that went back: the instance restarted
+
+
+def rate(before: Usage, after: Usage, seconds: float) -> Point:
+    """The use between two readings `seconds` apart."""
+    seconds = max(seconds, 1e-3)
+    return Point(
+        cpu=max(0.0, (after.cpu_seconds - before.cpu_seconds) / seconds),
+        memory=float(after.memory),
+        rx=_per_second(before.rx_bytes, after.rx_bytes, seconds),
+        tx=_per_second(before.tx_bytes, after.tx_bytes, seconds),
+        read=_per_second(before.read_bytes, after.read_bytes, seconds),
+        write=_per_second(before.write_bytes, after.write_bytes, seconds),
+    )
+
+
+def mean(points: list[Point]) -> Point:
+    """The average of points (each series over the points that have it)."""
+    if not points:
+        raise ValueError("no points to average")
+    out: dict[str, float | None] = {}
+    for f in fields(Point):
+        values = [v for p in points if (v := getattr(p, f.name)) is not None]
+        out[f.name] = sum(values) / len(values) if values else None
+    cpu, memory = out.pop("cpu"), out.pop("memory")
+    return Point(cpu=cpu or 0.0, memory=memory or 0.0, **out)
+
+
+def bucket(at: datetime, resolution: int) -> datetime:
+    """The start of the bucket `at` falls in."""
+    return datetime.fromtimestamp(int(at.timestamp()) // resolution * resolution, tz=at.tzinfo or UTC)
