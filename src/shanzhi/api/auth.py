@@ -14,6 +14,7 @@ from fastapi.routing import APIRoute
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from shanzhi.api import cookies
 from shanzhi.api.policy import ENROLL_ONLY_ROUTES, Rule, route_key, rule_for
 from shanzhi.domain.errors import Forbidden, NotFound, Unauthorized
 from shanzhi.domain.rbac import Principal
@@ -65,6 +66,10 @@ async def authorize(request: Request) -> Principal:
 
 def _authenticate(request: Request, db: Database) -> identity.Caller:
     secret = bearer(request)
+    if secret is None and (secret := cookies.session_of(request.scope)) is not None:
+        refused = cookies.csrf_refusal(request.scope, secret)
+        if refused is not None:
+            raise Forbidden(refused)
     if secret is None:
         raise Unauthorized("missing bearer token: log in with 'shanzhi login', or send 'Authorization: Bearer <token>'")
     with Session(db.reader) as s, s.begin():  # a read: never queue behind writers

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shanzhi.api import cookies
 from shanzhi.api.policy import RouteTable
 from shanzhi.domain.errors import Unauthorized
 from shanzhi.services import identity
@@ -92,7 +93,8 @@ class Guard:
         runtime = getattr(scope["app"].state, "runtime", None)
         public = rule is None or rule.is_public(runtime.settings if runtime is not None else None)
         authorization = _header(scope, b"authorization")
-        if public or not authorization:  # a client that keeps failing waits before it may try again
+        cookie = None if authorization else cookies.session_of(scope)
+        if public or not (authorization or cookie):  # a client that keeps failing waits before it may try again
             wait = self.failures.empty(client)
             if wait:
                 await self._slow_down(send, wait, "too many failed requests from your address")
@@ -103,10 +105,15 @@ class Guard:
                 await self._slow_down(send, wait, "too many logins from your address")
                 return
         if not public:
-            failed = await self._authenticate(scope, authorization)
+            failed = await self._authenticate(scope, authorization, cookie)
             if failed is not None:
                 self.failures.take(client)
                 await _problem(send, 401, "Unauthorized", failed, {"WWW-Authenticate": "Bearer"})
+                return
+            refused = cookies.csrf_refusal(scope, cookie) if cookie is not None else None
+            if refused is not None:
+                self.failures.take(client)
+                await _problem(send, 403, "Forbidden", refused)
                 return
         length = _header(scope, b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.limits.max_body):
@@ -120,10 +127,13 @@ class Guard:
             receive = _replay(body, receive)
         await self.app(scope, receive, self._watch(send, client))
 
-    async def _authenticate(self, scope: Scope, authorization: str | None) -> str | None:
-        """None when the bearer token is good (kept for the route), else why not."""
+    async def _authenticate(self, scope: Scope, authorization: str | None, cookie: str | None) -> str | None:
+        """None when the bearer token (or the browser's session cookie) is good (kept for the
+        route), else why not."""
         scheme, _, secret = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not secret.strip():
+        if cookie is not None:
+            secret = cookie
+        elif scheme.lower() != "bearer" or not secret.strip():
             return "missing bearer token: log in with 'shanzhi login', or send 'Authorization: Bearer <token>'"
         app = scope["app"]
         runtime = getattr(app.state, "runtime", None)

@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from shanzhi.api import cookies
 from shanzhi.api.audit import transaction
 from shanzhi.api.auth import principal, require
 from shanzhi.api.deps import Runtime, runtime
@@ -30,6 +31,9 @@ class LoginIn(_In):
     password: str
     new_password: str | None = Field(None, description="replaces the password (required once it has expired)")
     otp: str | None = Field(None, max_length=32, description="the second factor: a TOTP code or a recovery code")
+    cookie: bool = Field(
+        False, description="for a browser: the session in an HttpOnly cookie (and a CSRF token), not in the body"
+    )
 
 
 class CodeIn(_In):
@@ -113,7 +117,7 @@ def grant_out(g: Grant) -> dict[str, Any]:
 
 # ------------------------------------------------------------------ auth
 @router.post("/auth/login", status_code=201)
-def login(request: Request, body: LoginIn, rt: Runtime = Depends(runtime)) -> dict[str, Any]:
+def login(request: Request, response: Response, body: LoginIn, rt: Runtime = Depends(runtime)) -> dict[str, Any]:
     """Exchange a user name and password for a session token (expires after `session_hours`)."""
     request.state.login_user = body.user[:64]
     request.state.target = f"user {body.user[:64]}"
@@ -130,14 +134,17 @@ def login(request: Request, body: LoginIn, rt: Runtime = Depends(runtime)) -> di
             request.state.audit_status = err.status
     if failure is not None:
         raise failure
+    if body.cookie:
+        out["csrf"] = cookies.set_session(response, out.pop("token"), secure=bool(rt.settings.tls_cert))
     return out
 
 
 @router.post("/auth/logout")
-def logout(request: Request, p: Principal = Depends(principal)) -> dict[str, Any]:
+def logout(request: Request, response: Response, p: Principal = Depends(principal)) -> dict[str, Any]:
     with transaction(request) as s:
         t = svc.revoke_token(s, request.state.token_id, owner=p.user)
-        return {"revoked": t.id}
+    cookies.clear(response, secure=bool(request.app.state.runtime.settings.tls_cert))
+    return {"revoked": t.id}
 
 
 @router.get("/auth/whoami")
