@@ -35,6 +35,13 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
+# The console's accessibility check runs axe-core (npm) in the browser the console tests drive.
+AXE = tests/console/node_modules/.installed
+$(AXE): tests/console/package-lock.json
+	@if command -v npm >/dev/null; then \
+	  cd tests/console && npm ci --no-audit --no-fund --loglevel=error && touch node_modules/.installed; \
+	else echo "npm not found: the console tests will skip (apt-get install nodejs npm)"; fi
+
 # The single sign-on tests run a real OpenID Connect provider (panva's oidc-provider, on Node.js).
 OIDC_PROVIDER = tests/oidc_provider/node_modules/.installed
 # Without npm those tests skip and say so (CI requires them: SHANZHI_REQUIRE_OIDC=1).
@@ -44,11 +51,12 @@ $(OIDC_PROVIDER): tests/oidc_provider/package-lock.json
 	else echo "npm not found: the single sign-on tests will skip (apt-get install nodejs npm)"; fi
 
 # Real VMs (tests/e2e/test_vms.py): QEMU, libvirt, the cloud kernel and busybox from Debian, and
-# libvirt-python; nftables for tenant networks (tests/network); Patroni and etcd for DR (tests/dr). Installed here when run as root with apt-get (CI); otherwise the VM tests skip
+# libvirt-python; nftables for tenant networks (tests/network); Patroni and etcd for DR (tests/dr);
+# Chromium for the console's browser tests (tests/console). Installed here when run as root with apt-get (CI); otherwise the VM tests skip
 # and say what to install (CI never skips: SHANZHI_REQUIRE_VM=1).
 VM_PACKAGES = qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-dev pkg-config \
               linux-image-cloud-amd64 busybox-static xorriso cpio nftables conntrack \
-              patroni etcd-server etcd-client
+              patroni etcd-server etcd-client chromium
 VMSTAMP = $(VENV)/.installed-vm
 $(VMSTAMP): pyproject.toml $(STAMP)
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -61,7 +69,7 @@ $(VMSTAMP): pyproject.toml $(STAMP)
 	  echo "Not root: the VM tests will skip. To run them: apt-get install $(VM_PACKAGES); $(BIN)/pip install -e '.[vm]'"; \
 	fi
 
-test: $(VMSTAMP) lint $(OIDC_PROVIDER)
+test: $(VMSTAMP) lint $(OIDC_PROVIDER) $(AXE)
 	$(BIN)/python tests/pg_probe.py
 	$(BIN)/python -m pytest -p no:cacheprovider -n 2 --reruns 1 --reruns-delay 2
 

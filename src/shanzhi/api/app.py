@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, FastAPI
 from fastapi.responses import RedirectResponse
 
 from shanzhi import __version__
-from shanzhi.api import audit, docs, errors
+from shanzhi.api import audit, console, docs, errors
 from shanzhi.api.auth import authorize
 from shanzhi.api.deps import Runtime, relying_party
 from shanzhi.api.guard import Guard, Limits
@@ -121,6 +121,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(RequestTimer, histogram=requests)  # outermost: it times the guard's refusals too
     app.state.metrics_registry = registry(app, requests)
     docs.install(app)
+    console.install(app)
 
     @app.get("/metrics", include_in_schema=False)
     def metrics_alias() -> RedirectResponse:

@@ -1,0 +1,127 @@
+// The console: sign-in, a menu by role, and one view per hash route (#/apps, #/audit, ...).
+import { ApiError, get, post } from "./api.js";
+import { h } from "./dom.js";
+import { lang, t, toggle } from "./i18n.js";
+import * as ops from "./ops.js";
+import * as dept from "./dept.js";
+import * as sec from "./security.js";
+import * as audit from "./audit.js";
+
+const VIEWS = {
+  overview: ops.overview, clouds: ops.clouds, events: ops.events, alarms: ops.alarms,
+  vdcs: dept.vdcs, apps: dept.apps, app: dept.app, deploy: dept.deploy, approvals: dept.approvals, bill: dept.bill,
+  users: sec.users, grants: sec.grants, tokens: sec.tokens,
+  audit: audit.trail, ledger: audit.ledger,
+};
+
+// What each role finds in the menu (the API still decides what each view may show).
+function menu(me) {
+  const platform = new Set(me.platform_roles);
+  const items = [];
+  if (platform.has("system-admin")) items.push("overview", "clouds", "alarms", "events");
+  if (platform.has("system-admin") || me.vdc_roles.length) items.push("vdcs", "apps", "deploy", "approvals", "bill");
+  if (!platform.has("system-admin") && me.vdc_roles.length) items.push("events");
+  if (platform.has("security-admin")) items.push("users", "grants");
+  if (platform.has("audit-admin")) items.push("audit");
+  if (platform.size) items.push("ledger");
+  items.push("tokens");
+  return [...new Set(items)];
+}
+
+let me = null;
+let timer = null;
+
+function chrome() {
+  document.documentElement.lang = lang;
+  document.getElementById("lang").textContent = t("lang.switch");
+  const out = document.getElementById("logout");
+  out.textContent = t("logout");
+  out.hidden = !me;
+  document.getElementById("who").textContent = me ? me.user : "";
+  const nav = document.getElementById("nav");
+  const current = (location.hash.slice(2).split("/")[0]) || "";
+  nav.replaceChildren(...(me ? menu(me) : []).map((item) =>
+    h("a", { href: `#/${item}`, "aria-current": item === current ? "page" : null }, t(`nav.${item}`))));
+}
+
+function toast(message) {
+  const el = document.getElementById("toast");
+  el.textContent = message;
+  setTimeout(() => { if (el.textContent === message) el.textContent = ""; }, 4000);
+}
+
+async function route() {
+  clearInterval(timer);
+  chrome();
+  const main = document.getElementById("main");
+  if (!me) return login(main);
+  const [name, ...args] = location.hash.slice(2).split("/").map(decodeURIComponent);
+  const view = VIEWS[name] || VIEWS[menu(me)[0]];
+  main.replaceChildren(h("p", { class: "loading" }, t("loading")));
+  const ctx = {
+    me, args, toast, refresh: route,
+    every(seconds, fn) { clearInterval(timer); timer = setInterval(fn, seconds * 1000); },
+  };
+  try {
+    await view(main, ctx);
+  } catch (err) {
+    const text = err instanceof ApiError && err.status === 403 ? `${t("forbidden")} ${err.message}` : err.message;
+    main.replaceChildren(h("p", { class: "error", role: "alert" }, text));
+  }
+}
+
+function login(main) {
+  const error = h("p", { class: "error", role: "alert" });
+  const otp = h("div", { hidden: true },
+    h("p", {}, t("login.otpNeeded")),
+    h("label", { for: "otp" }, t("login.otp")),
+    h("input", { id: "otp", name: "otp", inputmode: "numeric", autocomplete: "one-time-code" }));
+  const form = h("form", { class: "card login", onsubmit: submit },
+    h("h1", {}, t("login.title")),
+    h("label", { for: "user" }, t("login.user")),
+    h("input", { id: "user", name: "user", autocomplete: "username", required: true }),
+    h("label", { for: "password" }, t("login.password")),
+    h("input", { id: "password", name: "password", type: "password", autocomplete: "current-password", required: true }),
+    otp, error,
+    h("button", { class: "primary", type: "submit" }, t("login.submit")));
+  main.replaceChildren(form);
+  form.user.focus();
+
+  async function submit(event) {
+    event.preventDefault();
+    error.textContent = "";
+    const body = { user: form.user.value, password: form.password.value, cookie: true };
+    if (!otp.hidden && form.otp.value) body.otp = form.otp.value.trim();
+    try {
+      const session = await post("/auth/login", body);
+      if (session.restricted) {
+        error.textContent = t("login.restricted");
+        return;
+      }
+      me = await get("/auth/whoami");
+      location.hash = `#/${menu(me)[0]}`;
+      route();
+    } catch (err) {
+      if (err.field === "otp" && otp.hidden) {
+        otp.hidden = false;
+        form.otp.focus();
+        return;
+      }
+      error.textContent = err.message;
+    }
+  }
+}
+
+async function start() {
+  document.getElementById("lang").addEventListener("click", () => { toggle(); route(); });
+  document.getElementById("logout").addEventListener("click", async () => {
+    try { await post("/auth/logout"); } finally { me = null; location.hash = ""; route(); }
+  });
+  window.addEventListener("hashchange", route);
+  window.addEventListener("shanzhi:signed-out", () => { if (me) { me = null; route(); } });
+  try { me = await get("/auth/whoami"); } catch { me = null; }
+  if (me && me.restricted) me = null;
+  route();
+}
+
+start();
