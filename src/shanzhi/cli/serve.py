@@ -14,6 +14,7 @@ from shanzhi.cli.output import err
 from shanzhi.config import Settings
 from shanzhi.domain.errors import InvalidInput
 from shanzhi.network.addressing import parse_pool
+from shanzhi.services.demo import DEMO_PASSWORD
 
 DataDirOpt = typer.Option(None, "--data-dir", envvar="SHANZHI_HOME", help="Data directory (token, SQLite, workloads).")
 
@@ -229,6 +230,7 @@ def serve(
             f"  {cli} cloud fail city-a              # lose a site: hello fails over to city-b and city-c\n"
             f"  {cli} events --app hello\n"
             f"  {cli} app get records-db           # a VM with a volume, where this machine runs VMs\n"
+            f"  Console: {url}/  (demo users li.wei, zhang.min, chen.jie; password {DEMO_PASSWORD})\n"
             f"  API docs: {url}/api/v1/docs",
             soft_wrap=True,
         )

@@ -239,6 +239,10 @@ class Client:
     def get_instance(self, name: str) -> Any:
         return self._call("GET", f"/instances/{name}")
 
+    def app_metrics(self, name: str, vdc: str | None, since: str, instance: str | None) -> Any:
+        params = {"since": since} | {k: v for k, v in (("vdc", vdc), ("instance", instance)) if v is not None}
+        return self._call("GET", f"/apps/{name}/metrics", params=params)
+
     def instance_logs(self, name: str, tail: int) -> Any:
         return self._call("GET", f"/instances/{name}/logs", params={"tail": tail})
 
