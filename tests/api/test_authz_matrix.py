@@ -118,6 +118,12 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/flows/hourly"): VDC_READERS,
     ("GET", "/alarms"): VDC_ROLES_ANYWHERE,
     ("POST", "/alarms/{alarm_id}/ack"): frozenset({SYS, VADMIN, MEMBER}),
+    ("GET", "/alarm-rules"): VDC_ROLES_ANYWHERE,
+    ("POST", "/alarm-rules"): frozenset({SYS, VADMIN, MEMBER}),
+    ("DELETE", "/alarm-rules/{rule_id}"): frozenset({SYS, VADMIN, MEMBER}),
+    ("GET", "/alarm-silences"): VDC_ROLES_ANYWHERE,
+    ("POST", "/alarm-silences"): frozenset({SYS, VADMIN, MEMBER}),
+    ("DELETE", "/alarm-silences/{silence_id}"): frozenset({SYS, VADMIN, MEMBER}),
     ("POST", "/plans"): frozenset({SYS}),
     ("GET", "/plans/{plan_id}"): frozenset({SYS}),
     ("POST", "/plans/{plan_id}/apply"): frozenset({SYS}),
@@ -213,6 +219,18 @@ class World:
             s.add(alarm)
             s.flush()
             return int(alarm.id)
+
+    def alarm_rule(self) -> int:
+        r = self.t.api.post(
+            "/api/v1/alarm-rules", json={"name": self.fresh(), "vdc": "gz/health", "metric": "cpu", "above": 1}
+        )
+        assert r.status_code == 201, r.text
+        return int(r.json()["id"])
+
+    def silence(self) -> int:
+        r = self.t.api.post("/api/v1/alarm-silences", json={"vdc": "gz/health", "for": "1h"})
+        assert r.status_code == 201, r.text
+        return int(r.json()["id"])
 
     def new_plan(self) -> int:
         r = self.t.api.post("/api/v1/plans", json={"kind": "rebalance", "time_limit": 1})
@@ -399,6 +417,15 @@ def _calls(w: World) -> dict[tuple[str, str], Callable[[str], Call]]:
         ("GET", "/flows/hourly"): lambda _: ("/flows/hourly?app=records&vdc=gz/health", {}),
         ("GET", "/alarms"): lambda _: ("/alarms?vdc=gz/health", {}),
         ("POST", "/alarms/{alarm_id}/ack"): lambda _: (f"/alarms/{w.alarm()}/ack", {}),
+        ("GET", "/alarm-rules"): lambda _: ("/alarm-rules", {}),
+        ("POST", "/alarm-rules"): lambda _: (
+            "/alarm-rules",
+            {"json": {"name": w.fresh(), "vdc": "gz/health", "metric": "cpu", "above": 1}},
+        ),
+        ("DELETE", "/alarm-rules/{rule_id}"): lambda _: (f"/alarm-rules/{w.alarm_rule()}", {}),
+        ("GET", "/alarm-silences"): lambda _: ("/alarm-silences", {}),
+        ("POST", "/alarm-silences"): lambda _: ("/alarm-silences", {"json": {"vdc": "gz/health", "for": "1h"}}),
+        ("DELETE", "/alarm-silences/{silence_id}"): lambda _: (f"/alarm-silences/{w.silence()}", {}),
         ("POST", "/plans"): lambda _: ("/plans", {"json": {"kind": "rebalance", "time_limit": 1}}),
         ("GET", "/plans/{plan_id}"): lambda _: (f"/plans/{w.plan}", {}),
         ("POST", "/plans/{plan_id}/apply"): lambda _: (f"/plans/{w.plan}/apply", {}),
@@ -528,6 +555,7 @@ def test_the_route_table_knows_every_api_route(api: TestClient) -> None:
     keeps included routers apart from `app.routes`, which left the old check looking at nothing)."""
     from shanzhi.api.policy import RouteTable
     from shanzhi.api.routes import (
+        alarm_rules,
         approvals,
         apps,
         audit,
@@ -548,7 +576,7 @@ def test_the_route_table_knows_every_api_route(api: TestClient) -> None:
     )
 
     modules = (identity, oidc, clouds, images, vdcs, apps, volumes, observe, network, dr, plans, approvals, metering)
-    modules += (audit, ledger, inventory, metrics)
+    modules += (audit, ledger, inventory, metrics, alarm_rules)
     table = RouteTable([m.router for m in modules])
     assert table.missing() == []
     for method, path in openapi_routes(api.app):

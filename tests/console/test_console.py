@@ -101,7 +101,15 @@ def test_the_operator_signs_in_with_a_second_factor_and_sees_the_topology(page: 
     topology = p.text_content("main svg") or ""
     assert all(c["site"] in topology for c in clouds)
     page.shot("overview")
-    page.view("alarms")
+    # an alarm rule fires; the operator acknowledges one alarm and silences the rule from the page
+    rule = {"name": "hello-memory", "vdc": "gz/health", "metric": "memory", "above": 1, "app": "hello"}
+    assert site.admin.post("/alarm-rules", json=rule).status_code == 201
+    p = page.view("alarms", "main h1")
+    wait_for(lambda: len(p.locator("main table >> nth=0 >> tbody tr", has_text="firing").all()) == 4, 60, "4 alarms")
+    p.locator("main table >> nth=0 >> tbody tr", has_text="hello-memory").first.locator("button").click()
+    wait_for(lambda: any(a["acknowledged_by"] == "ops.admin" for a in site.admin.get("/alarms").json()), 10, "ack")
+    p.locator("main table >> nth=1 >> tbody tr", has_text="hello-memory").locator("button").click()
+    wait_for(lambda: len(site.admin.get("/alarm-silences").json()) == 1, 10, "a silence")
     page.shot("alarms")
     page.view("events", "main table")
     page.shot("events")

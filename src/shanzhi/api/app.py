@@ -17,8 +17,9 @@ from shanzhi.api.guard import Guard, Limits
 from shanzhi.api.headers import SecurityHeaders
 from shanzhi.api.metrics import RequestTimer, registry, request_histogram
 from shanzhi.api.policy import check_routes
-from shanzhi.api.processes import make_ledger, prepare
+from shanzhi.api.processes import controllers, make_ledger, prepare
 from shanzhi.api.routes import (
+    alarm_rules,
     approvals,
     apps,
     clouds,
@@ -38,7 +39,7 @@ from shanzhi.api.routes import (
 from shanzhi.api.routes import audit as audit_routes
 from shanzhi.api.routes import ledger as ledger_routes
 from shanzhi.config import Settings
-from shanzhi.controllers import ControllerManager, Fleet
+from shanzhi.controllers import Fleet
 from shanzhi.sealing import Vault
 from shanzhi.store import open_database
 
@@ -58,7 +59,7 @@ def create_app(settings: Settings) -> FastAPI:
             ledger.start(publish=settings.publisher)
         controller = None
         if settings.controller:
-            controller = ControllerManager.for_settings(db, fleet, settings)
+            controller = controllers(db, fleet, settings)
             controller.start()
         oidc = relying_party(settings)
         vault = Vault.for_data_dir(settings.data_dir)
@@ -106,6 +107,7 @@ def create_app(settings: Settings) -> FastAPI:
         approvals,
         metering,
         metrics,
+        alarm_rules,
         audit_routes,
         ledger_routes,
     )

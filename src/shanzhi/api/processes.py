@@ -30,6 +30,7 @@ from shanzhi.ledger.service import Ledger, Witness
 from shanzhi.providers.credentials import CREDENTIALS_KEY
 from shanzhi.providers.sandbox import Sandbox
 from shanzhi.sealing import Vault
+from shanzhi.services.autoscale import Autoscaler
 from shanzhi.services.demo import seed_demo, seed_ledger, seed_vm_demo
 from shanzhi.services.identity import ensure_bootstrap
 from shanzhi.store import Database, open_database
@@ -84,6 +85,13 @@ def prepare(settings: Settings, db: Database) -> None:
             seed_ledger(ledger, settings.data_dir)
 
 
+def controllers(db: Database, fleet: Fleet, settings: Settings) -> ControllerManager:
+    """The controller manager, with the use cases that run in its leader loop (the autoscaler)."""
+    manager = ControllerManager.for_settings(db, fleet, settings)
+    manager.add_pass(Autoscaler(db, lambda: dict(manager.metrics.latest)).run_once)
+    return manager
+
+
 def run_controllers(settings: Settings) -> None:
     """The body of the controller process: reconcile, housekeeping and the ledger's publisher,
     until SIGTERM (or the parent's death)."""
@@ -94,7 +102,7 @@ def run_controllers(settings: Settings) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     db = open_database(settings.database_url)
-    manager = ControllerManager.for_settings(db, Fleet(settings.data_dir), settings)
+    manager = controllers(db, Fleet(settings.data_dir), settings)
     ledger = make_ledger(settings, db)
     if ledger is not None:
         ledger.start(sequence=False, publish=True)

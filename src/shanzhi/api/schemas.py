@@ -279,6 +279,10 @@ class AlarmOut(BaseModel):
     detail: dict[str, Any]
     acknowledged_by: str | None
     acknowledged_at: datetime | None
+    rule_id: int | None = None  # raised by an alarm rule: which, for which replica, when it ended
+    instance: str | None = None
+    resolved_at: datetime | None = None
+    silenced: bool = False
 
 
 class FlowHourOut(BaseModel):

@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from shanzhi.cli import apps, dr, governance, identity, inventory, metrics, network, serve
+from shanzhi.cli import alarms, apps, dr, governance, identity, inventory, metrics, network, serve
 from shanzhi.cli.audit import audit_app
 from shanzhi.cli.credentials import read_credentials
 from shanzhi.cli.images import image_app
@@ -40,14 +40,14 @@ app.add_typer(workloads_app, name="workloads")
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(witness_app, name="witness")
 app.add_typer(plan_app, name="plan")
-app.add_typer(network.alarm_app, name="alarm")
+app.add_typer(alarms.alarm_app, name="alarm")
 app.add_typer(inventory.inventory_app, name="inventory")
 app.command("adopt")(inventory.adopt)
 apps.app_app.command("metrics")(metrics.app_metrics)
 app.add_typer(dr.dr_app, name="dr")
 app.add_typer(dr.site_app, name="site")
 app.command("flows")(network.flows)
-app.command("alarms", help="The same as 'alarm list'.")(network.alarm_list)
+app.command("alarms", help="The same as 'alarm list'.")(alarms.alarm_list)
 app.add_typer(audit_app, name="audit")
 app.add_typer(identity.user_app, name="user")
 app.add_typer(identity.token_app, name="token")

@@ -1,4 +1,4 @@
-"""`shanzhi flows` and `shanzhi alarm ...`: east-west traffic between workloads, and alarms."""
+"""`shanzhi flows`: east-west traffic between workloads."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import typer
 from shanzhi.cli.output import Columns, Fmt, OutputOpt, emit, emit_followed, handle_errors
 from shanzhi.client import Client, discover_token
 
-alarm_app = typer.Typer(help="Alarms: denied cross-VDC traffic, new app-to-app edges, spikes.", no_args_is_help=True)
 DataDirOpt = typer.Option(None, "--data-dir", envvar="SHANZHI_HOME", help="Data directory (for the token).")
 
 
@@ -40,14 +39,6 @@ HOUR_COLS: Columns = [
     ("FLOWS", lambda r: r["flows"]),
     ("PACKETS", lambda r: r["packets"]),
     ("BYTES", lambda r: r["bytes"]),
-]
-ALARM_COLS: Columns = [
-    ("ID", lambda r: r["id"]),
-    ("AT", lambda r: str(r["at"])[:19]),
-    ("KIND", lambda r: r["kind"]),
-    ("SEVERITY", lambda r: r["severity"]),
-    ("ACK", lambda r: r["acknowledged_by"] or ""),
-    ("MESSAGE", lambda r: r["message"]),
 ]
 
 
@@ -79,23 +70,3 @@ def flows(
             return found
 
         emit_followed(rows, newer, output, FLOW_COLS, follow)
-
-
-@alarm_app.command("list")
-def alarm_list(
-    vdc: str | None = typer.Option(None, "--vdc", help="Only this VDC (and subtree)."),
-    kind: str | None = typer.Option(None, "--kind", help="cross-vdc-denied, new-edge or rate-spike."),
-    open_only: bool = typer.Option(False, "--open", help="Only alarms nobody acknowledged."),
-    data_dir: Path | None = DataDirOpt,
-    output: Fmt = OutputOpt,
-) -> None:
-    """Alarms you may see, oldest first."""
-    with handle_errors(), Client(token=discover_token(data_dir)) as c:
-        emit(c.alarms(vdc, kind, open_only), output, ALARM_COLS)
-
-
-@alarm_app.command("ack")
-def alarm_ack(alarm_id: int, data_dir: Path | None = DataDirOpt, output: Fmt = OutputOpt) -> None:
-    """Acknowledge an alarm: it stays, with who acknowledged it and when."""
-    with handle_errors(), Client(token=discover_token(data_dir)) as c:
-        emit(c.ack_alarm(alarm_id), output, ALARM_COLS)

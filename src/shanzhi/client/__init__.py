@@ -293,6 +293,24 @@ class Client:
     def ack_alarm(self, alarm_id: int) -> Any:
         return self._call("POST", f"/alarms/{alarm_id}/ack")
 
+    def alarm_rules(self) -> Any:
+        return self._call("GET", "/alarm-rules")
+
+    def add_alarm_rule(self, body: dict[str, Any]) -> Any:
+        return self._call("POST", "/alarm-rules", json={k: v for k, v in body.items() if v is not None})
+
+    def delete_alarm_rule(self, rule_id: int) -> Any:
+        return self._call("DELETE", f"/alarm-rules/{rule_id}")
+
+    def alarm_silences(self) -> Any:
+        return self._call("GET", "/alarm-silences")
+
+    def add_alarm_silence(self, body: dict[str, Any]) -> Any:
+        return self._call("POST", "/alarm-silences", json={k: v for k, v in body.items() if v is not None})
+
+    def delete_alarm_silence(self, silence_id: int) -> Any:
+        return self._call("DELETE", f"/alarm-silences/{silence_id}")
+
     # audit
     def audit_records(self, since: int = 0, limit: int = 200, actor: str | None = None) -> Any:
         return self._call("GET", "/audit", params=_params(since=since, limit=limit, actor=actor))

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from shanzhi.store import Database
 from shanzhi.store.events import record_event
-from shanzhi.store.tables import Alarm
+from shanzhi.store.tables import Alarm, AlarmRule
 
 log = logging.getLogger("shanzhi.alarms")
 TRIES = 3
@@ -51,11 +51,13 @@ def as_json(a: Alarm) -> dict[str, Any]:
         "app": a.app,
         "message": a.message,
         "detail": a.detail,
+        "instance": a.instance,
     }
 
 
 class Notifier:
-    """Posts new alarms to a webhook (when one is configured)."""
+    """Posts each new alarm to its rule's webhook, else the server's (`--alarm-webhook`); an alarm
+    with neither is marked notified at once."""
 
     def __init__(self, db: Database, url: str | None, is_leader: Callable[[], bool], *, interval: float = 1.0) -> None:
         self.db = db
@@ -66,9 +68,8 @@ class Notifier:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        if self.url:
-            self._thread = threading.Thread(target=self._run, name="alarm-notifier", daemon=True)
-            self._thread.start()
+        self._thread = threading.Thread(target=self._run, name="alarm-notifier", daemon=True)
+        self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
@@ -85,11 +86,18 @@ class Notifier:
                 log.exception("alarm notification pass failed")
 
     def run_once(self) -> int:
-        assert self.url
         with self.db.session() as s, s.begin():
-            todo = [as_json(a) for a in s.scalars(select(Alarm).where(Alarm.notified.is_(False)).order_by(Alarm.id))]
-        for body in todo:
-            error = self._post(body)
+            todo = [
+                (as_json(a), (rule.webhook if rule is not None else None) or self.url)
+                for a, rule in s.execute(
+                    select(Alarm, AlarmRule)
+                    .outerjoin(AlarmRule, AlarmRule.id == Alarm.rule_id)
+                    .where(Alarm.notified.is_(False))
+                    .order_by(Alarm.id)
+                )
+            ]
+        for body, url in todo:
+            error = self._post(url, body) if url else None
             with self.db.session() as s, s.begin():
                 alarm = s.get(Alarm, body["id"])
                 if alarm is not None:
@@ -98,12 +106,11 @@ class Notifier:
                         alarm.detail = {**alarm.detail, "notify_error": error}
         return len(todo)
 
-    def _post(self, body: dict[str, Any]) -> str | None:
-        assert self.url
+    def _post(self, url: str, body: dict[str, Any]) -> str | None:
         error = ""
         for attempt in range(TRIES):
             try:
-                r = httpx.post(self.url, json=body, timeout=5)
+                r = httpx.post(url, json=body, timeout=5)
                 if r.status_code < 300:
                     return None
                 error = f"HTTP {r.status_code}"
@@ -111,5 +118,5 @@ class Notifier:
                 error = str(err) or type(err).__name__
             if attempt + 1 < TRIES:
                 time.sleep(0.5 * 2**attempt)
-        log.warning("alarm %s: webhook %s failed %d times: %s", body["id"], self.url, TRIES, error)
+        log.warning("alarm %s: webhook %s failed %d times: %s", body["id"], url, TRIES, error)
         return error

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 from prometheus_client import Histogram
 
 from shanzhi.config import Settings
+from shanzhi.controllers.alarm_rules import RuleEvaluator
 from shanzhi.controllers.alarms import Notifier
 from shanzhi.controllers.dr import DrController
 from shanzhi.controllers.fleet import Fleet
@@ -61,6 +63,7 @@ class ControllerManager:
         self.notifier = Notifier(db, alarm_webhook, lambda: self.is_leader)
         self.inventory = InventoryController(db, fleet, lambda: self.is_leader, interval=inventory_interval)
         self.metrics = MetricsCollector(db, fleet, lambda: self.is_leader, interval=metrics_interval)
+        self.rules = RuleEvaluator(db, lambda: dict(self.metrics.latest))
         self.housekeeping = Housekeeping(
             db, audit_retention_days=audit_retention_days, flow_retention_days=flow_retention_days
         )
@@ -70,6 +73,7 @@ class ControllerManager:
         self._thread: threading.Thread | None = None
         self.is_leader = False
         self.passes = 0
+        self._passes: list[Callable[[], object]] = []
         self.pass_seconds = Histogram(
             "shanzhi_reconcile_pass_seconds",
             "Time of one reconcile pass over every app",
@@ -93,6 +97,11 @@ class ControllerManager:
             metrics_interval=settings.metrics_interval,
             full_resync=settings.full_resync,
         )
+
+    def add_pass(self, run_once: Callable[[], object]) -> None:
+        """Run this too in every leader pass, after the reconciler (a use case of a higher layer:
+        the autoscaler)."""
+        self._passes.append(run_once)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="controller", daemon=True)
@@ -136,6 +145,9 @@ class ControllerManager:
                     self.network.run_once()
                     self.dr.run_once()
                     self.housekeeping.run_once()
+                    self.rules.run_once()
+                    for extra in self._passes:
+                        extra()
                     self.passes += 1
                 except Exception:
                     log.exception("reconcile pass failed; retrying in %.1fs", self.interval)

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
-from shanzhi.domain.dr import MEMBERS, Dr, Postgres
+from shanzhi.domain.dr import MEMBERS, Dr, Postgres, parse_duration
 from shanzhi.domain.errors import InvalidInput
 from shanzhi.domain.quantity import parse_cpu, parse_memory
 
@@ -149,6 +149,42 @@ POSTGRES_CPU = "1"  # at the 0.1 of a plain component, commits and recovery craw
 POSTGRES_PORTS = ({"name": "pg", "port": 5432}, {"name": "api", "port": 8008})
 
 
+class Autoscale(_Model):
+    """Replicas that follow load: the per-replica average of `metric` is kept near `target` (cpu
+    in cores, memory a quantity, rx/tx/read/write in bytes per second), between `min` and `max`,
+    at most one change per `cooldown`. Quota and approval rules apply to each change."""
+
+    min: Annotated[StrictInt, Field(ge=0, le=10_000)] = 1
+    max: Annotated[StrictInt, Field(ge=1, le=10_000)]
+    metric: Literal["cpu", "memory", "rx", "tx", "read", "write"] = "cpu"
+    target: float | int | str
+    cooldown: str | int = "60s"
+
+    @model_validator(mode="after")
+    def _check(self) -> Autoscale:
+        if self.min > self.max:
+            raise ValueError(f"autoscale min {self.min} is above max {self.max}")
+        if self.target_value <= 0:
+            raise ValueError("autoscale target must be more than 0")
+        parse_duration(self.cooldown)
+        return self
+
+    @property
+    def target_value(self) -> float:
+        if self.metric == "cpu":
+            return parse_cpu(self.target) / 1000
+        if self.metric == "memory":
+            return float(parse_memory(self.target))
+        try:
+            return float(self.target)
+        except ValueError:
+            raise ValueError(f"autoscale target {self.target!r} is not a number of bytes per second") from None
+
+    @property
+    def cooldown_seconds(self) -> float:
+        return parse_duration(self.cooldown)
+
+
 class Component(_Model):
     name: Name
     # service: the replicas run what `run` or `image` says; postgres: the platform runs a Patroni
@@ -164,6 +200,7 @@ class Component(_Model):
     health: Health | None = None
     volumes: list[Volume] = Field(default_factory=list, max_length=8)
     env: dict[str, str] = Field(default_factory=dict)  # a VM's environment (its cloud-init seed); processes: run.env
+    autoscale: Autoscale | None = None
     # set by `shanzhi app restart`: a new value rolls every replica (it is part of the hash)
     restarted_at: str | None = Field(default=None, alias="restartedAt", max_length=64)
 
@@ -216,6 +253,8 @@ class Component(_Model):
 
     @model_validator(mode="after")
     def _check(self) -> Component:
+        if self.autoscale is not None and (self.kind == "postgres" or self.volumes):
+            raise ValueError("autoscale is for stateless components: this one keeps data on volumes")
         if self.kind == "postgres":
             if len(self.volumes) != 1:
                 raise ValueError("kind postgres keeps its data on one volume (name it, or let postgres.size make it)")
@@ -253,7 +292,7 @@ class Component(_Model):
         Defaults are left out, so a field added to the spec later (with a default) does not
         change the hash of existing apps and roll every replica on upgrade.
         """
-        body = self.model_dump(mode="json", by_alias=True, exclude={"replicas"}, exclude_defaults=True)
+        body = self.model_dump(mode="json", by_alias=True, exclude={"replicas", "autoscale"}, exclude_defaults=True)
         body["placement"] = placement.model_dump(mode="json", by_alias=True, exclude_defaults=True)
         raw = json.dumps(body, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(raw.encode()).hexdigest()[:16]

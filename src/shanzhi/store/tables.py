@@ -280,6 +280,11 @@ class Alarm(Base):
     acknowledged_by: Mapped[str | None] = mapped_column(String(128))
     acknowledged_at: Mapped[datetime | None] = mapped_column()
     notified: Mapped[bool] = mapped_column(default=False)
+    # raised by a rule (alarm rules): which, for which replica, when it ended, whether silenced
+    rule_id: Mapped[int | None] = mapped_column(ForeignKey("alarm_rules.id", ondelete="SET NULL"))
+    instance: Mapped[str | None] = mapped_column(String(128))
+    resolved_at: Mapped[datetime | None] = mapped_column()
+    silenced: Mapped[bool] = mapped_column(default=False)
 
 
 class VolumeRecord(Base):
@@ -723,3 +728,42 @@ class MetricPoint(Base):
     tx: Mapped[float | None] = mapped_column(Float)
     read: Mapped[float | None] = mapped_column(Float)
     write: Mapped[float | None] = mapped_column(Float)
+
+
+class AlarmRule(Base):
+    """What to watch (see `shanzhi.domain.alarm_rules`): a metric of the replicas in a VDC
+    subtree (or one app/component) above/below a threshold or absent for a duration, or events
+    by reason. No VDC: a platform rule."""
+
+    __tablename__ = "alarm_rules"
+    __table_args__ = (UniqueConstraint("vdc", "name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(63))
+    vdc: Mapped[str | None] = mapped_column(String(512))
+    metric: Mapped[str | None] = mapped_column(String(16))
+    above: Mapped[float | None] = mapped_column(Float)
+    below: Mapped[float | None] = mapped_column(Float)
+    absent: Mapped[bool] = mapped_column(default=False)
+    hold: Mapped[float] = mapped_column(Float, default=0.0)  # seconds the condition must last
+    event: Mapped[str | None] = mapped_column(String(64))
+    app: Mapped[str | None] = mapped_column(String(63))
+    component: Mapped[str | None] = mapped_column(String(63))
+    severity: Mapped[str] = mapped_column(String(16), default="warning")
+    webhook: Mapped[str | None] = mapped_column(Text)
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AlarmSilence(Base):
+    """Alarms matching this (a rule, a VDC subtree, an app) are recorded but not notified until
+    `until`."""
+
+    __tablename__ = "alarm_silences"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    rule_id: Mapped[int | None] = mapped_column(ForeignKey("alarm_rules.id", ondelete="CASCADE"))
+    vdc: Mapped[str | None] = mapped_column(String(512))
+    app: Mapped[str | None] = mapped_column(String(63))
+    until: Mapped[datetime] = mapped_column()
+    comment: Mapped[str] = mapped_column(Text, default="")
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -20,7 +20,7 @@ function menu(me) {
   const items = [];
   if (platform.has("system-admin")) items.push("overview", "clouds", "alarms", "events");
   if (platform.has("system-admin") || me.vdc_roles.length) items.push("vdcs", "apps", "deploy", "approvals", "bill");
-  if (!platform.has("system-admin") && me.vdc_roles.length) items.push("events");
+  if (!platform.has("system-admin") && me.vdc_roles.length) items.push("events", "alarms");
   if (platform.has("security-admin")) items.push("users", "grants");
   if (platform.has("audit-admin")) items.push("audit");
   if (platform.size) items.push("ledger");

@@ -67,13 +67,30 @@ export async function events(main, ctx) {
 }
 
 export async function alarms(main, ctx) {
-  const rows = (await get("/alarms")).reverse();
+  const [rows, rules, silences] = await Promise.all([get("/alarms"), get("/alarm-rules"), get("/alarm-silences")]);
+  const state = (a) => a.resolved_at ? h("span", { class: "ok" }, t("alarm.resolved"))
+    : a.silenced ? h("span", { class: "muted" }, t("alarm.silenced")) : h("span", { class: "bad" }, t("alarm.firing"));
+  const silence = (r) => h("button", { class: "act", type: "button", onclick: async () => {
+    try { await post("/alarm-silences", { rule: r.id, vdc: r.vdc, for: "1h", comment: "console" }); ctx.toast(`${r.name}: ${t("alarm.silence")}`); }
+    catch (err) { ctx.toast(err.message); }
+    alarms(main, ctx);
+  } }, t("alarm.silence"));
   main.replaceChildren(h("h1", {}, t("alarms.title")), rows.length ? table([
     [t("col.time"), (a) => when(a.at)], [t("col.severity"), (a) => h("span", { class: a.severity === "critical" ? "bad" : "warn" }, a.severity)],
-    [t("col.vdc"), (a) => a.vdc ?? ""], [t("col.message"), (a) => a.message],
+    [t("col.state"), state], [t("col.vdc"), (a) => a.vdc ?? ""], [t("col.message"), (a) => a.message],
     [t("col.ack"), (a) => a.acknowledged_by ? `${a.acknowledged_by} ${when(a.acknowledged_at)}`
       : h("button", { class: "act", type: "button", onclick: async () => { await post(`/alarms/${a.id}/ack`); alarms(main, ctx); } }, t("ack"))],
-  ], rows) : h("p", {}, t("none")));
+  ], rows.slice().reverse()) : h("p", {}, t("none")),
+  h("h2", {}, t("alarm.rules")), rules.length ? table([
+    [t("col.name"), (r) => r.name], [t("col.vdc"), (r) => r.vdc ?? "—"],
+    [t("alarm.when"), (r) => r.event ? `event ${r.event}` : r.absent ? `${r.metric} absent` : `${r.metric} ${r.above !== null ? `> ${r.above}` : `< ${r.below}`}`],
+    [t("alarm.for"), (r) => `${r.for}s`], [t("col.severity"), (r) => r.severity],
+    [t("col.actions"), silence],
+  ], rules) : h("p", {}, t("none")),
+  h("h2", {}, t("alarm.silences")), silences.length ? table([
+    [t("col.id"), (x) => x.id], [t("alarm.rule"), (x) => x.rule ?? "*"], [t("col.vdc"), (x) => x.vdc ?? "*"],
+    [t("col.expires"), (x) => when(x.until)], [t("col.user"), (x) => x.created_by],
+  ], silences) : h("p", {}, t("none")));
   ctx.every(5, () => alarms(main, ctx));
 }
 
