@@ -52,11 +52,11 @@ $(OIDC_PROVIDER): tests/oidc_provider/package-lock.json
 
 # Real VMs (tests/e2e/test_vms.py): QEMU, libvirt, the cloud kernel and busybox from Debian, and
 # libvirt-python; nftables for tenant networks (tests/network); Patroni and etcd for DR (tests/dr);
-# Chromium for the console's browser tests (tests/console). Installed here when run as root with apt-get (CI); otherwise the VM tests skip
+# Chromium for the console's browser tests (tests/console); Prometheus for the scrape test. Installed here when run as root with apt-get (CI); otherwise the VM tests skip
 # and say what to install (CI never skips: SHANZHI_REQUIRE_VM=1).
 VM_PACKAGES = qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-dev pkg-config \
               linux-image-cloud-amd64 busybox-static xorriso cpio nftables conntrack \
-              patroni etcd-server etcd-client chromium
+              patroni etcd-server etcd-client chromium prometheus
 VMSTAMP = $(VENV)/.installed-vm
 $(VMSTAMP): pyproject.toml $(STAMP)
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \

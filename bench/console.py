@@ -4,8 +4,8 @@ A real `shanzhi serve --demo` on loopback and Debian's Chromium (headless, Playw
 view it loads the page afresh (a new tab, the session cookie kept) and reads the browser's own
 timings: first contentful paint of the page, the time until the view's content is on screen
 (its heading and table or chart: the "first meaningful paint"), and each `/api/v1` call the
-view made (the slowest and their sum). Side by side in the same run, the floor: the console's
-static page alone (no API call) and a bare `GET /healthz`.
+view made (the slowest and their sum). Side by side in the same run, the floor: a tab loading
+`/healthz` (no script, no API call) and a bare `GET /healthz` from Python.
 
 Worlds: the demo's data, then the same server with 1,000 more apps on a simulated cloud
 (`--apps`). The issue's target: first meaningful paint <= 1 s on the demo data.
@@ -38,7 +38,7 @@ DEMO_PASSWORD = "shanzhi-demo-2026"
 VIEWS = {
     "vdcs": "main table",
     "apps": "main table",
-    "app/gz%2Fhealth/hello": "main table",
+    "app/gz%2Fhealth/hello": "main table",  # detail, instances, events, metrics: four calls
     "deploy": "#name",
     "approvals": "main h1",
     "events": "main table",
@@ -73,7 +73,7 @@ def run_views(browser: Any, server_url: str, rounds: int) -> dict[str, dict[str,
     page.wait_for_selector("#logout", state="visible")
     page.close()
     out: dict[str, dict[str, float]] = {}
-    floor = [("(static page, no API)", server_url + "/static/console/index.html", "body")]
+    floor = [("(floor: /healthz in a tab)", server_url + "/healthz", "body")]
     for name, url, ready in floor + [(v, f"{server_url}/#/{v}", r) for v, r in VIEWS.items()]:
         samples = []
         for _ in range(rounds):
@@ -84,7 +84,8 @@ def run_views(browser: Any, server_url: str, rounds: int) -> dict[str, dict[str,
     started = time.perf_counter()
     for _ in range(rounds):
         httpx.get(server_url + "/healthz")
-    out["(GET /healthz)"] = {"fcp_ms": 0.0, "meaningful_ms": (time.perf_counter() - started) * 1000 / rounds}
+    per_call = (time.perf_counter() - started) * 1000 / rounds
+    out["(floor: GET /healthz, httpx)"] = {"fcp_ms": 0.0, "meaningful_ms": per_call}
     context.close()
     return out
 
@@ -103,6 +104,10 @@ def add_apps(server: Server, n: int) -> None:
                 "options": {"hosts": 200, "boot": 0},
             },
         )
+        for vdc in ("gz", "gz/health"):  # room for them: the demo's quotas are a city's, not a benchmark's
+            r = c.put(f"/vdcs/{vdc}/quota", json={"quota": {"cpu": "10000", "memory": "100Ti", "instances": 100000}})
+            if r.status_code != 200:
+                raise SystemExit(f"raising the quota of {vdc} failed: {r.status_code} {r.text}")
         for i in range(n):
             spec = {
                 "apiVersion": "shanzhi.io/v1",
@@ -124,12 +129,12 @@ def add_apps(server: Server, n: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="3 loads per view and 300 extra apps")
+    ap.add_argument("--quick", action="store_true", help="3 loads per view (the 1,000 apps are added either way)")
     ap.add_argument("--apps", type=int, default=1000, help="apps added for the second world")
     ap.add_argument("-o", "--output", type=Path, help="write the results as JSON here")
     args = ap.parse_args()
     rounds = 3 if args.quick else 7
-    extra = 300 if args.quick else args.apps
+    extra = args.apps
     from playwright.sync_api import sync_playwright
 
     results: dict[str, Any] = {"rounds": rounds, "worlds": {}}
@@ -150,7 +155,7 @@ def main() -> None:
         finally:
             stop_everything(data, server)
     table = Table(title=f"Console views in Chromium (median of {rounds} fresh loads)")
-    for col in ("world", "view", "first paint ms", "content on screen ms", "slowest API call ms", "API calls sum ms"):
+    for col in ("world", "view", "first paint ms", "content ms", "slowest call ms", "calls sum ms"):
         table.add_column(col, justify="right" if "ms" in col else "left")
     for world, views in results["worlds"].items():
         for view, m in views.items():

@@ -92,6 +92,18 @@ def test_api_docs_are_served_from_the_package_with_the_bearer_scheme(api: TestCl
     assert anonymous.get("/api/v1/clouds", headers=bearer(token)).status_code == 200
 
 
+def test_apps_are_listed_a_page_at_a_time(world: TestClient) -> None:
+    for name in ("a1", "a2", "a3"):
+        doc = hello() | {"metadata": {"name": name, "vdc": "gz"}}
+        assert world.post("/api/v1/apps", json=doc).status_code == 201
+    every = [a["name"] for a in world.get("/api/v1/apps").json()]
+    assert every == ["a1", "a2", "a3"]
+    assert [a["name"] for a in world.get("/api/v1/apps?limit=2").json()] == ["a1", "a2"]
+    assert [a["name"] for a in world.get("/api/v1/apps?limit=2&offset=2").json()] == ["a3"]
+    assert world.get("/api/v1/apps?limit=2&offset=9").json() == []
+    problem(world.get("/api/v1/apps?limit=0"), 422)
+
+
 def test_cloud_lifecycle(world: TestClient) -> None:
     clouds = {c["name"]: c for c in world.get("/api/v1/clouds").json()}
     assert set(clouds) == {"city-a", "city-b"}

@@ -110,7 +110,7 @@ class Platform(Collector):
 
 
 def _instances(latest: Any) -> Iterator[Metric]:
-    labels = ["instance", "app", "vdc", "component", "cloud"]
+    labels = ["replica", "app", "vdc", "component", "cloud"]  # not "instance": Prometheus sets that
     families = {
         name: GaugeMetricFamily(
             f"shanzhi_instance_{_NAMES[name]}",

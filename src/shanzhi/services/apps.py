@@ -130,10 +130,15 @@ def find_app(s: Session, name: str, vdc: str | None = None, scope: Scope = EVERY
     return found[0]
 
 
-def list_apps(s: Session, vdc: str | None = None, scope: Scope = EVERYWHERE) -> list[App]:
+def list_apps(
+    s: Session, vdc: str | None = None, scope: Scope = EVERYWHERE, *, limit: int | None = None, offset: int = 0
+) -> list[App]:
+    """Apps in `scope` (and `vdc`'s subtree), by VDC and name; a page of them with `limit`."""
     q = select(App).join(Vdc).where(scope_filter(scope)).order_by(Vdc.path, App.name)
     if vdc is not None:
         q = q.where((Vdc.path == vdc) | Vdc.path.startswith(vdc + "/", autoescape=True))
+    if limit is not None:
+        q = q.limit(limit).offset(offset)
     return list(s.scalars(q))
 
 

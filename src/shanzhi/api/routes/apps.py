@@ -98,10 +98,14 @@ def revisions(
 
 @router.get("", response_model=list[schemas.AppOut])
 def list_apps(
-    vdc: str | None = Query(None), p: Principal = Depends(principal), rt: Runtime = Depends(runtime)
+    vdc: str | None = Query(None),
+    limit: int | None = Query(None, ge=1, le=5000, description="a page of this many (by VDC, then name)"),
+    offset: int = Query(0, ge=0, le=10_000_000, description="skip this many first"),
+    p: Principal = Depends(principal),
+    rt: Runtime = Depends(runtime),
 ) -> list[schemas.AppOut]:
     with rt.db.session() as s, s.begin():
-        return views.apps(s, svc.list_apps(s, vdc, p.scope("app.read")))
+        return views.apps(s, svc.list_apps(s, vdc, p.scope("app.read"), limit=limit, offset=offset))
 
 
 @router.get("/{name}", response_model=schemas.AppOut)

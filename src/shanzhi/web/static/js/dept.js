@@ -24,13 +24,19 @@ function ready(app) {
   return app.components.map((c) => `${c.name} ${c.ready}/${c.desired}`).join(", ");
 }
 
+const PAGE = 50;
+
 export async function apps(main, ctx) {
-  const rows = await get("/apps");
+  const offset = Number(ctx.args[0] || 0);
+  const rows = await get(`/apps?limit=${PAGE + 1}&offset=${offset}`);  // one more: is there a next page?
+  const pager = h("nav", { "aria-label": t("pages") },
+    offset > 0 ? h("a", { href: `#/apps/${Math.max(0, offset - PAGE)}` }, `← ${t("previous")}`) : null, " ",
+    rows.length > PAGE ? h("a", { href: `#/apps/${offset + PAGE}` }, `${t("next")} →`) : null);
   main.replaceChildren(h("h1", {}, t("apps.title")), rows.length ? table([
     [t("col.name"), (a) => h("a", { href: `#/app/${q(a.vdc)}/${q(a.name)}` }, a.name)],
     [t("col.vdc"), (a) => a.vdc], [t("col.status"), (a) => stateCell(a.status)], [t("col.replicas"), ready],
     [t("col.time"), (a) => when(a.updated_at)],
-  ], rows) : h("p", {}, t("none")));
+  ], rows.slice(0, PAGE)) : h("p", {}, t("none")), pager);
   ctx.every(5, () => apps(main, ctx));
 }
 

@@ -37,7 +37,7 @@ const TEXT = {
     "ledger.check": "Check inclusion in the browser", "ledger.included": "Included: the proof leads to the signed root",
     "ledger.notIncluded": "NOT included: the proof does not lead to the signed root",
     "ledger.signature": "Checkpoint signature checked against the pinned log key",
-    "none": "Nothing here.", "loading": "Loading…", "forbidden": "You may not see this.", "yes": "yes", "no": "no",
+    "none": "Nothing here.", "pages": "Pages", "previous": "Previous", "next": "Next", "loading": "Loading…", "forbidden": "You may not see this.", "yes": "yes", "no": "no",
   },
   "zh-CN": {
     "lang.switch": "English", "logout": "退出", "login.title": "登录善治", "login.user": "用户名", "login.password": "密码",
@@ -70,7 +70,7 @@ const TEXT = {
     "audit.verify": "校验哈希链", "audit.verified": "校验通过", "ledger.title": "目录账本", "ledger.checkpoint": "最新检查点",
     "ledger.entry": "条目", "ledger.check": "在浏览器中校验包含证明", "ledger.included": "已包含：证明可推导至已签名的根",
     "ledger.notIncluded": "未包含：证明无法推导至已签名的根", "ledger.signature": "检查点签名已用固定的日志公钥校验",
-    "none": "暂无数据。", "loading": "加载中…", "forbidden": "无权查看。", "yes": "是", "no": "否",
+    "none": "暂无数据。", "pages": "分页", "previous": "上一页", "next": "下一页", "loading": "加载中…", "forbidden": "无权查看。", "yes": "是", "no": "否",
   },
 };
 
