@@ -6,9 +6,11 @@ leaves 127.0.0.1; a screenshot of every view is kept under tests/console/artefac
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,24 @@ def _require() -> None:
         if REQUIRE:
             pytest.fail(f"browser tests required but: {why}")
         pytest.skip(why)
+
+
+def off_the_browser_thread(fn: Callable[..., object], *args: object) -> None:
+    """Run `fn` in a thread of its own: Playwright's sync API keeps an event loop running in this
+    one, and pyroute2 (removing a server's network fabric) wants to run its own."""
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            fn(*args)
+        except BaseException as err:
+            failed.append(err)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    worker.join()
+    if failed:
+        raise failed[0]
 
 
 class Site:
@@ -92,11 +112,13 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     finally:
         if s is not None:
             s.close()
-        stop_everything(data, server)
+        off_the_browser_thread(stop_everything, data, server)
 
 
-@pytest.fixture(scope="module")
-def browser(site: Site) -> Iterator[Any]:
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """One Chromium for the whole run (Playwright's sync API allows one driver per thread)."""
+    _require()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -114,11 +136,21 @@ class Page:
         )
         self.page = self.context.new_page()
         self.site = site
-        self.requests: list[str] = []
+        self.requests: list[str] = []  # asked for by this server's pages
         self.errors: list[str] = []
-        self.page.on("request", lambda r: self.requests.append(r.url))
+        self.page.on("request", self._request)
+        # nothing leaves this machine: anything else is refused (and, if one of our pages asked, fails the test)
+        self.context.route(re.compile(r"^(?!http://127\.0\.0\.1:|data:).*"), lambda route: route.abort())
         self.page.on("pageerror", lambda e: self.errors.append(str(e)))
         self.page.goto(site.url + "/")
+
+    def _request(self, request: Any) -> None:
+        try:
+            origin = request.frame.url
+        except Exception:  # a request of no frame (a worker): count it
+            origin = self.site.url
+        if origin.startswith(self.site.url) or origin in ("", "about:blank"):
+            self.requests.append(request.url)
 
     def login(self, user: str, password: str = DEMO_PASSWORD, otp: str | None = None) -> None:
         p = self.page

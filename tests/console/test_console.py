@@ -43,6 +43,10 @@ def test_a_department_deploys_from_the_form_watches_it_run_and_scales_it(page: P
     first = p.get_attribute("#metrics svg path[data-series] >> nth=0", "d")
     wait_for(lambda: p.get_attribute("#metrics svg path[data-series] >> nth=0", "d") != first, 60, "the chart to move")
     page.shot("app")
+    # a replica's log, as its cloud keeps it
+    p.locator("main table >> nth=0 >> tbody tr").first.locator("button", has_text="Log").click()
+    p.wait_for_selector("#log:not([hidden])")
+    assert "portal-web-" in p.inner_text("#log")
     # scale from the page
     p.fill("#replicas-web", "3")
     p.click("form[aria-label=Scale] button[type=submit]")
@@ -113,6 +117,19 @@ def test_the_operator_signs_in_with_a_second_factor_and_sees_the_topology(page: 
     page.shot("alarms")
     page.view("events", "main table")
     page.shot("events")
+    # a plan proposed from the page, reviewed, dropped: nothing moved, the cloud takes placements again
+    p = page.view("plans", "#kind")
+    p.select_option("#kind", "evacuate")
+    p.select_option("#cloud", "yuexiu")
+    p.click("main form button[type=submit]")
+    wait_for(lambda: "(proposed)" in (p.text_content("main h2") or ""), 60, "a proposed plan")
+    plan_id = int(p.evaluate("location.hash").rsplit("/", 1)[1])
+    moves = site.admin.get(f"/plans/{plan_id}").json()["moves"]
+    sources = {f"{m['from']['cloud']}/{m['from']['host']}" for m in moves}
+    assert len(rows(p)) == len(moves) > 0 and {r[1] for r in rows(p)} == sources
+    page.shot("plan")
+    p.click("text=Drop")
+    wait_for(lambda: site.admin.get(f"/plans/{plan_id}").json()["status"] == "dropped", 10, "dropped")
 
 
 def test_a_wrong_second_factor_is_refused_and_nothing_opens(page: Page, site: Site) -> None:
@@ -156,8 +173,8 @@ def test_the_auditor_verifies_the_trail_and_checks_a_ledger_proof_in_the_browser
     wait_for(lambda: site.admin.get("/ledger/status").json()["checkpoint"], 30, "a checkpoint")
     p.fill("#index", "0")
     p.click("text=Check inclusion in the browser")
-    p.wait_for_selector("#proof-result.verified")
-    assert "Included" in p.inner_text("#proof-result")
+    p.wait_for_selector("#proof-result.verified, #proof-result.error")
+    assert "Included" in p.inner_text("#proof-result"), p.inner_text("#proof-result")
     page.shot("ledger")
     # an entry altered on its way to the browser no longer leads to the signed root
     p.route(re.compile(r".*/ledger/entries/\d+$"), lambda route: route.fulfill(json={"index": 0, "entry": "forged"}))

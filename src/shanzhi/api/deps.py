@@ -10,7 +10,7 @@ from shanzhi.config import Settings
 from shanzhi.controllers import ControllerManager, Fleet
 from shanzhi.ledger.service import Ledger
 from shanzhi.sealing import Vault
-from shanzhi.services.oidc import OidcConfig, RelyingParty
+from shanzhi.services.oidc import CALLBACK_PATH, OidcConfig, RelyingParty
 from shanzhi.store import Database
 
 
@@ -44,7 +44,7 @@ def relying_party(settings: Settings) -> RelyingParty | None:
             issuer=settings.oidc_issuer,
             client_id=settings.oidc_client_id,
             client_secret=settings.oidc_client_secret,
-            redirect_uri=f"{settings.base_url}/api/v1/auth/oidc/callback",
+            redirect_uri=f"{settings.base_url}{CALLBACK_PATH}",
             scopes=settings.oidc_scopes,
             username_claim=settings.oidc_username_claim,
             groups_claim=settings.oidc_groups_claim,

@@ -238,14 +238,18 @@ class RelyingParty:
 
 
 # ------------------------------------------------------------------ flows (database)
-def _loopback(return_to: str | None) -> str | None:
-    if return_to is None:
-        return None
+CALLBACK_PATH = "/api/v1/auth/oidc/callback"
+
+
+def _loopback(return_to: str | None, console: str | None = None) -> str | None:
+    """Where the handoff code may go: the CLI's loopback listener, or this server's own console."""
+    if return_to is None or return_to == console:
+        return return_to
     u = urlsplit(return_to)
     if u.scheme != "http" or u.hostname not in LOOPBACK_HOSTS or u.port is None or u.query or u.fragment:
         raise InvalidInput(
             "return_to must be a loopback address with a port and no query, like http://127.0.0.1:PORT/callback "
-            "(the CLI listens there); leave it out to have the code shown in the browser",
+            "(the CLI listens there), or this server's console; leave it out to have the code shown in the browser",
             field="return_to",
         )
     return return_to
@@ -257,7 +261,8 @@ def begin(s: Session, rp: RelyingParty, challenge: str, return_to: str | None, s
         raise InvalidInput(
             "challenge must be base64url(sha256(verifier)) without padding: 43 characters", field="challenge"
         )
-    target = _loopback(return_to)
+    console = rp.config.redirect_uri.removesuffix(CALLBACK_PATH) + "/"  # the web console, served at /
+    target = _loopback(return_to, console)
     state, nonce, verifier = secrets.token_urlsafe(32), secrets.token_urlsafe(32), secrets.token_urlsafe(64)
     url = rp.authorization_url(state, nonce, verifier)
     flow = OidcFlow(

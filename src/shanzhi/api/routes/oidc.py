@@ -16,6 +16,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import Field
 
+from shanzhi.api import cookies
 from shanzhi.api.audit import transaction
 from shanzhi.api.auth import principal
 from shanzhi.api.deps import Runtime, runtime
@@ -47,6 +48,7 @@ class ExchangeIn(_In):
     code: str = Field(min_length=1, max_length=128)
     verifier: str = Field(min_length=43, max_length=128)
     otp: str | None = Field(None, max_length=32, description="the second factor, when the login owes one")
+    cookie: bool = Field(False, description="for the console: the session in an HttpOnly cookie, not in the body")
 
 
 def _rp(rt: Runtime) -> sso.RelyingParty:
@@ -121,7 +123,7 @@ def callback(
 
 
 @router.post("/auth/oidc/exchange", status_code=201)
-def exchange(request: Request, body: ExchangeIn, rt: Runtime = Depends(runtime)) -> dict[str, Any]:
+def exchange(request: Request, response: Response, body: ExchangeIn, rt: Runtime = Depends(runtime)) -> dict[str, Any]:
     """Trade the one-time code and the client's verifier for a session token."""
     _rp(rt)
     failure: Unauthorized | None = None
@@ -135,6 +137,8 @@ def exchange(request: Request, body: ExchangeIn, rt: Runtime = Depends(runtime))
             request.state.audit_status = err.status
     if failure is not None:
         raise failure
+    if body.cookie:
+        out["csrf"] = cookies.set_session(response, out.pop("token"), secure=bool(rt.settings.tls_cert))
     return out
 
 

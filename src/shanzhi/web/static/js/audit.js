@@ -47,7 +47,8 @@ async function rootFrom(index, size, leaf, proof) {
 
 // A C2SP signed note: the body, and the log's Ed25519 signature line checked with its key.
 async function checkNote(note, vkey) {
-  const [name, hash, keyB64] = vkey.split("+");
+  const first = vkey.indexOf("+"), second = vkey.indexOf("+", first + 1);  // the key's base64 may hold '+'
+  const [name, hash, keyB64] = [vkey.slice(0, first), vkey.slice(first + 1, second), vkey.slice(second + 1)];
   const key = bytes(keyB64);
   if (key[0] !== 1) throw new Error("the log key is not an Ed25519 key");
   const split = note.indexOf("\n\n");

@@ -40,11 +40,22 @@ export async function apps(main, ctx) {
   ctx.every(5, () => apps(main, ctx));
 }
 
+let logShown = "";
+
+async function showLog(name) {
+  const out = await get(`/instances/${q(name)}/logs?tail=8192`);
+  logShown = `${name}:\n${out.text || "(empty)"}`;
+  const pre = document.getElementById("log");
+  pre.hidden = false;
+  pre.textContent = logShown;
+}
+
 // Points kept in the page between polls: stored minutes, then each poll's latest sample.
 const seen = new Map();
 
 export async function app(main, ctx) {
   const [vdc, name] = ctx.args;
+  if (ctx.fresh) logShown = "";
   const where = `${q(name)}?vdc=${q(vdc)}`;
   const [doc, instances, events, metrics] = await Promise.all([
     get(`/apps/${where}`), get(`/instances?app=${q(name)}&vdc=${q(vdc)}`),
@@ -70,12 +81,14 @@ export async function app(main, ctx) {
       [t("col.name"), (i) => i.name], [t("col.state"), (i) => h("span", { title: i.reason }, stateCell(i.state))],
       [t("col.cloud"), (i) => `${i.cloud ?? ""} ${i.site ? `(${i.site})` : ""}`], [t("col.host"), (i) => i.host ?? ""],
       [t("col.endpoint"), (i) => i.endpoint ?? ""], [t("col.why"), (i) => i.placement],
+      [t("app.logs"), (i) => i.cloud ? h("button", { class: "act", type: "button", onclick: () => showLog(i.name) }, t("app.logs")) : ""],
     ], instances),
+    h("pre", { id: "log", hidden: !logShown, "aria-live": "polite" }, logShown),
     h("h2", {}, t("app.metrics")), h("div", { id: "metrics" }, chart),
     h("h2", {}, t("app.events")),
     table([[t("col.time"), (e) => when(e.at)], [t("col.reason"), (e) => e.reason], [t("col.message"), (e) => e.message]],
       events.slice().reverse()));
-  ctx.every(5, () => app(main, ctx));
+  ctx.every(5, () => app(main, { ...ctx, fresh: false }));
 }
 
 function scaleForm(doc, ctx) {

@@ -8,7 +8,7 @@ import * as sec from "./security.js";
 import * as audit from "./audit.js";
 
 const VIEWS = {
-  overview: ops.overview, clouds: ops.clouds, events: ops.events, alarms: ops.alarms,
+  overview: ops.overview, clouds: ops.clouds, events: ops.events, alarms: ops.alarms, plans: ops.plans,
   vdcs: dept.vdcs, apps: dept.apps, app: dept.app, deploy: dept.deploy, approvals: dept.approvals, bill: dept.bill,
   users: sec.users, grants: sec.grants, tokens: sec.tokens,
   audit: audit.trail, ledger: audit.ledger,
@@ -18,7 +18,7 @@ const VIEWS = {
 function menu(me) {
   const platform = new Set(me.platform_roles);
   const items = [];
-  if (platform.has("system-admin")) items.push("overview", "clouds", "alarms", "events");
+  if (platform.has("system-admin")) items.push("overview", "clouds", "plans", "alarms", "events");
   if (platform.has("system-admin") || me.vdc_roles.length) items.push("vdcs", "apps", "deploy", "approvals", "bill");
   if (!platform.has("system-admin") && me.vdc_roles.length) items.push("events", "alarms");
   if (platform.has("security-admin")) items.push("users", "grants");
@@ -30,6 +30,7 @@ function menu(me) {
 
 let me = null;
 let timer = null;
+let navigation = 0;  // a view still loading when another route starts must not draw over it
 
 function chrome() {
   document.documentElement.lang = lang;
@@ -57,16 +58,22 @@ async function route() {
   if (!me) return login(main);
   const [name, ...args] = location.hash.slice(2).split("/").map(decodeURIComponent);
   const view = VIEWS[name] || VIEWS[menu(me)[0]];
-  main.replaceChildren(h("p", { class: "loading" }, t("loading")));
+  const seq = ++navigation;
+  const box = h("div", {}, h("p", { class: "loading" }, t("loading")));  // this route's own: a stale one is detached
+  main.replaceChildren(box);
   const ctx = {
-    me, args, toast, refresh: route,
-    every(seconds, fn) { clearInterval(timer); timer = setInterval(fn, seconds * 1000); },
+    me, args, toast, refresh: route, fresh: true,
+    every(seconds, fn) {
+      if (seq !== navigation) return;
+      clearInterval(timer);
+      timer = setInterval(fn, seconds * 1000);
+    },
   };
   try {
-    await view(main, ctx);
+    await view(box, ctx);
   } catch (err) {
     const text = err instanceof ApiError && err.status === 403 ? `${t("forbidden")} ${err.message}` : err.message;
-    main.replaceChildren(h("p", { class: "error", role: "alert" }, text));
+    box.replaceChildren(h("p", { class: "error", role: "alert" }, text));
   }
 }
 
@@ -86,6 +93,11 @@ function login(main) {
     h("button", { class: "primary", type: "submit" }, t("login.submit")));
   main.replaceChildren(form);
   form.user.focus();
+  get("/auth/oidc").then((sso) => {
+    if (!sso.enabled) return;
+    form.append(h("p", { class: "muted" }, t("login.or")),
+      h("button", { class: "primary", type: "button", id: "sso", onclick: singleSignOn }, `${t("login.sso")} ${sso.name || sso.issuer}`));
+  }).catch(() => {});
 
   async function submit(event) {
     event.preventDefault();
@@ -112,6 +124,49 @@ function login(main) {
   }
 }
 
+// Single sign-on: the code-flow handoff of the CLI, with this page as the place the code comes back
+// to. The verifier stays in this tab (sessionStorage); only its challenge goes to the server.
+const b64url = (bytes) => btoa(String.fromCharCode(...bytes)).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+
+async function singleSignOn() {
+  const verifier = b64url(crypto.getRandomValues(new Uint8Array(48)));
+  const challenge = b64url(new Uint8Array(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(verifier))));
+  sessionStorage.setItem("shanzhi.sso", verifier);
+  const begun = await post("/auth/oidc/start", { challenge, return_to: `${location.origin}/` });
+  location.assign(begun.authorization_url);
+}
+
+async function finishSingleSignOn(main) {
+  const params = new URLSearchParams(location.search);
+  history.replaceState(null, "", "/");  // the code works once: not in the history, not in a reload
+  const verifier = sessionStorage.getItem("shanzhi.sso");
+  sessionStorage.removeItem("shanzhi.sso");
+  if (params.get("error") || !verifier) {
+    login(main);
+    main.querySelector("form.login .error").textContent = params.get("error") || t("login.ssoLost");
+    return;
+  }
+  const exchange = async (otp) => post("/auth/oidc/exchange", { code: params.get("code"), verifier, cookie: true, otp });
+  try {
+    await exchange();
+  } catch (err) {
+    if (err.field !== "otp") throw err;
+    const code = await askCode(main);  // the handoff stays valid while the second factor is owed
+    await exchange(code);
+  }
+}
+
+function askCode(main) {
+  return new Promise((resolve) => {
+    const form = h("form", { class: "card login", onsubmit: (e) => { e.preventDefault(); resolve(form.otp.value.trim()); } },
+      h("p", {}, t("login.otpNeeded")), h("label", { for: "otp" }, t("login.otp")),
+      h("input", { id: "otp", name: "otp", inputmode: "numeric", autocomplete: "one-time-code" }),
+      h("button", { class: "primary", type: "submit" }, t("login.submit")));
+    main.replaceChildren(form);
+    form.otp.focus();
+  });
+}
+
 async function start() {
   document.getElementById("lang").addEventListener("click", () => { toggle(); route(); });
   document.getElementById("logout").addEventListener("click", async () => {
@@ -119,6 +174,13 @@ async function start() {
   });
   window.addEventListener("hashchange", route);
   window.addEventListener("shanzhi:signed-out", () => { if (me) { me = null; route(); } });
+  if (new URLSearchParams(location.search).has("state")) {
+    try { await finishSingleSignOn(document.getElementById("main")); } catch (err) {
+      login(document.getElementById("main"));
+      document.querySelector("form.login .error").textContent = err.message;
+      return;
+    }
+  }
   try { me = await get("/auth/whoami"); } catch { me = null; }
   if (me && me.restricted) me = null;
   route();

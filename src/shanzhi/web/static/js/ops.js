@@ -1,5 +1,5 @@
 // The operator's views: the topology of sites and clouds, capacity, alarms, events.
-import { get, post } from "./api.js";
+import { api, get, post } from "./api.js";
 import { fmt, h, meter, stateCell, svg, table, when } from "./dom.js";
 import { t } from "./i18n.js";
 
@@ -92,6 +92,40 @@ export async function alarms(main, ctx) {
     [t("col.expires"), (x) => when(x.until)], [t("col.user"), (x) => x.created_by],
   ], silences) : h("p", {}, t("none")));
   ctx.every(5, () => alarms(main, ctx));
+}
+
+// Re-placement plans: propose (rebalance, or evacuate a cloud), review the moves, apply or drop.
+export async function plans(main, ctx) {
+  const clouds = await get("/clouds");
+  const error = h("p", { class: "error", role: "alert" });
+  const form = h("form", { class: "card", onsubmit: async (event) => {
+    event.preventDefault();
+    error.textContent = t("loading");
+    const body = { kind: form.kind.value, time_limit: 5 };
+    if (form.kind.value === "evacuate") body.cloud = form.cloud.value;
+    try { const plan = await post("/plans", body); location.hash = `#/plans/${plan.id}`; } catch (err) { error.textContent = err.message; }
+  } },
+  h("label", { for: "kind" }, t("plan.kind")),
+  h("select", { id: "kind", name: "kind" }, h("option", { value: "rebalance" }, t("plan.rebalance")), h("option", { value: "evacuate" }, t("plan.evacuate"))),
+  h("label", { for: "cloud" }, t("plan.cloud")),
+  h("select", { id: "cloud", name: "cloud" }, clouds.map((c) => h("option", { value: c.name }, c.name))),
+  error, h("button", { class: "primary", type: "submit" }, t("plan.propose")));
+  const parts = [h("h1", {}, t("nav.plans")), form];
+  if (ctx.args[0]) {
+    const plan = await get(`/plans/${Number(ctx.args[0])}`);
+    const act = (label, fn) => h("button", { class: "act", type: "button", onclick: async () => {
+      try { await fn(); ctx.refresh(); } catch (err) { ctx.toast(err.message); }
+    } }, label);
+    parts.push(h("h2", {}, `${t("plan.plan")} ${plan.id}: ${plan.kind} (${plan.status})`),
+      h("p", {}, plan.summary),
+      plan.moves.length ? table([
+        [t("col.name"), (m) => m.instance], [t("plan.from"), (m) => `${m.from.cloud}/${m.from.host}`],
+        [t("plan.to"), (m) => `${m.to.cloud}/${m.to.host}`], [t("col.why"), (m) => m.reason],
+      ], plan.moves) : h("p", {}, t("none")),
+      plan.status === "proposed" ? h("p", {}, act(t("plan.apply"), () => post(`/plans/${plan.id}/apply`)),
+        act(t("plan.drop"), () => api("DELETE", `/plans/${plan.id}`))) : null);
+  }
+  main.replaceChildren(...parts);
 }
 
 export { fmt };
