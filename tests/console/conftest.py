@@ -115,9 +115,10 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         off_the_browser_thread(stop_everything, data, server)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """One Chromium for the whole run (Playwright's sync API allows one driver per thread)."""
+    """A Chromium per module, gone when the module is done: Playwright's sync API keeps an event
+    loop running in this thread while it lives, and other tests' pyroute2 wants to run its own."""
     _require()
     from playwright.sync_api import sync_playwright
 

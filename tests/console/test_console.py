@@ -5,8 +5,10 @@ pages. Each test asserts what the page shows against what the API says."""
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
+import pyotp
 import pytest
 
 from tests.console.conftest import AXE, PASSWORD, Page, Site
@@ -130,6 +132,31 @@ def test_the_operator_signs_in_with_a_second_factor_and_sees_the_topology(page: 
     page.shot("plan")
     p.click("text=Drop")
     wait_for(lambda: site.admin.get(f"/plans/{plan_id}").json()["status"] == "dropped", 10, "dropped")
+
+
+def test_a_new_administrator_enrols_the_second_factor_in_the_console(page: Page, site: Site) -> None:
+    """A platform role and no second factor yet: the session may only enrol one, from the page."""
+    for path, body in (
+        ("/users", {"name": "ops.new", "password": PASSWORD}),
+        ("/grants", {"user": "ops.new", "role": "system-admin"}),
+    ):
+        assert site.security.post(path, json=body).status_code == 201
+    p = page.page
+    p.fill("#user", "ops.new")
+    p.fill("#password", PASSWORD)
+    p.click("form.login button[type=submit]")
+    p.wait_for_selector("#mfa-secret")
+    assert (p.get_attribute("form.login img", "src") or "").startswith("data:image/svg+xml")
+    secret = p.inner_text("#mfa-secret")
+    page.shot("mfa-enrol")
+    p.fill("#code", pyotp.TOTP(secret).now())
+    p.click("form.login button[type=submit]")
+    p.wait_for_selector("#recovery")
+    assert len(p.inner_text("#recovery").split()) >= 8  # recovery codes, shown this once
+    assert site.security.get("/users/ops.new").json()["mfa"] is True
+    p.click("text=Sign in again, with a code")
+    page.login("ops.new", PASSWORD, otp=pyotp.TOTP(secret).at(time.time() + 30))
+    assert "Overview" in p.locator("#nav a").all_inner_texts()
 
 
 def test_a_wrong_second_factor_is_refused_and_nothing_opens(page: Page, site: Site) -> None:

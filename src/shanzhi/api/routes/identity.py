@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+import segno
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -175,7 +176,14 @@ def mfa_enroll(request: Request, p: Principal = Depends(principal), rt: Runtime 
     assert rt.vault is not None
     with transaction(request) as s:
         secret, uri = mfa.start(s, svc.get_user(s, p.user), rt.vault)
-    return {"user": p.user, "secret": secret, "uri": uri, "next": "confirm with a code from the app: /auth/mfa/confirm"}
+    qr = segno.make(uri, error="m").svg_data_uri(scale=4)  # for a page: an <img> of the URI
+    return {
+        "user": p.user,
+        "secret": secret,
+        "uri": uri,
+        "qr": qr,
+        "next": "confirm with a code from the app: /auth/mfa/confirm",
+    }
 
 
 @router.post("/auth/mfa/confirm")

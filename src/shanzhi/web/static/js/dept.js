@@ -41,6 +41,7 @@ export async function apps(main, ctx) {
 }
 
 let logShown = "";
+let specOpen = false;
 
 async function showLog(name) {
   const out = await get(`/instances/${q(name)}/logs?tail=8192`);
@@ -85,6 +86,9 @@ export async function app(main, ctx) {
     ], instances),
     h("pre", { id: "log", hidden: !logShown, "aria-live": "polite" }, logShown),
     h("h2", {}, t("app.metrics")), h("div", { id: "metrics" }, chart),
+    h("details", { open: specOpen || null, ontoggle: (e) => { specOpen = e.target.open; } },
+      h("summary", {}, `${t("app.spec")} (${t("app.generation")} ${doc.generation})`),
+      h("pre", { id: "spec" }, JSON.stringify(doc.spec, null, 2))),
     h("h2", {}, t("app.events")),
     table([[t("col.time"), (e) => when(e.at)], [t("col.reason"), (e) => e.reason], [t("col.message"), (e) => e.message]],
       events.slice().reverse()));

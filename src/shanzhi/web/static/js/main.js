@@ -107,7 +107,7 @@ function login(main) {
     try {
       const session = await post("/auth/login", body);
       if (session.restricted) {
-        error.textContent = t("login.restricted");
+        enrol(main);
         return;
       }
       me = await get("/auth/whoami");
@@ -122,6 +122,31 @@ function login(main) {
       error.textContent = err.message;
     }
   }
+}
+
+// A session that owes a second factor may only enrol one: show the QR code, take a first code,
+// show the recovery codes once, then sign in again with a code.
+async function enrol(main) {
+  const started = await post("/auth/mfa/enroll");
+  const error = h("p", { class: "error", role: "alert" });
+  const form = h("form", { class: "card login", onsubmit: async (event) => {
+    event.preventDefault();
+    try {
+      const done = await post("/auth/mfa/confirm", { code: form.code.value.trim() });
+      main.replaceChildren(h("div", { class: "card login" },
+        h("h1", {}, t("mfa.done")), h("p", {}, t("mfa.recovery")),
+        h("pre", { id: "recovery" }, done.recovery_codes.join("\n")),
+        h("button", { class: "primary", type: "button", onclick: () => login(main) }, t("mfa.again"))));
+    } catch (err) { error.textContent = err.message; }
+  } },
+  h("h1", {}, t("mfa.title")), h("p", {}, t("login.restricted")),
+  h("img", { src: started.qr, alt: t("mfa.qr"), width: 148, height: 148 }),
+  h("p", {}, t("mfa.secret"), " ", h("code", { id: "mfa-secret" }, started.secret)),
+  h("label", { for: "code" }, t("login.otp")),
+  h("input", { id: "code", name: "code", inputmode: "numeric", autocomplete: "one-time-code", required: true }),
+  error, h("button", { class: "primary", type: "submit" }, t("mfa.confirm")));
+  main.replaceChildren(form);
+  form.code.focus();
 }
 
 // Single sign-on: the code-flow handoff of the CLI, with this page as the place the code comes back
