@@ -88,7 +88,8 @@ def prepare(settings: Settings, db: Database) -> None:
 def controllers(db: Database, fleet: Fleet, settings: Settings) -> ControllerManager:
     """The controller manager, with the use cases that run in its leader loop (the autoscaler)."""
     manager = ControllerManager.for_settings(db, fleet, settings)
-    manager.add_pass(Autoscaler(db, lambda: dict(manager.metrics.latest)).run_once)
+    scaler = Autoscaler(db, lambda: dict(manager.metrics.latest), lambda: manager.metrics.rounds)
+    manager.add_pass(scaler.run_once)
     return manager
 
 

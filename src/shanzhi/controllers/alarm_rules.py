@@ -36,9 +36,13 @@ def within(path: str | None, subtree: str | None) -> bool:
 
 
 class RuleEvaluator:
-    def __init__(self, db: Database, latest: Callable[[], dict[str, Latest]]) -> None:
+    def __init__(
+        self, db: Database, latest: Callable[[], dict[str, Latest]], rounds: Callable[[], int] | None = None
+    ) -> None:
         self.db = db
         self.latest = latest
+        self.rounds = rounds  # the sampler's round count: metric rules wait for new samples
+        self._seen = -1
         self.tracker = Tracker()
         self._cursor: int | None = None  # the last event id looked at
         self._resumed = False
@@ -49,7 +53,10 @@ class RuleEvaluator:
             if not self._resumed:
                 self._resume(s)
             rules = list(s.scalars(select(AlarmRule).order_by(AlarmRule.id)))
-            fired = self._metric_rules(s, [r for r in rules if r.metric is not None])
+            fired = 0
+            if self.rounds is None or self.rounds() != self._seen:
+                self._seen = self.rounds() if self.rounds is not None else -1
+                fired += self._metric_rules(s, [r for r in rules if r.metric is not None])
             fired += self._event_rules(s, [r for r in rules if r.event is not None])
         return fired
 

@@ -63,7 +63,7 @@ class ControllerManager:
         self.notifier = Notifier(db, alarm_webhook, lambda: self.is_leader)
         self.inventory = InventoryController(db, fleet, lambda: self.is_leader, interval=inventory_interval)
         self.metrics = MetricsCollector(db, fleet, lambda: self.is_leader, interval=metrics_interval)
-        self.rules = RuleEvaluator(db, lambda: dict(self.metrics.latest))
+        self.rules = RuleEvaluator(db, lambda: dict(self.metrics.latest), lambda: self.metrics.rounds)
         self.housekeeping = Housekeeping(
             db, audit_retention_days=audit_retention_days, flow_retention_days=flow_retention_days
         )

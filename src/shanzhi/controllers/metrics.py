@@ -58,6 +58,7 @@ class MetricsCollector:
         self.is_leader = is_leader
         self.interval = interval
         self.latest: dict[str, Latest] = {}
+        self.rounds = 0  # sampling rounds done: what reads `latest` need not look again before it moves
         self.sample_seconds = Histogram(
             "shanzhi_metrics_sample_seconds", "Time to sample one cloud's instances", ["cloud"], registry=None
         )
@@ -119,6 +120,7 @@ class MetricsCollector:
             self._readings.pop(gone, None)
             self.latest.pop(gone, None)
         self.flush(now)
+        self.rounds += 1
         return sampled
 
     def _live_instances(self) -> dict[str, tuple[str, dict[str, Any], list[Labels]]]:

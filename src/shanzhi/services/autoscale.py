@@ -31,13 +31,23 @@ AUTHOR = "autoscaler"
 
 
 class Autoscaler:
-    def __init__(self, db: Database, latest: Callable[[], dict[str, Latest]]) -> None:
+    def __init__(
+        self, db: Database, latest: Callable[[], dict[str, Latest]], rounds: Callable[[], int] | None = None
+    ) -> None:
         self.db = db
         self.latest = latest
+        self.rounds = rounds  # the sampler's round count: nothing to decide until it moves
+        self._seen = -1
         self._last: dict[tuple[int, str], float] = {}  # (app id, component) -> when last changed or refused
 
     def run_once(self) -> int:
-        """Decide for every autoscaled component; return how many changes were applied."""
+        """Decide for every autoscaled component (once per new round of samples); return how many
+        changes were applied."""
+        if self.rounds is not None:
+            now_round = self.rounds()
+            if now_round == self._seen:
+                return 0
+            self._seen = now_round
         with self.db.session() as s, s.begin():
             apps = [
                 (a.id, a.generation, a.spec, path)
