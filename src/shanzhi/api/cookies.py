@@ -15,6 +15,7 @@ import hashlib
 import hmac
 
 from fastapi import Response
+from starlette.requests import cookie_parser
 from starlette.types import Scope
 
 SESSION = "shanzhi_session"
@@ -29,14 +30,8 @@ def csrf_for(secret: str) -> str:
 
 def session_of(scope: Scope) -> str | None:
     """The session secret in the request's cookies, if any."""
-    for key, value in scope.get("headers", []):
-        if key != b"cookie":
-            continue
-        for part in value.decode("latin-1").split(";"):
-            name, _, content = part.strip().partition("=")
-            if name == SESSION and content:
-                return str(content)
-    return None
+    header = next((v.decode("latin-1") for k, v in scope.get("headers", []) if k == b"cookie"), "")
+    return cookie_parser(header).get(SESSION) or None
 
 
 def csrf_refusal(scope: Scope, secret: str) -> str | None:

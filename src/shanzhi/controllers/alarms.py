@@ -8,7 +8,6 @@ marked with the error (an alarm is never lost, only its notification).
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -17,6 +16,7 @@ import httpx
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from shanzhi.controllers.loop import LeaderThread
 from shanzhi.store import Database
 from shanzhi.store.events import record_event
 from shanzhi.store.tables import Alarm, AlarmRule
@@ -64,26 +64,8 @@ class Notifier:
         self.url = url
         self.is_leader = is_leader
         self.interval = interval
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="alarm-notifier", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            if not self.is_leader():
-                continue
-            try:
-                self.run_once()
-            except Exception:
-                log.exception("alarm notification pass failed")
+        self._thread = LeaderThread("alarm-notifier", self.run_once, is_leader, interval)
+        self.start, self.stop = self._thread.start, self._thread.stop
 
     def run_once(self) -> int:
         with self.db.session() as s, s.begin():

@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterable
 from datetime import timedelta
@@ -24,6 +23,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from shanzhi.controllers.fleet import Fleet
+from shanzhi.controllers.loop import LeaderThread
 from shanzhi.domain.errors import ShanzhiError
 from shanzhi.providers import Resource
 from shanzhi.store import Database
@@ -88,32 +88,9 @@ class InventoryController:
         self.fleet = fleet
         self.is_leader = is_leader
         self.interval = interval
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="inventory", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            if self.is_leader():
-                try:
-                    self.run_once()
-                except Exception:
-                    log.exception("inventory pass failed")
-            self._wake.wait(1.0)
-            self._wake.clear()
+        # every second: `run_once` itself picks the clouds that are due
+        self._thread = LeaderThread("inventory", self.run_once, is_leader, 1.0)
+        self.start, self.stop, self.wake = self._thread.start, self._thread.stop, self._thread.wake
 
     def run_once(self) -> int:
         """Sync every cloud that is due; return how many were synced."""
@@ -126,7 +103,7 @@ class InventoryController:
                 if c.id not in due_at or due_at[c.id] <= now
             ]
         for cloud in clouds:
-            if self._stop.is_set():
+            if self._thread.stopped.is_set():
                 break
             self.sync(*cloud)
         return len(clouds)

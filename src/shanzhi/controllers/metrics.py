@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import threading
 import time
-from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -25,6 +23,7 @@ from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from shanzhi.controllers.fleet import Fleet
+from shanzhi.controllers.loop import LeaderThread
 from shanzhi.domain.errors import ShanzhiError
 from shanzhi.domain.metrics import HOUR, MINUTE, RETENTION, SERIES, Point, Usage, bucket, mean, rate
 from shanzhi.store import Database
@@ -63,28 +62,10 @@ class MetricsCollector:
             "shanzhi_metrics_sample_seconds", "Time to sample one cloud's instances", ["cloud"], registry=None
         )
         self._readings: dict[str, tuple[float, Usage]] = {}
-        self._pending: dict[tuple[str, datetime], tuple[Labels, list[Point]]] = defaultdict(lambda: (NO_LABELS, []))
+        self._pending: dict[tuple[str, datetime], tuple[Labels, list[Point]]] = {}  # open minutes
         self._rolled: datetime | None = None  # the last hour rolled up
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="metrics", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            if self.is_leader():
-                try:
-                    self.run_once()
-                except Exception:
-                    log.exception("metrics round failed")
-            self._stop.wait(self.interval)
+        self._thread = LeaderThread("metrics", self.run_once, is_leader, interval)
+        self.start, self.stop = self._thread.start, self._thread.stop
 
     # ------------------------------------------------------------------ a round
     def run_once(self, now: datetime | None = None) -> int:
@@ -114,7 +95,7 @@ class MetricsCollector:
                 point = rate(before[1], reading, at - before[0])
                 self.latest[lab.instance] = Latest(lab, point, now)
                 key = (lab.instance, bucket(now, MINUTE))
-                self._pending[key] = (lab, [*self._pending[key][1], point])
+                self._pending.setdefault(key, (lab, []))[1].append(point)
                 sampled += 1
         for gone in set(self._readings) - seen:
             self._readings.pop(gone, None)
@@ -211,9 +192,6 @@ class MetricsCollector:
                 s.execute(insert(MetricPoint), rows)
             self._rolled = hour
             hour += timedelta(hours=1)
-
-
-NO_LABELS = Labels("", 0, "", "", "", "")
 
 
 def _row(labels: Labels, resolution: int, at: datetime, samples: int, p: Point) -> dict[str, Any]:

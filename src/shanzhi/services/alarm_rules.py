@@ -54,8 +54,7 @@ def silence_out(x: AlarmSilence) -> dict[str, Any]:
 def add_rule(s: Session, body: RuleIn, by: str) -> AlarmRule:
     if body.vdc is not None:
         get_vdc(s, body.vdc)
-    same = select(AlarmRule).where(AlarmRule.name == body.name)
-    same = same.where(AlarmRule.vdc == body.vdc) if body.vdc is not None else same.where(AlarmRule.vdc.is_(None))
+    same = select(AlarmRule).where(AlarmRule.name == body.name, AlarmRule.vdc.is_not_distinct_from(body.vdc))
     if s.scalar(same) is not None:
         where = f"VDC {body.vdc}" if body.vdc else "the platform"
         raise Conflict(f"{where} already has an alarm rule {body.name}; delete it first", field="name")

@@ -1,7 +1,7 @@
 // The auditor's views: the audit trail (paged by the server, verified on demand) and the
 // directory ledger, whose inclusion proofs this page checks itself: SHA-256 and Ed25519 from
 // the browser's WebCrypto, the log key pinned at first sight in this browser.
-import { get, q } from "./api.js";
+import { get } from "./api.js";
 import { h, table, when } from "./dom.js";
 import { t } from "./i18n.js";
 
@@ -101,4 +101,3 @@ export async function ledger(main) {
     form, result);
 }
 
-export { q };

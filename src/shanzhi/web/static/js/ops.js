@@ -1,6 +1,6 @@
 // The operator's views: the topology of sites and clouds, capacity, alarms, events.
 import { api, get, post } from "./api.js";
-import { fmt, h, meter, stateCell, svg, table, when } from "./dom.js";
+import { h, meter, stateCell, svg, table, when } from "./dom.js";
 import { t } from "./i18n.js";
 
 const HEALTH_COLOUR = { healthy: "#1a7f37", down: "#b42318", unknown: "#9a6700" };
@@ -128,4 +128,3 @@ export async function plans(main, ctx) {
   main.replaceChildren(...parts);
 }
 
-export { fmt };
