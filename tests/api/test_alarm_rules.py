@@ -10,7 +10,7 @@ def test_bad_rules_are_refused_and_change_nothing(tenants: Tenants) -> None:
     admin = tenants.as_("admin")
     for body, problem in (
         ({"name": "x", "vdc": "gz/health", "metric": "cpu"}, "exactly one of above, below or absent"),
-        ({"name": "x", "vdc": "gz/health", "metric": "heat", "above": 1}, "metric"),
+        ({"name": "x", "vdc": "gz/health", "metric": "heat level", "above": 1}, "metric"),
         ({"name": "x", "vdc": "gz/nowhere", "metric": "cpu", "above": 1}, "gz/nowhere"),
         ({"name": "x", "vdc": "gz/health", "metric": "cpu", "above": 1, "for": "ages"}, "not a duration"),
         ({"name": "x", "vdc": "gz/health", "metric": "cpu", "above": 1, "extra": 1}, "unknown field"),

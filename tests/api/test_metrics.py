@@ -91,6 +91,6 @@ def test_an_apps_metrics_and_the_prometheus_targets(live: TestClient) -> None:
     assert live.get("/api/v1/apps/nope/metrics").status_code == 404
     targets = live.get("/api/v1/prometheus/targets").json()
     assert targets[0]["labels"] == {"job": "shanzhi", "__metrics_path__": "/api/v1/metrics"}
-    workloads = [t for t in targets if t["labels"]["job"] == "workloads"]
-    assert sorted(t["labels"]["instance"] for t in workloads) == sorted(p["instance"] for p in got["latest"])
-    assert all(t["targets"][0].endswith(".sim:" + t["targets"][0].rsplit(":", 1)[1]) for t in workloads)
+    # the simulated VMs export no metrics of their own: they are no targets (a local replica that
+    # does is one: tests/controllers/test_custom_metrics.py, tests/e2e/test_prometheus.py)
+    assert [t for t in targets if t["labels"]["job"] == "workloads"] == []

@@ -14,7 +14,7 @@ from shanzhi.domain.alarm_rules import RuleIn, Tracker, breached
         ({"name": "x", "metric": "cpu", "above": 1, "below": 0}, "exactly one"),
         ({"name": "x", "metric": "cpu", "above": 1, "absent": True}, "exactly one"),
         ({"name": "x", "event": "CloudDown", "metric": "cpu"}, "an event rule takes no metric"),
-        ({"name": "x", "metric": "disk", "above": 1}, "metric"),
+        ({"name": "x", "metric": "9disk", "above": 1}, "nor a Prometheus metric name"),
         ({"name": "Bad Name", "metric": "cpu", "above": 1}, "lowercase"),
         ({"name": "x", "metric": "cpu", "above": 1, "for": "soon"}, "not a duration"),
         ({"name": "x", "metric": "cpu", "above": 1, "webhook": "ftp://x"}, "must be an http"),

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.controllers.test_custom_metrics import WORKLOAD
 from tests.e2e.harness import Server, free_port, reap, spawn, stop_everything, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -76,19 +77,53 @@ def test_prometheus_discovers_and_scrapes_shanzhi(prometheus: tuple[Server, str]
         comp = {"name": "web", "replicas": 2, "image": "x", "resources": {"cpu": 1, "memory": "1Gi"}}
         app = {"apiVersion": "shanzhi.io/v1", "kind": "App", "metadata": {"name": "api", "vdc": "gz"}}
         assert api.post("/apps", json=app | {"spec": {"components": [comp]}}).status_code == 201
-        names = wait_for(
-            lambda: {i["name"] for i in api.get("/instances").json() if i["state"] == "running"} or None, 30, "replicas"
-        )
+        # a workload on a local cloud that exports its own metrics
+        local = {"name": "city", "kind": "local", "site": "s2", "region": "gz"}
+        assert api.post("/clouds", json=local).status_code == 201
+        queue = {
+            "name": "worker",
+            "run": {"command": ["python3", "-c", WORKLOAD, "${PORT}"]},
+            "resources": {"cpu": 0.1, "memory": "64Mi"},
+            "ports": [{"name": "http", "port": 8080}],
+            "metrics": {"port": "http"},
+        }
+        placement = {"clouds": {"names": ["city"]}}
+        doc = {
+            **app,
+            "metadata": {"name": "queue", "vdc": "gz"},
+            "spec": {"components": [queue], "placement": placement},
+        }
+        assert api.post("/apps", json=doc).status_code == 201
+        running = lambda app: {  # noqa: E731
+            i["name"]: i for i in api.get("/instances", params={"app": app}).json() if i["state"] == "running"
+        }
+        names = set(wait_for(lambda: running("api") or None, 30, "replicas"))
+        [(worker, row)] = wait_for(lambda: running("queue") or None, 30, "the worker").items()
+        httpx.get(f"http://{row['endpoint']}/depth=42", timeout=5)
+        # Shanzhi reads it too (the autoscaler and alarm rules may name it)
+        sampled = lambda: [  # noqa: E731
+            (p["instance"], p.get("custom", {}).get("queue_depth"))
+            for p in api.get("/apps/queue/metrics").json()["latest"]
+        ]
+        assert wait_for(lambda: sampled() == [(worker, 42.0)], 30, "a sample of the worker's queue")
     up = wait_for(lambda: query(url, 'up{job="shanzhi"}'), 60, "Prometheus to scrape Shanzhi")
     assert [float(r["value"][1]) for r in up] == [1.0]  # the token worked: scraped, not refused
     cpu = wait_for(lambda: (r := query(url, 'shanzhi_instance_cpu_cores{app="api"}')) and len(r) == 2 and r, 60, "cpu")
     assert {r["metric"]["replica"] for r in cpu} == names and all(float(r["value"][1]) > 0 for r in cpu)
     assert query(url, 'shanzhi_cloud_capacity{cloud="sim-a",resource="cpu_cores"}')[0]["value"][1] == "32"
     assert query(url, "sum(shanzhi_http_request_seconds_count)")  # the API's own latency, by route
-    # the workloads are discovered too, labelled with their app, VDC and replica name
+    # a workload that exports its own metrics is discovered and scraped there, labelled with its
+    # app, VDC and replica name (the simulated VMs export none: they are not targets)
+    depth = wait_for(
+        lambda: query(url, 'sum by (instance, app, vdc) (queue_depth{job="workloads"})'), 60, "the worker's own metrics"
+    )
+    assert [(r["metric"]["instance"], r["metric"]["app"], r["metric"]["vdc"]) for r in depth] == [
+        (worker, "queue", "gz")
+    ]
+    assert float(depth[0]["value"][1]) == 42.0
     targets = httpx.get(f"{url}/api/v1/targets", timeout=5).json()["data"]["activeTargets"]
-    workloads = [t["labels"] for t in targets if t["labels"].get("job") == "workloads"]
-    assert {w["instance"] for w in workloads} == names and {w["app"] for w in workloads} == {"api"}
+    workloads = [t for t in targets if t["labels"].get("job") == "workloads"]
+    assert [(w["labels"]["instance"], w["health"]) for w in workloads] == [(worker, "up")]
 
 
 def test_the_discovery_endpoint_wants_a_token(prometheus: tuple[Server, str]) -> None:

@@ -25,6 +25,7 @@ COLS: Columns = [
     ("TX KiB/s", lambda r: _rate(r["tx"])),
     ("READ KiB/s", lambda r: _rate(r["read"])),
     ("WRITE KiB/s", lambda r: _rate(r["write"])),
+    ("OWN", lambda r: " ".join(f"{k}={v:.4g}" for k, v in sorted(r.get("custom", {}).items()))),
 ]
 
 
@@ -37,7 +38,8 @@ def app_metrics(
     data_dir: Path | None = DataDirOpt,
     output: Fmt = OutputOpt,
 ) -> None:
-    """Each replica's cpu (cores), memory and I/O rates: the latest sample, or the stored history."""
+    """Each replica's cpu (cores), memory and I/O rates, and the metrics it exports itself (OWN:
+    gauges as read, counters per second): the latest sample, or the stored history."""
     with handle_errors(), client(data_dir) as c:
         found: dict[str, Any] = c.app_metrics(name, vdc, since, instance)
     if output is Fmt.json:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import httpx
 
 from shanzhi.domain.spec import Component, Health
+from shanzhi.providers.base import ObservedInstance
 
 
 @dataclass
@@ -25,11 +26,26 @@ def probe_port(component: Component, ports: Mapping[str, int]) -> int | None:
     assert component.health is not None
     check = component.health.http or component.health.tcp
     assert check is not None
-    ref = check.port
+    return allocated_port(component, check.port, ports)
+
+
+def allocated_port(component: Component, ref: str | int, ports: Mapping[str, int]) -> int | None:
+    """The port a replica was given for the component's port `ref` (by name or number)."""
     if isinstance(ref, int):
         names = [p.name for p in component.ports if p.port == ref]
         return ports.get(names[0]) if names else None
     return ports.get(ref)
+
+
+def metrics_url(component: Component, observed: ObservedInstance) -> str | None:
+    """Where a running replica exports its own metrics (None: it declares none, or has no address)."""
+    if component.metrics is None or observed.endpoint is None:
+        return None
+    port = allocated_port(component, component.metrics.port, observed.ports)
+    if port is None:
+        return None
+    host = observed.endpoint.rsplit(":", 1)[0]
+    return f"http://{host}:{port}{component.metrics.path}"
 
 
 def probe(health: Health, host: str, port: int) -> bool:

@@ -6,6 +6,8 @@ sim), turns two readings into a rate, keeps the latest point of every instance (
 alarm rules and the autoscaler) and writes minute averages as each minute closes, hour
 averages as each hour closes, and removes what is past its retention (a day of minutes, 90 days
 of hours). Only the leader collects; a cloud that fails to answer is skipped for that round.
+A replica that exports its own metrics (`metrics` in its component) is read in the same round
+(`shanzhi.controllers.scrape`), all of them at once; one that does not answer has none that round.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -24,8 +27,9 @@ from sqlalchemy.orm import Session
 
 from shanzhi.controllers.fleet import Fleet
 from shanzhi.controllers.loop import LeaderThread
+from shanzhi.controllers.scrape import ScrapeError, scrape
 from shanzhi.domain.errors import ShanzhiError
-from shanzhi.domain.metrics import HOUR, MINUTE, RETENTION, SERIES, Point, Usage, bucket, mean, rate
+from shanzhi.domain.metrics import HOUR, MINUTE, RETENTION, SERIES, Point, Usage, bucket, mean, mean_custom, rate
 from shanzhi.store import Database
 from shanzhi.store.tables import App, Cloud, Instance, MetricPoint, Vdc, utcnow
 
@@ -64,14 +68,20 @@ class MetricsCollector:
         self._readings: dict[str, tuple[float, Usage]] = {}
         self._pending: dict[tuple[str, datetime], tuple[Labels, list[Point]]] = {}  # open minutes
         self._rolled: datetime | None = None  # the last hour rolled up
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="scrape")
         self._thread = LeaderThread("metrics", self.run_once, is_leader, interval)
-        self.start, self.stop = self._thread.start, self._thread.stop
+        self.start = self._thread.start
+
+    def stop(self) -> None:
+        self._thread.stop()
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     # ------------------------------------------------------------------ a round
     def run_once(self, now: datetime | None = None) -> int:
         """Sample every cloud, write what closed; return how many instances were sampled."""
         now = now or utcnow()
-        by_cloud = self._live_instances()
+        by_cloud, urls = self._live_instances()
+        own = self._scrape(urls)
         sampled = 0
         seen: set[str] = set()
         for name, (kind, options, labels) in by_cloud.items():
@@ -87,6 +97,9 @@ class MetricsCollector:
                 reading = found.get(lab.instance)
                 if reading is None:
                     continue
+                if lab.instance in own:
+                    gauges, counters = own[lab.instance]
+                    reading = replace(reading, gauges=gauges, counters=counters)
                 seen.add(lab.instance)
                 before = self._readings.get(lab.instance)
                 self._readings[lab.instance] = (at, reading)
@@ -104,7 +117,19 @@ class MetricsCollector:
         self.rounds += 1
         return sampled
 
-    def _live_instances(self) -> dict[str, tuple[str, dict[str, Any], list[Labels]]]:
+    def _scrape(self, urls: dict[str, str]) -> dict[str, tuple[dict[str, float], dict[str, float]]]:
+        """The own metrics of every replica that exports them, read all at once."""
+        jobs = {name: self._pool.submit(scrape, url) for name, url in urls.items()}
+        out: dict[str, tuple[dict[str, float], dict[str, float]]] = {}
+        for name, job in jobs.items():
+            try:
+                out[name] = job.result()
+            except ScrapeError as err:
+                log.debug("no metrics from %s: %s", name, err)
+        return out
+
+    def _live_instances(self) -> tuple[dict[str, tuple[str, dict[str, Any], list[Labels]]], dict[str, str]]:
+        """The live instances by cloud, and where those that export their own metrics do."""
         with Session(self.db.reader) as s, s.begin():
             rows = s.execute(
                 select(
@@ -116,6 +141,7 @@ class MetricsCollector:
                     Cloud.name,
                     Cloud.kind,
                     Cloud.options,
+                    Instance.metrics_url,
                 )
                 .join(App, App.id == Instance.app_id)
                 .join(Vdc, Vdc.id == App.vdc_id)
@@ -123,9 +149,12 @@ class MetricsCollector:
                 .where(Instance.state.in_(LIVE), Cloud.health != "down")
             ).all()
         out: dict[str, tuple[str, dict[str, Any], list[Labels]]] = {}
-        for inst, app_id, app, vdc, comp, cloud, kind, options in rows:
+        urls: dict[str, str] = {}
+        for inst, app_id, app, vdc, comp, cloud, kind, options, url in rows:
             out.setdefault(cloud, (kind, options, []))[2].append(Labels(inst, app_id, app, vdc, comp, cloud))
-        return out
+            if url is not None:
+                urls[inst] = url
+        return out, urls
 
     # ------------------------------------------------------------------ storing
     def flush(self, now: datetime) -> None:
@@ -183,9 +212,21 @@ class MetricsCollector:
                 )
                 .group_by(MetricPoint.instance, MetricPoint.app_id, MetricPoint.component)
             ).all()
+            custom: dict[str, list[dict[str, float]]] = {}
+            for instance, values in s.execute(
+                select(MetricPoint.instance, MetricPoint.custom).where(
+                    MetricPoint.resolution == MINUTE,
+                    MetricPoint.at >= hour,
+                    MetricPoint.at < hour + timedelta(hours=1),
+                    MetricPoint.custom.is_not(None),
+                )
+            ):
+                if values:
+                    custom.setdefault(instance, []).append(values)
             rows = [
                 {"instance": i, "app_id": a, "component": c, "resolution": HOUR, "at": hour, "samples": int(n)}
                 | {name: (float(v) if v is not None else None) for name, v in zip(SERIES, values, strict=True)}
+                | {"custom": mean_custom(custom[i]) if i in custom else None}
                 for i, a, c, n, *values in found
             ]
             if rows:
@@ -203,4 +244,5 @@ def _row(labels: Labels, resolution: int, at: datetime, samples: int, p: Point) 
         "at": at,
         "samples": samples,
         **{name: p.get(name) for name in SERIES},
+        "custom": dict(p.custom) or None,
     }

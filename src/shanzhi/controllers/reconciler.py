@@ -495,7 +495,9 @@ class Reconciler:
             self._set_state(s, r, "scheduled", "instance vanished from its cloud; recreating it")
             record_event(s, "InstanceVanished", "instance", r.name, r.reason, warning=True, **ev)
             return [create]
+        probes = self.fleet.provider(cloud.name, cloud.kind, dict(cloud.options)).probes_endpoints
         r.endpoint = o.endpoint
+        r.metrics_url = health.metrics_url(comp, o) if probes else None
         if o.state == "failed":
             return self._terminate(s, r, f"instance failed: {o.detail}")
         if o.state == "exited":
@@ -512,7 +514,6 @@ class Reconciler:
         if o.state == "starting":
             self._set_state(s, r, "starting", "booting")
             return []
-        probes = self.fleet.provider(cloud.name, cloud.kind, dict(cloud.options)).probes_endpoints
         if comp.health is None or not probes:
             if r.state != "running":
                 self._set_state(s, r, "running", "process is running" if probes else "running")

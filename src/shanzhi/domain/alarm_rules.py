@@ -17,7 +17,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shanzhi.domain.dr import parse_duration
-from shanzhi.domain.metrics import SERIES
+from shanzhi.domain.metrics import SERIES, check_metric
 
 Severity = Literal["info", "warning", "critical"]
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -30,7 +30,9 @@ class RuleIn(BaseModel):
 
     name: str = Field(min_length=1, max_length=63)
     vdc: str | None = Field(None, description="a VDC subtree; none: the whole platform (system administrators)")
-    metric: Literal["cpu", "memory", "rx", "tx", "read", "write"] | None = None
+    metric: str | None = Field(
+        None, max_length=128, description="cpu, memory, rx, tx, read, write, or a metric the workloads export"
+    )
     above: float | None = None
     below: float | None = None
     absent: bool = False
@@ -53,7 +55,8 @@ class RuleIn(BaseModel):
                 raise ValueError("an event rule takes no metric, above, below or absent")
             return self
         if self.metric is None:
-            raise ValueError(f"a rule needs a metric ({', '.join(SERIES)}) or an event")
+            raise ValueError(f"a rule needs a metric ({', '.join(SERIES)}, or a workload's own) or an event")
+        check_metric(self.metric)
         conditions = sum(x is not None for x in (self.above, self.below)) + int(self.absent)
         if conditions != 1:
             raise ValueError("a metric rule needs exactly one of above, below or absent")

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, f
 
 from shanzhi.domain.dr import MEMBERS, Dr, Postgres, parse_duration
 from shanzhi.domain.errors import InvalidInput
+from shanzhi.domain.metrics import SERIES, check_metric
 from shanzhi.domain.quantity import parse_cpu, parse_memory
 
 NAME_RE = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
@@ -101,6 +102,14 @@ class Health(_Model):
         return self
 
 
+class Scrape(_Model):
+    """Where a replica exports its own metrics (Prometheus text format): the collector reads
+    them with its samples, and a Prometheus server finds them through the targets."""
+
+    port: str | int
+    path: Annotated[str, Field(pattern=r"^/[A-Za-z0-9._~/%-]*$", max_length=255)] = "/metrics"
+
+
 class Volume(_Model):
     """Storage that follows a replica's ordinal (`db-0` gets `db-0`'s back when replaced on the
     same cloud): a VM's disk, formatted and mounted at `mountPath` by the guest on first boot; a
@@ -151,17 +160,19 @@ POSTGRES_PORTS = ({"name": "pg", "port": 5432}, {"name": "api", "port": 8008})
 
 class Autoscale(_Model):
     """Replicas that follow load: the per-replica average of `metric` is kept near `target` (cpu
-    in cores, memory a quantity, rx/tx/read/write in bytes per second), between `min` and `max`,
-    at most one change per `cooldown`. Quota and approval rules apply to each change."""
+    in cores, memory a quantity, rx/tx/read/write in bytes per second, a metric the workload
+    exports under `metrics` in its own unit; a counter's is per second), between `min` and
+    `max`, at most one change per `cooldown`. Quota and approval rules apply to each change."""
 
     min: Annotated[StrictInt, Field(ge=0, le=10_000)] = 1
     max: Annotated[StrictInt, Field(ge=1, le=10_000)]
-    metric: Literal["cpu", "memory", "rx", "tx", "read", "write"] = "cpu"
+    metric: Annotated[str, Field(max_length=128)] = "cpu"
     target: float | int | str
     cooldown: str | int = "60s"
 
     @model_validator(mode="after")
     def _check(self) -> Autoscale:
+        check_metric(self.metric)
         if self.min > self.max:
             raise ValueError(f"autoscale min {self.min} is above max {self.max}")
         if self.target_value <= 0:
@@ -178,7 +189,13 @@ class Autoscale(_Model):
         try:
             return float(self.target)
         except ValueError:
-            raise ValueError(f"autoscale target {self.target!r} is not a number of bytes per second") from None
+            unit = "bytes per second" if self.metric in SERIES else f"{self.metric} (a plain number)"
+            raise ValueError(f"autoscale target {self.target!r} is not a number of {unit}") from None
+
+    @property
+    def custom(self) -> bool:
+        """Whether it follows a metric the workload exports (not one the cloud measures)."""
+        return self.metric not in SERIES
 
     @property
     def cooldown_seconds(self) -> float:
@@ -201,6 +218,7 @@ class Component(_Model):
     volumes: list[Volume] = Field(default_factory=list, max_length=8)
     env: dict[str, str] = Field(default_factory=dict)  # a VM's environment (its cloud-init seed); processes: run.env
     autoscale: Autoscale | None = None
+    metrics: Scrape | None = None
     # set by `shanzhi app restart`: a new value rolls every replica (it is part of the hash)
     restarted_at: str | None = Field(default=None, alias="restartedAt", max_length=64)
 
@@ -274,6 +292,13 @@ class Component(_Model):
             assert check is not None
             if isinstance(check.port, str) and check.port not in names:
                 raise ValueError(f"health check names port {check.port!r}, which is not in 'ports'")
+        if self.metrics is not None and self.metrics.port not in names + [p.port for p in self.ports]:
+            raise ValueError(f"metrics names port {self.metrics.port!r}, which is not in 'ports'")
+        if self.autoscale is not None and self.autoscale.custom and self.metrics is None:
+            raise ValueError(
+                f"autoscale metric {self.autoscale.metric!r} is not one of {', '.join(SERIES)}: "
+                "a workload's own metric needs 'metrics' (the port and path it exports them on)"
+            )
         return self
 
     @property
@@ -292,7 +317,9 @@ class Component(_Model):
         Defaults are left out, so a field added to the spec later (with a default) does not
         change the hash of existing apps and roll every replica on upgrade.
         """
-        body = self.model_dump(mode="json", by_alias=True, exclude={"replicas", "autoscale"}, exclude_defaults=True)
+        body = self.model_dump(
+            mode="json", by_alias=True, exclude={"replicas", "autoscale", "metrics"}, exclude_defaults=True
+        )
         body["placement"] = placement.model_dump(mode="json", by_alias=True, exclude_defaults=True)
         raw = json.dumps(body, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(raw.encode()).hexdigest()[:16]

@@ -43,6 +43,7 @@ def series(s: Session, *, app_id: int, since: str, now: datetime, instance: str 
     points = [
         {"instance": p.instance, "component": p.component, "at": p.at, "samples": p.samples}
         | {name: getattr(p, name) for name in SERIES}
+        | ({"custom": p.custom} if p.custom else {})
         for p in s.scalars(q)
     ]
     return {"resolution": resolution, "since": now - span, "points": points}

@@ -156,6 +156,8 @@ class Instance(Base):
     # lost (cloud down) | terminating
     state: Mapped[str] = mapped_column(String(16), default="pending")
     endpoint: Mapped[str | None] = mapped_column(String(255))
+    # where it exports its own metrics (its component's `metrics`, on the port it was given)
+    metrics_url: Mapped[str | None] = mapped_column(String(512))
     reason: Mapped[str] = mapped_column(Text, default="")  # why it is in its current state
     placement: Mapped[str] = mapped_column(Text, default="")  # why it is where it is (or unplaced)
     explain: Mapped[dict[str, Any]] = mapped_column(default=dict)
@@ -728,6 +730,8 @@ class MetricPoint(Base):
     tx: Mapped[float | None] = mapped_column(Float)
     read: Mapped[float | None] = mapped_column(Float)
     write: Mapped[float | None] = mapped_column(Float)
+    # the workload's own metrics, by name (SQL NULL when it exports none)
+    custom: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
 
 
 class AlarmRule(Base):
@@ -740,7 +744,7 @@ class AlarmRule(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(63))
     vdc: Mapped[str | None] = mapped_column(String(512))
-    metric: Mapped[str | None] = mapped_column(String(16))
+    metric: Mapped[str | None] = mapped_column(String(128))
     above: Mapped[float | None] = mapped_column(Float)
     below: Mapped[float | None] = mapped_column(Float)
     absent: Mapped[bool] = mapped_column(default=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
@@ -45,6 +46,7 @@ def app_metrics(
     out["latest"] = [
         {"instance": v.labels.instance, "component": v.labels.component, "at": v.at}
         | {k: v.point.get(k) for k in SERIES}
+        | ({"custom": dict(v.point.custom)} if v.point.custom else {})
         for v in list(latest.values())
         if v.labels.app_id == app.id and instance in (None, v.labels.instance)
     ]
@@ -54,24 +56,22 @@ def app_metrics(
 @router.get("/prometheus/targets")
 def prometheus_targets(request: Request, rt: Runtime = Depends(runtime)) -> list[dict[str, Any]]:
     """HTTP service discovery for a Prometheus server: this server (scrape /api/v1/metrics with a
-    token) and every running replica with an endpoint (labelled with its app, VDC, component)."""
+    token) and every running replica that exports its own metrics (its component's `metrics`:
+    the address and path it was given, labelled with its app, VDC, component)."""
     me = request.url.netloc
     out: list[dict[str, Any]] = [
         {"targets": [me], "labels": {"job": "shanzhi", "__metrics_path__": "/api/v1/metrics"}},
     ]
     with rt.db.session() as s, s.begin():
         rows = s.execute(
-            select(Instance.name, Instance.endpoint, Instance.component, App.name, Vdc.path)
+            select(Instance.name, Instance.metrics_url, Instance.component, App.name, Vdc.path)
             .join(App, App.id == Instance.app_id)
             .join(Vdc, Vdc.id == App.vdc_id)
-            .where(Instance.state == "running", Instance.endpoint.is_not(None))
+            .where(Instance.state == "running", Instance.metrics_url.is_not(None))
             .order_by(Instance.name)
         ).all()
-    for inst, endpoint, component, app, vdc in rows:
-        out.append(
-            {
-                "targets": [endpoint],
-                "labels": {"job": "workloads", "instance": inst, "app": app, "vdc": vdc, "component": component},
-            }
-        )
+    for inst, url, component, app, vdc in rows:
+        where = urlsplit(url)
+        labels = {"job": "workloads", "instance": inst, "app": app, "vdc": vdc, "component": component}
+        out.append({"targets": [where.netloc], "labels": labels | {"__metrics_path__": where.path}})
     return out
