@@ -7,9 +7,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 
-from tests.e2e.harness import Cli, Server, wait_for
+from tests.e2e.harness import Cli, Server, stop_everything, wait_for
 from tests.ec2.moto import REGION, Moto, tagged
 
 pytestmark = pytest.mark.e2e
@@ -218,3 +219,52 @@ def test_inventory_lists_and_adopt_takes_over_an_instance_made_outside(
     wait_for(lambda: name in by_name(ec2, "aws-gz"), 60, "a replacement")
     cli.ok("app", "delete", "legacy", "--wait", "--timeout", "60")
     wait_for(lambda: tagged(ec2, "aws-gz")["instances"] == [], 60, "nothing left")
+
+
+def test_an_ec2_replicas_use_comes_from_the_clouds_monitoring(data_dir: Path, moto: Moto, tmp_path: Path) -> None:
+    server = Server(data_dir, None, "--metrics-interval", "1")
+    try:
+        cli = Cli(server)
+        creds = tmp_path / "creds.json"
+        creds.write_text(json.dumps({"access_key_id": "AKIASHANZHIGZ", "secret_access_key": SECRET}))
+        options = [
+            "--option",
+            f"endpoint={moto.url}",
+            "--option",
+            f"region={REGION}",
+            "--option",
+            "monitoring_period=60",
+        ]
+        cli.ok(
+            "cloud",
+            "add",
+            "aws-gz",
+            "--kind",
+            "ec2",
+            "--site",
+            "a",
+            "--region",
+            "gz",
+            *options,
+            "--credentials-file",
+            str(creds),
+        )
+        cli.ok("vdc", "create", "gz", "--quota", "cpu=8,memory=16Gi,instances=10,storage=20Gi")
+        spec = tmp_path / "tax.json"
+        spec.write_text(app_spec(moto.image(), replicas=1))
+        cli.ok("apply", "-f", str(spec), "--wait", "--timeout", "90")
+        [(name, i)] = by_name(moto.client()).items()  # t3.micro: 2 vCPUs
+        watch = boto3.client(
+            "cloudwatch", endpoint_url=moto.url, region_name=REGION, aws_access_key_id="x", aws_secret_access_key="y"
+        )
+        dim = [{"Name": "InstanceId", "Value": i["InstanceId"]}]
+        watch.put_metric_data(
+            Namespace="AWS/EC2",
+            MetricData=[{"MetricName": "CPUUtilization", "Dimensions": dim, "Value": 25.0, "Unit": "Percent"}],
+        )
+        latest = wait_for(lambda: cli.json("app", "metrics", "tax")["latest"], 30, "a sample from CloudWatch")
+        assert [(p["instance"], p["cpu"], p["memory"]) for p in latest] == [(name, 0.5, None)]
+        table = cli.ok("app", "metrics", "tax")
+        assert name in table and "0.500" in table  # memory unknown: an empty cell, not a crash or a zero
+    finally:
+        stop_everything(data_dir, server)

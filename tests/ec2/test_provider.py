@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 
 from shanzhi.domain.errors import CloudUnavailable, InvalidInput
@@ -165,3 +167,38 @@ def test_the_client_signs_with_the_credentials_it_was_given(moto: Moto, tmp_path
     p = make(moto, tmp_path)
     creds = p.ec2._request_signer._credentials  # type: ignore[attr-defined]
     assert (creds.access_key, creds.secret_key) == ("AKIASHANZHI", "shanzhi-secret")
+
+
+def test_use_comes_from_the_clouds_monitoring_without_an_agent(moto: Moto, tmp_path: Path) -> None:
+    p = make(moto, tmp_path, monitoring_period=60)
+    p.create_instance(request(moto))  # t3.medium: 2 vCPUs
+    p.create_instance(request(moto, name="gz.tax_web_api-1"))
+    assert p.usage() == {}  # just started: no datapoint yet, no reading (not a zero)
+    iid = instance(moto.client(), "gz.tax_web_api-0")["InstanceId"]
+    # what EC2 itself publishes for the instance each period (moto keeps what is put)
+    watch = boto3.client(
+        "cloudwatch", endpoint_url=moto.url, region_name=REGION, aws_access_key_id="x", aws_secret_access_key="y"
+    )
+    now = datetime.now(UTC)
+    for ago, cpu in ((150, 90.0), (30, 40.0)):  # the latest period wins
+        at = now - timedelta(seconds=ago)
+        dim = [{"Name": "InstanceId", "Value": iid}]
+        watch.put_metric_data(
+            Namespace="AWS/EC2",
+            MetricData=[
+                {"MetricName": "CPUUtilization", "Dimensions": dim, "Timestamp": at, "Value": cpu, "Unit": "Percent"},
+                {"MetricName": "NetworkIn", "Dimensions": dim, "Timestamp": at, "Value": 6_000_000.0, "Unit": "Bytes"},
+                {"MetricName": "DiskWriteBytes", "Dimensions": dim, "Timestamp": at, "Value": 120.0, "Unit": "Bytes"},
+            ],
+        )
+    got = p.usage()
+    assert set(got) == {"gz.tax_web_api-0"}  # the other has published nothing yet
+    point = got["gz.tax_web_api-0"]
+    assert point.cpu == pytest.approx(0.8)  # 40 % of 2 vCPUs
+    assert point.rx == pytest.approx(100_000.0) and point.write == pytest.approx(2.0)  # bytes per 60 s period
+    assert point.memory is None and point.tx is None  # not measured without an agent: unknown, not zero
+
+
+def test_the_monitoring_period_is_checked() -> None:
+    with pytest.raises(InvalidInput, match=r"60 \(detailed monitoring\) or 300"):
+        Ec2Provider.validate_options({"monitoring_period": 120})

@@ -13,11 +13,11 @@ from tests.e2e.harness import free_port, reap, spawn
 
 
 class StandIn:
-    def __init__(self, log: Path) -> None:
+    def __init__(self, log: Path, *args: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = spawn(
-            [sys.executable, "-m", "tests.kube.standin", "--port", str(self.port)],
+            [sys.executable, "-m", "tests.kube.standin", "--port", str(self.port), *args],
             log,
             lambda: httpx.get(f"{self.url}/api/v1/nodes", timeout=1).status_code == 200,
             "the Kubernetes stand-in",

@@ -9,7 +9,7 @@ from tests.kube.cluster import StandIn
 
 @pytest.fixture(scope="session")
 def _cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StandIn]:
-    s = StandIn(tmp_path_factory.mktemp("kube") / "standin.log")
+    s = StandIn(tmp_path_factory.mktemp("kube") / "standin.log", "--metrics")
     yield s
     s.stop()
 

@@ -6,7 +6,10 @@ Kubernetes API reference documents (objects with `apiVersion`, `kind`, `metadata
 objects in memory, honours label selectors and optimistic concurrency (a PUT with a stale
 `resourceVersion` is 409 Conflict), and plays the part of the controllers and kubelets: every
 0.2 s each Deployment's status reports `spec.replicas` ready, unless its annotation
-`standin.shanzhi.io/ready` is `"false"` (a test's way to fail the pods' readiness).
+`standin.shanzhi.io/ready` is `"false"` (a test's way to fail the pods' readiness). With
+`--metrics`, it serves metrics-server's `metrics.k8s.io/v1beta1` pod metrics: one PodMetrics per
+ready pod of each Deployment, with the use its annotation `standin.shanzhi.io/usage` names
+(`cpu=250m,memory=64Mi`; a test's way to load the pods), else 1m and 10Mi.
 
     python -m tests.kube.standin --port P [--nodes 2 --cpu 4 --memory 8Gi]
 """
@@ -26,11 +29,14 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from shanzhi.domain.quantity import parse_cpu, parse_memory
+
 _rv = itertools.count(1)
 _lock = threading.Lock()
 _objects: dict[tuple[str, str, str], dict[str, Any]] = {}  # (kind, namespace, name) -> object
 KINDS = {"namespaces": ("Namespace", "v1"), "services": ("Service", "v1"), "deployments": ("Deployment", "apps/v1")}
 app = FastAPI()
+USAGE = "standin.shanzhi.io/usage"
 NODES: list[dict[str, Any]] = []
 
 
@@ -194,6 +200,39 @@ for plural, base in (("services", "/api/v1"), ("deployments", "/apis/apps/v1")):
     routes()
 
 
+def pod_metrics(labelSelector: str | None = None) -> dict[str, Any]:
+    """metrics.k8s.io/v1beta1 PodMetricsList, as metrics-server answers it (nanocores, KiB)."""
+    items = []
+    with _lock:
+        deployments = [copy.deepcopy(o) for (k, _, _), o in sorted(_objects.items()) if k == "deployments"]
+    for d in deployments:
+        template = d["spec"]["template"]["metadata"]
+        if not _matches({"metadata": template}, labelSelector):
+            continue
+        asked = dict(
+            kv.split("=", 1) for kv in d["metadata"].get("annotations", {}).get(USAGE, "").split(",") if "=" in kv
+        )
+        cpu = parse_cpu(asked.get("cpu", "1m")) * 10**6
+        memory = parse_memory(asked.get("memory", "10Mi")) // 1024
+        for i in range(int((d.get("status") or {}).get("readyReplicas") or 0)):
+            items.append(
+                {
+                    "metadata": {
+                        "name": f"{d['metadata']['name']}-standin-{i}",
+                        "namespace": d["metadata"]["namespace"],
+                        "labels": template.get("labels", {}),
+                    },
+                    "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    "window": "30s",
+                    "containers": [
+                        {"name": c["name"], "usage": {"cpu": f"{cpu}n", "memory": f"{memory}Ki"}}
+                        for c in d["spec"]["template"]["spec"]["containers"]
+                    ],
+                }
+            )
+    return {"kind": "PodMetricsList", "apiVersion": "metrics.k8s.io/v1beta1", "metadata": {}, "items": items}
+
+
 def _kubelets() -> None:
     """The controllers' and kubelets' part: Deployments' pods become ready (unless told not to)."""
     while True:
@@ -222,7 +261,10 @@ def main() -> None:
     ap.add_argument("--nodes", type=int, default=2)
     ap.add_argument("--cpu", default="4")
     ap.add_argument("--memory", default="8Gi")
+    ap.add_argument("--metrics", action="store_true", help="serve metrics.k8s.io (as metrics-server does)")
     args = ap.parse_args()
+    if args.metrics:
+        app.get("/apis/metrics.k8s.io/v1beta1/pods")(pod_metrics)
     for i in range(args.nodes):
         alloc = {"cpu": args.cpu, "memory": args.memory, "pods": "110"}
         NODES.append(

@@ -188,3 +188,39 @@ def test_the_health_check_becomes_the_readiness_probe(cluster: StandIn, tmp_path
         "containers"
     ]
     assert c["readinessProbe"]["tcpSocket"] == {"port": 9090}
+
+
+def test_use_comes_from_the_metrics_api_each_slot_its_pods_average(cluster: StandIn, tmp_path: Path) -> None:
+    p = make(cluster, tmp_path)
+    for name in ("web-api-aaa", "web-api-bbb"):
+        p.create_instance(request(name))
+    p.create_instance(request("web-rpc-ccc", component="rpc"))
+    wait(lambda: set(states(p).values()) == {"running"})
+    path = "/apis/apps/v1/namespaces/shz-gz-tax/deployments/web-api"
+    d = cluster.get(path)
+    d["metadata"]["annotations"]["standin.shanzhi.io/usage"] = "cpu=300m,memory=96Mi"  # the pods get busy
+    httpx.put(f"{cluster.url}{path}", json=d).raise_for_status()
+    got = p.usage()
+    assert set(got) == {"web-api-aaa", "web-api-bbb", "web-rpc-ccc"}
+    assert got["web-api-aaa"].cpu == pytest.approx(0.3) and got["web-api-aaa"].memory == 96 * 2**20
+    assert got["web-rpc-ccc"].cpu == pytest.approx(0.001) and got["web-rpc-ccc"].memory == 10 * 2**20
+    assert got["web-api-bbb"].rx is None  # the metrics API has no network figures
+    # another cloud's pods are not this one's
+    assert make(cluster, tmp_path, name="k2").usage() == {}
+    # pods that are not ready have no readings, and neither do their slots
+    d = cluster.get(path)
+    d["metadata"]["annotations"]["standin.shanzhi.io/ready"] = "false"
+    httpx.put(f"{cluster.url}{path}", json=d).raise_for_status()
+    wait(lambda: states(p)["web-api-aaa"] == "starting")
+    assert set(p.usage()) == {"web-rpc-ccc"}
+
+
+def test_a_cluster_without_the_metrics_api_gives_no_readings(tmp_path: Path) -> None:
+    bare = StandIn(tmp_path / "bare.log")  # no metrics-server
+    try:
+        p = make(bare, tmp_path)
+        p.create_instance(request("web-api-aaa"))
+        wait(lambda: states(p) == {"web-api-aaa": "running"})
+        assert p.usage() == {}
+    finally:
+        bare.stop()

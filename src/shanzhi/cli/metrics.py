@@ -20,7 +20,7 @@ COLS: Columns = [
     ("COMPONENT", lambda r: r["component"]),
     ("AT", lambda r: str(r["at"])[:19]),
     ("CPU", lambda r: f"{r['cpu']:.3f}"),
-    ("MEMORY MiB", lambda r: f"{r['memory'] / 2**20:.1f}"),
+    ("MEMORY MiB", lambda r: "" if r["memory"] is None else f"{r['memory'] / 2**20:.1f}"),
     ("RX KiB/s", lambda r: _rate(r["rx"])),
     ("TX KiB/s", lambda r: _rate(r["tx"])),
     ("READ KiB/s", lambda r: _rate(r["read"])),

@@ -97,15 +97,18 @@ class MetricsCollector:
                 reading = found.get(lab.instance)
                 if reading is None:
                     continue
-                if lab.instance in own:
-                    gauges, counters = own[lab.instance]
-                    reading = replace(reading, gauges=gauges, counters=counters)
                 seen.add(lab.instance)
-                before = self._readings.get(lab.instance)
-                self._readings[lab.instance] = (at, reading)
-                if before is None:
-                    continue
-                point = rate(before[1], reading, at - before[0])
+                if isinstance(reading, Point):  # the cloud's own average over its last period
+                    point = reading
+                else:
+                    if lab.instance in own:
+                        gauges, counters = own[lab.instance]
+                        reading = replace(reading, gauges=gauges, counters=counters)
+                    before = self._readings.get(lab.instance)
+                    self._readings[lab.instance] = (at, reading)
+                    if before is None:
+                        continue
+                    point = rate(before[1], reading, at - before[0])
                 self.latest[lab.instance] = Latest(lab, point, now)
                 key = (lab.instance, bucket(now, MINUTE))
                 self._pending.setdefault(key, (lab, []))[1].append(point)

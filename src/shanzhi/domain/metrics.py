@@ -59,10 +59,12 @@ class Usage:
 @dataclass(frozen=True)
 class Point:
     """Use over an interval: cores busy, bytes resident, bytes per second; and the workload's
-    own metrics (gauges as read, counters as rates per second)."""
+    own metrics (gauges as read, counters as rates per second). A cloud that measures use
+    itself (CloudWatch, the Kubernetes metrics API) reports a Point, its own average over its
+    last period, instead of a Usage; memory is None where it cannot tell (EC2 without an agent)."""
 
     cpu: float
-    memory: float
+    memory: float | None
     rx: float | None = None
     tx: float | None = None
     read: float | None = None
@@ -110,8 +112,8 @@ def mean(points: list[Point]) -> Point:
         if f.name != "custom":
             values = [v for p in points if (v := getattr(p, f.name)) is not None]
             out[f.name] = sum(values) / len(values) if values else None
-    cpu, memory = out.pop("cpu"), out.pop("memory")
-    return Point(cpu=cpu or 0.0, memory=memory or 0.0, custom=mean_custom([p.custom for p in points]), **out)
+    cpu = out.pop("cpu")
+    return Point(cpu=cpu or 0.0, custom=mean_custom([p.custom for p in points]), **out)
 
 
 def mean_custom(readings: Sequence[Mapping[str, float]]) -> dict[str, float]:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from shanzhi.domain.errors import CloudUnavailable, InvalidInput, NotFound
-from shanzhi.domain.metrics import Usage
+from shanzhi.domain.metrics import Point, Usage
 from shanzhi.domain.quantity import parse_cpu, parse_memory
 from shanzhi.domain.spec import Health
 
@@ -250,9 +250,10 @@ class Provider(ABC):
         """The snapshots of a volume's disk: name, taken at, size."""
         raise InvalidInput(f"a {self.kind} cloud keeps no volume snapshots", field="key")
 
-    def usage(self) -> dict[str, Usage]:
-        """What each instance this cloud runs has used so far, by name (counters since it started,
-        memory now); a cloud that cannot tell leaves an instance out."""
+    def usage(self) -> Mapping[str, Usage | Point]:
+        """What each instance this cloud runs has used, by name: counters since it started and
+        memory now (a Usage), or the cloud's own averages over its last period (a Point: clouds
+        that measure use themselves); a cloud that cannot tell leaves an instance out."""
         return {}
 
     def read_log(self, name: str, tail: int) -> LogChunk:

@@ -21,7 +21,10 @@
   to terminate and a volume to become available.
 
 Instances' addresses are private to the VPC, so the platform does not probe their health itself
-(`probes_endpoints` is off): the state EC2 reports is the state recorded.
+(`probes_endpoints` is off): the state EC2 reports is the state recorded. Their use comes from
+the cloud's monitoring service (`providers.cloudwatch`: cpu, network and disk, no memory without
+an agent), at the `monitoring_endpoint` (default: the `endpoint`, as EC2-compatible clouds
+serve both; else AWS's own).
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, WaiterError
 
 from shanzhi.domain.errors import CloudUnavailable, Conflict, InvalidInput, NotFound
+from shanzhi.domain.metrics import Point
+from shanzhi.providers import cloudwatch
 from shanzhi.providers.base import (
     InstanceRequest,
     InstanceState,
@@ -78,6 +83,13 @@ def _families(value: Any) -> str:
     return ",".join(names)
 
 
+def _period(value: Any) -> int:
+    seconds = int(value)
+    if seconds not in (60, 300):
+        raise ValueError(f"must be 60 (detailed monitoring) or 300 (basic), not {value!r}")
+    return seconds
+
+
 def _tags(pairs: dict[str, str]) -> list[dict[str, str]]:
     return [{"Key": k, "Value": v} for k, v in pairs.items()]
 
@@ -105,6 +117,8 @@ class Ec2Provider(ZonedCloud):
         "families": OptionSpec(_families, "t3,m5,c5,r5", "instance families to choose types from"),
         "instance_type": OptionSpec(str, "", "one instance type for every replica (instead of choosing)"),
         "key_name": OptionSpec(str, "", "an EC2 key pair to put on instances"),
+        "monitoring_endpoint": OptionSpec(_endpoint, "", "the CloudWatch endpoint URL (default: `endpoint`)"),
+        "monitoring_period": OptionSpec(_period, 300, "seconds per CloudWatch datapoint: 300 (basic) or 60 (detailed)"),
         **ZonedCloud.QUOTA_OPTIONS,
     }
 
@@ -112,6 +126,7 @@ class Ec2Provider(ZonedCloud):
         super().__init__(name, options, state_dir, credentials)
         self._lock = threading.Lock()
         self._client: EC2Client | None = None
+        self._monitoring: Any = None
         self._types: list[tuple[int, int, int, str]] | None = None  # (millicores, bytes, rank, type)
         self._images: dict[str, str] = {}
         self._subnets: dict[str, tuple[str, str, str]] = {}  # zone -> (subnet, vpc, vpc cidr)
@@ -122,19 +137,30 @@ class Ec2Provider(ZonedCloud):
     def ec2(self) -> EC2Client:
         with self._lock:
             if self._client is None:
-                creds = self.credentials
-                session = boto3.session.Session(
-                    aws_access_key_id=creds.get("access_key_id"),
-                    aws_secret_access_key=creds.get("secret_access_key"),
-                    aws_session_token=creds.get("session_token"),
-                )
-                self._client = session.client(
-                    "ec2",
-                    endpoint_url=self.opts["endpoint"] or None,
-                    region_name=self.opts["region"],
-                    config=Config(retries={"mode": "standard", "max_attempts": 4}, connect_timeout=5, read_timeout=30),
-                )
+                self._client = self._session_client("ec2", self.opts["endpoint"])
             return self._client
+
+    @property
+    def cloudwatch(self) -> Any:
+        with self._lock:
+            if self._monitoring is None:
+                endpoint = self.opts["monitoring_endpoint"] or self.opts["endpoint"]
+                self._monitoring = self._session_client("cloudwatch", endpoint)
+            return self._monitoring
+
+    def _session_client(self, service: str, endpoint: str) -> Any:
+        creds = self.credentials
+        session = boto3.session.Session(
+            aws_access_key_id=creds.get("access_key_id"),
+            aws_secret_access_key=creds.get("secret_access_key"),
+            aws_session_token=creds.get("session_token"),
+        )
+        return session.client(
+            service,  # type: ignore[call-overload]
+            endpoint_url=endpoint or None,
+            region_name=self.opts["region"],
+            config=Config(retries={"mode": "standard", "max_attempts": 4}, connect_timeout=5, read_timeout=30),
+        )
 
     def _call(self, op: str, **kwargs: Any) -> Any:
         """One EC2 call; its failures as the platform's errors, naming the cloud and the call."""
@@ -390,6 +416,23 @@ class Ec2Provider(ZonedCloud):
             if name and (name not in newest or str(i["LaunchTime"]) > str(newest[name]["LaunchTime"])):
                 newest[name] = i
         return [self._observe(i) for i in newest.values()]
+
+    def usage(self) -> dict[str, Point]:
+        """Each running instance's latest monitoring period (CloudWatch; `providers.cloudwatch`)."""
+        vcpus = {name: cpu / 1000 for cpu, _, _, name in self._instance_types_loaded()}
+        running: dict[str, tuple[str, float]] = {}
+        for i in self._found():
+            name = _tag(i, f"{TAG}instance")
+            if name and i["State"]["Name"] == "running":
+                cores = i.get("CpuOptions", {})
+                count = cores.get("CoreCount", 0) * cores.get("ThreadsPerCore", 1)
+                running[str(i["InstanceId"])] = (name, float(count or vcpus.get(i["InstanceType"], 1.0)))
+        if not running:
+            return {}
+        try:
+            return cloudwatch.usage(self.cloudwatch, running, int(self.opts["monitoring_period"]))
+        except (ClientError, BotoCoreError) as err:
+            raise CloudUnavailable(f"cloud {self.name}: get_metric_data: {err}") from None
 
     def _by_name(self, name: str) -> list[dict[str, Any]]:
         return self._found({"Name": f"tag:{TAG}instance", "Values": [name]})

@@ -16,6 +16,10 @@
 - **Credentials**: `kubeconfig` (the file's text), sealed at rest; or `--option in_cluster=true`
   when Shanzhi itself runs in the cluster.
 
+**Use** comes from the cluster's metrics API (`metrics.k8s.io`, served by metrics-server): each
+pod's cpu and memory over the kubelet's last window. Pods are interchangeable slots, so every
+running slot of a Deployment gets its pods' average. A cluster without the metrics API gives none.
+
 Updates are read-modify-replace with the object's `resourceVersion` (a concurrent writer makes
 the API answer 409 and the call is retried), so two slots added at once are never lost.
 Volumes (a StatefulSet with claim templates) are not built yet: a component with volumes is
@@ -40,6 +44,7 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from shanzhi.domain.errors import CloudUnavailable, Conflict, InvalidInput
+from shanzhi.domain.metrics import Point
 from shanzhi.domain.quantity import parse_cpu, parse_memory
 from shanzhi.providers.base import (
     CloudStatus,
@@ -260,6 +265,46 @@ class KubernetesProvider(Provider):
     def list_instances(self) -> list[ObservedInstance]:
         return [o for d in self._mine() for o in self._observe(d)]
 
+    def usage(self) -> dict[str, Point]:
+        """Each running slot's use: its Deployment's pods' average (metrics.k8s.io)."""
+        selector = f"{LABEL}cloud={_label_value(self.name)}"
+        found = self._call(
+            "list pod metrics",
+            k8s.CustomObjectsApi(self.api).list_cluster_custom_object,
+            "metrics.k8s.io",
+            "v1beta1",
+            "pods",
+            label_selector=selector,
+            missing_ok=True,
+        )
+        if found is None:  # no metrics-server in this cluster: no readings, not a failure
+            return {}
+        pods: dict[tuple[str, str, str], list[tuple[float, float]]] = {}
+        for pod in found.get("items", []):
+            labels = pod["metadata"].get("labels", {})
+            key = (pod["metadata"]["namespace"], labels.get(f"{LABEL}app", ""), labels.get(f"{LABEL}component", ""))
+            try:
+                cpu = sum(_nanocores(c["usage"]["cpu"]) for c in pod.get("containers", [])) / 1e9
+                memory = float(sum(parse_memory(c["usage"]["memory"]) for c in pod.get("containers", [])))
+            except (KeyError, ValueError):
+                continue
+            pods.setdefault(key, []).append((cpu, memory))
+        out: dict[str, Point] = {}
+        for d in self._mine():
+            meta = d["metadata"]
+            key = (
+                meta["namespace"],
+                meta["labels"].get(f"{LABEL}app", ""),
+                meta["labels"].get(f"{LABEL}component", ""),
+            )
+            if key not in pods:
+                continue
+            cpu, memory = (sum(v) / len(pods[key]) for v in zip(*pods[key], strict=True))
+            for o in self._observe(d):
+                if o.state == "running":
+                    out[o.name] = Point(cpu=cpu, memory=memory)
+        return out
+
     def create_instance(self, req: InstanceRequest) -> ObservedInstance:
         if req.volumes:
             raise InvalidInput(f"cloud {self.name} (kubernetes) does not run components with volumes yet")
@@ -421,6 +466,14 @@ def _message(err: ApiException) -> str:
         return str(json.loads(err.body or "{}").get("message") or err.reason)
     except ValueError:
         return str(err.reason)
+
+
+def _nanocores(quantity: str) -> float:
+    """A cpu quantity as metrics-server writes it (`3075910n`, `250u`, `12m`, `1`) in nanocores."""
+    for suffix, scale in (("n", 1.0), ("u", 1e3), ("m", 1e6)):
+        if quantity.endswith(suffix):
+            return float(quantity[: -len(suffix)]) * scale
+    return float(quantity) * 1e9
 
 
 def _substitute(arg: str, env: dict[str, str]) -> str:

@@ -725,7 +725,7 @@ class MetricPoint(Base):
     at: Mapped[datetime] = mapped_column()
     samples: Mapped[int] = mapped_column()
     cpu: Mapped[float] = mapped_column(Float)
-    memory: Mapped[float] = mapped_column(Float)
+    memory: Mapped[float | None] = mapped_column(Float)  # None: its cloud cannot tell (EC2 without an agent)
     rx: Mapped[float | None] = mapped_column(Float)
     tx: Mapped[float | None] = mapped_column(Float)
     read: Mapped[float | None] = mapped_column(Float)
