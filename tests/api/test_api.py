@@ -5,6 +5,7 @@ import stat
 from typing import Any
 
 import pytest
+import yaml
 from fastapi.testclient import TestClient
 
 from shanzhi.config import Settings
@@ -410,3 +411,37 @@ def test_bodies_over_the_limit_are_413_and_strangers_are_refused_before_their_bo
 
     r = TestClient(api.app).post("/api/v1/apps", content=watched(), headers={"content-type": "application/json"})
     assert r.status_code == 401 and len(read) <= 1
+
+
+def test_a_spec_may_be_sent_as_yaml_and_its_mistakes_are_named(world: TestClient) -> None:
+    doc = hello()
+    as_yaml = yaml.safe_dump(doc)
+    yaml_type = {"content-type": "application/yaml"}
+    preview = world.post("/api/v1/apps/dry-run", content=as_yaml, headers=yaml_type)
+    assert preview.status_code == 200 and preview.json()["outcome"] == "create", preview.text
+    r = world.post("/api/v1/apps", content=as_yaml, headers=yaml_type)
+    assert r.status_code == 201, r.text
+    same = world.post("/api/v1/apps", json=doc)  # the same spec as JSON: nothing to change
+    assert same.status_code == 200 and same.json()["outcome"] == "unchanged"
+    bad_field = as_yaml.replace("replicas:", "replica:")
+    body = problem(world.post("/api/v1/apps", content=bad_field, headers={"content-type": "text/yaml"}), 422)
+    assert "replica" in body["detail"]
+    broken = "apiVersion: shanzhi.io/v1\nkind: App\nmetadata: {name: x\n"
+    body = problem(world.post("/api/v1/apps", content=broken, headers=yaml_type), 422)
+    assert "not valid YAML" in body["detail"] and "line" in body["detail"]
+    laughs = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{n}: &{n} [{', '.join(['*' + p] * 10)}]\n" for p, n in zip("abcdef", "bcdefg", strict=True)
+    )
+    assert "billion laughs" in problem(world.post("/api/v1/apps", content=laughs, headers=yaml_type), 422)["detail"]
+    two = as_yaml + "---\n" + as_yaml
+    assert "one document" in problem(world.post("/api/v1/apps", content=two, headers=yaml_type), 422)["detail"]
+    assert "not valid JSON" in problem(world.post("/api/v1/apps", content=b"{", headers=JSON_TYPE), 422)["detail"]
+    other = world.post("/api/v1/apps", content=as_yaml, headers={"content-type": "text/plain"})
+    assert "application/json or application/yaml" in problem(other, 415)["detail"]
+    assert [a["name"] for a in world.get("/api/v1/apps").json()] == ["hello"]  # nothing else was made
+    # a stranger's body is not read: 401, whatever it sent
+    stranger = TestClient(world.app).post("/api/v1/apps", content=broken, headers=yaml_type)
+    assert stranger.status_code == 401
+
+
+JSON_TYPE = {"content-type": "application/json"}

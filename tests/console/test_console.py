@@ -56,6 +56,30 @@ def test_a_department_deploys_from_the_form_watches_it_run_and_scales_it(page: P
     assert page.site.admin.get("/apps/portal?vdc=gz/health").json()["spec"]["spec"]["components"][0]["replicas"] == 3
 
 
+def test_a_department_deploys_from_a_yaml_document_with_every_mistake_named(page: Page) -> None:
+    page.login("li.wei")
+    p = page.view("deploy", "#document")
+    written = p.input_value("#document")
+    assert written.startswith("apiVersion: shanzhi.io/v1")  # a template to start from
+    doc = written.replace("name: web-portal", "name: records").replace("vdc: gz", "vdc: gz/health")
+    # two mistakes: both are named with their paths, nothing is created
+    wrong = doc.replace("replicas: 2", "replica: 2").replace("port: 8080", "port: 99999")
+    p.fill("#document", wrong)
+    p.click("main form.card button[type=submit] >> nth=1")
+    said = wait_for(lambda: p.inner_text("#document-error"), 30, "the problems")
+    assert "spec.components[0].replica" in said and "spec.components[0].ports[0].port" in said, said
+    p.fill("#document", doc.replace("metadata:", "metadata: [oops"))
+    p.click("main form.card button[type=submit] >> nth=1")
+    wait_for(lambda: "YAML" in p.inner_text("#document-error"), 30, "the YAML problem")
+    assert page.site.admin.get("/apps/records?vdc=gz/health").status_code == 404
+    # written right, with the placement the city's rule needs no approval for
+    p.fill("#document", doc + "  placement: {clouds: {tags: {level: city}}}\n")
+    p.click("main form.card button[type=submit] >> nth=1")
+    wait_for(lambda: p.evaluate("location.hash") == "#/app/gz%2Fhealth/records", 30, p.inner_text("main"))
+    spec = page.site.admin.get("/apps/records?vdc=gz/health").json()["spec"]["spec"]
+    assert spec["components"][0]["replicas"] == 2 and spec["placement"]["clouds"]["tags"] == {"level": "city"}
+
+
 def test_a_held_deploy_is_approved_in_the_console(browser: Any, page: Page, site: Site) -> None:
     """A member's deploy that may land on a public cloud waits for approval (the demo's rule: the
     VDC admin, then the platform admin); the VDC admin approves it from the approvals page."""

@@ -20,6 +20,11 @@ class InvalidInput(ShanzhiError):
     title = "Invalid input"
 
 
+class UnsupportedMediaType(ShanzhiError):
+    status = 415
+    title = "Unsupported media type"
+
+
 class NotFound(ShanzhiError):
     status = 404
     title = "Not found"

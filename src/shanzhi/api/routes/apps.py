@@ -2,35 +2,65 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 from typing import Any
 
-from fastapi import APIRouter, Body, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 
 from shanzhi.api import schemas, views
 from shanzhi.api.audit import transaction
 from shanzhi.api.auth import principal, require
 from shanzhi.api.deps import Runtime, runtime
+from shanzhi.domain.errors import InvalidInput, UnsupportedMediaType
 from shanzhi.domain.rbac import Principal
-from shanzhi.domain.spec import parse_app, warnings
+from shanzhi.domain.spec import AppSpec, SpecInvalid, load_app_text, parse_app, warnings
 from shanzhi.services import approvals
 from shanzhi.services import apps as svc
 
 router = APIRouter(prefix="/apps", tags=["apps"])
+YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml")
+#: the body an apply or a dry run takes: an App spec as JSON or as YAML (the console's editor)
+SPEC_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "An App spec (apiVersion shanzhi.io/v1, kind App), as JSON or YAML",
+        "content": {kind: {"schema": {"type": "object"}} for kind in ("application/json", *YAML_TYPES)},
+    }
+}
 
 
-@router.post("", response_model=schemas.ApplyOut)
+async def spec_body(request: Request) -> AppSpec:
+    """The App spec in the body: JSON, or YAML when the content type says so (one document; no
+    alias may expand past the limits the CLI's reader keeps)."""
+    kind = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    raw = await request.body()
+    if kind in YAML_TYPES:
+        try:
+            return load_app_text(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise InvalidInput("the YAML document is not UTF-8 text") from None
+    if kind != "application/json":
+        raise UnsupportedMediaType(f"send the spec as application/json or application/yaml, not {kind or 'nothing'}")
+    try:
+        document = json.loads(raw)
+    except ValueError as err:
+        raise SpecInvalid([{"field": "(document)", "message": f"not valid JSON: {err}"}]) from None
+    return parse_app(document)
+
+
+@router.post("", response_model=schemas.ApplyOut, openapi_extra=SPEC_BODY)
 def apply_app(
     request: Request,
     response: Response,
-    document: dict[str, Any] = Body(..., description="An App spec (apiVersion shanzhi.io/v1, kind App)"),
     cause: str = Query("", max_length=256, description="Why (kept with the revision: rollout history)"),
-    p: Principal = Depends(principal),
+    p: Principal = Depends(principal),  # before the body: a bad token is a 401 whatever it sent
+    spec: AppSpec = Depends(spec_body),
     rt: Runtime = Depends(runtime),
 ) -> schemas.ApplyOut:
-    """Apply an app. If an approval rule of its VDC matches, nothing changes yet: the answer is
-    202 with the approval request, and approving it applies the spec."""
-    spec = parse_app(document)
+    """Apply an app (JSON, or YAML with `Content-Type: application/yaml`). If an approval rule
+    of its VDC matches, nothing changes yet: the answer is 202 with the approval request, and
+    approving it applies the spec."""
     notes = warnings(spec)
     path = spec.metadata.vdc
     request.state.target = f"app {path}/{spec.metadata.name}"
@@ -49,16 +79,15 @@ def apply_app(
     return out
 
 
-@router.post("/dry-run", response_model=schemas.PreviewOut)
+@router.post("/dry-run", response_model=schemas.PreviewOut, openapi_extra=SPEC_BODY)
 def dry_run(
     request: Request,
-    document: dict[str, Any] = Body(..., description="An App spec, checked as an apply would be"),
     p: Principal = Depends(principal),
+    spec: AppSpec = Depends(spec_body),
 ) -> schemas.PreviewOut:
     """What applying would do (create, configure, unchanged, or held for approval), the fields
     that would change and the replicas that would roll; a quota it would exceed is the same 4xx
     an apply gets. Nothing changes."""
-    spec = parse_app(document)
     request.state.target = f"app {spec.metadata.vdc}/{spec.metadata.name}"
     require(p, "app.write", spec.metadata.vdc, visible="app.read")
     with transaction(request) as s:

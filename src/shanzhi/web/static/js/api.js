@@ -13,12 +13,14 @@ function csrf() {
   return found ? found.slice("shanzhi_csrf=".length) : "";
 }
 
+// A body that is text goes as it is written (YAML; JSON is YAML), an object as JSON.
 export async function api(method, path, body) {
   const headers = { Accept: "application/json" };
-  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const written = typeof body === "string";
+  if (body !== undefined) headers["Content-Type"] = written ? "application/yaml" : "application/json";
   if (method !== "GET") headers["X-CSRF-Token"] = csrf();
   const response = await fetch(`/api/v1${path}`, {
-    method, headers, credentials: "same-origin", body: body === undefined ? undefined : JSON.stringify(body),
+    method, headers, credentials: "same-origin", body: body === undefined || written ? body : JSON.stringify(body),
   });
   const text = await response.text();
   let data = null;

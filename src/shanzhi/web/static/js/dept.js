@@ -147,7 +147,7 @@ export async function deploy(main, ctx) {
     h("button", { class: "primary", type: "submit" }, t("deploy.submit")));
   const json = h("form", { class: "card" },
     h("label", { for: "document" }, t("deploy.json")),
-    h("textarea", { id: "document", name: "document", spellcheck: "false" }),
+    h("textarea", { id: "document", name: "document", spellcheck: "false", rows: 14 }, TEMPLATE),
     h("p", { class: "error", role: "alert", id: "document-error" }),
     h("button", { class: "primary", type: "submit" }, t("deploy.submit")));
   main.replaceChildren(h("h1", {}, t("deploy.title")), form, json);
@@ -169,14 +169,24 @@ export async function deploy(main, ctx) {
   });
   json.addEventListener("submit", async (event) => {
     event.preventDefault();
-    let doc;
-    try { doc = JSON.parse(json.elements.document.value); } catch (err) {
-      json.querySelector("#document-error").textContent = `JSON: ${err.message}`;
-      return;
-    }
-    await submit(doc, json, "document-error", ctx);
+    await submit(json.elements.document.value, json, "document-error", ctx);  // the server reads the YAML
   });
 }
+
+const TEMPLATE = `apiVersion: shanzhi.io/v1
+kind: App
+metadata:
+  name: web-portal
+  vdc: gz
+spec:
+  components:
+    - name: web
+      replicas: 2
+      resources: {cpu: "0.1", memory: 64Mi}
+      run:
+        command: [python3, -m, http.server, "\${PORT}", --bind, "\${ADDRESS}"]
+      ports: [{name: http, port: 8080}]
+`;
 
 async function submit(doc, form, errorId, ctx) {
   for (const el of form.querySelectorAll("[aria-invalid]")) el.removeAttribute("aria-invalid");
@@ -198,7 +208,9 @@ async function submit(doc, form, errorId, ctx) {
         placed = true;
       }
     }
-    form.querySelector(`#${errorId}`).textContent = err.message;
+    // no field of a form to put them on (the document editor): every problem, each with its path
+    form.querySelector(`#${errorId}`).textContent = placed || err.errors.length < 2
+      ? err.message : err.errors.map((e) => `${e.field}: ${e.message}`).join("\n");
     if (placed) form.querySelector("[aria-invalid]").focus();
   }
 }
