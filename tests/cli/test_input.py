@@ -58,3 +58,14 @@ def test_help_is_plain_text_without_type_noise(tmp_path: Path) -> None:
         assert r.returncode == 0 and r.stdout.startswith("Usage: "), args
         assert "<bool>" not in r.stdout and "╭" not in r.stdout, args
     assert "--require-mfa" in shanzhi("serve", "--help", home=tmp_path).stdout
+
+
+def test_a_cli_command_loads_none_of_the_server() -> None:
+    """Every command is a fresh process: the client's commands must not load the server's layers
+    (the API, services, store, controllers, providers, ledger), which `serve` imports when it runs.
+    One such import at module level once tripled every command's start-up."""
+    code = "import sys, shanzhi.cli.main; print('\\n'.join(m for m in sys.modules if m.startswith('shanzhi.')))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    server = ("api", "services", "store", "controllers", "providers", "ledger", "scheduler", "dr")
+    assert "shanzhi.cli.apps" in loaded  # the commands themselves are there
+    assert [m for m in loaded if m.split(".")[1] in server] == []

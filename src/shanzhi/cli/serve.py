@@ -14,7 +14,6 @@ from shanzhi.cli.output import err
 from shanzhi.config import Settings
 from shanzhi.domain.errors import InvalidInput
 from shanzhi.network.addressing import parse_pool
-from shanzhi.services.demo import DEMO_PASSWORD
 
 DataDirOpt = typer.Option(None, "--data-dir", envvar="SHANZHI_HOME", help="Data directory (token, SQLite, workloads).")
 
@@ -221,6 +220,8 @@ def serve(
     url = settings.base_url
     err.print(f"Shanzhi on {url}  data dir {settings.data_dir}  token in {settings.token_file}")
     if demo:
+        from shanzhi.services.demo import DEMO_PASSWORD  # here: the CLI's other commands need none of the server
+
         cli = _command()
         err.print(
             "Try (in another terminal):\n"
