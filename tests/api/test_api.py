@@ -2,11 +2,14 @@
 
 import re
 import stat
+from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import yaml
 from fastapi.testclient import TestClient
+from sqlalchemy.engine import make_url
 
 from shanzhi.config import Settings
 from tests.api.conftest import bearer, hello
@@ -445,3 +448,31 @@ def test_a_spec_may_be_sent_as_yaml_and_its_mistakes_are_named(world: TestClient
 
 
 JSON_TYPE = {"content-type": "application/json"}
+
+
+def test_a_database_that_goes_away_is_a_503_to_retry_not_a_crash(pg_url: str, data_dir: Path) -> None:
+    """PostgreSQL away (a failover, a restart): every request is a 503 with Retry-After, handled
+    (the test client would raise a crash), and the server serves again when it is back."""
+    from shanzhi.api import create_app
+    from tests.pg import _dsn
+
+    st = Settings.build(data_dir, pg_url, controller=False)
+    name = make_url(pg_url).database
+    admin = make_url(pg_url).set(database="postgres")
+
+    def rename(old: str, new: str) -> None:
+        with psycopg.connect(_dsn(admin.render_as_string(hide_password=False)), autocommit=True) as conn:
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (old,))
+            conn.execute(f'ALTER DATABASE "{old}" RENAME TO "{new}"')
+
+    with TestClient(create_app(st)) as client:
+        client.headers["Authorization"] = f"Bearer {st.token_file.read_text().strip()}"
+        assert client.get("/api/v1/clouds").status_code == 200
+        rename(name, f"{name}_away")
+        try:
+            r = client.get("/api/v1/clouds")
+            assert problem(r, 503)["detail"] == "the platform's database is not reachable now; retry shortly"
+            assert r.headers["retry-after"] == "2"
+        finally:
+            rename(f"{name}_away", name)
+        assert client.get("/api/v1/clouds").status_code == 200

@@ -16,6 +16,9 @@ from shanzhi.domain.spec import SpecInvalid
 
 log = logging.getLogger("shanzhi.api")
 PROBLEM = "application/problem+json"
+#: what a request gets while the database is away (a failover, a restart): title, detail; when to retry
+DATABASE_AWAY = ("Database unavailable", "the platform's database is not reachable now; retry shortly")
+RETRY = {"Retry-After": "2"}
 
 
 def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
@@ -65,12 +68,17 @@ def install(app: FastAPI) -> None:
             resp.headers.update(err.headers)
         return resp
 
+    # the database is away (a failover, a restart): 503 and one line in the log, not a traceback
+    # (a handler of its own: Starlette re-raises, and uvicorn prints, what the catch-all answers)
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    async def _away(_: Request, err: Exception) -> JSONResponse:
+        log.warning("database unavailable: %s", str(err).splitlines()[0])
+        resp = problem(503, *DATABASE_AWAY)
+        resp.headers.update(RETRY)
+        return resp
+
     @app.exception_handler(Exception)
     async def _crash(_: Request, err: Exception) -> JSONResponse:
-        if isinstance(err, OperationalError | InterfaceError):  # the database is away: a failover, a restart
-            log.warning("database unavailable: %s", str(err).splitlines()[0])
-            resp = problem(503, "Database unavailable", "the platform's database is not reachable now; retry shortly")
-            resp.headers["Retry-After"] = "2"
-            return resp
         log.exception("unhandled error")
         return problem(500, "Internal error", f"{type(err).__name__}: {err}; see the server log")

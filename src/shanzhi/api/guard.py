@@ -18,11 +18,13 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shanzhi.api import cookies
+from shanzhi.api.errors import DATABASE_AWAY, RETRY, log
 from shanzhi.api.policy import RouteTable
 from shanzhi.domain.errors import Unauthorized
 from shanzhi.services import identity
@@ -105,7 +107,12 @@ class Guard:
                 await self._slow_down(send, wait, "too many logins from your address")
                 return
         if not public:
-            failed = await self._authenticate(scope, authorization, cookie)
+            try:
+                failed = await self._authenticate(scope, authorization, cookie)
+            except (OperationalError, InterfaceError) as err:  # the database is away: 503, retry
+                log.warning("database unavailable: %s", str(err).splitlines()[0])
+                await _problem(send, 503, *DATABASE_AWAY, RETRY)
+                return
             if failed is not None:
                 self.failures.take(client)
                 await _problem(send, 401, "Unauthorized", failed, {"WWW-Authenticate": "Bearer"})
