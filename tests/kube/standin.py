@@ -5,7 +5,8 @@ Kubernetes API reference documents (objects with `apiVersion`, `kind`, `metadata
 `resourceVersion`, `uid`, `generation`; lists; `Status` errors with `reason` and `code`), keeps
 objects in memory, honours label selectors and optimistic concurrency (a PUT with a stale
 `resourceVersion` is 409 Conflict), and plays the part of the controllers and kubelets: every
-0.2 s each Deployment's status reports `spec.replicas` ready, unless its annotation
+0.2 s each Deployment's and StatefulSet's status reports `spec.replicas` ready (a StatefulSet's
+claims made from its templates, bound, and kept when it goes), unless its annotation
 `standin.shanzhi.io/ready` is `"false"` (a test's way to fail the pods' readiness). With
 `--metrics`, it serves metrics-server's `metrics.k8s.io/v1beta1` pod metrics: one PodMetrics per
 ready pod of each Deployment, with the use its annotation `standin.shanzhi.io/usage` names
@@ -34,7 +35,14 @@ from shanzhi.domain.quantity import parse_cpu, parse_memory
 _rv = itertools.count(1)
 _lock = threading.Lock()
 _objects: dict[tuple[str, str, str], dict[str, Any]] = {}  # (kind, namespace, name) -> object
-KINDS = {"namespaces": ("Namespace", "v1"), "services": ("Service", "v1"), "deployments": ("Deployment", "apps/v1")}
+KINDS = {
+    "namespaces": ("Namespace", "v1"),
+    "services": ("Service", "v1"),
+    "persistentvolumeclaims": ("PersistentVolumeClaim", "v1"),
+    "deployments": ("Deployment", "apps/v1"),
+    "statefulsets": ("StatefulSet", "apps/v1"),
+}
+WORKLOADS = ("deployments", "statefulsets")
 app = FastAPI()
 USAGE = "standin.shanzhi.io/usage"
 NODES: list[dict[str, Any]] = []
@@ -82,7 +90,7 @@ def _stamp(plural: str, namespace: str, obj: dict[str, Any], old: dict[str, Any]
     meta["resourceVersion"] = str(next(_rv))
     meta["uid"] = old["metadata"]["uid"] if old else str(uuid.uuid4())
     meta["creationTimestamp"] = old["metadata"]["creationTimestamp"] if old else datetime.now(UTC).isoformat()
-    if plural == "deployments":
+    if plural in WORKLOADS:
         spec_changed = old is None or old.get("spec") != obj.get("spec")
         meta["generation"] = (old["metadata"].get("generation", 1) + (1 if spec_changed else 0)) if old else 1
         obj["status"] = (old or {}).get("status", {}) if old else {}
@@ -170,7 +178,12 @@ def delete_namespace(name: str) -> JSONResponse:
     return _delete("namespaces", "", name)
 
 
-for plural, base in (("services", "/api/v1"), ("deployments", "/apis/apps/v1")):
+for plural, base in (
+    ("services", "/api/v1"),
+    ("persistentvolumeclaims", "/api/v1"),
+    ("deployments", "/apis/apps/v1"),
+    ("statefulsets", "/apis/apps/v1"),
+):
 
     def routes(plural: str = plural, base: str = base) -> None:
         @app.get(f"{base}/{plural}")
@@ -204,7 +217,7 @@ def pod_metrics(labelSelector: str | None = None) -> dict[str, Any]:
     """metrics.k8s.io/v1beta1 PodMetricsList, as metrics-server answers it (nanocores, KiB)."""
     items = []
     with _lock:
-        deployments = [copy.deepcopy(o) for (k, _, _), o in sorted(_objects.items()) if k == "deployments"]
+        deployments = [copy.deepcopy(o) for (k, _, _), o in sorted(_objects.items()) if k in WORKLOADS]
     for d in deployments:
         template = d["spec"]["template"]["metadata"]
         if not _matches({"metadata": template}, labelSelector):
@@ -233,14 +246,32 @@ def pod_metrics(labelSelector: str | None = None) -> dict[str, Any]:
     return {"kind": "PodMetricsList", "apiVersion": "metrics.k8s.io/v1beta1", "metadata": {}, "items": items}
 
 
+def _claims(namespace: str, sts: dict[str, Any]) -> None:
+    """The StatefulSet controller's part: a claim per template and pod ordinal, made once, bound
+    at once, and left when the set goes (its retention policy here is always Retain)."""
+    for i in range(int(sts["spec"].get("replicas", 1))):
+        for template in sts["spec"].get("volumeClaimTemplates", []):
+            name = f"{template['metadata']['name']}-{sts['metadata']['name']}-{i}"
+            if ("persistentvolumeclaims", namespace, name) in _objects:
+                continue
+            meta = copy.deepcopy(template["metadata"]) | {"name": name}
+            claim = {"metadata": meta, "spec": copy.deepcopy(template["spec"]), "status": {"phase": "Bound"}}
+            _objects[("persistentvolumeclaims", namespace, name)] = _stamp(
+                "persistentvolumeclaims", namespace, claim, None
+            )
+
+
 def _kubelets() -> None:
-    """The controllers' and kubelets' part: Deployments' pods become ready (unless told not to)."""
+    """The controllers' and kubelets' part: Deployments' and StatefulSets' pods become ready
+    (unless told not to); StatefulSets' claims are made."""
     while True:
         time.sleep(0.2)
         with _lock:
-            for (plural, _, _), obj in _objects.items():
-                if plural != "deployments":
+            for (plural, namespace, _), obj in list(_objects.items()):
+                if plural not in WORKLOADS:
                     continue
+                if plural == "statefulsets":
+                    _claims(namespace, obj)
                 want = int(obj["spec"].get("replicas", 1))
                 ready = 0 if obj["metadata"].get("annotations", {}).get("standin.shanzhi.io/ready") == "false" else want
                 status = {

@@ -149,8 +149,6 @@ def test_inventory_and_bad_input(cluster: StandIn, tmp_path: Path) -> None:
     old = found[("server", "old/legacy")]
     assert not old.managed and old.attrs["image"] == "old:1" and old.attrs["ports"] == [9000]
     assert {k for k, _ in found} == {"host", "server", "network"} and ("host", "node-1") in found
-    with pytest.raises(InvalidInput, match="volumes"):
-        p.create_instance(request("web-api-vol", volumes=(VolumeRequest("k", "data", 2**30, "/data"),)))
     bare = KubernetesProvider("k2", KubernetesProvider.validate_options({}), tmp_path / "k2", None)
     assert not bare.status().healthy and "no kubeconfig" in bare.status().message
     gone = StandIn.__new__(StandIn)
@@ -224,3 +222,56 @@ def test_a_cluster_without_the_metrics_api_gives_no_readings(tmp_path: Path) -> 
         assert p.usage() == {}
     finally:
         bare.stop()
+
+
+def test_a_replica_with_volumes_is_a_statefulset_whose_claims_follow_its_ordinal(
+    cluster: StandIn, tmp_path: Path
+) -> None:
+    p = make(cluster, tmp_path, storage_class="fast-ssd")
+
+    def db(name: str, ordinal: int) -> InstanceRequest:
+        vols = tuple(
+            VolumeRequest(f"gz.tax_web_db-{ordinal}_{v}", v, size, path)
+            for v, size, path in (("data", 2 * 2**30, "/var/lib/db"), ("wal", 2**30, "/wal"))
+        )
+        return request(name, component="db", ports=(("pg", 5432),), volumes=vols)
+
+    first = p.create_instance(db("web-db-aaa", 0))
+    p.create_instance(db("web-db-bbb", 1))
+    sets = "/apis/apps/v1/namespaces/shz-gz-tax/statefulsets"
+    s0 = cluster.get(f"{sets}/web-db-0")
+    assert s0["spec"]["replicas"] == 1 and s0["spec"]["serviceName"] == "web-db"
+    assert s0["spec"]["persistentVolumeClaimRetentionPolicy"] == {"whenDeleted": "Retain", "whenScaled": "Retain"}
+    templates = {c["metadata"]["name"]: c for c in s0["spec"]["volumeClaimTemplates"]}
+    assert templates["data"]["spec"]["resources"]["requests"]["storage"] == str(2 * 2**30)
+    assert templates["data"]["spec"]["storageClassName"] == "fast-ssd"
+    assert templates["wal"]["metadata"]["annotations"]["shanzhi.io/volume"] == "gz.tax_web_db-0_wal"
+    (c,) = s0["spec"]["template"]["spec"]["containers"]
+    assert c["volumeMounts"] == [{"name": "data", "mountPath": "/var/lib/db"}, {"name": "wal", "mountPath": "/wal"}]
+    # the two sets do not select each other's pods; one Service for the component
+    assert s0["spec"]["selector"]["matchLabels"]["shanzhi.io/replica"] == "web-db-0"
+    assert cluster.get("/api/v1/namespaces/shz-gz-tax/services/web-db")["spec"]["ports"][0]["port"] == 5432
+    assert first.endpoint == "web-db.shz-gz-tax.svc:5432"
+    wait(lambda: states(p) == {"web-db-aaa": "running", "web-db-bbb": "running"})
+    claims = "/api/v1/namespaces/shz-gz-tax/persistentvolumeclaims"
+    uid = wait(lambda: cluster.get(f"{claims}/data-web-db-0-0").get("metadata", {}).get("uid"))
+    # the replica goes: its set goes, its claims stay; the Service stays for the other replica
+    p.delete_instance("web-db-aaa")
+    assert cluster.get(f"{sets}/web-db-0")["code"] == 404
+    assert cluster.get(f"{claims}/data-web-db-0-0")["metadata"]["uid"] == uid
+    assert states(p) == {"web-db-bbb": "running"}
+    assert cluster.get("/api/v1/namespaces/shz-gz-tax/services/web-db")["metadata"]["name"] == "web-db"
+    # its replacement (a new name, the same ordinal) makes the same set and finds the same claim
+    p.create_instance(db("web-db-ccc", 0))
+    wait(lambda: states(p) == {"web-db-ccc": "running", "web-db-bbb": "running"})
+    assert cluster.get(f"{claims}/data-web-db-0-0")["metadata"]["uid"] == uid
+    assert p.describe("web-db-ccc")["statefulset"] == "web-db-0"
+    # deleting the volumes deletes exactly their claims; the last replica takes the Service with it
+    for name in ("web-db-ccc", "web-db-bbb"):
+        p.delete_instance(name)
+    p.delete_volume("gz.tax_web_db-0_data")
+    assert cluster.get(f"{claims}/data-web-db-0-0")["code"] == 404
+    left = sorted(c["metadata"]["name"] for c in cluster.get(claims)["items"])
+    assert left == ["data-web-db-1-0", "wal-web-db-0-0", "wal-web-db-1-0"]
+    assert cluster.get("/api/v1/namespaces/shz-gz-tax/services/web-db")["code"] == 404
+    assert states(p) == {}

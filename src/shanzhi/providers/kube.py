@@ -20,10 +20,15 @@
 pod's cpu and memory over the kubelet's last window. Pods are interchangeable slots, so every
 running slot of a Deployment gets its pods' average. A cluster without the metrics API gives none.
 
+- A component with **volumes** is a StatefulSet per replica ordinal (`<app>-<component>-<n>`,
+  one pod), its volumes claim templates (ReadWriteOnce, the volume's size, the
+  `storage_class` option) mounted at their paths, the claims kept when the set is deleted
+  (`persistentVolumeClaimRetentionPolicy: Retain`): the next replica of that ordinal makes the
+  same set and gets the same claims back, and `delete_volume` deletes a claim (found by its
+  annotation `shanzhi.io/volume`, the volume's key).
+
 Updates are read-modify-replace with the object's `resourceVersion` (a concurrent writer makes
 the API answer 409 and the call is retried), so two slots added at once are never lost.
-Volumes (a StatefulSet with claim templates) are not built yet: a component with volumes is
-refused here.
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ from shanzhi.providers.base import (
 
 LABEL = "shanzhi.io/"
 SLOTS = f"{LABEL}instances"
+VOLUME = f"{LABEL}volume"  # a claim's annotation: the volume's key (its identity for the platform)
 _TIMEOUT = 10
 _ATTEMPTS = 20  # writes of one Deployment that may lose a race (409) before giving up
 _DNS = re.compile(r"[^a-z0-9-]+")
@@ -92,6 +98,7 @@ class KubernetesProvider(Provider):
         "in_cluster": OptionSpec(_bool, False, "use the service account of the pod Shanzhi runs in"),
         "prefix": OptionSpec(str, "shz", "namespaces are <prefix>-<vdc>"),
         "process_image": OptionSpec(str, "python:3.11-slim", "the image that runs a component's 'run' command"),
+        "storage_class": OptionSpec(str, "", "the StorageClass of volumes' claims (default: the cluster's)"),
     }
 
     def __init__(self, name: str, options: Any, state_dir: Any, credentials: Any = None) -> None:
@@ -147,6 +154,9 @@ class KubernetesProvider(Provider):
     @property
     def _apps(self) -> k8s.AppsV1Api:
         return k8s.AppsV1Api(self.api)
+
+    def _selector(self) -> str:
+        return f"{LABEL}cloud={_label_value(self.name)}"
 
     # -- capacity -------------------------------------------------------------------------------
 
@@ -235,10 +245,38 @@ class KubernetesProvider(Provider):
             },
         }
 
+    def _stateful_set(self, req: InstanceRequest, name: str) -> dict[str, Any]:
+        """One replica ordinal with its volumes: the Deployment's pod, in a set whose claims stay."""
+        body = self._deployment(req, name, [req.name])
+        body["kind"] = "StatefulSet"
+        spec = body["spec"]
+        mine = {f"{LABEL}replica": name}  # sets of one component must not select each other's pods
+        spec["selector"]["matchLabels"] |= mine
+        spec["template"]["metadata"]["labels"] |= mine
+        spec["serviceName"] = dns_name(req.app, req.component)
+        spec["persistentVolumeClaimRetentionPolicy"] = {"whenDeleted": "Retain", "whenScaled": "Retain"}
+        storage_class = {"storageClassName": self.opts["storage_class"]} if self.opts["storage_class"] else {}
+        spec["volumeClaimTemplates"] = [
+            {
+                "metadata": {"name": v.name, "labels": self._labels(req), "annotations": {VOLUME: v.key}},
+                "spec": {
+                    "accessModes": ["ReadWriteOnce"],
+                    "resources": {"requests": {"storage": str(v.size)}},
+                    **storage_class,
+                },
+            }
+            for v in req.volumes
+        ]
+        container = spec["template"]["spec"]["containers"][0]
+        container["volumeMounts"] = [{"name": v.name, "mountPath": v.mount_path} for v in req.volumes]
+        return body
+
     def _mine(self) -> list[dict[str, Any]]:
-        selector = f"{LABEL}cloud={_label_value(self.name)}"
-        found = self._call("list deployments", self._apps.list_deployment_for_all_namespaces, label_selector=selector)
-        return list(found["items"])
+        """This cloud's Deployments and StatefulSets."""
+        apps, selector = self._apps, self._selector()
+        found = self._call("list deployments", apps.list_deployment_for_all_namespaces, label_selector=selector)
+        sets = self._call("list statefulsets", apps.list_stateful_set_for_all_namespaces, label_selector=selector)
+        return [*found["items"], *sets["items"]]
 
     # -- instances ------------------------------------------------------------------------------
 
@@ -249,7 +287,8 @@ class KubernetesProvider(Provider):
         containers = d["spec"]["template"]["spec"]["containers"]
         ports = {p["name"]: int(p["containerPort"]) for p in containers[0].get("ports", [])}
         host = f"{meta['namespace']}/{meta['name']}"
-        endpoint = f"{meta['name']}.{meta['namespace']}.svc:{next(iter(ports.values()))}" if ports else None
+        service = d["spec"].get("serviceName", meta["name"])
+        endpoint = f"{service}.{meta['namespace']}.svc:{next(iter(ports.values()))}" if ports else None
         return [
             ObservedInstance(
                 name,
@@ -257,7 +296,7 @@ class KubernetesProvider(Provider):
                 "running" if i < ready else "starting",
                 endpoint,
                 ports,
-                f"deployment {host}: {status.get('readyReplicas') or 0}/{len(slots)} ready",
+                f"{_kind(d)} {host}: {status.get('readyReplicas') or 0}/{len(slots)} ready",
             )
             for i, name in enumerate(slots)
         ]
@@ -306,9 +345,9 @@ class KubernetesProvider(Provider):
         return out
 
     def create_instance(self, req: InstanceRequest) -> ObservedInstance:
-        if req.volumes:
-            raise InvalidInput(f"cloud {self.name} (kubernetes) does not run components with volumes yet")
         ns = self._namespace(req.vdc)
+        if req.volumes:
+            return self._create_stateful(req, ns)
         name = dns_name(req.app, req.component)
         deployments = self._apps
         for attempt in range(_ATTEMPTS):  # read, add the slot, replace; again when someone else wrote meanwhile
@@ -339,6 +378,74 @@ class KubernetesProvider(Provider):
             return next(o for o in self._observe(d) if o.name == req.name)
         raise CloudUnavailable(f"cloud {self.name}: deployment {ns}/{name} kept changing under us")
 
+    def _create_stateful(self, req: InstanceRequest, ns: str) -> ObservedInstance:
+        """The replica's StatefulSet (made, or taken over by a replacement of the same ordinal:
+        the same set, so the same claims), and the component's Service."""
+        _, _, ordinal, _ = req.volumes[0].key.split("_")  # vdc_app_<component>-<n>_volume
+        name, sets = dns_name(req.app, ordinal), self._apps
+        for attempt in range(_ATTEMPTS):
+            _backoff(attempt)
+            found = self._call("read statefulset", sets.read_namespaced_stateful_set, name, ns, missing_ok=True)
+            body = self._stateful_set(req, name)
+            try:
+                if found is None:
+                    found = self._call("create statefulset", sets.create_namespaced_stateful_set, ns, body)
+                elif json.loads(found["metadata"].get("annotations", {}).get(SLOTS, "[]")) != [req.name]:
+                    body["metadata"]["resourceVersion"] = found["metadata"]["resourceVersion"]
+                    found = self._call("replace statefulset", sets.replace_namespaced_stateful_set, name, ns, body)
+            except Conflict:
+                continue
+            if req.ports:
+                with contextlib.suppress(Conflict):  # the component's, made by its first replica
+                    service = self._service(req, dns_name(req.app, req.component))
+                    self._call("create service", self._core.create_namespaced_service, ns, service)
+            assert found is not None
+            return self._observe(found)[0]
+        raise CloudUnavailable(f"cloud {self.name}: statefulset {ns}/{name} kept changing under us")
+
+    def delete_volume(self, key: str) -> None:
+        """Delete a replica ordinal's claim (the set that made it is gone or going)."""
+        claims = self._call(
+            "list claims",
+            self._core.list_persistent_volume_claim_for_all_namespaces,
+            label_selector=self._selector(),
+        )["items"]
+        for c in claims:
+            if c["metadata"].get("annotations", {}).get(VOLUME) == key:
+                meta = c["metadata"]
+                self._call(
+                    "delete claim",
+                    self._core.delete_namespaced_persistent_volume_claim,
+                    meta["name"],
+                    meta["namespace"],
+                    missing_ok=True,
+                )
+
+    def _delete_stateful(self, holder: dict[str, Any]) -> None:
+        """Delete a replica's set (its claims stay); the component's Service with its last one."""
+        meta, labels = holder["metadata"], holder["metadata"].get("labels", {})
+        self._call(
+            "delete statefulset",
+            self._apps.delete_namespaced_stateful_set,
+            meta["name"],
+            meta["namespace"],
+            missing_ok=True,
+        )
+        component = (labels.get(f"{LABEL}app"), labels.get(f"{LABEL}component"))
+        others = [
+            d
+            for d in self._mine()
+            if d["metadata"]["namespace"] == meta["namespace"]
+            and d["metadata"]["name"] != meta["name"]
+            and (d["metadata"]["labels"].get(f"{LABEL}app"), d["metadata"]["labels"].get(f"{LABEL}component"))
+            == component
+        ]
+        if not others:
+            service = holder["spec"].get("serviceName", meta["name"])
+            self._call(
+                "delete service", self._core.delete_namespaced_service, service, meta["namespace"], missing_ok=True
+            )
+
     def delete_instance(self, name: str) -> None:
         deployments = self._apps
         for attempt in range(_ATTEMPTS):
@@ -348,6 +455,9 @@ class KubernetesProvider(Provider):
                 None,
             )
             if holder is None:
+                return
+            if _kind(holder) == "statefulset":
+                self._delete_stateful(holder)
                 return
             meta = holder["metadata"]
             slots = [s for s in json.loads(meta["annotations"][SLOTS]) if s != name]
@@ -423,13 +533,18 @@ class KubernetesProvider(Provider):
             if name in slots:
                 return {
                     "namespace": meta["namespace"],
-                    "deployment": meta["name"],
+                    _kind(d): meta["name"],
                     "slot": slots.index(name),
                     "replicas": d["spec"].get("replicas"),
                     "ready": (d.get("status") or {}).get("readyReplicas") or 0,
                     "image": d["spec"]["template"]["spec"]["containers"][0].get("image"),
                 }
         return {}
+
+
+def _kind(d: dict[str, Any]) -> str:
+    """A listed object's kind (items of a list need not say theirs): a set has claim templates."""
+    return "statefulset" if "volumeClaimTemplates" in d["spec"] else "deployment"
 
 
 def _backoff(attempt: int) -> None:
