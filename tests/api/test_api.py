@@ -284,6 +284,30 @@ def test_every_mutating_request_is_audited(world: TestClient) -> None:
     assert all(m != "GET" for m, *_ in rows)
 
 
+def test_the_audit_trail_filters_by_who_what_outcome_and_time(world: TestClient, tokens: dict[str, str]) -> None:
+    world.post("/api/v1/apps", json=hello())
+    world.post("/api/v1/apps", json={"bad": 1})
+    TestClient(world.app).delete("/api/v1/apps/hello")  # no token: denied
+    auditor = bearer(tokens["audit"])
+
+    def trail(**params: str) -> list[tuple[str, str, str]]:
+        r = world.get("/api/v1/audit", params=params, headers=auditor)
+        assert r.status_code == 200, r.text
+        return [(x["method"], x["path"], x["outcome"]) for x in r.json()]
+
+    everything = trail()
+    assert trail(path="/api/v1/apps") == [r for r in everything if r[1].startswith("/api/v1/apps")] != []
+    assert trail(outcome="error") == [("POST", "/api/v1/apps", "error")]
+    assert trail(outcome="denied") == [("DELETE", "/api/v1/apps/hello", "denied")]
+    assert trail(actor="anonymous") == trail(outcome="denied")
+    assert trail(path="/api/v1/app%") == []  # a prefix, not a pattern
+    first = world.get("/api/v1/audit", headers=auditor).json()[0]["at"]
+    assert trail(before=first) == [] and trail(after=first)[: len(everything)] == everything  # reads are audited too
+    bad = world.get("/api/v1/audit", params={"after": "2026-12-06T00:00:00"}, headers=auditor)
+    assert bad.status_code == 422 and "timezone" in bad.text  # a time without its zone is refused, not guessed
+    assert world.get("/api/v1/audit", params={"outcome": "maybe"}, headers=auditor).status_code == 422
+
+
 def test_events_record_what_happened(world: TestClient) -> None:
     world.post("/api/v1/apps", json=hello())
     reasons = [e["reason"] for e in world.get("/api/v1/events").json()]

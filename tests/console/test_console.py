@@ -210,6 +210,22 @@ def test_the_security_administrator_locks_a_user(page: Page, site: Site) -> None
     wait_for(lambda: not site.security.get("/users/wang.fang").json()["locked"], 10, "wang.fang unlocked")
     page.view("grants", "main table")
     page.shot("grants")
+    # single sign-on group maps: added from the page (a bad VDC refused on the page), removed
+    p = page.view("sso", "#sso-group")
+    p.fill("#sso-group", "health-ops")
+    p.select_option("#sso-role", "member")
+    p.fill("#sso-vdc", "gz/nowhere")
+    p.click("form[aria-label='Add the map'] button[type=submit]")
+    wait_for(lambda: "gz/nowhere" in p.inner_text("#sso-error"), 10, "the refusal")
+    assert site.security.get("/oidc-group-maps").json() == []
+    p.fill("#sso-vdc", "gz/health")
+    p.click("form[aria-label='Add the map'] button[type=submit]")
+    p.wait_for_selector("main tbody tr >> text=health-ops")
+    [m] = site.security.get("/oidc-group-maps").json()
+    assert (m["group"], m["role"], m["vdc"]) == ("health-ops", "member", "gz/health")
+    page.shot("sso")
+    p.locator("main tbody tr", has_text="health-ops").locator("button", has_text="Remove").click()
+    wait_for(lambda: site.security.get("/oidc-group-maps").json() == [], 10, "the map removed")
 
 
 def test_the_auditor_verifies_the_trail_and_checks_a_ledger_proof_in_the_browser(page: Page, site: Site) -> None:
@@ -220,6 +236,13 @@ def test_the_auditor_verifies_the_trail_and_checks_a_ledger_proof_in_the_browser
     p.wait_for_selector("#verify-result.verified")
     assert site.audit.get("/audit/verify").json()["ok"]
     page.shot("audit")
+    # filtered by the server: the rows shown are exactly what the API gives for the same filter
+    p.fill("#audit-path", "/api/v1/auth")
+    p.select_option("#audit-outcome", "success")
+    p.click("form[aria-label=Filter] button[type=submit]")
+    expected = [str(r["id"]) for r in site.audit.get("/audit?path=/api/v1/auth&outcome=success&limit=100").json()]
+    wait_for(lambda: [r[0] for r in rows(p)][: len(expected)] == expected, 10, p.inner_text("main"))
+    assert expected and all(r[3].split()[1].startswith("/api/v1/auth") for r in rows(p))
     p = page.view("ledger", "#index")
     wait_for(lambda: site.admin.get("/ledger/status").json()["checkpoint"], 30, "a checkpoint")
     p.fill("#index", "0")

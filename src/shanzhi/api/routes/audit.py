@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, ConfigDict
+from pydantic import AwareDatetime, BaseModel, ConfigDict
 from sqlalchemy import select
 
 from shanzhi.api.audit import transaction
@@ -30,13 +30,26 @@ class PruneIn(BaseModel):
 def records(
     since: int = Query(0, ge=0, le=MAX_ID, description="only records with id greater than this"),
     limit: int = Query(200, ge=1, le=5000),
-    actor: str | None = Query(None, description="only this user's records"),
+    actor: str | None = Query(None, max_length=128, description="only this user's records"),
+    path: str | None = Query(None, max_length=512, description="only requests whose path starts so: /api/v1/apps"),
+    outcome: Literal["success", "denied", "error"] | None = Query(None, description="only this outcome"),
+    after: AwareDatetime | None = Query(None, description="only records from this time on (ISO 8601, with its zone)"),
+    before: AwareDatetime | None = Query(None, description="only records before this time (with its zone)"),
     rt: Runtime = Depends(runtime),
 ) -> list[dict[str, Any]]:
+    """The trail, oldest first, a page at a time (`since` the last id seen), filtered."""
     with rt.db.reader.connect() as c:
         q = select(AuditRecord.__table__).where(AuditRecord.id > since)
         if actor is not None:
             q = q.where(AuditRecord.actor == actor)
+        if path is not None:
+            q = q.where(AuditRecord.path.startswith(path, autoescape=True))
+        if outcome is not None:
+            q = q.where(AuditRecord.outcome == outcome)
+        if after is not None:
+            q = q.where(AuditRecord.at >= after)
+        if before is not None:
+            q = q.where(AuditRecord.at < before)
         rows = c.execute(q.order_by(AuditRecord.id).limit(limit))
         return [dict(r._mapping) for r in rows]
 

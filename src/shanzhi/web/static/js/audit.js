@@ -6,10 +6,31 @@ import { h, table, when } from "./dom.js";
 import { t } from "./i18n.js";
 
 const PAGE = 100;
+let filters = {};  // kept while paging; the form sets them
+let shownAfter = "";  // the "from" field as typed (the browser's local time)
 
 export async function trail(main, ctx) {
   const since = Number(ctx.args[0] || 0);
-  const rows = await get(`/audit?since=${since}&limit=${PAGE}`);
+  const query = new URLSearchParams({ since, limit: PAGE, ...filters });
+  const rows = await get(`/audit?${query}`);
+  const field = (id, label, input) => [h("label", { for: `audit-${id}` }, label), input];
+  const form = h("form", { class: "filters", "aria-label": t("audit.filter") },
+    ...field("actor", t("audit.actor"), h("input", { id: "audit-actor", name: "actor", value: filters.actor ?? "" })),
+    ...field("path", t("audit.path"), h("input", { id: "audit-path", name: "path", value: filters.path ?? "", placeholder: "/api/v1/apps" })),
+    ...field("outcome", t("audit.outcome"), h("select", { id: "audit-outcome", name: "outcome" },
+      ["", "success", "denied", "error"].map((o) => h("option", { value: o, selected: (filters.outcome ?? "") === o ? true : null }, o || t("audit.any"))))),
+    ...field("after", t("audit.after"), h("input", { id: "audit-after", name: "after", type: "datetime-local", value: shownAfter })),
+    h("button", { type: "submit" }, t("audit.filter")));
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const v = (id) => form.elements[id].value.trim();
+    const local = v("after");  // the browser's own time: sent with its zone
+    filters = Object.fromEntries(Object.entries({
+      actor: v("actor"), path: v("path"), outcome: v("outcome"), after: local ? new Date(local).toISOString() : "",
+    }).filter(([, x]) => x));
+    shownAfter = local;
+    if (location.hash === "#/audit") trail(main, { ...ctx, args: [] }); else location.hash = "#/audit";
+  });
   const result = h("p", { role: "status", id: "verify-result" });
   const verify = h("button", { class: "primary", type: "button", onclick: async () => {
     const report = await get("/audit/verify");
@@ -17,7 +38,7 @@ export async function trail(main, ctx) {
     result.textContent = report.ok ? `${t("audit.verified")}: ${report.records}` : report.problem;
   } }, t("audit.verify"));
   const last = rows.length ? rows[rows.length - 1].id : since;
-  main.replaceChildren(h("h1", {}, t("audit.title")), verify, result, table([
+  main.replaceChildren(h("h1", {}, t("audit.title")), form, verify, result, table([
     [t("col.id"), (r) => r.id], [t("col.time"), (r) => when(r.at)], [t("col.user"), (r) => r.actor],
     [t("col.action"), (r) => `${r.method ?? ""} ${r.path ?? r.action ?? ""}`], [t("col.object"), (r) => r.target ?? ""],
     [t("col.result"), (r) => r.status ?? r.outcome ?? ""],

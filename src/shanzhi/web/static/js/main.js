@@ -10,7 +10,7 @@ import * as audit from "./audit.js";
 const VIEWS = {
   overview: ops.overview, clouds: ops.clouds, events: ops.events, alarms: ops.alarms, plans: ops.plans,
   vdcs: dept.vdcs, apps: dept.apps, app: dept.app, deploy: dept.deploy, approvals: dept.approvals, bill: dept.bill,
-  users: sec.users, grants: sec.grants, tokens: sec.tokens,
+  users: sec.users, grants: sec.grants, sso: sec.sso, tokens: sec.tokens,
   audit: audit.trail, ledger: audit.ledger,
 };
 
@@ -21,7 +21,7 @@ function menu(me) {
   if (platform.has("system-admin")) items.push("overview", "clouds", "plans", "alarms", "events");
   if (platform.has("system-admin") || me.vdc_roles.length) items.push("vdcs", "apps", "deploy", "approvals", "bill");
   if (!platform.has("system-admin") && me.vdc_roles.length) items.push("events", "alarms");
-  if (platform.has("security-admin")) items.push("users", "grants");
+  if (platform.has("security-admin")) items.push("users", "grants", "sso");
   if (platform.has("audit-admin")) items.push("audit");
   if (platform.size) items.push("ledger");
   items.push("tokens");

@@ -1,5 +1,5 @@
-// The security administrator's views (users, grants) and everyone's own tokens.
-import { api, get, post, q } from "./api.js";
+// The security administrator's views (users, grants, single sign-on group maps) and everyone's own tokens.
+import { ApiError, api, get, post, q } from "./api.js";
 import { h, table, when } from "./dom.js";
 import { t } from "./i18n.js";
 
@@ -33,4 +33,36 @@ export async function tokens(main, ctx) {
       await api("DELETE", `/tokens/${k.id}`); tokens(main, ctx);
     } }, t("revoke"))],
   ], rows));
+}
+
+const ROLES = ["member", "viewer", "vdc-admin", "system-admin", "security-admin", "audit-admin"];
+
+// Which of the identity provider's groups give which role (and where) at single sign-on.
+export async function sso(main, ctx) {
+  const rows = await get("/oidc-group-maps");
+  const form = h("form", { class: "card", "aria-label": t("sso.add") },
+    h("label", { for: "sso-group" }, t("sso.group")), h("input", { id: "sso-group", name: "group", required: true }),
+    h("label", { for: "sso-role" }, t("col.role")), h("select", { id: "sso-role", name: "role" }, ROLES.map((r) => h("option", { value: r }, r))),
+    h("label", { for: "sso-vdc" }, t("col.vdc")), h("input", { id: "sso-vdc", name: "vdc", placeholder: "gz/health" }),
+    h("p", { class: "error", role: "alert", id: "sso-error" }),
+    h("button", { class: "primary", type: "submit" }, t("sso.add")));
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const v = (id) => form.elements[id].value.trim();
+    try {
+      await post("/oidc-group-maps", { group: v("group"), role: v("role"), vdc: v("vdc") || null });
+      sso(main, ctx);
+    } catch (err) {
+      if (!(err instanceof ApiError)) throw err;
+      form.querySelector("#sso-error").textContent = err.message;
+    }
+  });
+  const remove = (m) => h("button", { class: "act", type: "button", onclick: async () => {
+    try { await api("DELETE", `/oidc-group-maps/${m.id}`); } catch (err) { ctx.toast(err.message); }
+    sso(main, ctx);
+  } }, t("remove"));
+  main.replaceChildren(h("h1", {}, t("sso.title")), rows.length ? table([
+    [t("col.id"), (m) => m.id], [t("sso.group"), (m) => m.group], [t("col.role"), (m) => m.role],
+    [t("col.vdc"), (m) => m.vdc ?? "—"], [t("col.requested"), (m) => m.by], [t("col.actions"), remove],
+  ], rows) : h("p", {}, t("none")), form);
 }
