@@ -136,3 +136,97 @@ def test_a_component_with_volumes_runs_as_statefulsets_whose_claims_go_with_the_
     cli.ok("app", "delete", "records", "--wait", "--timeout", "60")
     wait_for(lambda: sets() == [] and claims() == [], 30, "nothing left")
     assert cluster.get("/api/v1/services")["items"] == []
+
+
+def test_a_deployment_made_by_hand_is_adopted_whole_without_a_restart_then_managed(
+    server: Server, cluster: StandIn, tmp_path: Path
+) -> None:
+    cli = Cli(server)
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(cluster.kubeconfig())
+    cli.ok(
+        "cloud",
+        "add",
+        "k8s-gz",
+        "--kind",
+        "kubernetes",
+        "--site",
+        "a",
+        "--region",
+        "gz",
+        "--credentials-file",
+        str(kubeconfig),
+    )
+    wait_for(lambda: cli.json("cloud", "get", "k8s-gz")["health"] == "healthy", 30, "healthy")
+    cli.ok("vdc", "create", "gz", "--quota", "cpu=4,memory=4Gi,instances=10")
+    # a legacy system someone deployed by hand: two replicas, its own selector and names
+    legacy = {
+        "metadata": {"name": "permits", "labels": {"team": "legacy"}},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"run": "permits"}},
+            "template": {
+                "metadata": {"labels": {"run": "permits"}},
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "permits",
+                            "image": "registry.gz.gov.cn/permits:3.1",
+                            "ports": [{"containerPort": 8080}],
+                            "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}},
+                        }
+                    ]
+                },
+            },
+        },
+    }
+    httpx.post(f"{cluster.url}/api/v1/namespaces", json={"metadata": {"name": "old"}}).raise_for_status()
+    httpx.post(f"{cluster.url}/apis/apps/v1/namespaces/old/deployments", json=legacy).raise_for_status()
+    path = "/apis/apps/v1/namespaces/old/deployments/permits"
+    before = cluster.get(path)
+    cli.ok("inventory", "sync", "--cloud", "k8s-gz")
+    wait_for(
+        lambda: [
+            r
+            for r in cli.json("inventory", "list", "--cloud", "k8s-gz", "--unmanaged")
+            if r["external_id"] == "old/permits"
+        ],
+        30,
+        "the legacy Deployment in the inventory",
+    )
+    base = ["adopt", "old/permits", "--cloud", "k8s-gz", "--vdc", "gz", "--app", "permits", "--component", "web"]
+    (comp,) = cli.json(*base, "--dry-run")["spec"]["spec"]["components"]
+    assert comp["replicas"] == 2 and comp["image"] == "registry.gz.gov.cn/permits:3.1"  # one server, two replicas
+    assert comp["resources"] == {"cpu": "250m", "memory": "256Mi"} and comp["ports"] == [
+        {"name": "p8080", "port": 8080}
+    ]
+    names = cli.json(*base)["instances"]
+    assert len(names) == 2
+    wait_for(
+        lambda: all(cli.json("instance", "get", n)["state"] == "running" for n in names),
+        30,
+        "both adopted replicas running",
+    )
+    after = cluster.get(path)
+    assert sorted(json.loads(after["metadata"]["annotations"]["shanzhi.io/instances"])) == sorted(names)
+    assert (
+        after["metadata"]["labels"]["team"] == "legacy" and after["metadata"]["labels"]["shanzhi.io/app"] == "permits"
+    )
+    assert after["spec"]["template"] == before["spec"]["template"]  # its pods were not touched: nothing restarted
+    assert after["spec"]["replicas"] == 2 and after["metadata"]["uid"] == before["metadata"]["uid"]
+    # managed like any other: scaled up through the same Deployment (its own selector kept)
+    cli.ok("app", "scale", "permits", "web", "3")
+    wait_for(lambda: cluster.get(path)["spec"]["replicas"] == 3, 30, "a third slot")
+    grown = cluster.get(path)
+    assert grown["spec"]["selector"] == {"matchLabels": {"run": "permits"}}
+    assert grown["spec"]["template"]["metadata"]["labels"]["run"] == "permits"  # still selects its pods
+    assert cluster.get("/apis/apps/v1/namespaces/shz-gz/deployments/permits-web").get("code") == 404  # no second one
+    wait_for(
+        lambda: len([i for i in cli.json("instance", "list", "--app", "permits") if i["state"] == "running"]) == 3,
+        30,
+        "three running",
+    )
+    r = cli.run(*base[:-4], "--app", "again", "--component", "web")
+    assert r.returncode != 0 and "already" in r.stderr
+    cli.ok("app", "delete", "permits", "--wait", "--timeout", "60")
+    wait_for(lambda: cluster.get(path).get("code") == 404, 30, "the Deployment gone with its app")

@@ -285,7 +285,10 @@ class KubernetesProvider(Provider):
         slots = json.loads(meta.get("annotations", {}).get(SLOTS, "[]"))
         ready = min(int(status.get("readyReplicas") or 0), len(slots))  # pods already ready stay ready
         containers = d["spec"]["template"]["spec"]["containers"]
-        ports = {p["name"]: int(p["containerPort"]) for p in containers[0].get("ports", [])}
+        # a port without a name (a Deployment made by hand) goes by its number, as adopting names it
+        ports = {
+            p.get("name") or f"p{p['containerPort']}": int(p["containerPort"]) for p in containers[0].get("ports", [])
+        }
         host = f"{meta['namespace']}/{meta['name']}"
         service = d["spec"].get("serviceName", meta["name"])
         endpoint = f"{service}.{meta['namespace']}.svc:{next(iter(ports.values()))}" if ports else None
@@ -352,6 +355,9 @@ class KubernetesProvider(Provider):
         deployments = self._apps
         for attempt in range(_ATTEMPTS):  # read, add the slot, replace; again when someone else wrote meanwhile
             _backoff(attempt)
+            adopted = self._adopted(req)
+            if adopted is not None:  # a Deployment taken over keeps its own name and namespace
+                ns, name = adopted["metadata"]["namespace"], adopted["metadata"]["name"]
             d = self._call("read deployment", deployments.read_namespaced_deployment, name, ns, missing_ok=True)
             try:
                 if d is None:
@@ -371,12 +377,52 @@ class KubernetesProvider(Provider):
                     if req.name not in slots:
                         body = self._deployment(req, name, [*slots, req.name])
                         body["metadata"]["resourceVersion"] = d["metadata"]["resourceVersion"]
+                        # a Deployment's selector cannot change (an adopted one has its own): kept
+                        body["spec"]["selector"] = d["spec"]["selector"]
+                        body["spec"]["template"]["metadata"]["labels"] |= d["spec"]["selector"].get("matchLabels", {})
                         d = self._call("replace deployment", deployments.replace_namespaced_deployment, name, ns, body)
             except Conflict:
                 continue
             assert d is not None
             return next(o for o in self._observe(d) if o.name == req.name)
         raise CloudUnavailable(f"cloud {self.name}: deployment {ns}/{name} kept changing under us")
+
+    def _adopted(self, req: InstanceRequest) -> dict[str, Any] | None:
+        """The component's Deployment when it is one taken over by `adopt` (not named by us)."""
+        selector = f"{self._selector()},{LABEL}app={req.app},{LABEL}component={req.component},{LABEL}adopted=true"
+        found = self._call("list deployments", self._apps.list_deployment_for_all_namespaces, label_selector=selector)
+        mine = [d for d in found["items"] if d["metadata"]["labels"].get(f"{LABEL}vdc") == _label_value(req.vdc)]
+        return mine[0] if mine else None
+
+    def adopt(self, resource_id: str, req: InstanceRequest) -> ObservedInstance:
+        """Take one replica of a Deployment made outside Shanzhi (`namespace/name`) as `req.name`:
+        its labels and slots say so, its pods and template are left as they are (nothing
+        restarts). Adopting each of its replicas in turn adopts it whole."""
+        ns, _, name = resource_id.partition("/")
+        deployments = self._apps
+        for attempt in range(_ATTEMPTS):
+            _backoff(attempt)
+            d = self._call("read deployment", deployments.read_namespaced_deployment, name, ns, missing_ok=True)
+            if d is None:
+                raise InvalidInput(f"cloud {self.name} has no Deployment {resource_id}", field="id")
+            meta = d["metadata"]
+            labels = meta.get("labels") or {}
+            slots = json.loads((meta.get("annotations") or {}).get(SLOTS, "[]"))
+            if req.name in slots:
+                return next(o for o in self._observe(d) if o.name == req.name)
+            if labels.get(f"{LABEL}cloud") and not labels.get(f"{LABEL}adopted"):
+                raise Conflict(f"Deployment {resource_id} is already Shanzhi's", field="id")
+            if len(slots) >= int(d["spec"].get("replicas", 1)):
+                raise Conflict(f"every replica of Deployment {resource_id} is adopted already", field="id")
+            meta["labels"] = labels | self._labels(req) | {f"{LABEL}adopted": "true"}
+            meta.setdefault("annotations", {})[SLOTS] = json.dumps([*slots, req.name])
+            d.pop("status", None)
+            try:
+                d = self._call("replace deployment", deployments.replace_namespaced_deployment, name, ns, d)
+            except Conflict:
+                continue
+            return next(o for o in self._observe(d) if o.name == req.name)
+        raise CloudUnavailable(f"cloud {self.name}: deployment {resource_id} kept changing under us")
 
     def _create_stateful(self, req: InstanceRequest, ns: str) -> ObservedInstance:
         """The replica's StatefulSet (made, or taken over by a replacement of the same ordinal:
@@ -508,11 +554,15 @@ class KubernetesProvider(Provider):
             containers = d["spec"]["template"]["spec"]["containers"]
             attrs = {
                 "namespace": meta["namespace"],
+                "host": "cluster",
                 "image": containers[0].get("image"),
-                "replicas": d["spec"].get("replicas", 1),
+                "replicas": d["spec"].get("replicas", 1),  # adopting it adopts this many replicas
                 "ready": (d.get("status") or {}).get("readyReplicas") or 0,
                 "ports": sorted({int(p["containerPort"]) for c in containers for p in c.get("ports", [])}),
             }
+            asked = containers[0].get("resources", {}).get("requests", {})
+            with contextlib.suppress(ValueError):  # a size Shanzhi cannot read: the adopter says one
+                attrs |= {"cpu": parse_cpu(asked["cpu"]), "memory": parse_memory(asked["memory"])} if asked else {}
             managed = (meta.get("labels") or {}).get(f"{LABEL}cloud") == mine
             state = "ready" if attrs["ready"] else "not-ready"
             out.append(

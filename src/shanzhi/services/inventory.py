@@ -104,6 +104,11 @@ def _same(rows: list[InventoryItem], key: str) -> Any:
     return rows[0].attrs.get(key)
 
 
+def _slots(row: InventoryItem) -> int:
+    """How many replicas one server stands for: a Kubernetes Deployment's replicas, else one."""
+    return max(1, int(row.attrs.get("replicas") or 1))
+
+
 def _largest(rows: list[InventoryItem], key: str) -> int | None:
     values = [int(r.attrs[key]) for r in rows if r.attrs.get(key) is not None]
     return max(values) if values else None
@@ -111,7 +116,7 @@ def _largest(rows: list[InventoryItem], key: str) -> int | None:
 
 def proposal(s: Session, cloud: Cloud, rows: list[InventoryItem], vdc: str, app: str, component: str) -> dict[str, Any]:
     """The spec adopting `rows` writes: one component whose replicas they are."""
-    comp: dict[str, Any] = {"name": component, "replicas": len(rows)}
+    comp: dict[str, Any] = {"name": component, "replicas": sum(_slots(r) for r in rows)}
     image = _same(rows, "image")
     if image:
         comp["image"] = image
@@ -161,6 +166,7 @@ def adopt(
     except ValueError as err:
         raise InvalidInput(f"the spec adopting would write is not valid: {err}", field="ids") from None
     hosts = [str(r.attrs.get("zone") or r.attrs.get("host") or "") for r in rows]
+    slots = [(r, host) for r, host in zip(rows, hosts, strict=True) for _ in range(_slots(r))]
     out: dict[str, Any] = {"spec": body, "servers": [{"id": r.external_id, "name": r.name} for r in rows]}
     if dry_run:
         return out | {"outcome": "dry-run"}
@@ -171,7 +177,7 @@ def adopt(
     comp = spec.spec.components[0]
     want = comp.spec_hash(spec.spec.placement)
     names = []
-    for ordinal, (r, host) in enumerate(zip(rows, hosts, strict=True)):
+    for ordinal, (r, host) in enumerate(slots):
         inst = Instance(
             name=f"{app}-{component}-{secrets.token_hex(3)}",
             app=created,
