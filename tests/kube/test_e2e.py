@@ -21,6 +21,18 @@ def slots(cluster: StandIn) -> list[str]:
     return list(json.loads(d.json()["metadata"]["annotations"]["shanzhi.io/instances"]))
 
 
+def registered(server: Server, cluster: StandIn, tmp_path: Path, quota: str) -> Cli:
+    """A CLI on a server with the stand-in registered as k8s-gz (healthy) and VDC gz with `quota`."""
+    cli = Cli(server)
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(cluster.kubeconfig())
+    args = ["--kind", "kubernetes", "--site", "a", "--region", "gz", "--credentials-file", str(kubeconfig)]
+    cli.ok("cloud", "add", "k8s-gz", *args)
+    wait_for(lambda: cli.json("cloud", "get", "k8s-gz")["health"] == "healthy", 30, "healthy")
+    cli.ok("vdc", "create", "gz", "--quota", quota)
+    return cli
+
+
 def test_register_apply_heal_and_delete_on_a_kubernetes_cloud(server: Server, cluster: StandIn, tmp_path: Path) -> None:
     cli = Cli(server)
     kubeconfig = tmp_path / "kubeconfig"
@@ -83,24 +95,7 @@ def test_register_apply_heal_and_delete_on_a_kubernetes_cloud(server: Server, cl
 def test_a_component_with_volumes_runs_as_statefulsets_whose_claims_go_with_the_app(
     server: Server, cluster: StandIn, tmp_path: Path
 ) -> None:
-    cli = Cli(server)
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(cluster.kubeconfig())
-    cli.ok(
-        "cloud",
-        "add",
-        "k8s-gz",
-        "--kind",
-        "kubernetes",
-        "--site",
-        "a",
-        "--region",
-        "gz",
-        "--credentials-file",
-        str(kubeconfig),
-    )
-    wait_for(lambda: cli.json("cloud", "get", "k8s-gz")["health"] == "healthy", 30, "healthy")
-    cli.ok("vdc", "create", "gz", "--quota", "cpu=4,memory=4Gi,instances=10,storage=20Gi")
+    cli = registered(server, cluster, tmp_path, "cpu=4,memory=4Gi,instances=10,storage=20Gi")
     db = {
         "name": "db",
         "replicas": 2,
@@ -141,24 +136,7 @@ def test_a_component_with_volumes_runs_as_statefulsets_whose_claims_go_with_the_
 def test_a_deployment_made_by_hand_is_adopted_whole_without_a_restart_then_managed(
     server: Server, cluster: StandIn, tmp_path: Path
 ) -> None:
-    cli = Cli(server)
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(cluster.kubeconfig())
-    cli.ok(
-        "cloud",
-        "add",
-        "k8s-gz",
-        "--kind",
-        "kubernetes",
-        "--site",
-        "a",
-        "--region",
-        "gz",
-        "--credentials-file",
-        str(kubeconfig),
-    )
-    wait_for(lambda: cli.json("cloud", "get", "k8s-gz")["health"] == "healthy", 30, "healthy")
-    cli.ok("vdc", "create", "gz", "--quota", "cpu=4,memory=4Gi,instances=10")
+    cli = registered(server, cluster, tmp_path, "cpu=4,memory=4Gi,instances=10")
     # a legacy system someone deployed by hand: two replicas, its own selector and names
     legacy = {
         "metadata": {"name": "permits", "labels": {"team": "legacy"}},
