@@ -43,6 +43,7 @@ SUBNET = {"id": "8d4c1f4e-0000-4000-8000-00000000000b", "cidr": "10.20.0.0/24", 
 STATE: dict[str, dict[str, dict[str, Any]]] = {"servers": {}, "volumes": {}, "groups": {}, "rules": {}}
 LOCK = threading.Lock()
 PASSWORD = {"value": "standin-password"}
+DIAGNOSTICS = {"refused": False}
 _ips = itertools.count(10)
 
 
@@ -247,6 +248,63 @@ def delete_server(sid: str) -> Response:
             if any(a["server_id"] == sid for a in v["attachments"]):
                 v["attachments"], v["status"] = [], "available"
     return Response(status_code=204)
+
+
+@app.get("/compute/v2.1/servers/{sid}/diagnostics")
+def server_diagnostics(sid: str) -> JSONResponse:
+    """The hypervisor's counters for a server (microversion 2.48's standard format): half a
+    core busy, 300 MiB used, 2,000 B/s in and 500 out, 4,096 B/s written, since it was made;
+    403 for a project the `diagnostics_refused` flag names (Nova's admin-only default)."""
+    with LOCK:
+        s = STATE["servers"].get(sid)
+        if s is None:
+            return _not_found("Instance", sid)
+        if DIAGNOSTICS["refused"]:
+            message = "Policy doesn't allow os_compute_api:os-server-diagnostics to be performed."
+            return JSONResponse({"forbidden": {"code": 403, "message": message}}, 403)
+        up = time.monotonic() - s["_born"]
+    return JSONResponse(
+        {
+            "state": "running",
+            "driver": "libvirt",
+            "hypervisor": "qemu",
+            "hypervisor_os": "linux",
+            "uptime": int(up),
+            "config_drive": False,
+            "num_cpus": 2,
+            "num_nics": 1,
+            "num_disks": 1,
+            "cpu_details": [
+                {"id": 0, "time": int(up * 0.3e9), "utilisation": 30},
+                {"id": 1, "time": int(up * 0.2e9), "utilisation": 20},
+            ],
+            "nic_details": [
+                {
+                    "mac_address": "fa:16:3e:00:00:01",
+                    "rx_octets": int(up * 2000),
+                    "tx_octets": int(up * 500),
+                    "rx_drop": 0,
+                    "rx_errors": 0,
+                    "rx_packets": 0,
+                    "rx_rate": None,
+                    "tx_drop": 0,
+                    "tx_errors": 0,
+                    "tx_packets": 0,
+                    "tx_rate": None,
+                }
+            ],
+            "disk_details": [
+                {
+                    "read_bytes": 0,
+                    "read_requests": 0,
+                    "write_bytes": int(up * 4096),
+                    "write_requests": 0,
+                    "errors_count": 0,
+                }
+            ],
+            "memory_details": {"maximum": 1024, "used": 300},
+        }
+    )
 
 
 @app.post("/compute/v2.1/servers/{sid}/metadata")
@@ -507,6 +565,15 @@ def reset() -> dict[str, Any]:
     with LOCK:
         for table in STATE.values():
             table.clear()
+        DIAGNOSTICS["refused"] = False
+    return {}
+
+
+@app.post("/_standin/diagnostics/refuse")
+def refuse_diagnostics() -> dict[str, Any]:
+    """Nova's default policy: server diagnostics are for administrators only."""
+    with LOCK:
+        DIAGNOSTICS["refused"] = True
     return {}
 
 

@@ -4,12 +4,14 @@ here: `tests/openstack/standin.py` answers the Keystone, Nova, Glance, Neutron a
 from __future__ import annotations
 
 import base64
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from shanzhi.domain.errors import CloudUnavailable, InvalidInput
+from shanzhi.domain.metrics import rate
 from shanzhi.providers import InstanceRequest, VolumeRequest, provider_class
 from shanzhi.providers.openstack_cloud import OpenStackProvider
 from tests.e2e.harness import wait_for
@@ -145,3 +147,20 @@ def test_inventory_lists_what_is_there_and_adopt_takes_a_server_over(openstack_c
     assert {o.name for o in p.list_instances()} == {"gz.tax_web_api-0", "legacy-web-aaa"}
     s = next(x for x in cloud.servers() if x["id"] == legacy)
     assert s["name"] == "legacy-tax" and s["metadata"]["shanzhi.instance"] == "legacy-web-aaa"
+
+
+def test_use_comes_from_novas_server_diagnostics(openstack_cloud: StandIn, tmp_path: Path) -> None:
+    p = make(openstack_cloud, tmp_path)
+    p.create_instance(request())
+    wait_for(lambda: p.list_instances()[0].state == "running", 10, "ACTIVE")
+    first, started = p.usage()["gz.tax_web_api-0"], time.monotonic()
+    time.sleep(1.0)
+    second = p.usage()["gz.tax_web_api-0"]
+    point = rate(first, second, time.monotonic() - started)
+    assert point.cpu == pytest.approx(0.5, rel=0.2)  # the two vCPUs' times: 0.3 + 0.2 of a core
+    assert point.memory == 300 * 2**20
+    assert point.rx == pytest.approx(2000, rel=0.2) and point.tx == pytest.approx(500, rel=0.2)
+    assert point.write == pytest.approx(4096, rel=0.2) and point.read == 0
+    # Nova's default policy: diagnostics for administrators only; a project without gets none
+    openstack_cloud.post("/_standin/diagnostics/refuse")
+    assert p.usage() == {}
