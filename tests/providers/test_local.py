@@ -294,3 +294,28 @@ def test_the_inventory_finds_processes_shanzhi_did_not_start_and_adopt_takes_one
         if legacy.poll() is None:
             legacy.kill()
         legacy.wait()
+
+
+def test_a_volume_holds_no_more_than_its_size(data_dir: Path) -> None:
+    """As root with loop devices, a process volume is a file system of its size: writing past it
+    fails with ENOSPC (the rest of the machine's disk is not the tenant's); elsewhere the cloud
+    says sizes are not enforced."""
+    from shanzhi.providers import VolumeRequest, sized
+
+    p = provider(data_dir)
+    if sized.unavailable() is not None:
+        assert "volume sizes NOT enforced" in p.status().message
+        pytest.skip(f"sizes cannot be enforced here: {sized.unavailable()}")
+    assert "volume sizes enforced" in p.status().message
+    vol = VolumeRequest("gz_hello_db-0_data", "data", 8 * 2**20, "/data")
+    fill = 'cd "$SHANZHI_VOLUME_DATA" && dd if=/dev/zero of=big bs=1M count=20 2>err; echo $? > rc; sleep 60'
+    req = replace(request(), name="db-1", volumes=(vol,), command=("/bin/sh", "-c", fill))
+    o = p.create_instance(req)
+    path = Path(workload(o.detail, "sleep").environ()["SHANZHI_VOLUME_DATA"])
+    assert wait_until(lambda: (path / "rc").exists() and (path / "rc").read_text().strip() != "")
+    assert (path / "rc").read_text().strip() != "0" and "No space left" in (path / "err").read_text()
+    assert (path / "big").stat().st_size < 8 * 2**20
+    assert sized.mounted(path)
+    p.delete_instance("db-1")
+    p.delete_volume(vol.key)
+    assert not sized.mounted(path) and not path.exists() and not sized.image_of(path).exists()

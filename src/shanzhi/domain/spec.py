@@ -113,7 +113,8 @@ class Scrape(_Model):
 class Volume(_Model):
     """Storage that follows a replica's ordinal (`db-0` gets `db-0`'s back when replaced on the
     same cloud): a VM's disk, formatted and mounted at `mountPath` by the guest on first boot; a
-    process's directory, named in `$SHANZHI_VOLUME_<NAME>` (no size limit is enforced there)."""
+    process's directory, named in `$SHANZHI_VOLUME_<NAME>` (a file system of its size where the
+    machine can mount one, see `shanzhi.providers.sized`)."""
 
     name: Name
     size: int | str

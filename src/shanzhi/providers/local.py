@@ -40,7 +40,7 @@ import psutil
 from shanzhi.domain.errors import Conflict, InvalidInput, NotFound
 from shanzhi.domain.metrics import Usage
 from shanzhi.domain.quantity import parse_cpu, parse_memory
-from shanzhi.providers import usage
+from shanzhi.providers import sized, usage
 from shanzhi.providers.base import (
     CloudStatus,
     InstanceRequest,
@@ -136,7 +136,9 @@ class LocalProvider(MachineCloud):
     def status(self) -> CloudStatus:
         if self._failed_marker.exists():
             return CloudStatus(False, "cloud marked failed (failure injection)")
-        return CloudStatus(True, f"ok; {self.sandbox.describe()}")
+        why = sized.unavailable()
+        sizes = "volume sizes enforced (ext4 on loop devices)" if why is None else f"volume sizes NOT enforced: {why}"
+        return CloudStatus(True, f"ok; {self.sandbox.describe()}; {sizes}")
 
     def _states(self) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
@@ -210,7 +212,9 @@ class LocalProvider(MachineCloud):
         address = req.network.address if req.network else str(self.opts.get("address", "127.0.0.1"))
         subst: dict[str, str] = {"PORT": str(next(iter(ports.values()))), "ADDRESS": address}
         subst.update({f"PORT_{_env_name(k)}": str(v) for k, v in ports.items()})
-        volumes = {f"VOLUME_{_env_name(v.name)}": str(self._volume(v.key, uid, v.copy_from)) for v in req.volumes}
+        volumes = {
+            f"VOLUME_{_env_name(v.name)}": str(self._volume(v.key, uid, v.size, v.copy_from)) for v in req.volumes
+        }
 
         def expand(text: str) -> str:
             return _VAR.sub(lambda m: {**subst, **volumes}.get(m.group(1), m.group(0)), text)
@@ -454,20 +458,25 @@ class LocalProvider(MachineCloud):
         keys = ("pid", "uid", "workdir", "argv", "ports")
         return {**{k: st.get(k) for k in keys}, "alive": alive, "log": str(self._instances / name / "log")}
 
-    def _volume(self, key: str, uid: int, copy_from: str | None = None) -> Path:
+    def _volume(self, key: str, uid: int, size: int, copy_from: str | None = None) -> Path:
         """A volume of a process: a directory under the workload root (only its VDC's uid enters
-        it), created the first time or copied from the one it had on cloud `copy_from`."""
+        it), created the first time or copied from the one it had on cloud `copy_from`; a file
+        system of its size where this machine can mount one (`providers.sized`)."""
         base = self.sandbox.root / self.name / "volumes"
         path = base / key
-        if not path.exists():
+        new = not path.exists()
+        if new:
             base.mkdir(parents=True, exist_ok=True)
             for p in (base, base.parent, self.sandbox.root):
                 os.chmod(p, 0o711)
+        if sized.unavailable() is None:
+            sized.ensure(path, size, uid if self.sandbox.isolate else os.getuid())
+        if new:
             source = self.sandbox.root / str(copy_from) / "volumes" / key
             if copy_from and source.is_dir():
-                shutil.copytree(source, path, symlinks=True)
+                shutil.copytree(source, path, symlinks=True, dirs_exist_ok=True)
             else:
-                path.mkdir(mode=0o700)
+                path.mkdir(mode=0o700, exist_ok=True)
             if self.sandbox.isolate:
                 for dirpath, _, files in os.walk(path):
                     os.chown(dirpath, uid, uid)
@@ -476,7 +485,10 @@ class LocalProvider(MachineCloud):
         return path
 
     def delete_volume(self, key: str) -> None:
-        shutil.rmtree(self.sandbox.root / self.name / "volumes" / key, ignore_errors=True)
+        path = self.sandbox.root / self.name / "volumes" / key
+        sized.release(path)
+        shutil.rmtree(path, ignore_errors=True)
+        sized.image_of(path).unlink(missing_ok=True)
         self._ports_file(key).unlink(missing_ok=True)
 
     def read_log(self, name: str, tail: int) -> LogChunk:
@@ -513,5 +525,6 @@ def stop_all_under(clouds_dir: Path, *, remove: bool = False) -> int:
             p._kill({"name": name, **st})
     if remove:
         root = Sandbox.for_data_dir(clouds_dir.parent).root
+        sized.release(root)  # volumes' file systems first: rmtree cannot remove a mount point
         shutil.rmtree(root, ignore_errors=True)
     return stopped
