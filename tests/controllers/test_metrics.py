@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from shanzhi.controllers.metrics import MetricsCollector
+from shanzhi.controllers.metrics import MetricsCollector, NewRound
 from shanzhi.domain.metrics import HOUR, MINUTE
 from shanzhi.store import Database
 from shanzhi.store.tables import MetricPoint
@@ -88,3 +88,15 @@ def test_a_simulated_cloud_reports_steady_synthetic_use_and_a_failed_one_none(wo
         assert 0.04 < item.point.cpu < 0.7 and item.point.rx is not None and item.point.rx > 0
     world.fleet.provider("sim-a", "sim", {"hosts": 2, "boot": 0}).inject_failure()
     assert ctl.run_once(T0 + timedelta(seconds=30)) == 0  # the cloud does not answer: skipped
+
+
+def test_readers_of_the_latest_samples_look_again_only_after_a_new_round() -> None:
+    rounds = [0]
+    fresh = NewRound(lambda: rounds[0])
+    assert fresh() and not fresh() and not fresh()  # the first ask sees a round; then nothing new
+    rounds[0] += 1
+    assert fresh() and not fresh()
+    rounds[0] += 3  # several rounds while nobody asked: one look
+    assert fresh() and not fresh()
+    always = NewRound(None)  # no collector to go by (tests driving it by hand): every time
+    assert always() and always()

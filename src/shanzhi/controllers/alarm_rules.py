@@ -20,7 +20,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from shanzhi.controllers.alarms import raise_alarm
-from shanzhi.controllers.metrics import Latest
+from shanzhi.controllers.metrics import Latest, NewRound
 from shanzhi.domain.alarm_rules import Tracker, breached
 from shanzhi.store import Database
 from shanzhi.store.events import record_event
@@ -41,8 +41,7 @@ class RuleEvaluator:
     ) -> None:
         self.db = db
         self.latest = latest
-        self.rounds = rounds  # the sampler's round count: metric rules wait for new samples
-        self._seen = -1
+        self.fresh = NewRound(rounds)  # metric rules wait for new samples
         self.tracker = Tracker()
         self._cursor: int | None = None  # the last event id looked at
         self._resumed = False
@@ -54,8 +53,7 @@ class RuleEvaluator:
                 self._resume(s)
             rules = list(s.scalars(select(AlarmRule).order_by(AlarmRule.id)))
             fired = 0
-            if self.rounds is None or self.rounds() != self._seen:
-                self._seen = self.rounds() if self.rounds is not None else -1
+            if self.fresh():
                 fired += self._metric_rules(s, [r for r in rules if r.metric is not None])
             fired += self._event_rules(s, [r for r in rules if r.event is not None])
         return fired

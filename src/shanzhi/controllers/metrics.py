@@ -54,6 +54,22 @@ class Latest:
     at: datetime
 
 
+class NewRound:
+    """Whether the collector finished a round of samples since this was last asked (with no
+    round count to go by: always). What reads `latest` need not look again before it moves."""
+
+    def __init__(self, rounds: Callable[[], int] | None) -> None:
+        self.rounds = rounds
+        self._seen = -1
+
+    def __call__(self) -> bool:
+        if self.rounds is None:
+            return True
+        now = self.rounds()
+        fresh, self._seen = now != self._seen, now
+        return fresh
+
+
 class MetricsCollector:
     def __init__(self, db: Database, fleet: Fleet, is_leader: Callable[[], bool], *, interval: float = 15.0) -> None:
         self.db = db

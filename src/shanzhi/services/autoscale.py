@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from shanzhi.controllers.metrics import Latest
+from shanzhi.controllers.metrics import Latest, NewRound
 from shanzhi.domain.autoscale import decide
 from shanzhi.domain.errors import ShanzhiError
 from shanzhi.domain.spec import AppSpec
@@ -36,18 +36,14 @@ class Autoscaler:
     ) -> None:
         self.db = db
         self.latest = latest
-        self.rounds = rounds  # the sampler's round count: nothing to decide until it moves
-        self._seen = -1
+        self.fresh = NewRound(rounds)  # nothing to decide until new samples arrive
         self._last: dict[tuple[int, str], float] = {}  # (app id, component) -> when last changed or refused
 
     def run_once(self) -> int:
         """Decide for every autoscaled component (once per new round of samples); return how many
         changes were applied."""
-        if self.rounds is not None:
-            now_round = self.rounds()
-            if now_round == self._seen:
-                return 0
-            self._seen = now_round
+        if not self.fresh():
+            return 0
         with self.db.session() as s, s.begin():
             apps = [
                 (a.id, a.generation, a.spec, path)
