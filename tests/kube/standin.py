@@ -213,11 +213,13 @@ for plural, base in (
     routes()
 
 
-def pod_metrics(labelSelector: str | None = None) -> dict[str, Any]:
+def pod_metrics(labelSelector: str | None = None, ns: str | None = None) -> dict[str, Any]:
     """metrics.k8s.io/v1beta1 PodMetricsList, as metrics-server answers it (nanocores, KiB)."""
     items = []
     with _lock:
-        deployments = [copy.deepcopy(o) for (k, _, _), o in sorted(_objects.items()) if k in WORKLOADS]
+        deployments = [
+            copy.deepcopy(o) for (k, where, _), o in sorted(_objects.items()) if k in WORKLOADS and ns in (None, where)
+        ]
     for d in deployments:
         template = d["spec"]["template"]["metadata"]
         if not _matches({"metadata": template}, labelSelector):
@@ -296,6 +298,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.metrics:
         app.get("/apis/metrics.k8s.io/v1beta1/pods")(pod_metrics)
+        app.get("/apis/metrics.k8s.io/v1beta1/namespaces/{ns}/pods")(pod_metrics)
     for i in range(args.nodes):
         alloc = {"cpu": args.cpu, "memory": args.memory, "pods": "110"}
         NODES.append(

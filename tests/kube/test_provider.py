@@ -275,3 +275,31 @@ def test_a_replica_with_volumes_is_a_statefulset_whose_claims_follow_its_ordinal
     assert left == ["data-web-db-1-0", "wal-web-db-0-0", "wal-web-db-1-0"]
     assert cluster.get("/api/v1/namespaces/shz-gz-tax/services/web-db")["code"] == 404
     assert states(p) == {}
+
+
+def test_an_adopted_deployments_pods_are_measured_by_its_own_selector(cluster: StandIn, tmp_path: Path) -> None:
+    p = make(cluster, tmp_path)
+    legacy = {
+        "metadata": {"name": "permits", "annotations": {"standin.shanzhi.io/usage": "cpu=400m,memory=32Mi"}},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"run": "permits"}},
+            "template": {
+                "metadata": {"labels": {"run": "permits"}},
+                "spec": {"containers": [{"name": "p", "image": "permits:3", "ports": [{"containerPort": 8080}]}]},
+            },
+        },
+    }
+    httpx.post(f"{cluster.url}/api/v1/namespaces", json={"metadata": {"name": "old"}}).raise_for_status()
+    httpx.post(f"{cluster.url}/apis/apps/v1/namespaces/old/deployments", json=legacy).raise_for_status()
+    # a neighbour in the same namespace with other labels: not counted with it
+    other = {**legacy, "metadata": {"name": "other", "annotations": {"standin.shanzhi.io/usage": "cpu=2,memory=1Gi"}}}
+    other["spec"] = {**legacy["spec"], "selector": {"matchLabels": {"run": "other"}}}
+    other["spec"]["template"] = {**legacy["spec"]["template"], "metadata": {"labels": {"run": "other"}}}
+    httpx.post(f"{cluster.url}/apis/apps/v1/namespaces/old/deployments", json=other).raise_for_status()
+    for name in ("permits-web-a", "permits-web-b"):
+        p.adopt("old/permits", request(name, app="permits", component="web", ports=(("p8080", 8080),)))
+    wait(lambda: set(states(p).values()) == {"running"})
+    got = p.usage()
+    assert set(got) == {"permits-web-a", "permits-web-b"}
+    assert got["permits-web-a"].cpu == pytest.approx(0.4) and got["permits-web-a"].memory == 32 * 2**20

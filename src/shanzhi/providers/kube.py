@@ -308,40 +308,38 @@ class KubernetesProvider(Provider):
         return [o for d in self._mine() for o in self._observe(d)]
 
     def usage(self) -> dict[str, Point]:
-        """Each running slot's use: its Deployment's pods' average (metrics.k8s.io)."""
-        selector = f"{LABEL}cloud={_label_value(self.name)}"
-        found = self._call(
-            "list pod metrics",
-            k8s.CustomObjectsApi(self.api).list_cluster_custom_object,
-            "metrics.k8s.io",
-            "v1beta1",
-            "pods",
-            label_selector=selector,
-            missing_ok=True,
-        )
-        if found is None:  # no metrics-server in this cluster: no readings, not a failure
-            return {}
-        pods: dict[tuple[str, str, str], list[tuple[float, float]]] = {}
-        for pod in found.get("items", []):
-            labels = pod["metadata"].get("labels", {})
-            key = (pod["metadata"]["namespace"], labels.get(f"{LABEL}app", ""), labels.get(f"{LABEL}component", ""))
-            try:
-                cpu = sum(_nanocores(c["usage"]["cpu"]) for c in pod.get("containers", [])) / 1e9
-                memory = float(sum(parse_memory(c["usage"]["memory"]) for c in pod.get("containers", [])))
-            except (KeyError, ValueError):
-                continue
-            pods.setdefault(key, []).append((cpu, memory))
-        out: dict[str, Point] = {}
-        for d in self._mine():
-            meta = d["metadata"]
-            key = (
-                meta["namespace"],
-                meta["labels"].get(f"{LABEL}app", ""),
-                meta["labels"].get(f"{LABEL}component", ""),
+        """Each running slot's use: the average of the pods its Deployment (or StatefulSet)
+        selects, by that object's own selector (so an adopted one's pods count too), from the
+        metrics API (metrics.k8s.io) of each namespace this cloud's objects are in."""
+        workloads = self._mine()
+        pods: list[tuple[str, dict[str, str], tuple[float, float]]] = []
+        for ns in sorted({d["metadata"]["namespace"] for d in workloads}):
+            found = self._call(
+                "list pod metrics",
+                k8s.CustomObjectsApi(self.api).list_namespaced_custom_object,
+                "metrics.k8s.io",
+                "v1beta1",
+                ns,
+                "pods",
+                missing_ok=True,
             )
-            if key not in pods:
+            if found is None:  # no metrics-server in this cluster: no readings, not a failure
+                return {}
+            for pod in found.get("items", []):
+                try:
+                    cpu = sum(_nanocores(c["usage"]["cpu"]) for c in pod.get("containers", [])) / 1e9
+                    memory = float(sum(parse_memory(c["usage"]["memory"]) for c in pod.get("containers", [])))
+                except (KeyError, ValueError):
+                    continue
+                pods.append((ns, pod["metadata"].get("labels") or {}, (cpu, memory)))
+        out: dict[str, Point] = {}
+        for d in workloads:
+            want = d["spec"]["selector"].get("matchLabels", {}).items()
+            ns = d["metadata"]["namespace"]
+            mine = [use for where, labels, use in pods if where == ns and want <= labels.items()]
+            if not mine:
                 continue
-            cpu, memory = (sum(v) / len(pods[key]) for v in zip(*pods[key], strict=True))
+            cpu, memory = (sum(v) / len(mine) for v in zip(*mine, strict=True))
             for o in self._observe(d):
                 if o.state == "running":
                     out[o.name] = Point(cpu=cpu, memory=memory)
