@@ -24,7 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shanzhi.api import cookies
-from shanzhi.api.errors import DATABASE_AWAY, RETRY, log
+from shanzhi.api.errors import DATABASE_AWAY, RETRY, database_away
 from shanzhi.api.policy import RouteTable
 from shanzhi.domain.errors import Unauthorized
 from shanzhi.services import identity
@@ -110,7 +110,7 @@ class Guard:
             try:
                 failed = await self._authenticate(scope, authorization, cookie)
             except (OperationalError, InterfaceError) as err:  # the database is away: 503, retry
-                log.warning("database unavailable: %s", str(err).splitlines()[0])
+                database_away(err)
                 await _problem(send, 503, *DATABASE_AWAY, RETRY)
                 return
             if failed is not None:

@@ -31,7 +31,7 @@ def scrape(url: str, timeout: float = TIMEOUT) -> tuple[dict[str, float], dict[s
         with httpx.stream("GET", url, timeout=timeout, headers={"Accept": "text/plain"}) as r:
             if r.status_code != 200:
                 raise ScrapeError(f"{url} answered {r.status_code}")
-            body = b""
+            body = bytearray()
             for chunk in r.iter_bytes():
                 body += chunk
                 if len(body) > LIMIT:

@@ -16,16 +16,17 @@
 - **Credentials**: `kubeconfig` (the file's text), sealed at rest; or `--option in_cluster=true`
   when Shanzhi itself runs in the cluster.
 
-**Use** comes from the cluster's metrics API (`metrics.k8s.io`, served by metrics-server): each
-pod's cpu and memory over the kubelet's last window. Pods are interchangeable slots, so every
-running slot of a Deployment gets its pods' average. A cluster without the metrics API gives none.
-
 - A component with **volumes** is a StatefulSet per replica ordinal (`<app>-<component>-<n>`,
   one pod), its volumes claim templates (ReadWriteOnce, the volume's size, the
   `storage_class` option) mounted at their paths, the claims kept when the set is deleted
   (`persistentVolumeClaimRetentionPolicy: Retain`): the next replica of that ordinal makes the
   same set and gets the same claims back, and `delete_volume` deletes a claim (found by its
   annotation `shanzhi.io/volume`, the volume's key).
+- **Adopting** a Deployment made by hand takes each of its pod slots as a replica: labels and
+  slots are added, its template, selector and name stay (nothing restarts).
+- **Use** comes from the cluster's metrics API (`metrics.k8s.io`, served by metrics-server):
+  pods are interchangeable slots, so every running slot gets the average of the pods its object
+  selects (by that object's own selector). A cluster without the metrics API gives none.
 
 Updates are read-modify-replace with the object's `resourceVersion` (a concurrent writer makes
 the API answer 409 and the call is retried), so two slots added at once are never lost.
@@ -350,12 +351,12 @@ class KubernetesProvider(Provider):
         if req.volumes:
             return self._create_stateful(req, ns)
         name = dns_name(req.app, req.component)
+        adopted = self._adopted(req)
+        if adopted is not None:  # a Deployment taken over keeps its own name and namespace
+            ns, name = adopted["metadata"]["namespace"], adopted["metadata"]["name"]
         deployments = self._apps
         for attempt in range(_ATTEMPTS):  # read, add the slot, replace; again when someone else wrote meanwhile
             _backoff(attempt)
-            adopted = self._adopted(req)
-            if adopted is not None:  # a Deployment taken over keeps its own name and namespace
-                ns, name = adopted["metadata"]["namespace"], adopted["metadata"]["name"]
             d = self._call("read deployment", deployments.read_namespaced_deployment, name, ns, missing_ok=True)
             try:
                 if d is None:
