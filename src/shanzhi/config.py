@@ -59,8 +59,8 @@ class Settings:
     flow_retention_days: float = 7.0  # flow records older than this go (edges keep their totals)
     inventory_interval: float = 30.0  # seconds between full inventory syncs of a cloud
     metrics_interval: float = 15.0  # seconds between samples of every instance's use
-    # seconds between full reconcile passes; between them, apps with nothing changed are left alone
-    full_resync: float = 10.0
+    # seconds between full reconcile passes; between them the reconciler looks at what changed
+    full_resync: float = 300.0
     # OpenID Connect login, on when an issuer is set (the client secret comes from the environment
     # or a file, never the command line: see `shanzhi serve --help`).
     oidc_issuer: str | None = None

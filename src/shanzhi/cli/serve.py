@@ -61,11 +61,12 @@ def serve(
         15.0, "--metrics-interval", min=1.0, help="Seconds between samples of every instance's cpu, memory, I/O."
     ),
     full_resync: float = typer.Option(
-        10.0,
+        300.0,
         "--full-resync",
         min=0.0,
-        help="Seconds between full reconcile passes; between them settled apps with nothing changed are "
-        "left alone (0: every pass is full).",
+        help="Seconds between full reconcile passes, which look at every app. Between them a pass looks "
+        "only at what changed: apps written through the API (heard by LISTEN/NOTIFY on PostgreSQL), apps "
+        "not yet settled, replicas whose cloud or health check reports something new (0: every pass is full).",
     ),
     ledger_origin: str | None = typer.Option(
         None,

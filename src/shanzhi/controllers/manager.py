@@ -1,7 +1,11 @@
-"""Runs the reconciler in a background thread while this process holds the leader lock.
+"""Runs the controllers in a background thread: the reconciler over this replica's share of
+the apps, and everything else while this process holds the leader lock.
 
-Any number of `shanzhi serve` processes may share a database; only the lock holder acts,
-the others stand by and take over within one interval when the leader goes away.
+Any number of `shanzhi serve` processes may share a database. On PostgreSQL they split the apps
+between them by shards (`store.shards`) and hear of changes by LISTEN/NOTIFY
+(`store.changes`); one of them, the leader, also records the clouds' health, removes orphans and
+runs the other controllers, and another takes over within one interval when it goes away. On
+SQLite the leader does all of it.
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ from shanzhi.controllers.network import NetworkController
 from shanzhi.controllers.reconciler import Reconciler
 from shanzhi.network.addressing import DEFAULT_POOL, DEFAULT_PREFIX
 from shanzhi.store import Database
+from shanzhi.store.changes import Listener
 from shanzhi.store.locks import LeaderLock
+from shanzhi.store.shards import Shards
 
 log = logging.getLogger("shanzhi.controller")
 
@@ -45,10 +51,16 @@ class ControllerManager:
         flow_retention_days: float = 7.0,
         inventory_interval: float = 30.0,
         metrics_interval: float = 15.0,
-        full_resync: float = 10.0,
+        full_resync: float = 300.0,
+        hears_api: bool = True,
     ) -> None:
         self.db = db
         self.interval = interval
+        self.shards = Shards(db)
+        # the change feed tells the reconciler what to look at when every write reaches it: on
+        # PostgreSQL by NOTIFY, on SQLite only when the API runs in this process
+        trusted = not db.is_sqlite or hears_api
+        self.listener = None if db.is_sqlite else Listener(db.url, db.changes)
         self.reconciler = Reconciler(
             db,
             fleet,
@@ -56,6 +68,8 @@ class ControllerManager:
             network_pool=network_pool,
             network_prefix=network_prefix,
             full_resync=full_resync,
+            feed=db.changes if trusted else None,
+            shards=self.shards,
         )
         self.network = NetworkController(db, fleet, network_pool)
         self.dr = DrController(db, fleet.data_dir)
@@ -96,6 +110,7 @@ class ControllerManager:
             inventory_interval=settings.inventory_interval,
             metrics_interval=settings.metrics_interval,
             full_resync=settings.full_resync,
+            hears_api=settings.workers <= 1,
         )
 
     def add_pass(self, run_once: Callable[[], object]) -> None:
@@ -104,6 +119,9 @@ class ControllerManager:
         self._passes.append(run_once)
 
     def start(self) -> None:
+        self.db.changes.subscribe(self._wake.set)
+        if self.listener is not None:
+            self.listener.start()
         self._thread = threading.Thread(target=self._run, name="controller", daemon=True)
         self._thread.start()
         self.flows.start()
@@ -124,6 +142,9 @@ class ControllerManager:
         self.notifier.stop()
         self.inventory.stop()
         self.metrics.stop()
+        if self.listener is not None:
+            self.listener.stop()
+        self.shards.release()
         self._lock.release()
         self.reconciler.close()
         self.dr.close()
@@ -138,10 +159,15 @@ class ControllerManager:
             if leader != self.is_leader:
                 log.info("controller %s", "is now the leader" if leader else "lost leadership; standing by")
                 self.is_leader = leader
-            if leader:
+            held = self.shards.refresh(leader)
+            self.reconciler.leader = leader
+            if leader or held:
                 try:
                     with self.pass_seconds.time():
                         self.reconciler.run_once()
+                    if not leader:
+                        self._wait()
+                        continue
                     self.network.run_once()
                     self.dr.run_once()
                     self.housekeeping.run_once()
@@ -151,5 +177,8 @@ class ControllerManager:
                     self.passes += 1
                 except Exception:
                     log.exception("reconcile pass failed; retrying in %.1fs", self.interval)
-            self._wake.wait(self.interval)
-            self._wake.clear()
+            self._wait()
+
+    def _wait(self) -> None:
+        self._wake.wait(self.interval)
+        self._wake.clear()

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, tuple_
 from sqlalchemy.orm import Session
 
 from shanzhi.controllers import dr_members, health
@@ -36,6 +36,7 @@ from shanzhi.network.addressing import (
 )
 from shanzhi.providers import (
     CloudStatus,
+    HostInfo,
     InstanceRequest,
     NetworkAttachment,
     ObservedInstance,
@@ -45,7 +46,9 @@ from shanzhi.providers import (
 from shanzhi.scheduler import Decision, HostState, Replica, Request
 from shanzhi.scheduler.engine import Engine
 from shanzhi.store import Database
+from shanzhi.store.changes import ChangeFeed, mark, quiet
 from shanzhi.store.events import record_event
+from shanzhi.store.shards import Shards, placing
 from shanzhi.store.tables import App, Cloud, Host, Instance, VdcSubnet, VolumeRecord, utcnow
 
 log = logging.getLogger("shanzhi.reconciler")
@@ -71,6 +74,10 @@ class _CloudRef:
     options: dict[str, object]
 
 
+class _Stale(Exception):
+    """The fleet state this pass placed by is out of date: place again."""
+
+
 def _backoff(restarts: int) -> timedelta:
     return timedelta(seconds=min(2 ** min(restarts, 6), 60))
 
@@ -85,15 +92,28 @@ class Reconciler:
         network_pool: str = DEFAULT_POOL,
         network_prefix: int = DEFAULT_PREFIX,
         full_resync: float = 0.0,
+        feed: ChangeFeed | None = None,
+        shards: Shards | None = None,
     ) -> None:
         self.db = db
-        # an app whose replicas all run, as observed, with nothing changed since the last pass is
-        # left alone, except in a full pass every `full_resync` seconds (0: every pass is full)
+        # every app is reconciled in a full pass, every `full_resync` seconds (0: every pass is
+        # full). Between full passes, with a `feed` of what changed, a pass reconciles only what
+        # the feed names, what was not settled after its last pass, and what the clouds or the
+        # probes show changed; when something changed that concerns every app (a cloud, a host,
+        # a lost listener) it also reads every app's fingerprint. Without a feed it reads the
+        # fingerprints in every pass.
         self.full_resync = full_resync
+        self.feed = feed
+        self.shards = shards  # which apps are this replica's (None: all)
+        self.leader = True  # writes the clouds' health and hosts, removes orphans and finished removals
         self._settled: dict[int, tuple[Any, ...]] = {}
+        self._unsettled: set[int] = set()
         self._specs: dict[int, tuple[int, AppSpec]] = {}  # app id -> (generation, parsed spec)
-        self._last_full = 0.0
+        self._roster: dict[int, dict[str, tuple[str, str]]] = {}  # app id -> probed replica -> (component, cloud)
+        self._held: frozenset[int] | None = None
+        self._last_full = float("-inf")
         self.skipped = 0  # apps left alone in the last pass
+        self.reconciled = 0  # apps reconciled in the last pass
         self.network_pool = network_pool
         self.network_prefix = network_prefix
         self.fleet = fleet
@@ -106,34 +126,61 @@ class Reconciler:
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
+    def _owns(self, app_id: int) -> bool:
+        return self.shards is None or self.shards.owns(app_id)
+
     # ----------------------------------------------------------------- pass
     def run_once(self) -> None:
         self._engine = None  # the fleet state of this pass, built at its first placement
-        self._sync_clouds()
-        app_ids = self._probe_all()
-        full = time.monotonic() - self._last_full >= self.full_resync
-        now_settled = {} if full else self._settled_apps()
-        self.skipped = 0
-        for app_id in app_ids:
-            if not full and app_id in now_settled and self._settled.get(app_id) == now_settled[app_id]:
-                self.skipped += 1
-                continue
+        held = self.shards.held if self.shards is not None else None
+        handed = held != self._held  # this replica's share changed (its start, a takeover, a hand-off)
+        self._held = held
+        fleet_changed, moved = self._sync_clouds()
+        dirty, everything = self.feed.take() if self.feed is not None else (set(), True)
+        now = time.monotonic()
+        full = handed or now - self._last_full >= self.full_resync
+        resync = full or everything or fleet_changed
+        if resync:
+            app_ids = self._load()
+        checks = self._probe()
+        if full:
+            targets = set(app_ids)
+        else:
+            targets = dirty | self._unsettled | checks | self._apps_of(moved)
+            if resync:
+                prints = self._settled_apps()
+                targets |= {a for a in app_ids if a not in prints or self._settled.get(a) != prints[a]}
+            targets = {a for a in targets if self._owns(a)}
+        for app_id in sorted(targets):
             try:
-                self._reconcile_app(app_id)
+                settled = self._reconcile_app(app_id)
+            except _Stale as why:
+                log.info("app id %s placed again next pass: %s", app_id, why)
+                settled = False
             except Exception:
                 log.exception("reconciling app id %s failed; will retry next pass", app_id)
+                settled = False
+            if settled is False:
+                self._unsettled.add(app_id)
+            else:
+                self._unsettled.discard(app_id)
+        self._unsettled = {a for a in self._unsettled if self._owns(a)}
+        self.reconciled = len(targets)
+        self.skipped = max(0, len(self._specs) - len(targets))
         if full:
-            self._last_full = time.monotonic()
-        if self.full_resync:
+            self._last_full = now
+        if resync and self.full_resync:
             self._settled = self._settled_apps()
-        sweep_orphans(self.db, self.fleet, self._observed)
-        reclaim_volumes(self.db, self.fleet)
-        finish_removals(self.db, self.fleet)
+        if self.leader:
+            sweep_orphans(self.db, self.fleet, self._observed)
+            reclaim_volumes(self.db, self.fleet)
+            finish_removals(self.db, self.fleet)
 
     def _settled_apps(self) -> dict[int, tuple[Any, ...]]:
-        """Apps whose every replica runs, on a healthy cloud that is neither draining nor fenced,
-        observed running, passing its checks: each with a fingerprint of all of that (and its
-        generation). Columns only, three queries: no ORM objects, no specs parsed."""
+        """This replica's apps whose every replica runs, on a healthy host of a healthy cloud
+        that is neither draining nor fenced, observed running, not failing its checks: each with
+        a fingerprint of all of that (and its generation). Columns only, four queries: no ORM
+        objects, no specs parsed."""
         with self.db.session() as s, s.begin():
             clouds = {
                 cid: (name, health == "healthy" and not draining and fenced is None)
@@ -141,10 +188,11 @@ class Reconciler:
                     select(Cloud.id, Cloud.name, Cloud.health, Cloud.draining, Cloud.fenced_by_plan)
                 )
             }
+            sick = {(c, h) for c, h in s.execute(select(Host.cloud_id, Host.name).where(Host.healthy.is_(False)))}
             apps = {
                 aid: gen
                 for aid, gen, deleting in s.execute(select(App.id, App.generation, App.deleting))
-                if not deleting
+                if not deleting and self._owns(aid)
             }
             rows = s.execute(
                 select(
@@ -163,22 +211,48 @@ class Reconciler:
             if app_id not in per_app:
                 continue
             cloud = clouds.get(cloud_id) if cloud_id is not None else None
-            obs = (self._observed.get(cloud[0]) or {}).get(name) if cloud else None
-            probe = self._probes.get(name)
-            if state != "running" or replaces or cloud is None or not cloud[1] or obs is None or obs.state != "running":
+            ok = cloud is not None and cloud[1] and (cloud_id, host) not in sick
+            if not self._row_settled(name, state, replaces, cloud[0] if cloud else None, ok):
                 unsettled.add(app_id)
                 continue
+            obs = (self._observed.get(cloud[0]) or {}).get(name) if cloud else None
+            probe = self._probes.get(name)
             checks = (probe.successes > 0, probe.failures) if probe else None
-            per_app[app_id].append((name, spec_hash, cloud_id, host, obs.endpoint, checks))
+            per_app[app_id].append((name, spec_hash, cloud_id, host, obs.endpoint if obs else None, checks))
         return {a: (apps[a], tuple(sorted(r))) for a, r in per_app.items() if a not in unsettled}
+
+    def _row_settled(self, name: str, state: str, replaces: str | None, cloud: str | None, cloud_ok: bool) -> bool:
+        """A replica with nothing left to do: running as its cloud (healthy, open, on a healthy
+        host) reports it, not replacing another, not failing its checks."""
+        if state != "running" or replaces or cloud is None or not cloud_ok:
+            return False
+        obs = (self._observed.get(cloud) or {}).get(name)
+        probe = self._probes.get(name)
+        return obs is not None and obs.state == "running" and (probe is None or probe.failures == 0)
+
+    def _apps_of(self, names: set[str]) -> set[int]:
+        """The apps of these replicas (by name)."""
+        out: set[int] = set()
+        if not names:
+            return out
+        listed = sorted(names)
+        with self.db.session() as s, s.begin():
+            for i in range(0, len(listed), 500):
+                q = select(Instance.app_id).where(Instance.name.in_(listed[i : i + 500]))
+                out.update(s.scalars(q))
+        return out
 
     def _provider(self, ref: _CloudRef) -> Provider:
         return self.fleet.provider(ref.name, ref.kind, dict(ref.options))
 
     # --------------------------------------------------------------- clouds
-    def _sync_clouds(self) -> None:
+    def _sync_clouds(self) -> tuple[bool, set[str]]:
+        """List every cloud; the leader records their health and hosts. Returns whether a cloud
+        came, went, or became reachable or unreachable, and the replicas whose observation
+        changed since the last pass."""
         with self.db.session() as s, s.begin():
             refs = [_CloudRef(c.name, c.kind, dict(c.options)) for c in s.scalars(select(Cloud))]
+        before = self._observed.copy()
         results = {}
         for ref in refs:
             observed: dict[str, ObservedInstance] | None = None
@@ -195,13 +269,29 @@ class Reconciler:
             results[ref.name] = (status, hosts)
         for gone in set(self._observed) - {r.name for r in refs}:
             del self._observed[gone]
+        fleet_changed = set(before) != set(self._observed)
+        moved: set[str] = set()
+        for name, now in self._observed.items():
+            was = before.get(name)
+            if (was is None) != (now is None):
+                fleet_changed = True
+            elif was is not None and now is not None and was != now:
+                moved.update(n for n in was.keys() | now.keys() if was.get(n) != now.get(n))
+        if self.leader:
+            self._record_clouds(results)
+        return fleet_changed, moved
+
+    def _record_clouds(self, results: dict[str, tuple[CloudStatus, list[HostInfo] | None]]) -> None:
         with self.db.session() as s, s.begin():
+            quiet(s)  # a new message is no news; a new health or host is, to every replica
+            news = False
             for cloud in s.scalars(select(Cloud)):
                 if cloud.name not in results:
                     continue
                 status, hosts = results[cloud.name]
                 new_health = "healthy" if status.healthy else "down"
                 if cloud.health != new_health:
+                    news = True
                     record_event(
                         s,
                         "CloudHealthy" if status.healthy else "CloudDown",
@@ -222,19 +312,29 @@ class Reconciler:
                             cloud.hosts.append(row)
                         row.cpu, row.memory = info.cpu, info.memory
                         row.max_instances, row.healthy = info.max_instances, info.healthy
+                        news = news or row.id is None or s.is_modified(row)
                     for stale in existing.values():
                         cloud.hosts.remove(stale)
+                        news = True
+            if news:
+                mark(s, everything=True)
 
     def _down_long_enough(self, cloud: Cloud, now: datetime) -> bool:
         return cloud.health == "down" and now - cloud.health_changed_at >= self.failover_grace
 
     # ----------------------------------------------------------------- apps
-    def _reconcile_app(self, app_id: int) -> None:
+    def _reconcile_app(self, app_id: int) -> bool | None:
+        """One app, one transaction, then its provider calls. Returns whether it is settled
+        (None: it is gone, or not this replica's)."""
         actions: list[_Action] = []
         with self.db.session() as s, s.begin():
+            quiet(s)
+            if self.shards is not None and not self.shards.fence(s, app_id):
+                return None  # another replica's now: it acts, never both
             app = s.get(App, app_id)
             if app is None:
-                return
+                self._forget(app_id)
+                return None
             rows = list(s.scalars(select(Instance).where(Instance.app_id == app_id).order_by(Instance.id)))
             if app.deleting:
                 for r in rows:
@@ -247,8 +347,10 @@ class Reconciler:
                         v.state = "deleting" if v.reclaim == "delete" else "released"
                         v.instance = None
                     s.delete(app)
+                    self._forget(app_id)
+                settled: bool | None = None if not rows else False
             else:
-                spec = AppSpec.model_validate(app.spec)
+                spec = self._spec(app.id, app.generation, app.spec)
                 names = {c.name for c in spec.spec.components}
                 for r in rows:
                     if r.component not in names:
@@ -256,47 +358,108 @@ class Reconciler:
                 for comp in spec.spec.components:
                     comp_rows = [r for r in rows if r.component == comp.name]
                     actions += self._reconcile_component(s, app, spec, comp, comp_rows)
+                final = list(s.scalars(select(Instance).where(Instance.app_id == app_id)))
+                self._enroll(
+                    app.id, spec, [(r.name, r.component, r.state, r.cloud.name if r.cloud else None) for r in final]
+                )
+                settled = not actions and all(
+                    self._row_settled(r.name, r.state, r.replaces, r.cloud.name if r.cloud else None, self._open(r))
+                    for r in final
+                )
         self._execute(actions)
+        return settled
 
-    def _probe_all(self) -> list[int]:
-        """Run the due health probes of every app at once, outside any transaction.
+    def _open(self, r: Instance) -> bool:
+        c = r.cloud
+        if c is None or c.health != "healthy" or c.draining or c.fenced_by_plan is not None:
+            return False
+        return all(h.healthy for h in c.hosts if h.name == r.host)
 
-        Returns the ids of all apps, read in the same snapshot.
-        """
+    def _spec(self, app_id: int, generation: int, body: Any) -> AppSpec:
+        """The app's parsed spec (parsed once per generation)."""
+        cached = self._specs.get(app_id)
+        if cached is None or cached[0] != generation:
+            cached = self._specs[app_id] = (generation, AppSpec.model_validate(body))
+        return cached[1]
+
+    def _forget(self, app_id: int) -> None:
+        self._specs.pop(app_id, None)
+        self._roster.pop(app_id, None)
+        self._unsettled.discard(app_id)
+
+    def _watch(self, app_id: int, name: str, component: str, cloud: str) -> None:
+        """A replica just started: probe it from the next pass on (when its component has checks)."""
+        spec = self._specs.get(app_id)
+        if spec is not None and any(c.name == component and c.health for c in spec[1].spec.components):
+            self._roster.setdefault(app_id, {})[name] = (component, cloud)
+
+    def _enroll(self, app_id: int, spec: AppSpec, rows: Sequence[tuple[str, str, str, str | None]]) -> None:
+        """Which of the app's replicas the probes watch: (name, component, state, cloud) each."""
+        checked = {c.name for c in spec.spec.components if c.health is not None}
+        self._roster[app_id] = {
+            name: (comp, cloud)
+            for name, comp, state, cloud in rows
+            if comp in checked and cloud is not None and state in PROBED_STATES
+        }
+
+    def _load(self) -> list[int]:
+        """This replica's apps: their ids, their specs (parsed once per generation, not once per
+        pass), and which of their replicas the probes watch. Column queries only."""
         with self.db.session() as s, s.begin():
-            heads = s.execute(select(App.id, App.generation, App.deleting).order_by(App.id)).all()
+            heads = [
+                (aid, gen, deleting)
+                for aid, gen, deleting in s.execute(select(App.id, App.generation, App.deleting).order_by(App.id))
+                if self._owns(aid)
+            ]
             stale = [aid for aid, gen, deleting in heads if not deleting and self._specs.get(aid, (None,))[0] != gen]
-            for i in range(0, len(stale), 500):  # specs parsed once per generation, not once per pass
+            for i in range(0, len(stale), 500):
                 chunk = select(App.id, App.generation, App.spec).where(App.id.in_(stale[i : i + 500]))
                 for aid, gen, body in s.execute(chunk):
-                    self._specs[aid] = (gen, AppSpec.model_validate(body))
+                    self._spec(aid, gen, body)
             probed = (
-                select(Instance.name, Instance.app_id, Instance.component, Cloud.name)
+                select(Instance.name, Instance.app_id, Instance.component, Instance.state, Cloud.name)
                 .outerjoin(Cloud, Instance.cloud_id == Cloud.id)
                 .where(Instance.state.in_(PROBED_STATES))
             )
             rows = s.execute(probed).all()
         live = {aid for aid, _, deleting in heads if not deleting}
-        known = {aid for aid, _, _ in heads}
-        self._specs = {aid: v for aid, v in self._specs.items() if aid in known}
-        specs = {aid: self._specs[aid][1] for aid in live if aid in self._specs}
+        self._specs = {aid: v for aid, v in self._specs.items() if aid in live}
+        per_app: dict[int, list[tuple[str, str, str, str | None]]] = {aid: [] for aid in self._specs}
+        for name, app_id, comp, state, cloud in rows:
+            if app_id in per_app:
+                per_app[app_id].append((name, comp, state, cloud))
+        self._roster = {}
+        for aid, replicas in per_app.items():
+            self._enroll(aid, self._specs[aid][1], replicas)
+        return [aid for aid, _, _ in heads]
+
+    def _probe(self) -> set[int]:
+        """Run the due health probes of this replica's apps at once, outside any transaction.
+        Returns the apps whose checks changed (first pass, first failure, recovery)."""
         now = time.monotonic()
         jobs = []
-        for name, app_id, comp_name, cloud in rows:
-            spec = specs.get(app_id)
-            comp = next((c for c in spec.spec.components if c.name == comp_name), None) if spec else None
-            obs = (self._observed.get(cloud) or {}).get(name) if cloud else None
-            if comp is None or comp.health is None or obs is None or obs.state != "running":
+        for app_id, replicas in self._roster.items():
+            spec = self._specs.get(app_id)
+            if spec is None:
                 continue
-            port = health.probe_port(comp, obs.ports)
-            state = self._probes.setdefault(name, health.ProbeState())
-            if port is None or now - state.last < comp.health.period_seconds:
-                continue
-            host = (obs.endpoint or "127.0.0.1:0").rsplit(":", 1)[0]
-            jobs.append((state, self._pool.submit(health.probe, comp.health, host, port)))
-        for state, fut in jobs:
+            for name, (comp_name, cloud) in replicas.items():
+                comp = next((c for c in spec[1].spec.components if c.name == comp_name), None)
+                obs = (self._observed.get(cloud) or {}).get(name)
+                if comp is None or comp.health is None or obs is None or obs.state != "running":
+                    continue
+                port = health.probe_port(comp, obs.ports)
+                state = self._probes.setdefault(name, health.ProbeState())
+                if port is None or now - state.last < comp.health.period_seconds:
+                    continue
+                host = (obs.endpoint or "127.0.0.1:0").rsplit(":", 1)[0]
+                jobs.append((app_id, state, self._pool.submit(health.probe, comp.health, host, port)))
+        changed = set()
+        for app_id, state, fut in jobs:
+            was = (state.successes > 0, state.failures)
             health.update(state, fut.result())
-        return [aid for aid, _, _ in heads]
+            if (state.successes > 0, state.failures) != was:
+                changed.add(app_id)
+        return changed
 
     def _set_state(self, s: Session, r: Instance, state: str, reason: str | None = None) -> None:
         if r.state != state:
@@ -603,6 +766,7 @@ class Reconciler:
         unplaced = [r for r in cur if r.cloud is None]
         if not unplaced and not to_add:
             return actions
+        placing(s)  # one placement at a time across replicas: each sees the last one's hosts
         if self._engine is None:
             self._engine = Engine(self._host_states(s))
         req = Request(
@@ -638,6 +802,7 @@ class Reconciler:
         clouds = {c.name: c for c in s.scalars(select(Cloud))}
         failed: list[str] = []
         news = 0
+        placed: list[Instance] = []
         for existing_row, ordinal, d in decided:
             if existing_row is not None:
                 r = existing_row
@@ -663,6 +828,7 @@ class Reconciler:
                 r.host = d.host
                 self._set_state(s, r, "scheduled", d.reason)
                 s.flush()
+                placed.append(r)
                 self._attach_volumes(s, app, comp, r)
                 record_event(s, "Scheduled", "instance", r.name, d.reason, vdc=app.vdc.path, app=app.name)
                 actions.append(_Action("create", r.name, d.cloud, self._request(app, comp, r, s)))
@@ -671,6 +837,8 @@ class Reconciler:
                 s.flush()
                 failed.append(d.reason)
                 news += changed
+        if self.shards is not None and self.shards.members > 1:
+            self._check_room(s, {(r.cloud_id, r.host or "") for r in placed if r.cloud_id is not None})
         if news:  # one event per component and new reason, not one per replica
             first = failed[0]
             more = f" ({len(failed)} replicas)" if len(failed) > 1 else ""
@@ -685,6 +853,31 @@ class Reconciler:
                 app=app.name,
             )
         return actions
+
+    def _check_room(self, s: Session, hosts: set[tuple[int, str]]) -> None:
+        """With other replicas placing too, this pass's fleet state may be older than their
+        last placement: after taking the placement lock, the hosts just chosen must still have
+        room, else the transaction rolls back and the app is placed again on a fresh state."""
+        if not hosts:
+            return
+        cap: dict[tuple[Any, Any], tuple[int, int, int]] = {
+            (cid, name): (cpu, mem, n)
+            for cid, name, cpu, mem, n in s.execute(
+                select(Host.cloud_id, Host.name, Host.cpu, Host.memory, Host.max_instances).where(
+                    tuple_(Host.cloud_id, Host.name).in_(sorted(hosts))
+                )
+            )
+        }
+        used = s.execute(
+            select(Instance.cloud_id, Instance.host, func.sum(Instance.cpu), func.sum(Instance.memory), func.count())
+            .where(tuple_(Instance.cloud_id, Instance.host).in_(sorted(hosts)), Instance.state != "lost")
+            .group_by(Instance.cloud_id, Instance.host)
+        )
+        for cid, host, cpu, mem, n in used:
+            c = cap.get((cid, host))
+            if c is not None and (cpu > c[0] or mem > c[1] or n > c[2]):
+                self._engine = None
+                raise _Stale(f"host {host} filled up meanwhile (another replica placed there)")
 
     def _place_members(
         self,
@@ -796,6 +989,7 @@ class Reconciler:
             except (ShanzhiError, OSError, sqlite3.Error) as err:
                 outcomes.append((a, None, f"{a.kind} failed on cloud {a.cloud}: {err}"))
         with self.db.session() as s, s.begin():
+            quiet(s)
             rows = {
                 r.name: r
                 for r in s.scalars(select(Instance).where(Instance.name.in_([a.name for a, _, _ in outcomes])))
@@ -822,9 +1016,11 @@ class Reconciler:
                         _release_volumes(s, row)
                         s.delete(row)
                         self._probes.pop(a.name, None)
+                        self._roster.get(row.app_id, {}).pop(a.name, None)
                 elif observed is not None and row.state == "scheduled":
                     self._set_state(s, row, "starting", f"created on {a.cloud}/{row.host}")
                     row.endpoint = observed.endpoint
+                    self._watch(row.app_id, row.name, row.component, a.cloud)
                 elif observed is not None and row.state == "adopting":
                     self._set_state(s, row, "starting", f"adopted {row.adopted_from} on {a.cloud}/{observed.host}")
                     row.endpoint, row.host = observed.endpoint, observed.host

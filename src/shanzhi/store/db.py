@@ -7,7 +7,7 @@ queue on the database lock instead of failing on a lock upgrade. PostgreSQL is u
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,8 @@ from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+
+from shanzhi.store.changes import ChangeFeed, install
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -46,6 +48,7 @@ class Database:
     engine: Engine
     sessions: sessionmaker[Session]
     _reader: Engine | None = None
+    changes: ChangeFeed = field(default_factory=ChangeFeed)  # what committed sessions changed
 
     @property
     def reader(self) -> Engine:
@@ -100,4 +103,6 @@ def open_database(url: str) -> Database:
         engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
     else:
         raise ValueError(f"unsupported database {parsed.get_backend_name()!r}: use sqlite or postgresql")
-    return Database(url, engine, sessionmaker(engine, expire_on_commit=False))
+    db = Database(url, engine, sessionmaker(engine, expire_on_commit=False))
+    install(db.sessions, db.changes)
+    return db
