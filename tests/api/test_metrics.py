@@ -71,6 +71,11 @@ def test_the_exposition_has_instances_clouds_and_the_control_plane(live: TestCli
     assert "/api/v1/clouds" in routes and "/api/v1/apps" in routes  # by template, not by raw path
     passes = [s for s in families["shanzhi_reconcile_pass_seconds"] if s.name.endswith("_count")]
     assert passes and passes[0].value > 0
+    # one replica on its own: it reconciles every shard, and a settled fleet is left alone
+    assert [s.value for s in families["shanzhi_reconcile_shards"]] == [64.0]
+    assert [s.value for s in families["shanzhi_reconcile_replicas"]] == [1.0]
+    settled = until(lambda: (f := scrape(live)) and f["shanzhi_reconcile_apps_reconciled"][0].value == 0 and f)
+    assert settled["shanzhi_reconcile_apps_settled"][0].value == 1.0
     assert "process_resident_memory_bytes" in families
     # the alias where Prometheus looks by default
     r = live.get("/metrics", follow_redirects=False)

@@ -210,23 +210,33 @@ def test_site_loss_fails_over_to_the_remaining_sites(server: Server) -> None:
     wait_for(lambda: len(cli.json("instance", "list")) == 4, 60, "lost instances cleaned up")
 
 
-def test_two_servers_on_one_postgres_never_both_act(data_dir: Path, pg_url: str) -> None:
+def test_two_servers_on_one_postgres_split_the_apps_and_one_takes_all_when_the_other_dies(
+    data_dir: Path, pg_url: str
+) -> None:
     a = Server(data_dir, pg_url)
     b = Server(data_dir, pg_url)
     try:
         wait_for(lambda: a.status()["leader"] != b.status()["leader"], 20, "one leader")
+        wait_for(lambda: a.status()["shards"] == b.status()["shards"] == 32, 20, "the apps split in two")
+        assert a.status()["replicas"] == b.status()["replicas"] == 2
         leader, standby = (a, b) if a.status()["leader"] else (b, a)
         cli = Cli(standby)  # the API of either server works
         setup_world(cli)
-        cli.ok("apply", "-f", str(EXAMPLE), "--wait", "--timeout", "90")
+        for name in ("hello", "hello-2", "hello-3"):  # apps in different shards (ids 1, 2, 3)
+            doc = EXAMPLE.read_text().replace("name: hello", f"name: {name}", 1).replace("replicas: 4", "replicas: 2")
+            (data_dir / f"{name}.yaml").write_text(doc)
+            cli.ok("apply", "-f", str(data_dir / f"{name}.yaml"), "--wait", "--timeout", "90")
+        # the other controllers run once, on the leader; each server reconciles its own share
         assert standby.status()["controller_passes"] == 0
+        assert standby.status()["reconcile_passes"] > 0 and leader.status()["reconcile_passes"] > 0
         pids = workload_pids(data_dir)
-        assert len(pids) == 4
+        assert len(pids) == 6
         leader.kill()
         wait_for(lambda: standby.status()["leader"], 20, "the standby to take over")
+        wait_for(lambda: standby.status()["shards"] == 64, 20, "every app on the survivor")
         standby.passes_after(5)
         assert workload_pids(data_dir) == pids
-        assert len(Cli(standby).json("instance", "list")) == 4
+        assert len(Cli(standby).json("instance", "list")) == 6
     finally:
         stop_everything(data_dir, a, b)
 

@@ -103,6 +103,15 @@ class Platform(Collector):
             )
             skipped.add_metric([], controller.reconciler.skipped)
             yield skipped
+            looked = GaugeMetricFamily("shanzhi_reconcile_apps_reconciled", "Apps the last reconcile pass looked at")
+            looked.add_metric([], controller.reconciler.reconciled)
+            yield looked
+            shards = GaugeMetricFamily("shanzhi_reconcile_shards", "Shards of the apps this replica reconciles (of 64)")
+            shards.add_metric([], len(controller.shards.held))
+            yield shards
+            members = GaugeMetricFamily("shanzhi_reconcile_replicas", "Live serve replicas sharing the apps")
+            members.add_metric([], controller.shards.members)
+            yield members
             yield from _instances(controller.metrics.latest.values())
         with Session(rt.db.reader) as s, s.begin():
             yield from _clouds(s)

@@ -239,7 +239,10 @@ class StatusOut(BaseModel):
     version: str
     database: str
     leader: bool
-    controller_passes: int
+    controller_passes: int  # passes led: reconcile plus the leader's other controllers
+    reconcile_passes: int  # passes over this server's share of the apps (led or not)
+    shards: int  # this server's share of the apps, of 64 (servers on one PostgreSQL split them)
+    replicas: int  # servers sharing the apps
     data_dir: str
 
 

@@ -110,7 +110,8 @@ def _pairs(items: list[str] | None, what: str) -> dict[str, str]:
 
 @app.command()
 def status(data_dir: Path | None = DataDirOpt, output: Fmt = OutputOpt) -> None:
-    """Show the server's version, database and whether its controller leads."""
+    """Show the server's version, database, whether its controller leads, and its share of the
+    apps (servers on one PostgreSQL split them: `shards` of 64, `replicas` sharing)."""
     with handle_errors(), client(data_dir) as c:
         emit(c.status(), output)
 

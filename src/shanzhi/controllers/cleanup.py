@@ -19,23 +19,35 @@ from shanzhi.store.tables import Cloud, Instance, VolumeRecord
 log = logging.getLogger("shanzhi.reconciler")
 
 
-def sweep_orphans(db: Database, fleet: Fleet, observed: Mapping[str, Mapping[str, ObservedInstance] | None]) -> None:
-    """Delete provider instances that no row claims (left by a crash or a manual change).
+def sweep_orphans(
+    db: Database,
+    fleet: Fleet,
+    observed: Mapping[str, Mapping[str, ObservedInstance] | None],
+    among: set[str] | None = None,
+) -> None:
+    """Delete provider instances that no row claims (left by a crash or a manual change):
+    every listed one, or only those named in `among` (what is new in the listing).
 
     `observed` is the pass's listing, taken before its rows were read, so an instance created
     during the pass is never mistaken for an orphan.
     """
+    if among is not None and not among:
+        return
     with db.session() as s, s.begin():
-        claimed = {
-            (cloud, name)
-            for name, cloud in s.execute(select(Instance.name, Cloud.name).join(Cloud, Instance.cloud_id == Cloud.id))
-        }
+        q = select(Instance.name, Cloud.name).join(Cloud, Instance.cloud_id == Cloud.id)
+        if among is None:
+            claimed = {(cloud, name) for name, cloud in s.execute(q)}
+        else:
+            listed = sorted(among)
+            claimed = set()
+            for i in range(0, len(listed), 500):
+                claimed |= {(c, n) for n, c in s.execute(q.where(Instance.name.in_(listed[i : i + 500])))}
         clouds = {c.name: (c.kind, dict(c.options)) for c in s.scalars(select(Cloud))}
     for cloud, seen in list(observed.items()):
         if seen is None or cloud not in clouds:
             continue
         kind, options = clouds[cloud]
-        for name in seen:
+        for name in seen if among is None else among & seen.keys():
             if (cloud, name) in claimed:
                 continue
             try:

@@ -86,7 +86,8 @@ class ControllerManager:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.is_leader = False
-        self.passes = 0
+        self.passes = 0  # passes led
+        self.reconcile_passes = 0  # passes over this replica's share of the apps
         self._passes: list[Callable[[], object]] = []
         self.pass_seconds = Histogram(
             "shanzhi_reconcile_pass_seconds",
@@ -165,6 +166,7 @@ class ControllerManager:
                 try:
                     with self.pass_seconds.time():
                         self.reconciler.run_once()
+                    self.reconcile_passes += 1
                     if not leader:
                         self._wait()
                         continue

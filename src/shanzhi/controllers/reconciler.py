@@ -171,8 +171,8 @@ class Reconciler:
             self._last_full = now
         if resync and self.full_resync:
             self._settled = self._settled_apps()
-        if self.leader:
-            sweep_orphans(self.db, self.fleet, self._observed)
+        if self.leader:  # orphans: all in a resync, else among what the listing shows new
+            sweep_orphans(self.db, self.fleet, self._observed, None if resync else moved)
             reclaim_volumes(self.db, self.fleet)
             finish_removals(self.db, self.fleet)
 
@@ -282,12 +282,35 @@ class Reconciler:
         return fleet_changed, moved
 
     def _record_clouds(self, results: dict[str, tuple[CloudStatus, list[HostInfo] | None]]) -> None:
+        """Write the clouds whose health, message or hosts differ from their rows (columns are
+        compared first: a pass where nothing changed writes, and loads, nothing)."""
+        with self.db.session() as s, s.begin():
+            rows = {n: (h, m) for n, h, m in s.execute(select(Cloud.name, Cloud.health, Cloud.health_message))}
+            known: dict[str, dict[str, tuple[int, int, int, bool]]] = {n: {} for n in rows}
+            for cname, hname, cpu, mem, most, ok in s.execute(
+                select(Cloud.name, Host.name, Host.cpu, Host.memory, Host.max_instances, Host.healthy).join(
+                    Cloud, Host.cloud_id == Cloud.id
+                )
+            ):
+                known[cname][hname] = (cpu, mem, most, ok)
+        stale = {
+            name
+            for name, (status, hosts) in results.items()
+            if name in rows
+            and (
+                rows[name] != ("healthy" if status.healthy else "down", status.message)
+                or (
+                    hosts is not None
+                    and known[name] != {i.name: (i.cpu, i.memory, i.max_instances, i.healthy) for i in hosts}
+                )
+            )
+        }
+        if not stale:
+            return
         with self.db.session() as s, s.begin():
             quiet(s)  # a new message is no news; a new health or host is, to every replica
             news = False
-            for cloud in s.scalars(select(Cloud)):
-                if cloud.name not in results:
-                    continue
+            for cloud in s.scalars(select(Cloud).where(Cloud.name.in_(sorted(stale)))):
                 status, hosts = results[cloud.name]
                 new_health = "healthy" if status.healthy else "down"
                 if cloud.health != new_health:
@@ -313,8 +336,8 @@ class Reconciler:
                         row.cpu, row.memory = info.cpu, info.memory
                         row.max_instances, row.healthy = info.max_instances, info.healthy
                         news = news or row.id is None or s.is_modified(row)
-                    for stale in existing.values():
-                        cloud.hosts.remove(stale)
+                    for gone in existing.values():
+                        cloud.hosts.remove(gone)
                         news = True
             if news:
                 mark(s, everything=True)

@@ -115,5 +115,8 @@ async def status(rt: Runtime = Depends(runtime)) -> schemas.StatusOut:  # no I/O
         database=rt.db.engine.dialect.name,
         leader=bool(c and c.is_leader),
         controller_passes=c.passes if c else 0,
+        reconcile_passes=c.reconcile_passes if c else 0,
+        shards=len(c.shards.held) if c else 0,
+        replicas=c.shards.members if c else 0,
         data_dir=str(rt.settings.data_dir),
     )
