@@ -66,6 +66,19 @@ def test_a_postgres_gets_one_member_per_centre_a_data_volume_and_its_ports() -> 
         ({"name": "web", "run": {"command": ["x"]}, "postgres": {}}, None, "spec.components[0]", "kind: postgres"),
         ({"name": "web", "run": {"command": ["x"]}}, {"tier": "gold"}, "spec.dr.tier", "none"),
         ({"name": "web", "run": {"command": ["x"]}}, {"rpo": "soon"}, "spec.dr.rpo", "not a duration"),
+        (
+            {"name": "web", "run": {"command": ["x"]}},
+            {"backups": {"every": "daily"}},
+            "spec.dr.backups.every",
+            "not a duration",
+        ),
+        ({"name": "web", "run": {"command": ["x"]}}, {"backups": {"keep": 0}}, "spec.dr.backups.keep", "1"),
+        (
+            {"name": "web", "run": {"command": ["x"]}},
+            {"backups": {"when": "1h"}},
+            "spec.dr.backups.when",
+            "unknown field",
+        ),
     ],
 )
 def test_bad_dr_specs_are_refused_naming_the_field(component: dict[str, Any], dr: Any, field: str, says: str) -> None:

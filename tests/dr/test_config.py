@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+from pathlib import Path
 
 import yaml
 
@@ -81,3 +83,23 @@ def test_two_data_centres_stay_writable_after_losing_one_but_never_promote_an_as
     assert dcs["synchronous_mode"] is True and dcs["synchronous_mode_strict"] is False
     off = config(synchronous=False, strict=True)["bootstrap"]["dcs"]  # type: ignore[index]
     assert off["synchronous_mode"] is False and off["synchronous_mode_strict"] is False
+
+
+def test_wal_is_archived_whole_once_and_never_overwritten_with_something_else(tmp_path: Path) -> None:
+    archive = tmp_path / "arch ive"  # a space: the command quotes the path
+    archive.mkdir()
+    params = config(archive=str(archive))["bootstrap"]["dcs"]["postgresql"]["parameters"]  # type: ignore[index]
+    assert params["archive_mode"] == "on" and params["archive_timeout"] == 60
+    assert "archive_mode" not in config()["bootstrap"]["dcs"]["postgresql"]["parameters"]  # type: ignore[index]
+    segment = tmp_path / "000000010000000000000001"
+
+    def archive_it() -> int:  # as PostgreSQL runs it: %p the segment's path, %f its name
+        cmd = str(params["archive_command"]).replace("%p", str(segment)).replace("%f", segment.name)
+        return subprocess.run(["sh", "-c", cmd], check=False).returncode
+
+    segment.write_bytes(b"wal" * 1000)
+    assert archive_it() == 0 and (archive / segment.name).read_bytes() == b"wal" * 1000
+    assert archive_it() == 0  # the same segment again (a retry): accepted, unchanged
+    segment.write_bytes(b"other")
+    assert archive_it() != 0 and (archive / segment.name).read_bytes() == b"wal" * 1000
+    assert not list(archive.glob("*.part"))

@@ -164,3 +164,89 @@ def reprotect(
         out.print("protected" if r["protected"] else "NOT protected: " + "; ".join(r["problems"]))
     if not r["protected"]:
         raise typer.Exit(1)
+
+
+BACKUP_COLS: Columns = [
+    ("ID", lambda r: r["id"]),
+    ("FINISHED", lambda r: str(r["finished_at"])[:19]),
+    ("MEMBER", lambda r: r["body"].get("member")),
+    ("BYTES", lambda r: f"{r['body'].get('bytes', 0):,}"),
+    ("SECONDS", lambda r: r["body"].get("seconds")),
+    ("WHY", lambda r: r["body"].get("why")),
+]
+
+
+@dr_app.command("backup")
+def backup(
+    app_name: str = typer.Argument(..., metavar="APP"),
+    vdc: str | None = typer.Option(None, "--vdc"),
+    component: str | None = typer.Option(None, "--component", help="The database (default: the app's first)."),
+    data_dir: Path | None = DataDirOpt,
+    output: Fmt = OutputOpt,
+) -> None:
+    """A base backup of the app's database now (its WAL is archived all the time; scheduled
+    backups follow `spec.dr.backups`). Waits until it is done and prints the report."""
+    with handle_errors(), Client(token=discover_token(data_dir)) as c:
+        if output is not Fmt.json:
+            out.print(f"backing up {app_name} (pg_basebackup from a running member) ...")
+        r = c.dr_long(app_name, "backups", vdc, component=component)
+    _show(r, output)
+
+
+@dr_app.command("backups")
+def backups(
+    app_name: str = typer.Argument(..., metavar="APP"),
+    vdc: str | None = typer.Option(None, "--vdc"),
+    component: str | None = typer.Option(None, "--component"),
+    data_dir: Path | None = DataDirOpt,
+    output: Fmt = OutputOpt,
+) -> None:
+    """The kept base backups and the window a restore can reach."""
+    with handle_errors(), Client(token=discover_token(data_dir)) as c:
+        r = c.dr_backups(app_name, vdc, component)
+    if output is Fmt.json:
+        emit(r, output)
+        return
+    emit(r["backups"], output, BACKUP_COLS)
+    if r["restorable_from"]:
+        out.print(f"restorable from {r['restorable_from']} to {r['archived_until'] or '(nothing archived yet)'}")
+    else:
+        out.print("no base backup yet: nothing to restore from (`shanzhi dr backup`)")
+
+
+@dr_app.command("restore")
+def restore(
+    app_name: str = typer.Argument(..., metavar="APP"),
+    to: str = typer.Option(..., "--to", help="The time to restore to, with its zone (2026-12-06T10:00:00+08:00)."),
+    vdc: str | None = typer.Option(None, "--vdc"),
+    component: str | None = typer.Option(None, "--component"),
+    data_dir: Path | None = DataDirOpt,
+    output: Fmt = OutputOpt,
+) -> None:
+    """A copy of the app's database as it was at TIME, on its own port (the running cluster is not
+    touched): to read the past from, or to prove a backup restores. `dr cleanup` removes it."""
+    with handle_errors(), Client(token=discover_token(data_dir)) as c:
+        if output is not Fmt.json:
+            out.print(f"restoring {app_name} to {to} (base backup, then the WAL archive replayed) ...")
+        r = c.dr_long(app_name, "restore", vdc, to=to, component=component)
+    if output is Fmt.json:
+        emit(r, output)
+    else:
+        out.print(r["summary"])
+        out.print(f"connect: {r['body']['connection']} (the app's password: `dr status --show-password`)")
+
+
+@dr_app.command("cleanup")
+def cleanup(
+    app_name: str = typer.Argument(..., metavar="APP"),
+    vdc: str | None = typer.Option(None, "--vdc"),
+    data_dir: Path | None = DataDirOpt,
+    output: Fmt = OutputOpt,
+) -> None:
+    """Stop and remove the app's restored copies."""
+    with handle_errors(), Client(token=discover_token(data_dir)) as c:
+        r = c.dr_long(app_name, "cleanup", vdc)
+    if output is Fmt.json:
+        emit(r, output)
+    else:
+        out.print(f"removed {len(r['removed'])} restored cop{'y' if len(r['removed']) == 1 else 'ies'}")

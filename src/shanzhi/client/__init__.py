@@ -283,6 +283,14 @@ class Client:
         payload = {k: v for k, v in body.items() if v is not None}
         return self._call("POST", f"/apps/{app}/dr/{op}", params=_params(vdc=vdc), json=payload)
 
+    def dr_backups(self, app: str, vdc: str | None = None, component: str | None = None) -> Any:
+        return self._call("GET", f"/apps/{app}/dr/backups", params=_params(vdc=vdc, component=component))
+
+    def dr_long(self, app: str, op: str, vdc: str | None = None, **body: Any) -> Any:
+        """backups (take one), restore or cleanup: they answer when done (up to an hour)."""
+        payload = {k: v for k, v in body.items() if v is not None}
+        return self._call("POST", f"/apps/{app}/dr/{op}", params=_params(vdc=vdc), json=payload, timeout=3700)
+
     def dr_reports(self, app: str | None = None, vdc: str | None = None) -> Any:
         return self._call("GET", "/dr/reports", params=_params(app=app, vdc=vdc))
 

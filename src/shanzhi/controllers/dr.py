@@ -28,6 +28,7 @@ import re
 import secrets
 import signal
 import subprocess
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from psycopg import sql
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from shanzhi.controllers import dr_backup
 from shanzhi.controllers.dr_members import main_members, site_roles
 from shanzhi.domain.dr import MEMBERS, quorum_sites, sites_by_role
 from shanzhi.domain.spec import AppSpec
@@ -150,11 +152,15 @@ class Etcd:
 class DrController:
     def __init__(self, db: Database, data_dir: Path) -> None:
         self.db = db
+        self.data_dir = data_dir
         self.dir = data_dir / "dr"
+        self._backups = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dr-backup")
+        self._backup: Future[None] | None = None
         self._etcd: dict[str, Etcd] = {}
         self._seen: dict[int, dict[str, Any]] = {}  # cluster id -> the leader as last seen
 
     def close(self) -> None:
+        self._backups.shutdown(wait=False, cancel_futures=True)
         for e in self._etcd.values():
             e.close()
 
@@ -246,22 +252,36 @@ class DrController:
     def _admit_and_watch(self) -> None:
         with self.db.session() as s, s.begin():
             rows = [
-                (c.id, c.app_id, c.component, c.prepared, dict(c.secrets), AppSpec.model_validate(c.app.spec))
+                (c.id, c.app_id, c.app.vdc.path, c.component, c.prepared, dict(c.secrets),
+                 AppSpec.model_validate(c.app.spec), bool(c.status.get("bootstrapped")))
                 for c in s.scalars(select(DrCluster))
-            ]
-        for cid, app_id, comp, prepared, sec, spec in rows:
+            ]  # fmt: skip
+        for cid, app_id, vdc, comp, prepared, sec, spec, ready in rows:
             remote = "remote" in MEMBERS[spec.spec.dr.tier]
             try:
                 if not prepared:
-                    self._admit(cid, app_id, comp, sec, remote)
+                    self._admit(cid, app_id, vdc, comp, sec, remote)
                 self._watch(cid, app_id, comp, spec, sec, remote)
             except (RuntimeError, httpx.HTTPError, KeyError, OSError, psycopg.Error) as err:
                 log.warning("database %s/%s: %s", app_id, comp, err)
+            idle = self._backup is None or self._backup.done()
+            plan = spec.spec.dr.backups
+            if ready and idle and dr_backup.due(self.db, app_id, comp, plan.every_seconds):
+                self._backup = self._backups.submit(self._scheduled_backup, app_id, comp, plan.keep)
 
-    def _admit(self, cid: int, app_id: int, comp: str, sec: dict[str, str], remote: bool) -> None:
+    def _scheduled_backup(self, app_id: int, comp: str, keep: int) -> None:
+        """One at a time, off the leader's loop (a big database takes a while)."""
+        try:
+            dr_backup.take_backup(self.db, self.data_dir, app_id, comp, why="scheduled")
+            dr_backup.prune(self.db, app_id, comp, keep)
+        except Exception:
+            log.exception("scheduled backup of database %s/%s failed", app_id, comp)
+
+    def _admit(self, cid: int, app_id: int, vdc: str, comp: str, sec: dict[str, str], remote: bool) -> None:
         main = self._etcd.get("quorum")
         if main is None or not main.healthy():
             return
+        dr_backup.prepare_archive(self.data_dir, vdc, app_id, comp)  # before any member starts
         for cluster, sc in (("quorum", scope(app_id, comp)), ("remote", scope(app_id, comp, True))):
             if cluster == "remote" and not remote:
                 continue
@@ -435,8 +455,9 @@ def _alive(pid: int, create_time: float) -> bool:
 
 
 def stop_quorum(data_dir: Path, *, remove: bool = False) -> int:
-    """Stop every etcd member this data directory's DR controller started (offline cleanup)."""
-    n = 0
+    """Stop every etcd member this data directory's DR controller started, and every restored
+    copy of a database (offline cleanup)."""
+    n = dr_backup.stop_restores(data_dir, remove=remove)
     for state in sorted((data_dir / "dr" / "etcd").glob("*/state.json")):
         with contextlib.suppress(OSError, ValueError, KeyError):
             st = json.loads(state.read_text())

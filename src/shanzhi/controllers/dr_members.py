@@ -11,9 +11,12 @@ same-city member, so it can never be ahead of it).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from shanzhi.controllers.dr_backup import archive_dir
 from shanzhi.domain.dr import MEMBERS, sites_by_role
 from shanzhi.domain.spec import AppSpec, Component
 from shanzhi.dr.patroni import PATRONI, Secrets, member_config, scope
@@ -105,9 +108,10 @@ def main_members(spec: AppSpec) -> int:
 
 
 def member_command(
-    s: Session, app: App, spec: AppSpec, comp: Component, r: Instance
+    s: Session, app: App, spec: AppSpec, comp: Component, r: Instance, data_dir: Path
 ) -> tuple[tuple[str, ...], dict[str, str]]:
-    """The command and environment of a managed database's member."""
+    """The command and environment of a managed database's member (a main cluster's member
+    archives its WAL when primary)."""
     cluster = s.scalar(select(DrCluster).where(DrCluster.app_id == app.id, DrCluster.component == comp.name))
     assert cluster is not None
     remote = member_role(spec, r.ordinal) == "remote"
@@ -125,5 +129,6 @@ def member_command(
         strict="remote" in MEMBERS[spec.spec.dr.tier],
         standby_of=_source(s, app, spec, comp) if remote else None,
         parameters=comp.postgres.parameters if comp.postgres else None,
+        archive=None if remote else str(archive_dir(data_dir, app.id, comp.name)),
     )
     return (PATRONI,), {"PATRONI_CONFIGURATION": config}

@@ -619,7 +619,9 @@ class Reconciler:
         command = tuple(comp.run.command) if comp.run else None
         env = dict(comp.run.env) if comp.run else dict(comp.env)
         if comp.kind == "postgres" and s is not None:
-            command, env = dr_members.member_command(s, app, AppSpec.model_validate(app.spec), comp, r)
+            command, env = dr_members.member_command(
+                s, app, AppSpec.model_validate(app.spec), comp, r, self.fleet.data_dir
+            )
         return InstanceRequest(
             network=self._attachment(s, app, r),
             name=r.name,

@@ -52,6 +52,24 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True, allow_inf_nan=False)
 
 
+class Backups(_Model):
+    """`spec.dr.backups`: base backups of the app's managed databases (their WAL is archived
+    all the time), for point-in-time restores."""
+
+    every: str | int = "24h"  # how often a base backup is taken (0: only when asked)
+    keep: Annotated[int, Field(ge=1, le=365)] = 7  # how many base backups are kept
+
+    @field_validator("every")
+    @classmethod
+    def _duration(cls, v: str | int) -> str | int:
+        parse_duration(v)
+        return v
+
+    @property
+    def every_seconds(self) -> float:
+        return parse_duration(self.every)
+
+
 class Dr(_Model):
     """An app's protection: `spec.dr`."""
 
@@ -60,6 +78,7 @@ class Dr(_Model):
     rto: str | int = "5m"  # how long it may be down
     # stateless components: run in production and same-city at once, or start in same-city on failover
     stateless: Literal["active-active", "cold"] = "active-active"
+    backups: Backups = Field(default_factory=Backups)
 
     @field_validator("rpo", "rto")
     @classmethod

@@ -10,6 +10,7 @@ retry_timeout 5 s), measured on this project's machines; `wal_retrieve_retry_int
 from __future__ import annotations
 
 import json
+import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -59,12 +60,15 @@ def member_config(
     strict: bool | None = None,
     standby_of: tuple[str, int] | None = None,
     parameters: Mapping[str, str | int] | None = None,
+    archive: str | None = None,
 ) -> str:
     """The YAML Patroni runs a member with. `synchronous`: RPO 0 (only a synchronous standby is
     ever promoted); `strict` (default: as `synchronous`): a primary without a synchronous standby
     stops accepting writes rather than risk them (right where a standby is left after losing any
     one centre; with two data centres it would stop all writes once either is lost).
-    `standby_of`: this member is (the leader of) a standby cluster fed from that host and port."""
+    `standby_of`: this member is (the leader of) a standby cluster fed from that host and port.
+    `archive`: the directory its primary archives each WAL segment to (at least once a minute),
+    for point-in-time restores."""
     params: dict[str, Any] = {
         "wal_log_hints": "on",
         "wal_keep_size": "256MB",
@@ -76,6 +80,8 @@ def member_config(
         "max_connections": 50,
         "password_encryption": "scram-sha-256",
     }
+    if archive is not None:
+        params.update(archive_parameters(archive))
     params.update(parameters or {})
     dcs: dict[str, Any] = {
         **TIMING,
@@ -127,6 +133,18 @@ def member_config(
         },
     }
     return yaml.safe_dump(conf, sort_keys=False)
+
+
+def archive_parameters(archive: str) -> dict[str, str | int]:
+    """WAL archiving into `archive`: a segment is copied under a temporary name and renamed, so a
+    half-written one is never taken for whole; one already there is accepted only if identical
+    (PostgreSQL retries a segment whose archiving it could not confirm)."""
+    wal = shlex.quote(archive.rstrip("/"))
+    command = (
+        f"test -f {wal}/%f && cmp -s %p {wal}/%f || "
+        f"(test ! -f {wal}/%f && cp %p {wal}/%f.part && mv {wal}/%f.part {wal}/%f)"
+    )
+    return {"archive_mode": "on", "archive_command": command, "archive_timeout": 60}
 
 
 def connection_string(hosts: Sequence[str], user: str, password: str | None, database: str) -> str:

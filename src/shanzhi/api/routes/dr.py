@@ -6,10 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Body, Depends, Query, Request
+from pydantic import AwareDatetime
 
 from shanzhi.api.audit import transaction
 from shanzhi.api.auth import principal, require
 from shanzhi.api.deps import Runtime, runtime
+from shanzhi.controllers import dr_backup
+from shanzhi.domain.errors import Conflict
 from shanzhi.domain.rbac import Principal
 from shanzhi.services import dr as svc
 from shanzhi.services import dr_ops
@@ -133,6 +136,87 @@ def failback(
 ) -> dict[str, Any]:
     """After a failover: the primary back to the production centre, as a planned switchover."""
     return _planned(request, p, name, vdc, component, None, "failback")
+
+
+def _writable(request: Request, p: Principal, name: str, vdc: str | None, component: str | None) -> tuple[int, str]:
+    """The app (one the caller may change) and its database: (app id, component)."""
+    rt: Runtime = request.app.state.runtime
+    with rt.db.session() as s, s.begin():
+        app = find_app(s, name, vdc, p.scope("app.read"))
+        require(p, "app.write", app.vdc.path, visible="app.read")
+        request.state.target = f"app {app.vdc.path}/{app.name}"
+        return app.id, svc.cluster_of(s, app, component).component
+
+
+@router.post("/apps/{name}/dr/backups")
+def backup(
+    request: Request,
+    name: str,
+    vdc: str | None = Query(None),
+    component: str | None = Body(None, embed=True, description="the database (default: the app's first)"),
+    p: Principal = Depends(principal),
+) -> dict[str, Any]:
+    """A base backup now (`pg_basebackup` from a running member); answers when it is done, with
+    its report. The WAL in between is archived all the time."""
+    rt: Runtime = request.app.state.runtime
+    app_id, comp = _writable(request, p, name, vdc, component)
+    report = dr_backup.take_backup(rt.db, rt.settings.data_dir, app_id, comp)
+    if report.outcome != "succeeded":
+        raise Conflict(report.summary)
+    return _report(report)
+
+
+@router.get("/apps/{name}/dr/backups")
+def backups(
+    name: str,
+    vdc: str | None = Query(None),
+    component: str | None = Query(None),
+    p: Principal = Depends(principal),
+    rt: Runtime = Depends(runtime),
+) -> dict[str, Any]:
+    """The kept base backups, oldest first, and the window a restore can reach: from the end of
+    the oldest to the last archived WAL."""
+    with rt.db.session() as s, s.begin():
+        app = find_app(s, name, vdc, p.scope("app.read"))
+        comp = svc.cluster_of(s, app, component).component
+        app_id = app.id
+    kept = dr_backup.backups(rt.db, app_id, comp)
+    return {
+        "component": comp,
+        "backups": [_report(r) for r in kept],
+        "restorable_from": kept[0].finished_at.isoformat() if kept and kept[0].finished_at else None,
+        "archived_until": dr_backup.archived_until(rt.settings.data_dir, app_id, comp),
+    }
+
+
+@router.post("/apps/{name}/dr/restore")
+def restore(
+    request: Request,
+    name: str,
+    vdc: str | None = Query(None),
+    to: AwareDatetime = Body(..., embed=True, description="the time to restore to, with its zone"),
+    component: str | None = Body(None, embed=True),
+    p: Principal = Depends(principal),
+) -> dict[str, Any]:
+    """A copy of the database as it was at `to` (the newest base backup before it, replayed from
+    the WAL archive), running on its own: the running cluster is not touched. Answers once the
+    copy is open, with the report (the time it recovered to, how to connect)."""
+    rt: Runtime = request.app.state.runtime
+    app_id, comp = _writable(request, p, name, vdc, component)
+    report = dr_backup.restore(rt.db, rt.settings.data_dir, app_id, comp, to)
+    if report.outcome != "succeeded":
+        raise Conflict(report.summary)
+    return _report(report)
+
+
+@router.post("/apps/{name}/dr/cleanup")
+def cleanup(
+    request: Request, name: str, vdc: str | None = Query(None), p: Principal = Depends(principal)
+) -> dict[str, Any]:
+    """Stop and remove the app's restored copies."""
+    rt: Runtime = request.app.state.runtime
+    app_id, _ = _writable(request, p, name, vdc, None)
+    return {"removed": dr_backup.cleanup(rt.db, app_id)}
 
 
 @router.post("/apps/{name}/dr/reprotect")

@@ -1,0 +1,408 @@
+"""Backups of managed databases: the WAL archive, base backups, and point-in-time restores into
+an isolated copy.
+
+- **WAL archive.** Every member of a database's main cluster runs with `archive_command` into
+  `<workload root>/dr-archive/<scope>/wal` (owned by the VDC's uid: the member writes it, no other
+  tenant enters it); whichever member is primary archives, at least once a minute
+  (`archive_timeout`). On one machine this is a directory; a city would mount the remote
+  centre's storage there.
+- **Base backups.** `pg_basebackup` (tar, compressed, with the WAL it needs) from a running
+  member, into the data directory (`dr/backups/<scope>/<report id>`, the platform's alone), on
+  demand (`shanzhi dr backup`) and on the app's schedule (`spec.dr.backups.every`, 24 h by
+  default; the newest `keep` are kept). Each is a report of kind `backup`.
+- **Restores.** `shanzhi dr restore APP --to TIME`: the newest base backup finished before TIME,
+  replayed from the archive up to TIME by a PostgreSQL of its own (the VDC's uid, loopback, a
+  port of its own) that then opens for writes: a copy to read the past from or to check a
+  backup by (a drill), never touching the running cluster. The report says the time it
+  recovered to, how long it took, and how to connect; `shanzhi dr cleanup` stops and removes it.
+
+Why our own code: Patroni archives and restores nothing itself, and pgBackRest or WAL-G would
+add a repository format and daemons for what `pg_basebackup`, `cp` and PostgreSQL's own
+recovery do here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tarfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psutil
+import psycopg
+from sqlalchemy import select
+
+from shanzhi.domain.errors import Conflict, InvalidInput
+from shanzhi.dr.patroni import BIN_DIR, REPLICATOR, SUPERUSER, connection_string, scope
+from shanzhi.providers.sandbox import Sandbox, default_workload_root
+from shanzhi.store import Database
+from shanzhi.store.events import record_event
+from shanzhi.store.tables import App, DrCluster, DrReport, utcnow
+
+log = logging.getLogger("shanzhi.dr")
+
+BACKUP_TIMEOUT = 3600.0
+RESTORE_TIMEOUT = 600.0
+
+
+def archive_dir(data_dir: Path, app_id: int, component: str) -> Path:
+    """Where the main cluster's primary archives its WAL."""
+    return default_workload_root(data_dir) / "dr-archive" / scope(app_id, component) / "wal"
+
+
+def prepare_archive(data_dir: Path, vdc: str, app_id: int, component: str) -> Path:
+    """The archive directory, made before any member starts: the VDC's uid alone writes it."""
+    path = archive_dir(data_dir, app_id, component)
+    box = Sandbox.for_data_dir(data_dir)
+    uid = box.uid_for(vdc)
+    root = path.parent.parent
+    root.mkdir(parents=True, exist_ok=True)
+    for p in (root, root.parent):
+        os.chmod(p, 0o711)
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    path.mkdir(mode=0o700, exist_ok=True)
+    for p in (path.parent, path):
+        os.chown(p, uid, uid)
+    return path
+
+
+def _backups_dir(data_dir: Path, app_id: int, component: str) -> Path:
+    return data_dir / "dr" / "backups" / scope(app_id, component)
+
+
+def _restores_root(data_dir: Path) -> Path:
+    return default_workload_root(data_dir) / "dr-restores"
+
+
+# ----------------------------------------------------------------------------- backups
+def take_backup(db: Database, data_dir: Path, app_id: int, component: str, *, why: str = "asked") -> DrReport:
+    """A base backup of the database now, from one of its running members (a replica first, so
+    the primary's work is not slowed). Returns its report (failed ones too)."""
+    with db.session() as s, s.begin():
+        cluster = s.scalar(select(DrCluster).where(DrCluster.app_id == app_id, DrCluster.component == component))
+        if cluster is None:
+            raise InvalidInput(f"app has no managed database {component!r}")
+        app = cluster.app
+        members = [m for m in cluster.status.get("members", []) if m.get("cluster") == "main"]
+        running = [m for m in members if m.get("state") == "running" and m.get("host")]
+        running.sort(key=lambda m: m.get("role") == "primary")
+        if not running:
+            raise Conflict(f"database {component} of {app.name} has no running member to back up from yet")
+        source = running[0]
+        password = cluster.secrets["replication"]
+        report = DrReport(
+            app_id=app.id, vdc=app.vdc.path, app=app.name, kind="backup", outcome="running",
+            summary=f"base backup of {component} from {source['name']} ({why})",
+            body={"component": component, "member": source["name"], "why": why},
+        )  # fmt: skip
+        s.add(report)
+        s.flush()
+        vdc, name = app.vdc.path, app.name
+    target = _backups_dir(data_dir, app_id, component) / str(report.id)
+    partial = target.with_name(f"{report.id}.part")
+    host, _, port = str(source["host"]).rpartition(":")
+    started = time.monotonic()
+    error = None
+    try:
+        partial.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        shutil.rmtree(partial, ignore_errors=True)
+        argv = [f"{BIN_DIR}/pg_basebackup", "-h", host, "-p", port, "-U", REPLICATOR, "-D", str(partial),
+                "-Ft", "-z", "-X", "fetch", "-c", "fast", "--no-password"]  # fmt: skip
+        done = subprocess.run(
+            argv, env={**os.environ, "PGPASSWORD": password, "PGCONNECT_TIMEOUT": "5"},
+            capture_output=True, text=True, timeout=BACKUP_TIMEOUT, check=False,
+        )  # fmt: skip
+        if done.returncode != 0:
+            error = f"pg_basebackup failed: {(done.stderr or done.stdout).strip()[-500:]}"
+        else:
+            partial.rename(target)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        error = f"pg_basebackup failed: {err}"
+    seconds = time.monotonic() - started
+    with db.session() as s, s.begin():
+        r = s.get(DrReport, report.id)
+        assert r is not None
+        r.finished_at = utcnow()
+        if error is not None:
+            shutil.rmtree(partial, ignore_errors=True)
+            r.outcome, r.summary = "failed", f"{r.summary}: {error}"
+            record_event(s, "BackupFailed", "app", name, r.summary, warning=True, vdc=vdc, app=name)
+        else:
+            size = sum(f.stat().st_size for f in target.iterdir())
+            r.outcome = "succeeded"
+            r.body = {**r.body, "path": str(target), "bytes": size, "seconds": round(seconds, 3)}
+            r.summary = f"{r.summary}: {size:,} bytes in {seconds:.1f}s"
+            record_event(s, "BackupTaken", "app", name, r.summary, vdc=vdc, app=name)
+        return r
+
+
+def backups(db: Database, app_id: int, component: str | None = None) -> list[DrReport]:
+    """The app's kept base backups, oldest first."""
+    with db.session() as s, s.begin():
+        q = select(DrReport).where(
+            DrReport.app_id == app_id, DrReport.kind == "backup", DrReport.outcome == "succeeded"
+        )
+        rows = list(s.scalars(q.order_by(DrReport.id)))
+    return [r for r in rows if not r.body.get("pruned") and (component is None or r.body["component"] == component)]
+
+
+def archived_until(data_dir: Path, app_id: int, component: str) -> str | None:
+    """When the newest WAL segment reached the archive (None: none has)."""
+    wal = archive_dir(data_dir, app_id, component)
+    times = [f.stat().st_mtime for f in wal.iterdir() if not f.name.endswith(".part")] if wal.exists() else []
+    return datetime.fromtimestamp(max(times), UTC).isoformat(timespec="seconds") if times else None
+
+
+def prune(db: Database, app_id: int, component: str, keep: int) -> int:
+    """Remove all but the newest `keep` base backups. Returns how many went."""
+    old = backups(db, app_id, component)[:-keep] if keep > 0 else []
+    with db.session() as s, s.begin():
+        for r in old:
+            shutil.rmtree(r.body["path"], ignore_errors=True)
+            row = s.get(DrReport, r.id)
+            if row is not None:
+                row.body = {**row.body, "pruned": True}
+    return len(old)
+
+
+def due(db: Database, app_id: int, component: str, every: float) -> bool:
+    """Is the database's scheduled backup due (none yet, or the newest older than `every`)?"""
+    if every <= 0:
+        return False
+    kept = backups(db, app_id, component)
+    newest = kept[-1].finished_at if kept else None
+    return newest is None or utcnow() - newest >= timedelta(seconds=every)
+
+
+# ---------------------------------------------------------------------------- restores
+def restore(db: Database, data_dir: Path, app_id: int, component: str, to: datetime) -> DrReport:
+    """A copy of the database as it was at `to`, running on its own (see the module docstring)."""
+    if to.tzinfo is None:
+        raise InvalidInput("the time to restore to needs its zone (e.g. 2026-12-06T10:00:00+08:00)")
+    now = utcnow()
+    if to > now:
+        raise InvalidInput(f"{to.isoformat()} is in the future (now {now.isoformat(timespec='seconds')})")
+    with db.session() as s, s.begin():
+        cluster = s.scalar(select(DrCluster).where(DrCluster.app_id == app_id, DrCluster.component == component))
+        if cluster is None:
+            raise InvalidInput(f"app has no managed database {component!r}")
+        app: App = cluster.app
+        vdc, name, sec = app.vdc.path, app.name, dict(cluster.secrets)
+        primary = next(
+            (m for m in cluster.status.get("members", []) if m.get("cluster") == "main" and m.get("role") == "primary"),
+            None,
+        )
+    kept = [b for b in backups(db, app_id, component) if b.finished_at and b.finished_at <= to]
+    if not kept:
+        first = backups(db, app_id, component)
+        earliest = first[0].finished_at.isoformat(timespec="seconds") if first and first[0].finished_at else None
+        raise InvalidInput(
+            f"no base backup of {component} finished before {to.isoformat()}: "
+            + (f"the earliest point to restore to is {earliest}" if earliest else "take one with `shanzhi dr backup`")
+        )
+    base = kept[-1]
+    if primary is not None and primary.get("host"):
+        _switch_wal(str(primary["host"]), sec["superuser"])  # what was written up to now reaches the archive
+    with db.session() as s, s.begin():
+        report = DrReport(
+            app_id=app_id, vdc=vdc, app=name, kind="restore", outcome="running",
+            summary=f"restore of {component} to {to.isoformat()} from backup {base.id}",
+            body={"component": component, "backup": base.id, "target": to.isoformat(), "state": "restoring"},
+        )  # fmt: skip
+        s.add(report)
+        s.flush()
+    started = time.monotonic()
+    box = Sandbox.for_data_dir(data_dir)
+    uid = box.uid_for(vdc) if box.isolate else os.geteuid()
+    home = _restores_root(data_dir) / f"{scope(app_id, component)}-r{report.id}"
+    error = None
+    body: dict[str, Any] = {}
+    try:
+        body = _start_copy(home, Path(base.body["path"]), archive_dir(data_dir, app_id, component), to, uid)
+        body.update(_wait_promoted(home, body, to))
+    except (OSError, RuntimeError, subprocess.SubprocessError, tarfile.TarError) as err:
+        error = str(err)
+        _stop(body.get("pid"), body.get("create_time"))
+        shutil.rmtree(home, ignore_errors=True)
+    seconds = time.monotonic() - started
+    with db.session() as s, s.begin():
+        r = s.get(DrReport, report.id)
+        assert r is not None
+        r.finished_at = utcnow()
+        if error is not None:
+            r.outcome, r.summary = "failed", f"{r.summary}: {error}"
+            r.body = {**r.body, "state": "failed"}
+            record_event(s, "RestoreFailed", "app", name, r.summary, warning=True, vdc=vdc, app=name)
+        else:
+            database = body.pop("database", "app")
+            r.outcome = "succeeded"
+            r.body = {
+                **r.body, **body, "state": "ready", "seconds": round(seconds, 3),
+                "connection": connection_string([f"127.0.0.1:{body['port']}"], "app", None, database),
+            }  # fmt: skip
+            r.summary = (
+                f"{component} restored to {body['recovered_to'] or 'the backup'} (asked {to.isoformat()}) in "
+                f"{seconds:.1f}s on 127.0.0.1:{body['port']}"
+            )
+            record_event(s, "DatabaseRestored", "app", name, r.summary, vdc=vdc, app=name)
+        return r
+
+
+def cleanup(db: Database, app_id: int) -> list[int]:
+    """Stop and remove the app's restored copies. Returns the reports they came from."""
+    done = []
+    with db.session() as s, s.begin():
+        rows = s.scalars(select(DrReport).where(DrReport.app_id == app_id, DrReport.kind == "restore"))
+        for r in rows:
+            if r.body.get("state") != "ready":
+                continue
+            _stop(r.body.get("pid"), r.body.get("create_time"))
+            shutil.rmtree(r.body.get("dir", ""), ignore_errors=True)
+            r.body = {**r.body, "state": "removed", "removed_at": utcnow().isoformat()}
+            record_event(s, "RestoreRemoved", "app", r.app, f"restored copy of report {r.id} stopped and removed",
+                         vdc=r.vdc, app=r.app)  # fmt: skip
+            done.append(r.id)
+    return done
+
+
+def stop_restores(data_dir: Path, *, remove: bool = False) -> int:
+    """Stop every restored copy under this data directory's workload root (tests, `dr cleanup`
+    after a crash). Returns how many were running."""
+    root = _restores_root(data_dir)
+    stopped = 0
+    for pid_file in root.glob("*/pgdata/postmaster.pid") if root.exists() else []:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            pid = int(pid_file.read_text().split()[0])
+            os.kill(pid, signal.SIGQUIT)
+            stopped += 1
+    if remove and root.exists():
+        time.sleep(0.5 if stopped else 0)
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(root.parent / "dr-archive", ignore_errors=True)
+    return stopped
+
+
+def _switch_wal(host: str, password: str) -> None:
+    h, _, port = host.rpartition(":")
+    with contextlib.suppress(psycopg.Error), psycopg.connect(
+        host=h, port=int(port), user=SUPERUSER, password=password, dbname="postgres",
+        connect_timeout=3, autocommit=True, options="-c statement_timeout=10000",
+    ) as conn:  # fmt: skip
+        row = conn.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone()
+        deadline = time.monotonic() + 30
+        while row is not None and time.monotonic() < deadline:  # until that segment is in the archive
+            done = conn.execute("SELECT last_archived_wal FROM pg_stat_archiver").fetchone()
+            if done and done[0] and str(done[0]) >= str(row[0]):
+                return
+            time.sleep(0.2)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _start_copy(home: Path, backup: Path, archive: Path, to: datetime, uid: int) -> dict[str, Any]:
+    pgdata = home / "pgdata"
+    pgdata.mkdir(parents=True, mode=0o700)
+    for p in (home.parent, home.parent.parent):
+        os.chmod(p, 0o711)
+    with tarfile.open(backup / "base.tar.gz") as tar:
+        tar.extractall(pgdata, filter="data")
+    for stale in ("postmaster.pid", "postmaster.opts", "standby.signal"):
+        (pgdata / stale).unlink(missing_ok=True)
+    (pgdata / "recovery.signal").write_text("")
+    port = _free_port()
+    conf = home / "restore.conf"
+    settings = {
+        "data_directory": str(pgdata), "hba_file": str(home / "pg_hba.conf"), "ident_file": str(home / "pg_ident.conf"),
+        "listen_addresses": "127.0.0.1", "port": port, "unix_socket_directories": str(home),
+        "max_connections": 50, "max_wal_senders": 10, "max_replication_slots": 10, "shared_buffers": "16MB",
+        "hot_standby": "off", "archive_mode": "off", "wal_level": "replica",
+        "restore_command": f"cp {archive}/%f \"%p\"", "recovery_target_time": to.isoformat(),
+        "recovery_target_action": "promote", "logging_collector": "off",
+    }  # fmt: skip
+    conf.write_text("".join(f"{k} = {_quote(v)}\n" for k, v in settings.items()))
+    (home / "pg_hba.conf").write_text("local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n")
+    (home / "pg_ident.conf").write_text("")
+    for dirpath, _, files in os.walk(home):
+        os.chown(dirpath, uid, uid)
+        for f in files:
+            os.chown(os.path.join(dirpath, f), uid, uid, follow_symlinks=False)
+    argv = [f"{BIN_DIR}/postgres", f"--config-file={conf}"]
+    if uid != os.geteuid():
+        argv = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--no-new-privs", "--", *argv]
+    log_file = home / "log"
+    with open(log_file, "ab") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, cwd=home)  # fmt: skip
+    return {"pid": proc.pid, "create_time": psutil.Process(proc.pid).create_time(), "port": port, "dir": str(home)}
+
+
+def _quote(v: object) -> str:
+    return str(v) if isinstance(v, int) else "'" + str(v).replace("'", "''") + "'"
+
+
+def _wait_promoted(home: Path, body: dict[str, Any], to: datetime) -> dict[str, Any]:
+    """Until the copy has replayed to `to` and opened for writes; what it recovered to."""
+    deadline = time.monotonic() + RESTORE_TIMEOUT
+    log_file = home / "log"
+    while time.monotonic() < deadline:
+        if not _alive(body["pid"], body["create_time"]):
+            text = log_file.read_text(errors="replace") if log_file.exists() else ""
+            if "before configured recovery target was reached" in text:
+                raise RuntimeError(
+                    f"the archive ends before {to.isoformat()}: nothing later was archived (is the primary running?)"
+                )
+            raise RuntimeError(f"the restored PostgreSQL stopped: {text.strip()[-400:]}")
+        with contextlib.suppress(psycopg.Error), psycopg.connect(
+            host=str(home), port=body["port"], user=SUPERUSER, dbname="postgres", connect_timeout=2, autocommit=True
+        ) as conn:  # fmt: skip
+            row = conn.execute("SELECT pg_is_in_recovery(), pg_last_xact_replay_timestamp()").fetchone()
+            if row is not None and row[0] is False:
+                names = [r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE NOT datistemplate")]
+                database = next((n for n in names if n != "postgres"), "postgres")
+                return {"recovered_to": _recovered_to(log_file, row[1]), "database": database}
+        time.sleep(0.3)
+    raise RuntimeError(f"the restore did not finish in {RESTORE_TIMEOUT:.0f}s")
+
+
+_STOPPED_AT = re.compile(r"(?:recovery stopping (?:before|after) commit of transaction \d+, time|last completed "
+                         r"transaction was at log time) (\S+ \S+)")  # fmt: skip
+
+
+def _recovered_to(log_file: Path, replayed: datetime | None) -> str | None:
+    """The time of the last transaction the copy has: PostgreSQL's own word for it."""
+    if replayed is not None:
+        return replayed.astimezone(UTC).isoformat()
+    found = _STOPPED_AT.findall(log_file.read_text(errors="replace")) if log_file.exists() else []
+    return found[-1] if found else None
+
+
+def _alive(pid: int, create_time: float) -> bool:
+    try:
+        return abs(psutil.Process(pid).create_time() - create_time) < 1 and psutil.Process(pid).status() != "zombie"
+    except psutil.Error:
+        return False
+
+
+def _stop(pid: int | None, create_time: float | None) -> None:
+    if pid is None or create_time is None or not _alive(pid, create_time):
+        return
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGINT)  # fast shutdown
+    deadline = time.monotonic() + 15
+    while _alive(pid, create_time) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGKILL)
