@@ -92,6 +92,21 @@ def test_a_scheduled_backup_and_a_restore_to_a_point_in_time(world: tuple[Server
     with psycopg.connect(url, autocommit=True) as c:  # ... and the running cluster untouched
         assert c.execute("SELECT count(*), min(id) FROM acks").fetchone() == (200, 0)
 
+    # to a moment after the last commit (PostgreSQL finds no commit past it): all 200 rows
+    time.sleep(1.0)
+    later = json.loads(
+        cli.ok("dr", "restore", "tax", "--vdc", "gz/tax", "--to", datetime.now(UTC).isoformat(), "-o", "json")
+    )
+    with psycopg.connect(later["body"]["connection"].replace("********", password)) as c:
+        assert c.execute("SELECT count(*) FROM acks").fetchone() == (200,)
+    # a drill: recovered to now in a copy of its own, checked, RTO and RPO measured
+    drill = json.loads(cli.ok("dr", "test", "tax", "--vdc", "gz/tax", "-o", "json"))
+    assert drill["kind"] == "drill" and drill["outcome"] == "succeeded", drill
+    assert drill["body"]["checks"] == {"database": "ledger", "tables": 1, "answers": True}
+    assert drill["body"]["rto_seconds"] > 0 and drill["body"]["rpo_seconds"] is not None
+    with psycopg.connect(drill["body"]["connection"].replace("********", password)) as c:
+        assert c.execute("SELECT count(*) FROM acks").fetchone() == (200,)
+
     # another backup on demand; both kept, and the window a restore can reach
     cli.ok("dr", "backup", "tax", "--vdc", "gz/tax")
     listed = cli.json("dr", "backups", "tax", "--vdc", "gz/tax")
@@ -101,8 +116,8 @@ def test_a_scheduled_backup_and_a_restore_to_a_point_in_time(world: tuple[Server
 
     # cleanup: the copy stops and its directory goes
     gone = cli.json("dr", "cleanup", "tax", "--vdc", "gz/tax")
-    assert gone["removed"] == [report["id"]]
-    assert not Path(body["dir"]).exists()
+    assert gone["removed"] == [report["id"], later["id"], drill["id"]]
+    assert not any(Path(r["body"]["dir"]).exists() for r in (report, later, drill))
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(copy, connect_timeout=2).close()
     assert cli.json("dr", "cleanup", "tax", "--vdc", "gz/tax")["removed"] == []

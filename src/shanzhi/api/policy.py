@@ -147,6 +147,7 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/apps/{name}/dr/backups"): _v("app.read"),
     ("POST", "/apps/{name}/dr/restore"): _v("app.write"),
     ("POST", "/apps/{name}/dr/cleanup"): _v("app.write"),
+    ("POST", "/apps/{name}/dr/test"): _v("app.write"),
     ("GET", "/flows"): _v("app.read"),
     ("GET", "/flows/hourly"): _v("app.read"),
     ("GET", "/alarms"): _v("app.read"),

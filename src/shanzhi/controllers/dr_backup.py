@@ -184,8 +184,12 @@ def due(db: Database, app_id: int, component: str, every: float) -> bool:
 
 
 # ---------------------------------------------------------------------------- restores
-def restore(db: Database, data_dir: Path, app_id: int, component: str, to: datetime) -> DrReport:
-    """A copy of the database as it was at `to`, running on its own (see the module docstring)."""
+def restore(
+    db: Database, data_dir: Path, app_id: int, component: str, to: datetime, *, drill: bool = False
+) -> DrReport:
+    """A copy of the database as it was at `to`, running on its own (see the module docstring).
+    `drill`: a recovery test to now; the report (kind `drill`) measures RTO (from asking to the
+    copy answering) and RPO (what the copy lacks: from its last transaction to the moment asked)."""
     if to.tzinfo is None:
         raise InvalidInput("the time to restore to needs its zone (e.g. 2026-12-06T10:00:00+08:00)")
     now = utcnow()
@@ -210,25 +214,37 @@ def restore(db: Database, data_dir: Path, app_id: int, component: str, to: datet
             + (f"the earliest point to restore to is {earliest}" if earliest else "take one with `shanzhi dr backup`")
         )
     base = kept[-1]
-    if primary is not None and primary.get("host"):
-        _switch_wal(str(primary["host"]), sec["superuser"])  # what was written up to now reaches the archive
+    started = time.monotonic()
+    # what was written up to now reaches the archive (else a restore can reach only what was)
+    complete = primary is not None and primary.get("host") and _switch_wal(str(primary["host"]), sec["superuser"])
     with db.session() as s, s.begin():
         report = DrReport(
-            app_id=app_id, vdc=vdc, app=name, kind="restore", outcome="running",
-            summary=f"restore of {component} to {to.isoformat()} from backup {base.id}",
+            app_id=app_id, vdc=vdc, app=name, kind="drill" if drill else "restore", outcome="running",
+            summary=f"{'drill' if drill else 'restore'} of {component} to {to.isoformat()} from backup {base.id}",
             body={"component": component, "backup": base.id, "target": to.isoformat(), "state": "restoring"},
         )  # fmt: skip
         s.add(report)
         s.flush()
-    started = time.monotonic()
     box = Sandbox.for_data_dir(data_dir)
     uid = box.uid_for(vdc) if box.isolate else os.geteuid()
     home = _restores_root(data_dir) / f"{scope(app_id, component)}-r{report.id}"
     error = None
     body: dict[str, Any] = {}
     try:
-        body = _start_copy(home, Path(base.body["path"]), archive_dir(data_dir, app_id, component), to, uid)
-        body.update(_wait_promoted(home, body, to))
+        archive = archive_dir(data_dir, app_id, component)
+        body = _start_copy(home, Path(base.body["path"]), archive, None if drill else to, uid)
+        try:
+            body.update(_wait_promoted(home, body, to))
+        except _PastTheArchive:
+            if not complete:
+                raise RuntimeError(
+                    f"the archive ends before {to.isoformat()} (last archived "
+                    f"{archived_until(data_dir, app_id, component)}) and the primary could not be asked for "
+                    "the rest: restore to an earlier time"
+                ) from None
+            # nothing was committed between the last archived commit and `to`: all of it is the state at `to`
+            body = _start_copy(home, Path(base.body["path"]), archive, None, uid)
+            body.update(_wait_promoted(home, body, to), whole_archive=True)
     except (OSError, RuntimeError, subprocess.SubprocessError, tarfile.TarError) as err:
         error = str(err)
         _stop(body.get("pid"), body.get("create_time"))
@@ -253,7 +269,16 @@ def restore(db: Database, data_dir: Path, app_id: int, component: str, to: datet
                 f"{component} restored to {body['recovered_to'] or 'the backup'} (asked {to.isoformat()}) in "
                 f"{seconds:.1f}s on 127.0.0.1:{body['port']}"
             )
-            record_event(s, "DatabaseRestored", "app", name, r.summary, vdc=vdc, app=name)
+            if drill:
+                last = datetime.fromisoformat(body["recovered_to"]) if body["recovered_to"] else None
+                rpo = max(0.0, (to - last).total_seconds()) if last else None
+                r.body = {**r.body, "rto_seconds": round(seconds, 3), "rpo_seconds": rpo}
+                r.summary = (
+                    f"drill of {component}: a copy answered in {seconds:.1f}s (RTO) with everything up to "
+                    f"{body['recovered_to']} ({'?' if rpo is None else f'{rpo:.1f}s'} before the drill: RPO), "
+                    f"{body['checks']['tables']} tables in {database}; production untouched; `dr cleanup` removes it"
+                )
+            record_event(s, "DrillPassed" if drill else "DatabaseRestored", "app", name, r.summary, vdc=vdc, app=name)
         return r
 
 
@@ -261,7 +286,8 @@ def cleanup(db: Database, app_id: int) -> list[int]:
     """Stop and remove the app's restored copies. Returns the reports they came from."""
     done = []
     with db.session() as s, s.begin():
-        rows = s.scalars(select(DrReport).where(DrReport.app_id == app_id, DrReport.kind == "restore"))
+        q = select(DrReport).where(DrReport.app_id == app_id, DrReport.kind.in_(("restore", "drill")))
+        rows = s.scalars(q.order_by(DrReport.id))
         for r in rows:
             if r.body.get("state") != "ready":
                 continue
@@ -291,7 +317,8 @@ def stop_restores(data_dir: Path, *, remove: bool = False) -> int:
     return stopped
 
 
-def _switch_wal(host: str, password: str) -> None:
+def _switch_wal(host: str, password: str) -> bool:
+    """Close the primary's current WAL segment and wait until it is archived (True: it is)."""
     h, _, port = host.rpartition(":")
     with contextlib.suppress(psycopg.Error), psycopg.connect(
         host=h, port=int(port), user=SUPERUSER, password=password, dbname="postgres",
@@ -302,8 +329,9 @@ def _switch_wal(host: str, password: str) -> None:
         while row is not None and time.monotonic() < deadline:  # until that segment is in the archive
             done = conn.execute("SELECT last_archived_wal FROM pg_stat_archiver").fetchone()
             if done and done[0] and str(done[0]) >= str(row[0]):
-                return
+                return True
             time.sleep(0.2)
+    return False
 
 
 def _free_port() -> int:
@@ -312,13 +340,20 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _start_copy(home: Path, backup: Path, archive: Path, to: datetime, uid: int) -> dict[str, Any]:
+class _PastTheArchive(Exception):
+    """PostgreSQL replayed the whole archive without passing the target time."""
+
+
+def _start_copy(home: Path, backup: Path, archive: Path, to: datetime | None, uid: int) -> dict[str, Any]:
+    """Start PostgreSQL on the copy (unpacking the base backup first, once), recovering to `to`
+    (None: all of the archive)."""
     pgdata = home / "pgdata"
-    pgdata.mkdir(parents=True, mode=0o700)
-    for p in (home.parent, home.parent.parent):
-        os.chmod(p, 0o711)
-    with tarfile.open(backup / "base.tar.gz") as tar:
-        tar.extractall(pgdata, filter="data")
+    if not pgdata.exists():
+        pgdata.mkdir(parents=True, mode=0o700)
+        for p in (home.parent, home.parent.parent):
+            os.chmod(p, 0o711)
+        with tarfile.open(backup / "base.tar.gz") as tar:
+            tar.extractall(pgdata, filter="data")
     for stale in ("postmaster.pid", "postmaster.opts", "standby.signal"):
         (pgdata / stale).unlink(missing_ok=True)
     (pgdata / "recovery.signal").write_text("")
@@ -329,8 +364,8 @@ def _start_copy(home: Path, backup: Path, archive: Path, to: datetime, uid: int)
         "listen_addresses": "127.0.0.1", "port": port, "unix_socket_directories": str(home),
         "max_connections": 50, "max_wal_senders": 10, "max_replication_slots": 10, "shared_buffers": "16MB",
         "hot_standby": "off", "archive_mode": "off", "wal_level": "replica",
-        "restore_command": f"cp {archive}/%f \"%p\"", "recovery_target_time": to.isoformat(),
-        "recovery_target_action": "promote", "logging_collector": "off",
+        "restore_command": f"cp {archive}/%f \"%p\"", "recovery_target_action": "promote",
+        "logging_collector": "off", **({"recovery_target_time": to.isoformat()} if to is not None else {}),
     }  # fmt: skip
     conf.write_text("".join(f"{k} = {_quote(v)}\n" for k, v in settings.items()))
     (home / "pg_hba.conf").write_text("local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n")
@@ -361,9 +396,8 @@ def _wait_promoted(home: Path, body: dict[str, Any], to: datetime) -> dict[str, 
         if not _alive(body["pid"], body["create_time"]):
             text = log_file.read_text(errors="replace") if log_file.exists() else ""
             if "before configured recovery target was reached" in text:
-                raise RuntimeError(
-                    f"the archive ends before {to.isoformat()}: nothing later was archived (is the primary running?)"
-                )
+                (home / "log").rename(home / f"log.{int(time.time())}")
+                raise _PastTheArchive()
             raise RuntimeError(f"the restored PostgreSQL stopped: {text.strip()[-400:]}")
         with contextlib.suppress(psycopg.Error), psycopg.connect(
             host=str(home), port=body["port"], user=SUPERUSER, dbname="postgres", connect_timeout=2, autocommit=True
@@ -372,9 +406,20 @@ def _wait_promoted(home: Path, body: dict[str, Any], to: datetime) -> dict[str, 
             if row is not None and row[0] is False:
                 names = [r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE NOT datistemplate")]
                 database = next((n for n in names if n != "postgres"), "postgres")
-                return {"recovered_to": _recovered_to(log_file, row[1]), "database": database}
+                return {
+                    "recovered_to": _recovered_to(log_file, row[1]),
+                    "database": database,
+                    "checks": _checks(home, body["port"], database),
+                }
         time.sleep(0.3)
     raise RuntimeError(f"the restore did not finish in {RESTORE_TIMEOUT:.0f}s")
+
+
+def _checks(home: Path, port: int, database: str) -> dict[str, Any]:
+    """What a drill checks in the copy: the app's database opens and answers, and its tables."""
+    with psycopg.connect(host=str(home), port=port, user=SUPERUSER, dbname=database, connect_timeout=5) as conn:
+        row = conn.execute("SELECT count(*) FROM pg_stat_user_tables").fetchone()
+        return {"database": database, "tables": int(row[0]) if row else 0, "answers": True}
 
 
 _STOPPED_AT = re.compile(r"(?:recovery stopping (?:before|after) commit of transaction \d+, time|last completed "
