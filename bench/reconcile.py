@@ -168,7 +168,7 @@ def _replica(url: str, data_dir: str, go: Any, stop: Any, held: Any, passes: Any
     rec = Reconciler(db, Fleet(Path(data_dir)), failover_grace=0, full_resync=3600.0, feed=db.changes, shards=shards)
     wake = threading.Event()
     db.changes.subscribe(wake.set)
-    listener = Listener(url, db.changes)
+    listener = Listener(db.engine, db.changes)
     listener.start()
     while not stop.is_set():
         leader = lock.try_acquire()

@@ -124,7 +124,7 @@ def test_another_process_hears_a_commit_by_notify(pg_url: str) -> None:
     writer.migrate()
     reader = open_database(pg_url)
     heard = ChangeFeed()
-    listener = Listener(pg_url, heard)
+    listener = Listener(reader.engine, heard)
     listener.start()
     try:
         assert listener.connected.wait(10)

@@ -60,7 +60,7 @@ class ControllerManager:
         # the change feed tells the reconciler what to look at when every write reaches it: on
         # PostgreSQL by NOTIFY, on SQLite only when the API runs in this process
         trusted = not db.is_sqlite or hears_api
-        self.listener = None if db.is_sqlite else Listener(db.url, db.changes)
+        self.listener = None if db.is_sqlite else Listener(db.engine, db.changes)
         self.reconciler = Reconciler(
             db,
             fleet,

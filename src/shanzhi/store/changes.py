@@ -21,8 +21,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import psycopg
-from sqlalchemy import event, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import Engine, event, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shanzhi.store.tables import App, Cloud, Host, Instance, Site, VolumeRecord
@@ -145,12 +145,13 @@ def parse(payload: str) -> tuple[set[int], bool]:
 
 
 class Listener:
-    """LISTENs on PostgreSQL and hands what it hears to `feed`. After a lost connection it
-    reconnects with backoff and publishes "everything", since it may have missed notices."""
+    """LISTENs on PostgreSQL and hands what it hears to `feed`. Its connection comes from the
+    engine, so it reaches the database exactly as the rest does (a multi-host URL: the writable
+    member). After a lost connection it reconnects with backoff and publishes "everything", since
+    it may have missed notices."""
 
-    def __init__(self, url: str, feed: ChangeFeed) -> None:
-        u = make_url(url)
-        self._dsn = u.set(drivername="postgresql").render_as_string(hide_password=False)
+    def __init__(self, engine: Engine, feed: ChangeFeed) -> None:
+        self.engine = engine
         self.feed = feed
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -170,23 +171,31 @@ class Listener:
         delay = 0.5
         first = True
         while not self._stop.is_set():
+            raw = None
             try:
-                with psycopg.connect(self._dsn, autocommit=True, connect_timeout=5) as conn:
-                    conn.execute(f"LISTEN {CHANNEL}")
-                    self.connected.set()
-                    if not first:
-                        log.info("listening for changes again; looking at everything once")
-                        self.feed.publish(everything=True)
-                    first, delay = False, 0.5
-                    while not self._stop.is_set():
-                        for n in conn.notifies(timeout=1.0):
-                            apps, everything = parse(n.payload)
-                            self.heard += 1
-                            self.feed.publish(apps, everything)
-            except psycopg.Error as err:
+                raw = self.engine.raw_connection()  # never given back to the pool: invalidated below
+                conn: psycopg.Connection[Any] = raw.driver_connection  # type: ignore[assignment]
+                conn.rollback()
+                conn.autocommit = True
+                conn.execute(f"LISTEN {CHANNEL}")
+                self.connected.set()
+                if not first:
+                    log.info("listening for changes again; looking at everything once")
+                    self.feed.publish(everything=True)
+                first, delay = False, 0.5
+                while not self._stop.is_set():
+                    for n in conn.notifies(timeout=1.0):
+                        apps, everything = parse(n.payload)
+                        self.heard += 1
+                        self.feed.publish(apps, everything)
+            except (psycopg.Error, DBAPIError) as err:
                 self.connected.clear()
                 if self._stop.is_set():
                     return
                 log.warning("change listener lost the database (%s); retrying in %.1fs", type(err).__name__, delay)
                 self._stop.wait(delay)
                 delay = min(delay * 2, 10.0)
+            finally:
+                if raw is not None:
+                    with contextlib.suppress(Exception):
+                        raw.invalidate()

@@ -148,6 +148,13 @@ def _writable(request: Request, p: Principal, name: str, vdc: str | None, compon
         return app.id, svc.cluster_of(s, app, component).component
 
 
+def _done(report: DrReport) -> dict[str, Any]:
+    """A finished operation's report; a failed one is a 409 that says why (its report stays)."""
+    if report.outcome != "succeeded":
+        raise Conflict(report.summary)
+    return _report(report)
+
+
 @router.post("/apps/{name}/dr/backups")
 def backup(
     request: Request,
@@ -160,10 +167,7 @@ def backup(
     its report. The WAL in between is archived all the time."""
     rt: Runtime = request.app.state.runtime
     app_id, comp = _writable(request, p, name, vdc, component)
-    report = dr_backup.take_backup(rt.db, rt.settings.data_dir, app_id, comp)
-    if report.outcome != "succeeded":
-        raise Conflict(report.summary)
-    return _report(report)
+    return _done(dr_backup.take_backup(rt.db, rt.settings.data_dir, app_id, comp))
 
 
 @router.get("/apps/{name}/dr/backups")
@@ -203,10 +207,7 @@ def restore(
     copy is open, with the report (the time it recovered to, how to connect)."""
     rt: Runtime = request.app.state.runtime
     app_id, comp = _writable(request, p, name, vdc, component)
-    report = dr_backup.restore(rt.db, rt.settings.data_dir, app_id, comp, to)
-    if report.outcome != "succeeded":
-        raise Conflict(report.summary)
-    return _report(report)
+    return _done(dr_backup.restore(rt.db, rt.settings.data_dir, app_id, comp, to))
 
 
 @router.post("/apps/{name}/dr/test")
@@ -221,10 +222,7 @@ def drill(
     own, checked, and measured (RTO, RPO); production is not touched. `dr cleanup` removes it."""
     rt: Runtime = request.app.state.runtime
     app_id, comp = _writable(request, p, name, vdc, component)
-    report = dr_backup.restore(rt.db, rt.settings.data_dir, app_id, comp, utcnow(), drill=True)
-    if report.outcome != "succeeded":
-        raise Conflict(report.summary)
-    return _report(report)
+    return _done(dr_backup.restore(rt.db, rt.settings.data_dir, app_id, comp, utcnow(), drill=True))
 
 
 @router.post("/apps/{name}/dr/cleanup")
