@@ -192,3 +192,22 @@ def test_credentials_that_cannot_be_opened_make_the_cloud_down_not_the_pass(db: 
         health = {c.name: (c.health, c.health_message) for c in s.scalars(select(Cloud))}
     assert health["sim-a"][0] == "healthy"
     assert health["aws"][0] == "down" and "cannot be read with this server's credentials.key" in health["aws"][1]
+
+
+def test_a_sync_by_change_keeps_what_it_did_not_list_and_drops_what_went(db: Database) -> None:
+    cloud = _cloud(db)
+    rs = [Resource("server", f"i-{n}", f"web-{n}", "running") for n in range(5)] + [Resource("image", "img", "os")]
+    with db.session() as s, s.begin():
+        assert store(s, cloud, rs) == (6, 6)
+    # servers by change: i-1 changed, i-9 new, i-2 gone; the others not listed, so kept
+    changes = [Resource("server", "i-1", "web-1", "stopped"), Resource("server", "i-9", "web-9", "running")]
+    with db.session() as s, s.begin():
+        got = store(s, cloud, [*changes, Resource("image", "img", "os")], frozenset({"server"}), [("server", "i-2")])
+        assert got == (6, 3)
+        rows = {r.external_id: r.state for r in list_items(s, cloud="sim-a", limit=100)}
+    assert rows == {"i-0": "running", "i-1": "stopped", "i-3": "running", "i-4": "running", "i-9": "running",
+                    "img": ""}  # fmt: skip
+    # the kinds listed in whole still lose what is not there
+    with db.session() as s, s.begin():
+        assert store(s, cloud, [], frozenset({"server"})) == (5, 1)
+        assert {r.external_id for r in list_items(s, kind="image")} == set()

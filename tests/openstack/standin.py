@@ -40,7 +40,7 @@ IMAGES = [
 ]
 NETWORK = {"id": "8d4c1f4e-0000-4000-8000-00000000000a", "name": "gz-tax-net", "status": "ACTIVE"}
 SUBNET = {"id": "8d4c1f4e-0000-4000-8000-00000000000b", "cidr": "10.20.0.0/24", "network_id": NETWORK["id"]}
-STATE: dict[str, dict[str, dict[str, Any]]] = {"servers": {}, "volumes": {}, "groups": {}, "rules": {}}
+STATE: dict[str, dict[str, dict[str, Any]]] = {"servers": {}, "volumes": {}, "groups": {}, "rules": {}, "deleted": {}}
 LOCK = threading.Lock()
 PASSWORD = {"value": "standin-password"}
 DIAGNOSTICS = {"refused": False}
@@ -182,10 +182,21 @@ def _server_view(s: dict[str, Any]) -> dict[str, Any]:
 
 @app.get("/compute/v2.1/servers/detail")
 def servers(request: Request) -> dict[str, Any]:
+    """With `changes-since`: only the servers changed since then, deleted ones too (status
+    DELETED), as Nova answers; its `updated` is bumped by every change."""
     name = request.query_params.get("name")
+    since = request.query_params.get("changes-since")
     with LOCK:
-        found = [_server_view(s) for s in STATE["servers"].values() if name is None or s["name"] == name]
+        rows = list(STATE["servers"].values())
+        if since is not None:
+            cut = datetime.fromisoformat(since.replace("Z", "+00:00"))
+            rows = [s for s in rows + list(STATE["deleted"].values()) if datetime.fromisoformat(s["updated"]) >= cut]
+        found = [_server_view(s) for s in rows if name is None or s["name"] == name]
     return {"servers": found}
+
+
+def _touch(s: dict[str, Any]) -> None:
+    s["updated"] = now()
 
 
 @app.post("/compute/v2.1/servers")
@@ -244,6 +255,7 @@ def delete_server(sid: str) -> Response:
         s = STATE["servers"].pop(sid, None)
         if s is None:
             return _not_found("Instance", sid)
+        STATE["deleted"][sid] = {**s, "status": "DELETED", "updated": now()}
         for v in STATE["volumes"].values():
             if any(a["server_id"] == sid for a in v["attachments"]):
                 v["attachments"], v["status"] = [], "available"
@@ -315,6 +327,7 @@ async def update_metadata(sid: str, request: Request) -> JSONResponse:
         if s is None:
             return _not_found("Instance", sid)
         s["metadata"] = {**s["metadata"], **given}
+        _touch(s)
         return JSONResponse({"metadata": dict(s["metadata"])})
 
 
@@ -336,6 +349,7 @@ async def attach(sid: str, request: Request) -> JSONResponse:
             )
         device = f"/dev/vd{'bcdefghij'[len(s['os-extended-volumes:volumes_attached'])]}"
         s["os-extended-volumes:volumes_attached"].append({"id": vid, "delete_on_termination": False})
+        _touch(s)
         v["status"] = "in-use"
         v["attachments"] = [
             {"server_id": sid, "attachment_id": str(uuid.uuid4()), "device": device, "volume_id": vid, "id": vid}
@@ -353,6 +367,7 @@ def detach(sid: str, vid: str) -> Response:
         if not any(a["id"] == vid for a in attached):
             return _not_found("Volume attachment", vid)
         s["os-extended-volumes:volumes_attached"] = [a for a in attached if a["id"] != vid]
+        _touch(s)
         v["attachments"], v["status"] = [], "available"
     return Response(status_code=202)
 
@@ -581,6 +596,7 @@ def refuse_diagnostics() -> dict[str, Any]:
 def stop(sid: str) -> dict[str, Any]:
     with LOCK:
         STATE["servers"][sid]["status"] = "SHUTOFF"
+        _touch(STATE["servers"][sid])
     return {}
 
 

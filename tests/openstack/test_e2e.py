@@ -93,6 +93,22 @@ def test_register_apply_heal_adopt_and_delete_on_an_openstack_cloud(
     wait_for(lambda: cli.json("instance", "get", name)["state"] == "running", 30, "the adopted server running")
     assert mine(cloud)[name]["id"] == legacy
 
+    # later syncs list servers by change: one deleted by hand leaves the inventory all the same
+    adopted = next(s["id"] for s in cloud.servers() if s["name"] == "legacy-portal")
+    other = body | {"name": "legacy-hr"}
+    hr = cloud.post("/compute/v2.1/servers", {"server": other})["server"]["id"]
+    cli.ok("inventory", "sync", "--cloud", "hcs-gz")
+
+    def listed() -> set[str]:
+        return {r["external_id"] for r in cli.json("inventory", "list", "--kind", "server")}
+
+    wait_for(lambda: hr in listed(), 30, "the new server in the inventory")
+    assert cli.json("inventory", "syncs")[0]["mode"] == "changes"
+    httpx.delete(f"{cloud.url}/compute/v2.1/servers/{hr}", timeout=5).raise_for_status()
+    cli.ok("inventory", "sync", "--cloud", "hcs-gz")
+    wait_for(lambda: hr not in listed(), 30, "the deleted server gone from the inventory")
+    assert adopted in listed() and cli.json("inventory", "syncs")[0]["mode"] == "changes"
+
     cli.ok("app", "delete", "tax", "--wait", "--timeout", "60")
     cli.ok("app", "delete", "portal", "--wait", "--timeout", "60")
     wait_for(lambda: cloud.servers() == [] and cloud.volumes() == [], 60, "no server or volume left")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -164,3 +165,24 @@ def test_use_comes_from_novas_server_diagnostics(openstack_cloud: StandIn, tmp_p
     # Nova's default policy: diagnostics for administrators only; a project without gets none
     openstack_cloud.post("/_standin/diagnostics/refuse")
     assert p.usage() == {}
+
+
+def test_the_inventory_lists_servers_by_change_deleted_ones_included(openstack_cloud: StandIn, tmp_path: Path) -> None:
+    cloud = openstack_cloud
+    p = make(cloud, tmp_path)
+    kept = p.create_instance(request("gz.tax_web_api-0"))
+    doomed = p.create_instance(request("gz.tax_web_api-1"))
+    wait_for(lambda: all(s["status"] == "ACTIVE" for s in cloud.servers()), 10, "servers active")
+    ids = {s["name"]: s["id"] for s in cloud.servers()}
+    time.sleep(1.1)  # Nova's times are to the second
+    since = datetime.now(UTC)
+    p.delete_instance(doomed.name)
+    made = p.create_instance(request("gz.tax_web_api-2"))
+    wait_for(lambda: all(s["status"] == "ACTIVE" for s in cloud.servers()), 10, "servers active")
+    listing = p.inventory_since(since)
+    servers = {r.name for r in listing.resources if r.kind == "server"}
+    assert listing.partial == {"server"} and servers == {made.name}  # the unchanged one is not listed
+    assert listing.gone == (("server", ids[doomed.name]),)
+    assert {r.kind for r in listing.resources} >= {"host", "network", "image", "flavor"}  # the rest in whole
+    whole = {r.name for r in p.inventory() if r.kind == "server"}
+    assert whole == {kept.name, made.name}

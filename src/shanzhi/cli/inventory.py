@@ -33,6 +33,7 @@ SYNC_COLS: Columns = [
     ("SECONDS", lambda r: "" if r["seconds"] is None else f"{r['seconds']:.2f}"),
     ("ITEMS", lambda r: r["items"]),
     ("CHANGED", lambda r: r["changed"]),
+    ("BY", lambda r: r.get("mode") or "-"),
     ("ERROR", lambda r: (f"({r['failures']}x) " if r["failures"] else "") + r["error"][:80]),
 ]
 

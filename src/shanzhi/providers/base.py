@@ -8,6 +8,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -99,6 +100,16 @@ class Resource:
     managed: bool = False
     instance: str | None = None
     attrs: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Listing:
+    """An inventory listing that is whole for some kinds and only what changed for others
+    (`partial`): those kinds' resources changed since the time asked, and the ids of those gone."""
+
+    resources: list[Resource]
+    partial: frozenset[str] = frozenset()
+    gone: tuple[tuple[str, str], ...] = ()  # (kind, id) of partial kinds
 
 
 @dataclass(frozen=True)
@@ -207,6 +218,12 @@ class Provider(ABC):
             for o in self.list_instances()
         ]
         return out
+
+    def inventory_since(self, since: datetime) -> Listing | None:
+        """The inventory with what the cloud can list by change (servers changed since `since`,
+        and those deleted) instead of in whole; None (the default) when it cannot say: then
+        `inventory` lists everything."""
+        return None
 
     def adopt(self, resource_id: str, req: InstanceRequest) -> ObservedInstance:
         """Make a server found in the inventory the instance `req.name`, without restarting it."""

@@ -705,6 +705,7 @@ class InventorySync(Base):
     error: Mapped[str] = mapped_column(Text, default="")
     failures: Mapped[int] = mapped_column(default=0)
     next_at: Mapped[datetime] = mapped_column(default=utcnow)
+    mode: Mapped[str] = mapped_column(String(16), default="full", server_default="full")  # full | changes
 
 
 class MetricPoint(Base):

@@ -35,7 +35,8 @@ def list_inventory(
 
 @router.get("/inventory/syncs")
 def list_syncs(rt: Runtime = Depends(runtime)) -> list[dict[str, Any]]:
-    """Per cloud: when its inventory was last synced, its size, what changed, its last error."""
+    """Per cloud: when its inventory was last synced (a whole listing, or by change), its size,
+    what changed, its last error."""
     with rt.db.session() as s, s.begin():
         return [
             {
@@ -45,6 +46,7 @@ def list_syncs(rt: Runtime = Depends(runtime)) -> list[dict[str, Any]]:
                 "seconds": r.seconds if r else None,
                 "items": r.items if r else 0,
                 "changed": r.changed if r else 0,
+                "mode": r.mode if r else None,  # full, or changes: only what changed since the last sync
                 "error": r.error if r else "",
                 "failures": r.failures if r else 0,
                 "next_at": r.next_at.isoformat() if r else None,
