@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import select
 
 from shanzhi.domain.errors import Conflict, InvalidInput, NotFound
-from shanzhi.services import dr
+from shanzhi.services import dr, plans
 from shanzhi.services.clouds import inject_failure
 from shanzhi.store import Database
 from shanzhi.store.tables import DrCluster, DrEtcdMember, Instance, Site
@@ -45,7 +45,7 @@ def centres(db: Database, data_dir: Path) -> World:
 
 
 def placed(w: World, component: str) -> dict[int, str | None]:
-    rows = [r for r in w.rows("tax") if r.component == component and r.state not in ("lost", "terminating")]
+    rows = [r for r in w.rows("tax") if r.component == component and r.state not in ("lost", "terminating", "reserved")]
     return {r.ordinal: (r.cloud.site.name if r.cloud else None) for r in rows}
 
 
@@ -121,3 +121,45 @@ def test_cold_stateless_replicas_start_in_same_city_once_production_is_lost(cent
     with w.db.session() as s, s.begin():
         inject_failure(s, w.fleet, "prod", None, recover=False)
     w.converge(lambda: set(placed(w, "api").values()) == {"gz-b"} and len(placed(w, "api")) == 2)
+
+
+def test_a_cold_components_standby_capacity_is_held_in_same_city_and_given_to_it_alone(centres: World) -> None:
+    w = centres
+    roles(w, gz_a="production", gz_b="same-city", fs="arbiter")
+    w.apply(doc("same-city", stateless="cold", replicas=2))
+    w.converge(lambda: len(standby(w)) == 2 and set(placed(w, "api").values()) == {"gz-a"})
+    assert all(r.cloud and r.cloud.name == "same" and r.host for r in standby(w))
+    # another app that wants all of same-city's room gets all but what is held
+    w.apply(filler(replicas=2))
+    w.converge(lambda: any(r.state == "pending" for r in w.rows("filler")))
+    held = {r.host for r in standby(w)}
+    assert all(r.host not in held for r in w.rows("filler") if r.cloud)  # never on a host with the standby room
+    assert "no host with 15800m cpu" in next(r.reason for r in w.rows("filler") if r.state == "pending")
+    with w.db.session() as s, s.begin():  # a re-placement plan counts the held room too, and never moves it
+        snap = plans.snapshot(s)
+    for r in standby(w):
+        i = snap.hosts.index(("same", r.host))
+        assert snap.state.used_cpu[i] >= 500 and r.name not in {n for ns in snap.replicas.values() for n in ns}
+    assert [r.state for r in w.rows("tax") if r.component == "api" and r.state != "reserved"] == ["running"] * 2
+    # production lost: the held room goes to the cold replicas, which start in same-city
+    with w.db.session() as s, s.begin():
+        inject_failure(s, w.fleet, "prod", None, recover=False)
+    w.converge(lambda: set(placed(w, "api").values()) == {"gz-b"} and len(placed(w, "api")) == 2 and not standby(w))
+    w.converge(lambda: all(r.state == "running" for r in w.rows("tax") if r.component == "api" and r.cloud
+                           and r.cloud.name == "same"))  # fmt: skip
+
+
+def standby(w: World) -> list[Instance]:
+    return [r for r in w.rows("tax") if r.state == "reserved"]
+
+
+def filler(replicas: int) -> dict[str, Any]:
+    """Replicas of nearly a whole same-city host each (16 cores a host, 2 hosts)."""
+    return {
+        "apiVersion": "shanzhi.io/v1", "kind": "App", "metadata": {"name": "filler", "vdc": "gz"},
+        "spec": {
+            "components": [{"name": "big", "replicas": replicas, "image": "x",
+                            "resources": {"cpu": 15.8, "memory": "256Mi"}}],
+            "placement": {"clouds": {"names": ["same"]}},
+        },
+    }  # fmt: skip

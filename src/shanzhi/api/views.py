@@ -118,7 +118,7 @@ def _app(a: App, states: list[tuple[str, str]]) -> schemas.AppOut:
     """An app's summary from its stored spec (validated when applied) and its instances' states."""
     comps = []
     for c in a.spec["spec"]["components"]:
-        mine = [st for comp, st in states if comp == c["name"] and st not in ("terminating", "lost")]
+        mine = [st for comp, st in states if comp == c["name"] and st not in ("terminating", "lost", "reserved")]
         comps.append(
             schemas.ComponentStatus(
                 name=c["name"],

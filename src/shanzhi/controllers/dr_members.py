@@ -54,6 +54,16 @@ def stateless_sites(s: Session, spec: AppSpec) -> list[str] | None:
     return [prod] if prod in up else [x for x in (same,) if x]
 
 
+def standby_sites(s: Session, spec: AppSpec) -> list[str]:
+    """Where a protected app's cold stateless replicas would start if production were lost: the
+    same-city site while they run in production (its capacity is held for them there), else none."""
+    if spec.spec.dr.tier in ("none", "remote-backup") or spec.spec.dr.stateless != "cold":
+        return []
+    by_role = sites_by_role(site_roles(s))
+    prod, same = by_role.get("production"), by_role.get("same-city")
+    return [same] if same and prod and stateless_sites(s, spec) == [prod] else []
+
+
 def clouds_in(s: Session, sites: list[str]) -> list[str]:
     return [c.name for c in s.scalars(select(Cloud).order_by(Cloud.name)) if c.site.name in sites]
 

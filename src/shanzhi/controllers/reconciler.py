@@ -54,6 +54,7 @@ from shanzhi.store.tables import App, Cloud, Host, Instance, VdcSubnet, VolumeRe
 log = logging.getLogger("shanzhi.reconciler")
 
 ACTIVE_EXCLUDED = ("terminating", "lost")
+RESERVED = "reserved"  # standby capacity held for a cold component: placed, counted, never run
 PROBED_STATES = ("starting", "running", "unhealthy")
 STARTUP_TIMEOUT = timedelta(seconds=60)
 
@@ -224,6 +225,8 @@ class Reconciler:
     def _row_settled(self, name: str, state: str, replaces: str | None, cloud: str | None, cloud_ok: bool) -> bool:
         """A replica with nothing left to do: running as its cloud (healthy, open, on a healthy
         host) reports it, not replacing another, not failing its checks."""
+        if state == RESERVED:
+            return cloud is not None and cloud_ok
         if state != "running" or replaces or cloud is None or not cloud_ok:
             return False
         obs = (self._observed.get(cloud) or {}).get(name)
@@ -743,6 +746,8 @@ class Reconciler:
     ) -> list[_Action]:
         now = utcnow()
         actions: list[_Action] = []
+        self._reserve(s, app, spec, comp, [r for r in rows if r.state == RESERVED])
+        rows = [r for r in rows if r.state != RESERVED]
         for r in rows:
             if r.state == "terminating":
                 actions += self._terminate(s, r, r.reason)
@@ -878,6 +883,57 @@ class Reconciler:
                 app=app.name,
             )
         return actions
+
+    def _reserve(self, s: Session, app: App, spec: AppSpec, comp: Component, held: list[Instance]) -> None:
+        """Standby capacity for a cold component: while its replicas run in production, as much
+        as they use is held in the same-city centre, as rows in state `reserved` placed like
+        replicas (so every host's use counts them and no other app is given that room) that no
+        cloud ever runs. When production is lost they go first, then the replicas start there."""
+        sites = [] if comp.kind == "postgres" else dr_members.standby_sites(s, spec)  # members run in each centre
+        if not sites and not held:
+            return
+        clouds = {c.name: c for c in s.scalars(select(Cloud)) if c.site.name in sites}
+        want = comp.replicas if sites else 0
+        keep: list[Instance] = []
+        for r in held:
+            c = r.cloud
+            fits = r.cpu == comp.resources.cpu_millis and r.memory == comp.resources.memory_bytes
+            if c is not None and c.name in clouds and self._open(r) and fits and len(keep) < want:
+                keep.append(r)
+            else:
+                s.delete(r)
+                self._engine = None  # the room it held is free for this pass's placements
+        if len(keep) >= want:
+            return
+        placing(s)
+        if self._engine is None:
+            self._engine = Engine(self._host_states(s))
+        req = Request(
+            cpu=comp.resources.cpu_millis,
+            memory=comp.resources.memory_bytes,
+            runtime=comp.runtime,
+            placement=spec.spec.placement,
+            total_replicas=want,
+            existing=tuple(Replica(r.cloud.name, r.cloud.site.name, r.host or "") for r in keep if r.cloud),
+        )
+        site = sites[0]
+        short = []
+        for d in self._engine.decide(f"{app.id}/{comp.name}/standby", _only(req, list(clouds)), want - len(keep)):
+            if not d.placed or d.cloud is None:
+                short.append(d.reason)
+                continue
+            r = Instance(
+                name=f"{app.name}-{comp.name}-standby-{secrets.token_hex(3)}", app=app, component=comp.name,
+                spec_hash=comp.spec_hash(spec.spec.placement), cpu=req.cpu, memory=req.memory, storage=0,
+                state=RESERVED, ordinal=-1, cloud=clouds[d.cloud], host=d.host, placement=d.reason,
+                reason=f"standby capacity held in {site} for when production is lost", explain=d.explain,
+            )  # fmt: skip
+            s.add(r)
+        if short:
+            record_event(s, "StandbyShort", "app", f"{app.name}/{comp.name}",
+                         f"{len(short)} of {want} standby replicas find no room in {site}: {short[0]}",
+                         warning=True, vdc=app.vdc.path, app=app.name)  # fmt: skip
+        s.flush()
 
     def _check_room(self, s: Session, hosts: set[tuple[int, str]]) -> None:
         """With other replicas placing too, this pass's fleet state may be older than their

@@ -79,6 +79,9 @@ def snapshot(s: Session) -> _Snapshot:
         state.placement[key] = hosts
         state.charge(hosts, req.cpu, req.memory)
         replicas[key] = [r.name for r in insts]
+    for r in s.scalars(select(Instance).where(Instance.state == "reserved")):  # standby room: held, never moved
+        if r.cloud is not None and r.host is not None and (r.cloud.name, r.host) in index:
+            state.charge([index[(r.cloud.name, r.host)]], r.cpu, r.memory)
     return _Snapshot(state, names, replicas)
 
 
