@@ -10,7 +10,10 @@ claims made from its templates, bound, and kept when it goes), unless its annota
 `standin.shanzhi.io/ready` is `"false"` (a test's way to fail the pods' readiness). With
 `--metrics`, it serves metrics-server's `metrics.k8s.io/v1beta1` pod metrics: one PodMetrics per
 ready pod of each Deployment, with the use its annotation `standin.shanzhi.io/usage` names
-(`cpu=250m,memory=64Mi`; a test's way to load the pods), else 1m and 10Mi.
+(`cpu=250m,memory=64Mi`; a test's way to load the pods), else 1m and 10Mi. A list with
+`watch=1` streams the changes after `resourceVersion` (one JSON event a line, for
+`timeoutSeconds`), or an `Expired` (410) error event once that version is older than the
+changes it keeps.
 
     python -m tests.kube.standin --port P [--nodes 2 --cpu 4 --memory 8Gi]
 """
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import copy
 import itertools
+import json
 import threading
 import time
 import uuid
@@ -28,13 +32,16 @@ from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from shanzhi.domain.quantity import parse_cpu, parse_memory
 
 _rv = itertools.count(1)
 _lock = threading.Lock()
 _objects: dict[tuple[str, str, str], dict[str, Any]] = {}  # (kind, namespace, name) -> object
+_events: list[tuple[int, str, str, dict[str, Any]]] = []  # (resourceVersion, plural, type, object): for watches
+KEPT_EVENTS = 1000  # a watch from before the oldest kept is told 410 Expired, as the API server does
+_compacted = [0]  # every change up to this resourceVersion is forgotten
 KINDS = {
     "namespaces": ("Namespace", "v1"),
     "services": ("Service", "v1"),
@@ -83,6 +90,40 @@ def _list(plural: str, namespace: str | None, selector: str | None) -> dict[str,
     }
 
 
+def _event(plural: str, kind: str, obj: dict[str, Any]) -> None:
+    """Record a change for watchers (under `_lock`)."""
+    _events.append((int(obj["metadata"]["resourceVersion"]), plural, kind, copy.deepcopy(obj)))
+    if len(_events) > KEPT_EVENTS:
+        _compacted[0] = _events[-KEPT_EVENTS - 1][0]
+        del _events[:-KEPT_EVENTS]
+
+
+def _watch(plural: str, since: str, selector: str | None, timeout: float) -> StreamingResponse | JSONResponse:
+    """A watch: every change after `since`, one JSON event a line, for `timeout` seconds."""
+    start = int(since or 0)
+    with _lock:
+        if start < _compacted[0]:
+            body = {"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                    "message": f"too old resource version: {start} ({_compacted[0]})", "reason": "Expired",
+                    "code": 410}}  # fmt: skip
+            return JSONResponse(body)
+
+    def lines() -> Any:
+        seen = start
+        deadline = time.monotonic() + timeout
+        while True:
+            with _lock:
+                fresh = [(rv, k, o) for rv, p, k, o in _events if p == plural and rv > seen and _matches(o, selector)]
+            for rv, kind, obj in fresh:
+                seen = rv
+                yield json.dumps({"type": kind, "object": obj}) + "\n"
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(0.05)
+
+    return StreamingResponse(lines(), media_type="application/json")
+
+
 def _stamp(plural: str, namespace: str, obj: dict[str, Any], old: dict[str, Any] | None) -> dict[str, Any]:
     kind, version = KINDS[plural]
     meta = obj.setdefault("metadata", {})
@@ -111,6 +152,7 @@ async def _create(plural: str, namespace: str, request: Request) -> JSONResponse
         if (plural, namespace, name) in _objects:
             return _status(409, "AlreadyExists", f'{plural} "{name}" already exists')
         _objects[(plural, namespace, name)] = _stamp(plural, namespace, obj, None)
+        _event(plural, "ADDED", obj)
         return JSONResponse(copy.deepcopy(obj), status_code=201)
 
 
@@ -134,16 +176,22 @@ async def _replace(plural: str, namespace: str, name: str, request: Request) -> 
                 409, "Conflict", f'Operation cannot be fulfilled on {plural} "{name}": the object has been modified'
             )
         _objects[(plural, namespace, name)] = _stamp(plural, namespace, obj, old)
+        _event(plural, "MODIFIED", obj)
         return JSONResponse(copy.deepcopy(obj))
 
 
 def _delete(plural: str, namespace: str, name: str) -> JSONResponse:
     with _lock:
-        if _objects.pop((plural, namespace, name), None) is None:
+        gone = _objects.pop((plural, namespace, name), None)
+        if gone is None:
             return _status(404, "NotFound", f'{plural} "{name}" not found')
+        gone["metadata"]["resourceVersion"] = str(next(_rv))
+        _event(plural, "DELETED", gone)
         if plural == "namespaces":
             for key in [k for k in _objects if k[1] == name]:
-                del _objects[key]
+                obj = _objects.pop(key)
+                obj["metadata"]["resourceVersion"] = str(next(_rv))
+                _event(key[0], "DELETED", obj)
     return JSONResponse({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200})
 
 
@@ -186,8 +234,15 @@ for plural, base in (
 ):
 
     def routes(plural: str = plural, base: str = base) -> None:
-        @app.get(f"{base}/{plural}")
-        def list_all(labelSelector: str | None = None) -> dict[str, Any]:
+        @app.get(f"{base}/{plural}", response_model=None)
+        def list_all(
+            labelSelector: str | None = None,
+            watch: bool = False,
+            resourceVersion: str = "",
+            timeoutSeconds: float = 1.0,
+        ) -> dict[str, Any] | StreamingResponse | JSONResponse:
+            if watch:
+                return _watch(plural, resourceVersion, labelSelector, min(timeoutSeconds, 5.0))
             return _list(plural, None, labelSelector)
 
         @app.get(f"{base}/namespaces/{{ns}}/{plural}")
@@ -211,6 +266,15 @@ for plural, base in (
             return _delete(plural, ns, name)
 
     routes()
+
+
+@app.post("/_standin/compact")
+def compact() -> dict[str, Any]:
+    """Forget every change so far, as etcd's compaction does (a test's way to expire watches)."""
+    with _lock:
+        _compacted[0] = next(_rv)
+        _events.clear()
+    return {"compacted": _compacted[0]}
 
 
 def pod_metrics(labelSelector: str | None = None, ns: str | None = None) -> dict[str, Any]:
@@ -286,6 +350,7 @@ def _kubelets() -> None:
                 if obj.get("status") != status:
                     obj["status"] = status
                     obj["metadata"]["resourceVersion"] = str(next(_rv))
+                    _event(plural, "MODIFIED", obj)
 
 
 def main() -> None:

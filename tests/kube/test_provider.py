@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -303,3 +304,32 @@ def test_an_adopted_deployments_pods_are_measured_by_its_own_selector(cluster: S
     got = p.usage()
     assert set(got) == {"permits-web-a", "permits-web-b"}
     assert got["permits-web-a"].cpu == pytest.approx(0.4) and got["permits-web-a"].memory == 32 * 2**20
+
+
+def test_the_inventory_follows_deployments_by_a_watch(cluster: StandIn, tmp_path: Path) -> None:
+    p = make(cluster, tmp_path)
+    assert p.inventory_since(datetime.now(UTC)) is None  # nothing listed yet: list in whole first
+    p.create_instance(request("web-api-aaa"))
+    httpx.post(f"{cluster.url}/api/v1/namespaces", json={"metadata": {"name": "old"}}).raise_for_status()
+    legacy = {"metadata": {"name": "legacy"}, "spec": {"replicas": 1, "template": {"spec": {"containers": [
+        {"name": "x", "image": "old:1"}]}}}}  # fmt: skip
+    for name in ("legacy", "doomed"):
+        body = legacy | {"metadata": {"name": name}}
+        httpx.post(f"{cluster.url}/apis/apps/v1/namespaces/old/deployments", json=body).raise_for_status()
+    wait(lambda: all(r.state == "ready" for r in p.inventory() if r.kind == "server"))
+    quiet = p.inventory_since(datetime.now(UTC))
+    assert quiet is not None and quiet.partial == {"server"} and quiet.gone == ()
+    assert [r for r in quiet.resources if r.kind == "server"] == []  # nothing changed: no Deployment read
+    assert {r.kind for r in quiet.resources} == {"host", "network"}  # the rest in whole
+    httpx.delete(f"{cluster.url}/apis/apps/v1/namespaces/old/deployments/doomed").raise_for_status()
+    body = legacy | {"metadata": {"name": "fresh"}}
+    httpx.post(f"{cluster.url}/apis/apps/v1/namespaces/old/deployments", json=body).raise_for_status()
+    delta = p.inventory_since(datetime.now(UTC))
+    assert delta is not None and delta.gone == (("server", "old/doomed"),)
+    assert {r.id for r in delta.resources if r.kind == "server"} == {"old/fresh"}
+    # a version the cluster no longer keeps (compacted): list in whole again, then by change
+    httpx.post(f"{cluster.url}/_standin/compact").raise_for_status()
+    assert p.inventory_since(datetime.now(UTC)) is None
+    assert {r.id for r in p.inventory() if r.kind == "server"} == {"shz-gz-tax/web-api", "old/legacy", "old/fresh"}
+    again = p.inventory_since(datetime.now(UTC))
+    assert again is not None and again.partial == {"server"}

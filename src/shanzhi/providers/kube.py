@@ -41,6 +41,7 @@ import random
 import re
 import threading
 import time
+from datetime import datetime
 from typing import Any
 
 import yaml
@@ -56,6 +57,7 @@ from shanzhi.providers.base import (
     CloudStatus,
     HostInfo,
     InstanceRequest,
+    Listing,
     ObservedInstance,
     OptionSpec,
     Provider,
@@ -106,6 +108,7 @@ class KubernetesProvider(Provider):
         super().__init__(name, options, state_dir, credentials)
         self._lock = threading.Lock()
         self._api: k8s.ApiClient | None = None
+        self._deployments_seen: str | None = None  # the resourceVersion the inventory has read up to
 
     # -- the client and its errors ------------------------------------------------------------
 
@@ -540,6 +543,68 @@ class KubernetesProvider(Provider):
 
     def inventory(self) -> list[Resource]:
         """Nodes, every Deployment (Shanzhi's and not) and Service."""
+        listed = self._call("list deployments", self._apps.list_deployment_for_all_namespaces)
+        self._deployments_seen = str(listed["metadata"].get("resourceVersion") or "") or None
+        return self._inventory([self._server(d) for d in listed["items"]])
+
+    def inventory_since(self, since: datetime) -> Listing | None:
+        """The same, with Deployments by change: a watch from the last list's (or watch's)
+        `resourceVersion`, read for a second (what changed meanwhile, deleted ones included).
+        None (list in whole) before the first list, or once the cluster no longer keeps that
+        version (410 Expired)."""
+        seen = self._deployments_seen
+        if seen is None:
+            return None
+        try:
+            raw = self._apps.list_deployment_for_all_namespaces(
+                watch=True, resource_version=seen, timeout_seconds=1, _preload_content=False, _request_timeout=_TIMEOUT
+            )
+            lines = [json.loads(x) for x in (raw.data or b"").splitlines() if x.strip()]
+        except ApiException as err:
+            raise CloudUnavailable(f"cloud {self.name}: watch deployments: {err.status} {_message(err)}") from None
+        except (HTTPError, OSError, ValueError) as err:
+            raise CloudUnavailable(f"cloud {self.name}: watch deployments: {err}") from None
+        changed: dict[str, dict[str, Any]] = {}
+        gone: dict[str, None] = {}
+        for event in lines:
+            obj = event.get("object") or {}
+            if event.get("type") == "ERROR":
+                if obj.get("code") == 410:  # expired: list in whole, and watch from there
+                    self._deployments_seen = None
+                    return None
+                raise CloudUnavailable(f"cloud {self.name}: watch deployments: {obj.get('message')}")
+            key = f"{obj['metadata']['namespace']}/{obj['metadata']['name']}"
+            seen = str(obj["metadata"].get("resourceVersion") or seen)
+            if event.get("type") == "DELETED":
+                changed.pop(key, None)
+                gone[key] = None
+            else:
+                changed[key] = obj
+                gone.pop(key, None)
+        self._deployments_seen = seen
+        servers = [self._server(d) for d in changed.values()]
+        return Listing(self._inventory(servers), frozenset({"server"}), tuple(("server", k) for k in gone))
+
+    def _server(self, d: dict[str, Any]) -> Resource:
+        """A Deployment, for the inventory."""
+        meta = d["metadata"]
+        containers = d["spec"]["template"]["spec"]["containers"]
+        attrs = {
+            "namespace": meta["namespace"],
+            "host": "cluster",
+            "image": containers[0].get("image"),
+            "replicas": d["spec"].get("replicas", 1),  # adopting it adopts this many replicas
+            "ready": (d.get("status") or {}).get("readyReplicas") or 0,
+            "ports": sorted({int(p["containerPort"]) for c in containers for p in c.get("ports", [])}),
+        }
+        asked = containers[0].get("resources", {}).get("requests", {})
+        with contextlib.suppress(ValueError):  # a size Shanzhi cannot read: the adopter says one
+            attrs |= {"cpu": parse_cpu(asked["cpu"]), "memory": parse_memory(asked["memory"])} if asked else {}
+        managed = (meta.get("labels") or {}).get(f"{LABEL}cloud") == _label_value(self.name)
+        state = "ready" if attrs["ready"] else "not-ready"
+        return Resource("server", f"{meta['namespace']}/{meta['name']}", meta["name"], state, managed, attrs=attrs)
+
+    def _inventory(self, servers: list[Resource]) -> list[Resource]:
         out = []
         for n in self._nodes():
             alloc = n["status"].get("allocatable", {})
@@ -547,26 +612,8 @@ class KubernetesProvider(Provider):
             attrs["memory"] = parse_memory(alloc.get("memory", "0"))
             name = n["metadata"]["name"]
             out.append(Resource("host", name, name, "ready" if _ready(n) else "not-ready", True, attrs=attrs))
+        out += servers
         mine = _label_value(self.name)
-        for d in self._call("list deployments", self._apps.list_deployment_for_all_namespaces)["items"]:
-            meta = d["metadata"]
-            containers = d["spec"]["template"]["spec"]["containers"]
-            attrs = {
-                "namespace": meta["namespace"],
-                "host": "cluster",
-                "image": containers[0].get("image"),
-                "replicas": d["spec"].get("replicas", 1),  # adopting it adopts this many replicas
-                "ready": (d.get("status") or {}).get("readyReplicas") or 0,
-                "ports": sorted({int(p["containerPort"]) for c in containers for p in c.get("ports", [])}),
-            }
-            asked = containers[0].get("resources", {}).get("requests", {})
-            with contextlib.suppress(ValueError):  # a size Shanzhi cannot read: the adopter says one
-                attrs |= {"cpu": parse_cpu(asked["cpu"]), "memory": parse_memory(asked["memory"])} if asked else {}
-            managed = (meta.get("labels") or {}).get(f"{LABEL}cloud") == mine
-            state = "ready" if attrs["ready"] else "not-ready"
-            out.append(
-                Resource("server", f"{meta['namespace']}/{meta['name']}", meta["name"], state, managed, attrs=attrs)
-            )
         for svc in self._call("list services", self._core.list_service_for_all_namespaces)["items"]:
             meta = svc["metadata"]
             attrs = {"type": "service", "namespace": meta["namespace"], "cluster_ip": svc["spec"].get("clusterIP")}
