@@ -112,6 +112,7 @@ class Reconciler:
         self._specs: dict[int, tuple[int, AppSpec]] = {}  # app id -> (generation, parsed spec)
         self._roster: dict[int, dict[str, tuple[str, str]]] = {}  # app id -> probed replica -> (component, cloud)
         self._held: frozenset[int] | None = None
+        self._sick: set[tuple[int, str]] = set()  # (cloud id, host) of the hosts that failed, read each pass
         self._last_full = float("-inf")
         self.skipped = 0  # apps left alone in the last pass
         self.reconciled = 0  # apps reconciled in the last pass
@@ -137,6 +138,8 @@ class Reconciler:
         handed = held != self._held  # this replica's share changed (its start, a takeover, a hand-off)
         self._held = held
         fleet_changed, moved = self._sync_clouds()
+        with self.db.session() as s, s.begin():  # failed hosts, for this pass (not each app's ORM hosts)
+            self._sick = {(c, h) for c, h in s.execute(select(Host.cloud_id, Host.name).where(Host.healthy.is_(False)))}
         dirty, everything = self.feed.take() if self.feed is not None else (set(), True)
         now = time.monotonic()
         full = handed or now - self._last_full >= self.full_resync
@@ -189,7 +192,6 @@ class Reconciler:
                     select(Cloud.id, Cloud.name, Cloud.health, Cloud.draining, Cloud.fenced_by_plan)
                 )
             }
-            sick = {(c, h) for c, h in s.execute(select(Host.cloud_id, Host.name).where(Host.healthy.is_(False)))}
             apps = {
                 aid: gen
                 for aid, gen, deleting in s.execute(select(App.id, App.generation, App.deleting))
@@ -212,7 +214,7 @@ class Reconciler:
             if app_id not in per_app:
                 continue
             cloud = clouds.get(cloud_id) if cloud_id is not None else None
-            ok = cloud is not None and cloud[1] and (cloud_id, host) not in sick
+            ok = cloud is not None and cloud[1] and (cloud_id, host or "") not in self._sick
             if not self._row_settled(name, state, replaces, cloud[0] if cloud else None, ok):
                 unsettled.add(app_id)
                 continue
@@ -399,7 +401,7 @@ class Reconciler:
         c = r.cloud
         if c is None or c.health != "healthy" or c.draining or c.fenced_by_plan is not None:
             return False
-        return all(h.healthy for h in c.hosts if h.name == r.host)
+        return (c.id, r.host or "") not in self._sick
 
     def _spec(self, app_id: int, generation: int, body: Any) -> AppSpec:
         """The app's parsed spec (parsed once per generation)."""
