@@ -274,7 +274,8 @@ def test_every_mutating_request_is_audited(world: TestClient) -> None:
     TestClient(world.app).delete("/api/v1/apps/hello")  # no token
     db = world.app.state.db
     with db.session() as s, s.begin():
-        rows = [(r.method, r.path, r.status, r.outcome, r.actor) for r in s.scalars(select(AuditRecord))]
+        q = select(AuditRecord).order_by(AuditRecord.id)  # in the order made, on every backend
+        rows = [(r.method, r.path, r.status, r.outcome, r.actor) for r in s.scalars(q)]
     admin = rows[0][4]
     assert admin == "admin"
     assert ("POST", "/api/v1/clouds", 201, "success", admin) in rows
