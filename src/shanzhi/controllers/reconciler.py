@@ -798,17 +798,8 @@ class Reconciler:
         unplaced = [r for r in cur if r.cloud is None]
         if not unplaced and not to_add:
             return actions
-        placing(s)  # one placement at a time across replicas: each sees the last one's hosts
-        if self._engine is None:
-            self._engine = Engine(self._host_states(s))
-        req = Request(
-            cpu=comp.resources.cpu_millis,
-            memory=comp.resources.memory_bytes,
-            runtime=comp.runtime,
-            placement=placement,
-            total_replicas=desired,
-            existing=tuple(Replica(r.cloud.name, r.cloud.site.name, r.host or "") for r in cur if r.cloud is not None),
-        )
+        engine = self._ready_engine(s)
+        req = _placing_request(comp, placement, desired, cur)
         key = f"{app.id}/{comp.name}"
         todo: list[tuple[Instance | None, int]] = [(r, r.ordinal) for r in unplaced]
         todo += [(None, o) for o in free[:to_add]]
@@ -822,14 +813,14 @@ class Reconciler:
             rest = []
             for r0, o in todo:
                 home = homes.get(o)
-                d0 = self._engine.decide(key, _only(req, home), 1)[0] if home else None
+                d0 = engine.decide(key, _only(req, home), 1)[0] if home else None
                 if d0 is not None and d0.placed and d0.cloud and d0.site:
                     decided.append((r0, o, d0))
                     req = replace(req, existing=(*req.existing, Replica(d0.cloud, d0.site, d0.host or "")))
                 else:
                     rest.append((r0, o))
             todo = rest
-        decisions = self._engine.decide(key, req, len(todo)) if todo else []
+        decisions = engine.decide(key, req, len(todo)) if todo else []
         decided += [(r0, o, d) for (r0, o), d in zip(todo, decisions, strict=True)]
         clouds = {c.name: c for c in s.scalars(select(Cloud))}
         failed: list[str] = []
@@ -907,20 +898,11 @@ class Reconciler:
                 self._engine = None  # the room it held is free for this pass's placements
         if len(keep) >= want:
             return
-        placing(s)
-        if self._engine is None:
-            self._engine = Engine(self._host_states(s))
-        req = Request(
-            cpu=comp.resources.cpu_millis,
-            memory=comp.resources.memory_bytes,
-            runtime=comp.runtime,
-            placement=spec.spec.placement,
-            total_replicas=want,
-            existing=tuple(Replica(r.cloud.name, r.cloud.site.name, r.host or "") for r in keep if r.cloud),
-        )
+        engine = self._ready_engine(s)
+        req = _placing_request(comp, spec.spec.placement, want, keep)
         site = sites[0]
         short = []
-        for d in self._engine.decide(f"{app.id}/{comp.name}/standby", _only(req, list(clouds)), want - len(keep)):
+        for d in engine.decide(f"{app.id}/{comp.name}/standby", _only(req, list(clouds)), want - len(keep)):
             if not d.placed or d.cloud is None:
                 short.append(d.reason)
                 continue
@@ -936,6 +918,14 @@ class Reconciler:
                          f"{len(short)} of {want} standby replicas find no room in {site}: {short[0]}",
                          warning=True, vdc=app.vdc.path, app=app.name)  # fmt: skip
         s.flush()
+
+    def _ready_engine(self, s: Session) -> Engine:
+        """Take the placement lock (one placement at a time across replicas: each sees the last
+        one's hosts) and the pass's fleet state, built at its first placement."""
+        placing(s)
+        if self._engine is None:
+            self._engine = Engine(self._host_states(s))
+        return self._engine
 
     def _check_room(self, s: Session, hosts: set[tuple[int, str]]) -> None:
         """With other replicas placing too, this pass's fleet state may be older than their
@@ -1116,6 +1106,18 @@ def _release_volumes(s: Session, r: Instance) -> None:
     """A replica that is gone leaves its volumes for the next replica of its ordinal."""
     for v in s.scalars(select(VolumeRecord).where(VolumeRecord.instance == r.name)):
         v.state, v.instance, v.released_at = "released", None, utcnow()
+
+
+def _placing_request(comp: Component, placement: Placement, total: int, placed: Sequence[Instance]) -> Request:
+    """What placing more of `comp` asks, with the replicas `placed` already counted."""
+    return Request(
+        cpu=comp.resources.cpu_millis,
+        memory=comp.resources.memory_bytes,
+        runtime=comp.runtime,
+        placement=placement,
+        total_replicas=total,
+        existing=tuple(Replica(r.cloud.name, r.cloud.site.name, r.host or "") for r in placed if r.cloud is not None),
+    )
 
 
 def _only(req: Request, clouds: str | list[str] | None) -> Request:
