@@ -55,6 +55,20 @@ http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_foreve
 """
 
 
+def poke(endpoint: str | None, path: str) -> None:
+    """GET a path from a replica's server, waiting for it to listen: "running" means its process
+    is alive, and a Python server binds its port a moment later."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            httpx.get(f"http://{endpoint}{path}", timeout=5).raise_for_status()
+            return
+        except httpx.TransportError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 @pytest.fixture
 def world(db: Database, data_dir: Path) -> Iterator[World]:
     w = World(db, data_dir)
@@ -77,12 +91,12 @@ def test_a_replicas_own_metrics_are_sampled_kept_and_discoverable(world: World) 
     world.converge(world.running("queue", 1))
     [replica] = world.rows("queue")
     assert replica.metrics_url == f"http://{replica.endpoint}/metrics"  # on the port it was given
-    httpx.get(f"http://{replica.endpoint}/depth=7", timeout=5)
+    poke(replica.endpoint, "/depth=7")
     collector = MetricsCollector(world.db, world.fleet, lambda: True)
     now = utcnow()
     collector.run_once(now)
     for _ in range(5):
-        httpx.get(f"http://{replica.endpoint}/job", timeout=5)
+        poke(replica.endpoint, "/job")
     time.sleep(0.5)
     collector.run_once(now + timedelta(seconds=1))
     point = collector.latest[replica.name].point
@@ -119,7 +133,7 @@ def test_the_autoscaler_follows_a_workloads_own_metric(world: World) -> None:
     collector = MetricsCollector(world.db, world.fleet, lambda: True)
     scaler = Autoscaler(world.db, lambda: dict(collector.latest))
     [first] = world.rows("queue")
-    httpx.get(f"http://{first.endpoint}/depth=35", timeout=5)  # 35 waiting against 10 per replica
+    poke(first.endpoint, "/depth=35")  # 35 waiting against 10 per replica
     collector.run_once()
     time.sleep(0.3)
     collector.run_once()
@@ -140,18 +154,18 @@ def test_an_alarm_rule_watches_a_workloads_own_metric(world: World) -> None:
         add_rule(s, RuleIn.model_validate({"name": "backlog", "vdc": "gz", "metric": "queue_depth", "above": 20}), "t")
     collector = MetricsCollector(world.db, world.fleet, lambda: True)
     rules = RuleEvaluator(world.db, lambda: dict(collector.latest))
-    httpx.get(f"http://{replica.endpoint}/depth=3", timeout=5)
+    poke(replica.endpoint, "/depth=3")
     collector.run_once()
     time.sleep(0.3)
     collector.run_once()
     assert rules.run_once() == 0  # 3 waiting: no alarm
-    httpx.get(f"http://{replica.endpoint}/depth=25", timeout=5)
+    poke(replica.endpoint, "/depth=25")
     collector.run_once()
     assert rules.run_once() == 1
     with world.db.session() as s, s.begin():
         [alarm] = s.scalars(select(Alarm)).all()
         assert alarm.instance == replica.name and "queue_depth 25 above 20" in alarm.message
-    httpx.get(f"http://{replica.endpoint}/depth=0", timeout=5)
+    poke(replica.endpoint, "/depth=0")
     collector.run_once()
     rules.run_once()
     with world.db.session() as s, s.begin():

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.controllers.test_custom_metrics import WORKLOAD
+from tests.controllers.test_custom_metrics import WORKLOAD, poke
 from tests.e2e.harness import Server, free_port, reap, spawn, stop_everything, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -99,7 +99,7 @@ def test_prometheus_discovers_and_scrapes_shanzhi(prometheus: tuple[Server, str]
         }
         names = set(wait_for(lambda: running("api") or None, 30, "replicas"))
         [(worker, row)] = wait_for(lambda: running("queue") or None, 30, "the worker").items()
-        httpx.get(f"http://{row['endpoint']}/depth=42", timeout=5)
+        poke(row["endpoint"], "/depth=42")
         # Shanzhi reads it too (the autoscaler and alarm rules may name it)
         sampled = lambda: [  # noqa: E731
             (p["instance"], p.get("custom", {}).get("queue_depth"))

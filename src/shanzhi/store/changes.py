@@ -45,7 +45,6 @@ class ChangeFeed:
         self._apps: set[int] = set()
         self._everything = False
         self._subscribers: list[Callable[[], None]] = []
-        self.published = 0  # publications so far (tests and metrics)
 
     def subscribe(self, wake: Callable[[], None]) -> None:
         self._subscribers.append(wake)
@@ -54,7 +53,6 @@ class ChangeFeed:
         with self._lock:
             self._apps.update(apps)
             self._everything = self._everything or everything
-            self.published += 1
         for wake in self._subscribers:
             wake()
 
@@ -156,7 +154,6 @@ class Listener:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.connected = threading.Event()
-        self.heard = 0
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="listener", daemon=True)
@@ -186,7 +183,6 @@ class Listener:
                 while not self._stop.is_set():
                     for n in conn.notifies(timeout=1.0):
                         apps, everything = parse(n.payload)
-                        self.heard += 1
                         self.feed.publish(apps, everything)
             except (psycopg.Error, DBAPIError) as err:
                 self.connected.clear()
