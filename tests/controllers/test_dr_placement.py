@@ -7,6 +7,7 @@ or production alone until it is lost (cold). The topology is checked at apply.""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -64,9 +65,10 @@ def member_status(w: World, **states: tuple[str, str]) -> None:
     with w.db.session() as s, s.begin():
         c = s.scalar(select(DrCluster))
         assert c is not None
-        names = {r.ordinal: r.name for r in s.scalars(select(Instance).where(Instance.component == "db"))}
+        rows = {r.ordinal: r for r in s.scalars(select(Instance).where(Instance.component == "db"))}
         c.status = {"members": [
-            {"cluster": "main", "name": names[int(o)], "role": role, "state": state, "host": f"127.0.0.{o}:5432"}
+            {"cluster": "main", "name": rows[int(o)].name, "role": role, "state": state,
+             "host": f"127.0.0.{o}:5432", "site": rows[int(o)].cloud.site.name if rows[int(o)].cloud else None}
             for o, (role, state) in states.items()
         ]}  # fmt: skip
 
@@ -163,3 +165,124 @@ def filler(replicas: int) -> dict[str, Any]:
             "placement": {"clouds": {"names": ["same"]}},
         },
     }  # fmt: skip
+
+
+def _members_placed(w: World) -> None:
+    """Three centres' members placed, as the DR controller's admission and reads would let them."""
+    roles(w, gz_a="production", gz_b="same-city", sz="remote")
+    w.apply(doc("two-sites-three-centres", replicas=1))
+    w.rec.run_once()
+    with w.db.session() as s, s.begin():
+        s.scalar(select(DrCluster)).prepared = True  # type: ignore[union-attr]
+        for cluster, site in (("quorum", "gz-a"), ("remote", "sz")):
+            site_id = s.scalar(select(Site.id).where(Site.name == site))
+            s.add(DrEtcdMember(cluster=cluster, name=f"{cluster}-{site}", site_id=site_id, address="127.0.0.1",
+                               client_port=1, peer_port=2))  # fmt: skip
+    for states in ({"0": ("primary", "running")}, {"0": ("primary", "running"), "1": ("replica", "running")}):
+        w.rec.run_once()
+        member_status(w, **states)
+    w.rec.run_once()
+    assert placed(w, "db") == {0: "gz-a", 1: "gz-b", 2: "sz"}
+
+
+def test_activating_the_remote_centre_is_refused_while_production_runs_then_approved_and_fenced(
+    centres: World,
+) -> None:
+    from shanzhi.domain.errors import Forbidden
+    from shanzhi.domain.rbac import Principal
+    from shanzhi.services import approvals, dr_ops
+    from shanzhi.store.tables import App
+
+    w = centres
+    _members_placed(w)
+    admin, other = Principal("admin", frozenset({"system-admin"})), Principal("zhao", frozenset({"system-admin"}))
+    member_status(w, **{"0": ("primary", "running"), "1": ("replica", "running")})
+    with w.db.session() as s, s.begin(), pytest.raises(Conflict, match=r"still has a running primary, .* in gz-a"):
+        dr_ops.request_activation(s, s.scalar(select(App)), None, "admin", "")  # type: ignore[arg-type]
+    with w.db.session() as s, s.begin():  # both lost: etcd shows no main member; the remote one runs
+        c = s.scalar(select(DrCluster))
+        assert c is not None
+        far = next(r.name for r in s.scalars(select(Instance)) if r.component == "db" and r.ordinal == 2)
+        c.status = {"members": [{"cluster": "remote", "name": far, "role": "standby_leader", "state": "running",
+                                 "host": "127.0.3.1:5432", "api": "http://127.0.3.1:8008/patroni"}]}  # fmt: skip
+    with w.db.session() as s, s.begin():
+        held = dr_ops.request_activation(s, s.scalar(select(App)), None, "admin", "both centres flooded")  # type: ignore[arg-type]
+        held_id, stages = held.id, held.stages["stages"]
+        assert (held.action, held.status) == ("activate-remote", "pending")
+    assert [st["approvers"] for st in stages] == [["role:system-admin"]]  # no rule: a second administrator
+    with w.db.session() as s, s.begin():  # asked again: the same request
+        again = dr_ops.request_activation(s, s.scalar(select(App)), None, "admin", "both centres flooded")  # type: ignore[arg-type]
+        assert again.id == held_id
+    with w.db.session() as s, s.begin(), pytest.raises(Forbidden, match="their own"):
+        approvals.decide(s, admin, held_id, True)
+    with w.db.session() as s, s.begin():
+        assert s.scalar(select(DrCluster)).activation is None  # type: ignore[union-attr]
+        done = approvals.decide(s, other, held_id, True)
+        assert done.status == "approved" and "DR controller activates" in done.outcome
+    with w.db.session() as s, s.begin():
+        c = s.scalar(select(DrCluster))
+        assert c is not None and c.activation is not None
+        assert (c.activation["state"], c.activation["by"]) == ("approved", "zhao")
+        with pytest.raises(Conflict, match="under way"):
+            dr_ops.request_activation(s, s.scalar(select(App)), None, "admin", "")  # type: ignore[arg-type]
+        # what the DR controller does first: fence the main cluster
+        c.activation = {**c.activation, "state": "running", "fenced_at": "now"}
+    w.converge(lambda: placed(w, "db") == {0: None, 1: None, 2: "sz"})  # the main members stopped, none started
+    assert all(f"fenced: the remote centre was activated (approval {held_id})" in why for why in reasons(w).values())
+    with w.db.session() as s, s.begin():  # the app is handed the remote centre
+        st = dr.status(s, s.scalar(select(App)))  # type: ignore[arg-type]
+    assert "127.0.3.1:5432" in st["databases"][0]["connection"] and "127.0.1" not in st["databases"][0]["connection"]
+    # a returning production centre does not bring its member back
+    with w.db.session() as s, s.begin():
+        inject_failure(s, w.fleet, "prod", None, recover=False)
+    w.rec.run_once()
+    with w.db.session() as s, s.begin():
+        inject_failure(s, w.fleet, "prod", None, recover=True)
+    w.rec.run_once()
+    w.rec.run_once()
+    assert placed(w, "db") == {0: None, 1: None, 2: "sz"}
+
+
+def test_an_activation_rule_names_its_approvers_and_a_tier_without_a_remote_centre_is_refused(
+    centres: World,
+) -> None:
+    from shanzhi.domain.spec import parse_app
+    from shanzhi.services import approvals, dr_ops, dr_plans
+    from shanzhi.store.tables import App
+
+    w = centres
+    roles(w, gz_a="production", gz_b="same-city", sz="remote", fs="arbiter")
+    w.apply(doc("same-city", replicas=1))
+    with w.db.session() as s, s.begin(), pytest.raises(InvalidInput, match="tier same-city has no remote centre"):
+        dr_ops.request_activation(s, s.scalar(select(App)), None, "admin", "")  # type: ignore[arg-type]
+    with w.db.session() as s, s.begin(), pytest.raises(InvalidInput, match="unknown condition 'activation'"):
+        approvals.add_rule(s, "gz", "typo", {"activation": True}, [["li.wei"]], 4)
+    with w.db.session() as s, s.begin():
+        approvals.add_rule(s, "gz", "dr-approvers", {"activations": True}, [["role:vdc-admin"], ["li.wei"]], 4)
+        # a rule about activations holds no apply
+        assert approvals.matching_rules(s, parse_app(doc("two-sites-three-centres", replicas=1))) == []
+    w.apply(doc("two-sites-three-centres", replicas=1))
+    with w.db.session() as s, s.begin():
+        c = s.scalar(select(DrCluster))
+        assert c is not None
+        c.status = {"members": [{"cluster": "remote", "name": "x", "role": "standby_leader", "state": "running",
+                                 "host": "127.0.3.1:5432"}]}  # fmt: skip
+    with w.db.session() as s, s.begin():
+        held = dr_ops.request_activation(s, s.scalar(select(App)), None, "admin", "")  # type: ignore[arg-type]
+        assert [st["approvers"] for st in held.stages["stages"]] == [["role:vdc-admin"], ["li.wei"]]
+        assert [r["rule"] for r in held.reasons["rules"]] == ["dr-approvers"]
+        assert held.expires_at < held.created_at + timedelta(hours=5)  # the rule's expiry
+        plans = dr_plans.plans(s, s.scalar(select(App)))  # type: ignore[arg-type]
+    assert list(plans["plans"]) == ["failover", "switchover", "failback", "activate-remote", "test"]
+    failover = plans["plans"]["failover"]
+    assert failover["automatic"] and failover["last_run"] is None
+    assert [st["phase"] for st in failover["steps"]] == ["database", "database", "database", "services", "checks",
+                                                         "report"]  # fmt: skip
+    assert (
+        "etcd in gz-a, gz-b, fs" in failover["steps"][0]["step"]
+        and "in gz-b is promoted" in failover["steps"][1]["step"]
+    )
+    assert "api already run in gz-b" in failover["steps"][3]["step"]
+    activate = plans["plans"]["activate-remote"]["steps"]
+    assert "role:vdc-admin then li.wei" in activate[0]["step"] and "in sz is promoted" in activate[3]["step"]
+    assert [st["phase"] for st in activate][:3] == ["approval", "checks", "database"]  # fenced before promoting

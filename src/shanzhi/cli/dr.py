@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from shanzhi.cli.output import Columns, Fmt, OutputOpt, emit, handle_errors, out
+from shanzhi.cli.output import Columns, Fmt, OutputOpt, emit, err, handle_errors, out
 from shanzhi.client import Client, discover_token
 
 dr_app = typer.Typer(help="Disaster recovery: topology, protected databases, reports.", no_args_is_help=True)
@@ -91,6 +91,42 @@ def status(
     emit(rows, output, MEMBER_COLS)
     for d in st["databases"]:
         out.print(f"  {d['component']}: leader {d['leader'] or '-'}; connect with {d['connection'] or '(not yet)'}")
+        act = d.get("activation")
+        if act:
+            out.print(f"  {d['component']}: remote centre activation {act['state']} (approval {act.get('request')})")
+
+
+@dr_app.command("plan")
+def plan(
+    app_name: str = typer.Argument(..., metavar="APP"),
+    vdc: str | None = typer.Option(None, "--vdc"),
+    operation: str | None = typer.Option(None, "--operation", help="Only this one (failover, activate-remote, ...)."),
+    data_dir: Path | None = DataDirOpt,
+    output: Fmt = OutputOpt,
+) -> None:
+    """A protected app's recovery plans: for each operation its tier allows, the ordered steps
+    (database, then services, then checks) with the sites and approvers, and its last run."""
+    with handle_errors(), Client(token=discover_token(data_dir)) as c:
+        r = c.dr_plans(app_name, vdc)
+        plans = r["plans"]
+        if operation is not None:
+            if operation not in plans:
+                have = ", ".join(plans) or "none (tier none)"
+                err.print(f"[red]error[/]: tier {r['tier']} has no {operation} plan; it has: {have}")
+                raise typer.Exit(1)
+            plans = {operation: plans[operation]}
+    if output is Fmt.json:
+        emit({**r, "plans": plans}, output)
+        return
+    out.print(f"{r['vdc']}/{r['app']}: tier {r['tier']}")
+    for kind, p in plans.items():
+        last = p["last_run"]
+        ran = f"last run: {last['outcome']} {str(last['at'])[:19]}" if last else "never run"
+        if last and last.get("seconds") is not None:
+            ran += f" ({last['seconds']:.1f}s)"
+        out.print(f"\n{kind} ({'automatic' if p['automatic'] else 'on command'}: {p['trigger']}; {ran})")
+        for i, st in enumerate(p["steps"], 1):
+            out.print(f"  {i}. [{st['phase']}] {st['step']} ({st['by']})")
 
 
 @dr_app.command("reports")
@@ -164,6 +200,30 @@ def reprotect(
         out.print("protected" if r["protected"] else "NOT protected: " + "; ".join(r["problems"]))
     if not r["protected"]:
         raise typer.Exit(1)
+
+
+@dr_app.command("activate-remote")
+def activate_remote(
+    app_name: str = typer.Argument(..., metavar="APP"),
+    vdc: str | None = typer.Option(None, "--vdc"),
+    component: str | None = typer.Option(None, "--component", help="The database (default: the app's first)."),
+    note: str = typer.Option("", "--note", help="Why, for the approvers."),
+    data_dir: Path | None = DataDirOpt,
+    output: Fmt = OutputOpt,
+) -> None:
+    """Production and same-city both lost: ask to promote the remote centre's standby cluster.
+    Refused while the main cluster has a running primary. Held for approval (approval rules that
+    say `--activations`, else a system administrator other than you); once approved, the DR
+    controller checks that no old primary accepts writes, fences the main cluster and promotes
+    the remote one. `dr reports` then tells the outcome and the data that could not be recovered."""
+    with handle_errors(), Client(token=discover_token(data_dir)) as c:
+        r = c.dr_operation(app_name, "activate-remote", vdc, component=component, note=note)
+    if output is Fmt.json:
+        emit(r, output)
+        return
+    approvers = " then ".join(" or ".join(st["approvers"]) for st in r["stages"])
+    out.print(f"activating the remote centre of {app_name} is held for approval {r['id']} ({approvers}).")
+    out.print(f"An approver runs `shanzhi approval approve {r['id']}`; then see `shanzhi dr reports --app {app_name}`.")
 
 
 BACKUP_COLS: Columns = [

@@ -145,6 +145,9 @@ def rule_add(
     site: list[str] = typer.Option(None, "--site", help="Hold apps that may run in this site (repeatable)."),
     always: bool = typer.Option(False, "--always", help="Hold every apply."),
     deletes: bool = typer.Option(False, "--deletes", help="Hold every delete of an app."),
+    activations: bool = typer.Option(
+        False, "--activations", help="Who approves activating a remote DR centre (default: a system administrator)."
+    ),
     stage: list[str] = typer.Option(
         ..., "--stage", help="Approvers of one stage, comma-separated (user or role:<role>); repeat, in order."
     ),
@@ -163,6 +166,8 @@ def rule_add(
         conditions["always"] = True
     if deletes:
         conditions["deletes"] = True
+    if activations:
+        conditions["activations"] = True
     stages = [[a.strip() for a in st.split(",") if a.strip()] for st in stage]
     with handle_errors(), _client(data_dir) as c:
         emit(c.add_rule(vdc, name, conditions, stages, expire_hours), output, RULE_COLS)

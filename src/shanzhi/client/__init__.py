@@ -278,6 +278,9 @@ class Client:
         tail = "/dr/credentials" if reveal else "/dr"
         return self._call("GET", f"/apps/{app}{tail}", params=_params(vdc=vdc))
 
+    def dr_plans(self, app: str, vdc: str | None = None) -> Any:
+        return self._call("GET", f"/apps/{app}/dr/plans", params=_params(vdc=vdc))
+
     def dr_operation(self, app: str, op: str, vdc: str | None = None, **body: Any) -> Any:
         """switchover, failback or reprotect."""
         payload = {k: v for k, v in body.items() if v is not None}

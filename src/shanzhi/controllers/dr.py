@@ -40,7 +40,7 @@ from psycopg import sql
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from shanzhi.controllers import dr_backup
+from shanzhi.controllers import dr_activate, dr_backup
 from shanzhi.controllers.dr_members import main_members, site_roles
 from shanzhi.domain.dr import MEMBERS, quorum_sites, sites_by_role
 from shanzhi.domain.spec import AppSpec
@@ -156,11 +156,14 @@ class DrController:
         self.dir = data_dir / "dr"
         self._backups = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dr-backup")
         self._backup: Future[None] | None = None
+        self._ops = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dr-ops")
+        self._op: Future[None] | None = None
         self._etcd: dict[str, Etcd] = {}
         self._seen: dict[int, dict[str, Any]] = {}  # cluster id -> the leader as last seen
 
     def close(self) -> None:
         self._backups.shutdown(wait=False, cancel_futures=True)
+        self._ops.shutdown(wait=False, cancel_futures=True)
         for e in self._etcd.values():
             e.close()
 
@@ -253,10 +256,11 @@ class DrController:
         with self.db.session() as s, s.begin():
             rows = [
                 (c.id, c.app_id, c.app.vdc.path, c.component, c.prepared, dict(c.secrets),
-                 AppSpec.model_validate(c.app.spec), bool(c.status.get("bootstrapped")))
+                 AppSpec.model_validate(c.app.spec), bool(c.status.get("bootstrapped")),
+                 (c.activation or {}).get("state"))
                 for c in s.scalars(select(DrCluster))
             ]  # fmt: skip
-        for cid, app_id, vdc, comp, prepared, sec, spec, ready in rows:
+        for cid, app_id, vdc, comp, prepared, sec, spec, ready, activation in rows:
             remote = "remote" in MEMBERS[spec.spec.dr.tier]
             try:
                 if not prepared:
@@ -264,10 +268,24 @@ class DrController:
                 self._watch(cid, app_id, comp, spec, sec, remote)
             except (RuntimeError, httpx.HTTPError, KeyError, OSError, psycopg.Error) as err:
                 log.warning("database %s/%s: %s", app_id, comp, err)
+            if activation in ("approved", "running") and (self._op is None or self._op.done()):
+                self._op = self._ops.submit(self._activate, cid, app_id, comp)
             idle = self._backup is None or self._backup.done()
             plan = spec.spec.dr.backups
-            if ready and idle and dr_backup.due(self.db, app_id, comp, plan.every_seconds):
+            main = activation not in ("running", "succeeded")  # fenced: its members no longer run
+            if ready and idle and main and dr_backup.due(self.db, app_id, comp, plan.every_seconds):
                 self._backup = self._backups.submit(self._scheduled_backup, app_id, comp, plan.keep)
+
+    def _activate(self, cid: int, app_id: int, comp: str) -> None:
+        """An approved activation of the remote centre, off the leader's loop (it waits for Patroni)."""
+        try:
+            leader: str | None = None
+            with contextlib.suppress(RuntimeError, httpx.HTTPError):  # a lost quorum shows no leader
+                members, key, _, _ = self._read("quorum", scope(app_id, comp))
+                leader = next((m.name for m in members if m.name == key and m.state == "running"), None)
+            dr_activate.activate(self.db, cid, leader)
+        except Exception:
+            log.exception("activating the remote centre of database %s/%s failed", app_id, comp)
 
     def _scheduled_backup(self, app_id: int, comp: str, keep: int) -> None:
         """One at a time, off the leader's loop (a big database takes a while)."""
@@ -352,7 +370,15 @@ class DrController:
             if leader and lead is not None and lead.state == "running":
                 self._seen[cid] = {"leader": leader, "at": now, "position": lead.wal_position}
             c.leader, c.timeline = leader, lead.timeline if lead else c.timeline
-            c.status = {**c.status, "members": out, "leader_position": pos}
+            known = dict(c.status.get("known", {}))  # every member ever seen: an activation probes them all
+            known.update({m["name"]: {"cluster": m["cluster"], "host": m["host"]} for m in out if m["host"]})
+            c.status = {**c.status, "members": out, "leader_position": pos, "known": known}
+            if leader and lead is not None and lead.state == "running":
+                # what an activation of the remote centre would lose, as last measured while production led
+                lagging = [v for v in rlags.values() if v is not None]
+                c.status["main_seen"] = now.isoformat()
+                if lagging:
+                    c.status["remote_lag"] = {"bytes": min(lagging), "at": now.isoformat()}
             c.updated_at = now
             # with synchronous_mode_strict a primary commits nothing until its standby runs: wait for it
             expected = main_members(spec)

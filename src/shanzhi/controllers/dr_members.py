@@ -38,11 +38,14 @@ def member_site(s: Session, spec: AppSpec, ordinal: int) -> str | None:
     return sites_by_role(site_roles(s)).get(member_role(spec, ordinal))
 
 
-def stateless_sites(s: Session, spec: AppSpec) -> list[str] | None:
-    """The sites a protected app's stateless replicas may use (None: not protected)."""
+def stateless_sites(s: Session, spec: AppSpec, app_id: int | None = None) -> list[str] | None:
+    """The sites a protected app's stateless replicas may use (None: not protected): the remote
+    centre alone once it was activated for the app's database."""
     if spec.spec.dr.tier in ("none", "remote-backup"):
         return None
     by_role = sites_by_role(site_roles(s))
+    if app_id is not None and _activated(s, app_id):
+        return [x for x in (by_role.get("remote"),) if x]
     prod, same = by_role.get("production"), by_role.get("same-city")
     if spec.spec.dr.stateless == "active-active":
         return [x for x in (prod, same) if x]
@@ -54,14 +57,18 @@ def stateless_sites(s: Session, spec: AppSpec) -> list[str] | None:
     return [prod] if prod in up else [x for x in (same,) if x]
 
 
-def standby_sites(s: Session, spec: AppSpec) -> list[str]:
+def _activated(s: Session, app_id: int) -> bool:
+    return any(c.fenced for c in s.scalars(select(DrCluster).where(DrCluster.app_id == app_id)))
+
+
+def standby_sites(s: Session, spec: AppSpec, app_id: int | None = None) -> list[str]:
     """Where a protected app's cold stateless replicas would start if production were lost: the
     same-city site while they run in production (its capacity is held for them there), else none."""
     if spec.spec.dr.tier in ("none", "remote-backup") or spec.spec.dr.stateless != "cold":
         return []
     by_role = sites_by_role(site_roles(s))
     prod, same = by_role.get("production"), by_role.get("same-city")
-    return [same] if same and prod and stateless_sites(s, spec) == [prod] else []
+    return [same] if same and prod and stateless_sites(s, spec, app_id) == [prod] else []
 
 
 def clouds_in(s: Session, sites: list[str]) -> list[str]:
@@ -74,6 +81,8 @@ def waiting_for(s: Session, app: App, spec: AppSpec, comp: Component, ordinal: i
     if cluster is None or not cluster.prepared:
         return "waiting for the DR quorum to admit the database (its etcd user)"
     role = member_role(spec, ordinal)
+    if role != "remote" and (why := fence_reason(cluster)):
+        return why
     if not etcd_hosts(s, "remote" if role == "remote" else "quorum"):
         return f"waiting for the {'remote centre' if role == 'remote' else 'quorum'}'s etcd"
     if role == "remote" and _source(s, app, spec, comp) is None:
@@ -81,6 +90,23 @@ def waiting_for(s: Session, app: App, spec: AppSpec, comp: Component, ordinal: i
     if ordinal > 0 and role != "remote" and not _primary_runs(cluster):
         return "waiting for the production member to bootstrap the cluster (it starts as the primary)"
     return None
+
+
+def fence_reason(cluster: DrCluster | None) -> str | None:
+    """Why the main cluster's members may not run (its remote centre was activated), or None."""
+    if cluster is None or not cluster.fenced:
+        return None
+    return (
+        f"fenced: the remote centre was activated (approval {(cluster.activation or {}).get('request')}); "
+        "this member stays stopped, its data kept, so that no second primary comes back"
+    )
+
+
+def fenced_member(s: Session, app: App, spec: AppSpec, comp: Component, ordinal: int) -> str | None:
+    """Why member `ordinal` of a managed database must be stopped now, or None."""
+    if member_role(spec, ordinal) == "remote":
+        return None
+    return fence_reason(s.scalar(select(DrCluster).where(DrCluster.app_id == app.id, DrCluster.component == comp.name)))
 
 
 def _primary_runs(cluster: DrCluster) -> bool:

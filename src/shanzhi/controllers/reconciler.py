@@ -753,6 +753,13 @@ class Reconciler:
         for r in rows:
             if r.state == "terminating":
                 actions += self._terminate(s, r, r.reason)
+            elif (
+                comp.kind == "postgres"
+                and r.cloud is not None
+                and r.state != "lost"
+                and (why := dr_members.fenced_member(s, app, spec, comp, r.ordinal))
+            ):
+                actions += self._terminate(s, r, why)
             elif r.cloud is not None:
                 actions += self._observe_row(s, app, comp, r, now)
 
@@ -806,7 +813,7 @@ class Reconciler:
         decided: list[tuple[Instance | None, int, Decision]] = []
         if comp.kind == "postgres":  # each member in its own centre, once what it needs is there
             todo, decided = self._place_members(s, app, spec, comp, key, req, todo)
-        elif (sites := dr_members.stateless_sites(s, spec)) is not None:
+        elif (sites := dr_members.stateless_sites(s, spec, app.id)) is not None:
             req = _only(req, dr_members.clouds_in(s, sites))
         if comp.volumes:  # a replica goes back to the cloud that holds its ordinal's disk, where it can
             homes = self._homes(s, app, comp, placement)
@@ -882,7 +889,7 @@ class Reconciler:
         as they use is held in the same-city centre, as rows in state `reserved` placed like
         replicas (so every host's use counts them and no other app is given that room) that no
         cloud ever runs. When production is lost they go first, then the replicas start there."""
-        sites = [] if comp.kind == "postgres" else dr_members.standby_sites(s, spec)  # members run in each centre
+        sites = [] if comp.kind == "postgres" else dr_members.standby_sites(s, spec, app.id)  # members: each centre
         if not sites and not held:
             return
         clouds = {c.name: c for c in s.scalars(select(Cloud)) if c.site.name in sites}

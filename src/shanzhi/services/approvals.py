@@ -1,13 +1,15 @@
 """Approvals: per-VDC rules that hold an apply or a delete until named approvers agree, stage
-by stage.
+by stage; and activating a remote DR centre, which is always held.
 
 A rule on a VDC covers its subtree. It matches an apply when any of its conditions holds:
 `cpuOver` (the app's total cpu is above it), `sites` (the app may be placed in one of these
-sites), `always`; and a delete when it says `deletes`. A matching apply or delete becomes a
-pending request and changes nothing; each stage is passed by any one of its approvers (`alice`,
-or `role:vdc-admin` for whoever holds that role on the app's VDC, or `role:system-admin`); the
-last approval carries it out (an apply with the quota checked then). Requests expire;
-requesters never approve their own.
+sites), `always`; a delete when it says `deletes`; activating the remote centre of a protected
+app's database when it says `activations` (with no such rule, a system administrator other
+than the requester approves). A matching apply or delete becomes a pending request and changes
+nothing; each stage is passed by any one of its approvers (`alice`, or `role:vdc-admin` for
+whoever holds that role on the app's VDC, or `role:system-admin`); the last approval carries it
+out (an apply with the quota checked then; an activation handed to the DR controller). Requests
+expire; requesters never approve their own.
 """
 
 from __future__ import annotations
@@ -24,12 +26,16 @@ from shanzhi.domain.quantity import format_cpu, parse_cpu
 from shanzhi.domain.quota import ancestors
 from shanzhi.domain.rbac import ROLES, Principal, Scope
 from shanzhi.domain.spec import NAME_RE, AppSpec, parse_app
+from shanzhi.services import dr
 from shanzhi.services.apps import apply_app, delete_app, desired_usage
 from shanzhi.services.vdcs import get_vdc, scope_filter
 from shanzhi.store.events import record_event
 from shanzhi.store.tables import App, ApprovalRequest, ApprovalRule, Cloud, Vdc, utcnow
 
-CONDITIONS = ("cpuOver", "sites", "always", "deletes")
+CONDITIONS = ("cpuOver", "sites", "always", "deletes", "activations")
+#: who approves activating a remote centre when no rule says
+DEFAULT_ACTIVATION_STAGES = [["role:system-admin"]]
+ACTIVATION_EXPIRE_HOURS = 24
 
 
 # ------------------------------------------------------------------ rules
@@ -56,7 +62,8 @@ def add_rule(
         raise InvalidInput(f"unknown condition {sorted(unknown)[0]!r}; use {', '.join(CONDITIONS)}", field="conditions")
     if not conditions:
         raise InvalidInput(
-            "a rule needs at least one condition (cpuOver, sites, always or deletes)", field="conditions"
+            "a rule needs at least one condition (cpuOver, sites, always, deletes or activations)",
+            field="conditions",
         )
     clean: dict[str, Any] = {}
     if "cpuOver" in conditions:
@@ -69,7 +76,7 @@ def add_rule(
         if not isinstance(sites, list) or not sites or not all(isinstance(x, str) and x for x in sites):
             raise InvalidInput("sites must be a non-empty list of site names", field="conditions.sites")
         clean["sites"] = sorted(set(sites))
-    for flag in ("always", "deletes"):
+    for flag in ("always", "deletes", "activations"):
         if flag in conditions:
             if not isinstance(conditions[flag], bool):
                 raise InvalidInput(f"{flag} must be true or false", field=f"conditions.{flag}")
@@ -156,6 +163,27 @@ def hold_delete_if_needed(s: Session, app: App, requester: str) -> ApprovalReque
     return _hold(s, app.vdc, app.name, "delete", app.spec, matched, requester) if matched else None
 
 
+def _activation_rules(s: Session, path: str) -> list[tuple[ApprovalRule, str]]:
+    return [
+        (r, "activating the remote centre needs approval")
+        for r in _rules_over(s, path)
+        if r.conditions.get("activations")
+    ]
+
+
+def activation_stages(s: Session, path: str) -> list[list[str]]:
+    """Who approves activating a remote centre for an app in VDC `path`, stage by stage."""
+    rules = _activation_rules(s, path)
+    return [list(st) for r, _ in rules for st in r.stages["stages"]] if rules else DEFAULT_ACTIVATION_STAGES
+
+
+def hold_activation(s: Session, app: App, document: dict[str, Any], requester: str) -> ApprovalRequest:
+    """Activating the remote centre of `app`'s database, held: by the stages of the rules over
+    its VDC that say `activations`, else by a system administrator (never the requester)."""
+    matched = _activation_rules(s, app.vdc.path)
+    return _hold(s, app.vdc, app.name, "activate-remote", document, matched, requester)
+
+
 def _hold(
     s: Session,
     v: Vdc,
@@ -180,6 +208,14 @@ def _hold(
         for r, _ in matched
         for stage in r.stages["stages"]
     ]
+    reasons = [{"rule": r.name, "vdc": r.vdc.path, "why": why} for r, why in matched]
+    hours = min((r.expire_hours for r, _ in matched), default=ACTIVATION_EXPIRE_HOURS)
+    if not matched:  # only activations are held without a rule
+        stages = [
+            {"rule": "(platform)", "vdc": "/", "approvers": list(stage), "decision": None, "by": None, "at": None}
+            for stage in DEFAULT_ACTIVATION_STAGES
+        ]
+        reasons = [{"rule": "(platform)", "vdc": "/", "why": "activating a remote centre needs a second person"}]
     req = ApprovalRequest(
         vdc_id=v.id,
         app=app,
@@ -187,17 +223,17 @@ def _hold(
         document=body,
         requester=requester,
         status="pending",
-        reasons={"rules": [{"rule": r.name, "vdc": r.vdc.path, "why": why} for r, why in matched]},
+        reasons={"rules": reasons},
         stages={"stages": stages},
         approvers=approver_keys(stages),
         stage=0,
         comments={"comments": []},
-        expires_at=utcnow() + timedelta(hours=min(r.expire_hours for r, _ in matched)),
+        expires_at=utcnow() + timedelta(hours=hours),
     )
     s.add(req)
     s.flush()
     s.refresh(req)
-    why = "; ".join(f"{r.name}: {w}" for r, w in matched)
+    why = "; ".join(f"{x['rule']}: {x['why']}" for x in reasons)
     msg = f"{action} held for approval {req.id} ({why})"
     record_event(s, "ApprovalRequested", "app", app, msg, vdc=v.path, app=app)
     return req
@@ -304,6 +340,8 @@ def decide(s: Session, p: Principal, request_id: int, approve: bool, note: str =
             if r.action == "delete":
                 delete_app(s, r.app, path)
                 done = f"deleted: app {r.app} is being removed"
+            elif r.action == "activate-remote":
+                done = dr.approve_activation(s, r.vdc_id, r.app, r.document, r.id, p.user)
             else:
                 app, outcome = apply_app(s, parse_app(r.document), r.requester, f"approval {r.id}")
                 done = f"applied: app {app.name} {outcome} (generation {app.generation})"

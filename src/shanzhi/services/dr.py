@@ -15,7 +15,7 @@ from shanzhi.domain.errors import Conflict, InvalidInput, NotFound
 from shanzhi.domain.spec import AppSpec
 from shanzhi.dr.patroni import SUPERUSER, connection_string
 from shanzhi.store.events import record_event
-from shanzhi.store.tables import App, Cloud, DrCluster, DrEtcdMember, DrReport, Instance, Site
+from shanzhi.store.tables import App, Cloud, DrCluster, DrEtcdMember, DrReport, Instance, Site, utcnow
 
 
 def healthy_sites(s: Session) -> dict[str, bool]:
@@ -134,7 +134,8 @@ def status(s: Session, app: App, *, reveal: bool = False) -> dict[str, Any]:
         comp = next((x for x in spec.spec.databases() if x.name == c.component), None)
         database = comp.postgres.database if comp and comp.postgres else "app"
         order = {r.name: r.ordinal for r in s.scalars(select(Instance).where(Instance.app_id == app.id))}
-        main = [m for m in c.status.get("members", []) if m.get("host") and m.get("cluster") == "main"]
+        serving = "remote" if c.fenced else "main"  # after an activation, the remote centre
+        main = [m for m in c.status.get("members", []) if m.get("host") and m.get("cluster") == serving]
         hosts = [m["host"] for m in sorted(main, key=lambda m: order.get(m["name"], 99))]  # production first
         password = c.secrets["app"] if reveal else None
         out.append(
@@ -146,10 +147,43 @@ def status(s: Session, app: App, *, reveal: bool = False) -> dict[str, Any]:
                 "members": c.status.get("members", []),
                 "connection": connection_string(hosts, "app", password, database) if hosts else None,
                 "superuser": SUPERUSER,
+                "activation": c.activation,
                 "updated_at": c.updated_at.isoformat(),
             }
         )
     return {"app": app.name, "vdc": app.vdc.path, "tier": spec.spec.dr.model_dump(), "databases": out}
+
+
+#: an activation in these states is under way or done: it is not asked for again
+ACTIVE = ("approved", "running", "succeeded")
+
+
+def activation_conflict(c: DrCluster) -> str | None:
+    """Why the remote centre of `c` cannot be activated again, or None."""
+    act = c.activation or {}
+    if act.get("state") == "succeeded":
+        return f"the remote centre of database {c.component} was already activated (approval {act.get('request')})"
+    if act.get("state") in ACTIVE:
+        return f"activating the remote centre of database {c.component} is under way (approval {act.get('request')})"
+    return None
+
+
+def approve_activation(s: Session, vdc_id: int, app_name: str, document: dict[str, Any], request: int, by: str) -> str:
+    """The last approval of an activation: hand it to the DR controller (which checks again that
+    no old primary accepts writes, fences the main cluster and promotes the remote one)."""
+    app = s.scalar(select(App).where(App.vdc_id == vdc_id, App.name == app_name))
+    if app is None:
+        raise NotFound(f"app {app_name} no longer exists", field="app")
+    c = cluster_of(s, app, document.get("component"))
+    why = activation_conflict(c)
+    if why:
+        raise Conflict(why)
+    c.activation = {"request": request, "state": "approved", "by": by, "at": utcnow().isoformat(),
+                    "note": document.get("note", "")}  # fmt: skip
+    record_event(s, "RemoteActivationApproved", "app", app.name,
+                 f"database {c.component}: activating the remote centre approved by {by} (approval {request})",
+                 warning=True, vdc=app.vdc.path, app=app.name)  # fmt: skip
+    return f"approved: the DR controller activates the remote centre of database {c.component} (see `dr reports`)"
 
 
 def reports(s: Session, app: App | None = None, limit: int = 50) -> list[DrReport]:

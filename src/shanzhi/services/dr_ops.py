@@ -1,4 +1,5 @@
-"""Planned DR operations on a protected app's database: switchover, failback, reprotect.
+"""DR operations on a protected app's database: switchover, failback, reprotect, and asking to
+activate the remote centre.
 
 Each is asked of Patroni (its REST API, with the platform's credentials: tenants cannot) and
 measured here: the request, the candidate running as primary, the old primary back as a
@@ -9,26 +10,31 @@ A switchover is planned: Patroni hands over only to a synchronous standby that h
 (RPO 0); the writes pause for the seconds it takes. Failback is a switchover back to the
 production centre after a failover; reprotect checks that every centre's member runs again
 and follows (after a failover, Patroni rewinds the returning old primary by itself).
+
+Activating the remote centre (production and same-city both lost) is never automatic: the
+request is held for approval (`services.approvals`), and the DR controller carries it out.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 from sqlalchemy.orm import Session
 
+from shanzhi.controllers.dr_activate import is_following, is_primary, wait_member
 from shanzhi.controllers.dr_members import member_site, site_roles
+from shanzhi.domain.dr import MEMBERS
 from shanzhi.domain.errors import Conflict, InvalidInput
 from shanzhi.domain.spec import AppSpec
 from shanzhi.dr.patroni import API_USER
-from shanzhi.services.dr import cluster_of
+from shanzhi.services.approvals import hold_activation
+from shanzhi.services.dr import activation_conflict, cluster_of
 from shanzhi.store import Database
 from shanzhi.store.events import record_event
-from shanzhi.store.tables import App, DrCluster, DrReport, utcnow
+from shanzhi.store.tables import App, ApprovalRequest, DrCluster, DrReport, utcnow
 
 TIMEOUT = 60.0
 
@@ -103,11 +109,11 @@ def execute_switchover(plan: Plan) -> dict[str, Any]:
         plan.steps.append({"step": "request", "seconds": round(time.monotonic() - t0, 3), "answer": r.text[:200]})
         if r.status_code != 200:
             raise Conflict(f"Patroni refused the switchover: {r.status_code} {r.text[:200]}")
-        promoted = _wait(http, plan.candidate_api, _is_primary, TIMEOUT)
+        promoted = wait_member(http, plan.candidate_api, is_primary, TIMEOUT)
         plan.steps.append({"step": f"{plan.candidate} is primary", "seconds": round(time.monotonic() - t0, 3)})
         if promoted is None:
             raise Conflict(f"{plan.candidate} did not become primary within {TIMEOUT:.0f}s")
-        follows = _wait(http, plan.leader_api, _is_following, TIMEOUT)
+        follows = wait_member(http, plan.leader_api, is_following, TIMEOUT)
         plan.steps.append(
             {"step": f"{plan.leader} follows as a replica" if follows else f"{plan.leader} not back yet",
              "seconds": round(time.monotonic() - t0, 3)}
@@ -117,27 +123,6 @@ def execute_switchover(plan: Plan) -> dict[str, Any]:
         "timeline": promoted.get("timeline"), "switch_seconds": plan.steps[1]["seconds"],
         "old_primary_follows": bool(follows), "steps": plan.steps,
     }  # fmt: skip
-
-
-def _is_following(d: dict[str, Any]) -> bool:
-    return d.get("role") == "replica" and d.get("state") == "running"
-
-
-def _is_primary(d: dict[str, Any]) -> bool:
-    return d.get("role") in ("master", "primary") and d.get("state") == "running"
-
-
-def _wait(http: httpx.Client, api: str, ok: Callable[[dict[str, Any]], bool], timeout: float) -> dict[str, Any] | None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            d: dict[str, Any] = http.get(f"{api}/patroni").json()
-            if ok(d):
-                return d
-        except (httpx.HTTPError, ValueError):
-            pass
-        time.sleep(0.1)
-    return None
 
 
 def begin(db: Database, plan: Plan) -> int:
@@ -198,3 +183,36 @@ def _needed(s: Session, app: App, site: str) -> bool:
     spec = AppSpec.model_validate(app.spec)
     n = next((x.replicas for x in spec.spec.databases()), 0)
     return any(member_site(s, spec, o) == site for o in range(n))
+
+
+#: how recent the DR controller's read of the main cluster must be for its primary to count as alive
+FRESH_SECONDS = 60
+
+
+def request_activation(s: Session, app: App, component: str | None, requester: str, note: str) -> ApprovalRequest:
+    """Ask to promote the remote centre's standby cluster (production and same-city lost): refused
+    while the main cluster has a running primary the controller saw lately; otherwise held for
+    approval. The DR controller checks again, by connecting, before it promotes."""
+    spec = AppSpec.model_validate(app.spec)
+    tier = spec.spec.dr.tier
+    if "remote" not in MEMBERS[tier]:
+        raise InvalidInput(f"app {app.name}'s tier {tier} has no remote centre to activate", field="spec.dr.tier")
+    c = cluster_of(s, app, component)
+    why = activation_conflict(c)
+    if why:
+        raise Conflict(why)
+    members = c.status.get("members", [])
+    fresh = (utcnow() - c.updated_at).total_seconds() < FRESH_SECONDS
+    alive = [
+        m for m in members if m.get("cluster") == "main" and m.get("role") == "primary" and m["state"] == "running"
+    ]
+    if fresh and alive:
+        m = alive[0]
+        raise Conflict(
+            f"database {c.component} still has a running primary, {m['name']} in {m.get('site')}: activating the "
+            "remote centre now would make two primaries. Use `dr switchover`, or ask again once production and "
+            "same-city are both lost"
+        )
+    if not any(m.get("cluster") == "remote" and m.get("host") for m in members):
+        raise Conflict(f"database {c.component} has no member in the remote centre yet; see `dr status`")
+    return hold_activation(s, app, {"component": c.component, "note": note}, requester)

@@ -646,9 +646,17 @@ class DrCluster(Base):
     leader: Mapped[str | None] = mapped_column(String(128))
     timeline: Mapped[int | None] = mapped_column()
     status: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # activating the remote centre: {"request", "state", "by", "at", "note", "fenced_at"}; written by
+    # the approval and the DR controller's activation, never by its status reads (no lost update)
+    activation: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     app: Mapped[App] = relationship(lazy="joined")
+
+    @property
+    def fenced(self) -> bool:
+        """Its main cluster was fenced for an activation of the remote centre."""
+        return bool((self.activation or {}).get("fenced_at"))
 
 
 class DrReport(Base):

@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Body, Depends, Query, Request
 from pydantic import AwareDatetime
 
+from shanzhi.api import views
 from shanzhi.api.audit import transaction
 from shanzhi.api.auth import principal, require
 from shanzhi.api.deps import Runtime, runtime
@@ -15,7 +16,7 @@ from shanzhi.controllers import dr_backup
 from shanzhi.domain.errors import Conflict
 from shanzhi.domain.rbac import Principal
 from shanzhi.services import dr as svc
-from shanzhi.services import dr_ops
+from shanzhi.services import dr_ops, dr_plans
 from shanzhi.services.apps import find_app
 from shanzhi.store.tables import DrReport, utcnow
 
@@ -61,6 +62,17 @@ def app_dr(
     in bytes; the leader; the connection string (its password masked)."""
     with rt.db.session() as s, s.begin():
         return svc.status(s, find_app(s, name, vdc, p.scope("app.read")))
+
+
+@router.get("/apps/{name}/dr/plans")
+def app_dr_plans(
+    name: str, vdc: str | None = Query(None), p: Principal = Depends(principal), rt: Runtime = Depends(runtime)
+) -> dict[str, Any]:
+    """A protected app's recovery plans: for each operation its tier allows, whether it runs by
+    itself, its ordered steps (database, then services, then checks) with this topology's sites
+    and approvers, and its last run."""
+    with rt.db.session() as s, s.begin():
+        return dr_plans.plans(s, find_app(s, name, vdc, p.scope("app.read")))
 
 
 @router.get("/apps/{name}/dr/credentials")
@@ -153,6 +165,29 @@ def _done(report: DrReport) -> dict[str, Any]:
     if report.outcome != "succeeded":
         raise Conflict(report.summary)
     return _report(report)
+
+
+@router.post("/apps/{name}/dr/activate-remote", status_code=202)
+def activate_remote(
+    request: Request,
+    name: str,
+    vdc: str | None = Query(None),
+    component: str | None = Body(None, embed=True, description="the database (default: the app's first)"),
+    note: str = Body("", embed=True, max_length=500, description="why, for the approvers"),
+    p: Principal = Depends(principal),
+) -> dict[str, Any]:
+    """Ask to promote the remote centre's standby cluster when production and same-city are both
+    lost: refused while the main cluster has a running primary; otherwise held for approval
+    (rules that say `activations`, else a system administrator other than you). Once approved,
+    the DR controller checks that no old primary accepts writes, fences the main cluster (its
+    members are not started again) and promotes the remote one; `dr reports` tells the outcome
+    and the data it could not recover."""
+    with transaction(request) as s:
+        app = find_app(s, name, vdc, p.scope("app.read"))
+        require(p, "app.write", app.vdc.path, visible="app.read")
+        request.state.target = f"app {app.vdc.path}/{app.name}"
+        request.state.audit_outcome = "held"
+        return views.approval(dr_ops.request_activation(s, app, component, p.user, note))
 
 
 @router.post("/apps/{name}/dr/backups")
