@@ -174,6 +174,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="5 s per measurement instead of 20")
     ap.add_argument("--workers", type=int, default=2, help="API processes in the multi-process layout")
+    ap.add_argument("--backend", choices=("sqlite", "postgresql", "both"), default="both")
     ap.add_argument("-o", "--output", default="bench/results/api.json")
     args = ap.parse_args()
     if shutil.which("wrk") is None:
@@ -181,7 +182,7 @@ def main() -> None:
     seconds = 5 if args.quick else 20
     results: dict[str, Any] = {"cores": os.cpu_count(), "seconds": seconds, "runs": {}}
     console = Console()
-    for backend in ("sqlite", "postgresql"):
+    for backend in ("sqlite", "postgresql") if args.backend == "both" else (args.backend,):
         for workers in (1, args.workers):
             key = f"{backend}, {workers} API process{'es' if workers > 1 else ''}"
             with throwaway_postgres() if backend == "postgresql" else nullcontext("") as pg:

@@ -12,6 +12,7 @@ from shanzhi.api import schemas
 from shanzhi.domain.quota import Usage, rollup
 from shanzhi.domain.spec import Component
 from shanzhi.providers import credentials
+from shanzhi.services.apps import AppRow
 from shanzhi.store.tables import App, ApprovalRequest, Cloud, Instance, Vdc, VolumeRecord
 
 REPLICAS_DEFAULT = Component.model_fields["replicas"].default
@@ -96,14 +97,14 @@ def instance(r: Instance, explain: bool = False) -> schemas.InstanceOut:
 
 def app(s: Session, a: App, detail: bool = False) -> schemas.AppOut:
     rows = list(s.scalars(select(Instance).where(Instance.app_id == a.id).order_by(Instance.component, Instance.name)))
-    out = _app(a, [(r.component, r.state) for r in rows])
+    out = _app(AppRow.of(a), [(r.component, r.state) for r in rows])
     if detail:
         out.spec = a.spec
         out.instances = [instance(r, explain=True) for r in rows]
     return out
 
 
-def apps(s: Session, listed: list[App]) -> list[schemas.AppOut]:
+def apps(s: Session, listed: list[AppRow]) -> list[schemas.AppOut]:
     """Many apps' summaries from one instance query (a list answers in one round trip, not one per app)."""
     states: dict[int, list[tuple[str, str]]] = defaultdict(list)
     ids = [a.id for a in listed]
@@ -114,7 +115,7 @@ def apps(s: Session, listed: list[App]) -> list[schemas.AppOut]:
     return [_app(a, states[a.id]) for a in listed]
 
 
-def _app(a: App, states: list[tuple[str, str]]) -> schemas.AppOut:
+def _app(a: AppRow, states: list[tuple[str, str]]) -> schemas.AppOut:
     """An app's summary from its stored spec (validated when applied) and its instances' states."""
     comps = []
     for c in a.spec["spec"]["components"]:
@@ -137,7 +138,7 @@ def _app(a: App, states: list[tuple[str, str]]) -> schemas.AppOut:
         status = "Progressing"
     return schemas.AppOut(
         name=a.name,
-        vdc=a.vdc.path,
+        vdc=a.vdc,
         generation=a.generation,
         status=status,
         deleting=a.deleting,

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
+from typing import Any, NamedTuple
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -130,16 +131,34 @@ def find_app(s: Session, name: str, vdc: str | None = None, scope: Scope = EVERY
     return found[0]
 
 
+class AppRow(NamedTuple):
+    """What an app's summary needs, read as plain columns (a list builds no ORM objects)."""
+
+    id: int
+    name: str
+    vdc: str
+    generation: int
+    deleting: bool
+    spec: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, a: App) -> AppRow:
+        return cls(a.id, a.name, a.vdc.path, a.generation, a.deleting, a.spec, a.created_at, a.updated_at)
+
+
 def list_apps(
     s: Session, vdc: str | None = None, scope: Scope = EVERYWHERE, *, limit: int | None = None, offset: int = 0
-) -> list[App]:
+) -> list[AppRow]:
     """Apps in `scope` (and `vdc`'s subtree), by VDC and name; a page of them with `limit`."""
-    q = select(App).join(Vdc).where(scope_filter(scope)).order_by(Vdc.path, App.name)
+    cols = (App.id, App.name, Vdc.path, App.generation, App.deleting, App.spec, App.created_at, App.updated_at)
+    q = select(*cols).join(Vdc).where(scope_filter(scope)).order_by(Vdc.path, App.name)
     if vdc is not None:
         q = q.where((Vdc.path == vdc) | Vdc.path.startswith(vdc + "/", autoescape=True))
     if limit is not None:
         q = q.limit(limit).offset(offset)
-    return list(s.scalars(q))
+    return [AppRow(*r) for r in s.execute(q)]
 
 
 def delete_app(s: Session, name: str, vdc: str | None = None, scope: Scope = EVERYWHERE) -> App:

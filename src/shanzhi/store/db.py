@@ -85,6 +85,11 @@ class Database:
     def session(self) -> Session:
         return self.sessions()
 
+    def read(self) -> Session:
+        """A session for read-only work, on `reader`: on SQLite it never queues behind a writer
+        (a session from `session` begins IMMEDIATE, taking the write lock even to read)."""
+        return Session(self.reader, expire_on_commit=False)
+
     def dispose(self) -> None:
         self.engine.dispose()
         if self._reader is not None:

@@ -7,6 +7,7 @@ from dataclasses import asdict
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
+from pydantic import TypeAdapter
 
 from shanzhi.api import schemas, views
 from shanzhi.api.audit import transaction
@@ -110,7 +111,7 @@ def revisions(
     name: str, vdc: str | None = Query(None), p: Principal = Depends(principal), rt: Runtime = Depends(runtime)
 ) -> list[schemas.RevisionOut]:
     """The app's stored generations, oldest first, each with its spec, author and cause."""
-    with rt.db.session() as s, s.begin():
+    with rt.db.read() as s, s.begin():
         app = svc.find_app(s, name, vdc, p.scope("app.read"))
         return [
             schemas.RevisionOut(
@@ -125,6 +126,9 @@ def revisions(
         ]
 
 
+_APP_LIST = TypeAdapter(list[schemas.AppOut])
+
+
 @router.get("", response_model=list[schemas.AppOut])
 def list_apps(
     vdc: str | None = Query(None),
@@ -132,16 +136,19 @@ def list_apps(
     offset: int = Query(0, ge=0, le=10_000_000, description="skip this many first"),
     p: Principal = Depends(principal),
     rt: Runtime = Depends(runtime),
-) -> list[schemas.AppOut]:
-    with rt.db.session() as s, s.begin():
-        return views.apps(s, svc.list_apps(s, vdc, p.scope("app.read"), limit=limit, offset=offset))
+) -> Response:
+    with rt.db.read() as s, s.begin():
+        out = views.apps(s, svc.list_apps(s, vdc, p.scope("app.read"), limit=limit, offset=offset))
+    # serialised once, here: the models are built by this route, so FastAPI's second validation
+    # of every summary against `response_model` (which stays, for the schema) is skipped
+    return Response(_APP_LIST.dump_json(out), media_type="application/json")
 
 
 @router.get("/{name}", response_model=schemas.AppOut)
 def get_app(
     name: str, vdc: str | None = Query(None), p: Principal = Depends(principal), rt: Runtime = Depends(runtime)
 ) -> schemas.AppOut:
-    with rt.db.session() as s, s.begin():
+    with rt.db.read() as s, s.begin():
         return views.app(s, svc.find_app(s, name, vdc, p.scope("app.read")), detail=True)
 
 

@@ -38,14 +38,14 @@ def set_credentials(
 
 @router.get("", response_model=list[schemas.CloudOut])
 def list_clouds(rt: Runtime = Depends(runtime)) -> list[schemas.CloudOut]:
-    with rt.db.session() as s, s.begin():
+    with rt.db.read() as s, s.begin():
         used = svc.usage(s)
         return [views.cloud(c, used.get(c.id, (0, 0, 0))) for c in svc.list_clouds(s)]
 
 
 @router.get("/{name}", response_model=schemas.CloudOut)
 def get_cloud(name: str, rt: Runtime = Depends(runtime)) -> schemas.CloudOut:
-    with rt.db.session() as s, s.begin():
+    with rt.db.read() as s, s.begin():
         c = svc.get_cloud(s, name)
         host_used = {
             h: (int(cpu or 0), int(mem or 0), int(n))

@@ -35,7 +35,7 @@ def _report(r: DrReport) -> dict[str, Any]:
 def topology(rt: Runtime = Depends(runtime)) -> dict[str, Any]:
     """Sites with their DR roles, clouds and quorum members; the links between the centres; and
     for each tier, what the topology still lacks to give it (null: it can)."""
-    with rt.db.session() as s, s.begin():
+    with rt.db.read() as s, s.begin():
         return svc.topology(s)
 
 
@@ -60,7 +60,7 @@ def app_dr(
 ) -> dict[str, Any]:
     """A protected app's tier and databases: each member's centre, role, state, timeline and lag
     in bytes; the leader; the connection string (its password masked)."""
-    with rt.db.session() as s, s.begin():
+    with rt.db.read() as s, s.begin():
         return svc.status(s, find_app(s, name, vdc, p.scope("app.read")))
 
 
@@ -71,7 +71,7 @@ def app_dr_plans(
     """A protected app's recovery plans: for each operation its tier allows, whether it runs by
     itself, its ordered steps (database, then services, then checks) with this topology's sites
     and approvers, and its last run."""
-    with rt.db.session() as s, s.begin():
+    with rt.db.read() as s, s.begin():
         return dr_plans.plans(s, find_app(s, name, vdc, p.scope("app.read")))
 
 
@@ -101,7 +101,7 @@ def reports(
 ) -> list[dict[str, Any]]:
     """Failovers, switchovers and drills, newest last: steps, timings, measured RTO and RPO."""
     scope = p.scope("app.read")
-    with rt.db.session() as s, s.begin():
+    with rt.db.read() as s, s.begin():
         if app is not None:
             return [_report(r) for r in svc.reports(s, find_app(s, app, vdc, scope), limit)]
         return [_report(r) for r in svc.reports(s, None, limit) if scope.contains(r.vdc)]
@@ -215,7 +215,7 @@ def backups(
 ) -> dict[str, Any]:
     """The kept base backups, oldest first, and the window a restore can reach: from the end of
     the oldest to the last archived WAL."""
-    with rt.db.session() as s, s.begin():
+    with rt.db.read() as s, s.begin():
         app = find_app(s, name, vdc, p.scope("app.read"))
         comp = svc.cluster_of(s, app, component).component
         app_id = app.id

@@ -28,7 +28,7 @@ def list_inventory(
     limit: int = Query(200, ge=1, le=svc.MAX_PAGE),
     rt: Runtime = Depends(runtime),
 ) -> list[dict[str, Any]]:
-    with rt.db.session() as s, s.begin():
+    with rt.db.read() as s, s.begin():
         rows = svc.list_items(s, cloud=cloud, kind=kind, unmanaged=unmanaged, after=after, limit=limit)
         return [svc.as_json(r) for r in rows]
 
@@ -37,7 +37,7 @@ def list_inventory(
 def list_syncs(rt: Runtime = Depends(runtime)) -> list[dict[str, Any]]:
     """Per cloud: when its inventory was last synced (a whole listing, or by change), its size,
     what changed, its last error."""
-    with rt.db.session() as s, s.begin():
+    with rt.db.read() as s, s.begin():
         return [
             {
                 "cloud": c.name,

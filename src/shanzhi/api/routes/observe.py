@@ -30,7 +30,7 @@ def list_instances(
     rt: Runtime = Depends(runtime),
 ) -> list[schemas.InstanceOut]:
     scope = p.scope("app.read")
-    with rt.db.session() as s, s.begin():
+    with rt.db.read() as s, s.begin():
         q = select(Instance).join(App).join(Vdc).where(scope_filter(scope))
         q = q.order_by(Vdc.path, App.name, Instance.component, Instance.name)
         if app is not None:
@@ -54,7 +54,7 @@ def _instance(s: Session, name: str, p: Principal) -> Instance:
 @router.get("/instances/{name}", response_model=schemas.InstanceOut)
 def get_instance(name: str, p: Principal = Depends(principal), rt: Runtime = Depends(runtime)) -> schemas.InstanceOut:
     """One replica: where it runs, its state and why, and why it was placed there."""
-    with rt.db.session() as s, s.begin():
+    with rt.db.read() as s, s.begin():
         inst = _instance(s, name, p)
         out = views.instance(inst, explain=True)
         cloud = (inst.cloud.name, inst.cloud.kind, dict(inst.cloud.options)) if inst.cloud else None
@@ -74,7 +74,7 @@ def instance_logs(
     rt: Runtime = Depends(runtime),
 ) -> schemas.LogOut:
     """The replica's output as its cloud keeps it (a process's stdout and stderr)."""
-    with rt.db.session() as s, s.begin():
+    with rt.db.read() as s, s.begin():
         inst = _instance(s, name, p)
         cloud = inst.cloud
         if cloud is None:
@@ -96,7 +96,7 @@ def list_events(
 ) -> list[schemas.EventOut]:
     """Events in the caller's VDCs; platform events (clouds, plans) only for those who see all."""
     scope = p.scope("app.read")
-    with rt.db.session() as s, s.begin():
+    with rt.db.read() as s, s.begin():
         q = select(Event).where(Event.id > since, scope_filter(scope, Event.vdc))
         if app is not None:
             found = find_app(s, app, vdc, scope)

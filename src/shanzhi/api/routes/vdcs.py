@@ -50,7 +50,7 @@ def create_vdc(
 
 @router.get("", response_model=list[schemas.VdcOut])
 def list_vdcs(p: Principal = Depends(principal), rt: Runtime = Depends(runtime)) -> list[schemas.VdcOut]:
-    with rt.db.session() as s, s.begin():
+    with rt.db.read() as s, s.begin():
         usage = svc.usage_by_vdc(s)
         counts = dict(s.execute(select(App.vdc_id, func.count()).group_by(App.vdc_id)).all())
         return [
@@ -60,7 +60,7 @@ def list_vdcs(p: Principal = Depends(principal), rt: Runtime = Depends(runtime))
 
 @router.get("/{path:path}", response_model=schemas.VdcOut)
 def get_vdc(path: str, p: Principal = Depends(principal), rt: Runtime = Depends(runtime)) -> schemas.VdcOut:
-    with rt.db.session() as s, s.begin():
+    with rt.db.read() as s, s.begin():
         return _out(s, svc.get_vdc(s, path, p.scope("vdc.read")))
 
 

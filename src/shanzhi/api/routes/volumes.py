@@ -25,14 +25,14 @@ def list_volumes(
     p: Principal = Depends(principal),
     rt: Runtime = Depends(runtime),
 ) -> list[schemas.VolumeOut]:
-    with rt.db.session() as s, s.begin():
+    with rt.db.read() as s, s.begin():
         return [views.volume(v) for v in svc.list_volumes(s, app, vdc, p.scope("app.read"))]
 
 
 @router.get("/{key}", response_model=list[schemas.VolumeOut])
 def get_volume(key: str, p: Principal = Depends(principal), rt: Runtime = Depends(runtime)) -> list[schemas.VolumeOut]:
     """A volume on every cloud its ordinal has a disk on."""
-    with rt.db.session() as s, s.begin():
+    with rt.db.read() as s, s.begin():
         return [views.volume(v) for v in svc.get_volume(s, key, p.scope("app.read"))]
 
 
@@ -108,7 +108,7 @@ def restore(
 def snapshots(
     key: str, cloud: str | None = Query(None), p: Principal = Depends(principal), rt: Runtime = Depends(runtime)
 ) -> list[dict[str, Any]]:
-    with rt.db.session() as s, s.begin():
+    with rt.db.read() as s, s.begin():
         v = svc.one_copy(s, key, cloud, p.scope("app.read"))
         ref = (v.cloud.name, v.cloud.kind, dict(v.cloud.options))
     return rt.fleet.provider(*ref).volume_snapshots(key)
