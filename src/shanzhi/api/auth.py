@@ -11,7 +11,6 @@ from datetime import timedelta
 
 from fastapi import Request
 from fastapi.routing import APIRoute
-from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from shanzhi.api import cookies
@@ -72,8 +71,8 @@ def _authenticate(request: Request, db: Database) -> identity.Caller:
             raise Forbidden(refused)
     if secret is None:
         raise Unauthorized("missing bearer token: log in with 'shanzhi login', or send 'Authorization: Bearer <token>'")
-    with Session(db.reader) as s, s.begin():  # a read: never queue behind writers
-        return identity.caller(s, secret, request.app.state.runtime.settings.session_idle)
+    with db.lookup() as conn:  # a read: never queue behind writers
+        return identity.caller(conn, secret, request.app.state.runtime.settings.session_idle)
 
 
 def _touch(db: Database, token_id: int) -> None:

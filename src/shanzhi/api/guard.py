@@ -19,7 +19,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -147,8 +146,8 @@ class Guard:
         idle = runtime.settings.session_idle if runtime is not None else None
 
         def check() -> identity.Caller:
-            with Session(app.state.db.reader) as s, s.begin():  # a read: never queue behind writers
-                return identity.caller(s, secret.strip(), idle)
+            with app.state.db.lookup() as conn:  # a read: never queue behind writers
+                return identity.caller(conn, secret.strip(), idle)
 
         try:
             scope.setdefault("state", {})["authenticated"] = await run_in_threadpool(check)

@@ -7,13 +7,15 @@ queue on the database lock instead of failing on a lock upgrade. PostgreSQL is u
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -84,6 +86,17 @@ class Database:
 
     def session(self) -> Session:
         return self.sessions()
+
+    @contextmanager
+    def lookup(self) -> Iterator[Connection]:
+        """A connection for one read-only statement: on PostgreSQL in autocommit (no BEGIN and
+        COMMIT round trips around it), on SQLite the reader's (never queueing behind a writer)."""
+        if self.is_sqlite:
+            with self.reader.connect() as c:
+                yield c
+        else:
+            with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
+                yield c
 
     def read(self) -> Session:
         """A session for read-only work, on `reader`: on SQLite it never queues behind a writer
