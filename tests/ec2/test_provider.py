@@ -202,3 +202,35 @@ def test_use_comes_from_the_clouds_monitoring_without_an_agent(moto: Moto, tmp_p
 def test_the_monitoring_period_is_checked() -> None:
     with pytest.raises(InvalidInput, match=r"60 \(detailed monitoring\) or 300"):
         Ec2Provider.validate_options({"monitoring_period": 120})
+
+
+def test_the_inventory_lists_instances_by_change_after_one_whole_listing(moto: Moto, tmp_path: Path) -> None:
+    p = make(moto, tmp_path)
+    ec2 = moto.client()
+    since = datetime.now(UTC)
+    assert p.inventory_since(since) is None  # nothing to compare with yet: list whole
+    p.create_instance(request(moto, name="a-0"))
+    outside = ec2.run_instances(ImageId=moto.image(), MinCount=2, MaxCount=2)["Instances"]
+    whole = {r.id for r in p.inventory() if r.kind == "server"}
+    assert {i["InstanceId"] for i in outside} <= whole and len(whole) >= 3
+    quiet = p.inventory_since(since)
+    assert quiet is not None and quiet.partial == {"server"} and quiet.gone == ()
+    assert [r for r in quiet.resources if r.kind == "server"] == []  # nothing changed: no instance described
+    assert {r.kind for r in quiet.resources} >= {"host", "network", "flavor"}  # the rest is listed whole
+    # one stopped, one terminated, one new, one adopted (its tags change, not its state)
+    first, second = (i["InstanceId"] for i in outside)
+    ec2.stop_instances(InstanceIds=[first])
+    ec2.terminate_instances(InstanceIds=[second])
+    [new] = ec2.run_instances(ImageId=moto.image(), MinCount=1, MaxCount=1)["Instances"]
+    changes = p.inventory_since(since)
+    assert changes is not None
+    servers = {r.id: r for r in changes.resources if r.kind == "server"}
+    assert set(servers) == {first, new["InstanceId"]} and servers[first].state == "stopped"
+    assert changes.gone == (("server", second),)
+    p.adopt(new["InstanceId"], request(moto, name="legacy-0"))
+    adopted = p.inventory_since(since)
+    assert adopted is not None
+    [(rid, managed, inst)] = [(r.id, r.managed, r.instance) for r in adopted.resources if r.kind == "server"]
+    assert (rid, managed, inst) == (new["InstanceId"], True, "legacy-0")
+    again = p.inventory_since(since)
+    assert again is not None and [r for r in again.resources if r.kind == "server"] == [] and again.gone == ()

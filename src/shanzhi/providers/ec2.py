@@ -32,6 +32,7 @@ from __future__ import annotations
 import base64
 import math
 import threading
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -45,6 +46,7 @@ from shanzhi.providers import cloudwatch
 from shanzhi.providers.base import (
     InstanceRequest,
     InstanceState,
+    Listing,
     LogChunk,
     ObservedInstance,
     OptionSpec,
@@ -58,6 +60,7 @@ if TYPE_CHECKING:
 
 TAG = "shanzhi:"
 LIVE = ["pending", "running", "stopping", "stopped"]  # shutting-down and terminated are gone
+INVENTORIED = ("pending", "running", "stopping", "stopped", "shutting-down")  # the inventory lists these
 _STATES: dict[str, InstanceState] = {
     "pending": "starting",
     "running": "running",
@@ -130,6 +133,10 @@ class Ec2Provider(ZonedCloud):
         self._types: list[tuple[int, int, int, str]] | None = None  # (millicores, bytes, rank, type)
         self._images: dict[str, str] = {}
         self._subnets: dict[str, tuple[str, str, str]] = {}  # zone -> (subnet, vpc, vpc cidr)
+        # inventory by change: each live instance's state in the last listing, and the instances
+        # this process retagged since (a tag change shows in no state)
+        self._listed: dict[str, str] | None = None
+        self._retagged: set[str] = set()
 
     # -- the client and its errors ------------------------------------------------------------
 
@@ -510,6 +517,27 @@ class Ec2Provider(ZonedCloud):
     def inventory(self) -> list[Resource]:
         """Zones, every instance (Shanzhi's and not), volumes, VPCs and subnets, the account's own
         images and the instance types of the families: a full listing, paged."""
+        return self._inventory(None).resources
+
+    def inventory_since(self, since: datetime) -> Listing | None:
+        """The same with the instances by change: `DescribeInstanceStatus` (every instance's id
+        and state, nothing else) against the states of the last listing, and only the new, changed
+        and retagged ones described in full; those no longer live are named gone. EC2 has no
+        "changed since": `since` is not used, and a change to an instance's tags or type made
+        outside Shanzhi shows at the next whole listing. None before this process listed whole."""
+        if self._listed is None:
+            return None
+        statuses = self._pages("describe_instance_status", "InstanceStatuses", IncludeAllInstances=True)
+        now = {str(x["InstanceId"]): str(x["InstanceState"]["Name"]) for x in statuses}
+        live = {i: st for i, st in now.items() if st in INVENTORIED}
+        with self._lock:
+            retagged, self._retagged = self._retagged, set()
+        changed = sorted(i for i, st in live.items() if self._listed.get(i) != st or i in retagged)
+        gone = tuple(("server", i) for i in sorted(set(self._listed) - set(live)))
+        return self._inventory(changed, gone)
+
+    def _inventory(self, changed: list[str] | None, gone: tuple[tuple[str, str], ...] = ()) -> Listing:
+        """Everything, with every live instance (`changed` None) or only those named."""
         out = [Resource("host", h.name, h.name, "available", True, attrs={"cpu": h.cpu}) for h in self.hosts()]
         groups = self._pages("describe_security_groups", "SecurityGroups")
         ports = {
@@ -522,11 +550,17 @@ class Ec2Provider(ZonedCloud):
             )
             for g in groups
         }
-        live = ["pending", "running", "stopping", "stopped", "shutting-down"]
-        for r in self._pages(
-            "describe_instances", "Reservations", Filters=[{"Name": "instance-state-name", "Values": live}]
-        ):
+        filters = [{"Name": "instance-state-name", "Values": list(INVENTORIED)}]
+        reservations = []
+        if changed is None:
+            reservations = self._pages("describe_instances", "Reservations", Filters=filters)
+        for k in range(0, len(changed or ()), 200):  # a filter takes at most 200 values
+            ids = {"Name": "instance-id", "Values": (changed or [])[k : k + 200]}
+            reservations += self._pages("describe_instances", "Reservations", Filters=[*filters, ids])
+        listed: dict[str, str] = {}
+        for r in reservations:
             for i in r["Instances"]:
+                listed[str(i["InstanceId"])] = i["State"]["Name"]
                 mine = _tag(i, f"{TAG}cloud") == self.name
                 gids = [g["GroupId"] for g in i.get("SecurityGroups", [])]
                 attrs = {
@@ -602,7 +636,12 @@ class Ec2Provider(ZonedCloud):
         self._instance_types_loaded()
         for cpu, memory, _, name in self._types or []:
             out.append(Resource("flavor", name, name, "offered", attrs={"cpu": cpu, "memory": memory}))
-        return out
+        if changed is None:
+            self._listed = listed
+            return Listing(out)
+        assert self._listed is not None
+        self._listed = {i: st for i, st in self._listed.items() if (("server", i) not in gone)} | listed
+        return Listing(out, frozenset({"server"}), gone)
 
     def adopt(self, resource_id: str, req: InstanceRequest) -> ObservedInstance:
         """Tag an instance made outside Shanzhi as the replica `req.name`: nothing else about it
@@ -618,6 +657,8 @@ class Ec2Provider(ZonedCloud):
         labels = self._labels(req) | {f"{TAG}instance": req.name}
         labels |= {f"{TAG}port:{port_name}": str(port) for port_name, port in req.ports}
         self._call("create_tags", Resources=[resource_id], Tags=_tags(labels))
+        with self._lock:
+            self._retagged.add(resource_id)  # its tags changed, its state did not
         return self._observe(self._by_name(req.name)[0])
 
     def describe(self, name: str) -> dict[str, Any]:
