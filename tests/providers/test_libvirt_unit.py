@@ -15,7 +15,7 @@ import pytest
 
 libvirt = pytest.importorskip("libvirt", reason="libvirt-python is not installed (pip install -e '.[vm]')")
 
-from shanzhi.domain.errors import CloudUnavailable, InvalidInput  # noqa: E402
+from shanzhi.domain.errors import CloudUnavailable, InvalidInput, NotFound  # noqa: E402
 from shanzhi.providers import InstanceRequest, load_provider  # noqa: E402
 from shanzhi.providers.libvirt.domain_xml import Domain, Meta  # noqa: E402
 from shanzhi.providers.libvirt.images import ImageError, ImageStore, _initramfs  # noqa: E402
@@ -238,3 +238,92 @@ def test_an_imported_disk_is_checked_stored_as_qcow2_and_booted_through_an_overl
     label = pvd.stdout + pvd.stderr
     assert "cidata" in label
     p.delete_instance("web-1")
+
+
+def test_a_domain_made_elsewhere_is_listed_adopted_without_restart_and_then_managed(
+    data_dir: Path, images: Path
+) -> None:
+    from shanzhi.domain.errors import Conflict
+
+    p = provider(data_dir)
+    conn = libvirt.open("test:///default")
+    legacy = conn.defineXML(
+        f"<domain type='test'><name>legacy-{p.name}</name><memory>524288</memory><vcpu>2</vcpu>"
+        "<os><type>hvm</type></os><devices><disk type='file' device='disk'>"
+        f"<source file='/srv/vm/legacy-{p.name}.qcow2'/><target dev='vda'/></disk></devices></domain>"
+    )
+    legacy.create()
+    before = legacy.ID()
+    [found] = [r for r in p.inventory() if r.kind == "server" and r.name == f"legacy-{p.name}"]
+    assert (found.id, found.managed, found.instance) == (legacy.UUIDString(), False, None)
+    assert found.attrs["cpu"] == 2000 and found.attrs["memory"] == 512 * 2**20
+    assert found.attrs["image"] == f"/srv/vm/legacy-{p.name}.qcow2" and found.attrs["host"] == "node-0"
+
+    o = p.adopt(legacy.UUIDString(), req("tax-web-0", image=None))
+    assert (o.name, o.state) == ("tax-web-0", "running") and legacy.ID() == before  # not restarted
+    assert o.detail.startswith(f"domain legacy-{p.name} ")  # it keeps its name
+    assert [x.name for x in p.list_instances()] == ["tax-web-0"]
+    assert p.adopt(legacy.UUIDString(), req("tax-web-0", image=None)) == o  # asked again: the same
+    with pytest.raises(Conflict, match="already Shanzhi's replica tax-web-0"):
+        p.adopt(legacy.UUIDString(), req("other-0", image=None))
+    servers = {r.name: r for r in p.inventory() if r.kind == "server"}
+    assert servers["tax-web-0"].managed and f"legacy-{p.name}" not in servers  # listed once, as the replica
+    # a restarted server finds it; another cloud on the same libvirt does not
+    assert [x.name for x in load_provider("libvirt", p.name, p.opts, p.state_dir).list_instances()] == ["tax-web-0"]
+    assert provider(data_dir).list_instances() == []
+    # healed as itself: started again, never rebuilt from an image
+    legacy.destroy()
+    assert [(x.name, x.state) for x in p.list_instances()] == [("tax-web-0", "exited")]
+    assert p.create_instance(req("tax-web-0", image=None)).state == "running" and legacy.isActive()
+    assert p.describe("tax-web-0")["domain"] == f"legacy-{p.name}"
+    p.delete_instance("tax-web-0")  # a managed replica now: deleting it removes the domain
+    assert f"legacy-{p.name}" not in [d.name() for d in conn.listAllDomains()]
+    with pytest.raises(NotFound):
+        p.adopt(legacy.UUIDString(), req("tax-web-0", image=None))
+
+
+def test_adopt_turns_a_found_domain_into_an_app_the_reconciler_keeps(db: object, data_dir: Path, images: Path) -> None:
+    from sqlalchemy import select
+
+    from shanzhi.controllers import Fleet, Reconciler
+    from shanzhi.controllers.inventory import InventoryController
+    from shanzhi.domain.quota import Quota
+    from shanzhi.services.clouds import add_cloud
+    from shanzhi.services.inventory import adopt
+    from shanzhi.services.vdcs import create_vdc
+    from shanzhi.store import Database
+    from shanzhi.store.tables import Instance
+
+    assert isinstance(db, Database)
+    name = f"lv{secrets.token_hex(3)}"
+    conn = libvirt.open("test:///default")
+    legacy = conn.defineXML(
+        f"<domain type='test'><name>erp-{name}</name><memory>524288</memory><vcpu>1</vcpu><os><type>hvm</type></os>"
+        f"<devices><disk type='file' device='disk'><source file='/srv/erp-{name}.qcow2'/><target dev='vda'/></disk>"
+        "</devices></domain>"
+    )
+    legacy.create()
+    fleet = Fleet(data_dir)
+    with db.session() as s, s.begin():
+        add_cloud(s, name, "libvirt", "site-a", "gz", {}, {"uri": "test:///default"})
+        create_vdc(s, "gz", Quota(cpu=4000, memory=8 * 2**30))
+    InventoryController(db, fleet, lambda: True).run_once()
+    with db.session() as s, s.begin():
+        dry = adopt(s, name, [legacy.UUIDString()], "gz", "erp", "app", dry_run=True, author="t")
+        assert dry["spec"]["spec"]["components"] == [
+            {"name": "app", "replicas": 1, "image": f"/srv/erp-{name}.qcow2",
+             "resources": {"cpu": "1000m", "memory": "512Mi"}, "ports": []}
+        ]  # fmt: skip
+        adopt(s, name, [legacy.UUIDString()], "gz", "erp", "app", dry_run=False, author="t")
+    rec = Reconciler(db, fleet, failover_grace=0)
+    try:
+        for _ in range(3):
+            rec.run_once()
+        with db.session() as s, s.begin():
+            [row] = s.scalars(select(Instance))
+            assert (row.state, row.adopted_from) == ("running", legacy.UUIDString()), row.reason
+        assert legacy.isActive() and [d.name() for d in conn.listAllDomains()].count(f"erp-{name}") == 1
+    finally:
+        rec.close()
+        legacy.destroy()
+        legacy.undefine()

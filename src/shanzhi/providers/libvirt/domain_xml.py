@@ -31,17 +31,20 @@ class Meta:
     ports: dict[str, int] = field(default_factory=dict)  # port name -> host port
     guest_ports: dict[str, int] = field(default_factory=dict)  # port name -> port in the guest
     address: str = ""  # on the tenant fabric: the guest's address (its ports are reached there)
+    owner: str = ""  # an adopted domain keeps its own name: the server that adopted it
 
-    def to_xml(self) -> str:
-        """The metadata element, its namespace declared on itself (as libvirt keeps it)."""
-        parts = [f'<shanzhi:instance xmlns:shanzhi="{NS}">']
-        for key in ("cloud", "app", "component", "vdc", "instance", "host", "address"):
-            if key == "address" and not self.address:
+    def to_xml(self, prefixed: bool = True) -> str:
+        """The metadata element, its namespace declared on itself (as libvirt keeps it); or,
+        not `prefixed`, bare, as `virDomainSetMetadata` takes it (libvirt adds the namespace)."""
+        pre = "shanzhi:" if prefixed else ""
+        parts = [f'<shanzhi:instance xmlns:shanzhi="{NS}">' if prefixed else "<instance>"]
+        for key in ("cloud", "app", "component", "vdc", "instance", "host", "address", "owner"):
+            if key in ("address", "owner") and not getattr(self, key):
                 continue
-            parts.append(f"<shanzhi:{key}>{escape(getattr(self, key))}</shanzhi:{key}>")
+            parts.append(f"<{pre}{key}>{escape(getattr(self, key))}</{pre}{key}>")
         for name, port in self.ports.items():
-            parts.append(f'<shanzhi:port name={quoteattr(name)} host="{port}" guest="{self.guest_ports[name]}"/>')
-        parts.append("</shanzhi:instance>")
+            parts.append(f'<{pre}port name={quoteattr(name)} host="{port}" guest="{self.guest_ports[name]}"/>')
+        parts.append(f"</{pre}instance>")
         return "".join(parts)
 
     @classmethod
@@ -69,6 +72,7 @@ class Meta:
             ports,
             guest,
             v("address", ""),
+            v("owner", ""),
         )
 
 

@@ -60,6 +60,19 @@ def available() -> str | None:
 
 
 @dataclass(frozen=True)
+class ForeignDomain:
+    """A domain as the inventory lists it: Shanzhi's (`meta`) or not."""
+
+    name: str
+    uuid: str
+    state_name: str
+    vcpus: int
+    memory: int  # bytes
+    meta: Meta | None
+    files: list[str]
+
+
+@dataclass(frozen=True)
 class DomainInfo:
     name: str
     meta: Meta
@@ -106,6 +119,36 @@ class Hypervisor:
                 if info is not None:
                     out.append(info)
             return out
+
+    def every_domain(self) -> list[ForeignDomain]:
+        """Every domain on the connection, Shanzhi's or not (for the inventory)."""
+        with self._connected("listing every domain") as c:
+            out = []
+            for dom in c.listAllDomains():
+                state, max_kib, _, vcpus, _ = dom.info()
+                info = self._info(dom)
+                files = [d["file"] for d in self.disks(dom.name()) if d["file"]]
+                out.append(
+                    ForeignDomain(dom.name(), dom.UUIDString(), STATE_NAMES.get(state, "?"), vcpus, max_kib * 1024,
+                                  info.meta if info else None, files)
+                )  # fmt: skip
+            return out
+
+    def adopt(self, uuid: str, meta: Meta) -> str:
+        """Write Shanzhi's metadata into a domain made elsewhere (its definition, and the running
+        domain too when it runs): nothing else of it changes. Returns its name."""
+        with self._connected(f"adopting {uuid}") as c:
+            try:
+                dom = c.lookupByUUIDString(uuid)
+            except libvirt.libvirtError as err:
+                if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    raise HypervisorError(f"libvirt at {self.uri} has no domain {uuid}") from None
+                raise
+            flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG if dom.isPersistent() else 0
+            if dom.isActive():
+                flags |= libvirt.VIR_DOMAIN_AFFECT_LIVE
+            dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, meta.to_xml(prefixed=False), "shanzhi", NS, flags)
+            return str(dom.name())
 
     def stats(self) -> dict[str, Usage]:
         """Each running domain's use from libvirt's own statistics (no guest agent): cpu time,

@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
-from shanzhi.domain.errors import CloudUnavailable, InvalidInput
+from shanzhi.domain.errors import CloudUnavailable, Conflict, InvalidInput, NotFound
 from shanzhi.domain.metrics import Usage
 from shanzhi.domain.quantity import parse_cpu, parse_memory
 from shanzhi.providers.base import (
@@ -37,6 +37,7 @@ from shanzhi.providers.base import (
     MachineCloud,
     ObservedInstance,
     OptionSpec,
+    Resource,
     free_port,
     non_negative_float,
     positive_int,
@@ -186,12 +187,71 @@ class LibvirtProvider(FabricMember, MachineCloud):
         return CloudStatus(True, f"ok; {where}; {self.accel[1]}")
 
     def _mine(self) -> list[DomainInfo]:
+        """This server's domains on this cloud: named by it, or adopted by it (they keep their names)."""
         try:
             return [
-                d for d in self.hv.domains() if d.meta.cloud == self.name and d.name == self._domain(d.meta.instance)
+                d
+                for d in self.hv.domains()
+                if d.meta.cloud == self.name and (d.name == self._domain(d.meta.instance) or d.meta.owner == self._sid)
             ]
         except HypervisorError as err:
             raise CloudUnavailable(str(err)) from None
+
+    def _resolve(self, instance: str) -> str:
+        """The domain of `instance`: the name this server gives, or an adopted domain's own."""
+        name = self._domain(instance)
+        try:
+            if self.hv.find(name) is not None:
+                return name
+        except HypervisorError as err:
+            raise CloudUnavailable(str(err)) from None
+        return next((d.name for d in self._mine() if d.meta.instance == instance), name)
+
+    def inventory(self) -> list[Resource]:
+        """The hosts, this cloud's replicas, and every other domain on the connection (made by
+        hand, by another tool or another Shanzhi): those can be adopted."""
+        out = super().inventory()
+        hosts = self.hosts()
+        mine = {d.name for d in self._mine()}
+        try:
+            domains = self.hv.every_domain()
+        except HypervisorError as err:
+            raise CloudUnavailable(str(err)) from None
+        for d in domains:
+            if d.name in mine:
+                continue
+            attrs = {
+                "cpu": d.vcpus * 1000, "memory": d.memory, "image": d.files[0] if d.files else None, "disks": d.files,
+                "host": hosts[0].name if hosts else "", "domain": d.name,
+            }  # fmt: skip
+            out.append(Resource("server", d.uuid, d.name, d.state_name, d.meta is not None, None, attrs))
+        return out
+
+    def adopt(self, resource_id: str, req: InstanceRequest) -> ObservedInstance:
+        """Make a domain made elsewhere (by its UUID) the replica `req.name`: Shanzhi's metadata
+        written into it, nothing else changed, not restarted. It keeps its name, its disks and
+        its network; deleting the replica later stops and undefines it, as for any replica."""
+        self._refuse_if_failed()
+        found = next((d for d in self.hv.every_domain() if d.uuid == resource_id), None)
+        if found is None:
+            raise NotFound(f"cloud {self.name} has no domain {resource_id}", field="id")
+        if found.meta is not None:
+            if (found.meta.cloud, found.meta.instance, found.meta.owner) == (self.name, req.name, self._sid):
+                return self._observe_named(found.name)  # adopted already
+            raise Conflict(f"domain {found.name} is already Shanzhi's replica {found.meta.instance}", field="id")
+        host = req.host or (self.hosts()[0].name if self.hosts() else "")
+        meta = Meta(self.name, req.app, req.component, req.vdc, req.name, host, owner=self._sid)
+        try:
+            self.hv.adopt(resource_id, meta)
+        except HypervisorError as err:
+            raise OSError(str(err)) from None
+        return self._observe_named(found.name)
+
+    def _observe_named(self, domain: str) -> ObservedInstance:
+        d = self.hv.find(domain)
+        if d is None:
+            raise OSError(f"domain {domain} vanished as it was adopted")
+        return self._observe(d)
 
     def list_instances(self) -> list[ObservedInstance]:
         self._refuse_if_failed()
@@ -220,6 +280,13 @@ class LibvirtProvider(FabricMember, MachineCloud):
 
     def _create(self, req: InstanceRequest) -> ObservedInstance:
         self._refuse_if_failed()
+        adopted = self._resolve(req.name)
+        if adopted != self._domain(req.name):  # an adopted domain is started as it is, never rebuilt
+            try:
+                self.hv.start(adopted)
+            except HypervisorError as err:
+                raise OSError(str(err)) from None
+            return self._observe_named(adopted)
         if not req.image:
             raise InvalidInput(f"a libvirt cloud runs VMs: component {req.component} has no image", field="image")
         if req.memory < MIN_MEMORY:
@@ -312,7 +379,7 @@ class LibvirtProvider(FabricMember, MachineCloud):
 
     def describe(self, name: str) -> dict[str, Any]:
         """The domain, its state and qemu process, its disks and console log."""
-        found = self.hv.find(self._domain(name))
+        found = self.hv.find(self._resolve(name))
         if found is None:
             return {"domain": None}
         files = self._files(name)
@@ -340,7 +407,7 @@ class LibvirtProvider(FabricMember, MachineCloud):
             self.hv.start(name)
 
     def delete_instance(self, name: str) -> None:
-        domain = self._domain(name)
+        domain = self._resolve(name)
         try:
             found = self.hv.find(domain)
             self.hv.stop(domain, float(self.opts["stop_timeout"]))
@@ -393,7 +460,7 @@ class LibvirtProvider(FabricMember, MachineCloud):
             raise InvalidInput(f"volume {key} has no snapshot {snapshot!r}; see 'shanzhi volume snapshots {key}'")
         if not restore and snapshot in {x["name"] for x in self.volume_snapshots(key)}:
             raise InvalidInput(f"volume {key} already has a snapshot {snapshot!r}", field="name")
-        domain = self._domain(instance) if instance else None
+        domain = self._resolve(instance) if instance else None
         with self._locks.hold(instance or key):
             started = time.monotonic()
             found = self.hv.find(domain) if domain is not None else None
