@@ -202,6 +202,13 @@ def remove_vms(data_dir: Path) -> None:
                 if d.isActive():
                     d.destroy()
                 d.undefine()
+        for pool in conn.listAllStoragePools():
+            if pool.name().startswith(f"shz-{server_id(data_dir)}-"):
+                persistent = pool.isPersistent()  # a transient one is gone once stopped
+                if pool.isActive():
+                    pool.destroy()
+                if persistent:
+                    pool.undefine()
     finally:
         conn.close()
     shutil.rmtree(default_workload_root(data_dir), ignore_errors=True)

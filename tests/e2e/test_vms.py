@@ -49,6 +49,21 @@ def our_domains(data: Path) -> list[str]:
         conn.close()
 
 
+def pool_volumes(data: Path, cloud: str) -> list[str]:
+    """What the cloud's libvirt storage pool lists (refreshed); nothing when it has no pool."""
+    import libvirt  # type: ignore[import-untyped]
+
+    conn = libvirt.open("qemu:///system")
+    try:
+        pool = conn.storagePoolLookupByName(f"shz-{server_id(data)}-{cloud}")
+        pool.refresh(0)
+        return sorted(pool.listVolumes())
+    except libvirt.libvirtError:
+        return []
+    finally:
+        conn.close()
+
+
 @pytest.fixture
 def vms(tmp_path: Path, tiny_image: str) -> Iterator[tuple[Server, Cli]]:
     require_vm()
@@ -159,7 +174,9 @@ def test_a_vm_app_boots_heals_is_adopted_and_leaves_nothing_behind(vms: tuple[Se
     (vol,) = [v for v in cli.json("volume", "list", "--app", "vmweb") if v["instance"] == first]
     taken = cli.json("volume", "snapshot", vol["key"], "before")
     assert taken["outcome"] == "created" and taken["instance"] == first and taken["downtime_seconds"] > 0
-    assert [x["name"] for x in cli.json("volume", "snapshots", vol["key"])] == ["before"]
+    assert [(x["name"], x["kind"]) for x in cli.json("volume", "snapshots", vol["key"])] == [("before", "external")]
+    here = str(vol["cloud"])
+    assert pool_volumes(server.data_dir, here) == [f"{vol['key']}.qcow2", f"{vol['key']}@before.qcow2"]
     wait_for(lambda: note() == f"kept-{first}", 120, "the replica back after the snapshot")
     httpx.get(f"http://{running(cli)[first]['endpoint']}/cgi-bin/put?note=changed", timeout=10)
     assert note() == "changed"
@@ -190,4 +207,5 @@ def test_a_vm_app_boots_heals_is_adopted_and_leaves_nothing_behind(vms: tuple[Se
     assert our_domains(server.data_dir) == []
     wait_for(lambda: cli.json("volume", "list") == [], 180, "the volumes reclaimed")
     assert not any(d.exists() for d in disks)
+    assert pool_volumes(again.data_dir, "vm-a") == [] and pool_volumes(again.data_dir, "vm-b") == []
     again.kill()

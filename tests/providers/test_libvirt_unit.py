@@ -327,3 +327,94 @@ def test_adopt_turns_a_found_domain_into_an_app_the_reconciler_keeps(db: object,
         rec.close()
         legacy.destroy()
         legacy.undefine()
+
+
+def test_the_inventory_follows_libvirts_domain_events_between_whole_listings(data_dir: Path, images: Path) -> None:
+    from datetime import UTC, datetime
+
+    p = provider(data_dir)
+    since = datetime.now(UTC)
+    assert p.inventory_since(since) is None  # nothing to compare with yet: list whole
+    whole = p.inventory()
+    assert {r.kind for r in whole} == {"host"} | ({"server"} if any(r.kind == "server" for r in whole) else set())
+
+    def servers(want: object = None) -> tuple[dict[str, object], tuple[tuple[str, str], ...]]:
+        """What the listings by change said until they said `want` (events come a moment after)."""
+        import time
+
+        seen: dict[str, object] = {}
+        gone: tuple[tuple[str, str], ...] = ()
+        for _ in range(50):
+            listing = p.inventory_since(since)
+            assert listing is not None and listing.partial == {"server"}
+            assert any(r.kind == "host" for r in listing.resources)  # hosts are listed whole
+            seen |= {r.id: r.state for r in listing.resources if r.kind == "server"}
+            gone += listing.gone
+            if (seen, gone) == want:
+                break
+            time.sleep(0.1)
+        return seen, gone
+
+    assert servers() == ({}, ())  # nothing happened: no domain looked at
+    p.create_instance(req("web-1"))
+    conn = libvirt.open("test:///default")
+    other = conn.defineXML(
+        f"<domain type='test'><name>byhand-{p.name}</name><memory>131072</memory><os><type>hvm</type></os></domain>"
+    )
+    other.create()
+    want = ({"web-1": "running", other.UUIDString(): "running"}, ())
+    assert servers(want) == want
+    p.adopt(other.UUIDString(), req("web-2", image=None))  # its metadata changes: its id becomes the replica's
+    want = ({"web-2": "running"}, (("server", other.UUIDString()),))
+    assert servers(want) == want
+    p.delete_instance("web-1")
+    want = ({}, (("server", "web-1"),))
+    assert servers(want) == want
+    p.hv._conn.close()  # a new connection may have missed events: the next listing is whole
+    assert p.inventory_since(since) is None
+    p.delete_instance("web-2")
+
+
+def test_external_snapshots_freeze_a_layer_restore_by_branching_and_survive_a_crash(
+    data_dir: Path, images: Path
+) -> None:
+    if shutil.which("qemu-io") is None:
+        pytest.skip("qemu-io is not installed (apt-get install qemu-utils)")
+    p = provider(data_dir)
+    key = "gz_db_pg-0_data"
+    disk = p._disk(key, 1 << 20)
+
+    def write(byte: int) -> None:
+        subprocess.run(["qemu-io", "-f", "qcow2", "-c", f"write -P {byte} 0 4k", str(disk)], check=True,
+                       capture_output=True)  # fmt: skip
+
+    def holds(byte: int) -> bool:
+        done = subprocess.run(["qemu-io", "-f", "qcow2", "-c", f"read -P {byte} 0 4k", str(disk)],
+                              check=False, capture_output=True, text=True)  # fmt: skip
+        return done.returncode == 0 and "Pattern verification failed" not in done.stdout
+
+    write(0x41)
+    p.snapshot_volume(key, None, "a")
+    write(0x42)
+    p.snapshot_volume(key, None, "b")
+    write(0x43)
+    assert holds(0x43) and [s["name"] for s in p.volume_snapshots(key)] == ["a", "b"]
+    p.snapshot_volume(key, None, "a", restore=True)
+    assert holds(0x41)  # what was written after "a" is gone from the disk ...
+    p.snapshot_volume(key, None, "b", restore=True)
+    assert holds(0x42)  # ... but "b", taken after it, is still whole: restores branch
+    with pytest.raises(InvalidInput, match="already has a snapshot 'a'"):
+        p.snapshot_volume(key, None, "a")
+    with pytest.raises(InvalidInput, match="has no snapshot 'c'"):
+        p.snapshot_volume(key, None, "c", restore=True)
+    # a crash between freezing the layer and putting the new one in place: finished at next use
+    layer = p._overlay(key, p._snapshot_file(key, "c"))
+    disk.rename(p._snapshot_file(key, "c"))
+    assert not disk.exists() and layer.exists()
+    p._disk(key, 1 << 20)
+    assert disk.exists() and not layer.exists() and holds(0x42)
+    p.delete_volume(key)
+    assert sorted(x.name for x in disk.parent.iterdir()) == []  # the disk, its snapshots, nothing left
+    from shanzhi.providers.sandbox import default_workload_root
+
+    shutil.rmtree(default_workload_root(data_dir), ignore_errors=True)

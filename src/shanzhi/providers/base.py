@@ -112,6 +112,11 @@ class Listing:
     gone: tuple[tuple[str, str], ...] = ()  # (kind, id) of partial kinds
 
 
+def server_resource(o: ObservedInstance) -> Resource:
+    """One of Shanzhi's own instances, as the inventory lists it."""
+    return Resource("server", o.name, o.name, o.state, True, o.name, {"host": o.host, "endpoint": o.endpoint})
+
+
 @dataclass(frozen=True)
 class LogChunk:
     text: str
@@ -207,17 +212,15 @@ class Provider(ABC):
         """Everything the cloud has that it can list: hosts, servers (Shanzhi's and others'),
         volumes, networks, images and flavors. Raises CloudUnavailable when down. By default,
         the hosts and Shanzhi's own instances."""
-        out = [
+        return [*self.host_resources(), *(server_resource(o) for o in self.list_instances())]
+
+    def host_resources(self) -> list[Resource]:
+        return [
             Resource(
                 "host", h.name, h.name, "up" if h.healthy else "down", True, None, {"cpu": h.cpu, "memory": h.memory}
             )
             for h in self.hosts()
         ]
-        out += [
-            Resource("server", o.name, o.name, o.state, True, o.name, {"host": o.host, "endpoint": o.endpoint})
-            for o in self.list_instances()
-        ]
-        return out
 
     def inventory_since(self, since: datetime) -> Listing | None:
         """The inventory with what the cloud can list by change (servers changed since `since`,

@@ -4,6 +4,11 @@ their states, and stopping them politely (ACPI) before firmly (destroy).
 libvirt-python is blocking and its connection is not safe to share across threads without
 care, so every call takes the connection's lock; a broken connection is reopened on the next
 call, and any libvirt failure becomes `HypervisorError` naming the URI and what failed.
+
+Each connection also hears libvirt's domain events (lifecycle and metadata changes), through
+libvirt's default event loop run on a thread of its own (registered once per process, before
+the first connection): the names of the domains that changed, for the inventory by change. A
+reconnect starts a new epoch: events missed meanwhile are not known, so the next listing is whole.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from xml.sax.saxutils import escape
 
 from shanzhi.domain.metrics import Usage
 from shanzhi.providers.base import InstanceState
@@ -60,7 +66,7 @@ def available() -> str | None:
 
 
 @dataclass(frozen=True)
-class ForeignDomain:
+class ListedDomain:
     """A domain as the inventory lists it: Shanzhi's (`meta`) or not."""
 
     name: str
@@ -70,6 +76,7 @@ class ForeignDomain:
     memory: int  # bytes
     meta: Meta | None
     files: list[str]
+    info: DomainInfo | None = None  # with Shanzhi's metadata: as `domains` lists it
 
 
 @dataclass(frozen=True)
@@ -85,11 +92,35 @@ def _silence(_ctx: object, _err: object) -> None:
     """libvirt prints every error to stderr by default; ours are raised, not printed."""
 
 
+_LOOP_LOCK = threading.Lock()
+_loop_running = False
+
+
+def _event_loop() -> None:
+    """libvirt's default event loop, once per process, on a daemon thread: it must be registered
+    before a connection is opened for that connection to deliver events."""
+    global _loop_running
+    with _LOOP_LOCK:
+        if _loop_running:
+            return
+        libvirt.virEventRegisterDefaultImpl()
+
+        def run() -> None:
+            while True:
+                libvirt.virEventRunDefaultImpl()
+
+        threading.Thread(target=run, name="libvirt-events", daemon=True).start()
+        _loop_running = True
+
+
 class Hypervisor:
     def __init__(self, uri: str) -> None:
         self.uri = uri
         self._conn: Any = None
         self._lock = threading.RLock()
+        self._heard: set[str] = set()  # domains changed since `changes` was last asked
+        self._heard_lock = threading.Lock()
+        self.epoch = 0  # connections opened so far: a new one may have missed events
 
     @contextmanager
     def _connected(self, what: str) -> Iterator[Any]:
@@ -97,14 +128,105 @@ class Hypervisor:
             raise HypervisorError(available())
         with self._lock:
             try:
-                if self._conn is None or not self._conn.isAlive():
+                if self._conn is None or not _alive(self._conn):
                     libvirt.registerErrorHandler(_silence, None)
+                    _event_loop()
                     self._conn = libvirt.open(self.uri)
+                    self.epoch += 1
+                    self._listen(self._conn)
                 yield self._conn
             except libvirt.libvirtError as err:
                 if self._conn is not None and not _alive(self._conn):
                     self._conn = None
                 raise HypervisorError(f"libvirt at {self.uri}: {what}: {err.get_error_message()}") from None
+
+    def _listen(self, conn: Any) -> None:
+        def heard(_conn: Any, dom: Any, *_: Any) -> None:
+            with self._heard_lock:
+                self._heard.add(str(dom.name()))
+
+        for event in (libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, libvirt.VIR_DOMAIN_EVENT_ID_METADATA_CHANGE):
+            conn.domainEventRegisterAny(None, event, heard, None)
+
+    def changes(self) -> tuple[int, set[str]]:
+        """(the connection's epoch, the domains changed since the last call), forgetting them."""
+        with self._connected("listening for domain events"):
+            pass  # connected: events are heard from here on
+        with self._heard_lock:
+            heard, self._heard = self._heard, set()
+        return self.epoch, heard
+
+    def domain(self, name: str) -> ListedDomain | None:
+        """One domain as the inventory lists it, or None when it is gone."""
+        with self._connected(f"looking up {name}") as c:
+            dom = _lookup(c, name)
+            return self._listed(dom) if dom is not None else None
+
+    def _listed(self, dom: Any) -> ListedDomain:
+        state, max_kib, _, vcpus, _ = dom.info()
+        info = self._info(dom)
+        files = [d["file"] for d in self.disks(dom.name()) if d["file"]]
+        return ListedDomain(
+            dom.name(), dom.UUIDString(), STATE_NAMES.get(state, "?"), vcpus, max_kib * 1024,
+            info.meta if info else None, files, info,
+        )  # fmt: skip
+
+    # ------------------------------------------------------------ storage pools
+    def ensure_pool(self, name: str, path: str) -> None:
+        """A `dir` storage pool over `path` (transient: made and started if missing), refreshed
+        so that it lists the disks there."""
+        with self._connected(f"storage pool {name}") as c:
+            try:
+                pool = c.storagePoolLookupByName(name)
+            except libvirt.libvirtError as err:
+                if err.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_POOL:
+                    raise
+                xml = f"<pool type='dir'><name>{escape(name)}</name><target><path>{escape(path)}</path></target></pool>"
+                pool = c.storagePoolCreateXML(xml, 0)
+            if not pool.isActive():
+                pool.create(0)
+            pool.refresh(0)
+
+    def pool_volumes(self, name: str) -> list[str]:
+        """The volumes a pool lists (refreshed first); none when it does not exist."""
+        with self._connected(f"storage pool {name}") as c:
+            try:
+                pool = c.storagePoolLookupByName(name)
+            except libvirt.libvirtError as err:
+                if err.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_POOL:
+                    return []
+                raise
+            pool.refresh(0)
+            return sorted(pool.listVolumes())
+
+    def delete_volume(self, pool_name: str, volume: str) -> bool:
+        """Delete a pool's volume (its file) through libvirt; False when the pool does not list it."""
+        with self._connected(f"deleting {volume} from {pool_name}") as c:
+            try:
+                pool = c.storagePoolLookupByName(pool_name)
+                pool.refresh(0)
+                vol = pool.storageVolLookupByName(volume)
+            except libvirt.libvirtError as err:
+                if err.get_error_code() in (libvirt.VIR_ERR_NO_STORAGE_POOL, libvirt.VIR_ERR_NO_STORAGE_VOL):
+                    return False
+                raise
+            vol.delete(0)
+            return True
+
+    def remove_pool(self, name: str) -> None:
+        """Stop (and so remove, being transient) a pool; its files stay. Gone already is fine."""
+        with self._connected(f"removing storage pool {name}") as c:
+            try:
+                pool = c.storagePoolLookupByName(name)
+            except libvirt.libvirtError as err:
+                if err.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_POOL:
+                    return
+                raise
+            persistent = pool.isPersistent()  # a transient one is gone once stopped
+            if pool.isActive():
+                pool.destroy()
+            if persistent:
+                pool.undefine()
 
     def describe(self) -> str:
         with self._connected("connecting") as c:
@@ -120,19 +242,10 @@ class Hypervisor:
                     out.append(info)
             return out
 
-    def every_domain(self) -> list[ForeignDomain]:
+    def every_domain(self) -> list[ListedDomain]:
         """Every domain on the connection, Shanzhi's or not (for the inventory)."""
         with self._connected("listing every domain") as c:
-            out = []
-            for dom in c.listAllDomains():
-                state, max_kib, _, vcpus, _ = dom.info()
-                info = self._info(dom)
-                files = [d["file"] for d in self.disks(dom.name()) if d["file"]]
-                out.append(
-                    ForeignDomain(dom.name(), dom.UUIDString(), STATE_NAMES.get(state, "?"), vcpus, max_kib * 1024,
-                                  info.meta if info else None, files)
-                )  # fmt: skip
-            return out
+            return [self._listed(dom) for dom in c.listAllDomains()]
 
     def adopt(self, uuid: str, meta: Meta) -> str:
         """Write Shanzhi's metadata into a domain made elsewhere (its definition, and the running

@@ -13,6 +13,7 @@ its VDC's subnet (the guest sets it from its seed), the tenant policy and flow r
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -33,6 +34,7 @@ from shanzhi.domain.quantity import parse_cpu, parse_memory
 from shanzhi.providers.base import (
     CloudStatus,
     InstanceRequest,
+    Listing,
     LogChunk,
     MachineCloud,
     ObservedInstance,
@@ -41,11 +43,12 @@ from shanzhi.providers.base import (
     free_port,
     non_negative_float,
     positive_int,
+    server_resource,
     tail_file,
 )
 from shanzhi.providers.fabric.member import SITE_OPTION, FabricMember, unavailable
 from shanzhi.providers.libvirt.domain_xml import Domain, Meta
-from shanzhi.providers.libvirt.host import DomainInfo, Hypervisor, HypervisorError, available
+from shanzhi.providers.libvirt.host import DomainInfo, Hypervisor, HypervisorError, ListedDomain, available
 from shanzhi.providers.libvirt.images import ImageError, ImageStore
 from shanzhi.providers.libvirt.seed import SeedError, build_seed
 from shanzhi.providers.sandbox import default_workload_root, server_id
@@ -147,6 +150,8 @@ class LibvirtProvider(FabricMember, MachineCloud):
         self.hv = Hypervisor(str(self.opts["uri"]))
         self.images = ImageStore()
         self._locks = _Locks()
+        self._listed: dict[str, str] | None = None  # domain -> its inventory id in the last listing
+        self._epoch = 0  # the connection's epoch at that listing
 
     # ------------------------------------------------------------ identity
     @functools.cached_property
@@ -186,14 +191,13 @@ class LibvirtProvider(FabricMember, MachineCloud):
             where += f"; on the tenant fabric ({self._hosts} host namespaces)"
         return CloudStatus(True, f"ok; {where}; {self.accel[1]}")
 
+    def _owned(self, d: DomainInfo) -> bool:
+        """This server's domain on this cloud: named by it, or adopted by it (keeping its name)."""
+        return d.meta.cloud == self.name and (d.name == self._domain(d.meta.instance) or d.meta.owner == self._sid)
+
     def _mine(self) -> list[DomainInfo]:
-        """This server's domains on this cloud: named by it, or adopted by it (they keep their names)."""
         try:
-            return [
-                d
-                for d in self.hv.domains()
-                if d.meta.cloud == self.name and (d.name == self._domain(d.meta.instance) or d.meta.owner == self._sid)
-            ]
+            return [d for d in self.hv.domains() if self._owned(d)]
         except HypervisorError as err:
             raise CloudUnavailable(str(err)) from None
 
@@ -207,25 +211,55 @@ class LibvirtProvider(FabricMember, MachineCloud):
             raise CloudUnavailable(str(err)) from None
         return next((d.name for d in self._mine() if d.meta.instance == instance), name)
 
-    def inventory(self) -> list[Resource]:
-        """The hosts, this cloud's replicas, and every other domain on the connection (made by
-        hand, by another tool or another Shanzhi): those can be adopted."""
-        out = super().inventory()
+    # ------------------------------------------------------------ inventory
+    def _server(self, d: ListedDomain) -> Resource:
+        """A domain as the inventory lists it: this cloud's replica, or one that may be adopted
+        (by its UUID; made by hand, by another tool or another Shanzhi)."""
+        if d.info is not None and self._owned(d.info):
+            return server_resource(self._observe(d.info))
         hosts = self.hosts()
-        mine = {d.name for d in self._mine()}
+        attrs = {
+            "cpu": d.vcpus * 1000, "memory": d.memory, "image": d.files[0] if d.files else None, "disks": d.files,
+            "host": hosts[0].name if hosts else "", "domain": d.name,
+        }  # fmt: skip
+        return Resource("server", d.uuid, d.name, d.state_name, d.meta is not None, None, attrs)
+
+    def inventory(self) -> list[Resource]:
+        """The hosts and every domain on the connection: this cloud's replicas and the others."""
+        self._refuse_if_failed()
         try:
-            domains = self.hv.every_domain()
+            epoch, _ = self.hv.changes()  # listening from here; what was heard before is in this listing
+            servers = {d.name: self._server(d) for d in self.hv.every_domain()}
         except HypervisorError as err:
             raise CloudUnavailable(str(err)) from None
-        for d in domains:
-            if d.name in mine:
-                continue
-            attrs = {
-                "cpu": d.vcpus * 1000, "memory": d.memory, "image": d.files[0] if d.files else None, "disks": d.files,
-                "host": hosts[0].name if hosts else "", "domain": d.name,
-            }  # fmt: skip
-            out.append(Resource("server", d.uuid, d.name, d.state_name, d.meta is not None, None, attrs))
-        return out
+        self._listed, self._epoch = {name: r.id for name, r in servers.items()}, epoch
+        return [*self.host_resources(), *servers.values()]
+
+    def inventory_since(self, since: datetime) -> Listing | None:
+        """The same with the servers by change: only the domains libvirt's events named since the
+        last listing (started, stopped, defined, undefined, their metadata changed), and those
+        gone. `since` is not used: the events say. None before a whole listing, and after the
+        connection was opened again (events may have been missed meanwhile)."""
+        self._refuse_if_failed()
+        if self._listed is None:
+            return None
+        try:
+            epoch, names = self.hv.changes()
+            if epoch != self._epoch:
+                return None
+            found = {name: self.hv.domain(name) for name in sorted(names)}
+        except HypervisorError as err:
+            raise CloudUnavailable(str(err)) from None
+        out, gone = self.host_resources(), []
+        for name, d in found.items():
+            old = self._listed.pop(name, None)
+            r = self._server(d) if d is not None else None
+            if old is not None and (r is None or r.id != old):
+                gone.append(("server", old))  # undefined, or its id changed (adopted: UUID -> replica)
+            if r is not None:
+                self._listed[name] = r.id
+                out.append(r)
+        return Listing(out, frozenset({"server"}), tuple(gone))
 
     def adopt(self, resource_id: str, req: InstanceRequest) -> ObservedInstance:
         """Make a domain made elsewhere (by its UUID) the replica `req.name`: Shanzhi's metadata
@@ -421,15 +455,30 @@ class LibvirtProvider(FabricMember, MachineCloud):
     def dismantle(self) -> None:
         if self.tenant_network:
             self.fabric.remove_cloud(self.name, self._site, self._hosts)
+        with contextlib.suppress(HypervisorError):
+            self.hv.remove_pool(self._pool)  # transient: nothing of it stays in libvirt
 
     # ------------------------------------------------------------- volumes
     def _volumes(self) -> Path:
         return default_workload_root(self.state_dir.parent.parent) / self.name / "volumes"
 
+    @property
+    def _pool(self) -> str:
+        return f"shz-{self._sid}-{self.name}"
+
+    def _sync_pool(self) -> None:
+        """The cloud's libvirt storage pool (a `dir` pool over its volumes directory) lists its
+        disks and snapshots as they are now: `virsh vol-list` shows what Shanzhi keeps."""
+        try:
+            self.hv.ensure_pool(self._pool, str(self._volumes()))
+        except HypervisorError as err:
+            raise OSError(str(err)) from None
+
     def _disk(self, key: str, size: int, copy_from: str | None = None) -> Path:
         """The volume's qcow2 disk: created the first time (sparse, or a copy of the disk it had
-        on cloud `copy_from`: a cold migration), never replaced after."""
+        on cloud `copy_from`: a cold migration, its snapshot chain flattened), never replaced after."""
         path = self._volumes() / f"{key}.qcow2"
+        self._settle(key)
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             for p in (path.parent, path.parent.parent, path.parent.parent.parent):
@@ -441,6 +490,7 @@ class LibvirtProvider(FabricMember, MachineCloud):
             else:
                 self._qemu_img("create", "-q", "-f", "qcow2", str(tmp), str(size))
             tmp.rename(path)
+            self._sync_pool()
         return path
 
     def _qemu_img(self, *args: str) -> str:
@@ -449,16 +499,45 @@ class LibvirtProvider(FabricMember, MachineCloud):
             raise OSError(f"qemu-img {args[0]}: {done.stderr.strip()}")
         return done.stdout
 
-    def snapshot_volume(self, key: str, instance: str | None, snapshot: str, restore: bool = False) -> float:
-        """Internal qcow2 snapshots, taken and restored with the replica stopped (a consistent
-        disk, like a cold backup): ACPI shutdown, `qemu-img snapshot`, start; the domain keeps its
-        definition, so nothing else changes. Returns the downtime in seconds."""
+    def _snapshot_file(self, key: str, snapshot: str) -> Path:
+        return self._volumes() / f"{key}@{snapshot}.qcow2"
+
+    def _overlay(self, key: str, backing: Path) -> Path:
+        """A new empty qcow2 layer over `backing` (named relative: the directory can move),
+        beside the disk, not yet in its place."""
         disk = self._volumes() / f"{key}.qcow2"
+        size = json.loads(self._qemu_img("info", "-U", "--output=json", str(disk)))["virtual-size"]
+        tmp = disk.with_suffix(".overlay")
+        tmp.unlink(missing_ok=True)
+        self._qemu_img("create", "-q", "-u", "-f", "qcow2", "-b", backing.name, "-F", "qcow2", str(tmp), str(size))
+        return tmp
+
+    def _settle(self, key: str) -> None:
+        """Finish or undo a snapshot a crash interrupted: the disk moved to its snapshot and the
+        new layer not yet in its place (put it there); or a new layer made and not used (drop it)."""
+        disk = self._volumes() / f"{key}.qcow2"
+        tmp = disk.with_suffix(".overlay")
+        if tmp.exists():
+            if disk.exists():
+                tmp.unlink()
+            else:
+                tmp.rename(disk)
+
+    def snapshot_volume(self, key: str, instance: str | None, snapshot: str, restore: bool = False) -> float:
+        """External qcow2 snapshots, taken and restored with the replica stopped (a consistent
+        disk, like a cold backup). Taking one freezes the disk's current layer as the file
+        `<key>@<name>.qcow2` and puts a new empty layer over it where the disk was (the domain
+        keeps its definition); restoring one puts a new empty layer over that snapshot in the
+        disk's place, dropping what was written since. A snapshot is never written again, so
+        later snapshots and restores branch from it. Returns the downtime in seconds."""
+        disk = self._volumes() / f"{key}.qcow2"
+        self._settle(key)
         if not disk.exists():
             raise InvalidInput(f"volume {key} has no disk on cloud {self.name}", field="key")
-        if restore and snapshot not in {x["name"] for x in self.volume_snapshots(key)}:
+        frozen = self._snapshot_file(key, snapshot)
+        if restore and not frozen.exists():
             raise InvalidInput(f"volume {key} has no snapshot {snapshot!r}; see 'shanzhi volume snapshots {key}'")
-        if not restore and snapshot in {x["name"] for x in self.volume_snapshots(key)}:
+        if not restore and frozen.exists():
             raise InvalidInput(f"volume {key} already has a snapshot {snapshot!r}", field="name")
         domain = self._resolve(instance) if instance else None
         with self._locks.hold(instance or key):
@@ -468,7 +547,13 @@ class LibvirtProvider(FabricMember, MachineCloud):
             try:
                 if domain is not None:
                     self.hv.stop(domain, float(self.opts["stop_timeout"]))
-                self._qemu_img("snapshot", "-a" if restore else "-c", snapshot, str(disk))
+                layer = self._overlay(key, frozen)
+                if restore:
+                    os.replace(layer, disk)  # what was written since the snapshot is dropped
+                else:
+                    os.rename(disk, frozen)  # a crash from here on is finished by `_settle`
+                    os.rename(layer, disk)
+                self._sync_pool()
             finally:
                 if domain is not None and found is not None and was_running:
                     self._start(domain, found.meta)
@@ -478,18 +563,28 @@ class LibvirtProvider(FabricMember, MachineCloud):
         disk = self._volumes() / f"{key}.qcow2"
         if not disk.exists():
             raise InvalidInput(f"volume {key} has no disk on cloud {self.name}", field="key")
-        info = json.loads(self._qemu_img("info", "-U", "--output=json", str(disk)))
+        files = sorted(self._volumes().glob(f"{key}@*.qcow2"), key=lambda f: f.stat().st_mtime)
         return [
             {
-                "name": x["name"],
-                "taken_at": datetime.fromtimestamp(x["date-sec"], UTC).isoformat(),
-                "vm_state_size": x.get("vm-state-size", 0),
+                "name": f.name[len(key) + 1 : -len(".qcow2")],
+                "taken_at": datetime.fromtimestamp(f.stat().st_mtime, UTC).isoformat(),
+                "kind": "external",
+                "bytes": f.stat().st_blocks * 512,
             }
-            for x in info.get("snapshots", [])
+            for f in files
         ]
 
     def delete_volume(self, key: str) -> None:
-        (self._volumes() / f"{key}.qcow2").unlink(missing_ok=True)
+        """The disk and its snapshots, through the cloud's storage pool (files it does not list
+        are removed directly)."""
+        files = [self._volumes() / f"{key}.qcow2", *self._volumes().glob(f"{key}@*.qcow2")]
+        for f in files:
+            deleted = False
+            with contextlib.suppress(HypervisorError):
+                deleted = self.hv.delete_volume(self._pool, f.name)
+            if not deleted:
+                f.unlink(missing_ok=True)
+        (self._volumes() / f"{key}.overlay").unlink(missing_ok=True)
 
     def read_log(self, name: str, tail: int) -> LogChunk:
         """The VM's serial console."""
