@@ -133,6 +133,7 @@ def test_a_vm_app_boots_heals_is_adopted_and_leaves_nothing_behind(vms: tuple[Se
     # what libvirt says of it: its domain, qemu process, disks (the volume, then the seed)
     said = cli.json("instance", "get", sorted(up)[0])["provider"]
     assert said["domain"].startswith(f"shz-{server_id(server.data_dir)}-") and isinstance(said["qemu_pid"], int)
+    assert said["generation"] == "1"  # the metadata names the spec generation it was made for
     assert [(d["device"], d["format"]) for d in said["disks"]] == [("vda", "qcow2"), ("vdb", "raw")]
     assert said["disks"][1]["file"].endswith("/seed.iso")
     # the console is the instance's log

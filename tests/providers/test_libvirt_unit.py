@@ -77,6 +77,7 @@ def test_create_is_idempotent_and_adopted_by_a_new_provider(data_dir: Path, imag
     xml = dom.XMLDesc()
     assert "<vcpu placement='static'>2</vcpu>" in xml  # 1.5 cpu: two vcpus
     assert "seed.iso" in xml  # name, ports and volumes come from the cloud-init seed, not the command line
+    assert "<shanzhi:generation>" not in xml  # a request without a generation writes none
     p.delete_instance("web-1")
     assert p.list_instances() == [] and p.name not in [d.name() for d in conn.listAllDomains()]
     p.delete_instance("web-1")  # gone already: fine
@@ -158,6 +159,8 @@ def test_the_status_says_how_vms_are_accelerated(data_dir: Path, images: Path) -
 def test_metadata_round_trips_and_the_initramfs_is_a_valid_cpio(tmp_path: Path) -> None:
     m = Meta("c<1>", "a&b", "web", "gz/x", "i-1", "node-0", {"http": 4000}, {"http": 8080})
     assert Meta.parse(m.to_xml()) == m
+    full = Meta("c", "a", "web", "gz", "i-1", "node-0", {}, {}, "10.0.0.5", owner="s1", generation="7")
+    assert Meta.parse(full.to_xml()) == full and Meta.parse(full.to_xml(prefixed=False)) == full
     if shutil.which("cpio") is None:
         pytest.skip("cpio is not installed (apt-get install cpio): it checks our archive independently")
     archive = _initramfs(Path("/bin/sh"), tmp_path, [])

@@ -628,6 +628,7 @@ class Reconciler:
                 s, app, AppSpec.model_validate(app.spec), comp, r, self.fleet.data_dir
             )
         return InstanceRequest(
+            generation=app.generation,
             network=self._attachment(s, app, r),
             name=r.name,
             app=app.name,

@@ -72,6 +72,7 @@ class InstanceRequest:
     volumes: tuple[VolumeRequest, ...] = ()
     network: NetworkAttachment | None = None
     health: Health | None = None  # the component's check, for clouds that run it themselves
+    generation: int = 0  # the app's spec generation the replica was made for (clouds that keep labels)
 
 
 @dataclass(frozen=True)

@@ -32,14 +32,15 @@ class Meta:
     guest_ports: dict[str, int] = field(default_factory=dict)  # port name -> port in the guest
     address: str = ""  # on the tenant fabric: the guest's address (its ports are reached there)
     owner: str = ""  # an adopted domain keeps its own name: the server that adopted it
+    generation: str = ""  # the app's spec generation it was made for
 
     def to_xml(self, prefixed: bool = True) -> str:
         """The metadata element, its namespace declared on itself (as libvirt keeps it); or,
         not `prefixed`, bare, as `virDomainSetMetadata` takes it (libvirt adds the namespace)."""
         pre = "shanzhi:" if prefixed else ""
         parts = [f'<shanzhi:instance xmlns:shanzhi="{NS}">' if prefixed else "<instance>"]
-        for key in ("cloud", "app", "component", "vdc", "instance", "host", "address", "owner"):
-            if key in ("address", "owner") and not getattr(self, key):
+        for key in ("cloud", "app", "component", "vdc", "instance", "host", "address", "owner", "generation"):
+            if key in ("address", "owner", "generation") and not getattr(self, key):
                 continue
             parts.append(f"<{pre}{key}>{escape(getattr(self, key))}</{pre}{key}>")
         for name, port in self.ports.items():
@@ -73,6 +74,7 @@ class Meta:
             guest,
             v("address", ""),
             v("owner", ""),
+            v("generation", ""),
         )
 
 

@@ -359,9 +359,11 @@ class LibvirtProvider(FabricMember, MachineCloud):
                 taken = {p for d in self.hv.domains() for p in d.meta.ports.values()}
                 for pname in guest:
                     ports[pname] = free_port(taken | set(ports.values()))
+            address = net.address if net else ""
             meta = Meta(
-                self.name, req.app, req.component, req.vdc, req.name, req.host, ports, guest, net.address if net else ""
-            )
+                self.name, req.app, req.component, req.vdc, req.name, req.host, ports, guest, address,
+                generation=str(req.generation or ""),
+            )  # fmt: skip
             disks: list[tuple[str, str, str]] = []
             if image.kind == "disk":  # its own copy-on-write layer over the imported image
                 root = files / "root.qcow2"
@@ -419,6 +421,7 @@ class LibvirtProvider(FabricMember, MachineCloud):
         files = self._files(name)
         return {
             "domain": found.name,
+            "generation": found.meta.generation or None,
             "state": found.state_name,
             "qemu_pid": found.pid,
             "accel": self.accel[1],
