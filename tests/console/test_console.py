@@ -295,3 +295,34 @@ def test_no_serious_accessibility_violations(browser: Any, site: Site) -> None:
         check(view)
     page.close()
     assert found == {}
+
+
+def test_a_protected_apps_page_shows_its_recovery_plans_and_refuses_what_cannot_be_done(page: Page, site: Site) -> None:
+    """Last in this module: it gives the demo's sites DR roles, which stay."""
+    roles = {"gz-huangpu": "production", "gz-nansha": "same-city", "gz-tianhe": "remote"}
+    for name, role in roles.items():
+        r = site.admin.put(f"/sites/{name}/dr-role", json={"role": role})
+        assert r.status_code == 200, r.text
+    component = {"name": "web", "replicas": 2, "resources": {"cpu": "0.05", "memory": "32Mi"},
+                 "run": {"command": ["python3", "-c", "import time; time.sleep(100000)"]}}  # fmt: skip
+    doc = {
+        "apiVersion": "shanzhi.io/v1", "kind": "App", "metadata": {"name": "ledger", "vdc": "gz/health"},
+        "spec": {"dr": {"tier": "two-sites-three-centres", "stateless": "active-active"}, "components": [component],
+                 "placement": {"clouds": {"tags": {"level": "city"}}}},
+    }  # fmt: skip
+    r = site.admin.post("/apps", json=doc)
+    assert r.status_code == 201, r.text
+    page.login("li.wei")
+    p = page.view("app/gz%2Fhealth/ledger", "#dr")
+    plans = site.admin.get("/apps/ledger/dr/plans?vdc=gz/health").json()["plans"]
+    shown = p.locator("#dr details.plan").evaluate_all("ds => ds.map((d) => d.dataset.kind)")
+    assert shown == list(plans) == ["failover"]  # stateless only: nothing to switch over, activate or test
+    failover = p.text_content("#dr details.plan[data-kind=failover]") or ""
+    assert "web already run in gz-nansha; production's replicas are replaced there" in failover
+    assert "never run" in failover and "promoted" not in failover
+    assert "No managed database members yet." in p.inner_text("#dr")
+    page.shot("app-dr")
+    # asking to activate the remote centre: the API's refusal, shown as it says it, nothing held
+    p.click("#dr-activate")
+    wait_for(lambda: "has no managed database" in (p.text_content("#dr-error") or ""), 10, "the refusal shown")
+    assert [a for a in site.admin.get("/approvals").json() if a["action"] == "activate-remote"] == []

@@ -43,9 +43,11 @@ def plans(s: Session, app: App) -> dict[str, Any]:
     roles = site_roles(s)
     by_role = sites_by_role(roles)
     prod, same, remote = (by_role.get(r, f"(no {r} site)") for r in ("production", "same-city", "remote"))
-    dbs = ", ".join(c.name for c in spec.spec.databases()) or "(no managed database)"
+    databases = [c.name for c in spec.spec.databases()]
+    dbs = ", ".join(databases)
     services = ", ".join(c.name for c in spec.spec.components if c.kind != "postgres") or "(no stateless component)"
-    checks = _step("checks", f"{dbs} accepts writes through the app's connection string; {services} run", "platform")
+    writes = f"{dbs} accepts writes through the app's connection string; " if databases else ""
+    checks = _step("checks", f"{writes}{services} run", "platform")
     out: dict[str, dict[str, Any]] = {}
     if "same-city" in members:
         moved = (
@@ -53,19 +55,22 @@ def plans(s: Session, app: App) -> dict[str, Any]:
             if dr.stateless == "active-active"
             else f"{services} start in {same}, in the room held for them"
         )
-        steps = [
-            _step("database", f"the leader key in the quorum (etcd in {', '.join(quorum_sites(roles))}) expires "
-                  f"{TIMING['ttl']}s after production's primary is last heard", "etcd"),
-            _step("database", f"{dbs}: the synchronous standby in {same} is promoted (only a synchronous standby is: "
-                  "nothing acknowledged is lost)", "Patroni"),
-        ]  # fmt: skip
-        if "remote" in members:
-            steps.append(_step("database", f"the standby cluster in {remote} follows the new primary", "Patroni"))
-        steps += [_step("services", moved, "platform"), checks,
-                  _step("report", "a failover report: old and new leader, the gap between them, data lost at most",
-                        "platform")]  # fmt: skip
+        steps = []
+        if databases:
+            steps += [
+                _step("database", f"the leader key in the quorum (etcd in {', '.join(quorum_sites(roles))}) expires "
+                      f"{TIMING['ttl']}s after production's primary is last heard", "etcd"),
+                _step("database", f"{dbs}: the synchronous standby in {same} is promoted (only a synchronous standby "
+                      "is: nothing acknowledged is lost)", "Patroni"),
+            ]  # fmt: skip
+            if "remote" in members:
+                steps.append(_step("database", f"the standby cluster in {remote} follows the new primary", "Patroni"))
+        steps += [_step("services", moved, "platform"), checks]
+        if databases:
+            report = "a failover report: old and new leader, the gap between them, data lost at most"
+            steps.append(_step("report", report, "platform"))
         out["failover"] = {"automatic": True, "trigger": f"production ({prod}) lost", "steps": steps}
-        for kind, to in (("switchover", same), ("failback", prod)):
+        for kind, to in (("switchover", same), ("failback", prod)) if databases else ():
             out[kind] = {
                 "automatic": False,
                 "trigger": f"`dr {kind}`",
@@ -76,7 +81,7 @@ def plans(s: Session, app: App) -> dict[str, Any]:
                     checks,
                 ],
             }  # fmt: skip
-    if "remote" in members:
+    if "remote" in members and databases:
         stages = " then ".join(" or ".join(st) for st in activation_stages(s, app.vdc.path))
         out["activate-remote"] = {
             "automatic": False,
@@ -94,7 +99,7 @@ def plans(s: Session, app: App) -> dict[str, Any]:
                       "its lag in bytes as last measured", "platform"),
             ],
         }  # fmt: skip
-    if spec.spec.databases():
+    if databases:
         out["test"] = {
             "automatic": False,
             "trigger": "`dr test`",

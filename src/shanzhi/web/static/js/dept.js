@@ -1,5 +1,6 @@
-// A department's views: its VDC tree and quotas, its apps (where, why, health, metrics),
-// deploying from a form or a document, approvals to act on, its bill.
+// A department's views: its VDC tree and quotas, its apps (where, why, health, metrics, and for
+// a protected app its DR members, recovery plans and reports), deploying from a form or a
+// document, approvals to act on, its bill.
 import { ApiError, api, get, post, q } from "./api.js";
 import { lineChart } from "./chart.js";
 import { fmt, h, meter, stateCell, table, when } from "./dom.js";
@@ -57,11 +58,14 @@ const seen = new Map();
 export async function app(main, ctx) {
   const [vdc, name] = ctx.args;
   if (ctx.fresh) logShown = "";
+  if (ctx.fresh) drError = "";
   const where = `${q(name)}?vdc=${q(vdc)}`;
   const [doc, instances, events, metrics] = await Promise.all([
     get(`/apps/${where}`), get(`/instances?app=${q(name)}&vdc=${q(vdc)}`),
     get(`/events?app=${q(name)}&vdc=${q(vdc)}&limit=50`), get(`/apps/${q(name)}/metrics?vdc=${q(vdc)}&since=1h`),
   ]);
+  const protectedApp = (doc.spec.spec.dr?.tier ?? "none") !== "none";
+  const dr = protectedApp ? await drSection(vdc, name, ctx) : null;
   const key = `${vdc}/${name}`;
   const series = seen.get(key) || {};
   for (const p of [...metrics.points, ...metrics.latest]) {
@@ -86,6 +90,7 @@ export async function app(main, ctx) {
     ], instances),
     h("pre", { id: "log", hidden: !logShown, "aria-live": "polite" }, logShown),
     h("h2", {}, t("app.metrics")), h("div", { id: "metrics" }, chart),
+    dr,
     h("details", { open: specOpen || null, ontoggle: (e) => { specOpen = e.target.open; } },
       h("summary", {}, `${t("app.spec")} (${t("app.generation")} ${doc.generation})`),
       h("pre", { id: "spec" }, JSON.stringify(doc.spec, null, 2))),
@@ -93,6 +98,48 @@ export async function app(main, ctx) {
     table([[t("col.time"), (e) => when(e.at)], [t("col.reason"), (e) => e.reason], [t("col.message"), (e) => e.message]],
       events.slice().reverse()));
   ctx.every(5, () => app(main, { ...ctx, fresh: false }));
+}
+
+let drError = "";
+
+// A protected app's DR: its databases' members, the recovery plans of its tier (ordered steps,
+// last run), the reports, and asking to activate the remote centre (held for approval).
+async function drSection(vdc, name, ctx) {
+  const where = `?vdc=${q(vdc)}`;
+  const [st, plans, reports] = await Promise.all([
+    get(`/apps/${q(name)}/dr${where}`), get(`/apps/${q(name)}/dr/plans${where}`),
+    get(`/dr/reports?app=${q(name)}&vdc=${q(vdc)}`),
+  ]);
+  const members = st.databases.flatMap((d) => d.members.map((m) => ({ ...m, database: d.component })));
+  const error = h("p", { class: "error", role: "alert", id: "dr-error" }, drError);
+  const remote = ["two-sites-three-centres", "remote-backup"].includes(st.tier.tier);
+  const activate = remote ? h("button", { class: "act", type: "button", id: "dr-activate",
+    onclick: async () => {
+      drError = "";
+      error.textContent = "";
+      try {
+        const held = await post(`/apps/${q(name)}/dr/activate-remote${where}`, { note: "" });
+        ctx.toast(`${t("dr.held")} #${held.id}`);
+      } catch (err) { drError = err.message; error.textContent = err.message; }
+    } }, t("dr.activate")) : null;
+  const step = (s) => h("li", {}, `[${s.phase}] ${s.step} (${s.by})`);
+  const last = (p) => p.last_run ? `${p.last_run.outcome} ${when(p.last_run.at)}` : t("dr.neverRun");
+  return h("section", { id: "dr", "aria-label": t("dr.title") },
+    h("h2", {}, `${t("dr.title")}: ${st.tier.tier}`),
+    members.length ? table([
+      [t("col.name"), (m) => m.name], [t("col.site"), (m) => m.site ?? ""], [t("col.role"), (m) => m.role],
+      [t("col.state"), (m) => stateCell(m.state)], [t("dr.lag"), (m) => m.lag_bytes ?? ""],
+    ], members) : h("p", { class: "muted" }, t("dr.noMembers")),
+    h("h3", {}, t("dr.plans")),
+    ...Object.entries(plans.plans).map(([kind, p]) => h("details", { class: "plan", "data-kind": kind },
+      h("summary", {}, `${kind} (${p.automatic ? t("dr.automatic") : t("dr.onCommand")}; ${last(p)})`),
+      h("ol", {}, p.steps.map(step)))),
+    activate, error,
+    h("h3", {}, t("dr.reports")),
+    reports.length ? table([
+      [t("col.time"), (r) => when(r.started_at)], [t("col.kind"), (r) => r.kind],
+      [t("col.result"), (r) => stateCell(r.outcome)], [t("col.message"), (r) => r.summary],
+    ], reports.slice().reverse()) : h("p", {}, t("none")));
 }
 
 function scaleForm(doc, ctx) {
