@@ -234,3 +234,8 @@ def test_the_inventory_lists_instances_by_change_after_one_whole_listing(moto: M
     assert (rid, managed, inst) == (new["InstanceId"], True, "legacy-0")
     again = p.inventory_since(since)
     assert again is not None and [r for r in again.resources if r.kind == "server"] == [] and again.gone == ()
+    ec2.create_tags(Resources=[first], Tags=[{"Key": "owner", "Value": "finance"}])  # outside Shanzhi: no state change
+    retagged = p.inventory_since(since)
+    assert retagged is not None
+    [(rid, tags)] = [(r.id, r.attrs["tags"]) for r in retagged.resources if r.kind == "server"]
+    assert (rid, tags) == (first, {"owner": "finance"})

@@ -97,6 +97,11 @@ def _tags(pairs: dict[str, str]) -> list[dict[str, str]]:
     return [{"Key": k, "Value": v} for k, v in pairs.items()]
 
 
+def _digest(tags: list[Any]) -> int:
+    """An instance's tags as one number, to see whether they changed (in this process)."""
+    return hash(frozenset((str(t["Key"]), str(t["Value"])) for t in tags))
+
+
 def _tag(resource: dict[str, Any], key: str) -> str:
     for t in resource.get("Tags", []):
         if t["Key"] == key:
@@ -133,10 +138,8 @@ class Ec2Provider(ZonedCloud):
         self._types: list[tuple[int, int, int, str]] | None = None  # (millicores, bytes, rank, type)
         self._images: dict[str, str] = {}
         self._subnets: dict[str, tuple[str, str, str]] = {}  # zone -> (subnet, vpc, vpc cidr)
-        # inventory by change: each live instance's state in the last listing, and the instances
-        # this process retagged since (a tag change shows in no state)
-        self._listed: dict[str, str] | None = None
-        self._retagged: set[str] = set()
+        # inventory by change: each live instance's state and tags (a digest) in the last listing
+        self._listed: dict[str, tuple[str, int]] | None = None
 
     # -- the client and its errors ------------------------------------------------------------
 
@@ -521,18 +524,20 @@ class Ec2Provider(ZonedCloud):
 
     def inventory_since(self, since: datetime) -> Listing | None:
         """The same with the instances by change: `DescribeInstanceStatus` (every instance's id
-        and state, nothing else) against the states of the last listing, and only the new, changed
-        and retagged ones described in full; those no longer live are named gone. EC2 has no
-        "changed since": `since` is not used, and a change to an instance's tags or type made
-        outside Shanzhi shows at the next whole listing. None before this process listed whole."""
+        and state) and `DescribeTags` (every instance's tags) against the last listing, and only
+        the new ones and those whose state or tags changed described in full; those no longer
+        live are named gone. EC2 has no "changed since": `since` is not used, and a change of
+        instance type (which needs the instance stopped: a state change) is seen by its state.
+        None before this process listed whole."""
         if self._listed is None:
             return None
         statuses = self._pages("describe_instance_status", "InstanceStatuses", IncludeAllInstances=True)
         now = {str(x["InstanceId"]): str(x["InstanceState"]["Name"]) for x in statuses}
         live = {i: st for i, st in now.items() if st in INVENTORIED}
-        with self._lock:
-            retagged, self._retagged = self._retagged, set()
-        changed = sorted(i for i, st in live.items() if self._listed.get(i) != st or i in retagged)
+        tags: dict[str, list[dict[str, str]]] = {}
+        for t in self._pages("describe_tags", "Tags", Filters=[{"Name": "resource-type", "Values": ["instance"]}]):
+            tags.setdefault(str(t["ResourceId"]), []).append(t)
+        changed = sorted(i for i, st in live.items() if self._listed.get(i) != (st, _digest(tags.get(i, []))))
         gone = tuple(("server", i) for i in sorted(set(self._listed) - set(live)))
         return self._inventory(changed, gone)
 
@@ -557,10 +562,10 @@ class Ec2Provider(ZonedCloud):
         for k in range(0, len(changed or ()), 200):  # a filter takes at most 200 values
             ids = {"Name": "instance-id", "Values": (changed or [])[k : k + 200]}
             reservations += self._pages("describe_instances", "Reservations", Filters=[*filters, ids])
-        listed: dict[str, str] = {}
+        listed: dict[str, tuple[str, int]] = {}
         for r in reservations:
             for i in r["Instances"]:
-                listed[str(i["InstanceId"])] = i["State"]["Name"]
+                listed[str(i["InstanceId"])] = (i["State"]["Name"], _digest(i.get("Tags", [])))
                 mine = _tag(i, f"{TAG}cloud") == self.name
                 gids = [g["GroupId"] for g in i.get("SecurityGroups", [])]
                 attrs = {
@@ -657,8 +662,6 @@ class Ec2Provider(ZonedCloud):
         labels = self._labels(req) | {f"{TAG}instance": req.name}
         labels |= {f"{TAG}port:{port_name}": str(port) for port_name, port in req.ports}
         self._call("create_tags", Resources=[resource_id], Tags=_tags(labels))
-        with self._lock:
-            self._retagged.add(resource_id)  # its tags changed, its state did not
         return self._observe(self._by_name(req.name)[0])
 
     def describe(self, name: str) -> dict[str, Any]:
