@@ -93,6 +93,8 @@ def test_a_held_deploy_is_approved_in_the_console(browser: Any, page: Page, site
     p.wait_for_selector("main table")
     [held] = [r for r in site.admin.get("/approvals?status=pending").json() if r["app"] == "intake"]
     assert any(r[0] == str(held["id"]) and r[6] == "pending" for r in rows(p))
+    [why] = [r[7] for r in rows(p) if r[0] == str(held["id"])]
+    assert why == "; ".join(x["why"] for x in held["reasons"]) and "public-sh" in why  # the rule's reason, in words
     assert site.admin.get("/apps/intake?vdc=gz/health").status_code == 404  # held: nothing applied yet
     boss = Page(browser, site)
     try:

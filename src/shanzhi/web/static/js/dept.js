@@ -271,7 +271,7 @@ export async function approvals(main, ctx) {
   main.replaceChildren(h("h1", {}, t("approvals.title")), rows.length ? table([
     [t("col.id"), (r) => r.id], [t("col.vdc"), (r) => r.vdc], [t("col.name"), (r) => r.app], [t("col.action"), (r) => r.action],
     [t("col.requested"), (r) => r.requester], [t("col.stage"), (r) => `${r.stage + 1}/${r.stages.length}`],
-    [t("col.status"), (r) => stateCell(r.status)], [t("col.reason"), (r) => (r.reasons || []).join("; ")],
+    [t("col.status"), (r) => stateCell(r.status)], [t("col.reason"), (r) => (r.reasons || []).map((x) => x.why ?? x).join("; ")],
     [t("col.actions"), (r) => r.status === "pending" ? [act(r, "approve"), act(r, "reject")] : r.outcome ?? ""],
   ], rows) : h("p", {}, t("none")));
 }
