@@ -257,10 +257,10 @@ class DrController:
             rows = [
                 (c.id, c.app_id, c.app.vdc.path, c.component, c.prepared, dict(c.secrets),
                  AppSpec.model_validate(c.app.spec), bool(c.status.get("bootstrapped")),
-                 (c.activation or {}).get("state"))
+                 (c.activation or {}).get("state"), c.fenced)
                 for c in s.scalars(select(DrCluster))
             ]  # fmt: skip
-        for cid, app_id, vdc, comp, prepared, sec, spec, ready, activation in rows:
+        for cid, app_id, vdc, comp, prepared, sec, spec, ready, activation, fenced in rows:
             remote = "remote" in MEMBERS[spec.spec.dr.tier]
             try:
                 if not prepared:
@@ -272,8 +272,8 @@ class DrController:
                 self._op = self._ops.submit(self._activate, cid, app_id, comp)
             idle = self._backup is None or self._backup.done()
             plan = spec.spec.dr.backups
-            main = activation not in ("running", "succeeded")  # fenced: its members no longer run
-            if ready and idle and main and dr_backup.due(self.db, app_id, comp, plan.every_seconds):
+            # a fenced main cluster's members no longer run: nothing to back up
+            if ready and idle and not fenced and dr_backup.due(self.db, app_id, comp, plan.every_seconds):
                 self._backup = self._backups.submit(self._scheduled_backup, app_id, comp, plan.keep)
 
     def _activate(self, cid: int, app_id: int, comp: str) -> None:

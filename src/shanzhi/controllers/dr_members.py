@@ -102,10 +102,8 @@ def fence_reason(cluster: DrCluster | None) -> str | None:
     )
 
 
-def fenced_member(s: Session, app: App, spec: AppSpec, comp: Component, ordinal: int) -> str | None:
-    """Why member `ordinal` of a managed database must be stopped now, or None."""
-    if member_role(spec, ordinal) == "remote":
-        return None
+def main_fence(s: Session, app: App, comp: Component) -> str | None:
+    """Why the main cluster's members of a managed database must be stopped now, or None."""
     return fence_reason(s.scalar(select(DrCluster).where(DrCluster.app_id == app.id, DrCluster.component == comp.name)))
 
 

@@ -751,16 +751,17 @@ class Reconciler:
         actions: list[_Action] = []
         self._reserve(s, app, spec, comp, [r for r in rows if r.state == RESERVED])
         rows = [r for r in rows if r.state != RESERVED]
+        fence = dr_members.main_fence(s, app, comp) if comp.kind == "postgres" else None
         for r in rows:
             if r.state == "terminating":
                 actions += self._terminate(s, r, r.reason)
             elif (
-                comp.kind == "postgres"
+                fence
                 and r.cloud is not None
                 and r.state != "lost"
-                and (why := dr_members.fenced_member(s, app, spec, comp, r.ordinal))
+                and dr_members.member_role(spec, r.ordinal) != "remote"
             ):
-                actions += self._terminate(s, r, why)
+                actions += self._terminate(s, r, fence)  # the remote centre was activated
             elif r.cloud is not None:
                 actions += self._observe_row(s, app, comp, r, now)
 

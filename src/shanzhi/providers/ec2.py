@@ -645,7 +645,8 @@ class Ec2Provider(ZonedCloud):
             self._listed = listed
             return Listing(out)
         assert self._listed is not None
-        self._listed = {i: st for i, st in self._listed.items() if (("server", i) not in gone)} | listed
+        went = {i for _, i in gone}
+        self._listed = {i: st for i, st in self._listed.items() if i not in went} | listed
         return Listing(out, frozenset({"server"}), gone)
 
     def adopt(self, resource_id: str, req: InstanceRequest) -> ObservedInstance:

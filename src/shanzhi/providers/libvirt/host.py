@@ -165,7 +165,7 @@ class Hypervisor:
     def _listed(self, dom: Any) -> ListedDomain:
         state, max_kib, _, vcpus, _ = dom.info()
         info = self._info(dom)
-        files = [d["file"] for d in self.disks(dom.name()) if d["file"]]
+        files = [d["file"] for d in _disks(dom) if d["file"]]
         return ListedDomain(
             dom.name(), dom.UUIDString(), STATE_NAMES.get(state, "?"), vcpus, max_kib * 1024,
             info.meta if info else None, files, info,
@@ -292,21 +292,8 @@ class Hypervisor:
 
     def disks(self, name: str) -> list[dict[str, str]]:
         """A domain's disks as libvirt has them: guest device, file, format."""
-        import xml.etree.ElementTree as ET
-
         with self._connected(f"reading {name}") as c:
-            root = ET.fromstring(c.lookupByName(name).XMLDesc())
-        out = []
-        for d in root.iter("disk"):
-            src, tgt, drv = d.find("source"), d.find("target"), d.find("driver")
-            out.append(
-                {
-                    "device": tgt.get("dev", "") if tgt is not None else "",
-                    "file": src.get("file", "") if src is not None else "",
-                    "format": drv.get("type", "") if drv is not None else "",
-                }
-            )
-        return out
+            return _disks(c.lookupByName(name))
 
     def define_and_start(self, name: str, xml: str) -> None:
         with self._connected(f"starting {name}") as c:
@@ -354,6 +341,22 @@ class Hypervisor:
 
     def undefine(self, name: str) -> None:
         self.destroy(name, undefine=True)
+
+
+def _disks(dom: Any) -> list[dict[str, str]]:
+    import xml.etree.ElementTree as ET
+
+    out = []
+    for d in ET.fromstring(dom.XMLDesc()).iter("disk"):
+        src, tgt, drv = d.find("source"), d.find("target"), d.find("driver")
+        out.append(
+            {
+                "device": tgt.get("dev", "") if tgt is not None else "",
+                "file": src.get("file", "") if src is not None else "",
+                "format": drv.get("type", "") if drv is not None else "",
+            }
+        )
+    return out
 
 
 def _lookup(conn: Any, name: str) -> Any:
