@@ -8,9 +8,17 @@ synchronous_mode_strict, ttl 20 s): the floor Shanzhi adds to.
 Two crashes: `node` (the primary's Patroni and PostgreSQL killed together: its leader key must
 expire) and `postgres` (only PostgreSQL killed: Patroni, alive, hands over at once).
 
-Needs root, Patroni and etcd (apt-get install patroni etcd-server).
+Then partition cycles (tests/dr/partitions.py): the three centres in network namespaces joined at
+a core where nftables cuts them apart, a cluster with Shanzhi's member configuration, four faults
+in turn (production isolated, only the production/same-city link cut, the arbiter cut off,
+production's etcd member killed) under a writer, every node probed five times a second for a
+second writable primary. Side by side: the floor of an isolation's failover, the leader key's
+ttl (Patroni may promote only after it expires), and of a write outage, none.
 
-    python bench/dr.py [--quick] [--crashes N] [-o results.json]
+Needs root, Patroni and etcd (apt-get install patroni etcd-server); the partitions need
+network namespaces and nftables.
+
+    python bench/dr.py [--quick] [--crashes N] [--partitions N] [--only crashes|partitions] [-o results.json]
 """
 
 from __future__ import annotations
@@ -36,9 +44,11 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests/dr/bare.py
 
 from tests.dr.bare import BareCluster, Writer, free_port, kill_postmaster, wait
+from tests.dr.centres import Centres
+from tests.dr.partitions import KINDS, run_cycle
 
 from shanzhi.controllers.dr import stop_quorum
-from shanzhi.dr.patroni import PATRONI
+from shanzhi.dr.patroni import PATRONI, TIMING
 from shanzhi.providers.local import stop_all_under
 
 console = Console(width=140)
@@ -187,29 +197,66 @@ class Bare:
         self.cluster.close()
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="3 crashes of each kind (a few minutes)")
-    ap.add_argument("--crashes", type=int, default=20)
-    ap.add_argument("-o", "--output", type=Path, help="write the figures as JSON")
-    args = ap.parse_args()
-    if os.geteuid() != 0 or not Path(PATRONI).exists() or not Path("/usr/bin/etcd").exists():
-        sys.exit("needs root, Patroni and etcd (apt-get install patroni etcd-server)")
-    crashes = 3 if args.quick else args.crashes
-    results: dict[str, dict[str, Any]] = {}
-    with tempfile.TemporaryDirectory(prefix="bench-dr-") as tmp:
-        root = Path(tmp)
-        os.chmod(root, 0o755)
-        for who, make in (("shanzhi", Shanzhi), ("bare patroni", Bare)):
-            console.print(f"[bold]{who}[/]: starting")
-            system = make(root)
-            try:
-                dsn = system.setup() if isinstance(system, Shanzhi) else system.dsn()
-                for kind in ("postgres", "node"):
-                    crash = system.crash_postgres if kind == "postgres" else system.crash_node
-                    results[f"{who}/{kind}"] = crash_loop(f"{who}/{kind}", dsn, crashes, crash, system.healthy)
-            finally:
-                system.close()
+# ------------------------------------------------------------------------- partitions
+def partition_cycles(root: Path, cycles: int) -> dict[str, Any]:
+    """`cycles` faults, the four kinds in turn, on one cluster across three namespaced centres."""
+    centres = Centres(f"b{os.getpid() % 100000}", "10.254.240.0/24")
+    runs: list[dict[str, Any]] = []
+    try:
+        cluster = BareCluster(root / "partitions", strict=False, centres=centres)
+        try:
+            dsn = cluster.dsn()
+            wait(lambda: _create_table(dsn), 60, "the table")
+            w = Writer(dsn)
+            for i in range(cycles):
+                r = run_cycle(cluster, centres, w, KINDS[i % len(KINDS)])
+                runs.append(r)
+                split = (
+                    f"[red]{r['split_rounds']} rounds with two writable primaries[/]"
+                    if r["split_rounds"]
+                    else "no split"
+                )
+                moved = "failover" if r["failover"] else "no failover"
+                console.print(f"  partition {i + 1}/{cycles} {r['kind']}: {moved}, {split}, "
+                              f"longest write gap {r['outage_s']:.1f}s")  # fmt: skip
+            w.stop()
+            with psycopg.connect(dsn, autocommit=True) as c:
+                stored = {row[0] for row in c.execute("SELECT id FROM acks")}
+            lost = sum(1 for n in w.ids if n not in stored)
+            acknowledged = len(w.acked)
+        finally:
+            cluster.close()
+    finally:
+        centres.close()
+    return {"cycles": runs, "acknowledged": acknowledged, "lost": lost}
+
+
+def _spread(xs: list[float]) -> str:
+    return f"{statistics.median(xs):.1f} / {max(xs):.1f}s" if xs else "—"
+
+
+def partition_table(result: dict[str, Any]) -> Table:
+    runs = result["cycles"]
+    table = Table(title=f"Partition cycles between three centres ({len(runs)}; {result['acknowledged']:,} writes "
+                        f"acknowledged, {result['lost']} lost)")  # fmt: skip
+    for col in ("fault", "cycles", "probe rounds", "2 writable", "failovers", "promoted p50/max", "floor: ttl",
+                "write gap p50/max", "healthy p50/max", "packets cut"):  # fmt: skip
+        table.add_column(col, justify="right")
+    for kind in KINDS:
+        rs = [r for r in runs if r["kind"] == kind]
+        if not rs:
+            continue
+        promoted = [r["promoted_after_s"] for r in rs if r["promoted_after_s"] is not None]
+        table.add_row(kind, str(len(rs)), f"{sum(r['probe_rounds'] for r in rs):,}",
+                      str(sum(r["split_rounds"] for r in rs)), str(sum(r["failover"] for r in rs)),
+                      _spread(promoted), f"{TIMING['ttl']}s" if kind == "isolate-production" else "—",
+                      _spread([r["outage_s"] for r in rs]),
+                      _spread([r["recovered_s"] for r in rs if r["recovered_s"] is not None]),
+                      f"{sum(r['packets_dropped'] for r in rs):,}")  # fmt: skip
+    return table
+
+
+def crash_table(results: dict[str, dict[str, Any]], crashes: int) -> Table:
     table = Table(title=f"Primary crashes under a writer ({crashes} of each kind)")
     for col in (
         "system",
@@ -228,9 +275,45 @@ def main() -> None:
         table.add_row(who, kind, f"{r['lost']} in {r['crashes']} crashes", f"{statistics.median(rto):.1f}s",
                       f"{quantile(rto, 0.99):.1f}s", f"{max(rto):.1f}s", f"{r['stalled']}",
                       f"{r['acknowledged']:,}")  # fmt: skip
-    console.print(table)
+    return table
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="3 crashes of each kind and 8 partition cycles (minutes)")
+    ap.add_argument("--crashes", type=int, default=20)
+    ap.add_argument("--partitions", type=int, default=200, help="partition cycles (the four faults in turn)")
+    ap.add_argument("--only", choices=("crashes", "partitions"), help="run one part only")
+    ap.add_argument("-o", "--output", type=Path, help="write the figures as JSON")
+    args = ap.parse_args()
+    if os.geteuid() != 0 or not Path(PATRONI).exists() or not Path("/usr/bin/etcd").exists():
+        sys.exit("needs root, Patroni and etcd (apt-get install patroni etcd-server)")
+    crashes = 3 if args.quick else args.crashes
+    partitions = 8 if args.quick else args.partitions
+    results: dict[str, dict[str, Any]] = {}
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-dr-") as tmp:
+        root = Path(tmp)
+        os.chmod(root, 0o755)
+        if args.only != "partitions":
+            for who, make in (("shanzhi", Shanzhi), ("bare patroni", Bare)):
+                console.print(f"[bold]{who}[/]: starting")
+                system = make(root)
+                try:
+                    dsn = system.setup() if isinstance(system, Shanzhi) else system.dsn()
+                    for kind in ("postgres", "node"):
+                        crash = system.crash_postgres if kind == "postgres" else system.crash_node
+                        results[f"{who}/{kind}"] = crash_loop(f"{who}/{kind}", dsn, crashes, crash, system.healthy)
+                finally:
+                    system.close()
+            console.print(crash_table(results, crashes))
+            out.update(results)
+        if args.only != "crashes" and partitions > 0:
+            console.print(f"[bold]partitions[/]: {partitions} cycles")
+            out["partitions"] = partition_cycles(root, partitions)
+            console.print(partition_table(out["partitions"]))
     if args.output:
-        args.output.write_text(json.dumps(results, indent=2))
+        args.output.write_text(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ For the platform's own database in tests, and for bench/dr.py as the floor."""
 
 from __future__ import annotations
 
-import contextlib
+import bisect
+import itertools
 import os
 import shutil
 import signal
@@ -23,6 +24,7 @@ import yaml
 
 from shanzhi.dr.etcd import EtcdMember, member_argv
 from shanzhi.dr.patroni import PATRONI, Secrets, connection_string, member_config
+from tests.dr.centres import CENTRES, Centres
 
 ENGINES = (PATRONI, "/usr/bin/etcd", "/usr/lib/postgresql/15/bin/postgres")
 
@@ -65,10 +67,20 @@ def kill_postmaster(port: int) -> None:
 
 
 class BareCluster:
+    """Three etcd members and a Patroni node per address. With `centres`: one etcd member in each
+    centre's namespace and a node in production's and same-city's, at the centres' addresses
+    (fixed ports: each namespace is a host of its own)."""
+
     def __init__(
-        self, root: Path, addresses: tuple[str, ...] = ("127.0.6.1", "127.0.7.1"), *, strict: bool = True
+        self,
+        root: Path,
+        addresses: tuple[str, ...] = ("127.0.6.1", "127.0.7.1"),
+        *,
+        strict: bool = True,
+        centres: Centres | None = None,
     ) -> None:
         self.root = root
+        self.centres = centres
         root.mkdir(parents=True, exist_ok=True)
         shutil.chown(root, "postgres", "postgres")
         for parent in root.parents:  # the postgres user must reach its directories
@@ -76,15 +88,16 @@ class BareCluster:
                 break
             os.chmod(parent, os.stat(parent).st_mode | 0o001)
         self.secrets = Secrets("su-pass-123", "repl-pass-123", "", "")
-        self.etcd = [EtcdMember(f"e{i}", "127.0.5.1", free_port("127.0.5.1"), free_port("127.0.5.1")) for i in range(3)]
-        self.etcd_procs = [
-            subprocess.Popen(
-                member_argv(m, self.etcd, str(root / m.name), "bare"),
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            for m in self.etcd
-        ]
+        if centres is None:
+            self.etcd = [
+                EtcdMember(f"e{i}", "127.0.5.1", free_port("127.0.5.1"), free_port("127.0.5.1")) for i in range(3)
+            ]
+            self.where: dict[str, str | None] = {m.name: None for m in self.etcd}
+        else:
+            self.etcd = [EtcdMember(c, centres.address[c], 2379, 2380) for c in CENTRES]
+            self.where = {c: c for c in CENTRES}
+            addresses = (centres.address["prod"], centres.address["same"])
+        self.etcd_procs: dict[str, subprocess.Popen[bytes]] = {}
         hosts = [f"{m.address}:{m.client_port}" for m in self.etcd]
         self.nodes: dict[str, dict[str, Any]] = {}
         for i, addr in enumerate(addresses):
@@ -95,7 +108,7 @@ class BareCluster:
             os.chmod(data, 0o700)
             conf = member_config(cluster_scope="bare", member=name, etcd_hosts=hosts, secrets=self.secrets,
                                  synchronous=True, strict=strict)  # fmt: skip
-            pg, api = free_port(addr), free_port(addr)
+            pg, api = (5432, 8008) if centres else (free_port(addr), free_port(addr))
             for k, v in {
                 "${ADDRESS}": addr,
                 "${PORT_PG}": str(pg),
@@ -105,8 +118,11 @@ class BareCluster:
                 conf = conf.replace(k, v)
             doc = yaml.safe_load(conf)
             doc["etcd3"] = {"hosts": hosts}  # no etcd auth here
-            self.nodes[name] = {"conf": yaml.safe_dump(doc), "pg": f"{addr}:{pg}", "api": f"http://{addr}:{api}"}
+            self.nodes[name] = {"conf": yaml.safe_dump(doc), "pg": f"{addr}:{pg}", "api": f"http://{addr}:{api}",
+                                "data": data, "centre": CENTRES[i] if centres else None}  # fmt: skip
         try:
+            for m in self.etcd:
+                self.start_etcd(m.name)
             for name in self.nodes:
                 self.start(name)
                 if name == "n0":
@@ -116,13 +132,30 @@ class BareCluster:
             self.close()
             raise
 
+    def _enter(self, centre: str | None) -> list[str]:
+        return self.centres.enter(centre) if self.centres is not None and centre is not None else []
+
+    def start_etcd(self, name: str) -> None:
+        m = next(m for m in self.etcd if m.name == name)
+        self.etcd_procs[name] = subprocess.Popen(
+            [*self._enter(self.where[name]), *member_argv(m, self.etcd, str(self.root / m.name), "bare")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def kill_etcd(self, name: str) -> None:
+        """The etcd member lost (SIGKILL); `start_etcd` brings it back with its data."""
+        p = self.etcd_procs[name]
+        p.kill()
+        p.wait()
+
     def start(self, name: str) -> None:
         n = self.nodes[name]
         env = {"PATH": "/usr/bin:/bin", "HOME": str(self.root), "PATRONI_CONFIGURATION": n["conf"]}
         with open(self.root / f"{name}.log", "ab") as log:
             n["proc"] = subprocess.Popen(
-                ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", PATRONI],
-                env=env, stdout=log, stderr=subprocess.STDOUT,
+                [*self._enter(n["centre"]), "setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups",
+                 PATRONI], env=env, stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
 
     def role(self, name: str) -> str | None:
@@ -156,29 +189,35 @@ class BareCluster:
         hosts = "&".join(f"host={n['pg']}" for n in self.nodes.values())
         return f"postgresql+psycopg://postgres:{self.secrets.superuser}@/{database}?{hosts}&target_session_attrs=read-write"
 
-    def _port(self, name: str) -> int:
-        return int(self.nodes[name]["pg"].rpartition(":")[2])
+    def _kill_postgres(self, name: str) -> bool:
+        """SIGKILL the node's postmaster (by its pid file: ports repeat across namespaces)."""
+        try:
+            pid = int((self.nodes[name]["data"] / "pgdata" / "postmaster.pid").read_text().split()[0])
+            os.kill(pid, signal.SIGKILL)
+        except (OSError, ValueError, IndexError):
+            return False
+        return True
 
     def crash_node(self, name: str, restart_after: float | None = 3.0) -> None:
         """The node lost: Patroni and PostgreSQL killed together; back after `restart_after` s."""
         n = self.nodes[name]
         n["proc"].send_signal(signal.SIGKILL)
         n["proc"].wait()
-        kill_postmaster(self._port(name))
+        self._kill_postgres(name)
         if restart_after is not None:
             threading.Timer(restart_after, self.start, args=(name,)).start()
 
     def crash_postgres(self, name: str) -> None:
-        kill_postmaster(self._port(name))
+        if not self._kill_postgres(name):
+            raise RuntimeError(f"no postmaster for {name}")
 
     def close(self) -> None:
         for name, n in self.nodes.items():
             if n.get("proc") is not None and n["proc"].poll() is None:
                 n["proc"].send_signal(signal.SIGKILL)
                 n["proc"].wait()
-            with contextlib.suppress(RuntimeError):
-                kill_postmaster(self._port(name))
-        for p in self.etcd_procs:
+            self._kill_postgres(name)
+        for p in self.etcd_procs.values():
             p.kill()
             p.wait()
         shutil.rmtree(self.root, ignore_errors=True)
@@ -223,13 +262,24 @@ class Writer:
         """The acknowledged ids, in order."""
         return [n for n, _, _ in self.acked]
 
-    def recovered_after(self, t: float) -> float | None:
+    def recovered_after(self, t: float, *, any_ack: bool = False) -> float | None:
         """When writes came back after the first failure since `t` (a backend of a killed
-        postmaster may still finish a commit or two: those are not the recovery)."""
-        failed = next((f for f in self.failures if f > t), None)
-        if failed is None:
-            return None
-        return next((at for _, sent, at in self.acked if sent > failed), None)
+        postmaster may still finish a commit or two: those are not the recovery). `any_ack`: the
+        first write sent after `t` and acknowledged, failure or not."""
+        if not any_ack:
+            failed = next((f for f in self.failures if f > t), None)
+            if failed is None:
+                return None
+            t = failed
+        i = bisect.bisect_right(self.acked, t, key=lambda a: a[1])  # one thread appends, in order
+        return self.acked[i][2] if i < len(self.acked) else None
+
+    def longest_gap(self, start: float, end: float) -> float:
+        """The longest time in [start, end] with no write acknowledged."""
+        lo = bisect.bisect_right(self.acked, start, key=lambda a: a[2])
+        hi = bisect.bisect_left(self.acked, end, key=lambda a: a[2])
+        marks = [start, *(at for _, _, at in self.acked[lo:hi]), end]
+        return max(b - a for a, b in itertools.pairwise(marks))
 
     def stop(self) -> None:
         self._stop.set()
