@@ -7,6 +7,8 @@ refused, and the restored copy removed without residue.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,6 +21,19 @@ from tests.e2e.harness import Cli, Server, wait_for
 from tests.e2e.test_dr import _try, world  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.e2e
+
+
+def _namespaces() -> list[str]:
+    return subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout.split()
+
+
+def _reaches(namespace: str | None, hostport: str) -> bool:
+    """Does a TCP connection to hostport open from the namespace (None: the root one)?"""
+    host, _, port = hostport.rpartition(":")
+    code = f"import socket; socket.create_connection(({host!r}, {port}), timeout=2).close()"
+    argv = [sys.executable, "-c", code]
+    prefix = ["ip", "netns", "exec", namespace] if namespace else []
+    return subprocess.run([*prefix, *argv], capture_output=True, check=False).returncode == 0
 
 
 def app_doc() -> str:
@@ -104,7 +119,16 @@ def test_a_scheduled_backup_and_a_restore_to_a_point_in_time(world: tuple[Server
     assert drill["kind"] == "drill" and drill["outcome"] == "succeeded", drill
     assert drill["body"]["checks"] == {"database": "ledger", "tables": 1, "answers": True}
     assert drill["body"]["rto_seconds"] > 0 and drill["body"]["rpo_seconds"] is not None
-    with psycopg.connect(drill["body"]["connection"].replace("********", password)) as c:
+    # ... in a network namespace of its own: the host cannot reach it over TCP, it cannot reach
+    # production, and the platform (and the test) reach it through its socket only
+    net, port = drill["body"]["network"], drill["body"]["port"]
+    assert net["isolated"] and net["namespace"] in _namespaces(), drill["body"]
+    assert net["namespace"] in drill["summary"]
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(drill["body"]["connection"].replace("********", password), connect_timeout=2).close()
+    member = url.split("@", 1)[1].split("/", 1)[0]  # production's member, host:port
+    assert _reaches(None, member) and not _reaches(net["namespace"], member)
+    with psycopg.connect(host=drill["body"]["dir"], port=port, user="postgres", dbname="ledger") as c:
         assert c.execute("SELECT count(*) FROM acks").fetchone() == (200,)
 
     # another backup on demand; both kept, and the window a restore can reach
@@ -118,6 +142,7 @@ def test_a_scheduled_backup_and_a_restore_to_a_point_in_time(world: tuple[Server
     gone = cli.json("dr", "cleanup", "tax", "--vdc", "gz/tax")
     assert gone["removed"] == [report["id"], later["id"], drill["id"]]
     assert not any(Path(r["body"]["dir"]).exists() for r in (report, later, drill))
+    assert net["namespace"] not in _namespaces()  # no residue
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(copy, connect_timeout=2).close()
     assert cli.json("dr", "cleanup", "tax", "--vdc", "gz/tax")["removed"] == []

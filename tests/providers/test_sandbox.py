@@ -284,6 +284,36 @@ def test_a_fresh_workload_root_made_under_the_servers_umask_is_traversable(
 
 
 @root_only
+def test_a_dr_archive_made_first_leaves_the_workload_root_traversable(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A managed database's WAL archive is made before its first member starts: on a fresh
+    machine it is the first thing under the workload root, and the directories made on the way
+    must let workload uids through like a workload's own (they were left 0700, and no workload
+    could start after it)."""
+    from shanzhi.controllers.dr_backup import prepare_archive
+
+    top = tmp_path / "wl"
+    top.mkdir(mode=0o755)
+    for parent in top.parents:
+        if parent == Path("/tmp"):
+            break
+        os.chmod(parent, os.stat(parent).st_mode | 0o001)
+    monkeypatch.setenv("SHANZHI_WORKLOAD_ROOT", str(top / "not" / "yet"))
+    old = os.umask(0o077)
+    try:
+        archive = prepare_archive(data_dir, "gz/tax", 1, "db")
+        p = provider(data_dir)
+        p.create_instance(req("w-1", ("python3", "-c", PROBE, "{}")))
+        out = probe_result(data_dir, "w-1")
+    finally:
+        os.umask(old)
+    assert str(archive).startswith(str(top / "not" / "yet"))
+    assert str(out["cwd"]).startswith(str(top / "not" / "yet"))
+    assert oct(os.stat(top / "not").st_mode & 0o777) == "0o711"
+
+
+@root_only
 def test_a_workload_has_a_name_and_the_cloud_address_and_volume_are_substituted(data_dir: Path) -> None:
     """Programs that look their user up (initdb, ssh) need a passwd entry: the namespace gets
     one for its uid only, the machine's own /etc/passwd stays as it was. `${ADDRESS}` is the

@@ -15,6 +15,9 @@ an isolated copy.
   port of its own) that then opens for writes: a copy to read the past from or to check a
   backup by (a drill), never touching the running cluster. The report says the time it
   recovered to, how long it took, and how to connect; `shanzhi dr cleanup` stops and removes it.
+- **Drills** (`shanzhi dr test`) recover a copy to now the same way, in a network namespace of
+  its own with nothing but its loopback (as root, where namespaces exist): nothing in it can
+  reach production and nothing outside can reach it; the platform checks it through its socket.
 
 Why our own code: Patroni archives and restores nothing itself, and pgBackRest or WAL-G would
 add a repository format and daemons for what `pg_basebackup`, `cp` and PostgreSQL's own
@@ -43,7 +46,9 @@ from sqlalchemy import select
 
 from shanzhi.domain.errors import Conflict, InvalidInput
 from shanzhi.dr.patroni import BIN_DIR, REPLICATOR, SUPERUSER, connection_string, scope
-from shanzhi.providers.sandbox import Sandbox, default_workload_root
+from shanzhi.providers.fabric.member import unavailable
+from shanzhi.providers.fabric.topology import Fabric
+from shanzhi.providers.sandbox import Sandbox, default_workload_root, make_reachable, server_id
 from shanzhi.store import Database
 from shanzhi.store.events import record_event
 from shanzhi.store.tables import App, DrCluster, DrReport, utcnow
@@ -65,7 +70,7 @@ def prepare_archive(data_dir: Path, vdc: str, app_id: int, component: str) -> Pa
     box = Sandbox.for_data_dir(data_dir)
     uid = box.uid_for(vdc)
     root = path.parent.parent
-    root.mkdir(parents=True, exist_ok=True)
+    make_reachable(root)  # the workload root may not exist yet
     for p in (root, root.parent):
         os.chmod(p, 0o711)
     path.parent.mkdir(mode=0o700, exist_ok=True)
@@ -230,9 +235,10 @@ def restore(
     home = _restores_root(data_dir) / f"{scope(app_id, component)}-r{report.id}"
     error = None
     body: dict[str, Any] = {}
+    network: dict[str, Any] = _drill_network(data_dir, report.id) if drill else {"namespace": None, "isolated": False}
     try:
         archive = archive_dir(data_dir, app_id, component)
-        body = _start_copy(home, Path(base.body["path"]), archive, None if drill else to, uid)
+        body = _start_copy(home, Path(base.body["path"]), archive, None if drill else to, uid, network["namespace"])
         try:
             body.update(_wait_promoted(home, body, to))
         except _PastTheArchive:
@@ -243,12 +249,13 @@ def restore(
                     "the rest: restore to an earlier time"
                 ) from None
             # nothing was committed between the last archived commit and `to`: all of it is the state at `to`
-            body = _start_copy(home, Path(base.body["path"]), archive, None, uid)
+            body = _start_copy(home, Path(base.body["path"]), archive, None, uid, network["namespace"])
             body.update(_wait_promoted(home, body, to), whole_archive=True)
     except (OSError, RuntimeError, subprocess.SubprocessError, tarfile.TarError) as err:
         error = str(err)
         _stop(body.get("pid"), body.get("create_time"))
         shutil.rmtree(home, ignore_errors=True)
+        _remove_namespace(data_dir, network["namespace"])
     seconds = time.monotonic() - started
     with db.session() as s, s.begin():
         r = s.get(DrReport, report.id)
@@ -262,12 +269,18 @@ def restore(
             database = body.pop("database", "app")
             r.outcome = "succeeded"
             r.body = {
-                **r.body, **body, "state": "ready", "seconds": round(seconds, 3),
+                **r.body, **body, "state": "ready", "seconds": round(seconds, 3), "network": network,
                 "connection": connection_string([f"127.0.0.1:{body['port']}"], "app", None, database),
             }  # fmt: skip
+            where = (
+                f"in network namespace {network['namespace']} (no link out: `ip netns exec` it, or use the socket "
+                f"in {body['dir']})"
+                if network["namespace"]
+                else f"on 127.0.0.1:{body['port']}"
+            )
             r.summary = (
                 f"{component} restored to {body['recovered_to'] or 'the backup'} (asked {to.isoformat()}) in "
-                f"{seconds:.1f}s on 127.0.0.1:{body['port']}"
+                f"{seconds:.1f}s {where}"
             )
             if drill:
                 last = datetime.fromisoformat(body["recovered_to"]) if body["recovered_to"] else None
@@ -276,13 +289,19 @@ def restore(
                 r.summary = (
                     f"drill of {component}: a copy answered in {seconds:.1f}s (RTO) with everything up to "
                     f"{body['recovered_to']} ({'?' if rpo is None else f'{rpo:.1f}s'} before the drill: RPO), "
-                    f"{body['checks']['tables']} tables in {database}; production untouched; `dr cleanup` removes it"
+                    f"{body['checks']['tables']} tables in {database}; production untouched"
+                    + (
+                        f" (the copy isolated in network namespace {network['namespace']})"
+                        if network["isolated"]
+                        else ""
+                    )
+                    + "; `dr cleanup` removes it"
                 )
             record_event(s, "DrillPassed" if drill else "DatabaseRestored", "app", name, r.summary, vdc=vdc, app=name)
         return r
 
 
-def cleanup(db: Database, app_id: int) -> list[int]:
+def cleanup(db: Database, data_dir: Path, app_id: int) -> list[int]:
     """Stop and remove the app's restored copies. Returns the reports they came from."""
     done = []
     with db.session() as s, s.begin():
@@ -293,6 +312,7 @@ def cleanup(db: Database, app_id: int) -> list[int]:
                 continue
             _stop(r.body.get("pid"), r.body.get("create_time"))
             shutil.rmtree(r.body.get("dir", ""), ignore_errors=True)
+            _remove_namespace(data_dir, (r.body.get("network") or {}).get("namespace"))
             r.body = {**r.body, "state": "removed", "removed_at": utcnow().isoformat()}
             record_event(s, "RestoreRemoved", "app", r.app, f"restored copy of report {r.id} stopped and removed",
                          vdc=r.vdc, app=r.app)  # fmt: skip
@@ -314,7 +334,25 @@ def stop_restores(data_dir: Path, *, remove: bool = False) -> int:
         time.sleep(0.5 if stopped else 0)
         shutil.rmtree(root, ignore_errors=True)
         shutil.rmtree(root.parent / "dr-archive", ignore_errors=True)
+    if remove and unavailable() is None:
+        fabric = Fabric(server_id(data_dir))
+        for name in fabric.namespaces():
+            fabric.remove_isolated(name)
     return stopped
+
+
+def _drill_network(data_dir: Path, report_id: int) -> dict[str, Any]:
+    """Where a drill's copy listens: a network namespace of its own with nothing but its loopback
+    (root, namespaces), else the host's loopback on a port of its own (saying why)."""
+    why = unavailable()
+    if why is not None:
+        return {"namespace": None, "isolated": False, "why": why}
+    return {"namespace": Fabric(server_id(data_dir)).isolated(f"drill{report_id}"), "isolated": True}
+
+
+def _remove_namespace(data_dir: Path, name: str | None) -> None:
+    if name:
+        Fabric(server_id(data_dir)).remove_isolated(name)
 
 
 def _switch_wal(host: str, password: str) -> bool:
@@ -344,14 +382,18 @@ class _PastTheArchive(Exception):
     """PostgreSQL replayed the whole archive without passing the target time."""
 
 
-def _start_copy(home: Path, backup: Path, archive: Path, to: datetime | None, uid: int) -> dict[str, Any]:
+def _start_copy(
+    home: Path, backup: Path, archive: Path, to: datetime | None, uid: int, netns: str | None
+) -> dict[str, Any]:
     """Start PostgreSQL on the copy (unpacking the base backup first, once), recovering to `to`
-    (None: all of the archive)."""
+    (None: all of the archive), in network namespace `netns` if given (its own loopback; the
+    platform reaches it through its socket in `home`)."""
     pgdata = home / "pgdata"
     if not pgdata.exists():
-        pgdata.mkdir(parents=True, mode=0o700)
+        make_reachable(home.parent)
         for p in (home.parent, home.parent.parent):
             os.chmod(p, 0o711)
+        pgdata.mkdir(parents=True, mode=0o700)
         with tarfile.open(backup / "base.tar.gz") as tar:
             tar.extractall(pgdata, filter="data")
     for stale in ("postmaster.pid", "postmaster.opts", "standby.signal"):
@@ -377,6 +419,8 @@ def _start_copy(home: Path, backup: Path, archive: Path, to: datetime | None, ui
     argv = [f"{BIN_DIR}/postgres", f"--config-file={conf}"]
     if uid != os.geteuid():
         argv = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--no-new-privs", "--", *argv]
+    if netns is not None:
+        argv = ["ip", "netns", "exec", netns, *argv]  # execs in place: the pid is PostgreSQL's
     log_file = home / "log"
     with open(log_file, "ab") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

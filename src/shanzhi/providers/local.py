@@ -53,7 +53,7 @@ from shanzhi.providers.base import (
     positive_int,
     tail_file,
 )
-from shanzhi.providers.sandbox import Sandbox
+from shanzhi.providers.sandbox import Sandbox, make_reachable
 
 _GATE = 'read -r go && [ "$go" = go ] && exec "$@"; exit 111'
 # fd 3 keeps our pipe as the gate's stdin (a background job's stdin is /dev/null otherwise);
@@ -466,7 +466,7 @@ class LocalProvider(MachineCloud):
         path = base / key
         new = not path.exists()
         if new:
-            base.mkdir(parents=True, exist_ok=True)
+            make_reachable(base)
             for p in (base, base.parent, self.sandbox.root):
                 os.chmod(p, 0o711)
         if sized.unavailable() is None:

@@ -57,6 +57,15 @@ def server_id(data_dir: Path) -> str:
     return hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
 
 
+def make_reachable(path: Path) -> None:
+    """Make `path` with its missing parents, each of them traversable by others (0711): made under
+    the server's umask 077 they would shut every workload user out of what lies below."""
+    missing = [d for d in (path, *path.parents) if not d.exists()]
+    path.mkdir(parents=True, exist_ok=True)
+    for d in missing:
+        os.chmod(d, 0o711)
+
+
 def default_workload_root(data_dir: Path) -> Path:
     env = os.environ.get("SHANZHI_WORKLOAD_ROOT")
     if env:
@@ -226,10 +235,11 @@ class Sandbox:
     def make_workdir(self, cloud: str, instance: str, uid: int) -> Path:
         """A fresh working directory only its uid can enter (the parents only traversable)."""
         base = self.root / cloud
-        missing = [d for d in (base, *base.parents) if not d.exists()]
-        base.mkdir(parents=True, exist_ok=True)
-        if self.isolate:
-            for d in {*missing, self.root, base}:  # made by us (under the server's umask 077): traversable
+        if not self.isolate:
+            base.mkdir(parents=True, exist_ok=True)
+        else:
+            make_reachable(base)
+            for d in (self.root, base):
                 os.chmod(d, 0o711)
             blocked = [p for p in self.root.parents if p.exists() and not os.stat(p).st_mode & 0o001]
             if blocked:
@@ -266,7 +276,7 @@ class Sandbox:
         """`passwd` and `group` for the uid's namespaces (bound over `/etc/passwd` and `/etc/group`
         there): under the workload root, not the data directory, as they must be world-readable."""
         directory = self.root / ".identity" / str(uid)
-        directory.mkdir(parents=True, exist_ok=True)
+        make_reachable(directory)
         for d in (self.root / ".identity", directory):
             os.chmod(d, 0o755)
         _write_identity(directory, uid)

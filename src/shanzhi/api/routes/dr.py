@@ -267,7 +267,7 @@ def cleanup(
     """Stop and remove the app's restored copies and drills."""
     rt: Runtime = request.app.state.runtime
     app_id, _ = _writable(request, p, name, vdc, None)
-    return {"removed": dr_backup.cleanup(rt.db, app_id)}
+    return {"removed": dr_backup.cleanup(rt.db, rt.settings.data_dir, app_id)}
 
 
 @router.post("/apps/{name}/dr/reprotect")

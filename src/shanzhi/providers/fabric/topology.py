@@ -321,6 +321,17 @@ class Fabric:
         if address:
             self._routes(cloud, site, host, address, present=False)
 
+    def isolated(self, key: str) -> str:
+        """A namespace with nothing but its loopback (a DR drill's copy): no link, no route, so
+        nothing in it reaches production and nothing outside reaches it. Returns its name."""
+        ns = f"{self.prefix}_x.{key}"
+        self._ensure_ns(ns, _INSTANCE_SYSCTLS)
+        return ns
+
+    def remove_isolated(self, name: str) -> None:
+        if name.startswith(f"{self.prefix}_x."):
+            self._remove_ns(name)
+
     def remove_cloud(self, cloud: str, site: str, hosts: int) -> None:
         """Every namespace of the cloud; its site's router when no other cloud is left there, and
         the core when no site is."""
