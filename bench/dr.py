@@ -8,6 +8,10 @@ synchronous_mode_strict, ttl 20 s): the floor Shanzhi adds to.
 Two crashes: `node` (the primary's Patroni and PostgreSQL killed together: its leader key must
 expire) and `postgres` (only PostgreSQL killed: Patroni, alive, hands over at once).
 
+Then drills: `dr test` recovering a copy of the same database beside it, in an isolated
+network namespace, while the writer goes on: production's commit latency (p50, p99) during each
+drill against the same time just before it, and what is left after `dr cleanup`.
+
 Then partition cycles (tests/dr/partitions.py): the three centres in network namespaces joined at
 a core where nftables cuts them apart, a cluster with Shanzhi's member configuration, four faults
 in turn (production isolated, only the production/same-city link cut, the arbiter cut off,
@@ -18,7 +22,8 @@ ttl (Patroni may promote only after it expires), and of a write outage, none.
 Needs root, Patroni and etcd (apt-get install patroni etcd-server); the partitions need
 network namespaces and nftables.
 
-    python bench/dr.py [--quick] [--crashes N] [--partitions N] [--only crashes|partitions] [-o results.json]
+    python bench/dr.py [--quick] [--crashes N] [--drills N] [--partitions N] [--only crashes|drills|partitions]
+                       [-o results.json]
 """
 
 from __future__ import annotations
@@ -197,6 +202,73 @@ class Bare:
         self.cluster.close()
 
 
+# ------------------------------------------------------------------------- drills
+def drill_impact(root: Path, drills: int, window: float = 10.0) -> dict[str, Any]:
+    """Production's commit latency while `dr test` recovers a copy beside it, against the same
+    length of time just before each drill (the baseline), and what each drill leaves after
+    `dr cleanup`."""
+    system = Shanzhi(root)
+    vdc = {"vdc": "gz/tax"}
+    try:
+        dsn = system.setup()
+        wait(lambda: _create_table(dsn), 60, "the table")
+        system.http.post("/apps/tax/dr/backups", params=vdc).raise_for_status()
+        w = Writer(dsn)
+        time.sleep(3.0)
+        windows: list[tuple[str, float, float]] = []
+        reports = []
+        residue = 0
+        for i in range(drills):
+            base = time.monotonic()
+            time.sleep(window)
+            start = time.monotonic()
+            r = system.http.post("/apps/tax/dr/test", params=vdc)
+            r.raise_for_status()
+            # the drill's copy keeps running until cleanup: measure as long as the baseline
+            time.sleep(max(0.0, window - (time.monotonic() - start)))
+            end = time.monotonic()
+            windows += [("baseline", base, start), ("drill", start, end)]
+            report = r.json()
+            reports.append(report)
+            system.http.post("/apps/tax/dr/cleanup", params=vdc).raise_for_status()
+            ns = (report["body"].get("network") or {}).get("namespace")
+            left = Path(report["body"]["dir"]).exists() or (ns is not None and ns in _namespaces())
+            residue += left
+            where = f"isolated in {ns}" if ns else "on the host loopback"
+            console.print(f"  drill {i + 1}/{drills}: RTO {report['body']['rto_seconds']:.1f}s, {where}, "
+                          f"residue: {'yes' if left else 'none'}")  # fmt: skip
+        w.stop()
+    finally:
+        system.close()
+
+    def latencies(kind: str) -> list[float]:
+        return [at - sent for _, sent, at in w.acked for k, a, b in windows if k == kind and a <= sent < b]
+
+    out: dict[str, Any] = {"drills": drills, "residue": residue, "rto": [r["body"]["rto_seconds"] for r in reports]}
+    for kind in ("baseline", "drill"):
+        xs = latencies(kind)
+        out[kind] = {"commits": len(xs), "p50_ms": quantile(xs, 0.5) * 1000, "p99_ms": quantile(xs, 0.99) * 1000}
+    return out
+
+
+def _namespaces() -> list[str]:
+    return subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout.split()
+
+
+def drill_table(r: dict[str, Any]) -> Table:
+    table = Table(title=f"Production's commits during {r['drills']} drills (`dr test`), against just before each")
+    for col in ("window", "commits", "p50", "p99", "p99 vs baseline", "drill RTO p50 / max", "residue after cleanup"):
+        table.add_column(col, justify="right")
+    b = r["baseline"]["p99_ms"]
+    for kind in ("baseline", "drill"):
+        x = r[kind]
+        table.add_row(kind, f"{x['commits']:,}", f"{x['p50_ms']:.2f} ms", f"{x['p99_ms']:.2f} ms",
+                      f"{(x['p99_ms'] / b - 1) * 100:+.0f}%" if kind == "drill" and b else "—",
+                      _spread(r["rto"]) if kind == "drill" else "—",
+                      f"{r['residue']} of {r['drills']}" if kind == "drill" else "—")  # fmt: skip
+    return table
+
+
 # ------------------------------------------------------------------------- partitions
 def partition_cycles(root: Path, cycles: int) -> dict[str, Any]:
     """`cycles` faults, the four kinds in turn, on one cluster across three namespaced centres."""
@@ -280,22 +352,26 @@ def crash_table(results: dict[str, dict[str, Any]], crashes: int) -> Table:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="3 crashes of each kind and 8 partition cycles (minutes)")
+    ap.add_argument(
+        "--quick", action="store_true", help="3 crashes of each kind, 3 drills, 8 partition cycles (minutes)"
+    )
     ap.add_argument("--crashes", type=int, default=20)
     ap.add_argument("--partitions", type=int, default=200, help="partition cycles (the four faults in turn)")
-    ap.add_argument("--only", choices=("crashes", "partitions"), help="run one part only")
+    ap.add_argument("--drills", type=int, default=10, help="drills (`dr test`) under a writer")
+    ap.add_argument("--only", choices=("crashes", "drills", "partitions"), help="run one part only")
     ap.add_argument("-o", "--output", type=Path, help="write the figures as JSON")
     args = ap.parse_args()
     if os.geteuid() != 0 or not Path(PATRONI).exists() or not Path("/usr/bin/etcd").exists():
         sys.exit("needs root, Patroni and etcd (apt-get install patroni etcd-server)")
     crashes = 3 if args.quick else args.crashes
     partitions = 8 if args.quick else args.partitions
+    drills = 3 if args.quick else args.drills
     results: dict[str, dict[str, Any]] = {}
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bench-dr-") as tmp:
         root = Path(tmp)
         os.chmod(root, 0o755)
-        if args.only != "partitions":
+        if args.only in (None, "crashes"):
             for who, make in (("shanzhi", Shanzhi), ("bare patroni", Bare)):
                 console.print(f"[bold]{who}[/]: starting")
                 system = make(root)
@@ -308,7 +384,12 @@ def main() -> None:
                     system.close()
             console.print(crash_table(results, crashes))
             out.update(results)
-        if args.only != "crashes" and partitions > 0:
+        if args.only in (None, "drills") and drills > 0:
+            console.print(f"[bold]drills[/]: {drills} under a writer")
+            (root / "drills").mkdir()
+            out["drills"] = drill_impact(root / "drills", drills)
+            console.print(drill_table(out["drills"]))
+        if args.only in (None, "partitions") and partitions > 0:
             console.print(f"[bold]partitions[/]: {partitions} cycles")
             out["partitions"] = partition_cycles(root, partitions)
             console.print(partition_table(out["partitions"]))

@@ -419,8 +419,9 @@ def _start_copy(
     argv = [f"{BIN_DIR}/postgres", f"--config-file={conf}"]
     if uid != os.geteuid():
         argv = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--no-new-privs", "--", *argv]
+    argv = ["nice", "-n", "19", *argv]  # a copy beside production yields the CPU to it
     if netns is not None:
-        argv = ["ip", "netns", "exec", netns, *argv]  # execs in place: the pid is PostgreSQL's
+        argv = ["ip", "netns", "exec", netns, *argv]  # each execs the next in place: the pid is PostgreSQL's
     log_file = home / "log"
     with open(log_file, "ab") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
