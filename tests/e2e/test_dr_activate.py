@@ -1,7 +1,9 @@
 """Production and same-city both lost, with real Patroni and etcd: activating the remote centre
 is refused while production runs, held for approval, approved by someone else, carried out by
 the DR controller (the main cluster fenced first, then the remote standby cluster promoted),
-reported with the data it could not recover; the old centres come back and stay fenced.
+reported with the data it could not recover; the old centres come back and stay fenced. Then
+the way back: `dr reprotect` rebuilds the main cluster as a standby cluster of the remote primary,
+`dr failback` hands the primary back to production with nothing lost, and the services follow.
 """
 
 from __future__ import annotations
@@ -28,6 +30,17 @@ def _writable(host: str, password: str) -> bool:
             return c.execute("SELECT pg_is_in_recovery()").fetchone() == (False,)
     except psycopg.Error:
         return False
+
+
+def _count(host: str, password: str) -> int | None:
+    address, _, port = host.rpartition(":")
+    try:
+        with psycopg.connect(host=address, port=int(port), user="app", password=password, dbname="ledger",
+                             connect_timeout=2) as c:  # fmt: skip
+            row = c.execute("SELECT count(*) FROM acks").fetchone()
+            return int(row[0]) if row else None
+    except psycopg.Error:
+        return None
 
 
 def _login(server: Server, user: str, password: str) -> str:
@@ -147,3 +160,47 @@ def test_the_remote_centre_is_activated_only_when_approved_and_production_cannot
     assert again.returncode != 0 and "already activated" in again.stderr, again.stderr
     events = {e["reason"] for e in cli.json("events", "--app", "tax", *VDC)}
     assert {"RemoteActivationApproved", "RemoteActivated"} <= events
+
+    # the city centres are back. Failing back needs the main cluster rebuilt first
+    early = cli.run("dr", "failback", "tax", *VDC)
+    assert early.returncode != 0 and "run `dr reprotect` first" in early.stderr, early.stderr
+    with psycopg.connect(dsn, autocommit=True) as c:  # written while the remote centre leads
+        for i in range(2, 102):
+            c.execute("INSERT INTO acks VALUES (%s)", (-i,))
+    asked = cli.run("dr", "reprotect", "tax", *VDC, "-o", "json")  # exits 1 until protected again
+    first = json.loads(asked.stdout)
+    assert asked.returncode == 1 and first["rebuilding"] and not first["protected"], asked
+
+    def rebuilt() -> dict[str, Any] | None:
+        r = cli.run("dr", "reprotect", "tax", *VDC, "-o", "json")
+        return json.loads(r.stdout) if r.returncode == 0 else None
+
+    done = wait_for(rebuilt, 240, "the main cluster rebuilt as a standby cluster of the remote primary")
+    roles = {(m["cluster"], m["site"]): m["role"] for m in done["members"] if m["state"] == "running"}
+    assert roles == {("main", "gz-a"): "standby_leader", ("main", "gz-b"): "replica", ("remote", "sz"): "primary"}
+    new = {m["site"]: m["host"] for m in done["members"]}
+    # a copy of the remote primary, not the old timeline: it has what was written since the activation
+    wait_for(lambda: _count(new["gz-b"], password) == len(stored) + 101, 60, "the rebuilt replica caught up")
+    assert not _writable(new["gz-a"], password) and not _writable(new["gz-b"], password)
+    assert _writable(new["sz"], password)
+
+    # failback: planned, nothing lost; the remote cluster follows the main one again
+    fb = cli.json("dr", "failback", "tax", *VDC)
+    assert fb["kind"] == "failback" and fb["outcome"] == "succeeded", fb
+    assert fb["body"]["from"] == body["member"] and fb["body"]["old_primary_follows"], fb["body"]
+    assert "has replayed every byte" in " ".join(st["step"] for st in fb["body"]["steps"])
+    dsn = cli.json("dr", "status", "tax", *VDC, "--show-password")["databases"][0]["connection"]
+    assert "127.0.1.1" in dsn and "127.0.3.1" not in dsn, dsn
+    with psycopg.connect(dsn, autocommit=True) as c:
+        assert c.execute("SELECT count(*) FROM acks").fetchone() == (len(stored) + 101,)
+        c.execute("INSERT INTO acks VALUES (-1000)")
+    wait_for(lambda: _count(new["sz"], password) == len(stored) + 102, 60, "the remote centre following again")
+    assert _writable(new["gz-a"], password) and not _writable(new["sz"], password)
+
+    def services_home() -> bool:
+        rows = [i for i in cli.json("instance", "list", "--app", "tax") if i["component"] == "api"]
+        return sorted(i["site"] for i in rows if i["state"] == "running") == ["gz-a", "gz-b"] and len(rows) == 2
+
+    wait_for(services_home, 120, "the stateless components back in the city centres")
+    events = {e["reason"] for e in cli.json("events", "--app", "tax", *VDC)}
+    assert {"MainClusterRebuildAsked", "MainClusterRebuilding", "DatabaseFailback"} <= events

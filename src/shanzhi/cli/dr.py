@@ -191,13 +191,18 @@ def reprotect(
     output: Fmt = OutputOpt,
 ) -> None:
     """Is every centre protected again (each member running and following)? Exits 1 if not,
-    naming what is missing."""
+    naming what is missing. After `dr activate-remote`, once the city centres are back: rebuilds
+    the main cluster as a standby cluster of the remote primary (the first call starts it, later
+    ones say how far it is; then `dr failback`)."""
     with handle_errors(), Client(token=discover_token(data_dir)) as c:
         r = c.dr_operation(app_name, "reprotect", vdc, component=component)
     if output is Fmt.json:
         emit(r, output)
+    elif r["protected"]:
+        out.print("protected" + ("; next: `dr failback`" if r.get("next") else ""))
     else:
-        out.print("protected" if r["protected"] else "NOT protected: " + "; ".join(r["problems"]))
+        head = "rebuilding the main cluster" if r.get("rebuilding") else "NOT protected"
+        out.print(f"{head}: " + "; ".join(r["problems"]))
     if not r["protected"]:
         raise typer.Exit(1)
 

@@ -58,6 +58,7 @@ from shanzhi.dr.patroni import (
 from shanzhi.files import write_private
 from shanzhi.providers.base import free_port
 from shanzhi.store import Database
+from shanzhi.store.changes import mark
 from shanzhi.store.events import record_event
 from shanzhi.store.tables import Cloud, DrCluster, DrEtcdMember, DrReport, Instance, Site, utcnow
 
@@ -140,6 +141,10 @@ class Etcd:
             base64.b64decode(kv["key"]).decode(): base64.b64decode(kv.get("value", "")).decode()
             for kv in out.get("kvs", [])
         }
+
+    def delete_prefix(self, prefix: str) -> int:
+        out = self.call("kv/deleterange", {"key": _b64(prefix), "range_end": _b64(_prefix_end(prefix))})
+        return int(out.get("deleted", 0))
 
     def healthy(self) -> bool:
         for url in self.urls:
@@ -257,10 +262,10 @@ class DrController:
             rows = [
                 (c.id, c.app_id, c.app.vdc.path, c.component, c.prepared, dict(c.secrets),
                  AppSpec.model_validate(c.app.spec), bool(c.status.get("bootstrapped")),
-                 (c.activation or {}).get("state"), c.fenced)
+                 (c.activation or {}).get("state"), c.remote_leads)
                 for c in s.scalars(select(DrCluster))
             ]  # fmt: skip
-        for cid, app_id, vdc, comp, prepared, sec, spec, ready, activation, fenced in rows:
+        for cid, app_id, vdc, comp, prepared, sec, spec, ready, activation, remote_leads in rows:
             remote = "remote" in MEMBERS[spec.spec.dr.tier]
             try:
                 if not prepared:
@@ -270,10 +275,12 @@ class DrController:
                 log.warning("database %s/%s: %s", app_id, comp, err)
             if activation in ("approved", "running") and (self._op is None or self._op.done()):
                 self._op = self._ops.submit(self._activate, cid, app_id, comp)
+            elif activation == "rebuilding" and (self._op is None or self._op.done()):
+                self._op = self._ops.submit(self._rebuild, cid, app_id, comp)
             idle = self._backup is None or self._backup.done()
             plan = spec.spec.dr.backups
-            # a fenced main cluster's members no longer run: nothing to back up
-            if ready and idle and not fenced and dr_backup.due(self.db, app_id, comp, plan.every_seconds):
+            # while the remote centre leads, the main cluster is stopped or a standby: nothing to back up
+            if ready and idle and not remote_leads and dr_backup.due(self.db, app_id, comp, plan.every_seconds):
                 self._backup = self._backups.submit(self._scheduled_backup, app_id, comp, plan.keep)
 
     def _activate(self, cid: int, app_id: int, comp: str) -> None:
@@ -286,6 +293,31 @@ class DrController:
             dr_activate.activate(self.db, cid, leader)
         except Exception:
             log.exception("activating the remote centre of database %s/%s failed", app_id, comp)
+
+    def _rebuild(self, cid: int, app_id: int, comp: str) -> None:
+        """`dr reprotect` after an activation: the fenced main cluster's record in the quorum is
+        cleared (its members are stopped), then the fence lifted: the reconciler starts its
+        members afresh (`pgdata-r<n>`) as a standby cluster of the remote primary."""
+        try:
+            e = self._etcd.get("quorum")
+            if e is None or not e.healthy():
+                log.warning("database %s/%s: the quorum is not healthy; the rebuild waits for it", app_id, comp)
+                return
+            gone = e.delete_prefix(etcd_prefix(scope(app_id, comp)))
+            self._seen.pop(cid, None)
+            with self.db.session() as s, s.begin():
+                c = s.get(DrCluster, cid)
+                if c is None or (c.activation or {}).get("state") != "rebuilding":
+                    return
+                c.activation = {**(c.activation or {}), "state": "standby", "rebuilt_at": utcnow().isoformat()}
+                c.leader = None
+                mark(s, [app_id])
+                record_event(s, "MainClusterRebuilding", "app", c.app.name,
+                             f"database {comp}: the main cluster's old record cleared ({gone} keys); its members "
+                             f"start afresh (pgdata-r{c.generation}, the old data kept) as a standby cluster of "
+                             "the remote primary", vdc=c.app.vdc.path, app=c.app.name)  # fmt: skip
+        except Exception:
+            log.exception("rebuilding the main cluster of database %s/%s failed", app_id, comp)
 
     def _scheduled_backup(self, app_id: int, comp: str, keep: int) -> None:
         """One at a time, off the leader's loop (a big database takes a while)."""
@@ -373,7 +405,7 @@ class DrController:
             known = dict(c.status.get("known", {}))  # every member ever seen: an activation probes them all
             known.update({m["name"]: {"cluster": m["cluster"], "host": m["host"]} for m in out if m["host"]})
             c.status = {**c.status, "members": out, "leader_position": pos, "known": known}
-            if leader and lead is not None and lead.state == "running":
+            if leader and lead is not None and lead.state == "running" and lead.role == "primary":
                 # what an activation of the remote centre would lose, as last measured while production led
                 lagging = [v for v in rlags.values() if v is not None]
                 c.status["main_seen"] = now.isoformat()
@@ -461,7 +493,7 @@ def _role(m: MemberStatus, leader: str | None) -> str:
     """A member's role as the leader key has it: one that still says primary without the key is
     a former primary (its member key outlives it until its ttl)."""
     if m.name == leader:
-        return "primary"
+        return "standby_leader" if m.role == "standby_leader" else "primary"
     return "former-primary" if m.role == "primary" else m.role
 
 

@@ -57,8 +57,17 @@ def stateless_sites(s: Session, spec: AppSpec, app_id: int | None = None) -> lis
     return [prod] if prod in up else [x for x in (same,) if x]
 
 
+def left_site(s: Session, spec: AppSpec, app_id: int) -> str | None:
+    """The remote centre, once its database failed back to the city: the stateless replicas
+    still there roll over to production (a new one first, as for a new version), or None."""
+    if spec.spec.dr.tier in ("none", "remote-backup") or _activated(s, app_id):
+        return None
+    failed_back = s.scalar(select(DrCluster.id).where(DrCluster.app_id == app_id, DrCluster.activation.is_not(None)))
+    return sites_by_role(site_roles(s)).get("remote") if failed_back is not None else None
+
+
 def _activated(s: Session, app_id: int) -> bool:
-    return any(c.fenced for c in s.scalars(select(DrCluster).where(DrCluster.app_id == app_id)))
+    return any(c.remote_leads for c in s.scalars(select(DrCluster).where(DrCluster.app_id == app_id)))
 
 
 def standby_sites(s: Session, spec: AppSpec, app_id: int | None = None) -> list[str]:
@@ -87,6 +96,8 @@ def waiting_for(s: Session, app: App, spec: AppSpec, comp: Component, ordinal: i
         return f"waiting for the {'remote centre' if role == 'remote' else 'quorum'}'s etcd"
     if role == "remote" and _source(s, app, spec, comp) is None:
         return "waiting for its source member to run (the remote standby cluster is fed from it)"
+    if role != "remote" and cluster.remote_leads and remote_primary(cluster) is None:
+        return "waiting for the remote centre's primary (the main cluster is rebuilt as its standby)"
     if ordinal > 0 and role != "remote" and not _primary_runs(cluster):
         return "waiting for the production member to bootstrap the cluster (it starts as the primary)"
     return None
@@ -108,10 +119,25 @@ def main_fence(s: Session, app: App, comp: Component) -> str | None:
 
 
 def _primary_runs(cluster: DrCluster) -> bool:
+    """The main cluster's leader runs (a standby leader, while it is rebuilt beside the remote one)."""
     return any(
-        m.get("cluster") == "main" and m.get("role") == "primary" and m.get("state") == "running"
+        m.get("cluster") == "main" and m.get("role") in ("primary", "standby_leader") and m.get("state") == "running"
         for m in cluster.status.get("members", [])
     )
+
+
+def remote_primary(cluster: DrCluster) -> tuple[str, int] | None:
+    """The activated remote cluster's running primary (host, port), or None."""
+    for m in cluster.status.get("members", []):
+        if (
+            m.get("cluster") == "remote"
+            and m.get("role") == "primary"
+            and m.get("state") == "running"
+            and m.get("host")
+        ):
+            host, _, port = str(m["host"]).rpartition(":")
+            return host, int(port)
+    return None
 
 
 def etcd_hosts(s: Session, cluster: str) -> list[str]:
@@ -150,6 +176,10 @@ def member_command(
     assert cluster is not None
     remote = member_role(spec, r.ordinal) == "remote"
     sec = cluster.secrets
+    # a main cluster rebuilt after an activation: a standby cluster of the remote primary (at its
+    # bootstrap), its data afresh beside the old
+    rebuilt = not remote and cluster.remote_leads and not cluster.fenced
+    standby_of = _source(s, app, spec, comp) if remote else remote_primary(cluster) if rebuilt else None
     config = member_config(
         cluster_scope=scope(app.id, comp.name, remote),
         member=r.name,
@@ -161,8 +191,9 @@ def member_command(
         # either would stop every write, so the survivor goes on alone (only a synchronous standby
         # is ever promoted: nothing acknowledged is lost)
         strict="remote" in MEMBERS[spec.spec.dr.tier],
-        standby_of=_source(s, app, spec, comp) if remote else None,
+        standby_of=standby_of,
         parameters=comp.postgres.parameters if comp.postgres else None,
         archive=None if remote else str(archive_dir(data_dir, app.id, comp.name)),
+        data_subdir=f"pgdata-r{cluster.generation}" if cluster.generation and not remote else "pgdata",
     )
     return (PATRONI,), {"PATRONI_CONFIGURATION": config}

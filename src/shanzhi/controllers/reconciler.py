@@ -770,9 +770,14 @@ class Reconciler:
         active = [r for r in rows if r.state not in ACTIVE_EXCLUDED]
 
         replaced = {r.replaces for r in active if r.replaces}  # migrations: these stop once their successor runs
+        left = dr_members.left_site(s, spec, app.id) if comp.kind != "postgres" else None
 
         def current(r: Instance) -> bool:
-            return r.spec_hash == want and r.name not in replaced and not (r.cloud is not None and r.cloud.draining)
+            return (
+                r.spec_hash == want
+                and r.name not in replaced
+                and not (r.cloud is not None and (r.cloud.draining or r.cloud.site.name == left))
+            )
 
         def ready(r: Instance) -> bool:
             return r.state == "running"

@@ -61,6 +61,7 @@ def member_config(
     standby_of: tuple[str, int] | None = None,
     parameters: Mapping[str, str | int] | None = None,
     archive: str | None = None,
+    data_subdir: str = "pgdata",
 ) -> str:
     """The YAML Patroni runs a member with. `synchronous`: RPO 0 (only a synchronous standby is
     ever promoted); `strict` (default: as `synchronous`): a primary without a synchronous standby
@@ -68,7 +69,8 @@ def member_config(
     one centre; with two data centres it would stop all writes once either is lost).
     `standby_of`: this member is (the leader of) a standby cluster fed from that host and port.
     `archive`: the directory its primary archives each WAL segment to (at least once a minute),
-    for point-in-time restores."""
+    for point-in-time restores. `data_subdir`: where in the volume its data directory is (a main
+    cluster rebuilt as a standby of the remote one starts afresh beside the old data, kept)."""
     params: dict[str, Any] = {
         "wal_log_hints": "on",
         "wal_keep_size": "256MB",
@@ -116,7 +118,7 @@ def member_config(
         "postgresql": {
             "listen": "${ADDRESS}:${PORT_PG}",
             "connect_address": "${ADDRESS}:${PORT_PG}",
-            "data_dir": f"{data}/pgdata",
+            "data_dir": f"{data}/{data_subdir}",
             "bin_dir": BIN_DIR,
             "pgpass": f"{data}/pgpass",
             "use_unix_socket": True,

@@ -134,7 +134,7 @@ def status(s: Session, app: App, *, reveal: bool = False) -> dict[str, Any]:
         comp = next((x for x in spec.spec.databases() if x.name == c.component), None)
         database = comp.postgres.database if comp and comp.postgres else "app"
         order = {r.name: r.ordinal for r in s.scalars(select(Instance).where(Instance.app_id == app.id))}
-        serving = "remote" if c.fenced else "main"  # after an activation, the remote centre
+        serving = "remote" if c.remote_leads else "main"  # after an activation, the remote centre
         main = [m for m in c.status.get("members", []) if m.get("host") and m.get("cluster") == serving]
         hosts = [m["host"] for m in sorted(main, key=lambda m: order.get(m["name"], 99))]  # production first
         password = c.secrets["app"] if reveal else None
@@ -161,7 +161,7 @@ ACTIVE = ("approved", "running", "succeeded")
 def activation_conflict(c: DrCluster) -> str | None:
     """Why the remote centre of `c` cannot be activated again, or None."""
     act = c.activation or {}
-    if act.get("state") == "succeeded":
+    if act.get("state") in ("succeeded", "rebuilding", "standby"):
         return f"the remote centre of database {c.component} was already activated (approval {act.get('request')})"
     if act.get("state") in ACTIVE:
         return f"activating the remote centre of database {c.component} is under way (approval {act.get('request')})"
@@ -179,7 +179,7 @@ def approve_activation(s: Session, vdc_id: int, app_name: str, document: dict[st
     if why:
         raise Conflict(why)
     c.activation = {"request": request, "state": "approved", "by": by, "at": utcnow().isoformat(),
-                    "note": document.get("note", "")}  # fmt: skip
+                    "note": document.get("note", ""), "generation": c.generation}  # fmt: skip
     record_event(s, "RemoteActivationApproved", "app", app.name,
                  f"database {c.component}: activating the remote centre approved by {by} (approval {request})",
                  warning=True, vdc=app.vdc.path, app=app.name)  # fmt: skip

@@ -56,6 +56,9 @@ class Plan:
     target_site: str
     password: str
     steps: list[dict[str, Any]] = field(default_factory=list)
+    leader_host: str = ""
+    candidate_host: str = ""
+    across: bool = False  # from the activated remote cluster to the rebuilt main one (`dr_return`)
 
 
 def _api(url: str | None) -> str:

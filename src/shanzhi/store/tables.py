@@ -646,8 +646,10 @@ class DrCluster(Base):
     leader: Mapped[str | None] = mapped_column(String(128))
     timeline: Mapped[int | None] = mapped_column()
     status: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    # activating the remote centre: {"request", "state", "by", "at", "note", "fenced_at"}; written by
-    # the approval and the DR controller's activation, never by its status reads (no lost update)
+    # activating the remote centre and coming back from it: {"request", "state", "by", "at", "note",
+    # "fenced_at", "generation"}; state approved -> running -> succeeded | failed | refused, then
+    # (`dr reprotect`) rebuilding -> standby, then (`dr failback`) failed-back; written by the
+    # approval, the DR operations and the DR controller's activation, never by its status reads
     activation: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -655,8 +657,21 @@ class DrCluster(Base):
 
     @property
     def fenced(self) -> bool:
-        """Its main cluster was fenced for an activation of the remote centre."""
-        return bool((self.activation or {}).get("fenced_at"))
+        """Its main cluster was fenced for an activation of the remote centre, and is not (yet)
+        rebuilt as the remote cluster's standby."""
+        act = self.activation or {}
+        return bool(act.get("fenced_at")) and act.get("state") not in ("standby", "failed-back")
+
+    @property
+    def remote_leads(self) -> bool:
+        """The remote centre's cluster is the primary one (activated, not failed back yet)."""
+        act = self.activation or {}
+        return bool(act.get("fenced_at")) and act.get("state") != "failed-back"
+
+    @property
+    def generation(self) -> int:
+        """How many times the main cluster was rebuilt: its members' data is in `pgdata-r<n>`."""
+        return int((self.activation or {}).get("generation", 0))
 
 
 class DrReport(Base):

@@ -16,7 +16,7 @@ from shanzhi.controllers import dr_backup
 from shanzhi.domain.errors import Conflict
 from shanzhi.domain.rbac import Principal
 from shanzhi.services import dr as svc
-from shanzhi.services import dr_ops, dr_plans
+from shanzhi.services import dr_ops, dr_plans, dr_return
 from shanzhi.services.apps import find_app
 from shanzhi.store.tables import DrReport, utcnow
 
@@ -114,14 +114,22 @@ def _planned(request: Request, p: Principal, name: str, vdc: str | None, compone
         app = find_app(s, name, vdc, p.scope("app.read"))
         require(p, "app.write", app.vdc.path, visible="app.read")
         request.state.target = f"app {app.vdc.path}/{app.name}"
-        plan = dr_ops.plan_switchover(s, app, component, site, kind)
+        across = kind == "failback" and svc.cluster_of(s, app, component).remote_leads
+        plan = (
+            dr_return.plan_failback(s, app, component)
+            if across
+            else dr_ops.plan_switchover(s, app, component, site, kind)
+        )
     report = dr_ops.begin(rt.db, plan)
     try:
-        body = dr_ops.execute_switchover(plan)
+        body = dr_return.execute_failback(plan) if across else dr_ops.execute_switchover(plan)
     except Exception as err:
         dr_ops.finish(rt.db, report, plan, None, str(err))
         raise
-    return _report(dr_ops.finish(rt.db, report, plan, body, None))
+    done = dr_ops.finish(rt.db, report, plan, body, None)
+    if across:
+        dr_return.end_activation(rt.db, plan.cluster_id)
+    return _report(done)
 
 
 @router.post("/apps/{name}/dr/switchover")
@@ -146,7 +154,9 @@ def failback(
     component: str | None = Body(None, embed=True),
     p: Principal = Depends(principal),
 ) -> dict[str, Any]:
-    """After a failover: the primary back to the production centre, as a planned switchover."""
+    """After a failover: the primary back to the production centre, as a planned switchover.
+    After an activation of the remote centre (and `dr reprotect`): from the remote cluster to the
+    rebuilt main one, with nothing lost."""
     return _planned(request, p, name, vdc, component, None, "failback")
 
 
@@ -278,8 +288,12 @@ def reprotect(
     component: str | None = Body(None, embed=True),
     p: Principal = Depends(principal),
 ) -> dict[str, Any]:
-    """Is every centre protected again after a failover (each member running and following)?"""
+    """Is every centre protected again after a failover (each member running and following)?
+    After an activation of the remote centre: rebuild the main cluster as its standby (the first
+    call starts it; later ones say how far it is)."""
     with transaction(request) as s:
         app = find_app(s, name, vdc, p.scope("app.read"))
         require(p, "app.write", app.vdc.path, visible="app.read")
+        if svc.cluster_of(s, app, component).remote_leads:
+            return dr_return.reprotect(s, app, component)
         return dr_ops.reprotect(s, app, component)
