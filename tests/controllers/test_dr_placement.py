@@ -273,7 +273,8 @@ def test_an_activation_rule_names_its_approvers_and_a_tier_without_a_remote_cent
         assert [r["rule"] for r in held.reasons["rules"]] == ["dr-approvers"]
         assert held.expires_at < held.created_at + timedelta(hours=5)  # the rule's expiry
         plans = dr_plans.plans(s, s.scalar(select(App)))  # type: ignore[arg-type]
-    assert list(plans["plans"]) == ["failover", "switchover", "failback", "activate-remote", "test"]
+    assert list(plans["plans"]) == ["failover", "switchover", "failback", "activate-remote", "return-from-remote",
+                                    "test"]  # fmt: skip
     failover = plans["plans"]["failover"]
     assert failover["automatic"] and failover["last_run"] is None
     assert [st["phase"] for st in failover["steps"]] == ["database", "database", "database", "services", "checks",
@@ -286,3 +287,7 @@ def test_an_activation_rule_names_its_approvers_and_a_tier_without_a_remote_cent
     activate = plans["plans"]["activate-remote"]["steps"]
     assert "role:vdc-admin then li.wei" in activate[0]["step"] and "in sz is promoted" in activate[3]["step"]
     assert [st["phase"] for st in activate][:3] == ["approval", "checks", "database"]  # fenced before promoting
+    back = plans["plans"]["return-from-remote"]["steps"]
+    assert "standby cluster of the primary in sz" in back[0]["step"] and "promoted back" in back[3]["step"]
+    assert [st["phase"] for st in back] == ["database", "checks", "database", "checks", "database", "services",
+                                            "checks"]  # fmt: skip

@@ -99,18 +99,38 @@ def plans(s: Session, app: App) -> dict[str, Any]:
                       "its lag in bytes as last measured", "platform"),
             ],
         }  # fmt: skip
+        out["return-from-remote"] = {
+            "automatic": False,
+            "trigger": "`dr reprotect`, then `dr failback`, once the city centres are back after an activation",
+            "steps": [
+                _step("database", "the fenced main cluster's record in the quorum is cleared; its members start "
+                      f"afresh in {prod} and {same} (new data directories, the old data kept) as a standby cluster "
+                      f"of the primary in {remote}", "platform, Patroni"),
+                _step("checks", "`dr reprotect` says protected: the rebuilt standby leader and its replica run",
+                      "platform"),
+                _step("database", f"`dr failback`: the cluster in {remote} becomes a standby cluster of the rebuilt "
+                      "one (its primary shut down cleanly: writes stop)", "Patroni"),
+                _step("checks", "the rebuilt standby leader has replayed every byte the remote centre wrote (else the "
+                      "remote is promoted back and nothing changed)", "platform"),
+                _step("database", f"{dbs}: the main cluster is promoted in {prod}; the remote cluster follows it",
+                      "Patroni"),
+                _step("services", f"{services} roll over from {remote} to the city centres", "platform"),
+                checks,
+            ],
+        }  # fmt: skip
     if databases:
         out["test"] = {
             "automatic": False,
             "trigger": "`dr test`",
             "steps": [
-                _step("database", "the newest base backup and the WAL archive recovered to now in a copy of its own "
-                      "(production untouched)", "PostgreSQL"),
+                _step("database", "the newest base backup and the WAL archive recovered to now in a copy of its own, "
+                      "in a network namespace with no link out where the server can make one (production untouched)",
+                      "PostgreSQL"),
                 _step("checks", "the copy opens for writes and has the app's database; RTO and RPO measured",
                       "platform"),
                 _step("cleanup", "`dr cleanup` removes the copy", "platform"),
             ],
         }  # fmt: skip
     for kind, plan in out.items():
-        plan["last_run"] = _last(s, app, "drill" if kind == "test" else kind)
+        plan["last_run"] = _last(s, app, {"test": "drill", "return-from-remote": "failback"}.get(kind, kind))
     return {"app": app.name, "vdc": app.vdc.path, "tier": dr.tier, "plans": out}
