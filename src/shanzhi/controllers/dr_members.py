@@ -58,12 +58,12 @@ def stateless_sites(s: Session, spec: AppSpec, app_id: int | None = None) -> lis
 
 
 def left_site(s: Session, spec: AppSpec, app_id: int) -> str | None:
-    """The remote centre, once its database failed back to the city: the stateless replicas
-    still there roll over to production (a new one first, as for a new version), or None."""
+    """The remote centre while it does not lead (after a failback to the city): a protected app's
+    stateless replicas still there roll over to the city centres (a new one first, as for a new
+    version), or None."""
     if spec.spec.dr.tier in ("none", "remote-backup") or _activated(s, app_id):
         return None
-    failed_back = s.scalar(select(DrCluster.id).where(DrCluster.app_id == app_id, DrCluster.activation.is_not(None)))
-    return sites_by_role(site_roles(s)).get("remote") if failed_back is not None else None
+    return sites_by_role(site_roles(s)).get("remote")
 
 
 def _activated(s: Session, app_id: int) -> bool:
