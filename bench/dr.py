@@ -29,8 +29,10 @@ network namespaces and nftables.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -270,10 +272,13 @@ def drill_table(r: dict[str, Any]) -> Table:
 
 
 # ------------------------------------------------------------------------- partitions
-def partition_cycles(root: Path, cycles: int) -> dict[str, Any]:
-    """`cycles` faults, the four kinds in turn, on one cluster across three namespaced centres."""
+def partition_cycles(root: Path, cycles: int, logs: Path | None = None) -> dict[str, Any]:
+    """`cycles` faults, the four kinds in turn, on one cluster across three namespaced centres.
+    A cluster that is not healthy again 240 s after a heal ends the run (reported, with the
+    nodes' logs copied to `logs`)."""
     centres = Centres(f"b{os.getpid() % 100000}", "10.254.240.0/24")
     runs: list[dict[str, Any]] = []
+    stuck: str | None = None
     try:
         cluster = BareCluster(root / "partitions", strict=False, centres=centres)
         try:
@@ -281,7 +286,11 @@ def partition_cycles(root: Path, cycles: int) -> dict[str, Any]:
             wait(lambda: _create_table(dsn), 60, "the table")
             w = Writer(dsn)
             for i in range(cycles):
-                r = run_cycle(cluster, centres, w, KINDS[i % len(KINDS)])
+                try:
+                    r = run_cycle(cluster, centres, w, KINDS[i % len(KINDS)])
+                except TimeoutError as err:
+                    stuck = f"before cycle {i + 1}: {err}"
+                    break
                 runs.append(r)
                 split = (
                     f"[red]{r['split_rounds']} rounds with two writable primaries[/]"
@@ -289,18 +298,25 @@ def partition_cycles(root: Path, cycles: int) -> dict[str, Any]:
                     else "no split"
                 )
                 moved = "failover" if r["failover"] else "no failover"
+                healed = "" if r["recovered_s"] is not None else ", [red]not healthy again[/]"
                 console.print(f"  partition {i + 1}/{cycles} {r['kind']}: {moved}, {split}, "
-                              f"longest write gap {r['outage_s']:.1f}s")  # fmt: skip
+                              f"longest write gap {r['outage_s']:.1f}s{healed}")  # fmt: skip
             w.stop()
-            with psycopg.connect(dsn, autocommit=True) as c:
+            lost: int | None = None
+            with contextlib.suppress(psycopg.Error), psycopg.connect(dsn, autocommit=True, connect_timeout=5) as c:
                 stored = {row[0] for row in c.execute("SELECT id FROM acks")}
-            lost = sum(1 for n in w.ids if n not in stored)
+                lost = sum(1 for n in w.ids if n not in stored)
             acknowledged = len(w.acked)
         finally:
+            if stuck and logs is not None:
+                logs.mkdir(parents=True, exist_ok=True)
+                for f in (root / "partitions").glob("*.log"):
+                    shutil.copy(f, logs / f.name)
+                console.print(f"[red]the cluster did not recover {stuck}[/]; the nodes' logs are in {logs}")
             cluster.close()
     finally:
         centres.close()
-    return {"cycles": runs, "acknowledged": acknowledged, "lost": lost}
+    return {"cycles": runs, "acknowledged": acknowledged, "lost": lost, "stuck": stuck}
 
 
 def _spread(xs: list[float]) -> str:
@@ -309,10 +325,12 @@ def _spread(xs: list[float]) -> str:
 
 def partition_table(result: dict[str, Any]) -> Table:
     runs = result["cycles"]
+    lost = "?" if result["lost"] is None else result["lost"]
+    stuck = f"; stopped: not healthy again {result['stuck']}" if result.get("stuck") else ""
     table = Table(title=f"Partition cycles between three centres ({len(runs)}; {result['acknowledged']:,} writes "
-                        f"acknowledged, {result['lost']} lost)")  # fmt: skip
+                        f"acknowledged, {lost} lost{stuck})")  # fmt: skip
     for col in ("fault", "cycles", "probe rounds", "2 writable", "failovers", "promoted p50/max", "floor: ttl",
-                "write gap p50/max", "healthy p50/max", "packets cut"):  # fmt: skip
+                "write gap p50/max", "healthy p50/max", "not healthy", "packets cut"):  # fmt: skip
         table.add_column(col, justify="right")
     for kind in KINDS:
         rs = [r for r in runs if r["kind"] == kind]
@@ -324,6 +342,7 @@ def partition_table(result: dict[str, Any]) -> Table:
                       _spread(promoted), f"{TIMING['ttl']}s" if kind == "isolate-production" else "—",
                       _spread([r["outage_s"] for r in rs]),
                       _spread([r["recovered_s"] for r in rs if r["recovered_s"] is not None]),
+                      str(sum(r["recovered_s"] is None for r in rs)),
                       f"{sum(r['packets_dropped'] for r in rs):,}")  # fmt: skip
     return table
 
@@ -391,7 +410,8 @@ def main() -> None:
             console.print(drill_table(out["drills"]))
         if args.only in (None, "partitions") and partitions > 0:
             console.print(f"[bold]partitions[/]: {partitions} cycles")
-            out["partitions"] = partition_cycles(root, partitions)
+            logs = args.output.with_suffix(".logs") if args.output else Path("bench-dr-partition-logs")
+            out["partitions"] = partition_cycles(root, partitions, logs)
             console.print(partition_table(out["partitions"]))
     if args.output:
         args.output.write_text(json.dumps(out, indent=2))

@@ -23,7 +23,7 @@ import psycopg
 import yaml
 
 from shanzhi.dr.etcd import EtcdMember, member_argv
-from shanzhi.dr.patroni import PATRONI, Secrets, connection_string, member_config
+from shanzhi.dr.patroni import PATRONI, PATRONI_ARGV, Secrets, connection_string, member_config
 from tests.dr.centres import CENTRES, Centres
 
 ENGINES = (PATRONI, "/usr/bin/etcd", "/usr/lib/postgresql/15/bin/postgres")
@@ -155,7 +155,7 @@ class BareCluster:
         with open(self.root / f"{name}.log", "ab") as log:
             n["proc"] = subprocess.Popen(
                 [*self._enter(n["centre"]), "setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups",
-                 PATRONI], env=env, stdout=log, stderr=subprocess.STDOUT,
+                 *PATRONI_ARGV], env=env, stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
 
     def role(self, name: str) -> str | None:

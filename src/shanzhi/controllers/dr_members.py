@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from shanzhi.controllers.dr_backup import archive_dir
 from shanzhi.domain.dr import MEMBERS, sites_by_role
 from shanzhi.domain.spec import AppSpec, Component
-from shanzhi.dr.patroni import PATRONI, Secrets, member_config, scope
+from shanzhi.dr.patroni import PATRONI_ARGV, Secrets, member_config, scope
 from shanzhi.store.tables import App, Cloud, DrCluster, DrEtcdMember, Instance, Site
 
 
@@ -196,4 +196,4 @@ def member_command(
         archive=None if remote else str(archive_dir(data_dir, app.id, comp.name)),
         data_subdir=f"pgdata-r{cluster.generation}" if cluster.generation and not remote else "pgdata",
     )
-    return (PATRONI,), {"PATRONI_CONFIGURATION": config}
+    return PATRONI_ARGV, {"PATRONI_CONFIGURATION": config}

@@ -20,6 +20,48 @@ import yaml
 
 BIN_DIR = "/usr/lib/postgresql/15/bin"
 PATRONI = "/usr/bin/patroni"  # Debian's: it runs under /usr/bin/python3, which has psycopg2
+
+#: Debian's Patroni 3.0.2, with its etcd3 leader-key refresh made compare-and-set. Its own
+#: `Etcd3._update_leader` puts the leader key unconditionally whenever its lease is not the one
+#: its (cached) view of the cluster shows: an old primary isolated past the ttl, whose demotion
+#: was still running when the network came back, got a new lease and took the key from the
+#: primary promoted meanwhile (seen by this project's partition cycles, tests/dr/partitions.py).
+#: Newer Patroni compares the key's value first; so does this, then takes the key only if it is
+#: absent, as Patroni's etcd (v2) backend does. Versions whose method has another signature are
+#: left alone.
+CAS_PATCH = """
+import inspect, time
+from patroni.dcs import etcd3 as e3
+from patroni.dcs import AbstractDCS
+
+def _update_leader(self):
+    retry = self._retry.copy()
+    def _retry(*args, **kwargs):
+        kwargs['retry'] = retry
+        return retry(*args, **kwargs)
+    self._run_and_handle_exceptions(self._do_refresh_lease, True, retry=_retry)
+    if not self._lease:
+        return False
+    cluster = self.cluster
+    if cluster and isinstance(cluster.leader, e3.Leader) and cluster.leader.session == self._lease:
+        return True
+    retry.deadline = retry.stoptime - time.time()
+    if retry.deadline < 1:
+        raise e3.Etcd3Error('update_leader timeout')
+    key, name = e3.base64_encode(self.leader_path), e3.base64_encode(self._name)
+    put = {'request_put': {'key': key, 'value': name, 'lease': self._lease}}
+    for cmp in ({'target': 'VALUE', 'key': key, 'value': name}, {'target': 'CREATE', 'key': key, 'create_revision': 0}):
+        if self._run_and_handle_exceptions(self._client.txn, cmp, put, retry=_retry):
+            return True
+    e3.logger.warning('the leader key is held by another member: not taking it (compare-and-set)')
+    return False
+
+if list(inspect.signature(AbstractDCS._update_leader).parameters) == ['self']:  # 3.0's, not later ones
+    e3.Etcd3._update_leader = e3.catch_return_false_exception(_update_leader)
+"""
+_LAUNCH = CAS_PATCH + "from patroni.__main__ import main\nmain()\n"
+#: how a member's Patroni is started (`PATRONI_CONFIGURATION` in its environment)
+PATRONI_ARGV = ("/usr/bin/python3", "-c", _LAUNCH)
 NAMESPACE = "/shanzhi/"
 SUPERUSER = "postgres"
 API_USER = "shanzhi"  # Patroni's REST API, with the superuser's password
