@@ -127,7 +127,7 @@ class BareCluster:
                 self.start(name)
                 if name == "n0":
                     wait(lambda: self.role("n0") == "primary", 120, "n0 bootstraps")
-            wait(self.healthy, 120, "a primary and its synchronous standby")
+            wait(self.healthy, 240, "a primary and its synchronous standby")
         except BaseException:
             self.close()
             raise
@@ -220,7 +220,9 @@ class BareCluster:
         for p in self.etcd_procs.values():
             p.kill()
             p.wait()
-        shutil.rmtree(self.root, ignore_errors=True)
+        for child in self.root.iterdir():  # the nodes' logs stay for a failure to be read (tmp_path goes later)
+            if child.suffix != ".log":
+                shutil.rmtree(child, ignore_errors=True)
 
 
 class Writer:
