@@ -134,6 +134,7 @@ class Shanzhi:
             self.http.post("/clouds", json=body).raise_for_status()
             self.http.put(f"/sites/{site}/dr-role", json={"role": role}).raise_for_status()
         self.http.post("/vdcs", json={"path": "gz/tax", "parents": True}).raise_for_status()
+        wait(lambda: all(c["health"] == "healthy" for c in self.http.get("/clouds").json()), 60, "the clouds healthy")
         spec = {"apiVersion": "shanzhi.io/v1", "kind": "App", "metadata": {"name": "tax", "vdc": "gz/tax"},
                 "spec": {"dr": {"tier": "same-city", "rpo": "0s"},
                          "components": [{"name": "db", "kind": "postgres"}]}}  # fmt: skip
@@ -272,7 +273,7 @@ def drill_table(r: dict[str, Any]) -> Table:
 
 
 # ------------------------------------------------------------------------- partitions
-def partition_cycles(root: Path, cycles: int, logs: Path | None = None) -> dict[str, Any]:
+def partition_cycles(root: Path, cycles: int, logs: Path | None = None, progress: Path | None = None) -> dict[str, Any]:
     """`cycles` faults, the four kinds in turn, on one cluster across three namespaced centres.
     A cluster that is not healthy again 240 s after a heal ends the run (reported, with the
     nodes' logs copied to `logs`)."""
@@ -292,6 +293,8 @@ def partition_cycles(root: Path, cycles: int, logs: Path | None = None) -> dict[
                     stuck = f"before cycle {i + 1}: {err}"
                     break
                 runs.append(r)
+                if progress is not None:  # what is done so far survives a run stopped early
+                    progress.write_text(json.dumps(runs))
                 split = (
                     f"[red]{r['split_rounds']} rounds with two writable primaries[/]"
                     if r["split_rounds"]
@@ -411,7 +414,8 @@ def main() -> None:
         if args.only in (None, "partitions") and partitions > 0:
             console.print(f"[bold]partitions[/]: {partitions} cycles")
             logs = args.output.with_suffix(".logs") if args.output else Path("bench-dr-partition-logs")
-            out["partitions"] = partition_cycles(root, partitions, logs)
+            done = args.output.with_suffix(".partial.json") if args.output else None
+            out["partitions"] = partition_cycles(root, partitions, logs, done)
             console.print(partition_table(out["partitions"]))
     if args.output:
         args.output.write_text(json.dumps(out, indent=2))
