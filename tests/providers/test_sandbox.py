@@ -259,12 +259,8 @@ def test_memory_below_what_a_process_needs_is_refused(data_dir: Path) -> None:
     assert provider(data_dir).list_instances() == []
 
 
-@root_only
-def test_a_fresh_workload_root_made_under_the_servers_umask_is_traversable(
-    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """`serve` runs with umask 077: the directories it makes on the way to a workload's own must
-    still let the workload's uid through (0711), or nothing could start on a fresh machine."""
+def _fresh_workload_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A workload root (`<top>/not/yet`) that does not exist yet, under a top others may enter."""
     top = tmp_path / "wl"
     top.mkdir(mode=0o755)
     for parent in top.parents:
@@ -272,6 +268,16 @@ def test_a_fresh_workload_root_made_under_the_servers_umask_is_traversable(
             break
         os.chmod(parent, os.stat(parent).st_mode | 0o001)
     monkeypatch.setenv("SHANZHI_WORKLOAD_ROOT", str(top / "not" / "yet"))
+    return top
+
+
+@root_only
+def test_a_fresh_workload_root_made_under_the_servers_umask_is_traversable(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`serve` runs with umask 077: the directories it makes on the way to a workload's own must
+    still let the workload's uid through (0711), or nothing could start on a fresh machine."""
+    top = _fresh_workload_root(tmp_path, monkeypatch)
     old = os.umask(0o077)
     try:
         p = provider(data_dir)
@@ -293,13 +299,7 @@ def test_a_dr_archive_made_first_leaves_the_workload_root_traversable(
     could start after it)."""
     from shanzhi.controllers.dr_backup import prepare_archive
 
-    top = tmp_path / "wl"
-    top.mkdir(mode=0o755)
-    for parent in top.parents:
-        if parent == Path("/tmp"):
-            break
-        os.chmod(parent, os.stat(parent).st_mode | 0o001)
-    monkeypatch.setenv("SHANZHI_WORKLOAD_ROOT", str(top / "not" / "yet"))
+    top = _fresh_workload_root(tmp_path, monkeypatch)
     old = os.umask(0o077)
     try:
         archive = prepare_archive(data_dir, "gz/tax", 1, "db")

@@ -61,7 +61,8 @@ class Plan:
     across: bool = False  # from the activated remote cluster to the rebuilt main one (`dr_return`)
 
 
-def _api(url: str | None) -> str:
+def rest_api(url: str | None) -> str:
+    """A member's Patroni REST API base (Conflict while the DR controller has not seen it yet)."""
     if not url:
         raise Conflict("a member's REST API is not known yet; wait for `dr status` to list it")
     return url.removesuffix("/patroni")
@@ -98,8 +99,8 @@ def plan_switchover(s: Session, app: App, component: str | None, to_site: str | 
         )
     cand = synced[0]
     return Plan(
-        kind, app.id, c.id, app.vdc.path, app.name, c.component, leader["name"], _api(leader.get("api")),
-        cand["name"], _api(cand.get("api")), str(cand.get("site") or ""), c.secrets["superuser"],
+        kind, app.id, c.id, app.vdc.path, app.name, c.component, leader["name"], rest_api(leader.get("api")),
+        cand["name"], rest_api(cand.get("api")), str(cand.get("site") or ""), c.secrets["superuser"],
     )  # fmt: skip
 
 

@@ -36,7 +36,7 @@ from shanzhi.domain.errors import Conflict
 from shanzhi.domain.spec import AppSpec
 from shanzhi.dr.patroni import API_USER, SUPERUSER
 from shanzhi.services.dr import cluster_of, healthy_sites
-from shanzhi.services.dr_ops import TIMEOUT, Plan, _api
+from shanzhi.services.dr_ops import TIMEOUT, Plan, rest_api
 from shanzhi.store import Database
 from shanzhi.store.changes import mark
 from shanzhi.store.events import record_event
@@ -117,8 +117,8 @@ def plan_failback(s: Session, app: App, component: str | None) -> Plan:
     if cand is None or not cand.get("host"):
         raise Conflict(f"database {c.component}: the rebuilt main cluster has no running standby leader yet")
     return Plan(
-        "failback", app.id, c.id, app.vdc.path, app.name, c.component, leader["name"], _api(leader.get("api")),
-        cand["name"], _api(cand.get("api")), str(cand.get("site") or ""), c.secrets["superuser"],
+        "failback", app.id, c.id, app.vdc.path, app.name, c.component, leader["name"], rest_api(leader.get("api")),
+        cand["name"], rest_api(cand.get("api")), str(cand.get("site") or ""), c.secrets["superuser"],
         leader_host=str(leader.get("host") or ""), candidate_host=str(cand["host"]), across=True,
     )  # fmt: skip
 
