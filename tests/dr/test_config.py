@@ -37,7 +37,6 @@ def test_a_member_runs_with_rpo_0_rewind_and_its_own_etcd_user() -> None:
     assert (dcs["ttl"], dcs["loop_wait"], dcs["retry_timeout"]) == (20, 1, 5)
     assert dcs["postgresql"]["use_pg_rewind"] is True and dcs["postgresql"]["parameters"]["wal_log_hints"] == "on"
     assert "standby_cluster" not in dcs
-    assert c["postgresql"]["remove_data_directory_on_rewind_failure"] is True  # type: ignore[index]
     assert c["etcd3"] == {"hosts": ["127.0.1.1:2379"], "username": "patroni-a7-db", "password": "etcd-pw"}
     pg = c["postgresql"]
     assert pg["listen"] == "${ADDRESS}:${PORT_PG}" and pg["data_dir"] == "${VOLUME_DATA}/pgdata"  # type: ignore[index]
@@ -52,8 +51,6 @@ def test_the_remote_member_is_a_standby_cluster_of_its_source_and_not_synchronou
     assert c["scope"] == "a7-db-remote" and dcs["synchronous_mode"] is False
     assert dcs["standby_cluster"]["host"] == "127.0.2.1" and dcs["standby_cluster"]["port"] == 5433
     assert dcs["postgresql"]["parameters"]["work_mem"] == "8MB"
-    # asynchronous: what only a returning member has may have been acknowledged; kept for a person
-    assert c["postgresql"]["remove_data_directory_on_rewind_failure"] is False  # type: ignore[index]
 
 
 def test_patroni_records_are_read_with_the_leader_key_in_mind() -> None:

@@ -174,10 +174,6 @@ def member_config(
                 "host all all all scram-sha-256",
             ],
             "parameters": {"unix_socket_directories": data},
-            # a returning old primary that pg_rewind cannot rewind copies the new primary afresh
-            # instead of staying down; under synchronous replication what only it had was never
-            # acknowledged (only a synchronous standby is promoted), so nothing is lost
-            "remove_data_directory_on_rewind_failure": synchronous,
         },
     }
     return yaml.safe_dump(conf, sort_keys=False)
