@@ -273,10 +273,12 @@ def drill_table(r: dict[str, Any]) -> Table:
 
 
 # ------------------------------------------------------------------------- partitions
-def partition_cycles(root: Path, cycles: int, logs: Path | None = None, progress: Path | None = None) -> dict[str, Any]:
+def partition_cycles(
+    root: Path, cycles: int, logs: Path | None = None, progress: Path | None = None, minutes: float | None = None
+) -> dict[str, Any]:
     """`cycles` faults, the four kinds in turn, on one cluster across three namespaced centres.
     A cluster that is not healthy again 240 s after a heal ends the run (reported, with the
-    nodes' logs copied to `logs`)."""
+    nodes' logs copied to `logs`); so does `minutes` of cycling (no new cycle starts after)."""
     centres = Centres(f"b{os.getpid() % 100000}", "10.254.240.0/24")
     runs: list[dict[str, Any]] = []
     stuck: str | None = None
@@ -286,11 +288,15 @@ def partition_cycles(root: Path, cycles: int, logs: Path | None = None, progress
             dsn = cluster.dsn()
             wait(lambda: _create_table(dsn), 60, "the table")
             w = Writer(dsn)
+            deadline = time.monotonic() + minutes * 60 if minutes else None
             for i in range(cycles):
+                if deadline is not None and time.monotonic() > deadline:
+                    stuck = f"(time is up after {i} cycles: --minutes {minutes:g})"
+                    break
                 try:
                     r = run_cycle(cluster, centres, w, KINDS[i % len(KINDS)])
                 except TimeoutError as err:
-                    stuck = f"before cycle {i + 1}: {err}"
+                    stuck = f"(not healthy again before cycle {i + 1}: {err})"
                     break
                 runs.append(r)
                 if progress is not None:  # what is done so far survives a run stopped early
@@ -311,7 +317,7 @@ def partition_cycles(root: Path, cycles: int, logs: Path | None = None, progress
                 lost = sum(1 for n in w.ids if n not in stored)
             acknowledged = len(w.acked)
         finally:
-            if stuck and logs is not None:
+            if stuck and logs is not None and not stuck.startswith("(time"):
                 logs.mkdir(parents=True, exist_ok=True)
                 for f in (root / "partitions").glob("*.log"):
                     shutil.copy(f, logs / f.name)
@@ -329,7 +335,7 @@ def _spread(xs: list[float]) -> str:
 def partition_table(result: dict[str, Any]) -> Table:
     runs = result["cycles"]
     lost = "?" if result["lost"] is None else result["lost"]
-    stuck = f"; stopped: not healthy again {result['stuck']}" if result.get("stuck") else ""
+    stuck = f"; stopped {result['stuck']}" if result.get("stuck") else ""
     table = Table(title=f"Partition cycles between three centres ({len(runs)}; {result['acknowledged']:,} writes "
                         f"acknowledged, {lost} lost{stuck})")  # fmt: skip
     for col in ("fault", "cycles", "probe rounds", "2 writable", "failovers", "promoted p50/max", "floor: ttl",
@@ -380,6 +386,7 @@ def main() -> None:
     ap.add_argument("--crashes", type=int, default=20)
     ap.add_argument("--partitions", type=int, default=200, help="partition cycles (the four faults in turn)")
     ap.add_argument("--drills", type=int, default=10, help="drills (`dr test`) under a writer")
+    ap.add_argument("--minutes", type=float, help="stop starting partition cycles after this long")
     ap.add_argument("--only", choices=("crashes", "drills", "partitions"), help="run one part only")
     ap.add_argument("-o", "--output", type=Path, help="write the figures as JSON")
     args = ap.parse_args()
@@ -415,7 +422,7 @@ def main() -> None:
             console.print(f"[bold]partitions[/]: {partitions} cycles")
             logs = args.output.with_suffix(".logs") if args.output else Path("bench-dr-partition-logs")
             done = args.output.with_suffix(".partial.json") if args.output else None
-            out["partitions"] = partition_cycles(root, partitions, logs, done)
+            out["partitions"] = partition_cycles(root, partitions, logs, done, args.minutes)
             console.print(partition_table(out["partitions"]))
     if args.output:
         args.output.write_text(json.dumps(out, indent=2))
