@@ -26,9 +26,9 @@ PATRONI = "/usr/bin/patroni"  # Debian's: it runs under /usr/bin/python3, which 
 #: its (cached) view of the cluster shows: an old primary isolated past the ttl, whose demotion
 #: was still running when the network came back, got a new lease and took the key from the
 #: primary promoted meanwhile (seen by this project's partition cycles, tests/dr/partitions.py).
-#: Newer Patroni compares the key's value first; so does this, then takes the key only if it is
-#: absent, as Patroni's etcd (v2) backend does. Versions whose method has another signature are
-#: left alone.
+#: This refreshes the key only while its value is this member's name, else takes it only if it is
+#: absent, as Patroni's own etcd (v2) backend does (`prevValue`, then acquire on key-not-found).
+#: Versions whose method has another signature (later ones) are left alone.
 CAS_PATCH = """
 import inspect, time
 from patroni.dcs import etcd3 as e3
