@@ -69,7 +69,7 @@ def wait_member(
     return None
 
 
-def _superuser(host: str, password: str, timeout: int) -> psycopg.Connection[Any]:
+def superuser(host: str, password: str, timeout: int) -> psycopg.Connection[Any]:
     """A connection to the member at `host` ("address:port") as the cluster's superuser."""
     address, _, port = host.rpartition(":")
     return psycopg.connect(
@@ -80,7 +80,7 @@ def _superuser(host: str, password: str, timeout: int) -> psycopg.Connection[Any
 def writable(host: str, password: str) -> bool | None:
     """Does the PostgreSQL at `host` accept writes? None: it does not answer."""
     try:
-        with _superuser(host, password, 2) as conn:
+        with superuser(host, password, 2) as conn:
             row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
             return row is not None and row[0] is False
     except (psycopg.Error, OSError, ValueError):
@@ -90,7 +90,7 @@ def writable(host: str, password: str) -> bool | None:
 def _replayed(host: str, password: str) -> dict[str, Any]:
     """The last transaction a standby replayed (its time) and its WAL position."""
     try:
-        with _superuser(host, password, 3) as conn:
+        with superuser(host, password, 3) as conn:
             row = conn.execute("SELECT pg_last_xact_replay_timestamp(), pg_last_wal_replay_lsn()::text").fetchone()
     except (psycopg.Error, OSError, ValueError) as err:
         return {"error": str(err).strip()[:200]}

@@ -29,12 +29,12 @@ import httpx
 import psycopg
 from sqlalchemy.orm import Session
 
-from shanzhi.controllers.dr_activate import is_primary, wait_member
+from shanzhi.controllers.dr_activate import is_primary, superuser, wait_member
 from shanzhi.controllers.dr_members import main_members, remote_primary, site_roles
 from shanzhi.domain.dr import sites_by_role
 from shanzhi.domain.errors import Conflict
 from shanzhi.domain.spec import AppSpec
-from shanzhi.dr.patroni import API_USER, SUPERUSER
+from shanzhi.dr.patroni import API_USER
 from shanzhi.services.dr import cluster_of, healthy_sites
 from shanzhi.services.dr_ops import TIMEOUT, Plan, rest_api
 from shanzhi.store import Database
@@ -125,19 +125,15 @@ def plan_failback(s: Session, app: App, component: str | None) -> Plan:
 
 def _lsn(host: str, password: str) -> int | None:
     """How far the member at `host` has replayed (a standby) or written (a primary), in bytes."""
-    address, _, port = host.rpartition(":")
     try:
-        with psycopg.connect(host=address, port=int(port), user=SUPERUSER, password=password, dbname="postgres",
-                             connect_timeout=3) as conn:  # fmt: skip
+        with superuser(host, password, 3) as conn:
             row = conn.execute(
-                "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END::text"
+                "SELECT pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() "
+                "ELSE pg_current_wal_lsn() END, '0/0')::bigint"
             ).fetchone()
-    except (psycopg.Error, OSError):
+    except (psycopg.Error, OSError, ValueError):
         return None
-    if row is None or row[0] is None:
-        return None
-    hi, _, lo = str(row[0]).partition("/")
-    return (int(hi, 16) << 32) + int(lo, 16)
+    return int(row[0]) if row is not None and row[0] is not None else None
 
 
 def execute_failback(plan: Plan) -> dict[str, Any]:
