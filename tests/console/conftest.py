@@ -94,9 +94,9 @@ class Site:
         for client in (self.admin, self.security, self.audit):
             client.close()
 
-    def code(self, name: str) -> str:
-        """A code not used yet: the next time step's (the server takes one step either side)."""
-        return pyotp.TOTP(self.secrets[name]).at(time.time() + 30)
+    def code(self, name: str) -> Callable[[], str]:
+        """Codes not used yet: the next time step's (the server takes one step either side)."""
+        return next_code(self.secrets[name])
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +128,10 @@ def browser() -> Iterator[Any]:
         b.close()
 
 
+def next_code(secret: str) -> Callable[[], str]:
+    return lambda: pyotp.TOTP(secret).at(time.time() + 30)
+
+
 class Page:
     """One browser context (its own cookies), the requests it made, the errors it logged."""
 
@@ -153,16 +157,24 @@ class Page:
         if origin.startswith(self.site.url) or origin in ("", "about:blank"):
             self.requests.append(request.url)
 
-    def login(self, user: str, password: str = DEMO_PASSWORD, otp: str | None = None) -> None:
+    def login(self, user: str, password: str = DEMO_PASSWORD, otp: Callable[[], str] | None = None) -> None:
+        """Sign in; `otp` gives the second-factor code when the form asks for it (made then, not
+        before: a busy machine may take a while to ask)."""
         p = self.page
         p.fill("#user", user)
         p.fill("#password", password)
         p.click("form.login button[type=submit]")
         if otp is not None:
             p.wait_for_selector("#otp", state="visible")
-            p.fill("#otp", otp)
+            p.fill("#otp", otp())
             p.click("form.login button[type=submit]")
-        p.wait_for_selector("#logout", state="visible")
+        # signed in, or the form says why not (then the test fails with what it said)
+        p.wait_for_function(
+            "() => !document.getElementById('logout').hidden"
+            " || (document.querySelector('form.login .error') || {}).textContent"
+        )
+        if p.locator("#logout").is_hidden():
+            raise AssertionError(f"{user} could not sign in: {p.inner_text('form.login .error')}")
 
     def view(self, route: str, ready: str = "main h1") -> Any:
         self.page.goto(f"{self.site.url}/#/{route}")
