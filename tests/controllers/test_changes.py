@@ -3,7 +3,9 @@ processes on PostgreSQL), change-driven passes, and apps sharded across two repl
 
 from __future__ import annotations
 
+import gc
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -162,6 +164,35 @@ def world(db: Database, data_dir: Path) -> Iterator[tuple[Database, Reconciler]]
     rec = Reconciler(db, Fleet(data_dir), failover_grace=0, full_resync=3600, feed=db.changes)
     yield db, rec
     rec.close()
+
+
+class _Cycle:
+    """Garbage only the collector frees: it refers to itself."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_the_full_pass_settles_the_heap_and_the_next_full_pass_frees_what_it_froze(
+    world: tuple[Database, Reconciler],
+) -> None:
+    db, rec = world
+    apply(db, "app-0")
+    kept = _Cycle()
+    gone = weakref.ref(kept)
+    try:
+        rec.run_once()  # the first pass is full: what is alive now is frozen
+        del kept
+        gc.collect()
+        assert gone() is not None  # frozen: the collector's scans leave it alone
+        rec.run_once()  # a change pass settles nothing
+        gc.collect()
+        assert gone() is not None
+        rec._last_full = float("-inf")  # the next full resync
+        rec.run_once()
+        assert gone() is None  # unfrozen, collected, nothing leaks
+    finally:
+        gc.unfreeze()
 
 
 def test_an_idle_pass_reconciles_nothing_and_a_change_only_its_app(world: tuple[Database, Reconciler]) -> None:

@@ -22,7 +22,7 @@ from typing import Any, Literal
 from sqlalchemy import func, select, tuple_
 from sqlalchemy.orm import Session
 
-from shanzhi.controllers import dr_members, health
+from shanzhi.controllers import dr_members, health, heap
 from shanzhi.controllers.cleanup import finish_removals, reclaim_volumes, sweep_orphans
 from shanzhi.controllers.fleet import Fleet
 from shanzhi.domain.errors import ShanzhiError
@@ -175,6 +175,8 @@ class Reconciler:
             self._last_full = now
         if resync and self.full_resync:
             self._settled = self._settled_apps()
+        if full and self.full_resync:  # between full passes the collector leaves the big heap alone
+            heap.settle()
         if self.leader:  # orphans: all in a resync, else among what the listing shows new
             sweep_orphans(self.db, self.fleet, self._observed, None if resync else moved)
             reclaim_volumes(self.db, self.fleet)
