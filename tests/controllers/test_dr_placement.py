@@ -7,6 +7,7 @@ or production alone until it is lost (cold). The topology is checked at apply.""
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from shanzhi.controllers.dr import DrController, seal_passwords
 from shanzhi.domain.errors import Conflict, InvalidInput, NotFound
 from shanzhi.services import dr, plans
 from shanzhi.services.clouds import inject_failure
@@ -87,7 +89,7 @@ def test_members_wait_for_what_they_need_and_go_to_their_centres(centres: World)
     assert sorted(set(placed(w, "api").values())) == ["gz-a", "gz-b"]
 
     with w.db.session() as s, s.begin():  # admitted: its etcd users exist (the DR controller's job)
-        s.scalar(select(DrCluster)).prepared = True  # type: ignore[union-attr]
+        seal_passwords(s, w.data_dir)[0].prepared = True
         for cluster, site in (("quorum", "gz-a"), ("remote", "sz")):
             site_id = s.scalar(select(Site.id).where(Site.name == site))
             s.add(DrEtcdMember(cluster=cluster, name=f"{cluster}-{site}", site_id=site_id, address="127.0.0.1",
@@ -173,7 +175,7 @@ def _members_placed(w: World) -> None:
     w.apply(doc("two-sites-three-centres", replicas=1))
     w.rec.run_once()
     with w.db.session() as s, s.begin():
-        s.scalar(select(DrCluster)).prepared = True  # type: ignore[union-attr]
+        seal_passwords(s, w.data_dir)[0].prepared = True
         for cluster, site in (("quorum", "gz-a"), ("remote", "sz")):
             site_id = s.scalar(select(Site.id).where(Site.name == site))
             s.add(DrEtcdMember(cluster=cluster, name=f"{cluster}-{site}", site_id=site_id, address="127.0.0.1",
@@ -291,3 +293,39 @@ def test_an_activation_rule_names_its_approvers_and_a_tier_without_a_remote_cent
     assert "standby cluster of the primary in sz" in back[0]["step"] and "promoted back" in back[3]["step"]
     assert [st["phase"] for st in back] == ["database", "checks", "database", "checks", "database", "services",
                                             "checks"]  # fmt: skip
+
+
+def test_a_databases_passwords_are_made_and_sealed_by_the_dr_controller(centres: World, tmp_path: Path) -> None:
+    w = centres
+    roles(w, gz_a="production", gz_b="same-city", sz="remote")
+    w.apply(doc("two-sites-three-centres"))
+    w.rec.run_once()  # the members' rows, waiting for the quorum's admission
+    with w.db.session() as s, s.begin():
+        c = s.scalar(select(DrCluster))
+        assert c is not None and c.secrets == {}  # the apply makes none: it has no key
+    controller = DrController(w.db, w.data_dir)
+    try:
+        controller._admit_and_watch()  # no quorum runs here: it seals, admits nothing
+        with w.db.session() as s, s.begin():
+            c = s.scalar(select(DrCluster))
+            assert c is not None and list(c.secrets) == ["sealed"] and not c.prepared
+            keys = c.keys(w.data_dir)
+            assert set(keys) == {"superuser", "replication", "app", "etcd"} and len(set(keys.values())) == 4
+            assert all(v not in json.dumps(c.secrets) for v in keys.values())
+            with pytest.raises(Conflict, match=r"dr\.key"):  # another server's key opens nothing
+                c.keys(tmp_path)
+            c.secrets = {"superuser": "s", "replication": "r", "app": "a", "etcd": "e"}  # a row from before sealing
+        controller._admit_and_watch()
+        with w.db.session() as s, s.begin():
+            c = s.scalar(select(DrCluster))
+            assert c is not None and list(c.secrets) == ["sealed"]
+            assert c.keys(w.data_dir) == {"superuser": "s", "replication": "r", "app": "a", "etcd": "e"}  # kept
+    finally:
+        controller.close()
+    member_status(w, **{"0": ("primary", "running")})
+    with w.db.session() as s, s.begin():
+        c = s.scalar(select(DrCluster))
+        assert c is not None
+        shown = dr.status(s, c.app, reveal=w.data_dir)["databases"][0]["connection"]
+        assert shown.startswith("postgresql://app:a@127.0.0.0:5432/"), shown  # the owner's: opened with the key
+        assert ":********@" in dr.status(s, c.app)["databases"][0]["connection"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from shanzhi.sealing import Vault
+from shanzhi.store.tables import DR_KEY
 from tests.dr.bare import Writer
 from tests.e2e.harness import Cli, Server, stop_everything, wait_for
 
@@ -119,6 +122,13 @@ def test_production_lost_same_city_takes_over_with_every_acknowledged_write(worl
     assert "********" in masked and "target_session_attrs=read-write" in masked
     dsn = cli.json("dr", "status", "tax", "--vdc", "gz/tax", "--show-password")["databases"][0]["connection"]
     assert "127.0.1.1" in dsn and "127.0.2.1" in dsn and "/ledger?" in dsn
+    # the passwords are sealed at rest: the database row holds none of them, the data directory's key opens them
+    password = psycopg.conninfo.conninfo_to_dict(dsn)["password"]
+    with sqlite3.connect(server.data_dir / "shanzhi.db") as db:
+        [(row,)] = db.execute("SELECT secrets FROM dr_clusters").fetchall()
+    assert password and password not in row and list(json.loads(row)) == ["sealed"]
+    keys = Vault.for_data_dir(server.data_dir, DR_KEY).open_json(json.loads(row)["sealed"])
+    assert keys["app"] == password and set(keys) == {"superuser", "replication", "app", "etcd"}
 
     def connect() -> psycopg.Connection[Any]:
         return psycopg.connect(dsn, autocommit=True)

@@ -57,13 +57,15 @@ from shanzhi.dr.patroni import (
 )
 from shanzhi.files import write_private
 from shanzhi.providers.base import free_port
+from shanzhi.sealing import Vault
 from shanzhi.store import Database
 from shanzhi.store.changes import mark
 from shanzhi.store.events import record_event
-from shanzhi.store.tables import Cloud, DrCluster, DrEtcdMember, DrReport, Instance, Site, utcnow
+from shanzhi.store.tables import DR_KEY, Cloud, DrCluster, DrEtcdMember, DrReport, Instance, Site, utcnow
 
 log = logging.getLogger("shanzhi.dr")
 TIMEOUT = httpx.Timeout(2.0)
+PASSWORDS = ("superuser", "replication", "app", "etcd")  # each managed database's, sealed (DrCluster.keys)
 _NEEDS_AUTH = re.compile(r"user name is empty|invalid auth token|permission denied|token")
 
 
@@ -152,6 +154,17 @@ class Etcd:
                 if self._http.get(f"{url}/health").json().get("health") == "true":
                     return True
         return False
+
+
+def seal_passwords(s: Session, data_dir: Path) -> list[DrCluster]:
+    """Every managed database, each with its passwords made (a new one's) and sealed with the
+    data directory's `dr.key` before anything uses them (a row's from before sealing: sealed now)."""
+    clusters = list(s.scalars(select(DrCluster)))
+    for c in clusters:
+        if "sealed" not in c.secrets:
+            keys = c.keys(data_dir) or {k: secrets.token_urlsafe(24) for k in PASSWORDS}
+            c.secrets = {"sealed": Vault.for_data_dir(data_dir, DR_KEY).seal_json(keys)}
+    return clusters
 
 
 class DrController:
@@ -259,11 +272,12 @@ class DrController:
     # ------------------------------------------------------------------ databases
     def _admit_and_watch(self) -> None:
         with self.db.session() as s, s.begin():
+            clusters = seal_passwords(s, self.data_dir)
             rows = [
-                (c.id, c.app_id, c.app.vdc.path, c.component, c.prepared, dict(c.secrets),
+                (c.id, c.app_id, c.app.vdc.path, c.component, c.prepared, c.keys(self.data_dir),
                  AppSpec.model_validate(c.app.spec), bool(c.status.get("bootstrapped")),
                  (c.activation or {}).get("state"), c.remote_leads)
-                for c in s.scalars(select(DrCluster))
+                for c in clusters
             ]  # fmt: skip
         for cid, app_id, vdc, comp, prepared, sec, spec, ready, activation, remote_leads in rows:
             remote = "remote" in MEMBERS[spec.spec.dr.tier]
@@ -290,7 +304,7 @@ class DrController:
             with contextlib.suppress(RuntimeError, httpx.HTTPError):  # a lost quorum shows no leader
                 members, key, _, _ = self._read("quorum", scope(app_id, comp))
                 leader = next((m.name for m in members if m.name == key and m.state == "running"), None)
-            dr_activate.activate(self.db, cid, leader)
+            dr_activate.activate(self.db, self.data_dir, cid, leader)
         except Exception:
             log.exception("activating the remote centre of database %s/%s failed", app_id, comp)
 

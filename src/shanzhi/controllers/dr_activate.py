@@ -27,6 +27,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -123,7 +124,7 @@ def _set_state(db: Database, cid: int, state: str, **extra: Any) -> DrCluster | 
         return c
 
 
-def activate(db: Database, cid: int, main_leader: str | None) -> None:
+def activate(db: Database, data_dir: Path, cid: int, main_leader: str | None) -> None:
     """Carry out an approved activation of cluster `cid` (see the module's docstring).
     `main_leader`: a leader the quorum's etcd shows running now (refuses), or None."""
     with db.session() as s, s.begin():
@@ -131,7 +132,7 @@ def activate(db: Database, cid: int, main_leader: str | None) -> None:
         if c is None:
             return
         act = dict(c.activation or {})
-        password = c.secrets["superuser"]
+        password = c.keys(data_dir)["superuser"]
         known: dict[str, dict[str, Any]] = dict(c.status.get("known", {}))
         remote = [m for m in c.status.get("members", []) if m.get("cluster") == "remote" and m.get("api")]
         app_id, vdc, app, comp = c.app_id, c.app.vdc.path, c.app.name, c.component

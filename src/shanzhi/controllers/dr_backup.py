@@ -102,7 +102,7 @@ def take_backup(db: Database, data_dir: Path, app_id: int, component: str, *, wh
         if not running:
             raise Conflict(f"database {component} of {app.name} has no running member to back up from yet")
         source = running[0]
-        password = cluster.secrets["replication"]
+        password = cluster.keys(data_dir)["replication"]
         report = DrReport(
             app_id=app.id, vdc=app.vdc.path, app=app.name, kind="backup", outcome="running",
             summary=f"base backup of {component} from {source['name']} ({why})",
@@ -204,7 +204,7 @@ def restore(
         if cluster is None:
             raise InvalidInput(f"app has no managed database {component!r}")
         app: App = cluster.app
-        vdc, name, sec = app.vdc.path, app.name, dict(cluster.secrets)
+        vdc, name, sec = app.vdc.path, app.name, cluster.keys(data_dir)
         primary = next(
             (m for m in cluster.status.get("members", []) if m.get("cluster") == "main" and m.get("role") == "primary"),
             None,

@@ -175,7 +175,7 @@ def member_command(
     cluster = s.scalar(select(DrCluster).where(DrCluster.app_id == app.id, DrCluster.component == comp.name))
     assert cluster is not None
     remote = member_role(spec, r.ordinal) == "remote"
-    sec = cluster.secrets
+    sec = cluster.keys(data_dir)
     # a main cluster rebuilt after an activation: a standby cluster of the remote primary (at its
     # bootstrap), its data afresh beside the old
     rebuilt = not remote and cluster.remote_leads and not cluster.fenced

@@ -3,7 +3,7 @@ managed database's secrets and status, and the reports of what happened."""
 
 from __future__ import annotations
 
-import secrets
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -82,7 +82,8 @@ def check_tier(s: Session, spec: AppSpec, previous: AppSpec | None) -> None:
 
 
 def ensure_clusters(s: Session, app: App, spec: AppSpec) -> None:
-    """A row with fresh secrets for each managed database of the app (kept across applies)."""
+    """A row for each managed database of the app (kept across applies). Its passwords are made
+    and sealed by the DR controller before any member starts (`DrCluster.keys`)."""
     have = {c.component for c in s.scalars(select(DrCluster).where(DrCluster.app_id == app.id))}
     for comp in spec.spec.databases():
         if comp.name not in have:
@@ -90,7 +91,7 @@ def ensure_clusters(s: Session, app: App, spec: AppSpec) -> None:
                 DrCluster(
                     app_id=app.id,
                     component=comp.name,
-                    secrets={k: secrets.token_urlsafe(24) for k in ("superuser", "replication", "app", "etcd")},
+                    secrets={},
                     status={},
                 )
             )
@@ -125,9 +126,9 @@ def cluster_of(s: Session, app: App, component: str | None = None) -> DrCluster:
     return found[0]
 
 
-def status(s: Session, app: App, *, reveal: bool = False) -> dict[str, Any]:
+def status(s: Session, app: App, *, reveal: Path | None = None) -> dict[str, Any]:
     """Each managed database: members (role, state, timeline, lag), leader, the connection string
-    (its password shown only when `reveal`)."""
+    (its password shown only when `reveal`: the data directory whose key opens it)."""
     spec = AppSpec.model_validate(app.spec)
     out = []
     for c in s.scalars(select(DrCluster).where(DrCluster.app_id == app.id).order_by(DrCluster.component)):
@@ -137,7 +138,7 @@ def status(s: Session, app: App, *, reveal: bool = False) -> dict[str, Any]:
         serving = "remote" if c.remote_leads else "main"  # after an activation, the remote centre
         main = [m for m in c.status.get("members", []) if m.get("host") and m.get("cluster") == serving]
         hosts = [m["host"] for m in sorted(main, key=lambda m: order.get(m["name"], 99))]  # production first
-        password = c.secrets["app"] if reveal else None
+        password = c.keys(reveal).get("app") if reveal is not None else None
         out.append(
             {
                 "component": c.component,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -68,7 +69,9 @@ def rest_api(url: str | None) -> str:
     return url.removesuffix("/patroni")
 
 
-def plan_switchover(s: Session, app: App, component: str | None, to_site: str | None, kind: str) -> Plan:
+def plan_switchover(
+    s: Session, app: App, component: str | None, to_site: str | None, kind: str, data_dir: Path
+) -> Plan:
     """Pick the candidate: the running synchronous replica in `to_site` (failback: production)."""
     c = cluster_of(s, app, component)
     members = [m for m in c.status.get("members", []) if m.get("cluster") == "main"]
@@ -100,7 +103,7 @@ def plan_switchover(s: Session, app: App, component: str | None, to_site: str | 
     cand = synced[0]
     return Plan(
         kind, app.id, c.id, app.vdc.path, app.name, c.component, leader["name"], rest_api(leader.get("api")),
-        cand["name"], rest_api(cand.get("api")), str(cand.get("site") or ""), c.secrets["superuser"],
+        cand["name"], rest_api(cand.get("api")), str(cand.get("site") or ""), c.keys(data_dir)["superuser"],
     )  # fmt: skip
 
 

@@ -23,6 +23,7 @@ clusters; this module checks, orders and measures them.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -96,7 +97,7 @@ def _progress(c: DrCluster, expected: int) -> dict[str, Any]:
     }
 
 
-def plan_failback(s: Session, app: App, component: str | None) -> Plan:
+def plan_failback(s: Session, app: App, component: str | None, data_dir: Path) -> Plan:
     """From the remote primary to the rebuilt main cluster's standby leader."""
     c = cluster_of(s, app, component)
     state = (c.activation or {}).get("state")
@@ -118,7 +119,7 @@ def plan_failback(s: Session, app: App, component: str | None) -> Plan:
         raise Conflict(f"database {c.component}: the rebuilt main cluster has no running standby leader yet")
     return Plan(
         "failback", app.id, c.id, app.vdc.path, app.name, c.component, leader["name"], rest_api(leader.get("api")),
-        cand["name"], rest_api(cand.get("api")), str(cand.get("site") or ""), c.secrets["superuser"],
+        cand["name"], rest_api(cand.get("api")), str(cand.get("site") or ""), c.keys(data_dir)["superuser"],
         leader_host=str(leader.get("host") or ""), candidate_host=str(cand["host"]), across=True,
     )  # fmt: skip
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -21,6 +22,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from shanzhi.sealing import Vault
+
+DR_KEY = "dr.key"  # seals the passwords of managed databases (`DrCluster.keys`)
 
 
 def utcnow() -> datetime:
@@ -654,6 +659,17 @@ class DrCluster(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     app: Mapped[App] = relationship(lazy="joined")
+
+    def keys(self, data_dir: Path) -> dict[str, str]:
+        """Its passwords (superuser, replication, app, etcd), sealed at rest with the data
+        directory's `dr.key` (the DR controller makes and seals them before any member starts).
+        A row from before they were sealed holds them plain until the controller seals them."""
+        sealed = self.secrets.get("sealed")
+        if not sealed:
+            return {str(k): str(v) for k, v in self.secrets.items()}
+        vault = Vault.for_data_dir(data_dir, DR_KEY)
+        keys: dict[str, str] = vault.open_json(sealed, f"the passwords of database {self.component}")
+        return keys
 
     @property
     def fenced(self) -> bool:

@@ -88,7 +88,7 @@ def app_dr_credentials(
         app = find_app(s, name, vdc, p.scope("app.read"))
         require(p, "app.write", app.vdc.path, visible="app.read")
         request.state.target = f"app {app.vdc.path}/{app.name}"
-        return svc.status(s, app, reveal=True)
+        return svc.status(s, app, reveal=rt.settings.data_dir)
 
 
 @router.get("/dr/reports")
@@ -116,9 +116,9 @@ def _planned(request: Request, p: Principal, name: str, vdc: str | None, compone
         request.state.target = f"app {app.vdc.path}/{app.name}"
         across = kind == "failback" and svc.cluster_of(s, app, component).remote_leads
         plan = (
-            dr_return.plan_failback(s, app, component)
+            dr_return.plan_failback(s, app, component, rt.settings.data_dir)
             if across
-            else dr_ops.plan_switchover(s, app, component, site, kind)
+            else dr_ops.plan_switchover(s, app, component, site, kind, rt.settings.data_dir)
         )
     report = dr_ops.begin(rt.db, plan)
     try:
