@@ -41,11 +41,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shanzhi.controllers import dr_activate, dr_backup
-from shanzhi.controllers.dr_members import main_members, site_roles
+from shanzhi.controllers.dr_members import main_members, site_roles, standby_source
 from shanzhi.domain.dr import MEMBERS, quorum_sites, sites_by_role
 from shanzhi.domain.spec import AppSpec
 from shanzhi.dr.etcd import EtcdMember, member_argv
 from shanzhi.dr.patroni import (
+    API_USER,
     NAMESPACE,
     SUPERUSER,
     MemberStatus,
@@ -54,6 +55,7 @@ from shanzhi.dr.patroni import (
     lag_bytes,
     parse_member,
     scope,
+    standby_cluster,
 )
 from shanzhi.files import write_private
 from shanzhi.providers.base import free_port
@@ -383,9 +385,42 @@ class DrController:
                 sync = set(str(json.loads(raw).get("sync_standby") or "").split(",")) - {""}
         return members, leader, pos, sync
 
+    def _followed(self, sc: str) -> tuple[str, int] | None:
+        """The member the remote standby cluster `sc` replicates from, as its dynamic configuration has it."""
+        e = self._etcd.get("remote")
+        key = f"{NAMESPACE}{sc}/config"
+        with contextlib.suppress(ValueError, TypeError, KeyError, AttributeError):
+            raw = e.get_prefix(key).get(key) if e is not None else None
+            follows = json.loads(raw).get("standby_cluster") if raw else None
+            if follows:
+                return str(follows["host"]), int(follows["port"])
+        return None
+
+    def _repoint(self, cid: int, comp: str, source: tuple[str, int], api: str, password: str) -> None:
+        """The same-city member moved (another cloud, another address): the remote standby
+        cluster is told to replicate from where it is now, through its leader's Patroni API
+        (Patroni rewrites its `primary_conninfo`). It is never pointed at production: fed from
+        same-city, it can never be ahead of it."""
+        to = f"{source[0]}:{source[1]}"
+        try:
+            with httpx.Client(timeout=10.0, auth=(API_USER, password)) as http:
+                r = http.patch(f"{api}/config", json={"standby_cluster": standby_cluster(*source)})
+            r.raise_for_status()
+        except httpx.HTTPError as err:
+            log.warning("database %s: re-pointing the remote standby at %s failed (%s); next pass", comp, to, err)
+            return
+        with self.db.session() as s, s.begin():
+            c = s.get(DrCluster, cid)
+            if c is not None:
+                record_event(s, "RemoteStandbyRepointed", "app", c.app.name,
+                             f"database {comp}: the remote standby cluster now replicates from {to} "
+                             "(the same-city member moved)", vdc=c.app.vdc.path, app=c.app.name)  # fmt: skip
+
     def _watch(self, cid: int, app_id: int, comp: str, spec: AppSpec, sec: dict[str, str], remote: bool) -> None:
         members, leader, pos, sync = self._read("quorum", scope(app_id, comp))
         rmembers, rleader, _, _ = self._read("remote", scope(app_id, comp, True)) if remote else ([], None, None, set())
+        followed = self._followed(scope(app_id, comp, True)) if remote else None
+        repoint: tuple[tuple[str, int], str] | None = None
         lead = next((m for m in members if m.name == leader), None)
         lags = lag_bytes(members, pos if pos is not None else (lead.wal_position if lead else None))
         source_pos = pos if pos is not None else (lead.wal_position if lead else None)
@@ -434,8 +469,17 @@ class DrController:
             database = next(
                 (x.postgres.database for x in spec.spec.databases() if x.name == comp and x.postgres), "app"
             )
+            # the remote standby cluster follows the same-city member wherever it runs now
+            rlead = next((m for m in rmembers if m.name == rleader and m.state == "running" and m.api), None)
+            component = next((x for x in spec.spec.databases() if x.name == comp), None)
+            if remote and not c.remote_leads and component is not None and rlead is not None and rlead.api:
+                source = standby_source(s, c.app, spec, component)
+                if source is not None and followed is not None and source != followed:
+                    repoint = (source, rlead.api)
         if need_bootstrap and host:
             self._bootstrap(cid, host, sec, database)
+        if repoint is not None:
+            self._repoint(cid, comp, *repoint, sec["superuser"])
 
     def _new_leader(
         self, s: Session, c: DrCluster, before: dict[str, Any], leader: str, lead: MemberStatus, now: Any

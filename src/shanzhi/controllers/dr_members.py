@@ -94,7 +94,7 @@ def waiting_for(s: Session, app: App, spec: AppSpec, comp: Component, ordinal: i
         return why
     if not etcd_hosts(s, "remote" if role == "remote" else "quorum"):
         return f"waiting for the {'remote centre' if role == 'remote' else 'quorum'}'s etcd"
-    if role == "remote" and _source(s, app, spec, comp) is None:
+    if role == "remote" and standby_source(s, app, spec, comp) is None:
         return "waiting for its source member to run (the remote standby cluster is fed from it)"
     if role != "remote" and cluster.remote_leads and remote_primary(cluster) is None:
         return "waiting for the remote centre's primary (the main cluster is rebuilt as its standby)"
@@ -145,7 +145,7 @@ def etcd_hosts(s: Session, cluster: str) -> list[str]:
     return [f"{m.address}:{m.client_port}" for m in s.scalars(q)]
 
 
-def _source(s: Session, app: App, spec: AppSpec, comp: Component) -> tuple[str, int] | None:
+def standby_source(s: Session, app: App, spec: AppSpec, comp: Component) -> tuple[str, int] | None:
     """The member the remote standby cluster replicates from: same-city's (production's when the
     tier has no same-city member), once Patroni reports its PostgreSQL running."""
     members = MEMBERS[spec.spec.dr.tier]
@@ -179,7 +179,7 @@ def member_command(
     # a main cluster rebuilt after an activation: a standby cluster of the remote primary (at its
     # bootstrap), its data afresh beside the old
     rebuilt = not remote and cluster.remote_leads and not cluster.fenced
-    standby_of = _source(s, app, spec, comp) if remote else remote_primary(cluster) if rebuilt else None
+    standby_of = standby_source(s, app, spec, comp) if remote else remote_primary(cluster) if rebuilt else None
     config = member_config(
         cluster_scope=scope(app.id, comp.name, remote),
         member=r.name,

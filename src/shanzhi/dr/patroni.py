@@ -92,6 +92,12 @@ def etcd_prefix(cluster_scope: str) -> str:
     return f"{NAMESPACE}{cluster_scope}/"
 
 
+def standby_cluster(host: str, port: int) -> dict[str, Any]:
+    """Patroni's `standby_cluster` section: a cluster that replicates from `host:port` (its
+    members cloned from there by pg_basebackup), set at bootstrap or changed live via /config."""
+    return {"host": host, "port": port, "create_replica_methods": ["basebackup"]}
+
+
 def member_config(
     *,
     cluster_scope: str,
@@ -134,11 +140,7 @@ def member_config(
         "postgresql": {"use_pg_rewind": True, "use_slots": True, "parameters": params},
     }
     if standby_of is not None:
-        dcs["standby_cluster"] = {
-            "host": standby_of[0],
-            "port": standby_of[1],
-            "create_replica_methods": ["basebackup"],
-        }
+        dcs["standby_cluster"] = standby_cluster(*standby_of)
     data = "${VOLUME_DATA}"
     conf: dict[str, Any] = {
         "scope": cluster_scope,

@@ -35,7 +35,7 @@ from shanzhi.controllers.dr_members import main_members, remote_primary, site_ro
 from shanzhi.domain.dr import sites_by_role
 from shanzhi.domain.errors import Conflict
 from shanzhi.domain.spec import AppSpec
-from shanzhi.dr.patroni import API_USER
+from shanzhi.dr.patroni import API_USER, standby_cluster
 from shanzhi.services.dr import cluster_of, healthy_sites
 from shanzhi.services.dr_ops import TIMEOUT, Plan, rest_api
 from shanzhi.store import Database
@@ -147,7 +147,7 @@ def execute_failback(plan: Plan) -> dict[str, Any]:
         plan.steps.append({"step": what, "seconds": round(time.monotonic() - t0, 3), **more})
 
     host, _, port = plan.candidate_host.rpartition(":")
-    follow = {"host": host, "port": int(port), "create_replica_methods": ["basebackup"]}
+    follow = standby_cluster(host, int(port))
     with httpx.Client(timeout=30.0, auth=(API_USER, plan.password)) as http:
 
         def back(why: str) -> Conflict:

@@ -1,0 +1,63 @@
+"""The same-city member moves to another cloud of its centre (its cloud is lost), with real Patroni
+and etcd: the DR controller re-points the remote standby cluster at the member's new address, and
+the remote centre goes on receiving every write. Left alone, the remote cluster would wait on an
+address nothing listens on any more while its lag grew past the app's RPO.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from tests.e2e.harness import Cli, Server, wait_for
+from tests.e2e.test_dr import CENTRES, _try, app_doc, settled, world  # noqa: F401
+from tests.e2e.test_dr_activate import VDC, _count
+
+MOVED = "127.0.4.1"  # the same-city centre's second cloud
+
+
+def test_the_remote_standby_follows_the_same_city_member_to_its_new_cloud(world: tuple[Server, Cli]) -> None:  # noqa: F811
+    server, cli = world
+    for cloud, site, address, _ in CENTRES:
+        cli.ok("cloud", "add", cloud, "--kind", "local", "--site", site, "--region", "gd", "--option",
+               f"address={address}")  # fmt: skip
+    for _, site, _, role in CENTRES:
+        cli.ok("site", "role", site, role)
+    cli.ok("vdc", "create", "gz/tax", "--parents")
+    spec = server.data_dir.parent / "tax.json"
+    spec.write_text(app_doc())
+    cli.ok("apply", "-f", str(spec))
+    ms = wait_for(lambda: settled(cli), 180, "three members running (dr status)")
+    hosts = {m["site"]: m["host"] for m in ms}
+    dsn = cli.json("dr", "status", "tax", *VDC, "--show-password")["databases"][0]["connection"]
+    password = psycopg.conninfo.conninfo_to_dict(dsn)["password"]
+    wait_for(lambda: _try(lambda: psycopg.connect(dsn).close()), 60, "the app's database")
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("CREATE TABLE acks (id bigint PRIMARY KEY)")
+        c.execute("INSERT INTO acks SELECT generate_series(1, 100)")
+    wait_for(lambda: _count(hosts["sz"], password) == 100, 60, "the remote centre following same-city")
+
+    # the same-city centre gets a second cloud, then loses the one its member runs on
+    cli.ok("cloud", "add", "same2", "--kind", "local", "--site", "gz-b", "--region", "gd", "--option",
+           f"address={MOVED}")  # fmt: skip
+    cli.ok("cloud", "fail", "same")
+
+    def moved() -> dict[str, Any] | None:
+        st = cli.json("dr", "status", "tax", *VDC)["databases"][0]
+        return next(
+            (m for m in st["members"] if m["cluster"] == "main" and m["state"] == "running"
+             and str(m["host"]).startswith(f"{MOVED}:")),
+            None,
+        )  # fmt: skip
+
+    member = wait_for(moved, 180, f"the same-city member running again on {MOVED}")
+    wait_for(lambda: "RemoteStandbyRepointed" in {e["reason"] for e in cli.json("events", "--app", "tax", *VDC)},
+             60, "the remote standby cluster re-pointed")  # fmt: skip
+    said = next(e for e in cli.json("events", "--app", "tax", *VDC) if e["reason"] == "RemoteStandbyRepointed")
+    assert member["host"] in said["message"], said
+
+    # writes made after the move reach the remote centre, through the member's new address
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("INSERT INTO acks SELECT generate_series(101, 200)")
+    wait_for(lambda: _count(hosts["sz"], password) == 200, 90, "the remote centre following the moved member")
