@@ -46,10 +46,13 @@ def test_a_member_runs_with_rpo_0_rewind_and_its_own_etcd_user() -> None:
 
 def test_the_remote_member_is_a_standby_cluster_of_its_source_and_not_synchronous() -> None:
     c = config(cluster_scope=scope(7, "db", remote=True), synchronous=False, standby_of=("127.0.2.1", 5433),
-               parameters={"work_mem": "8MB"})  # fmt: skip
+               parameters={"work_mem": "8MB"}, restore_from="/srv/wal archive/")  # fmt: skip
     dcs = c["bootstrap"]["dcs"]  # type: ignore[index]
     assert c["scope"] == "a7-db-remote" and dcs["synchronous_mode"] is False
     assert dcs["standby_cluster"]["host"] == "127.0.2.1" and dcs["standby_cluster"]["port"] == 5433
+    # what the source no longer keeps comes from the main cluster's WAL archive (the path quoted)
+    assert dcs["standby_cluster"]["restore_command"] == "cp '/srv/wal archive'/%f %p"
+    assert "archive_command" not in dcs["postgresql"]["parameters"]  # the standby cluster archives nothing
     assert dcs["postgresql"]["parameters"]["work_mem"] == "8MB"
 
 

@@ -6,10 +6,14 @@ address nothing listens on any more while its lag grew past the app's RPO.
 
 from __future__ import annotations
 
+import json
+import sqlite3
 from typing import Any
 
 import psycopg
 
+from shanzhi.sealing import Vault
+from shanzhi.store.tables import DR_KEY
 from tests.e2e.harness import Cli, Server, wait_for
 from tests.e2e.test_dr import CENTRES, _try, app_doc, settled, world  # noqa: F401
 from tests.e2e.test_dr_activate import VDC, _count
@@ -51,7 +55,13 @@ def test_the_remote_standby_follows_the_same_city_member_to_its_new_cloud(world:
             None,
         )  # fmt: skip
 
-    member = wait_for(moved, 180, f"the same-city member running again on {MOVED}")
+    try:
+        member = wait_for(moved, 180, f"the same-city member running again on {MOVED}")
+    except AssertionError:
+        instances = cli.ok("instance", "list", "--app", "tax")
+        raise AssertionError(
+            f"{instances}\n{cli.ok('dr', 'status', 'tax', *VDC)}\n{server.log.read_text()[-3000:]}"
+        ) from None
     wait_for(lambda: "RemoteStandbyRepointed" in {e["reason"] for e in cli.json("events", "--app", "tax", *VDC)},
              60, "the remote standby cluster re-pointed")  # fmt: skip
     said = next(e for e in cli.json("events", "--app", "tax", *VDC) if e["reason"] == "RemoteStandbyRepointed")
@@ -60,4 +70,24 @@ def test_the_remote_standby_follows_the_same_city_member_to_its_new_cloud(world:
     # writes made after the move reach the remote centre, through the member's new address
     with psycopg.connect(dsn, autocommit=True) as c:
         c.execute("INSERT INTO acks SELECT generate_series(101, 200)")
-    wait_for(lambda: _count(hosts["sz"], password) == 200, 90, "the remote centre following the moved member")
+    try:
+        wait_for(lambda: _count(hosts["sz"], password) == 200, 90, "the remote centre following the moved member")
+    except AssertionError:
+        logs = "\n".join(
+            p.read_text(errors="replace")[-2500:] for p in (server.data_dir / "clouds" / "far").rglob("log")
+        )
+        raise AssertionError(f"{_count(hosts['sz'], password)}\n{logs}") from None
+
+    # streamed from the member's new address (not only replayed from the WAL archive, which the
+    # remote cluster also reads)
+    with sqlite3.connect(server.data_dir / "shanzhi.db") as db:
+        [(row,)] = db.execute("SELECT secrets FROM dr_clusters").fetchall()
+    superuser = Vault.for_data_dir(server.data_dir, DR_KEY).open_json(json.loads(row)["sealed"])["superuser"]
+    address, _, port = hosts["sz"].rpartition(":")
+
+    def receiver() -> tuple[Any, ...] | None:
+        with psycopg.connect(host=address, port=int(port), user="postgres", password=superuser, dbname="postgres",
+                             connect_timeout=5) as c:  # fmt: skip
+            return c.execute("SELECT status, sender_host FROM pg_stat_wal_receiver").fetchone()
+
+    assert receiver() == ("streaming", MOVED)

@@ -50,6 +50,7 @@ from shanzhi.dr.patroni import (
     NAMESPACE,
     SUPERUSER,
     MemberStatus,
+    api_base,
     etcd_prefix,
     etcd_user,
     lag_bytes,
@@ -396,7 +397,7 @@ class DrController:
                 return str(follows["host"]), int(follows["port"])
         return None
 
-    def _repoint(self, cid: int, comp: str, source: tuple[str, int], api: str, password: str) -> None:
+    def _repoint(self, cid: int, app_id: int, comp: str, source: tuple[str, int], api: str, password: str) -> None:
         """The same-city member moved (another cloud, another address): the remote standby
         cluster is told to replicate from where it is now, through its leader's Patroni API
         (Patroni rewrites its `primary_conninfo`). It is never pointed at production: fed from
@@ -404,7 +405,8 @@ class DrController:
         to = f"{source[0]}:{source[1]}"
         try:
             with httpx.Client(timeout=10.0, auth=(API_USER, password)) as http:
-                r = http.patch(f"{api}/config", json={"standby_cluster": standby_cluster(*source)})
+                follow = standby_cluster(*source, str(dr_backup.archive_dir(self.data_dir, app_id, comp)))
+                r = http.patch(f"{api}/config", json={"standby_cluster": follow})
             r.raise_for_status()
         except httpx.HTTPError as err:
             log.warning("database %s: re-pointing the remote standby at %s failed (%s); next pass", comp, to, err)
@@ -475,11 +477,11 @@ class DrController:
             if remote and not c.remote_leads and component is not None and rlead is not None and rlead.api:
                 source = standby_source(s, c.app, spec, component)
                 if source is not None and followed is not None and source != followed:
-                    repoint = (source, rlead.api)
+                    repoint = (source, api_base(rlead.api))
         if need_bootstrap and host:
             self._bootstrap(cid, host, sec, database)
         if repoint is not None:
-            self._repoint(cid, comp, *repoint, sec["superuser"])
+            self._repoint(cid, app_id, comp, *repoint, sec["superuser"])
 
     def _new_leader(
         self, s: Session, c: DrCluster, before: dict[str, Any], leader: str, lead: MemberStatus, now: Any

@@ -35,7 +35,7 @@ import psycopg
 from sqlalchemy import select
 
 from shanzhi.domain.spec import AppSpec
-from shanzhi.dr.patroni import API_USER, SUPERUSER
+from shanzhi.dr.patroni import API_USER, SUPERUSER, api_base
 from shanzhi.store import Database
 from shanzhi.store.changes import mark
 from shanzhi.store.events import record_event
@@ -187,7 +187,7 @@ def activate(db: Database, data_dir: Path, cid: int, main_leader: str | None) ->
     replayed = _replayed(str(target.get("host")), password)
     step(f"{target['name']} has replayed up to {replayed.get('last_transaction')}", **replayed)
     # 3. promote
-    api = str(target["api"]).removesuffix("/patroni")
+    api = api_base(str(target["api"]))
     promoted = None
     try:
         with httpx.Client(timeout=30.0, auth=(API_USER, password)) as http:

@@ -80,6 +80,16 @@ def standby_sites(s: Session, spec: AppSpec, app_id: int | None = None) -> list[
     return [same] if same and prod and stateless_sites(s, spec, app_id) == [prod] else []
 
 
+def replaceable(s: Session, r: Instance) -> bool:
+    """A member lost with its cloud whose centre has another healthy, open cloud: a new member can
+    start there now (Patroni clones it from the cluster), its ordinal free for it. The lost one's
+    disk stays on its cloud, and the member is removed when that cloud is back."""
+    if r.state != "lost" or r.cloud is None:
+        return False
+    others = s.scalars(select(Cloud).where(Cloud.site_id == r.cloud.site_id, Cloud.id != r.cloud_id))
+    return any(c.health == "healthy" and not c.draining and c.fenced_by_plan is None for c in others)
+
+
 def clouds_in(s: Session, sites: list[str]) -> list[str]:
     return [c.name for c in s.scalars(select(Cloud).order_by(Cloud.name)) if c.site.name in sites]
 
@@ -194,6 +204,7 @@ def member_command(
         standby_of=standby_of,
         parameters=comp.postgres.parameters if comp.postgres else None,
         archive=None if remote else str(archive_dir(data_dir, app.id, comp.name)),
+        restore_from=str(archive_dir(data_dir, app.id, comp.name)) if remote else None,
         data_subdir=f"pgdata-r{cluster.generation}" if cluster.generation and not remote else "pgdata",
     )
     return PATRONI_ARGV, {"PATRONI_CONFIGURATION": config}

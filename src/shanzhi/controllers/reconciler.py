@@ -806,7 +806,7 @@ class Reconciler:
         to_add = max(0, min(desired - len(cur), desired + surge - len(cur) - remaining_old))
         # ordinals: a new replica takes the lowest free one; with volumes only 0..replicas-1, and
         # only once the replica that held it (and its disks) is gone
-        held = {r.ordinal for r in rows}
+        held = {r.ordinal for r in rows if not (comp.kind == "postgres" and dr_members.replaceable(s, r))}
         free = [o for o in range(desired + len(rows)) if o not in held]
         if comp.volumes:
             free = [o for o in free if o < desired]
@@ -992,7 +992,10 @@ class Reconciler:
                 decided.append((r0, o, Decision(None, None, None, why, {})))
                 continue
             assert site is not None
-            clouds = dr_members.clouds_in(s, [site])
+            gone = {r.cloud.name for r in s.scalars(select(Instance).where(  # where this ordinal's member was lost
+                Instance.app_id == app.id, Instance.component == comp.name, Instance.ordinal == o,
+                Instance.state.in_(ACTIVE_EXCLUDED))) if r.cloud is not None}  # fmt: skip
+            clouds = [c for c in dr_members.clouds_in(s, [site]) if c not in gone]
             if not clouds:
                 decided.append((r0, o, Decision(None, None, None, f"site {site} has no cloud", {})))
                 continue

@@ -92,10 +92,21 @@ def etcd_prefix(cluster_scope: str) -> str:
     return f"{NAMESPACE}{cluster_scope}/"
 
 
-def standby_cluster(host: str, port: int) -> dict[str, Any]:
+def api_base(api_url: str) -> str:
+    """A member's Patroni REST API base, from the `api_url` it registers in etcd (`.../patroni`)."""
+    return api_url.removesuffix("/patroni")
+
+
+def standby_cluster(host: str, port: int, archive: str | None = None) -> dict[str, Any]:
     """Patroni's `standby_cluster` section: a cluster that replicates from `host:port` (its
-    members cloned from there by pg_basebackup), set at bootstrap or changed live via /config."""
-    return {"host": host, "port": port, "create_replica_methods": ["basebackup"]}
+    members cloned from there by pg_basebackup), set at bootstrap or changed live via /config.
+    `archive`: the main cluster's WAL archive, read for what the source no longer keeps (a
+    source cloned afresh has none of the WAL before its clone; one the standby cluster could not
+    reach for a while may have recycled it)."""
+    out: dict[str, Any] = {"host": host, "port": port, "create_replica_methods": ["basebackup"]}
+    if archive is not None:
+        out["restore_command"] = f"cp {shlex.quote(archive.rstrip('/'))}/%f %p"
+    return out
 
 
 def member_config(
@@ -109,6 +120,7 @@ def member_config(
     standby_of: tuple[str, int] | None = None,
     parameters: Mapping[str, str | int] | None = None,
     archive: str | None = None,
+    restore_from: str | None = None,
     data_subdir: str = "pgdata",
 ) -> str:
     """The YAML Patroni runs a member with. `synchronous`: RPO 0 (only a synchronous standby is
@@ -117,7 +129,8 @@ def member_config(
     one centre; with two data centres it would stop all writes once either is lost).
     `standby_of`: this member is (the leader of) a standby cluster fed from that host and port.
     `archive`: the directory its primary archives each WAL segment to (at least once a minute),
-    for point-in-time restores. `data_subdir`: where in the volume its data directory is (a main
+    for point-in-time restores. `restore_from`: the WAL archive a standby cluster also replays
+    from (what its source no longer keeps). `data_subdir`: where in the volume its data directory is (a main
     cluster rebuilt as a standby of the remote one starts afresh beside the old data, kept)."""
     params: dict[str, Any] = {
         "wal_log_hints": "on",
@@ -140,7 +153,7 @@ def member_config(
         "postgresql": {"use_pg_rewind": True, "use_slots": True, "parameters": params},
     }
     if standby_of is not None:
-        dcs["standby_cluster"] = standby_cluster(*standby_of)
+        dcs["standby_cluster"] = standby_cluster(*standby_of, restore_from)
     data = "${VOLUME_DATA}"
     conf: dict[str, Any] = {
         "scope": cluster_scope,

@@ -30,7 +30,7 @@ from shanzhi.controllers.dr_members import member_site, site_roles
 from shanzhi.domain.dr import MEMBERS
 from shanzhi.domain.errors import Conflict, InvalidInput
 from shanzhi.domain.spec import AppSpec
-from shanzhi.dr.patroni import API_USER
+from shanzhi.dr.patroni import API_USER, api_base
 from shanzhi.services.approvals import hold_activation
 from shanzhi.services.dr import activation_conflict, cluster_of
 from shanzhi.store import Database
@@ -66,7 +66,7 @@ def rest_api(url: str | None) -> str:
     """A member's Patroni REST API base (Conflict while the DR controller has not seen it yet)."""
     if not url:
         raise Conflict("a member's REST API is not known yet; wait for `dr status` to list it")
-    return url.removesuffix("/patroni")
+    return api_base(url)
 
 
 def plan_switchover(
