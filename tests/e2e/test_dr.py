@@ -44,6 +44,17 @@ CENTRES = (("prod", "gz-a", "127.0.1.1", "production"), ("same", "gz-b", "127.0.
            ("far", "sz", "127.0.3.1", "remote"))  # fmt: skip
 
 
+def three_centres(cli: Cli, roles: bool = True) -> None:
+    """A local cloud per centre, with (`roles`) the centres' DR roles, and the department's VDC."""
+    for cloud, site, address, _ in CENTRES:
+        cli.ok("cloud", "add", cloud, "--kind", "local", "--site", site, "--region", "gd", "--option",
+               f"address={address}")  # fmt: skip
+    if roles:
+        for _, site, _, role in CENTRES:
+            cli.ok("site", "role", site, role)
+    cli.ok("vdc", "create", "gz/tax", "--parents")
+
+
 def app_doc(tier: str = "two-sites-three-centres") -> str:
     return json.dumps(
         {
@@ -88,10 +99,7 @@ def test_production_lost_same_city_takes_over_with_every_acknowledged_write(worl
     import psycopg
 
     server, cli = world
-    for cloud, site, address, _ in CENTRES:
-        cli.ok("cloud", "add", cloud, "--kind", "local", "--site", site, "--region", "gd", "--option",
-               f"address={address}")  # fmt: skip
-    cli.ok("vdc", "create", "gz/tax", "--parents")
+    three_centres(cli, roles=False)
     # the topology cannot give the tier yet: refused, naming what is missing, nothing stored
     bad = cli.run("apply", "-f", "-", stdin=app_doc())
     assert bad.returncode != 0 and "missing: production, same-city, remote" in bad.stderr, bad.stderr

@@ -17,7 +17,7 @@ import psycopg
 
 from tests.dr.bare import Writer
 from tests.e2e.harness import Cli, Server, wait_for
-from tests.e2e.test_dr import CENTRES, _try, app_doc, settled, world  # noqa: F401
+from tests.e2e.test_dr import _try, app_doc, settled, three_centres, world  # noqa: F401
 
 VDC = ("--vdc", "gz/tax")
 
@@ -53,12 +53,7 @@ def test_the_remote_centre_is_activated_only_when_approved_and_production_cannot
     world: tuple[Server, Cli],  # noqa: F811
 ) -> None:
     server, cli = world
-    for cloud, site, address, _ in CENTRES:
-        cli.ok("cloud", "add", cloud, "--kind", "local", "--site", site, "--region", "gd", "--option",
-               f"address={address}")  # fmt: skip
-    for _, site, _, role in CENTRES:
-        cli.ok("site", "role", site, role)
-    cli.ok("vdc", "create", "gz/tax", "--parents")
+    three_centres(cli)
     # the department's own approver for activations (a user of its VDC, not the requester)
     sec = (server.data_dir / "security.token").read_text().strip()
     assert cli.run("user", "create", "li.wei", "--password", "correct-horse-9", token=sec).returncode == 0

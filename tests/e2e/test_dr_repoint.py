@@ -15,7 +15,7 @@ import psycopg
 from shanzhi.sealing import Vault
 from shanzhi.store.tables import DR_KEY
 from tests.e2e.harness import Cli, Server, wait_for
-from tests.e2e.test_dr import CENTRES, _try, app_doc, settled, world  # noqa: F401
+from tests.e2e.test_dr import _try, app_doc, settled, three_centres, world  # noqa: F401
 from tests.e2e.test_dr_activate import VDC, _count
 
 MOVED = "127.0.4.1"  # the same-city centre's second cloud
@@ -23,12 +23,7 @@ MOVED = "127.0.4.1"  # the same-city centre's second cloud
 
 def test_the_remote_standby_follows_the_same_city_member_to_its_new_cloud(world: tuple[Server, Cli]) -> None:  # noqa: F811
     server, cli = world
-    for cloud, site, address, _ in CENTRES:
-        cli.ok("cloud", "add", cloud, "--kind", "local", "--site", site, "--region", "gd", "--option",
-               f"address={address}")  # fmt: skip
-    for _, site, _, role in CENTRES:
-        cli.ok("site", "role", site, role)
-    cli.ok("vdc", "create", "gz/tax", "--parents")
+    three_centres(cli)
     spec = server.data_dir.parent / "tax.json"
     spec.write_text(app_doc())
     cli.ok("apply", "-f", str(spec))
