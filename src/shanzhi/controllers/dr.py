@@ -386,43 +386,43 @@ class DrController:
                 sync = set(str(json.loads(raw).get("sync_standby") or "").split(",")) - {""}
         return members, leader, pos, sync
 
-    def _followed(self, sc: str) -> tuple[str, int] | None:
-        """The member the remote standby cluster `sc` replicates from, as its dynamic configuration has it."""
+    def _followed(self, sc: str) -> dict[str, Any] | None:
+        """The remote standby cluster `sc`'s `standby_cluster` section, as its dynamic configuration has it."""
         e = self._etcd.get("remote")
         key = f"{NAMESPACE}{sc}/config"
-        with contextlib.suppress(ValueError, TypeError, KeyError, AttributeError):
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
             raw = e.get_prefix(key).get(key) if e is not None else None
             follows = json.loads(raw).get("standby_cluster") if raw else None
-            if follows:
-                return str(follows["host"]), int(follows["port"])
+            return dict(follows) if follows else None
         return None
 
-    def _repoint(self, cid: int, app_id: int, comp: str, source: tuple[str, int], api: str, password: str) -> None:
-        """The same-city member moved (another cloud, another address): the remote standby
-        cluster is told to replicate from where it is now, through its leader's Patroni API
-        (Patroni rewrites its `primary_conninfo`). It is never pointed at production: fed from
-        same-city, it can never be ahead of it."""
-        to = f"{source[0]}:{source[1]}"
+    def _repoint(self, cid: int, comp: str, follow: dict[str, Any], moved: bool, api: str, password: str) -> None:
+        """The remote standby cluster told, through its leader's Patroni API, to replicate from
+        where the same-city member runs now (it moved: another cloud, another address) and to
+        read the WAL archive (a cluster made before it did). Patroni rewrites its
+        `primary_conninfo`. It is never pointed at production: fed from same-city, it can never
+        be ahead of it."""
+        to = f"{follow['host']}:{follow['port']}"
         try:
             with httpx.Client(timeout=10.0, auth=(API_USER, password)) as http:
-                follow = standby_cluster(*source, str(dr_backup.archive_dir(self.data_dir, app_id, comp)))
                 r = http.patch(f"{api}/config", json={"standby_cluster": follow})
             r.raise_for_status()
         except httpx.HTTPError as err:
             log.warning("database %s: re-pointing the remote standby at %s failed (%s); next pass", comp, to, err)
             return
+        why = "the same-city member moved" if moved else "and from the main cluster's WAL archive"
         with self.db.session() as s, s.begin():
             c = s.get(DrCluster, cid)
             if c is not None:
                 record_event(s, "RemoteStandbyRepointed", "app", c.app.name,
-                             f"database {comp}: the remote standby cluster now replicates from {to} "
-                             "(the same-city member moved)", vdc=c.app.vdc.path, app=c.app.name)  # fmt: skip
+                             f"database {comp}: the remote standby cluster now replicates from {to} ({why})",
+                             vdc=c.app.vdc.path, app=c.app.name)  # fmt: skip
 
     def _watch(self, cid: int, app_id: int, comp: str, spec: AppSpec, sec: dict[str, str], remote: bool) -> None:
         members, leader, pos, sync = self._read("quorum", scope(app_id, comp))
         rmembers, rleader, _, _ = self._read("remote", scope(app_id, comp, True)) if remote else ([], None, None, set())
         followed = self._followed(scope(app_id, comp, True)) if remote else None
-        repoint: tuple[tuple[str, int], str] | None = None
+        repoint: tuple[dict[str, Any], bool, str] | None = None
         lead = next((m for m in members if m.name == leader), None)
         lags = lag_bytes(members, pos if pos is not None else (lead.wal_position if lead else None))
         source_pos = pos if pos is not None else (lead.wal_position if lead else None)
@@ -476,12 +476,15 @@ class DrController:
             component = next((x for x in spec.spec.databases() if x.name == comp), None)
             if remote and not c.remote_leads and component is not None and rlead is not None and rlead.api:
                 source = standby_source(s, c.app, spec, component)
-                if source is not None and followed is not None and source != followed:
-                    repoint = (source, api_base(rlead.api))
+                if source is not None and followed is not None:
+                    want = standby_cluster(*source, str(dr_backup.archive_dir(self.data_dir, app_id, comp)))
+                    if any(followed.get(k) != v for k, v in want.items()):
+                        moved = (followed.get("host"), followed.get("port")) != source
+                        repoint = (want, moved, api_base(rlead.api))
         if need_bootstrap and host:
             self._bootstrap(cid, host, sec, database)
         if repoint is not None:
-            self._repoint(cid, app_id, comp, *repoint, sec["superuser"])
+            self._repoint(cid, comp, *repoint, sec["superuser"])
 
     def _new_leader(
         self, s: Session, c: DrCluster, before: dict[str, Any], leader: str, lead: MemberStatus, now: Any
