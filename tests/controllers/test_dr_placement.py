@@ -89,7 +89,7 @@ def test_members_wait_for_what_they_need_and_go_to_their_centres(centres: World)
     assert sorted(set(placed(w, "api").values())) == ["gz-a", "gz-b"]
 
     with w.db.session() as s, s.begin():  # admitted: its etcd users exist (the DR controller's job)
-        seal_passwords(s, w.data_dir)[0].prepared = True
+        seal_passwords(s, w.data_dir)[0][0].prepared = True
         for cluster, site in (("quorum", "gz-a"), ("remote", "sz")):
             site_id = s.scalar(select(Site.id).where(Site.name == site))
             s.add(DrEtcdMember(cluster=cluster, name=f"{cluster}-{site}", site_id=site_id, address="127.0.0.1",
@@ -175,7 +175,7 @@ def _members_placed(w: World) -> None:
     w.apply(doc("two-sites-three-centres", replicas=1))
     w.rec.run_once()
     with w.db.session() as s, s.begin():
-        seal_passwords(s, w.data_dir)[0].prepared = True
+        seal_passwords(s, w.data_dir)[0][0].prepared = True
         for cluster, site in (("quorum", "gz-a"), ("remote", "sz")):
             site_id = s.scalar(select(Site.id).where(Site.name == site))
             s.add(DrEtcdMember(cluster=cluster, name=f"{cluster}-{site}", site_id=site_id, address="127.0.0.1",

@@ -159,15 +159,18 @@ class Etcd:
         return False
 
 
-def seal_passwords(s: Session, data_dir: Path) -> list[DrCluster]:
-    """Every managed database, each with its passwords made (a new one's) and sealed with the
-    data directory's `dr.key` before anything uses them (a row's from before sealing: sealed now)."""
-    clusters = list(s.scalars(select(DrCluster)))
-    for c in clusters:
+def seal_passwords(s: Session, data_dir: Path) -> list[tuple[DrCluster, dict[str, str]]]:
+    """Every managed database with its passwords, made (a new one's) and sealed with the data
+    directory's `dr.key` before anything uses them (a row's from before sealing: sealed now)."""
+    vault = Vault.for_data_dir(data_dir, DR_KEY)
+    out = []
+    for c in s.scalars(select(DrCluster)):
+        keys = c.keys(data_dir, vault)
         if "sealed" not in c.secrets:
-            keys = c.keys(data_dir) or {k: secrets.token_urlsafe(24) for k in PASSWORDS}
-            c.secrets = {"sealed": Vault.for_data_dir(data_dir, DR_KEY).seal_json(keys)}
-    return clusters
+            keys = keys or {k: secrets.token_urlsafe(24) for k in PASSWORDS}
+            c.secrets = {"sealed": vault.seal_json(keys)}
+        out.append((c, keys))
+    return out
 
 
 class DrController:
@@ -275,12 +278,11 @@ class DrController:
     # ------------------------------------------------------------------ databases
     def _admit_and_watch(self) -> None:
         with self.db.session() as s, s.begin():
-            clusters = seal_passwords(s, self.data_dir)
             rows = [
-                (c.id, c.app_id, c.app.vdc.path, c.component, c.prepared, c.keys(self.data_dir),
+                (c.id, c.app_id, c.app.vdc.path, c.component, c.prepared, keys,
                  AppSpec.model_validate(c.app.spec), bool(c.status.get("bootstrapped")),
                  (c.activation or {}).get("state"), c.remote_leads)
-                for c in clusters
+                for c, keys in seal_passwords(s, self.data_dir)
             ]  # fmt: skip
         for cid, app_id, vdc, comp, prepared, sec, spec, ready, activation, remote_leads in rows:
             remote = "remote" in MEMBERS[spec.spec.dr.tier]
@@ -468,12 +470,10 @@ class DrController:
             running = sum(1 for m in members if m.state == "running")
             need_bootstrap = lead is not None and running >= expected and not c.status.get("bootstrapped")
             host = lead.host if lead else None
-            database = next(
-                (x.postgres.database for x in spec.spec.databases() if x.name == comp and x.postgres), "app"
-            )
+            component = next((x for x in spec.spec.databases() if x.name == comp), None)
+            database = component.postgres.database if component is not None and component.postgres else "app"
             # the remote standby cluster follows the same-city member wherever it runs now
             rlead = next((m for m in rmembers if m.name == rleader and m.state == "running" and m.api), None)
-            component = next((x for x in spec.spec.databases() if x.name == comp), None)
             if remote and not c.remote_leads and component is not None and rlead is not None and rlead.api:
                 source = standby_source(s, c.app, spec, component)
                 if source is not None and followed is not None:

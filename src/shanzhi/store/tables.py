@@ -660,14 +660,14 @@ class DrCluster(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     app: Mapped[App] = relationship(lazy="joined")
 
-    def keys(self, data_dir: Path) -> dict[str, str]:
+    def keys(self, data_dir: Path, vault: Vault | None = None) -> dict[str, str]:
         """Its passwords (superuser, replication, app, etcd), sealed at rest with the data
         directory's `dr.key` (the DR controller makes and seals them before any member starts).
         A row from before they were sealed holds them plain until the controller seals them."""
         sealed = self.secrets.get("sealed")
         if not sealed:
             return {str(k): str(v) for k, v in self.secrets.items()}
-        vault = Vault.for_data_dir(data_dir, DR_KEY)
+        vault = vault or Vault.for_data_dir(data_dir, DR_KEY)
         keys: dict[str, str] = vault.open_json(sealed, f"the passwords of database {self.component}")
         return keys
 
