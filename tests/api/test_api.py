@@ -193,6 +193,18 @@ def test_quota_is_checked_at_apply_naming_the_vdc_and_limit(world: TestClient) -
     assert usage == {"cpu": 400, "memory": 4 * 64 * 2**20, "instances": 4, "storage": 0}
 
 
+def test_an_ancestors_quota_counts_its_whole_subtree_at_apply(world: TestClient) -> None:
+    # gz holds 20 instances; gz/health's app runs 4; gz/transport has no quota of its own
+    world.post("/api/v1/vdcs", json={"path": "gz/transport"}).raise_for_status()
+    world.post("/api/v1/apps", json=hello()).raise_for_status()
+    near = hello(replicas=17, resources={"cpu": "10m", "memory": "1Mi"})  # fits gz alone, not beside gz/health
+    near["metadata"]["vdc"] = "gz/transport"
+    body = problem(world.post("/api/v1/apps", json=near), 403)
+    assert (body["vdc"], body["resource"], body["limit"], body["requested"]) == ("gz", "instances", 20, 21)
+    near["spec"]["components"][0]["replicas"] = 16
+    assert world.post("/api/v1/apps", json=near).status_code == 201
+
+
 def test_unknown_objects_are_404(world: TestClient) -> None:
     for path in ("/api/v1/apps/nope", "/api/v1/clouds/nope", "/api/v1/vdcs/nope", "/api/v1/instances?app=nope"):
         problem(world.get(path), 404)

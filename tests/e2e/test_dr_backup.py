@@ -104,6 +104,7 @@ def test_a_scheduled_backup_and_a_restore_to_a_point_in_time(world: tuple[Server
         got = sorted(r[0] for r in c.execute("SELECT id FROM acks"))
         assert got == list(range(100)), f"{len(got)} rows, expected exactly the first 100"
         c.execute("INSERT INTO acks VALUES (-1)")  # the copy is open for writes ...
+        assert c.execute("SHOW fsync").fetchone() == ("on",) and body["durable"]  # ... and keeps them
     with psycopg.connect(url, autocommit=True) as c:  # ... and the running cluster untouched
         assert c.execute("SELECT count(*), min(id) FROM acks").fetchone() == (200, 0)
 
@@ -130,6 +131,8 @@ def test_a_scheduled_backup_and_a_restore_to_a_point_in_time(world: tuple[Server
     assert _reaches(None, member) and not _reaches(net["namespace"], member)
     with psycopg.connect(host=drill["body"]["dir"], port=port, user="postgres", dbname="ledger") as c:
         assert c.execute("SELECT count(*) FROM acks").fetchone() == (200,)
+        # a drill's copy asks the disk production shares for no flush (it is thrown away)
+        assert c.execute("SHOW fsync").fetchone() == ("off",) and not drill["body"]["durable"]
 
     # another backup on demand; both kept, and the window a restore can reach
     cli.ok("dr", "backup", "tax", "--vdc", "gz/tax")

@@ -239,7 +239,10 @@ def restore(
     network: dict[str, Any] = _drill_network(data_dir, report.id) if drill else {"namespace": None, "isolated": False}
     try:
         archive = archive_dir(data_dir, app_id, component)
-        body = _start_copy(home, Path(base.body["path"]), archive, None if drill else to, uid, network["namespace"])
+        durable = not drill  # a drill's copy is thrown away at cleanup: see _start_copy
+        body = _start_copy(
+            home, Path(base.body["path"]), archive, None if drill else to, uid, network["namespace"], durable
+        )
         try:
             body.update(_wait_promoted(home, body, to))
         except _PastTheArchive:
@@ -250,7 +253,7 @@ def restore(
                     "the rest: restore to an earlier time"
                 ) from None
             # nothing was committed between the last archived commit and `to`: all of it is the state at `to`
-            body = _start_copy(home, Path(base.body["path"]), archive, None, uid, network["namespace"])
+            body = _start_copy(home, Path(base.body["path"]), archive, None, uid, network["namespace"], durable)
             body.update(_wait_promoted(home, body, to), whole_archive=True)
     except (OSError, RuntimeError, subprocess.SubprocessError) as err:
         error = str(err)
@@ -384,11 +387,17 @@ class _PastTheArchive(Exception):
 
 
 def _start_copy(
-    home: Path, backup: Path, archive: Path, to: datetime | None, uid: int, netns: str | None
+    home: Path, backup: Path, archive: Path, to: datetime | None, uid: int, netns: str | None, durable: bool
 ) -> dict[str, Any]:
     """Start PostgreSQL on the copy (unpacking the base backup first, once), recovering to `to`
     (None: all of the archive), in network namespace `netns` if given (its own loopback; the
-    platform reaches it through its socket in `home`)."""
+    platform reaches it through its socket in `home`).
+
+    Not `durable` (a drill's copy, removed at cleanup): the copy never asks the disk to flush
+    (`fsync`, `full_page_writes` and `synchronous_commit` off), so it does not sync its whole
+    data directory at start nor at the end-of-recovery checkpoint. Production shares the disk
+    and its commits wait on their own flushes; a drill's copy that a machine crash loses is
+    simply run again."""
     pgdata = home / "pgdata"
     if not pgdata.exists():
         make_reachable(home.parent)
@@ -416,6 +425,7 @@ def _start_copy(
         "hot_standby": "off", "archive_mode": "off", "wal_level": "replica",
         "restore_command": f"cp {archive}/%f \"%p\"", "recovery_target_action": "promote",
         "logging_collector": "off", **({"recovery_target_time": to.isoformat()} if to is not None else {}),
+        **({} if durable else {"fsync": "off", "full_page_writes": "off", "synchronous_commit": "off"}),
     }  # fmt: skip
     conf.write_text("".join(f"{k} = {_quote(v)}\n" for k, v in settings.items()))
     (home / "pg_hba.conf").write_text("local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n")
@@ -434,7 +444,10 @@ def _start_copy(
     with open(log_file, "ab") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, cwd=home)  # fmt: skip
-    return {"pid": proc.pid, "create_time": psutil.Process(proc.pid).create_time(), "port": port, "dir": str(home)}
+    return {
+        "pid": proc.pid, "create_time": psutil.Process(proc.pid).create_time(), "port": port, "dir": str(home),
+        "durable": durable,
+    }  # fmt: skip
 
 
 def _quote(v: object) -> str:

@@ -139,18 +139,25 @@ def _rules_over(s: Session, path: str) -> list[ApprovalRule]:
 def hold_if_needed(s: Session, spec: AppSpec, requester: str) -> ApprovalRequest | None:
     """A pending request if an approval rule matches this apply (nothing else changes), else None."""
     path = spec.metadata.vdc
+    rules = _rules_over(s, path)
+    if not rules:
+        return None  # no rule over the VDC (the common apply): one query
     v = get_vdc(s, path)
     body = spec.to_json()
     app = s.scalar(select(App).where(App.vdc_id == v.id, App.name == spec.metadata.name))
     if app is not None and app.spec == body:
         return None  # unchanged: nothing to approve
-    matched = matching_rules(s, spec)
+    matched = matching_rules(s, spec, rules)
     return _hold(s, v, spec.metadata.name, "apply", body, matched, requester) if matched else None
 
 
-def matching_rules(s: Session, spec: AppSpec) -> list[tuple[ApprovalRule, str]]:
-    """The approval rules over the spec's VDC that would hold applying it, each with why."""
-    return [(r, why) for r in _rules_over(s, spec.metadata.vdc) if (why := _why(s, r, spec)) is not None]
+def matching_rules(
+    s: Session, spec: AppSpec, rules: list[ApprovalRule] | None = None
+) -> list[tuple[ApprovalRule, str]]:
+    """The approval rules over the spec's VDC (`rules` when read already) that would hold
+    applying it, each with why."""
+    over = _rules_over(s, spec.metadata.vdc) if rules is None else rules
+    return [(r, why) for r in over if (why := _why(s, r, spec)) is not None]
 
 
 def hold_delete_if_needed(s: Session, app: App, requester: str) -> ApprovalRequest | None:

@@ -11,11 +11,11 @@ from sqlalchemy.orm import Session
 
 from shanzhi.domain.diff import Change, Roll, changes, rolls
 from shanzhi.domain.errors import Conflict, NotFound
-from shanzhi.domain.quota import Usage, check_usage
+from shanzhi.domain.quota import Usage
 from shanzhi.domain.rbac import EVERYWHERE, Scope
 from shanzhi.domain.spec import AppSpec, warnings
 from shanzhi.services import dr
-from shanzhi.services.vdcs import get_vdc, lock_path, quotas, scope_filter, usage_by_vdc
+from shanzhi.services.vdcs import check_apply_usage, get_vdc, lock_path, scope_filter
 from shanzhi.store.events import record_event
 from shanzhi.store.tables import App, AppRevision, Vdc, utcnow
 
@@ -45,7 +45,7 @@ def apply_app(s: Session, spec: AppSpec, author: str = "", cause: str = "") -> t
     dr.check_tier(s, spec, AppSpec.model_validate(app.spec) if app is not None else None)
     want = desired_usage(spec)
     have = Usage(app.cpu, app.memory, app.instances, app.storage) if app is not None else Usage()
-    check_usage(path, want - have, quotas(s), usage_by_vdc(s))
+    check_apply_usage(s, path, want - have)
     outcome = "configured"
     if app is None:
         app = App(vdc=vdc, name=spec.metadata.name, spec=body, generation=1)
@@ -107,7 +107,7 @@ def preview(s: Session, spec: AppSpec) -> Preview:
     dr.check_tier(s, spec, old)
     want = desired_usage(spec)
     have = Usage(app.cpu, app.memory, app.instances, app.storage) if app is not None else Usage()
-    check_usage(path, want - have, quotas(s), usage_by_vdc(s))
+    check_apply_usage(s, path, want - have)
     return found
 
 

@@ -75,6 +75,8 @@ def check_tier(s: Session, spec: AppSpec, previous: AppSpec | None) -> None:
     centre without a healthy cloud refuses a new protection, not an update of one in place (an
     outage must not stop a department changing its app)."""
     tier = spec.spec.dr.tier
+    if tier == "none":
+        return  # nothing to give: no query (the common apply)
     same = previous is not None and previous.spec.dr.tier == tier
     why = missing_for(tier, site_roles(s), None if same else healthy_sites(s))
     if why:
@@ -84,6 +86,8 @@ def check_tier(s: Session, spec: AppSpec, previous: AppSpec | None) -> None:
 def ensure_clusters(s: Session, app: App, spec: AppSpec) -> None:
     """A row for each managed database of the app (kept across applies). Its passwords are made
     and sealed by the DR controller before any member starts (`DrCluster.keys`)."""
+    if not spec.spec.databases():
+        return
     have = {c.component for c in s.scalars(select(DrCluster).where(DrCluster.app_id == app.id))}
     for comp in spec.spec.databases():
         if comp.name not in have:

@@ -16,6 +16,7 @@ from shanzhi.domain.quota import (
     check_child_quota,
     check_descendants_fit,
     check_strict,
+    check_usage,
     check_usage_fits,
     parent_of,
 )
@@ -50,15 +51,31 @@ def quotas(s: Session) -> dict[str, Quota]:
     return {v.path: _quota(v) for v in s.scalars(select(Vdc))}
 
 
-def usage_by_vdc(s: Session) -> dict[str, Usage]:
-    """Desired usage of each VDC's own apps (apps being deleted no longer count)."""
-    rows = s.execute(
+def usage_by_vdc(s: Session, under: str | None = None) -> dict[str, Usage]:
+    """Desired usage of each VDC's own apps (apps being deleted no longer count); with `under`,
+    of that VDC's subtree only."""
+    q = (
         select(Vdc.path, func.sum(App.cpu), func.sum(App.memory), func.sum(App.instances), func.sum(App.storage))
         .join(App, App.vdc_id == Vdc.id)
         .where(App.deleting.is_(False))
         .group_by(Vdc.path)
     )
-    return {p: Usage(int(c or 0), int(m or 0), int(n or 0), int(d or 0)) for p, c, m, n, d in rows}
+    if under is not None:
+        q = q.where((Vdc.path == under) | Vdc.path.startswith(under + "/", autoescape=True))
+    return {p: Usage(int(c or 0), int(m or 0), int(n or 0), int(d or 0)) for p, c, m, n, d in s.execute(q)}
+
+
+def check_apply_usage(s: Session, path: str, delta: Usage) -> None:
+    """Refuse adding `delta` to VDC `path` where it or an ancestor would go over quota. Reads
+    only the quotas on the way to the root, and the usage of the highest limited one's subtree
+    (an apply does not scan every VDC's apps)."""
+    on_path = [*ancestors(path), path]
+    found = {v.path: _quota(v) for v in s.scalars(select(Vdc).where(Vdc.path.in_(on_path)))}
+    limited = {p: q for p, q in found.items() if any(limit is not None for _, limit in q.items())}
+    if not limited:
+        return
+    top = min(limited, key=len)
+    check_usage(path, delta, limited, usage_by_vdc(s, under=top))
 
 
 def get_vdc(s: Session, path: str, scope: Scope = EVERYWHERE) -> Vdc:
@@ -122,7 +139,7 @@ def set_quota(s: Session, path: str, quota: Quota, *, strict: bool | None = None
     check_child_quota(path, merged, all_quotas)
     prefix = path + "/"
     check_descendants_fit(path, merged, {p: q for p, q in all_quotas.items() if p.startswith(prefix)})
-    check_usage_fits(path, merged, usage_by_vdc(s))
+    check_usage_fits(path, merged, usage_by_vdc(s, under=path))
     strict_set = strict_paths(s)
     if strict is not None:
         strict_set = (strict_set | {path}) if strict else (strict_set - {path})

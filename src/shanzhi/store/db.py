@@ -40,8 +40,18 @@ def _sqlite_setup(engine: Engine, begin: str = "BEGIN IMMEDIATE") -> None:
         cur.close()
 
     @event.listens_for(engine, "begin")
-    def _begin(conn: Any) -> None:
-        conn.exec_driver_sql(begin)
+    def _begin(conn: Connection) -> None:
+        if not conn.get_execution_options().get(_ONE_STATEMENT):
+            conn.exec_driver_sql(begin)
+
+
+# a connection marked so runs each statement on its own (SQLite's autocommit: one SELECT reads
+# one snapshot); for lookups of one statement, where a BEGIN would be a second round of work
+_ONE_STATEMENT = "shanzhi_one_statement"
+# Every API thread (anyio's pool: 40) may hold a connection; fewer pooled ones means connections
+# opened and closed per request under load (each with its PRAGMAs). An idle SQLite connection
+# costs little (its page cache fills only as it reads).
+_SQLITE_POOL = {"pool_size": 40, "max_overflow": 40}
 
 
 @dataclass
@@ -59,7 +69,9 @@ class Database:
         if not self.is_sqlite:
             return self.engine
         if self._reader is None:
-            self._reader = create_engine(self.url, connect_args={"timeout": 30, "check_same_thread": False})
+            self._reader = create_engine(
+                self.url, connect_args={"timeout": 30, "check_same_thread": False}, **_SQLITE_POOL
+            )
             _sqlite_setup(self._reader, "BEGIN")
         return self._reader
 
@@ -92,7 +104,7 @@ class Database:
         """A connection for one read-only statement: on PostgreSQL in autocommit (no BEGIN and
         COMMIT round trips around it), on SQLite the reader's (never queueing behind a writer)."""
         if self.is_sqlite:
-            with self.reader.connect() as c:
+            with self.reader.connect().execution_options(**{_ONE_STATEMENT: True}) as c:
                 yield c
         else:
             with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
@@ -115,7 +127,7 @@ def open_database(url: str) -> Database:
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **_SQLITE_POOL)
         _sqlite_setup(engine)
     elif parsed.get_backend_name() == "postgresql":
         engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)

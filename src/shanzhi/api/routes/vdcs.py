@@ -23,7 +23,7 @@ router = APIRouter(prefix="/vdcs", tags=["vdcs"])
 
 def _out(s: Session, v: Vdc) -> schemas.VdcOut:
     n = s.scalar(select(func.count()).select_from(App).where(App.vdc_id == v.id)) or 0
-    return views.vdc(v, parent_of(v.path), svc.usage_by_vdc(s), n)
+    return views.vdc(v, parent_of(v.path), svc.usage_by_vdc(s, under=v.path), n)
 
 
 def _may_change(p: Principal, path: str) -> None:
