@@ -270,6 +270,44 @@ def test_concurrent_applies_never_oversubscribe_a_quota(server: Server) -> None:
     assert cli.json("vdc", "get", "gz/race")["usage"]["cpu"] == 1000
 
 
+def test_concurrent_applies_of_one_app_take_one_generation_each(server: Server) -> None:
+    """Applies of one app at once (on PostgreSQL an advisory lock per app; VDCs without a quota
+    are locked shared): created once, every change a generation of its own, no error."""
+    cli = Cli(server)
+    setup_world(cli)
+    cli.ok("vdc", "create", "gz/free")  # no quota: applies there run side by side
+    token = (server.data_dir / "admin.token").read_text().strip()
+    answers: list[tuple[int, str]] = []
+
+    def apply(name: str, replicas: int) -> None:
+        doc = {
+            "apiVersion": "shanzhi.io/v1",
+            "kind": "App",
+            "metadata": {"name": name, "vdc": "gz/free"},
+            "spec": {
+                "components": [{"name": "c", "replicas": replicas, "resources": {"cpu": "10m"}, "image": "x"}],
+                "placement": {"clouds": {"names": ["none"]}},
+            },
+        }
+        r = httpx.post(f"{server.url}/api/v1/apps", json=doc, headers={"Authorization": f"Bearer {token}"}, timeout=60)
+        answers.append((r.status_code, r.json().get("outcome", r.text) if r.status_code < 300 else r.text))
+
+    threads = [threading.Thread(target=apply, args=("same", 1 + i % 2)) for i in range(12)]
+    threads += [threading.Thread(target=apply, args=(f"other{i}", 1)) for i in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    same = [a for a in answers if a[1] in ("created", "configured", "unchanged")]
+    assert len(answers) == 20 and all(code in (200, 201) for code, _ in answers), answers
+    outcomes = [o for _, o in same]
+    assert outcomes.count("created") == 9  # "same" once, and the eight others
+    got = cli.json("app", "get", "same")
+    assert got["generation"] == 1 + outcomes.count("configured")
+    history = cli.json("app", "rollout", "history", "same")
+    assert [r["generation"] for r in history] == list(range(1, got["generation"] + 1))
+
+
 def test_plan_evacuate_through_the_cli(server: Server) -> None:
     cli = Cli(server)
     for name in ("d1", "d2", "d3"):

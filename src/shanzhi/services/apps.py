@@ -15,7 +15,7 @@ from shanzhi.domain.quota import Usage
 from shanzhi.domain.rbac import EVERYWHERE, Scope
 from shanzhi.domain.spec import AppSpec, warnings
 from shanzhi.services import dr
-from shanzhi.services.vdcs import check_apply_usage, get_vdc, lock_path, scope_filter
+from shanzhi.services.vdcs import check_apply_usage, get_vdc, lock_app, scope_filter
 from shanzhi.store.events import record_event
 from shanzhi.store.tables import App, AppRevision, Vdc, utcnow
 
@@ -35,7 +35,7 @@ def apply_app(s: Session, spec: AppSpec, author: str = "", cause: str = "") -> t
     """
     path = spec.metadata.vdc
     vdc = get_vdc(s, path)
-    lock_path(s, path)
+    lock_app(s, path, spec.metadata.name)
     body = spec.to_json()
     app = s.scalar(select(App).where(App.vdc_id == vdc.id, App.name == spec.metadata.name))
     if app is not None and app.deleting:
@@ -107,7 +107,7 @@ def preview(s: Session, spec: AppSpec) -> Preview:
     dr.check_tier(s, spec, old)
     want = desired_usage(spec)
     have = Usage(app.cpu, app.memory, app.instances, app.storage) if app is not None else Usage()
-    check_apply_usage(s, path, want - have)
+    check_apply_usage(s, path, want - have, lock=False)  # a preview is thrown away: it holds no lock
     return found
 
 

@@ -65,13 +65,33 @@ def usage_by_vdc(s: Session, under: str | None = None) -> dict[str, Usage]:
     return {p: Usage(int(c or 0), int(m or 0), int(n or 0), int(d or 0)) for p, c, m, n, d in s.execute(q)}
 
 
-def check_apply_usage(s: Session, path: str, delta: Usage) -> None:
+_QUOTA_COLUMNS = (Vdc.path, Vdc.quota_cpu, Vdc.quota_memory, Vdc.quota_instances, Vdc.quota_storage)
+
+
+def _limits(q: Quota) -> bool:
+    return any(limit is not None for _, limit in q.items())
+
+
+def check_apply_usage(s: Session, path: str, delta: Usage, *, lock: bool = True) -> None:
     """Refuse adding `delta` to VDC `path` where it or an ancestor would go over quota. Reads
     only the quotas on the way to the root, and the usage of the highest limited one's subtree
-    (an apply does not scan every VDC's apps)."""
+    (an apply does not scan every VDC's apps).
+
+    `lock` (PostgreSQL; on SQLite a write transaction holds the whole database): each VDC on
+    the way is locked root first, as `lock_path` does (so the two never deadlock): exclusively
+    where a quota decides (applies under it queue, so two cannot both take the last of it),
+    shared where none does (applies there run side by side; a quota being set there waits for
+    them, and one set just before the lock sends the apply back to be made again)."""
     on_path = [*ancestors(path), path]
-    found = {v.path: _quota(v) for v in s.scalars(select(Vdc).where(Vdc.path.in_(on_path)))}
-    limited = {p: q for p, q in found.items() if any(limit is not None for _, limit in q.items())}
+    found = {r[0]: Quota(*r[1:]) for r in s.execute(select(*_QUOTA_COLUMNS).where(Vdc.path.in_(on_path)))}
+    if lock and s.get_bind().dialect.name == "postgresql":
+        for p in sorted(found, key=len):  # ancestors: root first
+            shared = not _limits(found[p])
+            row = s.execute(select(*_QUOTA_COLUMNS).where(Vdc.path == p).with_for_update(read=shared)).one()
+            found[p] = Quota(*row[1:])  # as committed when the lock was granted
+            if shared and _limits(found[p]):
+                raise Conflict(f"a quota was set on VDC {p} during this apply; apply again", field="metadata.vdc")
+    limited = {p: q for p, q in found.items() if _limits(q)}
     if not limited:
         return
     top = min(limited, key=len)
@@ -84,6 +104,17 @@ def get_vdc(s: Session, path: str, scope: Scope = EVERYWHERE) -> Vdc:
     if v is None:
         raise NotFound(f"VDC {path} does not exist; see 'shanzhi vdc list'", field="vdc")
     return v
+
+
+def lock_app(s: Session, path: str, name: str) -> None:
+    """Serialise applies of one app (PostgreSQL: a transaction-scoped advisory lock on its VDC
+    and name; on SQLite every write transaction already holds the database lock), so that two
+    at once neither both create it nor both take the same next generation."""
+    if s.get_bind().dialect.name == "postgresql":
+        s.execute(select(func.pg_advisory_xact_lock(_APP_LOCKS, func.hashtext(f"{path}/{name}"))))
+
+
+_APP_LOCKS = 7306103  # the advisory-lock key space of apps (migrations use 7306102)
 
 
 def lock_path(s: Session, path: str) -> None:
