@@ -206,10 +206,11 @@ class Bare:
 
 
 # ------------------------------------------------------------------------- drills
-def drill_impact(root: Path, drills: int, window: float = 10.0) -> dict[str, Any]:
+def drill_impact(root: Path, drills: int, window: float = 10.0, control: bool = False) -> dict[str, Any]:
     """Production's commit latency while `dr test` recovers a copy beside it, against the same
     length of time just before each drill (the baseline), and what each drill leaves after
-    `dr cleanup`."""
+    `dr cleanup`. `control`: the same windows with no drill in them (how far two quiet windows
+    differ on this machine: the comparison's own noise)."""
     system = Shanzhi(root)
     vdc = {"vdc": "gz/tax"}
     try:
@@ -225,6 +226,11 @@ def drill_impact(root: Path, drills: int, window: float = 10.0) -> dict[str, Any
             base = time.monotonic()
             time.sleep(window)
             start = time.monotonic()
+            if control:
+                time.sleep(window)
+                windows += [("baseline", base, start), ("drill", start, time.monotonic())]
+                console.print(f"  control {i + 1}/{drills}: no drill")
+                continue
             r = system.http.post("/apps/tax/dr/test", params=vdc)
             r.raise_for_status()
             # the drill's copy keeps running until cleanup: measure as long as the baseline
@@ -247,7 +253,9 @@ def drill_impact(root: Path, drills: int, window: float = 10.0) -> dict[str, Any
     def latencies(kind: str) -> list[float]:
         return [at - sent for _, sent, at in w.acked for k, a, b in windows if k == kind and a <= sent < b]
 
-    out: dict[str, Any] = {"drills": drills, "residue": residue, "rto": [r["body"]["rto_seconds"] for r in reports]}
+    out: dict[str, Any] = {
+        "drills": drills, "residue": residue, "rto": [r["body"]["rto_seconds"] for r in reports], "control": control,
+    }  # fmt: skip
     for kind in ("baseline", "drill"):
         xs = latencies(kind)
         out[kind] = {"commits": len(xs), "p50_ms": quantile(xs, 0.5) * 1000, "p99_ms": quantile(xs, 0.99) * 1000}
@@ -259,7 +267,8 @@ def _namespaces() -> list[str]:
 
 
 def drill_table(r: dict[str, Any]) -> Table:
-    table = Table(title=f"Production's commits during {r['drills']} drills (`dr test`), against just before each")
+    what = "windows with no drill (the control)" if r.get("control") else "drills (`dr test`)"
+    table = Table(title=f"Production's commits during {r['drills']} {what}, against just before each")
     for col in ("window", "commits", "p50", "p99", "p99 vs baseline", "drill RTO p50 / max", "residue after cleanup"):
         table.add_column(col, justify="right")
     b = r["baseline"]["p99_ms"]
@@ -299,6 +308,13 @@ def partition_cycles(
                     stuck = f"(not healthy again before cycle {i + 1}: {err})"
                     break
                 runs.append(r)
+                if r["kind"] == "isolate-production" and not r["failover"] and logs is not None:
+                    # production cut off and nothing promoted (writes wait for the heal): the
+                    # nodes' logs so far, to see why the standby was not a candidate
+                    kept = logs / f"cycle-{i + 1}"
+                    kept.mkdir(parents=True, exist_ok=True)
+                    for f in (root / "partitions").glob("*.log"):
+                        shutil.copy(f, kept / f.name)
                 if progress is not None:  # what is done so far survives a run stopped early
                     progress.write_text(json.dumps(runs))
                 split = (
@@ -386,6 +402,7 @@ def main() -> None:
     ap.add_argument("--crashes", type=int, default=20)
     ap.add_argument("--partitions", type=int, default=200, help="partition cycles (the four faults in turn)")
     ap.add_argument("--drills", type=int, default=10, help="drills (`dr test`) under a writer")
+    ap.add_argument("--control", action="store_true", help="drills: the same windows without a drill (the noise)")
     ap.add_argument("--minutes", type=float, help="stop starting partition cycles after this long")
     ap.add_argument("--only", choices=("crashes", "drills", "partitions"), help="run one part only")
     ap.add_argument("-o", "--output", type=Path, help="write the figures as JSON")
@@ -416,7 +433,7 @@ def main() -> None:
         if args.only in (None, "drills") and drills > 0:
             console.print(f"[bold]drills[/]: {drills} under a writer")
             (root / "drills").mkdir()
-            out["drills"] = drill_impact(root / "drills", drills)
+            out["drills"] = drill_impact(root / "drills", drills, control=args.control)
             console.print(drill_table(out["drills"]))
         if args.only in (None, "partitions") and partitions > 0:
             console.print(f"[bold]partitions[/]: {partitions} cycles")
