@@ -259,6 +259,14 @@ def drill_impact(root: Path, drills: int, window: float = 10.0, control: bool = 
     for kind in ("baseline", "drill"):
         xs = latencies(kind)
         out[kind] = {"commits": len(xs), "p50_ms": quantile(xs, 0.5) * 1000, "p99_ms": quantile(xs, 0.99) * 1000}
+    # where in its window the tail is: p99 of each second since the window began, both kinds
+    for kind in ("baseline", "drill"):
+        by_second: list[list[float]] = [[] for _ in range(int(window) + 1)]
+        for _, sent, at in w.acked:
+            for k, a, b in windows:
+                if k == kind and a <= sent < b:
+                    by_second[min(int(sent - a), int(window))].append(at - sent)
+        out[kind]["p99_ms_by_second"] = [round(quantile(xs, 0.99) * 1000, 2) if xs else None for xs in by_second]
     return out
 
 
@@ -435,6 +443,9 @@ def main() -> None:
             (root / "drills").mkdir()
             out["drills"] = drill_impact(root / "drills", drills, control=args.control)
             console.print(drill_table(out["drills"]))
+            for kind in ("baseline", "drill"):
+                seconds = out["drills"][kind]["p99_ms_by_second"]
+                console.print(f"  {kind} p99 by second of its window (ms): " + " ".join(f"{x}" for x in seconds))
         if args.only in (None, "partitions") and partitions > 0:
             console.print(f"[bold]partitions[/]: {partitions} cycles")
             logs = args.output.with_suffix(".logs") if args.output else Path("bench-dr-partition-logs")
