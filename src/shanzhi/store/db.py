@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -35,7 +36,10 @@ def _sqlite_setup(engine: Engine, begin: str = "BEGIN IMMEDIATE") -> None:
     waits its turn among this process's writers: SQLite's own wait for its lock polls with
     sleeps that grow to 100 ms, so under load the unlucky waited seconds while others came and
     went (applies at p99 1.4 s); in a queue of our own they are served in turn, and only one
-    writer per process polls SQLite (against the other processes')."""
+    writer per process asks SQLite, at an even pace (`_begin_immediate`), against the other
+    processes'. Fair turns cost throughput between processes (each reloads what the other
+    changed): measured, two API processes' applies went from p99 0.66 s at 159/s to p99 0.16 s
+    at 93/s."""
     turn = threading.Lock() if begin == "BEGIN IMMEDIATE" else None
 
     @event.listens_for(engine, "connect")
@@ -57,7 +61,10 @@ def _sqlite_setup(engine: Engine, begin: str = "BEGIN IMMEDIATE") -> None:
                 raise sqlite3.OperationalError(f"database is locked: no turn to write in {_BUSY_SECONDS} s")
             conn.info[_TURN] = True
         try:
-            conn.exec_driver_sql(begin)
+            if turn is None:
+                conn.exec_driver_sql(begin)
+            else:
+                _begin_immediate(conn.connection.dbapi_connection)
         except BaseException:
             _end_turn(conn.info)
             raise
@@ -75,6 +82,27 @@ def _sqlite_setup(engine: Engine, begin: str = "BEGIN IMMEDIATE") -> None:
 
 _TURN = "shanzhi_write_turn"  # set in a connection's info while it holds its process's turn
 _BUSY_SECONDS = 30  # as SQLite's busy_timeout
+_POLL_SECONDS = 0.0005
+
+
+def _begin_immediate(dbapi_conn: Any) -> None:
+    """`BEGIN IMMEDIATE`, asked again every 0.5 ms while another process writes (up to 30 s).
+    SQLite's own busy wait sleeps longer the longer it has waited (up to 100 ms a time), so a
+    process that has waited long loses the lock to one that just came; every other statement
+    keeps SQLite's wait."""
+    deadline = time.monotonic() + _BUSY_SECONDS
+    dbapi_conn.execute("PRAGMA busy_timeout=0")
+    try:
+        while True:
+            try:
+                dbapi_conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as err:
+                if "locked" not in str(err) or time.monotonic() > deadline:
+                    raise
+            time.sleep(_POLL_SECONDS)
+    finally:
+        dbapi_conn.execute(f"PRAGMA busy_timeout={_BUSY_SECONDS * 1000}")
 
 
 # a connection marked so runs each statement on its own (SQLite's autocommit: one SELECT reads
