@@ -250,23 +250,24 @@ def drill_impact(root: Path, drills: int, window: float = 10.0, control: bool = 
     finally:
         system.close()
 
-    def latencies(kind: str) -> list[float]:
-        return [at - sent for _, sent, at in w.acked for k, a, b in windows if k == kind and a <= sent < b]
+    def samples(kind: str) -> list[tuple[float, float]]:
+        """(seconds into its window, latency) of each commit sent in a window of `kind`."""
+        return [(sent - a, at - sent) for _, sent, at in w.acked for k, a, b in windows if k == kind and a <= sent < b]
 
     out: dict[str, Any] = {
         "drills": drills, "residue": residue, "rto": [r["body"]["rto_seconds"] for r in reports], "control": control,
     }  # fmt: skip
     for kind in ("baseline", "drill"):
-        xs = latencies(kind)
-        out[kind] = {"commits": len(xs), "p50_ms": quantile(xs, 0.5) * 1000, "p99_ms": quantile(xs, 0.99) * 1000}
-    # where in its window the tail is: p99 of each second since the window began, both kinds
-    for kind in ("baseline", "drill"):
+        got = samples(kind)
+        xs = [latency for _, latency in got]
+        # where in its window the tail is: p99 of each second since the window began
         by_second: list[list[float]] = [[] for _ in range(int(window) + 1)]
-        for _, sent, at in w.acked:
-            for k, a, b in windows:
-                if k == kind and a <= sent < b:
-                    by_second[min(int(sent - a), int(window))].append(at - sent)
-        out[kind]["p99_ms_by_second"] = [round(quantile(xs, 0.99) * 1000, 2) if xs else None for xs in by_second]
+        for offset, latency in got:
+            by_second[min(int(offset), int(window))].append(latency)
+        out[kind] = {
+            "commits": len(xs), "p50_ms": quantile(xs, 0.5) * 1000, "p99_ms": quantile(xs, 0.99) * 1000,
+            "p99_ms_by_second": [round(quantile(b, 0.99) * 1000, 2) if b else None for b in by_second],
+        }  # fmt: skip
     return out
 
 

@@ -56,6 +56,10 @@ class Quota:
     def to_json(self) -> dict[str, int | None]:
         return dict(self.items())
 
+    @property
+    def limits_anything(self) -> bool:
+        return any(limit is not None for _, limit in self.items())
+
 
 def format_amount(resource: str, amount: int) -> str:
     if resource == "cpu":

@@ -86,10 +86,11 @@ def check_tier(s: Session, spec: AppSpec, previous: AppSpec | None) -> None:
 def ensure_clusters(s: Session, app: App, spec: AppSpec) -> None:
     """A row for each managed database of the app (kept across applies). Its passwords are made
     and sealed by the DR controller before any member starts (`DrCluster.keys`)."""
-    if not spec.spec.databases():
+    databases = spec.spec.databases()
+    if not databases:
         return
     have = {c.component for c in s.scalars(select(DrCluster).where(DrCluster.app_id == app.id))}
-    for comp in spec.spec.databases():
+    for comp in databases:
         if comp.name not in have:
             s.add(
                 DrCluster(

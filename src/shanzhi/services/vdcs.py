@@ -68,10 +68,6 @@ def usage_by_vdc(s: Session, under: str | None = None) -> dict[str, Usage]:
 _QUOTA_COLUMNS = (Vdc.path, Vdc.quota_cpu, Vdc.quota_memory, Vdc.quota_instances, Vdc.quota_storage)
 
 
-def _limits(q: Quota) -> bool:
-    return any(limit is not None for _, limit in q.items())
-
-
 def check_apply_usage(s: Session, path: str, delta: Usage, *, lock: bool = True) -> None:
     """Refuse adding `delta` to VDC `path` where it or an ancestor would go over quota. Reads
     only the quotas on the way to the root, and the usage of the highest limited one's subtree
@@ -86,12 +82,12 @@ def check_apply_usage(s: Session, path: str, delta: Usage, *, lock: bool = True)
     found = {r[0]: Quota(*r[1:]) for r in s.execute(select(*_QUOTA_COLUMNS).where(Vdc.path.in_(on_path)))}
     if lock and s.get_bind().dialect.name == "postgresql":
         for p in sorted(found, key=len):  # ancestors: root first
-            shared = not _limits(found[p])
+            shared = not found[p].limits_anything
             row = s.execute(select(*_QUOTA_COLUMNS).where(Vdc.path == p).with_for_update(read=shared)).one()
             found[p] = Quota(*row[1:])  # as committed when the lock was granted
-            if shared and _limits(found[p]):
+            if shared and found[p].limits_anything:
                 raise Conflict(f"a quota was set on VDC {p} during this apply; apply again", field="metadata.vdc")
-    limited = {p: q for p, q in found.items() if _limits(q)}
+    limited = {p: q for p, q in found.items() if q.limits_anything}
     if not limited:
         return
     top = min(limited, key=len)

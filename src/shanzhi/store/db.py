@@ -1,8 +1,10 @@
 """Engines and sessions for SQLite (embedded default) and PostgreSQL, and migrations.
 
-SQLite runs in WAL mode with a busy timeout and every transaction opened with
+SQLite runs in WAL mode with a busy timeout and every write transaction opened with
 `BEGIN IMMEDIATE`, so that two writers (two processes, or the API and the controller)
-queue on the database lock instead of failing on a lock upgrade. PostgreSQL is used as is.
+queue on the database lock instead of failing on a lock upgrade; a process's writers take
+turns first (`_sqlite_setup`). Reads use an engine of their own whose transactions begin
+deferred (a WAL snapshot, never behind a writer). PostgreSQL is used as is.
 """
 
 from __future__ import annotations
@@ -31,23 +33,29 @@ def sqlite_url(data_dir: Path) -> str:
     return f"sqlite+pysqlite:///{data_dir / 'shanzhi.db'}"
 
 
-def _sqlite_setup(engine: Engine, begin: str = "BEGIN IMMEDIATE") -> None:
-    """PRAGMAs on connect; `begin` for every transaction. A writer's (`BEGIN IMMEDIATE`) first
-    waits its turn among this process's writers: SQLite's own wait for its lock polls with
-    sleeps that grow to 100 ms, so under load the unlucky waited seconds while others came and
-    went (applies at p99 1.4 s); in a queue of our own they are served in turn, and only one
+def _sqlite_engine(url: str, *, writer: bool) -> Engine:
+    engine = create_engine(url, connect_args={"timeout": _BUSY_SECONDS, "check_same_thread": False}, **_SQLITE_POOL)
+    _sqlite_setup(engine, writer=writer)
+    return engine
+
+
+def _sqlite_setup(engine: Engine, *, writer: bool) -> None:
+    """PRAGMAs on connect; a BEGIN for every transaction (deferred for a reader). A writer's
+    (`BEGIN IMMEDIATE`) first waits its turn among this process's writers: SQLite's own wait
+    for its lock polls with sleeps that grow to 100 ms, so under load the unlucky waited seconds
+    while others came and went (applies at p99 1.4 s); in a queue of our own they are served in turn, and only one
     writer per process asks SQLite, at an even pace (`_begin_immediate`), against the other
     processes'. Fair turns cost throughput between processes (each reloads what the other
     changed): measured, two API processes' applies went from p99 0.66 s at 159/s to p99 0.16 s
     at 93/s."""
-    turn = threading.Lock() if begin == "BEGIN IMMEDIATE" else None
+    turn = threading.Lock() if writer else None
 
     @event.listens_for(engine, "connect")
     def _connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute(f"PRAGMA busy_timeout={_BUSY_SECONDS * 1000}")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.close()
@@ -56,15 +64,15 @@ def _sqlite_setup(engine: Engine, begin: str = "BEGIN IMMEDIATE") -> None:
     def _begin(conn: Connection) -> None:
         if conn.get_execution_options().get(_ONE_STATEMENT):
             return
-        if turn is not None and not conn.info.get(_TURN):
+        if turn is None:
+            conn.exec_driver_sql("BEGIN")
+            return
+        if not conn.info.get(_TURN):
             if not turn.acquire(timeout=_BUSY_SECONDS):
                 raise sqlite3.OperationalError(f"database is locked: no turn to write in {_BUSY_SECONDS} s")
             conn.info[_TURN] = True
         try:
-            if turn is None:
-                conn.exec_driver_sql(begin)
-            else:
-                _begin_immediate(conn.connection.dbapi_connection)
+            _begin_immediate(conn.connection.dbapi_connection)
         except BaseException:
             _end_turn(conn.info)
             raise
@@ -129,10 +137,7 @@ class Database:
         if not self.is_sqlite:
             return self.engine
         if self._reader is None:
-            self._reader = create_engine(
-                self.url, connect_args={"timeout": 30, "check_same_thread": False}, **_SQLITE_POOL
-            )
-            _sqlite_setup(self._reader, "BEGIN")
+            self._reader = _sqlite_engine(self.url, writer=False)
         return self._reader
 
     @property
@@ -187,8 +192,7 @@ def open_database(url: str) -> Database:
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **_SQLITE_POOL)
-        _sqlite_setup(engine)
+        engine = _sqlite_engine(url, writer=True)
     elif parsed.get_backend_name() == "postgresql":
         engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
     else:
