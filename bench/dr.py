@@ -110,14 +110,14 @@ def quantile(xs: list[float], p: float) -> float:
 
 # ------------------------------------------------------------------------- Shanzhi
 class Shanzhi:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, env: dict[str, str] | None = None) -> None:
         self.data = root / "shanzhi"
         self.data.mkdir()
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         argv = [sys.executable, "-m", "shanzhi", "serve", "--data-dir", str(self.data), "--port", str(self.port),
                 "--interval", "0.3", "--failover-grace", "1"]  # fmt: skip
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SHANZHI_")}
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("SHANZHI_")}, **(env or {})}
         self.log = open(root / "server.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         wait(lambda: httpx.get(f"{self.url}/healthz").status_code == 200, 30, "the server")
@@ -206,12 +206,15 @@ class Bare:
 
 
 # ------------------------------------------------------------------------- drills
-def drill_impact(root: Path, drills: int, window: float = 10.0, control: bool = False) -> dict[str, Any]:
+def drill_impact(
+    root: Path, drills: int, window: float = 10.0, control: bool = False, scratch: str = "memory"
+) -> dict[str, Any]:
     """Production's commit latency while `dr test` recovers a copy beside it, against the same
     length of time just before each drill (the baseline), and what each drill leaves after
     `dr cleanup`. `control`: the same windows with no drill in them (how far two quiet windows
-    differ on this machine: the comparison's own noise)."""
-    system = Shanzhi(root)
+    differ on this machine: the comparison's own noise). `scratch`: where the copies go,
+    `memory` (the default: a tmpfs) or `disk` (beside production, as before)."""
+    system = Shanzhi(root, {"SHANZHI_DRILL_SCRATCH": "off"} if scratch == "disk" else None)
     vdc = {"vdc": "gz/tax"}
     try:
         dsn = system.setup()
@@ -244,6 +247,7 @@ def drill_impact(root: Path, drills: int, window: float = 10.0, control: bool = 
             left = Path(report["body"]["dir"]).exists() or (ns is not None and ns in _namespaces())
             residue += left
             where = f"isolated in {ns}" if ns else "on the host loopback"
+            where += ", in memory" if report["body"].get("in_memory") else ", on disk"
             console.print(f"  drill {i + 1}/{drills}: RTO {report['body']['rto_seconds']:.1f}s, {where}, "
                           f"residue: {'yes' if left else 'none'}")  # fmt: skip
         w.stop()
@@ -256,6 +260,7 @@ def drill_impact(root: Path, drills: int, window: float = 10.0, control: bool = 
 
     out: dict[str, Any] = {
         "drills": drills, "residue": residue, "rto": [r["body"]["rto_seconds"] for r in reports], "control": control,
+        "scratch": None if control else scratch, "in_memory": sum(bool(r["body"].get("in_memory")) for r in reports),
     }  # fmt: skip
     for kind in ("baseline", "drill"):
         got = samples(kind)
@@ -275,18 +280,20 @@ def _namespaces() -> list[str]:
     return subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout.split()
 
 
-def drill_table(r: dict[str, Any]) -> Table:
-    what = "windows with no drill (the control)" if r.get("control") else "drills (`dr test`)"
-    table = Table(title=f"Production's commits during {r['drills']} {what}, against just before each")
-    for col in ("window", "commits", "p50", "p99", "p99 vs baseline", "drill RTO p50 / max", "residue after cleanup"):
+def drill_table(runs: dict[str, dict[str, Any]]) -> Table:
+    table = Table(title="Production's commits during drills (`dr test`), against just before each")
+    for col in ("copies", "window", "commits", "p50", "p99", "p99 vs baseline", "drill RTO p50 / max",
+                "residue after cleanup"):  # fmt: skip
         table.add_column(col, justify="right")
-    b = r["baseline"]["p99_ms"]
-    for kind in ("baseline", "drill"):
-        x = r[kind]
-        table.add_row(kind, f"{x['commits']:,}", f"{x['p50_ms']:.2f} ms", f"{x['p99_ms']:.2f} ms",
-                      f"{(x['p99_ms'] / b - 1) * 100:+.0f}%" if kind == "drill" and b else "—",
-                      _spread(r["rto"]) if kind == "drill" else "—",
-                      f"{r['residue']} of {r['drills']}" if kind == "drill" else "—")  # fmt: skip
+    for name, r in runs.items():
+        b = r["baseline"]["p99_ms"]
+        for kind in ("baseline", "drill"):
+            x = r[kind]
+            table.add_row(name if kind == "baseline" else "", kind if not r["control"] else f"{kind} (none run)",
+                          f"{x['commits']:,}", f"{x['p50_ms']:.2f} ms", f"{x['p99_ms']:.2f} ms",
+                          f"{(x['p99_ms'] / b - 1) * 100:+.0f}%" if kind == "drill" and b else "—",
+                          _spread(r["rto"]) if kind == "drill" else "—",
+                          f"{r['residue']} of {r['drills']}" if kind == "drill" else "—")  # fmt: skip
     return table
 
 
@@ -412,6 +419,10 @@ def main() -> None:
     ap.add_argument("--partitions", type=int, default=200, help="partition cycles (the four faults in turn)")
     ap.add_argument("--drills", type=int, default=10, help="drills (`dr test`) under a writer")
     ap.add_argument("--control", action="store_true", help="drills: the same windows without a drill (the noise)")
+    ap.add_argument(
+        "--scratch", choices=("memory", "disk", "both"), default="both",
+        help="drills: where the copies go (both: a run of each, side by side)",
+    )  # fmt: skip
     ap.add_argument("--minutes", type=float, help="stop starting partition cycles after this long")
     ap.add_argument("--only", choices=("crashes", "drills", "partitions"), help="run one part only")
     ap.add_argument("-o", "--output", type=Path, help="write the figures as JSON")
@@ -440,13 +451,19 @@ def main() -> None:
             console.print(crash_table(results, crashes))
             out.update(results)
         if args.only in (None, "drills") and drills > 0:
-            console.print(f"[bold]drills[/]: {drills} under a writer")
-            (root / "drills").mkdir()
-            out["drills"] = drill_impact(root / "drills", drills, control=args.control)
-            console.print(drill_table(out["drills"]))
-            for kind in ("baseline", "drill"):
-                seconds = out["drills"][kind]["p99_ms_by_second"]
-                console.print(f"  {kind} p99 by second of its window (ms): " + " ".join(f"{x}" for x in seconds))
+            runs: dict[str, dict[str, Any]] = {}
+            kinds = ("memory", "disk") if args.scratch == "both" else (args.scratch,)
+            for scratch in ("none (control)",) if args.control else kinds:
+                console.print(f"[bold]drills[/]: {drills} under a writer, copies: {scratch}")
+                where = root / f"drills-{scratch[:4]}"
+                where.mkdir()
+                runs[scratch] = drill_impact(where, drills, control=args.control, scratch=scratch)
+            out["drills"] = runs
+            console.print(drill_table(runs))
+            for scratch, r in runs.items():
+                for kind in ("baseline", "drill"):
+                    seconds = " ".join(f"{x}" for x in r[kind]["p99_ms_by_second"])
+                    console.print(f"  {scratch}: {kind} p99 by second of its window (ms): {seconds}")
         if args.only in (None, "partitions") and partitions > 0:
             console.print(f"[bold]partitions[/]: {partitions} cycles")
             logs = args.output.with_suffix(".logs") if args.output else Path("bench-dr-partition-logs")

@@ -27,6 +27,12 @@ def _namespaces() -> list[str]:
     return subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout.split()
 
 
+def _filesystem(path: Path) -> str:
+    return subprocess.run(
+        ["stat", "-f", "-c", "%T", str(path)], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
 def _reaches(namespace: str | None, hostport: str) -> bool:
     """Does a TCP connection to hostport open from the namespace (None: the root one)?"""
     host, _, port = hostport.rpartition(":")
@@ -105,6 +111,7 @@ def test_a_scheduled_backup_and_a_restore_to_a_point_in_time(world: tuple[Server
         assert got == list(range(100)), f"{len(got)} rows, expected exactly the first 100"
         c.execute("INSERT INTO acks VALUES (-1)")  # the copy is open for writes ...
         assert c.execute("SHOW fsync").fetchone() == ("on",) and body["durable"]  # ... and keeps them
+    assert not body["in_memory"] and Path(body["dir"]).stat().st_dev == server.data_dir.stat().st_dev  # on disk
     with psycopg.connect(url, autocommit=True) as c:  # ... and the running cluster untouched
         assert c.execute("SELECT count(*), min(id) FROM acks").fetchone() == (200, 0)
 
@@ -133,6 +140,9 @@ def test_a_scheduled_backup_and_a_restore_to_a_point_in_time(world: tuple[Server
         assert c.execute("SELECT count(*) FROM acks").fetchone() == (200,)
         # a drill's copy asks the disk production shares for no flush (it is thrown away)
         assert c.execute("SHOW fsync").fetchone() == ("off",) and not drill["body"]["durable"]
+    # ... and is unpacked in memory (a tmpfs), not on the disk production's WAL goes to
+    assert drill["body"]["in_memory"] and Path(drill["body"]["dir"]).is_relative_to("/dev/shm"), drill["body"]
+    assert _filesystem(Path(drill["body"]["dir"])) == "tmpfs"
 
     # another backup on demand; both kept, and the window a restore can reach
     cli.ok("dr", "backup", "tax", "--vdc", "gz/tax")
@@ -145,6 +155,7 @@ def test_a_scheduled_backup_and_a_restore_to_a_point_in_time(world: tuple[Server
     gone = cli.json("dr", "cleanup", "tax", "--vdc", "gz/tax")
     assert gone["removed"] == [report["id"], later["id"], drill["id"]]
     assert not any(Path(r["body"]["dir"]).exists() for r in (report, later, drill))
+    assert not any(Path(drill["body"]["dir"]).parent.iterdir())
     assert net["namespace"] not in _namespaces()  # no residue
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(copy, connect_timeout=2).close()

@@ -27,12 +27,14 @@ recovery do here.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import time
 from datetime import UTC, datetime, timedelta
@@ -85,6 +87,62 @@ def _backups_dir(data_dir: Path, app_id: int, component: str) -> Path:
 
 def _restores_root(data_dir: Path) -> Path:
     return default_workload_root(data_dir) / "dr-restores"
+
+
+def _memory_root(data_dir: Path) -> Path:
+    """Where drills' copies go when they fit in memory: a tmpfs (`SHANZHI_DRILL_SCRATCH`, by
+    default /dev/shm; `off`: none), in a directory of this server's own."""
+    scratch = os.environ.get("SHANZHI_DRILL_SCRATCH", "/dev/shm")
+    return Path(scratch) / f"shanzhi-{server_id(data_dir)}-drills"
+
+
+def _copies_root(data_dir: Path, backup: Path, archive: Path, drill: bool) -> Path:
+    """Where a copy is unpacked (made, each level traversable by the copy's uid). A drill's copy
+    goes to memory when it fits with room to spare (twice its size, and a quarter of the tmpfs
+    left over): unpacked on the disk production
+    flushes its WAL to, the copy's thousands of new files ride in the journal commit that
+    production's next fsync waits for (ext4), and the write-back of its pages competes with
+    production's flushes. A restore's copy is kept and read from: it goes on disk."""
+    if drill and os.environ.get("SHANZHI_DRILL_SCRATCH") != "off":
+        root = _memory_root(data_dir)
+        need = 2 * (_unpacked_size(backup) + _wal_since(archive, backup))
+        with contextlib.suppress(OSError):
+            fs = os.statvfs(root.parent)
+            if fs.f_bavail * fs.f_frsize - need >= fs.f_blocks * fs.f_frsize // 4 and _own_directory(root):
+                return root
+    root = _restores_root(data_dir)
+    make_reachable(root)
+    for p in (root, root.parent):
+        os.chmod(p, 0o711)
+    return root
+
+
+def _unpacked_size(backup: Path) -> int:
+    """The base backup's size unpacked: the sum of its manifest's files (else four times the archive)."""
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        manifest = json.loads((backup / "backup_manifest").read_text())
+        return sum(int(f["Size"]) for f in manifest["Files"])
+    return 4 * (backup / "base.tar.gz").stat().st_size
+
+
+def _wal_since(archive: Path, backup: Path) -> int:
+    """The archived WAL a copy of `backup` replays (at most: what reached the archive since)."""
+    since = backup.stat().st_mtime - 60
+    return sum(st.st_size for f in archive.iterdir() if (st := f.stat()).st_mtime >= since) if archive.exists() else 0
+
+
+def _own_directory(path: Path) -> bool:
+    """Make `path` (0711) in a directory that others may write (/dev/shm), or accept it if it is
+    already there, a directory (no link), this process's and writable by no one else: one that a
+    workload made first would let it reach every drill's copy."""
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o711)
+        os.chmod(path, 0o711)
+    st = path.lstat()
+    if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022:
+        return True
+    log.warning("%s is not this server's own directory: drills' copies go on disk", path)
+    return False
 
 
 # ----------------------------------------------------------------------------- backups
@@ -233,12 +291,14 @@ def restore(
         s.flush()
     box = Sandbox.for_data_dir(data_dir)
     uid = box.uid_for(vdc) if box.isolate else os.geteuid()
-    home = _restores_root(data_dir) / f"{scope(app_id, component)}-r{report.id}"
+    archive = archive_dir(data_dir, app_id, component)
+    home = Path()  # not yet made
     error = None
     body: dict[str, Any] = {}
     network: dict[str, Any] = _drill_network(data_dir, report.id) if drill else {"namespace": None, "isolated": False}
     try:
-        archive = archive_dir(data_dir, app_id, component)
+        root = _copies_root(data_dir, Path(base.body["path"]), archive, drill)
+        home = root / f"{scope(app_id, component)}-r{report.id}"
         durable = not drill  # a drill's copy is thrown away at cleanup: see _start_copy
         body = _start_copy(
             home, Path(base.body["path"]), archive, None if drill else to, uid, network["namespace"], durable
@@ -258,7 +318,8 @@ def restore(
     except (OSError, RuntimeError, subprocess.SubprocessError) as err:
         error = str(err)
         _stop(body.get("pid"), body.get("create_time"))
-        shutil.rmtree(home, ignore_errors=True)
+        if home != Path():
+            shutil.rmtree(home, ignore_errors=True)
         _remove_namespace(data_dir, network["namespace"])
     seconds = time.monotonic() - started
     with db.session() as s, s.begin():
@@ -274,6 +335,7 @@ def restore(
             r.outcome = "succeeded"
             r.body = {
                 **r.body, **body, "state": "ready", "seconds": round(seconds, 3), "network": network,
+                "in_memory": home.parent == _memory_root(data_dir),
                 "connection": connection_string([f"127.0.0.1:{body['port']}"], "app", None, database),
             }  # fmt: skip
             where = (
@@ -327,15 +389,18 @@ def cleanup(db: Database, data_dir: Path, app_id: int) -> list[int]:
 def stop_restores(data_dir: Path, *, remove: bool = False) -> int:
     """Stop every restored copy under this data directory's workload root (tests, `dr cleanup`
     after a crash). Returns how many were running."""
-    root = _restores_root(data_dir)
+    root, memory = _restores_root(data_dir), _memory_root(data_dir)
     stopped = 0
-    for pid_file in root.glob("*/pgdata/postmaster.pid") if root.exists() else []:
+    for pid_file in [p for r in (root, memory) if r.is_dir() for p in r.glob("*/pgdata/postmaster.pid")]:
         with contextlib.suppress(OSError, ValueError, IndexError):
             pid = int(pid_file.read_text().split()[0])
             os.kill(pid, signal.SIGQUIT)
             stopped += 1
-    if remove and root.exists():
+    if remove:
         time.sleep(0.5 if stopped else 0)
+        if memory.is_dir() and _own_directory(memory):
+            shutil.rmtree(memory, ignore_errors=True)
+    if remove and root.exists():
         shutil.rmtree(root, ignore_errors=True)
         shutil.rmtree(root.parent / "dr-archive", ignore_errors=True)
     if remove and unavailable() is None:
@@ -400,9 +465,6 @@ def _start_copy(
     simply run again."""
     pgdata = home / "pgdata"
     if not pgdata.exists():
-        make_reachable(home.parent)
-        for p in (home.parent, home.parent.parent):
-            os.chmod(p, 0o711)
         pgdata.mkdir(parents=True, mode=0o700)
         # unpacked by tar at the lowest CPU and I/O priority (it is the heaviest part of a restore,
         # and production shares the machine); the archive is pg_basebackup's, from our own data dir
