@@ -143,6 +143,16 @@ def test_a_scheduled_backup_and_a_restore_to_a_point_in_time(world: tuple[Server
     # ... and is unpacked in memory (a tmpfs), not on the disk production's WAL goes to
     assert drill["body"]["in_memory"] and Path(drill["body"]["dir"]).is_relative_to("/dev/shm"), drill["body"]
     assert _filesystem(Path(drill["body"]["dir"])) == "tmpfs"
+    # ... its PostgreSQL yields the CPU (a cgroup of the lowest weight) and holds none of the server's environment
+    pid = drill["body"]["pid"]
+    lines = [line.split(":", 2) for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines()]
+    cpu = next(path for _, controllers, path in lines if "cpu" in controllers.split(",") or controllers == "")
+    assert cpu.endswith(f"/copy-r{drill['id']}"), cpu
+    mount = Path("/sys/fs/cgroup/cpu") if Path("/sys/fs/cgroup/cpu/cpu.shares").exists() else Path("/sys/fs/cgroup")
+    weight = mount / cpu.lstrip("/") / ("cpu.shares" if mount.name == "cpu" else "cpu.weight")
+    assert weight.read_text().strip() in ("2", "1")
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    assert {e.split(b"=", 1)[0] for e in environ if e} <= {b"PATH", b"HOME", b"LANG", b"PWD"}  # PWD: the shell's
 
     # another backup on demand; both kept, and the window a restore can reach
     cli.ok("dr", "backup", "tax", "--vdc", "gz/tax")
@@ -156,6 +166,7 @@ def test_a_scheduled_backup_and_a_restore_to_a_point_in_time(world: tuple[Server
     assert gone["removed"] == [report["id"], later["id"], drill["id"]]
     assert not any(Path(r["body"]["dir"]).exists() for r in (report, later, drill))
     assert not any(Path(drill["body"]["dir"]).parent.iterdir())
+    assert not weight.parent.exists()  # the copy's cgroup too
     assert net["namespace"] not in _namespaces()  # no residue
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(copy, connect_timeout=2).close()

@@ -49,7 +49,7 @@ from shanzhi.domain.errors import Conflict, InvalidInput
 from shanzhi.dr.patroni import BIN_DIR, REPLICATOR, SUPERUSER, connection_string, scope
 from shanzhi.providers.fabric.member import unavailable
 from shanzhi.providers.fabric.topology import Fabric
-from shanzhi.providers.sandbox import Sandbox, default_workload_root, make_reachable, server_id
+from shanzhi.providers.sandbox import SAFE_PATH, Sandbox, default_workload_root, make_reachable, server_id
 from shanzhi.store import Database
 from shanzhi.store.events import record_event
 from shanzhi.store.tables import App, DrCluster, DrReport, utcnow
@@ -300,8 +300,9 @@ def restore(
         root = _copies_root(data_dir, Path(base.body["path"]), archive, drill)
         home = root / f"{scope(app_id, component)}-r{report.id}"
         durable = not drill  # a drill's copy is thrown away at cleanup: see _start_copy
+        cgroup = _background(box, report.id)
         body = _start_copy(
-            home, Path(base.body["path"]), archive, None if drill else to, uid, network["namespace"], durable
+            home, Path(base.body["path"]), archive, None if drill else to, uid, network["namespace"], durable, cgroup
         )
         try:
             body.update(_wait_promoted(home, body, to))
@@ -313,11 +314,12 @@ def restore(
                     "the rest: restore to an earlier time"
                 ) from None
             # nothing was committed between the last archived commit and `to`: all of it is the state at `to`
-            body = _start_copy(home, Path(base.body["path"]), archive, None, uid, network["namespace"], durable)
+            body = _start_copy(home, Path(base.body["path"]), archive, None, uid, network["namespace"], durable, cgroup)
             body.update(_wait_promoted(home, body, to), whole_archive=True)
     except (OSError, RuntimeError, subprocess.SubprocessError) as err:
         error = str(err)
         _stop(body.get("pid"), body.get("create_time"))
+        _remove_background(box, report.id)
         if home != Path():
             shutil.rmtree(home, ignore_errors=True)
         _remove_namespace(data_dir, network["namespace"])
@@ -369,6 +371,7 @@ def restore(
 
 def cleanup(db: Database, data_dir: Path, app_id: int) -> list[int]:
     """Stop and remove the app's restored copies. Returns the reports they came from."""
+    box = Sandbox.for_data_dir(data_dir)
     done = []
     with db.session() as s, s.begin():
         q = select(DrReport).where(DrReport.app_id == app_id, DrReport.kind.in_(("restore", "drill")))
@@ -377,6 +380,7 @@ def cleanup(db: Database, data_dir: Path, app_id: int) -> list[int]:
             if r.body.get("state") != "ready":
                 continue
             _stop(r.body.get("pid"), r.body.get("create_time"))
+            _remove_background(box, r.id)
             shutil.rmtree(r.body.get("dir", ""), ignore_errors=True)
             _remove_namespace(data_dir, (r.body.get("network") or {}).get("namespace"))
             r.body = {**r.body, "state": "removed", "removed_at": utcnow().isoformat()}
@@ -451,12 +455,42 @@ class _PastTheArchive(Exception):
     """PostgreSQL replayed the whole archive without passing the target time."""
 
 
+def _background(box: Sandbox, report_id: int) -> Path | None:
+    """The cgroup a copy's processes run in, yielding the CPU to everything else (None: no
+    cgroups here; nice 19 alone)."""
+    if box.cgroups is None:
+        return None
+    try:
+        return box.cgroups.background(f"copy-r{report_id}")
+    except OSError as err:
+        log.warning("no background cgroup for the copy of report %s (%s): nice 19 alone", report_id, err)
+        return None
+
+
+def _remove_background(box: Sandbox, report_id: int) -> None:
+    if box.cgroups is not None:
+        box.cgroups.remove(f"copy-r{report_id}")
+
+
+def _in_cgroup(procs: Path | None, argv: list[str]) -> list[str]:
+    """`argv` run inside the cgroup of `procs` (a shell joins it, then becomes the command)."""
+    return argv if procs is None else ["sh", "-c", 'echo $$ > "$0" && exec "$@"', str(procs), *argv]
+
+
 def _start_copy(
-    home: Path, backup: Path, archive: Path, to: datetime | None, uid: int, netns: str | None, durable: bool
+    home: Path,
+    backup: Path,
+    archive: Path,
+    to: datetime | None,
+    uid: int,
+    netns: str | None,
+    durable: bool,
+    cgroup: Path | None,
 ) -> dict[str, Any]:
     """Start PostgreSQL on the copy (unpacking the base backup first, once), recovering to `to`
     (None: all of the archive), in network namespace `netns` if given (its own loopback; the
-    platform reaches it through its socket in `home`).
+    platform reaches it through its socket in `home`). Both run in `cgroup` when given (see
+    `Cgroups.background`), with an environment of their own (none of the server's).
 
     Not `durable` (a drill's copy, removed at cleanup): the copy never asks the disk to flush
     (`fsync`, `full_page_writes` and `synchronous_commit` off), so it does not sync its whole
@@ -468,11 +502,11 @@ def _start_copy(
         pgdata.mkdir(parents=True, mode=0o700)
         # unpacked by tar at the lowest CPU and I/O priority (it is the heaviest part of a restore,
         # and production shares the machine); the archive is pg_basebackup's, from our own data dir
+        unpack = ["nice", "-n", "19", "ionice", "-c", "3", "tar", "-xzf", str(backup / "base.tar.gz"),
+                  "-C", str(pgdata), "--no-same-owner"]  # fmt: skip
         done = subprocess.run(
-            ["nice", "-n", "19", "ionice", "-c", "3", "tar", "-xzf", str(backup / "base.tar.gz"), "-C", str(pgdata),
-             "--no-same-owner"],
-            capture_output=True, text=True, check=False,
-        )  # fmt: skip
+            _in_cgroup(cgroup, unpack), capture_output=True, text=True, check=False, env=_copy_env(home)
+        )
         if done.returncode != 0:
             raise RuntimeError(f"could not unpack base backup {backup.name}: {done.stderr.strip()[-400:]}")
     for stale in ("postmaster.pid", "postmaster.opts", "standby.signal"):
@@ -502,14 +536,20 @@ def _start_copy(
     argv = ["nice", "-n", "19", *argv]  # a copy beside production yields the CPU to it
     if netns is not None:
         argv = ["ip", "netns", "exec", netns, *argv]  # each execs the next in place: the pid is PostgreSQL's
+    argv = _in_cgroup(cgroup, argv)  # joined first: `ip netns exec` mounts a /sys without the cgroups
     log_file = home / "log"
     with open(log_file, "ab") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, cwd=home)  # fmt: skip
+                                start_new_session=True, cwd=home, env=_copy_env(home))  # fmt: skip
     return {
         "pid": proc.pid, "create_time": psutil.Process(proc.pid).create_time(), "port": port, "dir": str(home),
         "durable": durable,
     }  # fmt: skip
+
+
+def _copy_env(home: Path) -> dict[str, str]:
+    """A copy's environment: nothing of the server's (its secrets), which the VDC's uid could read."""
+    return {"PATH": SAFE_PATH, "HOME": str(home), "LANG": "C.UTF-8"}
 
 
 def _quote(v: object) -> str:

@@ -138,6 +138,22 @@ class Cgroups:
         _write(dirs["pids"] / "pids.max", str(pids))
         return [d / "cgroup.procs" for d in dirs.values()]
 
+    def background(self, instance: str) -> Path:
+        """A cgroup that gets the CPU only when nothing else wants it (v1 `cpu.shares` 2, v2
+        `cpu.weight` 1), no limit otherwise: for work beside production (a drill's copy). Its
+        processes are scheduled as one group whose share is spent, where a new process at nice
+        19 would start level with production's. The `cgroup.procs` file to join."""
+        if self.version() == 1:
+            d = self.fs / "cpu" / self.prefix / instance
+            d.mkdir(parents=True, exist_ok=True)
+            _write(d / "cpu.shares", "2")
+            return d / "cgroup.procs"
+        self._delegate_v2()
+        d = self.fs / self.prefix / instance
+        d.mkdir(exist_ok=True)
+        _write(d / "cpu.weight", "1")
+        return d / "cgroup.procs"
+
     def _delegate_v2(self) -> None:
         node = self.fs
         for part in Path(self.prefix).parts:
