@@ -95,11 +95,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def server(database_url: str | None, workers: int) -> Any:
+def server(database_url: str | None, workers: int, threads: int | None = None) -> Any:
     data = Path(tempfile.mkdtemp(prefix="shanzhi-bench-api-"))
     port = free_port()
     args = [sys.executable, "-m", "shanzhi", "serve", "--data-dir", str(data), "--port", str(port)]
     args += ["--workers", str(workers), "--logins-per-minute", "100000", "--failures-per-minute", "100000"]
+    args += ["--threads", str(threads)] if threads else []
     if database_url:
         args += ["--database-url", database_url]
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHANZHI_")}
@@ -151,9 +152,9 @@ def wrk(url: str, path: str, script: str, connections: int, seconds: int) -> dic
     return r
 
 
-def run(backend: str, database_url: str | None, workers: int, seconds: int) -> dict[str, Any]:
+def run(backend: str, database_url: str | None, workers: int, seconds: int, threads: int | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    with server(database_url, workers) as (url, token):
+    with server(database_url, workers, threads) as (url, token):
         read = READ_LUA.format(token=token)
         out["healthz"] = wrk(url, "/healthz", read, 50, seconds)
         out["status"] = wrk(url, "/api/v1/status", read, 50, seconds)
@@ -175,6 +176,10 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="5 s per measurement instead of 20")
     ap.add_argument("--workers", type=int, default=2, help="API processes in the multi-process layout")
     ap.add_argument("--backend", choices=("sqlite", "postgresql", "both"), default="both")
+    ap.add_argument(
+        "--threads", default="", help="`serve --threads` per API process; several (4,40) run each layout with each"
+    )
+    ap.add_argument("--layouts", default="1,2", help="API processes of the layouts to run (default: 1 and --workers)")
     ap.add_argument("-o", "--output", default="bench/results/api.json")
     args = ap.parse_args()
     if shutil.which("wrk") is None:
@@ -183,13 +188,15 @@ def main() -> None:
     results: dict[str, Any] = {"cores": os.cpu_count(), "seconds": seconds, "runs": {}}
     console = Console()
     for backend in ("sqlite", "postgresql") if args.backend == "both" else (args.backend,):
-        for workers in (1, args.workers):
-            key = f"{backend}, {workers} API process{'es' if workers > 1 else ''}"
-            with throwaway_postgres() if backend == "postgresql" else nullcontext("") as pg:
-                if pg is None:
-                    continue
-                console.print(f"[bold]{key}[/] ...")
-                results["runs"][key] = run(backend, pg or None, workers, seconds)
+        for workers in sorted({1 if n == "1" else args.workers for n in args.layouts.split(",")}):
+            for threads in [int(n) for n in args.threads.split(",") if n] or [None]:
+                key = f"{backend}, {workers} API process{'es' if workers > 1 else ''}"
+                key += f", {threads} threads" if threads else ""
+                with throwaway_postgres() if backend == "postgresql" else nullcontext("") as pg:
+                    if pg is None:
+                        continue
+                    console.print(f"[bold]{key}[/] ...")
+                    results["runs"][key] = run(backend, pg or None, workers, seconds, threads)
     table = Table(title=f"API under load (wrk, {seconds} s each, {os.cpu_count()} cores)")
     for col in ("layout", "/healthz req/s", "GET /status req/s (p99)", "GET /apps req/s (p99)", "applies/s (p99)",
                 "acknowledged, not stored"):  # fmt: skip

@@ -39,6 +39,14 @@ def serve(
     workers: int = typer.Option(
         1, "--workers", min=1, max=64, help="API processes (above 1, the controllers get a process of their own)."
     ),
+    threads: int = typer.Option(
+        40,
+        "--threads",
+        min=1,
+        max=256,
+        help="Threads per API process for the routes that wait on the database. Fewer queue requests in "
+        "order; more let more wait at once and contend for the interpreter.",
+    ),
     failover_grace: float = typer.Option(3.0, "--failover-grace", help="Seconds a cloud may be down before failover."),
     network_pool: str = typer.Option(
         "10.240.0.0/16",
@@ -205,6 +213,7 @@ def serve(
         demo_vms=demo_vms,
         interval=interval,
         workers=workers,
+        threads=threads,
         failover_grace=failover_grace,
         network_pool=network_pool,
         network_prefix=network_prefix,
