@@ -30,7 +30,7 @@ class Settings:
     publisher: bool = True  # this process publishes ledger checkpoints and drains the audit outbox
     prepared: bool = False  # migrations, bootstrap and demo done already (API workers)
     workers: int = 1  # API processes; above 1 the controllers run in a process of their own
-    threads: int = 40  # threads per API process for sync routes and lookups (anyio's default is 40)
+    threads: int = 4  # threads per API process for quick sync routes and lookups (see shanzhi.api.threads)
     interval: float = 1.0
     failover_grace: float = 3.0
     ledger: bool = True

@@ -128,12 +128,12 @@ def create_app(settings: Settings) -> FastAPI:
     console.install(app)
 
     @app.get("/metrics", include_in_schema=False)
-    def metrics_alias() -> RedirectResponse:
+    async def metrics_alias() -> RedirectResponse:
         """Where Prometheus looks by default; the exposition itself is an API route (a token)."""
         return RedirectResponse("/api/v1/metrics", status_code=307)
 
     @app.get("/healthz", include_in_schema=False)
-    def healthz() -> dict[str, str]:
+    async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
     return app

@@ -84,8 +84,8 @@ def _denied(p: Principal, action: str) -> str:
     return f"{p.user} ({p.label}) may not {action}: no role of theirs allows it; ask a security administrator"
 
 
-def principal(request: Request) -> Principal:
-    """The caller, as `authorize` found them (for routes)."""
+async def principal(request: Request) -> Principal:
+    """The caller, as `authorize` found them (for routes). Async: a lookup, no thread hop."""
     p: Principal = request.state.principal
     return p
 

@@ -12,6 +12,7 @@ from sqlalchemy import select
 from shanzhi.api.audit import transaction
 from shanzhi.api.deps import Runtime, runtime
 from shanzhi.api.schemas import MAX_ID
+from shanzhi.api.threads import slow
 from shanzhi.domain.errors import InvalidInput
 from shanzhi.ledger.audit_copies import check_copies
 from shanzhi.store.audit import prune as prune_chain
@@ -55,6 +56,7 @@ def records(
 
 
 @router.get("/verify")
+@slow
 def verify(rt: Runtime = Depends(runtime)) -> dict[str, Any]:
     with rt.db.reader.connect() as c:
         report = verify_chain(c)

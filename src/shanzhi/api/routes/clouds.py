@@ -8,6 +8,7 @@ from sqlalchemy import func, select
 from shanzhi.api import schemas, views
 from shanzhi.api.audit import transaction
 from shanzhi.api.deps import Runtime, runtime
+from shanzhi.api.threads import slow
 from shanzhi.services import clouds as svc
 from shanzhi.store.tables import Instance
 
@@ -15,6 +16,7 @@ router = APIRouter(prefix="/clouds", tags=["clouds"])
 
 
 @router.post("", status_code=201, response_model=schemas.CloudOut)
+@slow
 def add_cloud(request: Request, body: schemas.CloudIn, rt: Runtime = Depends(runtime)) -> schemas.CloudOut:
     with transaction(request) as s:
         c = svc.add_cloud(
@@ -26,6 +28,7 @@ def add_cloud(request: Request, body: schemas.CloudIn, rt: Runtime = Depends(run
 
 
 @router.put("/{name}/credentials", response_model=schemas.CloudOut)
+@slow
 def set_credentials(
     request: Request, name: str, body: schemas.CredentialsIn, rt: Runtime = Depends(runtime)
 ) -> schemas.CloudOut:
@@ -60,6 +63,7 @@ def get_cloud(name: str, rt: Runtime = Depends(runtime)) -> schemas.CloudOut:
 
 
 @router.delete("/{name}", response_model=schemas.RemoveOut)
+@slow
 def remove_cloud(
     request: Request, name: str, drain: bool = Query(False), rt: Runtime = Depends(runtime)
 ) -> schemas.RemoveOut:
@@ -74,6 +78,7 @@ def remove_cloud(
 
 
 @router.post("/{name}/fail", response_model=schemas.RemoveOut)
+@slow
 def fail_cloud(
     request: Request, name: str, body: schemas.FailureIn, rt: Runtime = Depends(runtime)
 ) -> schemas.RemoveOut:
@@ -84,6 +89,7 @@ def fail_cloud(
 
 
 @router.post("/{name}/recover", response_model=schemas.RemoveOut)
+@slow
 def recover_cloud(
     request: Request, name: str, body: schemas.FailureIn, rt: Runtime = Depends(runtime)
 ) -> schemas.RemoveOut:

@@ -12,6 +12,7 @@ from shanzhi.api import views
 from shanzhi.api.audit import transaction
 from shanzhi.api.auth import principal, require
 from shanzhi.api.deps import Runtime, runtime
+from shanzhi.api.threads import slow
 from shanzhi.controllers import dr_backup
 from shanzhi.domain.errors import Conflict
 from shanzhi.domain.rbac import Principal
@@ -133,6 +134,7 @@ def _planned(request: Request, p: Principal, name: str, vdc: str | None, compone
 
 
 @router.post("/apps/{name}/dr/switchover")
+@slow
 def switchover(
     request: Request,
     name: str,
@@ -147,6 +149,7 @@ def switchover(
 
 
 @router.post("/apps/{name}/dr/failback")
+@slow
 def failback(
     request: Request,
     name: str,
@@ -178,6 +181,7 @@ def _done(report: DrReport) -> dict[str, Any]:
 
 
 @router.post("/apps/{name}/dr/activate-remote", status_code=202)
+@slow
 def activate_remote(
     request: Request,
     name: str,
@@ -201,6 +205,7 @@ def activate_remote(
 
 
 @router.post("/apps/{name}/dr/backups")
+@slow
 def backup(
     request: Request,
     name: str,
@@ -239,6 +244,7 @@ def backups(
 
 
 @router.post("/apps/{name}/dr/restore")
+@slow
 def restore(
     request: Request,
     name: str,
@@ -256,6 +262,7 @@ def restore(
 
 
 @router.post("/apps/{name}/dr/test")
+@slow
 def drill(
     request: Request,
     name: str,
@@ -271,6 +278,7 @@ def drill(
 
 
 @router.post("/apps/{name}/dr/cleanup")
+@slow
 def cleanup(
     request: Request, name: str, vdc: str | None = Query(None), p: Principal = Depends(principal)
 ) -> dict[str, Any]:
@@ -281,6 +289,7 @@ def cleanup(
 
 
 @router.post("/apps/{name}/dr/reprotect")
+@slow
 def reprotect(
     request: Request,
     name: str,

@@ -14,6 +14,7 @@ from shanzhi.api.audit import transaction
 from shanzhi.api.auth import principal, require
 from shanzhi.api.deps import Runtime, runtime
 from shanzhi.api.schemas import Id
+from shanzhi.api.threads import slow
 from shanzhi.domain.errors import Conflict, Forbidden, InvalidInput, Unauthorized
 from shanzhi.domain.rbac import PLATFORM_ROLES, Principal
 from shanzhi.services import identity as svc
@@ -118,6 +119,7 @@ def grant_out(g: Grant) -> dict[str, Any]:
 
 # ------------------------------------------------------------------ auth
 @router.post("/auth/login", status_code=201)
+@slow
 def login(request: Request, response: Response, body: LoginIn, rt: Runtime = Depends(runtime)) -> dict[str, Any]:
     """Exchange a user name and password for a session token (expires after `session_hours`)."""
     request.state.login_user = body.user[:64]
@@ -160,6 +162,7 @@ def whoami(request: Request, p: Principal = Depends(principal)) -> dict[str, Any
 
 
 @router.put("/auth/password")
+@slow
 def change_password(request: Request, body: PasswordIn, p: Principal = Depends(principal)) -> dict[str, Any]:
     with transaction(request) as s:
         u = svc.get_user(s, p.user)
@@ -286,6 +289,7 @@ def list_users(rt: Runtime = Depends(runtime)) -> list[dict[str, Any]]:
 
 
 @router.post("/users", status_code=201)
+@slow
 def create_user(request: Request, body: UserIn) -> dict[str, Any]:
     request.state.target = f"user {body.name}"
     with transaction(request) as s:
@@ -307,6 +311,7 @@ def delete_user(request: Request, name: str) -> dict[str, Any]:
 
 
 @router.put("/users/{name}/password")
+@slow
 def reset_password(request: Request, name: str, body: PasswordIn) -> dict[str, Any]:
     with transaction(request) as s:
         return user_out(svc.set_password(s, name, body.password))

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from shanzhi.api.audit import transaction
+from shanzhi.api.threads import slow
 from shanzhi.services import images as svc
 
 router = APIRouter(prefix="/images", tags=["images"])
@@ -30,6 +31,7 @@ def get_image(name: str) -> dict[str, Any]:
 
 
 @router.post("", status_code=201)
+@slow
 def build_image(request: Request, body: BuildIn) -> dict[str, Any]:
     """Build an image from this machine's packages (kind `tiny`: kernel, busybox, virtio modules)."""
     request.state.target = f"image {body.name}"
@@ -45,6 +47,7 @@ class ImportIn(BaseModel):
 
 
 @router.post("/import", status_code=201)
+@slow
 def import_image(request: Request, body: ImportIn) -> dict[str, Any]:
     """Take an operator's bootable qcow2 or raw disk image from the server's machine (checked
     against `sha256` when given); VMs boot overlays of it and read a cloud-init NoCloud seed."""
@@ -54,6 +57,7 @@ def import_image(request: Request, body: ImportIn) -> dict[str, Any]:
 
 
 @router.delete("/{name}", status_code=204)
+@slow
 def delete_image(request: Request, name: str) -> None:
     request.state.target = f"image {name}"
     with transaction(request):

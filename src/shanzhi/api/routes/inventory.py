@@ -10,6 +10,7 @@ from shanzhi.api.audit import transaction
 from shanzhi.api.auth import principal
 from shanzhi.api.deps import Runtime, runtime
 from shanzhi.api.schemas import MAX_ID, AdoptIn, SyncIn
+from shanzhi.api.threads import slow
 from shanzhi.domain.rbac import Principal
 from shanzhi.providers.base import RESOURCE_KINDS
 from shanzhi.services import inventory as svc
@@ -56,6 +57,7 @@ def list_syncs(rt: Runtime = Depends(runtime)) -> list[dict[str, Any]]:
 
 
 @router.post("/inventory/sync", status_code=202)
+@slow
 def sync_inventory(request: Request, body: SyncIn, rt: Runtime = Depends(runtime)) -> dict[str, Any]:
     with transaction(request) as s:
         clouds = svc.request_sync(s, body.cloud)
@@ -64,6 +66,7 @@ def sync_inventory(request: Request, body: SyncIn, rt: Runtime = Depends(runtime
 
 
 @router.post("/adopt")
+@slow
 def adopt(
     request: Request, body: AdoptIn, p: Principal = Depends(principal), rt: Runtime = Depends(runtime)
 ) -> dict[str, Any]:

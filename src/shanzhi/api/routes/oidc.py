@@ -22,6 +22,7 @@ from shanzhi.api.auth import principal
 from shanzhi.api.deps import Runtime, runtime
 from shanzhi.api.routes.identity import _In, _policy, token_out
 from shanzhi.api.schemas import Id
+from shanzhi.api.threads import slow
 from shanzhi.domain.errors import InvalidInput, NotFound, ShanzhiError, Unauthorized
 from shanzhi.domain.rbac import Principal
 from shanzhi.services import oidc as sso
@@ -66,6 +67,7 @@ def info(rt: Runtime = Depends(runtime)) -> dict[str, Any]:
 
 
 @router.post("/auth/oidc/start", status_code=201)
+@slow
 def start(request: Request, body: StartIn, rt: Runtime = Depends(runtime)) -> dict[str, Any]:
     """Begin a login: the URL to send the user's browser to (valid for 10 minutes)."""
     rp = _rp(rt)
@@ -77,6 +79,7 @@ def start(request: Request, body: StartIn, rt: Runtime = Depends(runtime)) -> di
 
 
 @router.get("/auth/oidc/callback", response_class=HTMLResponse)
+@slow
 def callback(
     request: Request,
     state: str = Query(..., max_length=128),
@@ -123,6 +126,7 @@ def callback(
 
 
 @router.post("/auth/oidc/exchange", status_code=201)
+@slow
 def exchange(request: Request, response: Response, body: ExchangeIn, rt: Runtime = Depends(runtime)) -> dict[str, Any]:
     """Trade the one-time code and the client's verifier for a session token."""
     _rp(rt)

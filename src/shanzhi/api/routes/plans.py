@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from shanzhi.api.audit import transaction
 from shanzhi.api.deps import Runtime, runtime
 from shanzhi.api.schemas import Id
+from shanzhi.api.threads import slow
 from shanzhi.services import plans as svc
 from shanzhi.store.tables import PlanRecord
 
@@ -43,6 +44,7 @@ class MoveIn(BaseModel):
 
 
 @router.post("/moves", status_code=201)
+@slow
 def move(request: Request, body: MoveIn, rt: Runtime = Depends(runtime)) -> dict[str, Any]:
     """Move one replica to another cloud now (a one-move plan, applied): a replica with volumes is
     migrated cold (stopped, its disks copied, started there, then the source deleted)."""
@@ -54,6 +56,7 @@ def move(request: Request, body: MoveIn, rt: Runtime = Depends(runtime)) -> dict
 
 
 @router.post("", status_code=201)
+@slow
 def propose(request: Request, body: PlanIn) -> dict[str, Any]:
     with transaction(request) as s:
         return _out(svc.make_plan(s, body.kind, body.cloud, body.target_utilisation, body.time_limit))
@@ -66,6 +69,7 @@ def get(plan_id: Id, rt: Runtime = Depends(runtime)) -> dict[str, Any]:
 
 
 @router.post("/{plan_id}/apply")
+@slow
 def apply(request: Request, plan_id: Id, rt: Runtime = Depends(runtime)) -> dict[str, Any]:
     with transaction(request) as s:
         out = _out(svc.apply(s, plan_id))

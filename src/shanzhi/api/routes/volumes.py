@@ -11,6 +11,7 @@ from shanzhi.api import schemas, views
 from shanzhi.api.audit import transaction
 from shanzhi.api.auth import principal, require
 from shanzhi.api.deps import Runtime, runtime
+from shanzhi.api.threads import slow
 from shanzhi.domain.rbac import Principal
 from shanzhi.services import volumes as svc
 from shanzhi.store.events import record_event
@@ -37,6 +38,7 @@ def get_volume(key: str, p: Principal = Depends(principal), rt: Runtime = Depend
 
 
 @router.delete("/{key}", status_code=202, response_model=list[schemas.VolumeOut])
+@slow
 def delete_volume(
     request: Request,
     key: str,
@@ -88,6 +90,7 @@ def _snap(request: Request, key: str, body: SnapshotIn, p: Principal, rt: Runtim
 
 
 @router.post("/{key}/snapshots", status_code=201)
+@slow
 def snapshot(
     request: Request, key: str, body: SnapshotIn, p: Principal = Depends(principal), rt: Runtime = Depends(runtime)
 ) -> dict[str, Any]:
@@ -97,6 +100,7 @@ def snapshot(
 
 
 @router.post("/{key}/restore")
+@slow
 def restore(
     request: Request, key: str, body: SnapshotIn, p: Principal = Depends(principal), rt: Runtime = Depends(runtime)
 ) -> dict[str, Any]:
