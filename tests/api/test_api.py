@@ -276,6 +276,39 @@ def test_app_status_comes_from_its_instances_and_the_list_agrees_with_each_get(w
         }
 
 
+def test_the_list_follows_each_new_generation_and_an_app_made_again(world: TestClient) -> None:
+    """The list keeps the components of the specs it has read (per app, creation and
+    generation): a new generation, and a new app where a removed one was, are read afresh."""
+    from sqlalchemy import delete, select
+
+    from shanzhi.store.tables import App, AppRevision
+
+    def desired() -> dict[str, list[tuple[str, int]]]:
+        listed = world.get("/api/v1/apps").json()
+        return {a["name"]: [(c["name"], c["desired"]) for c in a["components"]] for a in listed}
+
+    assert world.post("/api/v1/apps", json=hello(replicas=2)).status_code == 201
+    assert desired() == {"hello": [("web", 2)]}
+    assert world.post("/api/v1/apps", json=hello(replicas=3)).status_code == 200
+    assert desired() == {"hello": [("web", 3)]}
+    # the row goes (as the controller removes a deleted app) and an app of another shape takes
+    # its place: at the same generation, and on SQLite with the same id
+    db = world.app.state.db  # type: ignore[attr-defined]
+    ids = []
+    for component, replicas in (("web", 2), ("api", 1)):
+        with db.session() as s, s.begin():
+            s.execute(delete(AppRevision))
+            s.execute(delete(App))
+        spec = hello(replicas=replicas)
+        spec["spec"]["components"][0]["name"] = component
+        made = world.post("/api/v1/apps", json=spec)
+        assert made.status_code == 201 and made.json()["app"]["generation"] == 1
+        assert desired() == {"hello": [(component, replicas)]}
+        with db.session() as s:
+            ids.append(s.scalar(select(App.id)))
+    assert db.engine.dialect.name != "sqlite" or ids[0] == ids[1]
+
+
 def test_every_mutating_request_is_audited(world: TestClient) -> None:
     from sqlalchemy import select
 

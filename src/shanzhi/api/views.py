@@ -10,12 +10,9 @@ from sqlalchemy.orm import Session
 
 from shanzhi.api import schemas
 from shanzhi.domain.quota import Usage, rollup
-from shanzhi.domain.spec import Component
 from shanzhi.providers import credentials
 from shanzhi.services.apps import AppRow
 from shanzhi.store.tables import App, ApprovalRequest, Cloud, Instance, Vdc, VolumeRecord
-
-REPLICAS_DEFAULT = Component.model_fields["replicas"].default
 
 
 def cloud(
@@ -116,14 +113,14 @@ def apps(s: Session, listed: list[AppRow]) -> list[schemas.AppOut]:
 
 
 def _app(a: AppRow, states: list[tuple[str, str]]) -> schemas.AppOut:
-    """An app's summary from its stored spec (validated when applied) and its instances' states."""
+    """An app's summary from its components (of its stored spec) and its instances' states."""
     comps = []
-    for c in a.spec["spec"]["components"]:
-        mine = [st for comp, st in states if comp == c["name"] and st not in ("terminating", "lost", "reserved")]
+    for name, replicas in a.components:
+        mine = [st for comp, st in states if comp == name and st not in ("terminating", "lost", "reserved")]
         comps.append(
             schemas.ComponentStatus(
-                name=c["name"],
-                desired=c.get("replicas", REPLICAS_DEFAULT),
+                name=name,
+                desired=replicas,
                 ready=sum(1 for st in mine if st == "running"),
                 instances=len(mine),
             )
