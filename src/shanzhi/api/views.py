@@ -107,7 +107,7 @@ def apps(s: Session, listed: list[AppRow]) -> list[schemas.AppOut]:
     ids = [a.id for a in listed]
     for i in range(0, len(ids), 500):  # stay far below any backend's bound-parameter limit
         q = select(Instance.app_id, Instance.component, Instance.state).where(Instance.app_id.in_(ids[i : i + 500]))
-        for app_id, component, state in s.execute(q):
+        for app_id, component, state in s.connection().execute(q):  # plain rows, no ORM loading
             states[app_id].append((component, state))
     return [_app(a, states[a.id]) for a in listed]
 

@@ -171,7 +171,7 @@ def list_apps(
         q = q.where((Vdc.path == vdc) | Vdc.path.startswith(vdc + "/", autoescape=True))
     if limit is not None:
         q = q.limit(limit).offset(offset)
-    rows = list(s.execute(q))
+    rows = list(s.connection().execute(q))  # plain rows: the ORM's loading is a seventh of a list's time
     # what this list knows already, taken once (another thread may forget it all meanwhile)
     known = {r.id: _SEEN.get((r.id, r.created_at, r.generation)) for r in rows}
     new = [app_id for app_id, components in known.items() if components is None]
@@ -179,7 +179,7 @@ def list_apps(
         _SEEN.clear()
     for i in range(0, len(new), 500):
         chunk = select(App.id, App.created_at, App.generation, App.spec).where(App.id.in_(new[i : i + 500]))
-        for app_id, created, generation, spec in s.execute(chunk):
+        for app_id, created, generation, spec in s.connection().execute(chunk):
             # read again: a newer generation (committed in between) is kept under its own key
             known[app_id] = _SEEN[(app_id, created, generation)] = _components(spec)
     return [AppRow(i, n, path, g, d, known[i] or (), c, u) for i, n, path, g, d, c, u in rows]
