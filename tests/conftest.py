@@ -35,6 +35,22 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     stop_daemons(config.stash.get(_DAEMONS, []))
 
 
+_RERUN: list[tuple[str, str]] = []  # (test, why its first try failed), in the controlling process
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.outcome == "rerun":  # pytest-rerunfailures' mark: the try that failed before the rerun
+        _RERUN.append((report.nodeid, report.longreprtext))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Why each rerun test failed the first time (the plugin shows only that it was rerun): a
+    flaky test's cause, in the CI log where it happened."""
+    for nodeid, why in _RERUN:
+        terminalreporter.write_sep("-", f"first try of {nodeid}")
+        terminalreporter.write_line(why[-3000:])
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Slow end-to-end tests run last."""
     items.sort(key=lambda item: item.get_closest_marker("e2e") is not None)
