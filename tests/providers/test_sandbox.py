@@ -205,6 +205,29 @@ def test_cgroup_v2_files(tmp_path: Path) -> None:
     for node in (tmp_path, tmp_path / "shanzhi", tmp_path / "shanzhi/abc"):
         assert (node / "cgroup.subtree_control").read_text() == "+cpu +memory +pids"
     assert Cgroups("x", fs=tmp_path / "nothing").version() is None
+    # a background cgroup: the lowest CPU weight, found again by its name's start
+    assert cg.background("copy-r7") == tmp_path / "shanzhi/abc/copy-r7/cgroup.procs"
+    assert (tmp_path / "shanzhi/abc/copy-r7/cpu.weight").read_text() == "1"
+    assert cg.named("copy-r") == ["copy-r7"]
+
+
+@root_only
+def test_a_background_cgroup_on_this_machine(tmp_path: Path) -> None:
+    """cgroup v1 here: `cpu.shares` 2, listed by its name's start, and removed by the offline
+    cleanup of restored copies (a copy left by a crash leaves no cgroup behind)."""
+    from shanzhi.controllers.dr_backup import stop_restores
+
+    cg = Sandbox.for_data_dir(tmp_path).cgroups
+    if cg is None or cg.version() != 1:
+        pytest.skip("no writable cgroup v1 cpu controller")
+    procs = cg.background("copy-r3")
+    try:
+        assert (procs.parent / "cpu.shares").read_text().strip() == "2"
+        assert cg.named("copy-r") == ["copy-r3"] and cg.named("other") == []
+        stop_restores(tmp_path, remove=True)
+        assert not procs.parent.exists() and cg.named("copy-r") == []
+    finally:
+        cg.remove("copy-r3")
 
 
 def test_without_root_workloads_run_as_the_server_and_it_says_so(tmp_path: Path) -> None:

@@ -99,10 +99,10 @@ def _memory_root(data_dir: Path) -> Path:
 def _copies_root(data_dir: Path, backup: Path, archive: Path, drill: bool) -> Path:
     """Where a copy is unpacked (made, each level traversable by the copy's uid). A drill's copy
     goes to memory when it fits with room to spare (twice its size, and a quarter of the tmpfs
-    left over): unpacked on the disk production
-    flushes its WAL to, the copy's thousands of new files ride in the journal commit that
-    production's next fsync waits for (ext4), and the write-back of its pages competes with
-    production's flushes. A restore's copy is kept and read from: it goes on disk."""
+    left over): unpacked on the disk production flushes its WAL to, the copy's thousands of new
+    files ride in the journal commit that production's next fsync waits for (ext4), and the
+    write-back of its pages competes with production's flushes. A restore's copy is kept and
+    read from: it goes on disk."""
     if drill and os.environ.get("SHANZHI_DRILL_SCRATCH") != "off":
         root = _memory_root(data_dir)
         need = 2 * (_unpacked_size(backup) + _wal_since(archive, backup))
@@ -404,6 +404,10 @@ def stop_restores(data_dir: Path, *, remove: bool = False) -> int:
         time.sleep(0.5 if stopped else 0)
         if memory.is_dir() and _own_directory(memory):
             shutil.rmtree(memory, ignore_errors=True)
+        cgroups = Sandbox.for_data_dir(data_dir).cgroups
+        if cgroups is not None:
+            for name in cgroups.named(_COPY_CGROUP):
+                cgroups.remove(name)  # once its processes are gone
     if remove and root.exists():
         shutil.rmtree(root, ignore_errors=True)
         shutil.rmtree(root.parent / "dr-archive", ignore_errors=True)
@@ -455,13 +459,16 @@ class _PastTheArchive(Exception):
     """PostgreSQL replayed the whole archive without passing the target time."""
 
 
+_COPY_CGROUP = "copy-r"  # and the report's id
+
+
 def _background(box: Sandbox, report_id: int) -> Path | None:
     """The cgroup a copy's processes run in, yielding the CPU to everything else (None: no
     cgroups here; nice 19 alone)."""
     if box.cgroups is None:
         return None
     try:
-        return box.cgroups.background(f"copy-r{report_id}")
+        return box.cgroups.background(f"{_COPY_CGROUP}{report_id}")
     except OSError as err:
         log.warning("no background cgroup for the copy of report %s (%s): nice 19 alone", report_id, err)
         return None
@@ -469,7 +476,7 @@ def _background(box: Sandbox, report_id: int) -> Path | None:
 
 def _remove_background(box: Sandbox, report_id: int) -> None:
     if box.cgroups is not None:
-        box.cgroups.remove(f"copy-r{report_id}")
+        box.cgroups.remove(f"{_COPY_CGROUP}{report_id}")
 
 
 def _in_cgroup(procs: Path | None, argv: list[str]) -> list[str]:

@@ -154,6 +154,12 @@ class Cgroups:
         _write(d / "cpu.weight", "1")
         return d / "cgroup.procs"
 
+    def named(self, start: str) -> list[str]:
+        """The instances whose cgroups' names begin with `start` (cpu's, on v1)."""
+        v = self.version()
+        parent = self.fs / "cpu" / self.prefix if v == 1 else self.fs / self.prefix
+        return sorted(d.name for d in parent.glob(f"{start}*") if d.is_dir()) if v and parent.is_dir() else []
+
     def _delegate_v2(self) -> None:
         node = self.fs
         for part in Path(self.prefix).parts:
