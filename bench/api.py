@@ -179,7 +179,7 @@ def main() -> None:
     ap.add_argument(
         "--threads", default="", help="`serve --threads` per API process; several (4,40) run each layout with each"
     )
-    ap.add_argument("--layouts", default="1,2", help="API processes of the layouts to run (default: 1 and --workers)")
+    ap.add_argument("--layouts", help="API processes of each layout to run, e.g. 2 or 1,4 (default: 1 and --workers)")
     ap.add_argument("-o", "--output", default="bench/results/api.json")
     args = ap.parse_args()
     if shutil.which("wrk") is None:
@@ -188,7 +188,7 @@ def main() -> None:
     results: dict[str, Any] = {"cores": os.cpu_count(), "seconds": seconds, "runs": {}}
     console = Console()
     for backend in ("sqlite", "postgresql") if args.backend == "both" else (args.backend,):
-        for workers in sorted({1 if n == "1" else args.workers for n in args.layouts.split(",")}):
+        for workers in [int(n) for n in args.layouts.split(",")] if args.layouts else (1, args.workers):
             for threads in [int(n) for n in args.threads.split(",") if n] or [None]:
                 key = f"{backend}, {workers} API process{'es' if workers > 1 else ''}"
                 key += f", {threads} threads" if threads else ""

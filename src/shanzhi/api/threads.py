@@ -19,20 +19,24 @@ from typing import ParamSpec, TypeVar
 
 import anyio
 import anyio.to_thread
+from anyio.lowlevel import RunVar
 
 SLOW_THREADS = 32
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
-_slow: anyio.CapacityLimiter | None = None
+# one per event loop, as anyio keeps its own default limiter (a test client runs a loop of its own)
+_SLOW: RunVar[anyio.CapacityLimiter] = RunVar("shanzhi_slow_threads")
 
 
 def _limiter() -> anyio.CapacityLimiter:
-    global _slow  # one per process, made in its event loop on first use
-    if _slow is None:
-        _slow = anyio.CapacityLimiter(SLOW_THREADS)
-    return _slow
+    try:
+        return _SLOW.get()
+    except LookupError:
+        limiter = anyio.CapacityLimiter(SLOW_THREADS)
+        _SLOW.set(limiter)
+        return limiter
 
 
 def slow(route: Callable[P, T]) -> Callable[P, Awaitable[T]]:

@@ -292,7 +292,7 @@ def restore(
     box = Sandbox.for_data_dir(data_dir)
     uid = box.uid_for(vdc) if box.isolate else os.geteuid()
     archive = archive_dir(data_dir, app_id, component)
-    home = Path()  # not yet made
+    home: Path | None = None  # made in the try
     error = None
     body: dict[str, Any] = {}
     network: dict[str, Any] = _drill_network(data_dir, report.id) if drill else {"namespace": None, "isolated": False}
@@ -320,7 +320,7 @@ def restore(
         error = str(err)
         _stop(body.get("pid"), body.get("create_time"))
         _remove_background(box, report.id)
-        if home != Path():
+        if home is not None:
             shutil.rmtree(home, ignore_errors=True)
         _remove_namespace(data_dir, network["namespace"])
     seconds = time.monotonic() - started
@@ -337,7 +337,7 @@ def restore(
             r.outcome = "succeeded"
             r.body = {
                 **r.body, **body, "state": "ready", "seconds": round(seconds, 3), "network": network,
-                "in_memory": home.parent == _memory_root(data_dir),
+                "in_memory": Path(body["dir"]).parent == _memory_root(data_dir),
                 "connection": connection_string([f"127.0.0.1:{body['port']}"], "app", None, database),
             }  # fmt: skip
             where = (

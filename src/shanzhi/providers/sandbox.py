@@ -143,22 +143,23 @@ class Cgroups:
         `cpu.weight` 1), no limit otherwise: for work beside production (a drill's copy). Its
         processes are scheduled as one group whose share is spent, where a new process at nice
         19 would start level with production's. The `cgroup.procs` file to join."""
-        if self.version() == 1:
-            d = self.fs / "cpu" / self.prefix / instance
+        dirs = self._dirs(instance)
+        if "unified" in dirs:
+            self._delegate_v2()
+            d = dirs["unified"]
+            d.mkdir(exist_ok=True)
+            _write(d / "cpu.weight", "1")
+        else:
+            d = dirs["cpu"]
             d.mkdir(parents=True, exist_ok=True)
             _write(d / "cpu.shares", "2")
-            return d / "cgroup.procs"
-        self._delegate_v2()
-        d = self.fs / self.prefix / instance
-        d.mkdir(exist_ok=True)
-        _write(d / "cpu.weight", "1")
         return d / "cgroup.procs"
 
     def named(self, start: str) -> list[str]:
         """The instances whose cgroups' names begin with `start` (cpu's, on v1)."""
-        v = self.version()
-        parent = self.fs / "cpu" / self.prefix if v == 1 else self.fs / self.prefix
-        return sorted(d.name for d in parent.glob(f"{start}*") if d.is_dir()) if v and parent.is_dir() else []
+        dirs = self._dirs(start)
+        parent = (dirs["cpu"] if "cpu" in dirs else dirs["unified"]).parent
+        return sorted(d.name for d in parent.glob(f"{start}*") if d.is_dir()) if parent.is_dir() else []
 
     def _delegate_v2(self) -> None:
         node = self.fs
