@@ -173,3 +173,40 @@ def test_a_killed_leader_frees_the_lock(database_url: str) -> None:
         holder.wait()
         if holder.stdout:
             holder.stdout.close()
+
+
+def test_the_app_list_reads_scopes_and_vdcs_as_subtrees_never_as_patterns(db: Database) -> None:
+    """The list's statements are built once per shape with the paths bound: `_` and `%` in a
+    filter match themselves, a root's subtree holds its descendants only, and pages follow."""
+    from shanzhi.domain.quota import Quota
+    from shanzhi.domain.rbac import Scope
+    from shanzhi.domain.spec import parse_app
+    from shanzhi.services.apps import apply_app, list_apps
+    from shanzhi.services.vdcs import create_vdc
+
+    paths = ["gaz", "gaz/a", "gazz", "gbz", "sz", "sz/b", "sz/b/c"]
+    with db.session() as s, s.begin():
+        for p in paths:
+            create_vdc(s, p, Quota())
+        for p in paths:
+            doc = {"apiVersion": "shanzhi.io/v1", "kind": "App", "metadata": {"name": "x", "vdc": p},
+                   "spec": {"components": [{"name": "c", "image": "x", "replicas": 2}]}}  # fmt: skip
+            apply_app(s, parse_app(doc))
+
+    def listed(vdc: str | None = None, roots: set[str] | None = None, **page: int) -> list[str]:
+        scope = Scope(None if roots is None else frozenset(roots))
+        with db.reader.connect() as conn, conn.begin():
+            return [a.vdc for a in list_apps(conn, vdc, scope, **page)]  # type: ignore[arg-type]
+
+    assert listed() == sorted(paths)
+    assert listed("gaz") == ["gaz", "gaz/a"]  # not gazz
+    assert listed("sz/b") == ["sz/b", "sz/b/c"]
+    assert listed(roots={"gaz", "sz/b", "sz/b/c"}) == ["gaz", "gaz/a", "sz/b", "sz/b/c"]
+    assert listed("sz", roots={"gaz", "sz/b"}) == ["sz/b", "sz/b/c"]
+    assert listed(roots=set()) == []
+    for pattern in ("g_z", "g%", "%", "g_z/%", "ga%"):
+        assert listed(pattern) == [] and listed(roots={pattern}) == [], pattern
+    assert listed(limit=2, offset=1) == ["gaz/a", "gazz"]
+    assert listed("sz", roots={"sz", "gaz"}, limit=2, offset=1) == ["sz/b", "sz/b/c"]
+    with db.reader.connect() as conn, conn.begin():
+        assert list_apps(conn, "gbz")[0].components == (("c", 2),)

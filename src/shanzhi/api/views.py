@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.orm import Session
 
 from shanzhi.api import schemas
@@ -101,13 +101,17 @@ def app(s: Session, a: App, detail: bool = False) -> schemas.AppOut:
     return out
 
 
-def apps(s: Session, listed: list[AppRow]) -> list[schemas.AppOut]:
+_STATES = select(Instance.app_id, Instance.component, Instance.state).where(
+    Instance.app_id.in_(bindparam("ids", expanding=True))
+)
+
+
+def apps(conn: Connection, listed: list[AppRow]) -> list[schemas.AppOut]:
     """Many apps' summaries from one instance query (a list answers in one round trip, not one per app)."""
     states: dict[int, list[tuple[str, str]]] = defaultdict(list)
     ids = [a.id for a in listed]
     for i in range(0, len(ids), 500):  # stay far below any backend's bound-parameter limit
-        q = select(Instance.app_id, Instance.component, Instance.state).where(Instance.app_id.in_(ids[i : i + 500]))
-        for app_id, component, state in s.connection().execute(q):  # plain rows, no ORM loading
+        for app_id, component, state in conn.execute(_STATES, {"ids": ids[i : i + 500]}):
             states[app_id].append((component, state))
     return [_app(a, states[a.id]) for a in listed]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from sqlalchemy import ColumnElement, false, func, or_, select, true
+from sqlalchemy import ColumnElement, bindparam, false, func, or_, select, true
 from sqlalchemy.orm import QueryableAttribute, Session
 
 from shanzhi.domain.errors import Conflict, InvalidInput, NotFound
@@ -41,6 +41,30 @@ def scope_filter(
     if not roots:
         return false()
     return or_(*(or_(col == r, col.startswith(r + "/", autoescape=True)) for r in roots))
+
+
+def subtree_pattern(path: str) -> str:
+    """A LIKE pattern (escape `/`) for the paths strictly under `path`: what
+    `startswith(path + "/", autoescape=True)` builds, as a value to bind."""
+    return (path + "/").replace("/", "//").replace("%", "/%").replace("_", "/_") + "%"
+
+
+def bound_subtrees(n: int, prefix: str, column: ColumnElement[Any] | QueryableAttribute[Any]) -> ColumnElement[bool]:
+    """SQL for "`column` lies in one of `n` subtrees" whose roots and patterns are bound
+    parameters `<prefix><i>` and `<prefix><i>l` (see `subtree_params`): a statement built once
+    per shape and kept, so a request neither builds nor adapts one."""
+    if n == 0:
+        return false()
+    names = [(f"{prefix}{i}", f"{prefix}{i}l") for i in range(n)]
+    return or_(*(or_(column == bindparam(e), column.like(bindparam(u), escape="/")) for e, u in names))
+
+
+def subtree_params(roots: list[str], prefix: str) -> dict[str, str]:
+    """The bound values `bound_subtrees(len(roots), prefix, ...)` reads."""
+    out: dict[str, str] = {}
+    for i, r in enumerate(roots):
+        out[f"{prefix}{i}"], out[f"{prefix}{i}l"] = r, subtree_pattern(r)
+    return out
 
 
 def strict_paths(s: Session) -> set[str]:

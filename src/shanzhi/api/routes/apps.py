@@ -137,8 +137,8 @@ def list_apps(
     p: Principal = Depends(principal),
     rt: Runtime = Depends(runtime),
 ) -> Response:
-    with rt.db.read() as s, s.begin():
-        out = views.apps(s, svc.list_apps(s, vdc, p.scope("app.read"), limit=limit, offset=offset))
+    with rt.db.reader.connect() as conn, conn.begin():  # one snapshot, no ORM session
+        out = views.apps(conn, svc.list_apps(conn, vdc, p.scope("app.read"), limit=limit, offset=offset))
     # serialised once, here: the models are built by this route, so FastAPI's second validation
     # of every summary against `response_model` (which stays, for the schema) is skipped
     return Response(_APP_LIST.dump_json(out), media_type="application/json")
