@@ -548,6 +548,39 @@ def test_a_database_that_goes_away_is_a_503_to_retry_not_a_crash(pg_url: str, da
         assert client.get("/api/v1/clouds").status_code == 200
 
 
+def test_pooled_connections_killed_while_idle_are_replaced_before_use(
+    pg_url: str, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every backend of the server terminated (a restart) while its pooled connections idle:
+    connections idle past the ping threshold are pinged and replaced at checkout, so the next
+    request is served. Under the threshold nothing is pinged: that request is a 503 to retry,
+    and then every connection returned before the failure is pinged, so the retry is served."""
+    from shanzhi.api import create_app
+    from shanzhi.store import db as store_db
+    from tests.pg import _dsn
+
+    st = Settings.build(data_dir, pg_url, controller=False)
+    name = make_url(pg_url).database
+    admin = make_url(pg_url).set(database="postgres")
+
+    def restart() -> None:
+        with psycopg.connect(_dsn(admin.render_as_string(hide_password=False)), autocommit=True) as conn:
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+
+    with TestClient(create_app(st)) as client:
+        client.headers["Authorization"] = f"Bearer {st.token_file.read_text().strip()}"
+        for _ in range(3):
+            assert client.get("/api/v1/apps").status_code == 200
+        monkeypatch.setattr(store_db, "_PING_IDLE_SECONDS", 0.0)
+        restart()
+        assert client.get("/api/v1/apps").status_code == 200
+        monkeypatch.setattr(store_db, "_PING_IDLE_SECONDS", 3600.0)
+        restart()
+        first = client.get("/api/v1/apps")
+        assert first.status_code == 503 and first.headers["retry-after"] == "2"
+        assert client.get("/api/v1/apps").status_code == 200
+
+
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # PostgreSQL readers never wait for writers
 def test_reads_answer_while_a_writer_holds_the_sqlite_database(api: TestClient, settings: Settings) -> None:
     """Listing apps, instances, events and clouds reads a WAL snapshot: a write transaction held

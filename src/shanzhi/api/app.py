@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio.to_thread
-from fastapi import APIRouter, Depends, FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.responses import RedirectResponse
 
 from shanzhi import __version__
@@ -97,7 +97,6 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.db = db
     errors.install(app)
-    api = APIRouter(prefix="/api/v1", dependencies=[Depends(authorize)])
     # the busiest first: FastAPI walks the routers in this order for every request, route by route
     # (no path is in two modules, so the order decides nothing else)
     routes = (
@@ -120,9 +119,8 @@ def create_app(settings: Settings) -> FastAPI:
         audit_routes,
         ledger_routes,
     )
-    for module in routes:
-        api.include_router(module.router)
-    app.include_router(api)
+    for module in routes:  # each on the app itself: FastAPI walks every level of nesting per request
+        app.include_router(module.router, prefix="/api/v1", dependencies=[Depends(authorize)])
     table = check_routes(app, [m.router for m in routes])
     limits = Limits(settings.max_body_bytes, settings.logins_per_minute, settings.failures_per_minute)
     app.add_middleware(Guard, table=table, limits=limits)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, select
+from pydantic import TypeAdapter
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shanzhi.api import schemas
@@ -94,59 +94,52 @@ def instance(r: Instance, explain: bool = False) -> schemas.InstanceOut:
 
 def app(s: Session, a: App, detail: bool = False) -> schemas.AppOut:
     rows = list(s.scalars(select(Instance).where(Instance.app_id == a.id).order_by(Instance.component, Instance.name)))
-    out = _app(AppRow.of(a), [(r.component, r.state) for r in rows])
+    out = schemas.AppOut.model_validate(_summary(AppRow.of(a, tuple((r.component, r.state) for r in rows))))
     if detail:
         out.spec = a.spec
         out.instances = [instance(r, explain=True) for r in rows]
     return out
 
 
-_STATES = select(Instance.app_id, Instance.component, Instance.state).where(
-    Instance.app_id.in_(bindparam("ids", expanding=True))
-)
+#: summaries are serialised as the plain dicts they are: the same JSON as `list[AppOut]` gives,
+#: without building two models per app first (two thirds of a 20-app list's serialising)
+_SUMMARIES = TypeAdapter(list[dict[str, Any]])
 
 
-def apps(conn: Connection, listed: list[AppRow]) -> list[schemas.AppOut]:
-    """Many apps' summaries from one instance query (a list answers in one round trip, not one per app)."""
-    states: dict[int, list[tuple[str, str]]] = defaultdict(list)
-    ids = [a.id for a in listed]
-    for i in range(0, len(ids), 500):  # stay far below any backend's bound-parameter limit
-        for app_id, component, state in conn.execute(_STATES, {"ids": ids[i : i + 500]}):
-            states[app_id].append((component, state))
-    return [_app(a, states[a.id]) for a in listed]
+def apps_json(listed: list[AppRow]) -> bytes:
+    """The JSON of `list[AppOut]` for these apps."""
+    return _SUMMARIES.dump_json([_summary(a) for a in listed])
 
 
-def _app(a: AppRow, states: list[tuple[str, str]]) -> schemas.AppOut:
-    """An app's summary from its components (of its stored spec) and its instances' states."""
+def _summary(a: AppRow) -> dict[str, Any]:
+    """An app's summary (`AppOut`'s fields, in its order) from its components (of its stored
+    spec) and its instances' states."""
     comps = []
+    states = a.states
     for name, replicas in a.components:
         mine = [st for comp, st in states if comp == name and st not in ("terminating", "lost", "reserved")]
-        comps.append(
-            schemas.ComponentStatus(
-                name=name,
-                desired=replicas,
-                ready=sum(1 for st in mine if st == "running"),
-                instances=len(mine),
-            )
-        )
+        ready = sum(1 for st in mine if st == "running")
+        comps.append({"name": name, "desired": replicas, "ready": ready, "instances": len(mine)})
     if a.deleting:
         status = "Deleting"
-    elif all(c.ready == c.desired and c.instances == c.desired for c in comps):
+    elif all(c["ready"] == c["desired"] and c["instances"] == c["desired"] for c in comps):
         status = "Ready"
     elif any(st == "pending" for _, st in states):
         status = "Unschedulable"
     else:
         status = "Progressing"
-    return schemas.AppOut(
-        name=a.name,
-        vdc=a.vdc,
-        generation=a.generation,
-        status=status,
-        deleting=a.deleting,
-        components=comps,
-        created_at=a.created_at,
-        updated_at=a.updated_at,
-    )
+    return {
+        "name": a.name,
+        "vdc": a.vdc,
+        "generation": a.generation,
+        "status": status,
+        "deleting": a.deleting,
+        "components": comps,
+        "created_at": a.created_at,
+        "updated_at": a.updated_at,
+        "spec": None,
+        "instances": None,
+    }
 
 
 def approval(r: ApprovalRequest) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, Select, bindparam, select
+from sqlalchemy import Connection, Select, bindparam, func, select
 from sqlalchemy.orm import Session
 
 from shanzhi.domain.diff import Change, Roll, changes, rolls
@@ -25,7 +25,7 @@ from shanzhi.services.vdcs import (
     subtree_params,
 )
 from shanzhi.store.events import record_event
-from shanzhi.store.tables import App, AppRevision, Vdc, utcnow
+from shanzhi.store.tables import App, AppRevision, Instance, Vdc, utcnow
 
 
 def desired_usage(spec: AppSpec) -> Usage:
@@ -150,13 +150,16 @@ class AppRow(NamedTuple):
     components: Components
     created_at: datetime
     updated_at: datetime
+    states: States  # each instance's component and state
 
     @classmethod
-    def of(cls, a: App) -> AppRow:
-        return cls(a.id, a.name, a.vdc.path, a.generation, a.deleting, _components(a.spec), a.created_at, a.updated_at)
+    def of(cls, a: App, states: States) -> AppRow:
+        spec = _components(a.spec)
+        return cls(a.id, a.name, a.vdc.path, a.generation, a.deleting, spec, a.created_at, a.updated_at, states)
 
 
 Components = tuple[tuple[str, int], ...]  # each component's name and desired replicas
+States = tuple[tuple[str, str], ...]
 REPLICAS_DEFAULT = Component.model_fields["replicas"].default
 #: the components of each app (id, created, generation) listed lately: a spec never changes
 #: within a generation, so a list decodes only the specs it has not seen (decoding every spec
@@ -169,11 +172,18 @@ def _components(spec: dict[str, Any]) -> Components:
     return tuple((c["name"], c.get("replicas", REPLICAS_DEFAULT)) for c in spec["spec"]["components"])
 
 
-_LISTED = (App.id, App.name, Vdc.path, App.generation, App.deleting, App.created_at, App.updated_at)
+#: each app's instances as `component:state,...` (names are DNS labels, states words), read
+#: in the list's own statement: one statement per list, not two
+_STATES = (
+    select(func.aggregate_strings(Instance.component + ":" + Instance.state, ","))
+    .where(Instance.app_id == App.id)
+    .scalar_subquery()
+)
+_LISTED = (App.id, App.name, Vdc.path, App.generation, App.deleting, App.created_at, App.updated_at, _STATES)
 _SPECS = select(App.id, App.created_at, App.generation, App.spec).where(App.id.in_(bindparam("ids", expanding=True)))
 
 
-_Listed = Select[int, str, str, int, bool, datetime, datetime]
+_Listed = Select[int, str, str, int, bool, datetime, datetime, str | None]
 
 
 @functools.lru_cache(maxsize=64)
@@ -214,7 +224,13 @@ def list_apps(
         for app_id, created, generation, spec in conn.execute(_SPECS, {"ids": new[i : i + 500]}):
             # read again: a newer generation (committed in between) is kept under its own key
             known[app_id] = _SEEN[(app_id, created, generation)] = _components(spec)
-    return [AppRow(i, n, path, g, d, known[i] or (), c, u) for i, n, path, g, d, c, u in rows]
+    return [AppRow(i, n, path, g, d, known[i] or (), c, u, _states(states)) for i, n, path, g, d, c, u, states in rows]
+
+
+def _states(joined: str | None) -> States:
+    if not joined:
+        return ()
+    return tuple((c, st) for c, _, st in (each.partition(":") for each in joined.split(",")))
 
 
 def delete_app(s: Session, name: str, vdc: str | None = None, scope: Scope = EVERYWHERE) -> App:
