@@ -327,3 +327,28 @@ def test_two_reconcilers_each_place_their_share_and_never_overfill_a_host(pg_url
             sh.release()
         for db in dbs:
             db.dispose()
+
+
+def test_an_app_waiting_on_its_replicas_is_looked_at_when_they_change_or_after_recheck(
+    db: Database, data_dir: Path
+) -> None:
+    """A replica starting (no action left, nothing failed) is not reconciled in every pass the
+    feed brings: again when its cloud's listing shows it changed, or after `recheck` seconds."""
+    with db.session() as s, s.begin():
+        create_vdc(s, "gz", Quota())
+        add_cloud(s, "slow", "sim", "site-slow", "gz", {}, {"hosts": 1, "boot": 2.5, "cpu": 8})
+    rec = Reconciler(db, Fleet(data_dir), failover_grace=0, full_resync=3600, feed=db.changes, recheck=3600)
+    try:
+        apply(db, "permits")
+        until(lambda: states(db) == ["starting"], rec.run_once, timeout=10)
+        rec.run_once()  # the listing shows the replica as it starts: looked at once more
+        rec.run_once()
+        assert rec.reconciled == 0 and states(db) == ["starting"]  # waiting, unchanged: left alone
+        rec.recheck = 0.0  # what passes did before: every unsettled app, every time
+        rec.run_once()
+        assert rec.reconciled == 1
+        rec.recheck = 3600
+        until(lambda: states(db) == ["running"], rec.run_once, timeout=10)  # the listing says running
+        until(lambda: rec.reconciled == 0, rec.run_once, timeout=10)
+    finally:
+        rec.close()

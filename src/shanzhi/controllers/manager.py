@@ -70,6 +70,7 @@ class ControllerManager:
             full_resync=full_resync,
             feed=db.changes if trusted else None,
             shards=self.shards,
+            recheck=interval,
         )
         self.network = NetworkController(db, fleet, network_pool)
         self.dr = DrController(db, fleet.data_dir)

@@ -95,6 +95,7 @@ class Reconciler:
         full_resync: float = 0.0,
         feed: ChangeFeed | None = None,
         shards: Shards | None = None,
+        recheck: float = 0.0,
     ) -> None:
         self.db = db
         # every app is reconciled in a full pass, every `full_resync` seconds (0: every pass is
@@ -108,7 +109,15 @@ class Reconciler:
         self.shards = shards  # which apps are this replica's (None: all)
         self.leader = True  # writes the clouds' health and hosts, removes orphans and finished removals
         self._settled: dict[int, tuple[Any, ...]] = {}
-        self._unsettled: set[int] = set()
+        # apps not settled after their last pass, and when that was. One that is waiting (no
+        # action taken, nothing failed: a replica starting, a placement without room) is looked
+        # at again when something about it changes, or after `recheck` seconds for what time
+        # alone brings (a grace period, a back-off); one that acted or failed, in the next pass.
+        # Passes come with every write the feed hears: without this, every app still starting
+        # was reconciled in each of them, ten times on average during a run of applies.
+        self.recheck = recheck
+        self._unsettled: dict[int, float] = {}
+        self._acted: set[int] = set()
         self._specs: dict[int, tuple[int, AppSpec]] = {}  # app id -> (generation, parsed spec)
         self._roster: dict[int, dict[str, tuple[str, str]]] = {}  # app id -> probed replica -> (component, cloud)
         self._held: frozenset[int] | None = None
@@ -150,7 +159,8 @@ class Reconciler:
         if full:
             targets = set(app_ids)
         else:
-            targets = dirty | self._unsettled | checks | self._apps_of(moved)
+            due = {a for a, at in self._unsettled.items() if a in self._acted or now - at >= self.recheck}
+            targets = dirty | due | checks | self._apps_of(moved)
             if resync:
                 prints = self._settled_apps()
                 targets |= {a for a in app_ids if a not in prints or self._settled.get(a) != prints[a]}
@@ -161,14 +171,17 @@ class Reconciler:
             except _Stale as why:
                 log.info("app id %s placed again next pass: %s", app_id, why)
                 settled = False
+                self._acted.add(app_id)
             except Exception:
                 log.exception("reconciling app id %s failed; will retry next pass", app_id)
                 settled = False
+                self._acted.add(app_id)
             if settled is False:
-                self._unsettled.add(app_id)
+                self._unsettled[app_id] = now
             else:
-                self._unsettled.discard(app_id)
-        self._unsettled = {a for a in self._unsettled if self._owns(a)}
+                self._unsettled.pop(app_id, None)
+                self._acted.discard(app_id)
+        self._unsettled = {a: at for a, at in self._unsettled.items() if self._owns(a)}
         self.reconciled = len(targets)
         self.skipped = max(0, len(self._specs) - len(targets))
         if full:
@@ -396,6 +409,10 @@ class Reconciler:
                     self._row_settled(r.name, r.state, r.replaces, r.cloud.name if r.cloud else None, self._open(r))
                     for r in final
                 )
+        if actions:
+            self._acted.add(app_id)
+        else:
+            self._acted.discard(app_id)
         self._execute(actions)
         return settled
 
@@ -415,7 +432,8 @@ class Reconciler:
     def _forget(self, app_id: int) -> None:
         self._specs.pop(app_id, None)
         self._roster.pop(app_id, None)
-        self._unsettled.discard(app_id)
+        self._unsettled.pop(app_id, None)
+        self._acted.discard(app_id)
 
     def _watch(self, app_id: int, name: str, component: str, cloud: str) -> None:
         """A replica just started: probe it from the next pass on (when its component has checks)."""

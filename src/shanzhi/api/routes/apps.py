@@ -73,7 +73,7 @@ def apply_app(
             return schemas.ApplyOut(app=None, outcome="held", approval=views.approval(held), warnings=notes)
         app, outcome = svc.apply_app(s, spec, p.user, cause)
         response.status_code = 201 if outcome == "created" else 200
-        out = schemas.ApplyOut(app=views.app(s, app), outcome=outcome, warnings=notes)
+        out = schemas.ApplyOut(app=views.app(s, app, new=outcome == "created"), outcome=outcome, warnings=notes)
     if outcome != "unchanged":
         rt.wake()
     return out
