@@ -95,8 +95,10 @@ def instance(r: Instance, explain: bool = False) -> schemas.InstanceOut:
 def app(s: Session, a: App, detail: bool = False, *, new: bool = False) -> schemas.AppOut:
     """An app's summary (`detail`: with its spec and instances); a `new` one, made in this
     transaction, has no instances yet and none are looked for."""
-    q = select(Instance).where(Instance.app_id == a.id).order_by(Instance.component, Instance.name)
-    rows = [] if new else list(s.scalars(q))
+    rows: list[Instance] = []
+    if not new:
+        q = select(Instance).where(Instance.app_id == a.id).order_by(Instance.component, Instance.name)
+        rows = list(s.scalars(q))
     out = schemas.AppOut.model_validate(_summary(AppRow.of(a, tuple((r.component, r.state) for r in rows))))
     if detail:
         out.spec = a.spec

@@ -83,6 +83,9 @@ def _backoff(restarts: int) -> timedelta:
     return timedelta(seconds=min(2 ** min(restarts, 6), 60))
 
 
+_Outcome = Literal["settled", "acted", "waiting"]  # of reconciling one app
+
+
 class Reconciler:
     def __init__(
         self,
@@ -109,15 +112,15 @@ class Reconciler:
         self.shards = shards  # which apps are this replica's (None: all)
         self.leader = True  # writes the clouds' health and hosts, removes orphans and finished removals
         self._settled: dict[int, tuple[Any, ...]] = {}
-        # apps not settled after their last pass, and when that was. One that is waiting (no
-        # action taken, nothing failed: a replica starting, a placement without room) is looked
-        # at again when something about it changes, or after `recheck` seconds for what time
-        # alone brings (a grace period, a back-off); one that acted or failed, in the next pass.
-        # Passes come with every write the feed hears: without this, every app still starting
-        # was reconciled in each of them, ten times on average during a run of applies.
+        # apps not settled after their last pass, and since when each has waited (time.monotonic;
+        # -inf: it acted or failed, so it is looked at in the next pass). One waiting (no action
+        # taken, nothing failed: a replica starting, a placement without room) is looked at
+        # after `recheck` seconds, for what time alone brings (a grace period, a back-off), or
+        # sooner when something about it changes. Passes come with every write the feed hears:
+        # without this, every app still starting was reconciled in each of them, ten times on
+        # average during a run of applies.
         self.recheck = recheck
         self._unsettled: dict[int, float] = {}
-        self._acted: set[int] = set()
         self._specs: dict[int, tuple[int, AppSpec]] = {}  # app id -> (generation, parsed spec)
         self._roster: dict[int, dict[str, tuple[str, str]]] = {}  # app id -> probed replica -> (component, cloud)
         self._held: frozenset[int] | None = None
@@ -159,28 +162,28 @@ class Reconciler:
         if full:
             targets = set(app_ids)
         else:
-            due = {a for a, at in self._unsettled.items() if a in self._acted or now - at >= self.recheck}
+            due = {a for a, since in self._unsettled.items() if now - since >= self.recheck}
             targets = dirty | due | checks | self._apps_of(moved)
             if resync:
                 prints = self._settled_apps()
                 targets |= {a for a in app_ids if a not in prints or self._settled.get(a) != prints[a]}
             targets = {a for a in targets if self._owns(a)}
         for app_id in sorted(targets):
+            outcome: _Outcome | None
             try:
-                settled = self._reconcile_app(app_id)
+                outcome = self._reconcile_app(app_id)
             except _Stale as why:
                 log.info("app id %s placed again next pass: %s", app_id, why)
-                settled = False
-                self._acted.add(app_id)
+                outcome = "acted"
             except Exception:
                 log.exception("reconciling app id %s failed; will retry next pass", app_id)
-                settled = False
-                self._acted.add(app_id)
-            if settled is False:
+                outcome = "acted"
+            if outcome == "acted":
+                self._unsettled[app_id] = float("-inf")
+            elif outcome == "waiting":
                 self._unsettled[app_id] = now
             else:
                 self._unsettled.pop(app_id, None)
-                self._acted.discard(app_id)
         self._unsettled = {a: at for a, at in self._unsettled.items() if self._owns(a)}
         self.reconciled = len(targets)
         self.skipped = max(0, len(self._specs) - len(targets))
@@ -366,9 +369,10 @@ class Reconciler:
         return cloud.health == "down" and now - cloud.health_changed_at >= self.failover_grace
 
     # ----------------------------------------------------------------- apps
-    def _reconcile_app(self, app_id: int) -> bool | None:
-        """One app, one transaction, then its provider calls. Returns whether it is settled
-        (None: it is gone, or not this replica's)."""
+    def _reconcile_app(self, app_id: int) -> _Outcome | None:
+        """One app, one transaction, then its provider calls. Returns whether it is settled,
+        acted (provider calls made or rows changed for them), or waits for its replicas (None:
+        it is gone, or not this replica's)."""
         actions: list[_Action] = []
         with self.db.session() as s, s.begin():
             quiet(s)
@@ -391,7 +395,7 @@ class Reconciler:
                         v.instance = None
                     s.delete(app)
                     self._forget(app_id)
-                settled: bool | None = None if not rows else False
+                settled = None if not rows else False
             else:
                 spec = self._spec(app.id, app.generation, app.spec)
                 names = {c.name for c in spec.spec.components}
@@ -409,12 +413,10 @@ class Reconciler:
                     self._row_settled(r.name, r.state, r.replaces, r.cloud.name if r.cloud else None, self._open(r))
                     for r in final
                 )
-        if actions:
-            self._acted.add(app_id)
-        else:
-            self._acted.discard(app_id)
         self._execute(actions)
-        return settled
+        if settled is None:
+            return None
+        return "settled" if settled else "acted" if actions else "waiting"
 
     def _open(self, r: Instance) -> bool:
         c = r.cloud
@@ -433,7 +435,6 @@ class Reconciler:
         self._specs.pop(app_id, None)
         self._roster.pop(app_id, None)
         self._unsettled.pop(app_id, None)
-        self._acted.discard(app_id)
 
     def _watch(self, app_id: int, name: str, component: str, cloud: str) -> None:
         """A replica just started: probe it from the next pass on (when its component has checks)."""

@@ -216,9 +216,10 @@ class Database:
     @property
     def autocommit(self) -> Engine:
         """PostgreSQL: an engine whose pooled connections stay in autocommit, so that a lookup
-        neither switches a connection into it nor back (a third of the time it held one)."""
+        neither switches a connection into it nor back (a third of the time it held one). Made
+        with the database (`open_database`), never by two threads at once."""
         if self._autocommit is None:
-            self._autocommit = _pg_engine(self.url, {"pool_size": 4, "max_overflow": 6}, isolation_level="AUTOCOMMIT")
+            raise RuntimeError("no autocommit engine: SQLite reads use `reader`")
         return self._autocommit
 
     @contextmanager
@@ -258,5 +259,7 @@ def open_database(url: str) -> Database:
     else:
         raise ValueError(f"unsupported database {parsed.get_backend_name()!r}: use sqlite or postgresql")
     db = Database(url, engine, sessionmaker(engine, expire_on_commit=False))
+    if not db.is_sqlite:
+        db._autocommit = _pg_engine(url, {"pool_size": 4, "max_overflow": 6}, isolation_level="AUTOCOMMIT")
     install(db.sessions, db.changes)
     return db
