@@ -119,6 +119,7 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/apps/{name}/dr/backups"): frozenset({SYS, VADMIN, MEMBER}),
     ("GET", "/apps/{name}/dr/backups"): VDC_READERS,
     ("POST", "/apps/{name}/dr/restore"): frozenset({SYS, VADMIN, MEMBER}),
+    ("POST", "/apps/{name}/dr/restore-in-place"): frozenset({SYS, VADMIN, MEMBER}),
     ("POST", "/apps/{name}/dr/cleanup"): frozenset({SYS, VADMIN, MEMBER}),
     ("POST", "/apps/{name}/dr/test"): frozenset({SYS, VADMIN, MEMBER}),
     ("GET", "/flows"): VDC_READERS,
@@ -429,6 +430,10 @@ def _calls(w: World) -> dict[tuple[str, str], Callable[[str], Call]]:
         ("GET", "/apps/{name}/dr/backups"): lambda _: ("/apps/records/dr/backups?vdc=gz/health", {}),
         ("POST", "/apps/{name}/dr/restore"): lambda _: (
             "/apps/records/dr/restore?vdc=gz/health",
+            {"json": {"to": "2026-01-01T00:00:00+00:00"}},
+        ),
+        ("POST", "/apps/{name}/dr/restore-in-place"): lambda _: (  # no managed database: 409 once allowed
+            "/apps/records/dr/restore-in-place?vdc=gz/health",
             {"json": {"to": "2026-01-01T00:00:00+00:00"}},
         ),
         ("POST", "/apps/{name}/dr/cleanup"): lambda _: ("/apps/records/dr/cleanup?vdc=gz/health", {}),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from shanzhi.dr.patroni import (
     parse_member,
     scope,
 )
+from shanzhi.store.tables import DrCluster
 
 SECRETS = Secrets("su", "repl", "app", "etcd-pw")
 
@@ -106,3 +108,28 @@ def test_wal_is_archived_whole_once_and_never_overwritten_with_something_else(tm
     segment.write_bytes(b"other")
     assert archive_it() != 0 and (archive / segment.name).read_bytes() == b"wal" * 1000
     assert not list(archive.glob("*.part"))
+
+
+def test_a_restore_in_place_bootstraps_production_from_the_copy_without_a_password_on_its_command() -> None:
+    plain = config()
+    assert "method" not in plain["bootstrap"]  # type: ignore[operator]  # initdb, as always
+    c = config(bootstrap_from=("127.0.0.1", 5999), data_subdir="pgdata-p1")
+    boot = c["bootstrap"]
+    assert boot["method"] == "clone" and boot["clone"]["keep_existing_recovery_conf"] is False  # type: ignore[index]
+    argv = shlex.split(boot["clone"]["command"])  # type: ignore[index]
+    assert argv[0] == "/usr/bin/python3" and argv[-2:] == ["127.0.0.1", "5999"]
+    assert "repl" not in argv and "pg_basebackup" in argv[2] and "SHANZHI_CLONE_PASSWORD" in argv[2]
+    assert c["postgresql"]["data_dir"] == "${VOLUME_DATA}/pgdata-p1"  # type: ignore[index]
+
+
+def test_members_start_afresh_beside_the_old_data_after_a_rebuild_or_a_restore_in_place() -> None:
+    def subdirs(activation: dict[str, object] | None, restore: dict[str, object] | None) -> tuple[str, str]:
+        c = DrCluster(activation=activation, restore=restore)
+        return c.data_subdir(False), c.data_subdir(True)
+
+    assert subdirs(None, None) == ("pgdata", "pgdata")
+    assert subdirs({"generation": 2}, None) == ("pgdata-r2", "pgdata")  # the remote cluster kept its data
+    assert subdirs(None, {"count": 1, "state": "succeeded"}) == ("pgdata-p1", "pgdata-p1")  # both started afresh
+    assert subdirs({"generation": 2}, {"count": 3, "state": "starting"}) == ("pgdata-r2-p3", "pgdata-p3")
+    assert DrCluster(restore={"state": "stopping"}).restoring == "stopping"
+    assert DrCluster(restore={"state": "succeeded"}).restoring is None

@@ -1,7 +1,8 @@
 """Backups and point-in-time restores of a managed PostgreSQL, with real Patroni, etcd,
 pg_basebackup and PostgreSQL's own recovery: a scheduled base backup, the WAL archive, a restore
 to a moment between two batches of writes (exactly the first batch comes back), bad times
-refused, and the restored copy removed without residue.
+refused, and the restored copy removed without residue; then the database itself restored in
+place to that moment, once approved (the second batch given up, the old data kept, a new backup).
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 
+from shanzhi.providers.sandbox import default_workload_root
 from tests.e2e.harness import Cli, Server, wait_for
 from tests.e2e.test_dr import _try, world  # noqa: F401 - the fixture
 
@@ -171,3 +174,47 @@ def test_a_scheduled_backup_and_a_restore_to_a_point_in_time(world: tuple[Server
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(copy, connect_timeout=2).close()
     assert cli.json("dr", "cleanup", "tax", "--vdc", "gz/tax")["removed"] == []
+
+    # the database itself back to `moment`: held for approval, refused for times no backup reaches
+    for bad, says in (
+        ((datetime.now(UTC) + timedelta(hours=1)).isoformat(), "future"),
+        ("2001-01-01T00:00:00+00:00", "dr backups"),
+    ):
+        r = cli.run("dr", "restore", "tax", "--vdc", "gz/tax", "--to", bad, "--in-place")
+        assert r.returncode != 0 and says in r.stderr + r.stdout, (bad, r.stderr, r.stdout)
+    sec = (server.data_dir / "security.token").read_text().strip()
+    assert cli.run("user", "create", "li.wei", "--password", "correct-horse-9", token=sec).returncode == 0
+    cli.ok("approval", "add-rule", "gz/tax", "dr-approvers", "--activations", "--stage", "li.wei")
+    held = json.loads(cli.ok("dr", "restore", "tax", "--vdc", "gz/tax", "--to", moment.isoformat(), "--in-place",
+                             "--note", "a bad batch", "-o", "json"))  # fmt: skip
+    assert held["status"] == "pending" and held["action"] == "restore-in-place", held
+    with psycopg.connect(url, autocommit=True) as c:  # nothing happens before the approval
+        assert c.execute("SELECT count(*) FROM acks").fetchone() == (200,)
+    login = httpx.post(f"{server.url}/api/v1/auth/login", json={"user": "li.wei", "password": "correct-horse-9"})
+    li = str(login.json()["token"])
+    ok = cli.run("approval", "approve", str(held["id"]), token=li)
+    assert ok.returncode == 0, ok.stderr
+
+    def restored() -> dict[str, Any] | None:
+        done = [r for r in cli.json("dr", "reports", "--app", "tax", "--vdc", "gz/tax")
+                if r["kind"] == "restore-in-place" and r["outcome"] != "running"]  # fmt: skip
+        return done[-1] if done else None
+
+    report = wait_for(restored, 120, "the restore in place")
+    body = report["body"]
+    assert report["outcome"] == "succeeded", report
+    assert datetime.fromisoformat(body["recovered_to"]) <= moment and body["writes_stopped_seconds"] > 0
+    steps = [st["step"] for st in body["steps"]]
+    assert any("cleared" in st for st in steps) and any("base backup" in st for st in steps), steps
+    url = wait_for(dsn, 60, "the connection string again")
+    with psycopg.connect(url, autocommit=True) as c:  # exactly the first batch, and it takes writes
+        assert sorted(r[0] for r in c.execute("SELECT id FROM acks")) == list(range(100))
+        c.execute("INSERT INTO acks VALUES (1000)")
+    # no failover was reported for it, a backup was taken after it, and the old data is kept
+    kinds = [r["kind"] for r in cli.json("dr", "reports", "--app", "tax", "--vdc", "gz/tax")]
+    assert "failover" not in kinds, kinds
+    after = cli.json("dr", "backups", "tax", "--vdc", "gz/tax")["backups"]
+    assert after[-1]["body"]["why"] == "after a restore in place", after[-1]
+    root = default_workload_root(server.data_dir)
+    volumes = [p for p in root.glob("*/volumes/*") if (p / "pgdata-p1").is_dir()]
+    assert len(volumes) == 1 and (volumes[0] / "pgdata" / "PG_VERSION").exists(), volumes

@@ -148,6 +148,7 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/apps/{name}/dr/backups"): _v("app.write"),
     ("GET", "/apps/{name}/dr/backups"): _v("app.read"),
     ("POST", "/apps/{name}/dr/restore"): _v("app.write"),
+    ("POST", "/apps/{name}/dr/restore-in-place"): _v("app.write"),
     ("POST", "/apps/{name}/dr/cleanup"): _v("app.write"),
     ("POST", "/apps/{name}/dr/test"): _v("app.write"),
     ("GET", "/flows"): _v("app.read"),

@@ -285,11 +285,29 @@ def restore(
     to: str = typer.Option(..., "--to", help="The time to restore to, with its zone (2026-12-06T10:00:00+08:00)."),
     vdc: str | None = typer.Option(None, "--vdc"),
     component: str | None = typer.Option(None, "--component"),
+    in_place: bool = typer.Option(
+        False, "--in-place", help="Restore the database itself: what was written after TIME is given up (approved)."
+    ),
+    note: str = typer.Option("", "--note", help="With --in-place: why, for the approvers."),
     data_dir: Path | None = DataDirOpt,
     output: Fmt = OutputOpt,
 ) -> None:
     """A copy of the app's database as it was at TIME, on its own port (the running cluster is not
-    touched): to read the past from, or to prove a backup restores. `dr cleanup` removes it."""
+    touched): to read the past from, or to prove a backup restores. `dr cleanup` removes it.
+
+    With --in-place, the database itself goes back to TIME: held for approval (rules that say
+    `--activations`, else a system administrator other than you); the DR controller then
+    recovers a copy, stops every member and starts the cluster again from it."""
+    if in_place:
+        with handle_errors(), Client(token=discover_token(data_dir)) as c:
+            held = c.dr_operation(app_name, "restore-in-place", vdc, to=to, component=component, note=note)
+        if output is Fmt.json:
+            emit(held, output)
+            return
+        approvers = " then ".join(" or ".join(st["approvers"]) for st in held["stages"])
+        out.print(f"restoring {app_name} in place to {to} is held for approval {held['id']} ({approvers}).")
+        out.print(f"An approver runs `shanzhi approval approve {held['id']}`; then `dr reports --app {app_name}`.")
+        return
     with handle_errors(), Client(token=discover_token(data_dir)) as c:
         if output is not Fmt.json:
             out.print(f"restoring {app_name} to {to} (base backup, then the WAL archive replayed) ...")

@@ -40,7 +40,7 @@ from psycopg import sql
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from shanzhi.controllers import dr_activate, dr_backup
+from shanzhi.controllers import dr_activate, dr_backup, dr_restore
 from shanzhi.controllers.dr_members import main_members, site_roles, standby_source
 from shanzhi.domain.dr import MEMBERS, quorum_sites, sites_by_role
 from shanzhi.domain.spec import AppSpec
@@ -281,10 +281,10 @@ class DrController:
             rows = [
                 (c.id, c.app_id, c.app.vdc.path, c.component, c.prepared, keys,
                  AppSpec.model_validate(c.app.spec), bool(c.status.get("bootstrapped")),
-                 (c.activation or {}).get("state"), c.remote_leads)
+                 (c.activation or {}).get("state"), c.remote_leads, c.restoring)
                 for c, keys in seal_passwords(s, self.data_dir)
             ]  # fmt: skip
-        for cid, app_id, vdc, comp, prepared, sec, spec, ready, activation, remote_leads in rows:
+        for cid, app_id, vdc, comp, prepared, sec, spec, ready, activation, remote_leads, restoring in rows:
             remote = "remote" in MEMBERS[spec.spec.dr.tier]
             try:
                 if not prepared:
@@ -296,6 +296,8 @@ class DrController:
                 self._op = self._ops.submit(self._activate, cid, app_id, comp)
             elif activation == "rebuilding" and (self._op is None or self._op.done()):
                 self._op = self._ops.submit(self._rebuild, cid, app_id, comp)
+            elif restoring and (self._op is None or self._op.done()):
+                self._op = self._ops.submit(self._restore, cid, app_id, comp, remote)
             idle = self._backup is None or self._backup.done()
             plan = spec.spec.dr.backups
             # while the remote centre leads, the main cluster is stopped or a standby: nothing to back up
@@ -337,6 +339,26 @@ class DrController:
                              "the remote primary", vdc=c.app.vdc.path, app=c.app.name)  # fmt: skip
         except Exception:
             log.exception("rebuilding the main cluster of database %s/%s failed", app_id, comp)
+
+    def _restore(self, cid: int, app_id: int, comp: str, remote: bool) -> None:
+        """An approved restore in place, off the leader's loop (it waits for copies and members)."""
+
+        def clear() -> int:
+            gone = 0
+            for cluster, sc in (("quorum", scope(app_id, comp)), ("remote", scope(app_id, comp, True))):
+                if cluster == "remote" and not remote:
+                    continue
+                e = self._etcd.get(cluster)
+                if e is None or not e.healthy():
+                    raise RuntimeError(f"the {cluster} etcd is not healthy; the restore waits for it")
+                gone += e.delete_prefix(etcd_prefix(sc))
+            self._seen.pop(cid, None)
+            return gone
+
+        try:
+            dr_restore.restore_in_place(self.db, self.data_dir, cid, clear)
+        except Exception:
+            log.exception("restoring database %s/%s in place failed; the next pass carries on", app_id, comp)
 
     def _scheduled_backup(self, app_id: int, comp: str, keep: int) -> None:
         """One at a time, off the leader's loop (a big database takes a while)."""
@@ -493,7 +515,7 @@ class DrController:
         planned = s.scalar(
             select(DrReport.id).where(
                 DrReport.app_id == app.id,
-                DrReport.kind.in_(("switchover", "failback")),
+                DrReport.kind.in_(("switchover", "failback", "restore-in-place")),
                 DrReport.outcome == "running",
                 DrReport.started_at >= now - timedelta(minutes=5),  # one a crash left running does not count
             )

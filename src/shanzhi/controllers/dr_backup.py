@@ -44,6 +44,7 @@ from typing import Any
 import psutil
 import psycopg
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from shanzhi.domain.errors import Conflict, InvalidInput
 from shanzhi.dr.patroni import BIN_DIR, REPLICATOR, SUPERUSER, connection_string, scope
@@ -210,10 +211,12 @@ def take_backup(db: Database, data_dir: Path, app_id: int, component: str, *, wh
 def backups(db: Database, app_id: int, component: str | None = None) -> list[DrReport]:
     """The app's kept base backups, oldest first."""
     with db.session() as s, s.begin():
-        q = select(DrReport).where(
-            DrReport.app_id == app_id, DrReport.kind == "backup", DrReport.outcome == "succeeded"
-        )
-        rows = list(s.scalars(q.order_by(DrReport.id)))
+        return kept_backups(s, app_id, component)
+
+
+def kept_backups(s: Session, app_id: int, component: str | None = None) -> list[DrReport]:
+    q = select(DrReport).where(DrReport.app_id == app_id, DrReport.kind == "backup", DrReport.outcome == "succeeded")
+    rows = list(s.scalars(q.order_by(DrReport.id)))
     return [r for r in rows if not r.body.get("pruned") and (component is None or r.body["component"] == component)]
 
 
@@ -371,23 +374,26 @@ def restore(
 
 def cleanup(db: Database, data_dir: Path, app_id: int) -> list[int]:
     """Stop and remove the app's restored copies. Returns the reports they came from."""
-    box = Sandbox.for_data_dir(data_dir)
-    done = []
     with db.session() as s, s.begin():
-        q = select(DrReport).where(DrReport.app_id == app_id, DrReport.kind.in_(("restore", "drill")))
-        rows = s.scalars(q.order_by(DrReport.id))
-        for r in rows:
-            if r.body.get("state") != "ready":
-                continue
-            _stop(r.body.get("pid"), r.body.get("create_time"))
-            _remove_background(box, r.id)
-            shutil.rmtree(r.body.get("dir", ""), ignore_errors=True)
-            _remove_namespace(data_dir, (r.body.get("network") or {}).get("namespace"))
-            r.body = {**r.body, "state": "removed", "removed_at": utcnow().isoformat()}
-            record_event(s, "RestoreRemoved", "app", r.app, f"restored copy of report {r.id} stopped and removed",
-                         vdc=r.vdc, app=r.app)  # fmt: skip
-            done.append(r.id)
-    return done
+        q = select(DrReport.id).where(DrReport.app_id == app_id, DrReport.kind.in_(("restore", "drill")))
+        ids = list(s.scalars(q.order_by(DrReport.id)))
+    return [i for i in ids if remove_copy(db, data_dir, i)]
+
+
+def remove_copy(db: Database, data_dir: Path, report_id: int) -> bool:
+    """Stop and remove the restored copy of report `report_id` (False: none is there)."""
+    with db.session() as s, s.begin():
+        r = s.get(DrReport, report_id)
+        if r is None or r.body.get("state") != "ready":
+            return False
+        _stop(r.body.get("pid"), r.body.get("create_time"))
+        _remove_background(Sandbox.for_data_dir(data_dir), r.id)
+        shutil.rmtree(r.body.get("dir", ""), ignore_errors=True)
+        _remove_namespace(data_dir, (r.body.get("network") or {}).get("namespace"))
+        r.body = {**r.body, "state": "removed", "removed_at": utcnow().isoformat()}
+        record_event(s, "RestoreRemoved", "app", r.app, f"restored copy of report {r.id} stopped and removed",
+                     vdc=r.vdc, app=r.app)  # fmt: skip
+        return True
 
 
 def stop_restores(data_dir: Path, *, remove: bool = False) -> int:
@@ -531,7 +537,11 @@ def _start_copy(
         **({} if durable else {"fsync": "off", "full_page_writes": "off", "synchronous_commit": "off"}),
     }  # fmt: skip
     conf.write_text("".join(f"{k} = {_quote(v)}\n" for k, v in settings.items()))
-    (home / "pg_hba.conf").write_text("local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n")
+    # replication too: a restore in place clones the cluster's new primary from the copy
+    (home / "pg_hba.conf").write_text(
+        f"local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\nhost replication {REPLICATOR} 127.0.0.0/8 "
+        "scram-sha-256\n"
+    )
     (home / "pg_ident.conf").write_text("")
     for dirpath, _, files in os.walk(home):
         os.chown(dirpath, uid, uid)

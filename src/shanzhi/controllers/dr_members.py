@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from shanzhi.controllers.dr_backup import archive_dir
 from shanzhi.domain.dr import MEMBERS, sites_by_role
 from shanzhi.domain.spec import AppSpec, Component
-from shanzhi.dr.patroni import PATRONI_ARGV, Secrets, member_config, scope
+from shanzhi.dr.patroni import CLONE_PASSWORD, PATRONI_ARGV, Secrets, member_config, scope
 from shanzhi.store.tables import App, Cloud, DrCluster, DrEtcdMember, Instance, Site
 
 
@@ -100,6 +100,8 @@ def waiting_for(s: Session, app: App, spec: AppSpec, comp: Component, ordinal: i
     if cluster is None or not cluster.prepared:
         return "waiting for the DR quorum to admit the database (its etcd user)"
     role = member_role(spec, ordinal)
+    if why := restore_fence(cluster):
+        return why
     if role != "remote" and (why := fence_reason(cluster)):
         return why
     if not etcd_hosts(s, "remote" if role == "remote" else "quorum"):
@@ -123,9 +125,33 @@ def fence_reason(cluster: DrCluster | None) -> str | None:
     )
 
 
-def main_fence(s: Session, app: App, comp: Component) -> str | None:
-    """Why the main cluster's members of a managed database must be stopped now, or None."""
-    return fence_reason(s.scalar(select(DrCluster).where(DrCluster.app_id == app.id, DrCluster.component == comp.name)))
+def restore_fence(cluster: DrCluster | None) -> str | None:
+    """Why every member (both clusters) must be stopped now: a restore in place stops them all
+    before the quorum's record of the database is cleared, or None."""
+    if cluster is None or cluster.restoring != "stopping":
+        return None
+    return (
+        f"stopped for a restore in place to {(cluster.restore or {}).get('to')} (approval "
+        f"{(cluster.restore or {}).get('request')}): every member starts again on the restored data"
+    )
+
+
+def restored_copy(cluster: DrCluster) -> tuple[str, int] | None:
+    """The restored copy production's member clones the database from, while a restore in place
+    starts the cluster again (host, port), or None."""
+    copy = (cluster.restore or {}).get("copy")
+    if cluster.restoring != "starting" or not copy:
+        return None
+    return str(copy["host"]), int(copy["port"])
+
+
+def member_fence(s: Session, app: App, comp: Component, ordinal: int, spec: AppSpec) -> str | None:
+    """Why member `ordinal` of a managed database must be stopped now, or None: the main cluster's
+    after an activation of the remote centre, every member during a restore in place."""
+    cluster = s.scalar(select(DrCluster).where(DrCluster.app_id == app.id, DrCluster.component == comp.name))
+    if why := restore_fence(cluster):
+        return why
+    return fence_reason(cluster) if member_role(spec, ordinal) != "remote" else None
 
 
 def _primary_runs(cluster: DrCluster) -> bool:
@@ -205,6 +231,11 @@ def member_command(
         parameters=comp.postgres.parameters if comp.postgres else None,
         archive=None if remote else str(archive_dir(data_dir, app.id, comp.name)),
         restore_from=str(archive_dir(data_dir, app.id, comp.name)) if remote else None,
-        data_subdir=f"pgdata-r{cluster.generation}" if cluster.generation and not remote else "pgdata",
+        data_subdir=cluster.data_subdir(remote),
+        # after a restore in place, production's member starts the cluster again from the restored copy
+        bootstrap_from=restored_copy(cluster) if r.ordinal == 0 else None,
     )
-    return PATRONI_ARGV, {"PATRONI_CONFIGURATION": config}
+    env = {"PATRONI_CONFIGURATION": config}
+    if r.ordinal == 0 and restored_copy(cluster) is not None:
+        env[CLONE_PASSWORD] = sec["replication"]
+    return PATRONI_ARGV, env

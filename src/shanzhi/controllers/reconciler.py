@@ -772,17 +772,16 @@ class Reconciler:
         actions: list[_Action] = []
         self._reserve(s, app, spec, comp, [r for r in rows if r.state == RESERVED])
         rows = [r for r in rows if r.state != RESERVED]
-        fence = dr_members.main_fence(s, app, comp) if comp.kind == "postgres" else None
         for r in rows:
+            fence = (
+                dr_members.member_fence(s, app, comp, r.ordinal, spec)
+                if comp.kind == "postgres" and r.cloud is not None and r.state not in ("terminating", "lost")
+                else None
+            )
             if r.state == "terminating":
                 actions += self._terminate(s, r, r.reason)
-            elif (
-                fence
-                and r.cloud is not None
-                and r.state != "lost"
-                and dr_members.member_role(spec, r.ordinal) != "remote"
-            ):
-                actions += self._terminate(s, r, fence)  # the remote centre was activated
+            elif fence:
+                actions += self._terminate(s, r, fence)  # the remote centre was activated, or a restore in place
             elif r.cloud is not None:
                 actions += self._observe_row(s, app, comp, r, now)
 

@@ -122,6 +122,7 @@ def member_config(
     archive: str | None = None,
     restore_from: str | None = None,
     data_subdir: str = "pgdata",
+    bootstrap_from: tuple[str, int] | None = None,
 ) -> str:
     """The YAML Patroni runs a member with. `synchronous`: RPO 0 (only a synchronous standby is
     ever promoted); `strict` (default: as `synchronous`): a primary without a synchronous standby
@@ -131,7 +132,9 @@ def member_config(
     `archive`: the directory its primary archives each WAL segment to (at least once a minute),
     for point-in-time restores. `restore_from`: the WAL archive a standby cluster also replays
     from (what its source no longer keeps). `data_subdir`: where in the volume its data directory is (a main
-    cluster rebuilt as a standby of the remote one starts afresh beside the old data, kept)."""
+    cluster rebuilt as a standby of the remote one starts afresh beside the old data, kept).
+    `bootstrap_from`: a cluster started afresh (a restore in place) is cloned from that PostgreSQL
+    (the restored copy) instead of made empty by initdb."""
     params: dict[str, Any] = {
         "wal_log_hints": "on",
         "wal_keep_size": "256MB",
@@ -191,7 +194,30 @@ def member_config(
             "parameters": {"unix_socket_directories": data},
         },
     }
+    if bootstrap_from is not None:
+        host, port = bootstrap_from
+        conf["bootstrap"]["method"] = "clone"
+        conf["bootstrap"]["clone"] = {
+            "command": shlex.join(["/usr/bin/python3", "-c", _CLONE, host, str(port)]),
+            "keep_existing_recovery_conf": False,
+        }
     return yaml.safe_dump(conf, sort_keys=False)
+
+
+#: where a member started by a restore in place finds the replication password for its clone:
+#: its own environment (only its uid reads it), since Patroni takes `PATRONI_CONFIGURATION` out
+#: of the environment its bootstrap script gets, and a command line is readable by others
+CLONE_PASSWORD = "SHANZHI_CLONE_PASSWORD"
+#: Patroni's custom bootstrap of a restore in place: `pg_basebackup` of the restored copy into the
+#: new data directory (Patroni appends `--scope` and `--datadir`), as the replication user
+_CLONE = f"""
+import os, subprocess, sys
+datadir = next(a.split("=", 1)[1] for a in sys.argv[3:] if a.startswith("--datadir="))
+argv = ["{BIN_DIR}/pg_basebackup", "-h", sys.argv[1], "-p", sys.argv[2], "-U", "{REPLICATOR}", "-D", datadir,
+        "-X", "stream", "-c", "fast", "--no-password"]
+env = {{**os.environ, "PGPASSWORD": os.environ["{CLONE_PASSWORD}"], "PGCONNECT_TIMEOUT": "5"}}
+sys.exit(subprocess.call(argv, env=env))
+"""
 
 
 def archive_parameters(archive: str) -> dict[str, str | int]:

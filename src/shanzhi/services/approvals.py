@@ -191,6 +191,13 @@ def hold_activation(s: Session, app: App, document: dict[str, Any], requester: s
     return _hold(s, app.vdc, app.name, "activate-remote", document, matched, requester)
 
 
+def hold_restore(s: Session, app: App, document: dict[str, Any], requester: str) -> ApprovalRequest:
+    """Restoring `app`'s database in place (what was written after the time is given up), held
+    as an activation is: by the rules that say `activations`, else by a system administrator."""
+    matched = [(r, "restoring a database in place needs approval") for r, _ in _activation_rules(s, app.vdc.path)]
+    return _hold(s, app.vdc, app.name, "restore-in-place", document, matched, requester)
+
+
 def _hold(
     s: Session,
     v: Vdc,
@@ -217,12 +224,13 @@ def _hold(
     ]
     reasons = [{"rule": r.name, "vdc": r.vdc.path, "why": why} for r, why in matched]
     hours = min((r.expire_hours for r, _ in matched), default=ACTIVATION_EXPIRE_HOURS)
-    if not matched:  # only activations are held without a rule
+    if not matched:  # only activations and restores in place are held without a rule
         stages = [
             {"rule": "(platform)", "vdc": "/", "approvers": list(stage), "decision": None, "by": None, "at": None}
             for stage in DEFAULT_ACTIVATION_STAGES
         ]
-        reasons = [{"rule": "(platform)", "vdc": "/", "why": "activating a remote centre needs a second person"}]
+        what = "restoring a database in place" if action == "restore-in-place" else "activating a remote centre"
+        reasons = [{"rule": "(platform)", "vdc": "/", "why": f"{what} needs a second person"}]
     req = ApprovalRequest(
         vdc_id=v.id,
         app=app,
@@ -349,6 +357,8 @@ def decide(s: Session, p: Principal, request_id: int, approve: bool, note: str =
                 done = f"deleted: app {r.app} is being removed"
             elif r.action == "activate-remote":
                 done = dr.approve_activation(s, r.vdc_id, r.app, r.document, r.id, p.user)
+            elif r.action == "restore-in-place":
+                done = dr.approve_restore(s, r.vdc_id, r.app, r.document, r.id, p.user)
             else:
                 app, outcome = apply_app(s, parse_app(r.document), r.requester, f"approval {r.id}")
                 done = f"applied: app {app.name} {outcome} (generation {app.generation})"

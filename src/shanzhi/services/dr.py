@@ -192,6 +192,48 @@ def approve_activation(s: Session, vdc_id: int, app_name: str, document: dict[st
     return f"approved: the DR controller activates the remote centre of database {c.component} (see `dr reports`)"
 
 
+def restore_conflict(s: Session, c: DrCluster) -> str | None:
+    """Why database `c` cannot be restored in place now, or None."""
+    if c.restoring:
+        request = (c.restore or {}).get("request")
+        return f"a restore in place of database {c.component} is under way (approval {request})"
+    act = (c.activation or {}).get("state")
+    if c.remote_leads or act in ACTIVE:
+        return (
+            f"the remote centre of database {c.component} was activated: a restore in place needs the main "
+            "cluster leading (`dr reprotect`, then `dr failback`)"
+        )
+    lost = s.scalars(
+        select(Instance.name).where(
+            Instance.app_id == c.app_id, Instance.component == c.component, Instance.state == "lost"
+        )
+    ).all()
+    if lost:
+        return (
+            f"member {', '.join(lost)} of database {c.component} is lost (its cloud does not answer): a restore in "
+            "place stops every member first, so it waits until they can be reached or replaced"
+        )
+    return None
+
+
+def approve_restore(s: Session, vdc_id: int, app_name: str, document: dict[str, Any], request: int, by: str) -> str:
+    """The last approval of a restore in place: hand it to the DR controller."""
+    app = s.scalar(select(App).where(App.vdc_id == vdc_id, App.name == app_name))
+    if app is None:
+        raise NotFound(f"app {app_name} no longer exists", field="app")
+    c = cluster_of(s, app, document.get("component"))
+    why = restore_conflict(s, c)
+    if why:
+        raise Conflict(why)
+    c.restore = {"request": request, "state": "approved", "to": document["to"], "by": by,
+                 "at": utcnow().isoformat(), "note": document.get("note", ""),
+                 "count": int((c.restore or {}).get("count", 0))}  # fmt: skip
+    record_event(s, "RestoreInPlaceApproved", "app", app.name,
+                 f"database {c.component}: restoring it in place to {document['to']} approved by {by} "
+                 f"(approval {request})", warning=True, vdc=app.vdc.path, app=app.name)  # fmt: skip
+    return f"approved: the DR controller restores database {c.component} in place (see `dr reports`)"
+
+
 def reports(s: Session, app: App | None = None, limit: int = 50) -> list[DrReport]:
     q = select(DrReport)
     if app is not None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +27,14 @@ import httpx
 from sqlalchemy.orm import Session
 
 from shanzhi.controllers.dr_activate import is_following, is_primary, wait_member
+from shanzhi.controllers.dr_backup import kept_backups
 from shanzhi.controllers.dr_members import member_site, site_roles
 from shanzhi.domain.dr import MEMBERS
 from shanzhi.domain.errors import Conflict, InvalidInput
 from shanzhi.domain.spec import AppSpec
 from shanzhi.dr.patroni import API_USER, api_base
-from shanzhi.services.approvals import hold_activation
-from shanzhi.services.dr import activation_conflict, cluster_of
+from shanzhi.services.approvals import hold_activation, hold_restore
+from shanzhi.services.dr import activation_conflict, cluster_of, restore_conflict
 from shanzhi.store import Database
 from shanzhi.store.events import record_event
 from shanzhi.store.tables import App, ApprovalRequest, DrCluster, DrReport, utcnow
@@ -223,3 +225,24 @@ def request_activation(s: Session, app: App, component: str | None, requester: s
     if not any(m.get("cluster") == "remote" and m.get("host") for m in members):
         raise Conflict(f"database {c.component} has no member in the remote centre yet; see `dr status`")
     return hold_activation(s, app, {"component": c.component, "note": note}, requester)
+
+
+def request_restore(
+    s: Session, app: App, component: str | None, to: datetime, requester: str, note: str
+) -> ApprovalRequest:
+    """Ask to restore the app's database in place to `to`: everything written after it is given
+    up, so it is held for approval (as an activation is); refused at once when no base backup
+    reaches back to `to`, when one is under way, when the remote centre leads, or when a member
+    is lost. Once approved, the DR controller carries it out (`controllers.dr_restore`)."""
+    now = utcnow()
+    if to > now:
+        raise InvalidInput(f"{to.isoformat()} is in the future (now {now.isoformat(timespec='seconds')})", field="to")
+    c = cluster_of(s, app, component)
+    why = restore_conflict(s, c)
+    if why:
+        raise Conflict(why)
+    kept = [b for b in kept_backups(s, app.id, c.component) if b.finished_at and b.finished_at <= to]
+    if not kept:
+        raise InvalidInput(f"no base backup of {c.component} finished before {to.isoformat()}: see `dr backups` for "
+                           "the window a restore can reach", field="to")  # fmt: skip
+    return hold_restore(s, app, {"component": c.component, "to": to.isoformat(), "note": note}, requester)

@@ -637,6 +637,9 @@ class DrEtcdMember(Base):
         return f"http://{self.address}:{self.client_port}"
 
 
+RESTORE_ACTIVE = ("approved", "copying", "stopping", "starting")
+
+
 class DrCluster(Base):
     """A managed PostgreSQL (an app's `kind: postgres` component): its secrets, whether its etcd
     user exists yet (members wait for it), and the last status the DR controller read."""
@@ -656,6 +659,10 @@ class DrCluster(Base):
     # (`dr reprotect`) rebuilding -> standby, then (`dr failback`) failed-back; written by the
     # approval, the DR operations and the DR controller's activation, never by its status reads
     activation: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    # the last restore in place: {"request", "state", "to", "by", "at", "count", "report", "copy"};
+    # state approved -> copying -> stopping -> starting -> succeeded | failed (see
+    # controllers.dr_restore); "count": how many were carried out (members' data in `-p<count>`)
+    restore: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     app: Mapped[App] = relationship(lazy="joined")
@@ -688,6 +695,21 @@ class DrCluster(Base):
     def generation(self) -> int:
         """How many times the main cluster was rebuilt: its members' data is in `pgdata-r<n>`."""
         return int((self.activation or {}).get("generation", 0))
+
+    @property
+    def restoring(self) -> str | None:
+        """The state of a restore in place under way (its members stop, then start on the
+        restored data), or None."""
+        state = (self.restore or {}).get("state")
+        return str(state) if state in RESTORE_ACTIVE else None
+
+    def data_subdir(self, remote: bool) -> str:
+        """Where in a member's volume its data directory is: a main cluster rebuilt after an
+        activation starts afresh in `pgdata-r<n>`, and every member after a restore in place in
+        `...-p<n>`; the old data stays beside it."""
+        base = f"pgdata-r{self.generation}" if self.generation and not remote else "pgdata"
+        restored = int((self.restore or {}).get("count", 0))
+        return f"{base}-p{restored}" if restored else base
 
 
 class DrReport(Base):

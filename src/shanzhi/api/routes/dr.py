@@ -200,8 +200,9 @@ def activate_remote(
         app = find_app(s, name, vdc, p.scope("app.read"))
         require(p, "app.write", app.vdc.path, visible="app.read")
         request.state.target = f"app {app.vdc.path}/{app.name}"
+        held = dr_ops.request_activation(s, app, component, p.user, note)
         request.state.audit_outcome = "held"
-        return views.approval(dr_ops.request_activation(s, app, component, p.user, note))
+        return views.approval(held)
 
 
 @router.post("/apps/{name}/dr/backups")
@@ -259,6 +260,30 @@ def restore(
     rt: Runtime = request.app.state.runtime
     app_id, comp = _writable(request, p, name, vdc, component)
     return _done(dr_backup.restore(rt.db, rt.settings.data_dir, app_id, comp, to))
+
+
+@router.post("/apps/{name}/dr/restore-in-place", status_code=202)
+def restore_in_place(
+    request: Request,
+    name: str,
+    vdc: str | None = Query(None),
+    to: AwareDatetime = Body(..., embed=True, description="the time to restore to, with its zone"),
+    component: str | None = Body(None, embed=True, description="the database (default: the app's first)"),
+    note: str = Body("", embed=True, max_length=500, description="why, for the approvers"),
+    p: Principal = Depends(principal),
+) -> dict[str, Any]:
+    """Ask to restore the database itself to `to`: everything written after it is given up.
+    Refused when no base backup reaches back that far, while the remote centre leads, or while a
+    member is lost; otherwise held for approval (rules that say `activations`, else a system
+    administrator other than you). Once approved, the DR controller recovers a copy to `to`,
+    stops every member, and starts the cluster again from the copy; `dr reports` tells how it went."""
+    with transaction(request) as s:
+        app = find_app(s, name, vdc, p.scope("app.read"))
+        require(p, "app.write", app.vdc.path, visible="app.read")
+        request.state.target = f"app {app.vdc.path}/{app.name}"
+        held = dr_ops.request_restore(s, app, component, to, p.user, note)
+        request.state.audit_outcome = "held"
+        return views.approval(held)
 
 
 @router.post("/apps/{name}/dr/test")
