@@ -211,6 +211,9 @@ def test_a_scheduled_backup_and_a_restore_to_a_point_in_time(world: tuple[Server
         assert sorted(r[0] for r in c.execute("SELECT id FROM acks")) == list(range(100))
         c.execute("INSERT INTO acks VALUES (1000)")
     # no failover was reported for it, a backup was taken after it, and the old data is kept
+    plan = cli.json("dr", "plan", "tax", "--vdc", "gz/tax")["plans"]["restore-in-place"]
+    assert plan["steps"][0]["phase"] == "approval" and "li.wei" in plan["steps"][0]["step"], plan
+    assert plan["last_run"]["report"] == report["id"] and plan["last_run"]["outcome"] == "succeeded"
     kinds = [r["kind"] for r in cli.json("dr", "reports", "--app", "tax", "--vdc", "gz/tax")]
     assert "failover" not in kinds, kinds
     after = cli.json("dr", "backups", "tax", "--vdc", "gz/tax")["backups"]

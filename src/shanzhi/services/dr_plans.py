@@ -131,6 +131,23 @@ def plans(s: Session, app: App) -> dict[str, Any]:
                 _step("cleanup", "`dr cleanup` removes the copy", "platform"),
             ],
         }  # fmt: skip
+    if databases:
+        stages = " then ".join(" or ".join(st) for st in activation_stages(s, app.vdc.path))
+        out["restore-in-place"] = {
+            "automatic": False,
+            "trigger": "`dr restore --to TIME --in-place`: what was written after TIME is given up",
+            "steps": [
+                _step("approval", f"held until approved by {stages} (never the requester)", "approvers"),
+                _step("database", "a copy recovered to TIME from the newest base backup before it and the WAL "
+                      "archive, opened and checked (if it fails, nothing else happens)", "PostgreSQL"),
+                _step("database", "every member of the database is stopped; its records in etcd are cleared",
+                      "platform"),
+                _step("database", f"{dbs}: production's member in {prod} is bootstrapped from the copy (new data "
+                      "directories, the old data kept); the other members clone it", "Patroni"),
+                checks,
+                _step("report", "the time recovered to, how long writes stopped; a new base backup", "platform"),
+            ],
+        }  # fmt: skip
     for kind, plan in out.items():
         plan["last_run"] = _last(s, app, {"test": "drill", "return-from-remote": "failback"}.get(kind, kind))
     return {"app": app.name, "vdc": app.vdc.path, "tier": dr.tier, "plans": out}
