@@ -276,7 +276,8 @@ def test_an_activation_rule_names_its_approvers_and_a_tier_without_a_remote_cent
         assert held.expires_at < held.created_at + timedelta(hours=5)  # the rule's expiry
         plans = dr_plans.plans(s, s.scalar(select(App)))  # type: ignore[arg-type]
     assert list(plans["plans"]) == ["failover", "switchover", "failback", "activate-remote", "return-from-remote",
-                                    "test"]  # fmt: skip
+                                    "test", "restore-in-place"]  # fmt: skip
+    assert "role:vdc-admin then li.wei" in plans["plans"]["restore-in-place"]["steps"][0]["step"]
     failover = plans["plans"]["failover"]
     assert failover["automatic"] and failover["last_run"] is None
     assert [st["phase"] for st in failover["steps"]] == ["database", "database", "database", "services", "checks",
@@ -329,3 +330,72 @@ def test_a_databases_passwords_are_made_and_sealed_by_the_dr_controller(centres:
         shown = dr.status(s, c.app, reveal=w.data_dir)["databases"][0]["connection"]
         assert shown.startswith("postgresql://app:a@127.0.0.0:5432/"), shown  # the owner's: opened with the key
         assert ":********@" in dr.status(s, c.app)["databases"][0]["connection"]
+
+
+def test_a_restore_in_place_is_refused_without_a_backup_or_while_another_runs_and_stops_every_member(
+    centres: World,
+) -> None:
+    from datetime import UTC, datetime
+
+    from shanzhi.controllers import dr_members
+    from shanzhi.domain.spec import AppSpec
+    from shanzhi.services import dr_ops
+    from shanzhi.store.tables import App, DrReport
+
+    w = centres
+    roles(w, gz_a="production", gz_b="same-city", sz="remote", fs="arbiter")
+    w.apply(doc("two-sites-three-centres", replicas=1))
+    now = datetime.now(UTC)
+
+    def ask(to: datetime = now) -> Any:
+        with w.db.session() as s, s.begin():
+            return dr_ops.request_restore(s, s.scalar(select(App)), None, to, "admin", "")  # type: ignore[arg-type]
+
+    with pytest.raises(InvalidInput, match="no base backup of db finished before"):
+        ask()
+    with pytest.raises(InvalidInput, match="in the future"):
+        ask(now.replace(year=now.year + 1))
+    with w.db.session() as s, s.begin():
+        app = s.scalar(select(App))
+        assert app is not None
+        s.add(DrReport(app_id=app.id, vdc="gz", app="tax", kind="backup", outcome="succeeded", summary="",
+                       body={"component": "db", "path": "/nowhere"}, started_at=now, finished_at=now))  # fmt: skip
+    with pytest.raises(InvalidInput, match="no base backup"):  # one finished after the time asked reaches nothing
+        ask(now.replace(year=now.year - 1))
+    with w.db.session() as s, s.begin():  # admitted: its etcd users exist (the DR controller's job)
+        seal_passwords(s, w.data_dir)[0][0].prepared = True
+        site_id = s.scalar(select(Site.id).where(Site.name == "gz-a"))
+        s.add(DrEtcdMember(cluster="quorum", name="quorum-gz-a", site_id=site_id, address="127.0.0.1",
+                           client_port=1, peer_port=2))  # fmt: skip
+    held = ask()
+    assert held.action == "restore-in-place" and held.document["to"] == now.isoformat()
+    assert [st["approvers"] for st in held.stages["stages"]] == [["role:system-admin"]]  # no rule: a second admin
+    # approved: the DR controller's turn; a second request is refused while it runs
+    with w.db.session() as s, s.begin():
+        dr.approve_restore(s, held.vdc_id, "tax", held.document, held.id, "li.wei")
+    with pytest.raises(Conflict, match="a restore in place of database db is under way"):
+        ask()
+    # while it stops the members, every member of both clusters is fenced, the remote one too
+    with w.db.session() as s, s.begin():
+        c = s.scalar(select(DrCluster))
+        assert c is not None
+        c.restore = {**(c.restore or {}), "state": "stopping"}
+        spec = AppSpec.model_validate(c.app.spec)
+        comp = next(x for x in spec.spec.components if x.name == "db")
+        fences = [dr_members.member_fence(s, c.app, comp, o, spec) for o in range(3)]
+        assert all(f and "stopped for a restore in place" in f for f in fences), fences
+        c.restore = {**c.restore, "state": "starting", "copy": {"host": "127.0.0.1", "port": 5999}, "count": 1}
+        c.status = {"members": [{"cluster": "main", "name": "old", "role": "primary", "state": "running"}]}  # stale
+        assert dr_members.member_fence(s, c.app, comp, 2, spec) is None
+        # starting: production's member first (it clones the copy), the others wait for it
+        assert "clones the restored copy" in (dr_members.waiting_for(s, c.app, spec, comp, 1) or "")
+        assert dr_members.restored_copy(c) == ("127.0.0.1", 5999) and c.data_subdir(False) == "pgdata-p1"
+        c.restore = {**c.restore, "state": "succeeded"}
+        assert dr_members.restored_copy(c) is None and c.data_subdir(True) == "pgdata-p1"
+    # the remote centre leading: no restore in place until it has failed back
+    with w.db.session() as s, s.begin():
+        c = s.scalar(select(DrCluster))
+        assert c is not None
+        c.activation = {"state": "succeeded", "fenced_at": now.isoformat()}
+    with pytest.raises(Conflict, match="the remote centre of database db was activated"):
+        ask()

@@ -110,6 +110,9 @@ def waiting_for(s: Session, app: App, spec: AppSpec, comp: Component, ordinal: i
         return "waiting for its source member to run (the remote standby cluster is fed from it)"
     if role != "remote" and cluster.remote_leads and remote_primary(cluster) is None:
         return "waiting for the remote centre's primary (the main cluster is rebuilt as its standby)"
+    if ordinal > 0 and cluster.restoring == "starting":
+        # the status may still show the old members for a moment: none starts before the restore's primary
+        return "waiting for the production member to start the restored cluster (it clones the restored copy)"
     if ordinal > 0 and role != "remote" and not _primary_runs(cluster):
         return "waiting for the production member to bootstrap the cluster (it starts as the primary)"
     return None
@@ -233,9 +236,10 @@ def member_command(
         restore_from=str(archive_dir(data_dir, app.id, comp.name)) if remote else None,
         data_subdir=cluster.data_subdir(remote),
         # after a restore in place, production's member starts the cluster again from the restored copy
-        bootstrap_from=restored_copy(cluster) if r.ordinal == 0 else None,
+        # (any main member that found the cluster uninitialised would too: never an empty initdb)
+        bootstrap_from=None if remote else restored_copy(cluster),
     )
     env = {"PATRONI_CONFIGURATION": config}
-    if r.ordinal == 0 and restored_copy(cluster) is not None:
+    if not remote and restored_copy(cluster) is not None:
         env[CLONE_PASSWORD] = sec["replication"]
     return PATRONI_ARGV, env

@@ -169,8 +169,12 @@ def restore_in_place(db: Database, data_dir: Path, cid: int, clear: Callable[[],
 
 
 def _members_left(db: Database, app_id: int, comp: str) -> list[str]:
+    """The members still on a cloud (running, stopping or lost); those waiting to be placed
+    have no process."""
     with db.session() as s, s.begin():
-        q = select(Instance.name, Instance.state).where(Instance.app_id == app_id, Instance.component == comp)
+        q = select(Instance.name, Instance.state).where(
+            Instance.app_id == app_id, Instance.component == comp, Instance.cloud_id.is_not(None)
+        )
         return [f"{n} ({state})" for n, state in s.execute(q)]
 
 
