@@ -59,6 +59,22 @@ def app_doc() -> str:
     )
 
 
+def two_batches(dsn: str) -> datetime:
+    """Rows 0-99, then a moment a second after them, then rows 100-199 a second later: the moment."""
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("CREATE TABLE acks (id bigint PRIMARY KEY)")
+        for i in range(100):
+            c.execute("INSERT INTO acks VALUES (%s)", (i,))
+        time.sleep(1.0)
+        row = c.execute("SELECT now()").fetchone()
+        assert row is not None
+        moment: datetime = row[0]
+        time.sleep(1.0)
+        for i in range(100, 200):
+            c.execute("INSERT INTO acks VALUES (%s)", (i,))
+    return moment
+
+
 def test_a_scheduled_backup_and_a_restore_to_a_point_in_time(world: tuple[Server, Cli]) -> None:  # noqa: F811
     server, cli = world
     cli.ok("cloud", "add", "prod", "--kind", "local", "--site", "gz-a", "--region", "gd", "--option",
@@ -82,17 +98,7 @@ def test_a_scheduled_backup_and_a_restore_to_a_point_in_time(world: tuple[Server
     first = wait_for(lambda: cli.json("dr", "backups", "tax", "--vdc", "gz/tax")["backups"], 120, "a backup")
     assert first[0]["body"]["why"] == "scheduled" and first[0]["body"]["bytes"] > 0
 
-    with psycopg.connect(url, autocommit=True) as c:
-        c.execute("CREATE TABLE acks (id bigint PRIMARY KEY)")
-        for i in range(100):
-            c.execute("INSERT INTO acks VALUES (%s)", (i,))
-        time.sleep(1.0)
-        row = c.execute("SELECT now()").fetchone()
-        assert row is not None
-        moment: datetime = row[0]
-        time.sleep(1.0)
-        for i in range(100, 200):
-            c.execute("INSERT INTO acks VALUES (%s)", (i,))
+    moment = two_batches(url)
 
     # a time without its zone, one in the future, one before every backup: refused, nothing made
     for bad, says in (
@@ -201,6 +207,9 @@ def test_a_scheduled_backup_and_a_restore_to_a_point_in_time(world: tuple[Server
         return done[-1] if done else None
 
     report = wait_for(restored, 120, "the restore in place")
+    shown = cli.json("dr", "status", "tax", "--vdc", "gz/tax")["databases"][0]["restore"]
+    assert shown["state"] == "succeeded" and shown["count"] == 1 and shown["to"] == moment.isoformat(), shown
+    assert "restore in place to" in cli.ok("dr", "status", "tax", "--vdc", "gz/tax")
     body = report["body"]
     assert report["outcome"] == "succeeded", report
     assert datetime.fromisoformat(body["recovered_to"]) <= moment and body["writes_stopped_seconds"] > 0

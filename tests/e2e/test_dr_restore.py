@@ -8,8 +8,6 @@ written after.
 from __future__ import annotations
 
 import json
-import time
-from datetime import datetime
 from typing import Any
 
 import httpx
@@ -19,20 +17,11 @@ import pytest
 from shanzhi.providers.sandbox import default_workload_root
 from tests.e2e.harness import Cli, Server, wait_for
 from tests.e2e.test_dr import _try, app_doc, settled, three_centres, world  # noqa: F401 - the fixture
+from tests.e2e.test_dr_activate import _count
+from tests.e2e.test_dr_backup import two_batches
 
 pytestmark = pytest.mark.e2e
 VDC = ("--vdc", "gz/tax")
-
-
-def _count(host: str, password: str) -> int | None:
-    address, _, port = host.rpartition(":")
-    try:
-        with psycopg.connect(host=address, port=int(port), user="app", password=password, dbname="ledger",
-                             connect_timeout=2) as c:  # fmt: skip
-            row = c.execute("SELECT count(*) FROM acks").fetchone()
-            return int(row[0]) if row else None
-    except psycopg.Error:
-        return None
 
 
 def test_a_restore_in_place_takes_every_centre_back_to_the_moment(world: tuple[Server, Cli]) -> None:  # noqa: F811
@@ -49,17 +38,7 @@ def test_a_restore_in_place_takes_every_centre_back_to_the_moment(world: tuple[S
     password = psycopg.conninfo.conninfo_to_dict(dsn)["password"]
     wait_for(lambda: _try(lambda: psycopg.connect(dsn).close()), 60, "the app's database")
     wait_for(lambda: cli.json("dr", "backups", "tax", *VDC)["backups"], 120, "the first scheduled backup")
-    with psycopg.connect(dsn, autocommit=True) as c:
-        c.execute("CREATE TABLE acks (id bigint PRIMARY KEY)")
-        for i in range(100):
-            c.execute("INSERT INTO acks VALUES (%s)", (i,))
-        time.sleep(1.0)
-        row = c.execute("SELECT now()").fetchone()
-        assert row is not None
-        moment: datetime = row[0]
-        time.sleep(1.0)
-        for i in range(100, 200):
-            c.execute("INSERT INTO acks VALUES (%s)", (i,))
+    moment = two_batches(dsn)
     far = next(m for m in before if m["cluster"] == "remote")
     wait_for(lambda: _count(far["host"], password) == 200, 60, "both batches in the remote centre")
 

@@ -94,6 +94,10 @@ def status(
         act = d.get("activation")
         if act:
             out.print(f"  {d['component']}: remote centre activation {act['state']} (approval {act.get('request')})")
+        back = d.get("restore")
+        if back:
+            out.print(f"  {d['component']}: restore in place to {back.get('to')} {back['state']} (approval "
+                      f"{back.get('request')}; `dr reports` has its steps)")  # fmt: skip
 
 
 @dr_app.command("plan")
@@ -223,11 +227,16 @@ def activate_remote(
     the remote one. `dr reports` then tells the outcome and the data that could not be recovered."""
     with handle_errors(), Client(token=discover_token(data_dir)) as c:
         r = c.dr_operation(app_name, "activate-remote", vdc, component=component, note=note)
+    _held(r, f"activating the remote centre of {app_name}", app_name, output)
+
+
+def _held(r: dict[str, Any], what: str, app_name: str, output: Fmt) -> None:
+    """An operation held for approval: who approves it, and what to run next."""
     if output is Fmt.json:
         emit(r, output)
         return
     approvers = " then ".join(" or ".join(st["approvers"]) for st in r["stages"])
-    out.print(f"activating the remote centre of {app_name} is held for approval {r['id']} ({approvers}).")
+    out.print(f"{what} is held for approval {r['id']} ({approvers}).")
     out.print(f"An approver runs `shanzhi approval approve {r['id']}`; then see `shanzhi dr reports --app {app_name}`.")
 
 
@@ -301,12 +310,7 @@ def restore(
     if in_place:
         with handle_errors(), Client(token=discover_token(data_dir)) as c:
             held = c.dr_operation(app_name, "restore-in-place", vdc, to=to, component=component, note=note)
-        if output is Fmt.json:
-            emit(held, output)
-            return
-        approvers = " then ".join(" or ".join(st["approvers"]) for st in held["stages"])
-        out.print(f"restoring {app_name} in place to {to} is held for approval {held['id']} ({approvers}).")
-        out.print(f"An approver runs `shanzhi approval approve {held['id']}`; then `dr reports --app {app_name}`.")
+        _held(held, f"restoring {app_name} in place to {to}", app_name, output)
         return
     with handle_errors(), Client(token=discover_token(data_dir)) as c:
         if output is not Fmt.json:
