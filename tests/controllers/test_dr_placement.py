@@ -399,3 +399,39 @@ def test_a_restore_in_place_is_refused_without_a_backup_or_while_another_runs_an
         c.activation = {"state": "succeeded", "fenced_at": now.isoformat()}
     with pytest.raises(Conflict, match="the remote centre of database db was activated"):
         ask()
+
+
+def test_a_copy_cut_short_by_a_restart_is_stopped_and_removed(centres: World) -> None:
+    import subprocess
+
+    from shanzhi.controllers import dr_backup
+    from shanzhi.dr.patroni import scope
+    from shanzhi.providers.sandbox import default_workload_root
+    from shanzhi.store.tables import App, DrReport
+
+    w = centres
+    w.apply(doc("none", replicas=1))
+    with w.db.session() as s, s.begin():
+        app = s.scalar(select(App))
+        assert app is not None
+        running = DrReport(app_id=app.id, vdc="gz", app="tax", kind="restore", outcome="running", summary="restore",
+                           body={"component": "db", "state": "restoring"})  # fmt: skip
+        done = DrReport(app_id=app.id, vdc="gz", app="tax", kind="backup", outcome="succeeded", summary="",
+                        body={"component": "db"})  # fmt: skip
+        s.add_all([running, done])
+        s.flush()
+        rid, other, app_id = running.id, done.id, app.id
+    home = default_workload_root(w.data_dir) / "dr-restores" / f"{scope(app_id, 'db')}-r{rid}"
+    (home / "pgdata").mkdir(parents=True)
+    postgres = subprocess.Popen(["sleep", "60"])  # stands in for the copy's PostgreSQL
+    try:
+        (home / "pgdata" / "postmaster.pid").write_text(f"{postgres.pid}\n{home}/pgdata\n")
+        assert dr_backup.abandon(w.db, w.data_dir, other) is False  # not a copy
+        assert dr_backup.abandon(w.db, w.data_dir, rid) is True
+        assert postgres.wait(timeout=20) is not None and not home.exists()
+    finally:
+        postgres.kill()
+    with w.db.session() as s, s.begin():
+        r = s.get(DrReport, rid)
+        assert r is not None and r.outcome == "failed" and "abandoned" in r.summary and r.finished_at is not None
+    assert dr_backup.abandon(w.db, w.data_dir, rid) is False  # once

@@ -2,7 +2,7 @@
 PostgreSQL: the database goes back to a moment between two batches of writes once approved;
 production's member bootstraps from the restored copy, the same-city replica and the remote
 standby cluster clone it afresh, and every centre has exactly the first batch and what is
-written after.
+written after. The server is killed in the middle of it, and the next one carries it on.
 """
 
 from __future__ import annotations
@@ -49,13 +49,36 @@ def test_a_restore_in_place_takes_every_centre_back_to_the_moment(world: tuple[S
     ok = cli.run("approval", "approve", str(held["id"]), token=str(login.json()["token"]))
     assert ok.returncode == 0, ok.stderr
 
-    def restored() -> dict[str, Any] | None:
-        done = [r for r in cli.json("dr", "reports", "--app", "tax", *VDC)
-                if r["kind"] == "restore-in-place" and r["outcome"] != "running"]  # fmt: skip
-        return done[-1] if done else None
+    # the server killed (SIGKILL) in the middle of it: a new one carries on from the recorded state
+    token = (server.data_dir / "admin.token").read_text().strip()
 
-    report = wait_for(restored, 300, "the restore in place")
-    assert report["outcome"] == "succeeded", report
+    def state() -> str | None:
+        r = httpx.get(f"{server.url}/api/v1/apps/tax/dr", params={"vdc": "gz/tax"},
+                      headers={"Authorization": f"Bearer {token}"}, timeout=5)  # fmt: skip
+        shown = r.json()["databases"][0]["restore"] or {}
+        return str(shown["state"]) if shown.get("state") in ("stopping", "starting") else None
+
+    killed_in = wait_for(state, 120, "the restore to stop the members")
+    server.kill()
+    again_up = Server(server.data_dir)
+    try:
+        cli = Cli(again_up)
+
+        def restored() -> dict[str, Any] | None:
+            done = [r for r in cli.json("dr", "reports", "--app", "tax", *VDC)
+                    if r["kind"] == "restore-in-place" and r["outcome"] != "running"]  # fmt: skip
+            return done[-1] if done else None
+
+        report = wait_for(restored, 300, "the restore in place")
+        _after_the_restore(again_up, cli, report, dsn, password, killed_in)
+    finally:
+        again_up.terminate()
+
+
+def _after_the_restore(
+    server: Server, cli: Cli, report: dict[str, Any], dsn: str, password: str, killed_in: str
+) -> None:
+    assert report["outcome"] == "succeeded", (killed_in, report)
     after = wait_for(lambda: settled(cli), 240, "three members running again")
     where = {m["role"]: m["site"] for m in after}
     assert where == {"primary": "gz-a", "replica": "gz-b", "standby_leader": "sz"}, after

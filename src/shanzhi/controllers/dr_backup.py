@@ -396,6 +396,26 @@ def remove_copy(db: Database, data_dir: Path, report_id: int) -> bool:
         return True
 
 
+def abandon(db: Database, data_dir: Path, report_id: int) -> bool:
+    """A copy whose making was cut short (the server stopped during it): its PostgreSQL stopped,
+    its directory removed, its report failed. False: the report is not such a copy."""
+    with db.session() as s, s.begin():
+        r = s.get(DrReport, report_id)
+        if r is None or r.outcome != "running" or r.kind not in ("restore", "drill") or r.app_id is None:
+            return False
+        name = f"{scope(r.app_id, r.body['component'])}-r{r.id}"
+        for home in (_restores_root(data_dir) / name, _memory_root(data_dir) / name):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                pid = int((home / "pgdata" / "postmaster.pid").read_text().split()[0])
+                _stop(pid, psutil.Process(pid).create_time())
+            shutil.rmtree(home, ignore_errors=True)
+        _remove_background(Sandbox.for_data_dir(data_dir), r.id)
+        r.outcome, r.finished_at = "failed", utcnow()
+        r.summary = f"{r.summary}: abandoned (the server stopped while it was made); its copy removed"
+        r.body = {**r.body, "state": "failed"}
+        return True
+
+
 def stop_restores(data_dir: Path, *, remove: bool = False) -> int:
     """Stop every restored copy under this data directory's workload root (tests, `dr cleanup`
     after a crash). Returns how many were running."""

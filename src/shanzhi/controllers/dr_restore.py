@@ -30,7 +30,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +98,15 @@ def restore_in_place(db: Database, data_dir: Path, cid: int, clear: Callable[[],
         return {"step": what, "seconds": round(time.time() - float(st["started"]), 3), **more}
 
     if st["state"] == "copying":
+        # a copy begun before a restart is not trusted: made again from the start
+        with db.session() as s, s.begin():
+            q = select(DrReport.id).where(
+                DrReport.app_id == app_id, DrReport.kind == "restore", DrReport.outcome == "running",
+                DrReport.started_at >= datetime.fromtimestamp(float(st["started"]), UTC),
+            )  # fmt: skip
+            cut_short = list(s.scalars(q))
+        for copy_id in cut_short:
+            dr_backup.abandon(db, data_dir, copy_id)
         copy = dr_backup.restore(db, data_dir, app_id, comp, datetime.fromisoformat(st["to"]))
         if copy.outcome != "succeeded":
             _update(db, cid, state="failed")
