@@ -375,6 +375,21 @@ def test_a_restore_in_place_is_refused_without_a_backup_or_while_another_runs_an
         dr.approve_restore(s, held.vdc_id, "tax", held.document, held.id, "li.wei")
     with pytest.raises(Conflict, match="a restore in place of database db is under way"):
         ask()
+    # the backup pruned before the DR controller got to it: the restore fails, nothing was stopped
+    from shanzhi.controllers import dr_restore
+
+    with w.db.session() as s, s.begin():
+        for b in s.scalars(select(DrReport).where(DrReport.kind == "backup")):
+            b.body = {**b.body, "pruned": True}
+        cid = s.scalar(select(DrCluster.id))
+    dr_restore.restore_in_place(w.db, w.data_dir, cid, clear=lambda: pytest.fail("nothing may be cleared"))
+    with w.db.session() as s, s.begin():
+        c = s.scalar(select(DrCluster))
+        failed = s.scalar(select(DrReport).where(DrReport.kind == "restore-in-place"))
+        assert c is not None and failed is not None and c.restoring is None and c.restore["state"] == "failed"
+        assert failed.outcome == "failed" and "no base backup of db" in failed.summary, failed.summary
+        assert "before anything was stopped" in failed.summary
+        c.restore = {**c.restore, "state": "approved"}  # as if approved again, for what follows
     # while it stops the members, every member of both clusters is fenced, the remote one too
     with w.db.session() as s, s.begin():
         c = s.scalar(select(DrCluster))

@@ -38,6 +38,7 @@ from sqlalchemy import select
 
 from shanzhi.controllers import dr_backup
 from shanzhi.controllers.dr_activate import writable
+from shanzhi.domain.errors import ShanzhiError
 from shanzhi.store import Database
 from shanzhi.store.changes import mark
 from shanzhi.store.events import record_event
@@ -107,11 +108,15 @@ def restore_in_place(db: Database, data_dir: Path, cid: int, clear: Callable[[],
             cut_short = list(s.scalars(q))
         for copy_id in cut_short:
             dr_backup.abandon(db, data_dir, copy_id)
-        copy = dr_backup.restore(db, data_dir, app_id, comp, datetime.fromisoformat(st["to"]))
-        if copy.outcome != "succeeded":
+        try:  # refused now (the backups it was asked with pruned since) or failed: nothing was stopped
+            copy = dr_backup.restore(db, data_dir, app_id, comp, datetime.fromisoformat(st["to"]))
+            why = None if copy.outcome == "succeeded" else copy.summary
+        except ShanzhiError as err:
+            why = err.detail
+        if why is not None:
             _update(db, cid, state="failed")
-            _report(db, rid, "failed", f"restore in place of {comp} failed before anything was stopped: "
-                    f"{copy.summary}; the cluster runs as it was", [step("made no copy", report=copy.id)])  # fmt: skip
+            _report(db, rid, "failed", f"restore in place of {comp} failed before anything was stopped: {why}; "
+                    "the cluster runs as it was", [step("made no copy")])  # fmt: skip
             return
         body = copy.body
         _archive_history(Path(body["dir"]) / "pgdata", dr_backup.archive_dir(data_dir, app_id, comp))
