@@ -19,11 +19,16 @@ production's etcd member killed) under a writer, every node probed five times a 
 second writable primary. Side by side: the floor of an isolation's failover, the leader key's
 ttl (Patroni may promote only after it expires), and of a write outage, none.
 
+Then restores in place (`dr restore --to TIME --in-place`, approved by a second user): each to
+the moment between two batches of writes, the rows checked afterwards; side by side, the floor of
+the same restore as a copy beside the running cluster (`dr restore`), which the in-place one makes
+first.
+
 Needs root, Patroni and etcd (apt-get install patroni etcd-server); the partitions need
 network namespaces and nftables.
 
-    python bench/dr.py [--quick] [--crashes N] [--drills N] [--partitions N] [--only crashes|drills|partitions]
-                       [-o results.json]
+    python bench/dr.py [--quick] [--crashes N] [--drills N] [--partitions N] [--restores N]
+                       [--only crashes|drills|partitions|restores] [-o results.json]
 """
 
 from __future__ import annotations
@@ -297,6 +302,98 @@ def drill_table(runs: dict[str, dict[str, Any]]) -> Table:
     return table
 
 
+# ------------------------------------------------------------------------- restores in place
+def restores_in_place(root: Path, rounds: int, rows: int = 200) -> dict[str, Any]:
+    """`rounds` restores in place of a same-city database (production and same-city members),
+    each to the moment between two batches of writes, side by side with the floor: the same
+    restore as a copy beside the running cluster (`dr restore`), which the in-place one makes
+    first. Each round checks that exactly the rows written before the moment are there."""
+    system = Shanzhi(root)
+    out: dict[str, Any] = {"rounds": [], "rows_per_batch": rows}
+    try:
+        dsn = system.setup()
+        http = system.http
+        # the approver (a rule of the VDC's): the requester may not approve its own request
+        security = (system.data / "security.token").read_text().strip()
+        httpx.post(f"{system.url}/api/v1/users", json={"name": "approver", "password": "correct-horse-9"},
+                   headers={"Authorization": f"Bearer {security}"}, timeout=30).raise_for_status()  # fmt: skip
+        http.post("/approval-rules", json={"vdc": "gz/tax", "name": "dr", "conditions": {"activations": True},
+                                           "stages": [["approver"]]}).raise_for_status()  # fmt: skip
+        login = httpx.post(f"{system.url}/api/v1/auth/login", json={"user": "approver", "password": "correct-horse-9"})
+        approver = {"Authorization": f"Bearer {login.json()['token']}"}
+        with psycopg.connect(dsn, autocommit=True) as c:
+            c.execute("CREATE TABLE acks (id bigint PRIMARY KEY)")
+        kept = 0
+        for i in range(rounds):
+            http.post("/apps/tax/dr/backups", params={"vdc": "gz/tax"}, json={}).raise_for_status()
+            with psycopg.connect(dsn, autocommit=True) as c:
+                for k in range(rows):
+                    c.execute("INSERT INTO acks VALUES (%s)", (i * 10 * rows + k,))
+                time.sleep(1.0)
+                moment = c.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
+                time.sleep(1.0)
+                for k in range(rows):
+                    c.execute("INSERT INTO acks VALUES (%s)", (i * 10 * rows + rows + k,))
+            kept += rows
+            body = {"to": moment.isoformat()}
+            copy = http.post("/apps/tax/dr/restore", params={"vdc": "gz/tax"}, json=body, timeout=700)
+            copy.raise_for_status()
+            http.post("/apps/tax/dr/cleanup", params={"vdc": "gz/tax"}).raise_for_status()
+            held = http.post("/apps/tax/dr/restore-in-place", params={"vdc": "gz/tax"}, json=body)
+            held.raise_for_status()
+            asked = time.monotonic()
+            r = httpx.post(f"{system.url}/api/v1/approvals/{held.json()['id']}/approve", json={}, headers=approver,
+                           timeout=30)  # fmt: skip
+            r.raise_for_status()
+
+            def finished(i: int = i) -> dict[str, Any] | None:
+                done = [x for x in http.get("/dr/reports", params={"app": "tax", "vdc": "gz/tax"}).json()
+                        if x["kind"] == "restore-in-place" and x["outcome"] != "running"]  # fmt: skip
+                return done[-1] if len(done) > i else None
+
+            report = wait(finished, 600, f"restore in place {i + 1}")
+            elapsed = time.monotonic() - asked
+            got = None
+            with contextlib.suppress(psycopg.Error), psycopg.connect(dsn, connect_timeout=5) as c:
+                got = c.execute("SELECT count(*) FROM acks").fetchone()[0]  # type: ignore[index]
+            wait(system.healthy, 240, "both members running again")
+            b = report["body"]
+            row = {
+                "outcome": report["outcome"], "copy_seconds": copy.json()["body"]["seconds"],
+                "writable_seconds": next((st["seconds"] for st in b.get("steps", []) if "accepts writes" in st["step"]),
+                                         None),
+                "writes_stopped_seconds": b.get("writes_stopped_seconds"), "with_backup_seconds": b.get("seconds"),
+                "rows": got, "rows_expected": kept, "asked_to_done_seconds": round(elapsed, 3),
+            }  # fmt: skip
+            out["rounds"].append(row)
+            console.print(f"  restore {i + 1}/{rounds}: {report['outcome']}, writable after "
+                          f"{row['writable_seconds']}s (copy alone {row['copy_seconds']}s), writes stopped "
+                          f"{row['writes_stopped_seconds']}s, rows {got}/{kept}")  # fmt: skip
+    finally:
+        system.close()
+    return out
+
+
+def restore_table(result: dict[str, Any]) -> Table:
+    rounds = result["rounds"]
+    table = Table(title=f"Restores in place ({len(rounds)}; same-city tier: production and same-city members)")
+    for col in ("", "p50", "max"):
+        table.add_column(col, justify="right")
+
+    def line(name: str, key: str) -> None:
+        xs = [float(r[key]) for r in rounds if r.get(key) is not None]
+        if xs:
+            table.add_row(name, f"{statistics.median(xs):.1f} s", f"{max(xs):.1f} s")
+
+    line("floor: the same restore as a copy beside the cluster (`dr restore`)", "copy_seconds")
+    line("approval to a writable primary on the restored data", "writable_seconds")
+    line("writes stopped (members stopped to primary writable)", "writes_stopped_seconds")
+    line("with the new base backup after it", "with_backup_seconds")
+    wrong = sum(1 for r in rounds if r["rows"] != r["rows_expected"] or r["outcome"] != "succeeded")
+    table.add_row("rounds with other rows than those before the moment, or failed", str(wrong), "")
+    return table
+
+
 # ------------------------------------------------------------------------- partitions
 def partition_cycles(
     root: Path, cycles: int, logs: Path | None = None, progress: Path | None = None, minutes: float | None = None
@@ -424,7 +521,8 @@ def main() -> None:
         help="drills: where the copies go (both: a run of each, side by side)",
     )  # fmt: skip
     ap.add_argument("--minutes", type=float, help="stop starting partition cycles after this long")
-    ap.add_argument("--only", choices=("crashes", "drills", "partitions"), help="run one part only")
+    ap.add_argument("--restores", type=int, default=5, help="restores in place (`dr restore --in-place`)")
+    ap.add_argument("--only", choices=("crashes", "drills", "partitions", "restores"), help="run one part only")
     ap.add_argument("-o", "--output", type=Path, help="write the figures as JSON")
     args = ap.parse_args()
     if os.geteuid() != 0 or not Path(PATRONI).exists() or not Path("/usr/bin/etcd").exists():
@@ -432,6 +530,7 @@ def main() -> None:
     crashes = 3 if args.quick else args.crashes
     partitions = 8 if args.quick else args.partitions
     drills = 3 if args.quick else args.drills
+    restores = 2 if args.quick else args.restores
     results: dict[str, dict[str, Any]] = {}
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bench-dr-") as tmp:
@@ -464,6 +563,12 @@ def main() -> None:
                 for kind in ("baseline", "drill"):
                     seconds = " ".join(f"{x}" for x in r[kind]["p99_ms_by_second"])
                     console.print(f"  {scratch}: {kind} p99 by second of its window (ms): {seconds}")
+        if args.only in (None, "restores") and restores > 0:
+            console.print(f"[bold]restores in place[/]: {restores}")
+            where = root / "restores"
+            where.mkdir()
+            out["restores"] = restores_in_place(where, restores)
+            console.print(restore_table(out["restores"]))
         if args.only in (None, "partitions") and partitions > 0:
             console.print(f"[bold]partitions[/]: {partitions} cycles")
             logs = args.output.with_suffix(".logs") if args.output else Path("bench-dr-partition-logs")
