@@ -397,11 +397,11 @@ def test_a_restore_in_place_is_refused_without_a_backup_or_while_another_runs_an
         c.restore = {**(c.restore or {}), "state": "stopping"}
         spec = AppSpec.model_validate(c.app.spec)
         comp = next(x for x in spec.spec.components if x.name == "db")
-        fences = [dr_members.member_fence(s, c.app, comp, o, spec) for o in range(3)]
+        fences = [dr_members.member_fence(c, spec, o) for o in range(3)]
         assert all(f and "stopped for a restore in place" in f for f in fences), fences
         c.restore = {**c.restore, "state": "starting", "copy": {"host": "127.0.0.1", "port": 5999}, "count": 1}
         c.status = {"members": [{"cluster": "main", "name": "old", "role": "primary", "state": "running"}]}  # stale
-        assert dr_members.member_fence(s, c.app, comp, 2, spec) is None
+        assert dr_members.member_fence(c, spec, 2) is None
         # starting: production's member first (it clones the copy), the others wait for it
         assert "clones the restored copy" in (dr_members.waiting_for(s, c.app, spec, comp, 1) or "")
         assert dr_members.restored_copy(c) == ("127.0.0.1", 5999) and c.data_subdir(False) == "pgdata-p1"

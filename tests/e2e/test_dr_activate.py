@@ -43,6 +43,17 @@ def _count(host: str, password: str) -> int | None:
         return None
 
 
+APPROVER = ("li.wei", "correct-horse-9")
+
+
+def dr_approver(server: Server, cli: Cli) -> None:
+    """The department's own approver of activations and restores in place (a user of its VDC,
+    not the requester), named by a rule of gz/tax."""
+    sec = (server.data_dir / "security.token").read_text().strip()
+    assert cli.run("user", "create", APPROVER[0], "--password", APPROVER[1], token=sec).returncode == 0
+    cli.ok("approval", "add-rule", "gz/tax", "dr-approvers", "--activations", "--stage", APPROVER[0])
+
+
 def _login(server: Server, user: str, password: str) -> str:
     r = httpx.post(f"{server.url}/api/v1/auth/login", json={"user": user, "password": password}, timeout=10)
     assert r.status_code == 201, r.text
@@ -54,10 +65,7 @@ def test_the_remote_centre_is_activated_only_when_approved_and_production_cannot
 ) -> None:
     server, cli = world
     three_centres(cli)
-    # the department's own approver for activations (a user of its VDC, not the requester)
-    sec = (server.data_dir / "security.token").read_text().strip()
-    assert cli.run("user", "create", "li.wei", "--password", "correct-horse-9", token=sec).returncode == 0
-    cli.ok("approval", "add-rule", "gz/tax", "dr-approvers", "--activations", "--stage", "li.wei")
+    dr_approver(server, cli)
     spec = server.data_dir.parent / "tax.json"
     doc = json.loads(app_doc())
     doc["spec"]["dr"]["stateless"] = "active-active"
@@ -98,7 +106,7 @@ def test_the_remote_centre_is_activated_only_when_approved_and_production_cannot
     assert req["status"] == "pending" and [st["approvers"] for st in req["stages"]] == [["li.wei"]]
     mine = cli.run("approval", "approve", str(req["id"]))  # the rule names li.wei, not the administrator
     assert mine.returncode != 0 and "not an approver of stage 1 (li.wei)" in mine.stderr, mine.stderr
-    li = _login(server, "li.wei", "correct-horse-9")
+    li = _login(server, *APPROVER)
     ok = cli.run("approval", "approve", str(req["id"]), "-o", "json", token=li)
     assert ok.returncode == 0 and "DR controller activates" in json.loads(ok.stdout)["outcome"], ok.stderr
 

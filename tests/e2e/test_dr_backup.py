@@ -15,13 +15,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psycopg
 import pytest
 
 from shanzhi.providers.sandbox import default_workload_root
 from tests.e2e.harness import Cli, Server, wait_for
 from tests.e2e.test_dr import _try, world  # noqa: F401 - the fixture
+from tests.e2e.test_dr_activate import APPROVER, _login, dr_approver
 
 pytestmark = pytest.mark.e2e
 
@@ -188,16 +188,13 @@ def test_a_scheduled_backup_and_a_restore_to_a_point_in_time(world: tuple[Server
     ):
         r = cli.run("dr", "restore", "tax", "--vdc", "gz/tax", "--to", bad, "--in-place")
         assert r.returncode != 0 and says in r.stderr + r.stdout, (bad, r.stderr, r.stdout)
-    sec = (server.data_dir / "security.token").read_text().strip()
-    assert cli.run("user", "create", "li.wei", "--password", "correct-horse-9", token=sec).returncode == 0
-    cli.ok("approval", "add-rule", "gz/tax", "dr-approvers", "--activations", "--stage", "li.wei")
+    dr_approver(server, cli)
     held = json.loads(cli.ok("dr", "restore", "tax", "--vdc", "gz/tax", "--to", moment.isoformat(), "--in-place",
                              "--note", "a bad batch", "-o", "json"))  # fmt: skip
     assert held["status"] == "pending" and held["action"] == "restore-in-place", held
     with psycopg.connect(url, autocommit=True) as c:  # nothing happens before the approval
         assert c.execute("SELECT count(*) FROM acks").fetchone() == (200,)
-    login = httpx.post(f"{server.url}/api/v1/auth/login", json={"user": "li.wei", "password": "correct-horse-9"})
-    li = str(login.json()["token"])
+    li = _login(server, *APPROVER)
     ok = cli.run("approval", "approve", str(held["id"]), token=li)
     assert ok.returncode == 0, ok.stderr
 

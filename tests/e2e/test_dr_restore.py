@@ -17,7 +17,7 @@ import pytest
 from shanzhi.providers.sandbox import default_workload_root
 from tests.e2e.harness import Cli, Server, wait_for
 from tests.e2e.test_dr import _try, app_doc, settled, three_centres, world  # noqa: F401 - the fixture
-from tests.e2e.test_dr_activate import _count
+from tests.e2e.test_dr_activate import APPROVER, _count, _login, dr_approver
 from tests.e2e.test_dr_backup import two_batches
 
 pytestmark = pytest.mark.e2e
@@ -27,9 +27,7 @@ VDC = ("--vdc", "gz/tax")
 def test_a_restore_in_place_takes_every_centre_back_to_the_moment(world: tuple[Server, Cli]) -> None:  # noqa: F811
     server, cli = world
     three_centres(cli)
-    sec = (server.data_dir / "security.token").read_text().strip()
-    assert cli.run("user", "create", "li.wei", "--password", "correct-horse-9", token=sec).returncode == 0
-    cli.ok("approval", "add-rule", "gz/tax", "dr-approvers", "--activations", "--stage", "li.wei")
+    dr_approver(server, cli)
     spec = server.data_dir.parent / "tax.json"
     spec.write_text(app_doc())
     cli.ok("apply", "-f", str(spec))
@@ -45,8 +43,7 @@ def test_a_restore_in_place_takes_every_centre_back_to_the_moment(world: tuple[S
     held = json.loads(cli.ok("dr", "restore", "tax", *VDC, "--to", moment.isoformat(), "--in-place", "-o", "json"))
     again = cli.run("dr", "restore", "tax", *VDC, "--to", moment.isoformat(), "--in-place", "-o", "json")
     assert json.loads(again.stdout)["id"] == held["id"]  # asked again: the same request
-    login = httpx.post(f"{server.url}/api/v1/auth/login", json={"user": "li.wei", "password": "correct-horse-9"})
-    ok = cli.run("approval", "approve", str(held["id"]), token=str(login.json()["token"]))
+    ok = cli.run("approval", "approve", str(held["id"]), token=_login(server, *APPROVER))
     assert ok.returncode == 0, ok.stderr
 
     # the server killed (SIGKILL) in the middle of it: a new one carries on from the recorded state

@@ -96,7 +96,7 @@ def clouds_in(s: Session, sites: list[str]) -> list[str]:
 
 def waiting_for(s: Session, app: App, spec: AppSpec, comp: Component, ordinal: int) -> str | None:
     """Why member `ordinal` cannot be created yet, or None."""
-    cluster = s.scalar(select(DrCluster).where(DrCluster.app_id == app.id, DrCluster.component == comp.name))
+    cluster = cluster_of(s, app, comp)
     if cluster is None or not cluster.prepared:
         return "waiting for the DR quorum to admit the database (its etcd user)"
     role = member_role(spec, ordinal)
@@ -148,10 +148,14 @@ def restored_copy(cluster: DrCluster) -> tuple[str, int] | None:
     return str(copy["host"]), int(copy["port"])
 
 
-def member_fence(s: Session, app: App, comp: Component, ordinal: int, spec: AppSpec) -> str | None:
+def cluster_of(s: Session, app: App, comp: Component) -> DrCluster | None:
+    """The record of the managed database `comp` of `app` (None: not made yet)."""
+    return s.scalar(select(DrCluster).where(DrCluster.app_id == app.id, DrCluster.component == comp.name))
+
+
+def member_fence(cluster: DrCluster | None, spec: AppSpec, ordinal: int) -> str | None:
     """Why member `ordinal` of a managed database must be stopped now, or None: the main cluster's
     after an activation of the remote centre, every member during a restore in place."""
-    cluster = s.scalar(select(DrCluster).where(DrCluster.app_id == app.id, DrCluster.component == comp.name))
     if why := restore_fence(cluster):
         return why
     return fence_reason(cluster) if member_role(spec, ordinal) != "remote" else None
@@ -193,7 +197,7 @@ def standby_source(s: Session, app: App, spec: AppSpec, comp: Component) -> tupl
         Instance.app_id == app.id, Instance.component == comp.name, Instance.ordinal == ordinal
     )
     names = set(s.scalars(q))
-    cluster = s.scalar(select(DrCluster).where(DrCluster.app_id == app.id, DrCluster.component == comp.name))
+    cluster = cluster_of(s, app, comp)
     for m in cluster.status.get("members", []) if cluster else []:
         if m.get("cluster") == "main" and m.get("name") in names and m.get("state") == "running" and m.get("host"):
             host, _, port = str(m["host"]).rpartition(":")
@@ -211,7 +215,7 @@ def member_command(
 ) -> tuple[tuple[str, ...], dict[str, str]]:
     """The command and environment of a managed database's member (a main cluster's member
     archives its WAL when primary)."""
-    cluster = s.scalar(select(DrCluster).where(DrCluster.app_id == app.id, DrCluster.component == comp.name))
+    cluster = cluster_of(s, app, comp)
     assert cluster is not None
     remote = member_role(spec, r.ordinal) == "remote"
     sec = cluster.keys(data_dir)
@@ -219,6 +223,7 @@ def member_command(
     # bootstrap), its data afresh beside the old
     rebuilt = not remote and cluster.remote_leads and not cluster.fenced
     standby_of = standby_source(s, app, spec, comp) if remote else remote_primary(cluster) if rebuilt else None
+    clone_from = None if remote else restored_copy(cluster)
     config = member_config(
         cluster_scope=scope(app.id, comp.name, remote),
         member=r.name,
@@ -237,9 +242,9 @@ def member_command(
         data_subdir=cluster.data_subdir(remote),
         # after a restore in place, production's member starts the cluster again from the restored copy
         # (any main member that found the cluster uninitialised would too: never an empty initdb)
-        bootstrap_from=None if remote else restored_copy(cluster),
+        bootstrap_from=clone_from,
     )
     env = {"PATRONI_CONFIGURATION": config}
-    if not remote and restored_copy(cluster) is not None:
+    if clone_from is not None:
         env[CLONE_PASSWORD] = sec["replication"]
     return PATRONI_ARGV, env

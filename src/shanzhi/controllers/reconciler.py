@@ -772,10 +772,11 @@ class Reconciler:
         actions: list[_Action] = []
         self._reserve(s, app, spec, comp, [r for r in rows if r.state == RESERVED])
         rows = [r for r in rows if r.state != RESERVED]
+        cluster = dr_members.cluster_of(s, app, comp) if comp.kind == "postgres" else None
         for r in rows:
             fence = (
-                dr_members.member_fence(s, app, comp, r.ordinal, spec)
-                if comp.kind == "postgres" and r.cloud is not None and r.state not in ("terminating", "lost")
+                dr_members.member_fence(cluster, spec, r.ordinal)
+                if cluster is not None and r.cloud is not None and r.state not in ("terminating", "lost")
                 else None
             )
             if r.state == "terminating":

@@ -154,8 +154,7 @@ def status(s: Session, app: App, *, reveal: Path | None = None) -> dict[str, Any
                 "connection": connection_string(hosts, "app", password, database) if hosts else None,
                 "superuser": SUPERUSER,
                 "activation": c.activation,
-                # the last restore in place: its state while under way (members stop, then start on the copy)
-                "restore": {k: v for k, v in (c.restore or {}).items() if k != "copy"} or None,
+                "restore": c.restore,  # the last restore in place (its state while under way)
                 "updated_at": c.updated_at.isoformat(),
             }
         )

@@ -49,6 +49,8 @@ def plans(s: Session, app: App) -> dict[str, Any]:
     writes = f"{dbs} accepts writes through the app's connection string; " if databases else ""
     checks = _step("checks", f"{writes}{services} run", "platform")
     out: dict[str, dict[str, Any]] = {}
+    # activations and restores in place are approved alike
+    approvers = " then ".join(" or ".join(st) for st in activation_stages(s, app.vdc.path))
     if "same-city" in members:
         moved = (
             f"{services} already run in {same}; production's replicas are replaced there"
@@ -82,12 +84,11 @@ def plans(s: Session, app: App) -> dict[str, Any]:
                 ],
             }  # fmt: skip
     if "remote" in members and databases:
-        stages = " then ".join(" or ".join(st) for st in activation_stages(s, app.vdc.path))
         out["activate-remote"] = {
             "automatic": False,
             "trigger": "`dr activate-remote` once production and same-city are both lost",
             "steps": [
-                _step("approval", f"held until approved by {stages} (never the requester)", "approvers"),
+                _step("approval", f"held until approved by {approvers} (never the requester)", "approvers"),
                 _step("checks", "no member of the main cluster accepts writes (each is asked by connecting)",
                       "platform"),
                 _step("database", "the main cluster is fenced: its members are stopped and not started again",
@@ -132,12 +133,11 @@ def plans(s: Session, app: App) -> dict[str, Any]:
             ],
         }  # fmt: skip
     if databases:
-        stages = " then ".join(" or ".join(st) for st in activation_stages(s, app.vdc.path))
         out["restore-in-place"] = {
             "automatic": False,
             "trigger": "`dr restore --to TIME --in-place`: what was written after TIME is given up",
             "steps": [
-                _step("approval", f"held until approved by {stages} (never the requester)", "approvers"),
+                _step("approval", f"held until approved by {approvers} (never the requester)", "approvers"),
                 _step("database", "a copy recovered to TIME from the newest base backup before it and the WAL "
                       "archive, opened and checked (if it fails, nothing else happens)", "PostgreSQL"),
                 _step("database", "every member of the database is stopped; its records in etcd are cleared",
