@@ -304,7 +304,7 @@ def test_a_databases_passwords_are_made_and_sealed_by_the_dr_controller(centres:
     with w.db.session() as s, s.begin():
         c = s.scalar(select(DrCluster))
         assert c is not None and c.secrets == {}  # the apply makes none: it has no key
-    controller = DrController(w.db, w.data_dir)
+    controller = DrController(w.db, w.fleet)
     try:
         controller._admit_and_watch()  # no quorum runs here: it seals, admits nothing
         with w.db.session() as s, s.begin():

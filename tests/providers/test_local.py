@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -213,6 +214,33 @@ def test_stop_all_under_stops_everything(data_dir: Path) -> None:
     pids = [pid_of(p.create_instance(request(f"w-{i}")).detail) for i in range(3)]
     assert stop_all_under(data_dir / "clouds") == 3
     assert all(gone(pid) for pid in pids)
+
+
+def test_fixed_ports_are_given_exactly_refused_when_taken_and_kept_while_their_owner_is_down(data_dir: Path) -> None:
+    from shanzhi.domain.errors import Conflict
+    from shanzhi.providers.base import free_port
+
+    p = provider(data_dir)
+    port = free_port(set())
+    fixed = replace(request("etcd.a"), ports=(("http", port),), fixed_ports=True)
+    obs = p.create_instance(fixed)
+    assert obs.ports == {"http": port} and get(obs.endpoint or "").status_code == 200
+    with pytest.raises(Conflict, match=rf"port {port} \(http\) on 127.0.0.1 belongs to another instance of cloud loc"):
+        p.create_instance(replace(fixed, name="etcd.b"))
+    os.kill(pid_of(obs.detail), signal.SIGKILL)  # its owner down: the port stays its own
+    assert wait_until(lambda: p.list_instances()[0].state == "exited")
+    others = [p.create_instance(request(f"web-{i}")) for i in range(20)]
+    assert all(port not in o.ports.values() for o in others)
+    with pytest.raises(Conflict, match="belongs to another instance"):
+        p.create_instance(replace(fixed, name="etcd.b"))
+    assert p.create_instance(fixed).ports == {"http": port}  # made again where its peers know it
+    with socket.socket() as held:  # a port some other process of the machine listens on
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        busy = held.getsockname()[1]
+        with pytest.raises(Conflict, match=rf"port {busy} \(http\) on 127.0.0.1 is in use by a process outside"):
+            p.create_instance(replace(fixed, name="etcd.c", ports=(("http", busy),)))
+    assert {i.name for i in p.list_instances()} == {"etcd.a", *(f"web-{i}" for i in range(20))}
 
 
 def test_a_volume_is_a_directory_that_outlives_the_process(data_dir: Path) -> None:

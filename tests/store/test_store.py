@@ -22,7 +22,7 @@ def test_migrations_create_every_table_and_rerun_cleanly(db: Database) -> None:
     assert "alembic_version" in names
     db.migrate()  # a second run is a no-op
     with db.engine.connect() as c:
-        assert c.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0018"
+        assert c.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0019"
     assert "mode" in {col["name"] for col in inspect(db.engine).get_columns("inventory_syncs")}
     assert "activation" in {col["name"] for col in inspect(db.engine).get_columns("dr_clusters")}
 

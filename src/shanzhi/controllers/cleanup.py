@@ -14,7 +14,7 @@ from shanzhi.domain.errors import ShanzhiError
 from shanzhi.providers import ObservedInstance
 from shanzhi.store import Database
 from shanzhi.store.events import record_event
-from shanzhi.store.tables import Cloud, Instance, VolumeRecord
+from shanzhi.store.tables import Cloud, DrEtcdMember, Instance, VolumeRecord
 
 log = logging.getLogger("shanzhi.reconciler")
 
@@ -42,6 +42,8 @@ def sweep_orphans(
             claimed = set()
             for i in range(0, len(listed), 500):
                 claimed |= {(c, n) for n, c in s.execute(q.where(Instance.name.in_(listed[i : i + 500])))}
+        # the DR quorum's etcd members are the platform's workloads: no app row, still claimed
+        claimed |= {(m.cloud.name, m.instance) for m in s.scalars(select(DrEtcdMember)) if m.cloud is not None}
         clouds = {c.name: (c.kind, dict(c.options)) for c in s.scalars(select(Cloud))}
     for cloud, seen in list(observed.items()):
         if seen is None or cloud not in clouds:

@@ -4,9 +4,13 @@ Each pass (on the leader, after the reconciler):
 
 1. **Quorum.** Once an app asks for protection, one etcd member per quorum centre (production,
    same-city, arbiter) and one in the remote centre for its standby clusters, each recorded in
-   the store with its address and ports and run as a process of the platform's (found again
-   after a restart by pid and start time, like a `local` workload). Auth is enabled on first
-   start: the root password stays in the data directory (0600).
+   the store with its address and ports. A member runs on its centre's `local` cloud as a
+   platform workload (the platform's own uid, a volume for its data, the ports its peers were
+   told): losing the cloud loses the member, and once the cloud is back the member is made
+   again on the same volume and rejoins. A centre without such a cloud runs its member beside
+   the server on the centre's address (found again after a restart by pid and start time).
+   Each pass checks every member's health and records changes as events. Auth is enabled on
+   first start: the root password stays in the data directory (0600).
 2. **Admission.** Each managed database gets an etcd user and role that reach only its own
    prefix; its members are created only after that (`DrCluster.prepared`), so a tenant's
    Patroni can never read or take another's leader key.
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -28,6 +33,7 @@ import re
 import secrets
 import signal
 import subprocess
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
@@ -42,7 +48,9 @@ from sqlalchemy.orm import Session
 
 from shanzhi.controllers import dr_activate, dr_backup, dr_restore
 from shanzhi.controllers.dr_members import main_members, site_roles, standby_source
+from shanzhi.controllers.fleet import Fleet
 from shanzhi.domain.dr import MEMBERS, quorum_sites, sites_by_role
+from shanzhi.domain.errors import ShanzhiError
 from shanzhi.domain.spec import AppSpec
 from shanzhi.dr.etcd import EtcdMember, member_argv
 from shanzhi.dr.patroni import (
@@ -59,7 +67,7 @@ from shanzhi.dr.patroni import (
     standby_cluster,
 )
 from shanzhi.files import write_private
-from shanzhi.providers.base import free_port
+from shanzhi.providers.base import PLATFORM_VDC, InstanceRequest, VolumeRequest, free_port
 from shanzhi.sealing import Vault
 from shanzhi.store import Database
 from shanzhi.store.changes import mark
@@ -68,6 +76,8 @@ from shanzhi.store.tables import DR_KEY, Cloud, DrCluster, DrEtcdMember, DrRepor
 
 log = logging.getLogger("shanzhi.dr")
 TIMEOUT = httpx.Timeout(2.0)
+HEALTH_TIMEOUT = httpx.Timeout(1.0)
+QUORUM_GRACE = 5.0  # seconds an etcd member is unhealthy before that is an event
 PASSWORDS = ("superuser", "replication", "app", "etcd")  # each managed database's, sealed (DrCluster.keys)
 _NEEDS_AUTH = re.compile(r"user name is empty|invalid auth token|permission denied|token")
 
@@ -174,16 +184,19 @@ def seal_passwords(s: Session, data_dir: Path) -> list[tuple[DrCluster, dict[str
 
 
 class DrController:
-    def __init__(self, db: Database, data_dir: Path) -> None:
+    def __init__(self, db: Database, fleet: Fleet) -> None:
         self.db = db
-        self.data_dir = data_dir
-        self.dir = data_dir / "dr"
+        self.fleet = fleet
+        self.data_dir = fleet.data_dir
+        self.dir = fleet.data_dir / "dr"
         self._backups = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dr-backup")
         self._backup: Future[None] | None = None
         self._ops = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dr-ops")
         self._op: Future[None] | None = None
         self._etcd: dict[str, Etcd] = {}
         self._seen: dict[int, dict[str, Any]] = {}  # cluster id -> the leader as last seen
+        self._unhealthy: dict[int, float] = {}  # etcd member id -> since when (monotonic)
+        self._reported: set[int] = set()  # etcd members whose being down was an event
 
     def close(self) -> None:
         self._backups.shutdown(wait=False, cancel_futures=True)
@@ -197,16 +210,28 @@ class DrController:
             if s.scalar(select(DrCluster.id).limit(1)) is None:
                 return  # nothing protected: no quorum to run
             self._plan_members(s)
+            rows = list(s.scalars(select(DrEtcdMember).order_by(DrEtcdMember.id)))
             members = [
-                (m.cluster, EtcdMember(m.name, m.address, m.client_port, m.peer_port))
-                for m in s.scalars(select(DrEtcdMember).order_by(DrEtcdMember.id))
-            ]
+                (m.id, m.cluster, EtcdMember(m.name, m.address, m.client_port, m.peer_port), m.health,
+                 (m.instance, m.cloud.name, m.cloud.kind, dict(m.cloud.options)) if m.cloud else None)
+                for m in rows
+            ]  # fmt: skip
         clusters: dict[str, list[EtcdMember]] = {}
-        for cluster, m in members:
+        for _, cluster, m, _, _ in members:
             clusters.setdefault(cluster, []).append(m)
+        health: dict[int, str] = {}
+        for mid, cluster, m, _, cloud in members:
+            ms = clusters[cluster]
+            try:
+                if cloud is None:
+                    self._run_member(cluster, m, ms)
+                else:
+                    self._run_on_cloud(cluster, m, ms, *cloud)
+                health[mid] = self._health(m)
+            except (ShanzhiError, OSError) as err:
+                health[mid] = f"down: {err}"
+        self._record_health({mid: (m, was, health[mid]) for mid, _, m, was, _ in members})
         for cluster, ms in clusters.items():
-            for m in ms:
-                self._run_member(cluster, m, ms)
             if cluster not in self._etcd:
                 self._etcd[cluster] = Etcd([m.client_url for m in ms], self._root_password())
         for cluster in clusters:
@@ -233,17 +258,20 @@ class DrController:
                 continue
             site_row = s.scalar(select(Site).where(Site.name == site))
             assert site_row is not None
-            address = _site_address(s, site_row)
+            cloud = _site_cloud(s, site_row)
+            address = str(cloud.options.get("address", "127.0.0.1")) if cloud else _site_address(s, site_row)
             taken = {p for m in s.scalars(select(DrEtcdMember)) for p in (m.client_port, m.peer_port)}
             client = free_port(taken, address)
             peer = free_port(taken | {client}, address)
             s.add(
                 DrEtcdMember(
                     cluster=cluster, name=f"{cluster}-{site}", site_id=site_row.id, address=address,
-                    client_port=client, peer_port=peer,
+                    client_port=client, peer_port=peer, cloud_id=cloud.id if cloud else None,
                 )
             )  # fmt: skip
-            record_event(s, "QuorumMemberPlanned", "site", site, f"etcd member {cluster}-{site} at {address}:{client}")
+            where = f"on cloud {cloud.name}" if cloud else "beside the server (the centre has no local cloud)"
+            record_event(s, "QuorumMemberPlanned", "site", site,
+                         f"etcd member {cluster}-{site} at {address}:{client}, {where}")  # fmt: skip
         s.flush()
 
     def _root_password(self) -> str:
@@ -262,18 +290,76 @@ class DrController:
             if _alive(int(st["pid"]), float(st["create_time"])):
                 return
         home.mkdir(parents=True, exist_ok=True, mode=0o700)
-        token = f"shanzhi-{cluster}-{self._root_password()[:8]}"
-        with open(home / "log", "ab") as logf:
-            proc = subprocess.Popen(
-                member_argv(m, ms, str(home / "data"), token),
-                stdin=subprocess.DEVNULL,
-                stdout=logf,
-                stderr=logf,
-                start_new_session=True,  # outlives the server, like a workload
+        # through a shell that backgrounds it and exits: never our child (no zombie), its own session
+        launched = subprocess.run(
+            ["/bin/sh", "-c", '"$@" </dev/null >>"$ETCD_LOG" 2>&1 & echo $!', "sh",
+             *member_argv(m, ms, str(home / "data"), self._cluster_token(cluster))],
+            env={**os.environ, "ETCD_LOG": str(home / "log")}, capture_output=True, text=True, check=True,
+            start_new_session=True,
+        )  # fmt: skip
+        pid = int(launched.stdout)
+        write_private(state, json.dumps({"pid": pid, "create_time": psutil.Process(pid).create_time()}))
+        log.info("started etcd member %s (pid %s) at %s", m.name, pid, m.client_url)
+
+    def _cluster_token(self, cluster: str) -> str:
+        """etcd's initial-cluster token: this platform's own (a digest: it is on a command line)."""
+        return f"shanzhi-{cluster}-{hashlib.sha256(self._root_password().encode()).hexdigest()[:12]}"
+
+    def _run_on_cloud(self, cluster: str, m: EtcdMember, ms: list[EtcdMember], instance: str, cloud: str,
+                      kind: str, options: dict[str, Any]) -> None:  # fmt: skip
+        """Make the member a workload of its centre's cloud unless it runs there (the cloud's
+        create is idempotent); its data on a volume of its own, so a member made again rejoins."""
+        p = self.fleet.provider(cloud, kind, options)
+        host = next((h.name for h in p.hosts() if h.healthy), None)
+        if host is None:
+            raise ShanzhiError(f"cloud {cloud} has no healthy host")
+        p.create_instance(
+            InstanceRequest(
+                name=instance, app="dr-quorum", component=cluster, vdc=PLATFORM_VDC, host=host,
+                cpu=1000, memory=512 * 2**20,
+                command=tuple(member_argv(m, ms, "${VOLUME_DATA}/etcd", self._cluster_token(cluster))),
+                ports=(("client", m.client_port), ("peer", m.peer_port)), fixed_ports=True,
+                volumes=(VolumeRequest(key=instance, name="data", size=2**30, mount_path="/var/lib/etcd"),),
             )
-        create_time = psutil.Process(proc.pid).create_time()
-        write_private(state, json.dumps({"pid": proc.pid, "create_time": create_time}))
-        log.info("started etcd member %s (pid %s) at %s", m.name, proc.pid, m.client_url)
+        )  # fmt: skip
+
+    def _health(self, m: EtcdMember) -> str:
+        """`healthy` when the member answers with a leader (etcd's `/health`), else why not."""
+        try:
+            r = httpx.get(f"{m.client_url}/health", timeout=HEALTH_TIMEOUT)
+        except httpx.HTTPError as err:
+            return f"unreachable: {type(err).__name__}"
+        if r.status_code == 200 and r.json().get("health") in ("true", True):
+            return "healthy"
+        return f"unhealthy: {r.text[:120]}"
+
+    def _record_health(self, seen: dict[int, tuple[EtcdMember, str, str]]) -> None:
+        """Store changed health. A member unhealthy for `QUORUM_GRACE` seconds is an event (not
+        the second without a leader that an election takes), and so is its return after that."""
+        now_t = time.monotonic()
+        for mid, (_, _, now) in seen.items():
+            if now == "healthy":
+                self._unhealthy.pop(mid, None)
+            else:
+                self._unhealthy.setdefault(mid, now_t)
+        down = {mid for mid, since in self._unhealthy.items() if now_t - since >= QUORUM_GRACE} - self._reported
+        back = {mid for mid in self._reported if mid not in self._unhealthy}
+        changed = {mid: now for mid, (_, was, now) in seen.items() if now != was}
+        if not (changed or down or back):
+            return
+        with self.db.session() as s, s.begin():
+            for mid in changed.keys() | down | back:
+                row = s.get(DrEtcdMember, mid)
+                if row is None:
+                    continue
+                if mid in changed:
+                    row.health, row.health_at = changed[mid], utcnow()
+                if mid in down:
+                    record_event(s, "QuorumMemberDown", "site", row.site.name,
+                                 f"etcd member {row.name}: {seen[mid][2]}", warning=True)  # fmt: skip
+                elif mid in back:
+                    record_event(s, "QuorumMemberHealthy", "site", row.site.name, f"etcd member {row.name}: healthy")
+        self._reported = (self._reported | down) - back
 
     # ------------------------------------------------------------------ databases
     def _admit_and_watch(self) -> None:
@@ -580,6 +666,13 @@ def _role(m: MemberStatus, leader: str | None) -> str:
     if m.name == leader:
         return "standby_leader" if m.role == "standby_leader" else "primary"
     return "former-primary" if m.role == "primary" else m.role
+
+
+def _site_cloud(s: Session, site: Site) -> Cloud | None:
+    """The centre's cloud that runs its etcd member: its first `local` cloud (one that runs
+    processes on this machine), or none."""
+    q = select(Cloud).where(Cloud.site_id == site.id, Cloud.kind == "local", Cloud.draining.is_(False))
+    return s.scalar(q.order_by(Cloud.name).limit(1))
 
 
 def _site_address(s: Session, site: Site) -> str:

@@ -73,7 +73,7 @@ class ControllerManager:
             recheck=interval,
         )
         self.network = NetworkController(db, fleet, network_pool)
-        self.dr = DrController(db, fleet.data_dir)
+        self.dr = DrController(db, fleet)
         self.flows = FlowController(db, self.network, lambda: self.is_leader)
         self.notifier = Notifier(db, alarm_webhook, lambda: self.is_leader)
         self.inventory = InventoryController(db, fleet, lambda: self.is_leader, interval=inventory_interval)

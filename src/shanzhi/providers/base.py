@@ -55,6 +55,11 @@ class NetworkAttachment:
     management: str
 
 
+#: the VDC a platform-owned workload (the DR quorum's etcd members) runs as: a uid of its own,
+#: never a tenant's (VDC paths cannot hold `@`)
+PLATFORM_VDC = "@platform"
+
+
 @dataclass(frozen=True)
 class InstanceRequest:
     name: str
@@ -73,6 +78,7 @@ class InstanceRequest:
     network: NetworkAttachment | None = None
     health: Health | None = None  # the component's check, for clouds that run it themselves
     generation: int = 0  # the app's spec generation the replica was made for (clouds that keep labels)
+    fixed_ports: bool = False  # `ports` exactly as asked, or refused (clouds that otherwise pick their own)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,9 @@ allocated on the cloud's loopback address (`--option address=127.0.2.1`; 127.0.0
 default, so that clouds standing for separate centres can be told apart and cut apart by
 address); `${PORT}` (first port), `${PORT_<NAME>}`, `${ADDRESS}` (where it listens) and
 `${VOLUME_<NAME>}` (a volume's directory) are substituted in the command and environment.
+A request with `fixed_ports` (the DR quorum's etcd members, whose peers must know where they
+listen before they start) gets exactly the ports it asks for or a Conflict, and keeps them
+reserved while it is down.
 As root, it runs as its VDC's own uid in private namespaces and cgroups (see
 `shanzhi.providers.sandbox`); its state (`state.json`) and log stay in the cloud's private
 state directory, where the workload can neither read nor replace them.
@@ -108,6 +111,10 @@ def _env_name(name: str) -> str:
     return name.upper().replace("-", "_")
 
 
+def _running(st: dict[str, Any]) -> bool:
+    return bool(st.get("pid")) and _alive(int(st["pid"]), float(st["create_time"]))
+
+
 def _alive(pid: int, create_time: float) -> bool:
     try:
         p = psutil.Process(pid)
@@ -199,8 +206,9 @@ class LocalProvider(MachineCloud):
             )
         states = self._states()
         existing = states.get(req.name)
-        if existing and existing.get("pid") and _alive(int(existing["pid"]), float(existing["create_time"])):
+        if existing and _running(existing):
             return self._observe(existing)
+        ports = self._ports(req, states)  # may refuse: before anything is made
         statedir = self._instances / req.name
         if statedir.exists():
             self._kill({"name": req.name, **(existing or {})})
@@ -208,7 +216,6 @@ class LocalProvider(MachineCloud):
         box = self.sandbox
         uid = box.uid_for(req.vdc)
         workdir = box.make_workdir(self.name, req.name, uid)
-        ports = self._ports(req, states)
         address = req.network.address if req.network else str(self.opts.get("address", "127.0.0.1"))
         subst: dict[str, str] = {"PORT": str(next(iter(ports.values()))), "ADDRESS": address}
         subst.update({f"PORT_{_env_name(k)}": str(v) for k, v in ports.items()})
@@ -272,6 +279,7 @@ class LocalProvider(MachineCloud):
             "uid": uid,
             "workdir": str(workdir),
             "started_at": time.time(),
+            "fixed": req.fixed_ports,
             **extra,
         }
         _write_json(statedir / "state.json", state)
@@ -285,8 +293,11 @@ class LocalProvider(MachineCloud):
         A replica with volumes keeps the ports its disk had here (its endpoint follows the disk,
         so a database member that comes back is where its clients' connection strings say)."""
         address = str(self.opts.get("address", "127.0.0.1"))
-        live = [st for st in states.values() if st.get("pid") and _alive(int(st["pid"]), float(st["create_time"]))]
-        taken = {int(p) for st in live if st.get("name") != req.name for p in st.get("ports", {}).values()}
+        # another live instance's ports, and fixed ones even while their owner is down (it comes back there)
+        held = [st for st in states.values() if st.get("name") != req.name and (st.get("fixed") or _running(st))]
+        taken = {int(p) for st in held for p in st.get("ports", {}).values()}
+        if req.fixed_ports:
+            return self._fixed_ports(req, address, taken)
         remembered = self._volume_ports(req)
         ports: dict[str, int] = {}
         for pname, _ in req.ports or (("port", 0),):
@@ -298,6 +309,15 @@ class LocalProvider(MachineCloud):
         if req.volumes:
             self._ports_file("").parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             _write_json(self._ports_file(req.volumes[0].key), ports)
+        return ports
+
+    def _fixed_ports(self, req: InstanceRequest, address: str, taken: set[int]) -> dict[str, int]:
+        ports = dict(req.ports)
+        for pname, port in ports.items():
+            if port in taken:
+                raise Conflict(f"port {port} ({pname}) on {address} belongs to another instance of cloud {self.name}")
+            if not _bindable(address, port):
+                raise Conflict(f"port {port} ({pname}) on {address} is in use by a process outside cloud {self.name}")
         return ports
 
     def _ports_file(self, key: str) -> Path:
@@ -517,7 +537,7 @@ def stop_all_under(clouds_dir: Path, *, remove: bool = False) -> int:
         p = LocalProvider(cloud_dir.name, {"hosts": 1}, cloud_dir)
         name = state_file.parent.name
         st = p._states().get(name, {})
-        if st.get("pid") and _alive(int(st["pid"]), float(st["create_time"])):
+        if _running(st):
             stopped += 1
         if remove:
             p.delete_instance(name)

@@ -15,7 +15,7 @@ from shanzhi.domain.spec import NAME_RE
 from shanzhi.providers import credentials, provider_class
 from shanzhi.sealing import Vault
 from shanzhi.store.events import record_event
-from shanzhi.store.tables import Cloud, Instance, Site
+from shanzhi.store.tables import Cloud, DrEtcdMember, Instance, Site
 
 
 def _check_name(value: str, what: str) -> None:
@@ -95,6 +95,13 @@ def usage(s: Session) -> dict[int, tuple[int, int, int]]:
 def remove_cloud(s: Session, name: str, *, drain: bool = False) -> str:
     """Remove an empty cloud now; with `drain`, move its instances away first."""
     cloud = get_cloud(s, name)
+    quorum = sorted(s.scalars(select(DrEtcdMember.name).where(DrEtcdMember.cloud_id == cloud.id)))
+    if quorum:
+        raise Conflict(
+            f"cloud {name} runs the DR quorum's etcd member {', '.join(quorum)}; a quorum's membership is fixed "
+            "once formed, so this cloud cannot be removed (see `dr topology`)",
+            field="name",
+        )
     n = s.scalar(select(func.count()).select_from(Instance).where(Instance.cloud_id == cloud.id)) or 0
     if n and not drain:
         raise Conflict(

@@ -108,7 +108,10 @@ def topology(s: Session) -> dict[str, Any]:
     r = site_roles(s)
     members: dict[str, list[dict[str, Any]]] = {}
     for m in s.scalars(select(DrEtcdMember).order_by(DrEtcdMember.cluster, DrEtcdMember.name)):
-        members.setdefault(m.site.name, []).append({"cluster": m.cluster, "name": m.name, "url": m.client_url})
+        members.setdefault(m.site.name, []).append(
+            {"cluster": m.cluster, "name": m.name, "url": m.client_url, "cloud": m.cloud.name if m.cloud else None,
+             "health": m.health or "not checked yet"}
+        )  # fmt: skip
     sites = []
     for site in s.scalars(select(Site).order_by(Site.name)):
         clouds = [

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shanzhi.controllers.dr_activate import is_following, is_primary, wait_member
@@ -37,7 +38,7 @@ from shanzhi.services.approvals import hold_activation, hold_restore
 from shanzhi.services.dr import activation_conflict, cluster_of, restore_conflict
 from shanzhi.store import Database
 from shanzhi.store.events import record_event
-from shanzhi.store.tables import App, ApprovalRequest, DrCluster, DrReport, utcnow
+from shanzhi.store.tables import App, ApprovalRequest, DrCluster, DrEtcdMember, DrReport, utcnow
 
 TIMEOUT = 60.0
 
@@ -185,6 +186,11 @@ def reprotect(s: Session, app: App, component: str | None) -> dict[str, Any]:
     sites = {m.get("site") for m in members}
     missing = sorted(site for site in site_roles(s) if site not in sites and _needed(s, app, site))
     problems += [f"no member in {site} yet" for site in missing]
+    problems += [
+        f"etcd member {m.name} ({m.site.name}) is {m.health or 'not checked yet'}"
+        for m in s.scalars(select(DrEtcdMember).order_by(DrEtcdMember.name))
+        if m.health != "healthy" and (m.cluster == "quorum" or "remote" in MEMBERS[spec.spec.dr.tier])
+    ]
     return {"component": c.component, "protected": not problems, "problems": problems, "members": members}
 
 

@@ -618,7 +618,9 @@ class LedgerKey(Base):
 
 class DrEtcdMember(Base):
     """One etcd member the DR controller runs: of the `quorum` (production, same-city, arbiter)
-    or of the `remote` centre's own cluster (its standby clusters' DCS)."""
+    or of the `remote` centre's own cluster (its standby clusters' DCS). It runs on its centre's
+    `cloud` as a platform workload (so losing the cloud loses the member), or beside the server
+    on the centre's address where the centre has no cloud that runs processes."""
 
     __tablename__ = "dr_etcd_members"
     __table_args__ = (UniqueConstraint("cluster", "name"),)
@@ -629,8 +631,17 @@ class DrEtcdMember(Base):
     address: Mapped[str] = mapped_column(String(45))
     client_port: Mapped[int] = mapped_column(Integer)
     peer_port: Mapped[int] = mapped_column(Integer)
+    cloud_id: Mapped[int | None] = mapped_column(ForeignKey("clouds.id"))
+    health: Mapped[str] = mapped_column(String(255), default="", server_default="")
+    health_at: Mapped[datetime | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     site: Mapped[Site] = relationship(lazy="joined")
+    cloud: Mapped[Cloud | None] = relationship(lazy="joined")
+
+    @property
+    def instance(self) -> str:
+        """Its name as a workload of its cloud (a dot: never an app's replica name)."""
+        return f"etcd.{self.name}"
 
     @property
     def client_url(self) -> str:
