@@ -102,8 +102,13 @@ def test_quorum_members_live_and_die_with_their_centres_clouds(quorum: tuple[Wor
     # production's cloud lost: its member with it; the other two keep a quorum
     with w.db.session() as s, s.begin():
         inject_failure(s, w.fleet, "prod", None, recover=False)
-    until(controller, w, lambda h: h["quorum-gz-a"][1].startswith("down:")
-          and all(x == "healthy" for n, (_, x) in h.items() if n != "quorum-gz-a"), "the production member down")  # fmt: skip
+
+    def production_down(h: dict[str, tuple[str | None, str]]) -> bool:
+        return h["quorum-gz-a"][1].startswith("down:") and all(
+            x == "healthy" for n, (_, x) in h.items() if n != "quorum-gz-a"
+        )
+
+    until(controller, w, production_down, "the production member down, the others healthy")
     until(controller, w, lambda _: events(w, "QuorumMemberDown"), "an event once it has been down for a while")
     assert events(w, "QuorumMemberDown") == ["etcd member quorum-gz-a: down: cloud prod has no healthy host"]
     assert not prod.describe("etcd.quorum-gz-a")["alive"]

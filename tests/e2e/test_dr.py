@@ -124,8 +124,9 @@ def test_production_lost_same_city_takes_over_with_every_acknowledged_write(worl
     where = {m["role"]: m["site"] for m in ms}
     assert where == {"primary": "gz-a", "replica": "gz-b", "standby_leader": "sz"}, ms
     topo = cli.json("dr", "topology")
-    etcd = {e["name"]: site["name"] for site in topo["sites"] for e in site["etcd"]}
-    assert etcd == {"quorum-gz-a": "gz-a", "quorum-gz-b": "gz-b", "quorum-sz": "sz", "remote-sz": "sz"}
+    etcd = {e["name"]: (site["name"], e["cloud"]) for site in topo["sites"] for e in site["etcd"]}
+    assert etcd == {"quorum-gz-a": ("gz-a", "prod"), "quorum-gz-b": ("gz-b", "same"), "quorum-sz": ("sz", "far"),
+                    "remote-sz": ("sz", "far")}  # fmt: skip
     masked = cli.json("dr", "status", "tax", "--vdc", "gz/tax")["databases"][0]["connection"]
     assert "********" in masked and "target_session_attrs=read-write" in masked
     dsn = cli.json("dr", "status", "tax", "--vdc", "gz/tax", "--show-password")["databases"][0]["connection"]
@@ -204,6 +205,10 @@ def test_production_lost_same_city_takes_over_with_every_acknowledged_write(worl
         return json.loads(cli.run("dr", "reprotect", "tax", "--vdc", "gz/tax", "-o", "json").stdout)["protected"]
 
     wait_for(back, 120, "every centre protected again (the old primary rewound and following)")
+    quorum = {e["name"]: e["health"] for site in cli.json("dr", "topology")["sites"] for e in site["etcd"]}
+    assert set(quorum.values()) == {"healthy"}, quorum  # production's member, lost with its cloud, made again
+    downs = [e["message"] for e in cli.json("events", "--limit", "500") if e["reason"] == "QuorumMemberDown"]
+    assert any("quorum-gz-a" in m for m in downs), downs
     returned = next(m for m in members(cli) if m["site"] == "gz-a")
     assert returned["role"] == "replica" and returned["timeline"] == promoted_timeline(cli)
     # on its own disk: the production ordinal's volume, kept on prod through the outage
