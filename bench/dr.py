@@ -156,14 +156,19 @@ class Shanzhi:
         return [m for d in st["databases"] for m in d["members"] if m["cluster"] == "main"]
 
     def healthy(self) -> bool:
-        """A primary and its synchronous standby, running (as `dr reprotect` would say)."""
+        """A primary and its synchronous standby, running, and every quorum member healthy (as
+        `dr reprotect` would say)."""
         ms = self.members()
         roles = sorted((m["role"], m["state"]) for m in ms)
-        return roles == [("primary", "running"), ("replica", "running")] and any(m.get("sync") for m in ms)
+        if roles != [("primary", "running"), ("replica", "running")] or not any(m.get("sync") for m in ms):
+            return False
+        sites = self.http.get("/dr/topology").json()["sites"]
+        return all(e["health"] == "healthy" for site in sites for e in site["etcd"])
 
     def crash_node(self) -> Callable[[], None]:
-        """The primary's node lost: its cloud fails (Patroni and PostgreSQL SIGKILLed, nothing
-        restarted there) until the writes are back; then the cloud recovers."""
+        """The primary's node lost: its cloud fails (Patroni, PostgreSQL and the centre's etcd
+        member SIGKILLed, nothing restarted there) until the writes are back; then the cloud
+        recovers (the DR controller makes the etcd member again)."""
         primary = next(m for m in self.members() if m["role"] == "primary")
         cloud = {"gz-a": "prod", "gz-b": "same"}[primary["site"]]
         self.http.post(f"/clouds/{cloud}/fail", json={}).raise_for_status()
@@ -196,18 +201,33 @@ class Bare:
         return self.cluster.dsn()
 
     def healthy(self) -> bool:
-        return self.cluster.healthy()
+        return self.cluster.healthy() and all(_etcd_healthy(m.client_url) for m in self.cluster.etcd)
 
     def crash_node(self) -> Callable[[], None]:
+        """The same loss: the node and its centre's etcd member (n0 with e0, n1 with e1)."""
         name = self.cluster.primary()
+        etcd = self.cluster.etcd[int(name[1:])].name
         self.cluster.crash_node(name, restart_after=None)
-        return lambda: self.cluster.start(name)
+        self.cluster.kill_etcd(etcd)
+
+        def recover() -> None:
+            self.cluster.start_etcd(etcd)
+            self.cluster.start(name)
+
+        return recover
 
     def crash_postgres(self) -> None:
         self.cluster.crash_postgres(self.cluster.primary())
 
     def close(self) -> None:
         self.cluster.close()
+
+
+def _etcd_healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/health", timeout=1).json().get("health") == "true"
+    except (httpx.HTTPError, ValueError):
+        return False
 
 
 # ------------------------------------------------------------------------- drills
