@@ -382,7 +382,7 @@ def test_a_restore_in_place_is_refused_without_a_backup_or_while_another_runs_an
         for b in s.scalars(select(DrReport).where(DrReport.kind == "backup")):
             b.body = {**b.body, "pruned": True}
         cid = s.scalar(select(DrCluster.id))
-    dr_restore.restore_in_place(w.db, w.data_dir, cid, clear=lambda: pytest.fail("nothing may be cleared"))
+    dr_restore.restore_in_place(w.db, w.fleet, cid, clear=lambda: pytest.fail("nothing may be cleared"))
     with w.db.session() as s, s.begin():
         c = s.scalar(select(DrCluster))
         failed = s.scalar(select(DrReport).where(DrReport.kind == "restore-in-place"))

@@ -133,3 +133,15 @@ def test_members_start_afresh_beside_the_old_data_after_a_rebuild_or_a_restore_i
     assert subdirs({"generation": 2}, {"count": 3, "state": "starting"}) == ("pgdata-r2-p3", "pgdata-p3")
     assert DrCluster(restore={"state": "stopping"}).restoring == "stopping"
     assert DrCluster(restore={"state": "succeeded"}).restoring is None
+
+
+def test_after_restores_in_place_only_the_data_before_the_latest_is_kept_beside_the_current() -> None:
+    def superseded(activation: dict[str, object] | None, count: int) -> tuple[list[str], list[str]]:
+        c = DrCluster(activation=activation, restore={"count": count, "state": "succeeded"} if count else None)
+        return c.superseded_subdirs(False), c.superseded_subdirs(True)
+
+    assert superseded(None, 0) == ([], [])
+    assert superseded(None, 1) == ([], [])  # pgdata-p1 runs, pgdata (before it) kept
+    assert superseded(None, 3) == (["pgdata", "pgdata-p1"], ["pgdata", "pgdata-p1"])  # pgdata-p2 kept
+    # a rebuilt main cluster's restores never touch the data from before the activation (pgdata)
+    assert superseded({"generation": 1}, 2) == (["pgdata-r1"], ["pgdata"])

@@ -8,6 +8,7 @@ written after. The server is killed in the middle of it, and the next one carrie
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import httpx
@@ -91,3 +92,35 @@ def _after_the_restore(
     root = default_workload_root(server.data_dir)
     kept = [p for p in root.glob("*/volumes/*") if (p / "pgdata-p1").is_dir() and (p / "pgdata/PG_VERSION").exists()]
     assert len(kept) == 3, kept
+
+    # a second restore in place, to a moment after the first: each volume keeps the data from just
+    # before it (pgdata-p1); what the first restore left (pgdata) is removed. It starts from the
+    # base backup the first one took once done (on the new timeline)
+    assert any(s["step"].startswith("base backup") and s["step"].endswith("succeeded") for s in report["body"]["steps"])
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("INSERT INTO acks SELECT generate_series(2000, 2049)")
+        time.sleep(1.0)
+        row = c.execute("SELECT now()").fetchone()
+        assert row is not None
+        time.sleep(1.0)
+        c.execute("INSERT INTO acks SELECT generate_series(3000, 3049)")
+    held = json.loads(cli.ok("dr", "restore", "tax", *VDC, "--to", row[0].isoformat(), "--in-place", "-o", "json"))
+    ok = cli.run("approval", "approve", str(held["id"]), token=_login(server, *APPROVER))
+    assert ok.returncode == 0, ok.stderr
+
+    def second() -> dict[str, Any] | None:
+        done = [r for r in cli.json("dr", "reports", "--app", "tax", *VDC)
+                if r["kind"] == "restore-in-place" and r["outcome"] != "running"]  # fmt: skip
+        return done[-1] if len(done) == 2 else None
+
+    again = wait_for(second, 300, "the second restore in place")
+    assert again["outcome"] == "succeeded", again
+    wait_for(lambda: settled(cli), 240, "three members running after the second restore")
+    with psycopg.connect(dsn, autocommit=True) as c:
+        ids = sorted(r[0] for r in c.execute("SELECT id FROM acks"))
+    assert ids == [*range(100), 1000, *range(2000, 2050)]
+    volumes = sorted(p for p in root.glob("*/volumes/*") if (p / "pgdata-p2").is_dir())
+    assert len(volumes) == 3, volumes
+    for v in volumes:
+        assert not (v / "pgdata").exists() and (v / "pgdata-p1" / "PG_VERSION").exists(), sorted(v.iterdir())
+    assert sorted(again["body"]["old_data_removed"].values()) == [["pgdata"]] * 3, again["body"]

@@ -280,6 +280,32 @@ def test_a_volume_is_a_directory_that_outlives_the_process(data_dir: Path) -> No
     assert not path.exists() and there.exists()
 
 
+def test_superseded_data_is_removed_from_a_volume_never_through_a_link_the_workload_made(data_dir: Path) -> None:
+    from shanzhi.providers import VolumeRequest
+
+    p = provider(data_dir)
+    vol = VolumeRequest("gz_tax_db-0_data", "data", 2**20, "/data")
+    req = replace(request("db-0", ("sleep", "60")), volumes=(vol,))
+    o = p.create_instance(req)
+    path = Path(workload(o.detail, "sleep").environ()["SHANZHI_VOLUME_DATA"])
+    outside = data_dir / "precious"
+    outside.mkdir()
+    (outside / "f").write_text("keep")
+    for d in ("pgdata", "pgdata-p1", "pgdata-p2"):
+        (path / d).mkdir()
+        (path / d / "PG_VERSION").write_text("15")
+    (path / "pgdata-p3").symlink_to(outside)  # put there by the workload, which owns the volume
+    (path / "pgdata-p1" / "escape").symlink_to(outside)
+    removed = p.remove_from_volume(vol.key, ["pgdata", "pgdata-p1", "pgdata-p3", "pgdata-p9"])
+    assert removed == ["pgdata", "pgdata-p1"]  # the link and what is not there: left alone
+    assert sorted(x.name for x in path.iterdir() if x.name != "lost+found") == ["pgdata-p2", "pgdata-p3"]
+    assert (outside / "f").read_text() == "keep"
+    for bad in ("../x", "", ".hidden", "a/b"):
+        with pytest.raises(InvalidInput, match="not a top-level entry"):
+            p.remove_from_volume(vol.key, [bad])
+    assert (path / "pgdata-p2" / "PG_VERSION").exists()
+
+
 def test_the_inventory_finds_processes_shanzhi_did_not_start_and_adopt_takes_one(data_dir: Path) -> None:
     from shanzhi.domain.errors import Conflict, NotFound
     from tests.e2e.harness import free_port

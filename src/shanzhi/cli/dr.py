@@ -18,7 +18,13 @@ SITE_COLS: Columns = [
     ("SITE", lambda r: r["name"]),
     ("ROLE", lambda r: r["role"] or "-"),
     ("CLOUDS", lambda r: ", ".join(f"{c['name']}({c['health']})" for c in r["clouds"]) or "-"),
-    ("ETCD", lambda r: ", ".join(f"{e['name']} {e['url']}" for e in r["etcd"]) or "-"),
+    (
+        "ETCD",
+        lambda r: (
+            ", ".join(f"{e['name']} {e['url']} on {e['cloud'] or 'the server'} ({e['health']})" for e in r["etcd"])
+            or "-"
+        ),
+    ),
 ]
 MEMBER_COLS: Columns = [
     ("DATABASE", lambda r: r["database"]),

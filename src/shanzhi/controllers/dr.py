@@ -442,7 +442,7 @@ class DrController:
             return gone
 
         try:
-            dr_restore.restore_in_place(self.db, self.data_dir, cid, clear)
+            dr_restore.restore_in_place(self.db, self.fleet, cid, clear)
         except Exception:
             log.exception("restoring database %s/%s in place failed; the next pass carries on", app_id, comp)
 

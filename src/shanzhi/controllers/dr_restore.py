@@ -15,8 +15,11 @@ request is held for approval like an activation of the remote centre.
    others wait for it to run as primary and clone it as usual (the remote standby cluster from
    the same-city member). The step waits until the primary accepts writes.
 5. **After.** The copy is stopped and removed, and a new base backup is taken: older backups
-   reach only up to TIME on the old timeline. The report has the steps and timings, the time the
-   data was recovered to, and how long writes were stopped.
+   reach only up to TIME on the old timeline. Each member's volume keeps the data from just
+   before this restore (to go back to by hand); what earlier restores left is removed through
+   the volume's cloud, so restores in a row never fill a volume. The report has the steps and
+   timings, the time the data was recovered to, how long writes were stopped and what was
+   removed.
 
 The state (`approved` → `copying` → `stopping` → `starting` → `succeeded` | `failed`) is in the
 cluster's record, and each step carries on from it after a restart. A failure before the records
@@ -38,11 +41,14 @@ from sqlalchemy import select
 
 from shanzhi.controllers import dr_backup
 from shanzhi.controllers.dr_activate import writable
+from shanzhi.controllers.dr_members import member_role
+from shanzhi.controllers.fleet import Fleet
 from shanzhi.domain.errors import ShanzhiError
+from shanzhi.domain.spec import AppSpec
 from shanzhi.store import Database
 from shanzhi.store.changes import mark
 from shanzhi.store.events import record_event
-from shanzhi.store.tables import DrCluster, DrReport, Instance, utcnow
+from shanzhi.store.tables import DrCluster, DrReport, Instance, VolumeRecord, utcnow
 
 log = logging.getLogger("shanzhi.dr")
 STOP_TIMEOUT = 120.0
@@ -72,9 +78,10 @@ def _report(db: Database, rid: int, outcome: str, summary: str, steps: list[dict
         log.info("restore in place (report %s) at %.1fs: %s", rid, st["seconds"], st["step"])
 
 
-def restore_in_place(db: Database, data_dir: Path, cid: int, clear: Callable[[], int]) -> None:
+def restore_in_place(db: Database, fleet: Fleet, cid: int, clear: Callable[[], int]) -> None:
     """Carry the restore in place of cluster `cid` on from the state it is in (see the module's
     docstring). `clear` deletes the database's records in etcd and says how many keys went."""
+    data_dir = fleet.data_dir
     with db.session() as s, s.begin():
         c = s.get(DrCluster, cid)
         if c is None or c.restoring is None:
@@ -168,7 +175,8 @@ def restore_in_place(db: Database, data_dir: Path, cid: int, clear: Callable[[],
         summary = (
             f"database {comp} restored in place to {recovered} (asked {st['to']}): {primary['name']} is primary "
             f"on timeline {primary.get('timeline')}; writes were stopped for {writes_back:.1f}s; everything "
-            "written after that time was given up as asked, the old data is kept in each member's volume"
+            "written after that time was given up as asked; the data from just before it is kept in each member's "
+            "volume"
         )
         steps = [
             step(f"{primary['name']} is primary and accepts writes", timeline=primary.get("timeline")),
@@ -177,9 +185,45 @@ def restore_in_place(db: Database, data_dir: Path, cid: int, clear: Callable[[],
         # older base backups reach only up to the restored time: a new one for what follows
         backup = dr_backup.take_backup(db, data_dir, app_id, comp, why="after a restore in place")
         steps.append(step(f"base backup {backup.id}: {backup.outcome}"))
+        removed, kept = _remove_superseded(db, fleet, cid)
+        if removed or kept:
+            dirs = sorted({n for names in removed.values() for n in names})
+            steps.append(step(f"data older than the last restore removed ({', '.join(dirs) or 'none'})"
+                              + (f"; kept where it could not be: {'; '.join(kept)}" if kept else ""),
+                              removed=removed))  # fmt: skip
         _report(db, rid, "succeeded", summary, steps, recovered_to=recovered, member=primary["name"],
-                timeline=primary.get("timeline"), writes_stopped_seconds=writes_back,
+                timeline=primary.get("timeline"), writes_stopped_seconds=writes_back, old_data_removed=removed,
                 seconds=round(time.time() - float(st["started"]), 3))  # fmt: skip
+
+
+def _remove_superseded(db: Database, fleet: Fleet, cid: int) -> tuple[dict[str, list[str]], list[str]]:
+    """Remove, from every member's volume, the data directories earlier restores in place left
+    (`DrCluster.superseded_subdirs`): what was removed per volume, and why some could not be."""
+    with db.session() as s, s.begin():
+        c = s.get(DrCluster, cid)
+        assert c is not None
+        spec = AppSpec.model_validate(c.app.spec)
+        q = select(VolumeRecord).where(
+            VolumeRecord.app_id == c.app_id, VolumeRecord.component == c.component, VolumeRecord.state != "deleting"
+        )
+        volumes = [
+            (v.cloud.name, v.cloud.kind, dict(v.cloud.options), v.key,
+             c.superseded_subdirs(member_role(spec, v.ordinal) == "remote"))
+            for v in s.scalars(q.order_by(VolumeRecord.ordinal))
+        ]  # fmt: skip
+    removed: dict[str, list[str]] = {}
+    kept: list[str] = []
+    for cloud, kind, options, key, names in volumes:
+        if not names:
+            continue
+        try:
+            gone = fleet.provider(cloud, kind, options).remove_from_volume(key, names)
+        except (ShanzhiError, OSError) as err:
+            kept.append(f"{cloud}/{key}: {err}")
+            continue
+        if gone:
+            removed[f"{cloud}/{key}"] = gone
+    return removed, kept
 
 
 def _members_left(db: Database, app_id: int, comp: str) -> list[str]:

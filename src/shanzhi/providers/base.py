@@ -6,7 +6,7 @@ import shlex
 import socket
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -267,6 +267,11 @@ class Provider(ABC):
     def delete_volume(self, key: str) -> None:  # a provider without disks has none to delete
         """Delete a volume's disk; succeed if it is gone already."""
         return
+
+    def remove_from_volume(self, key: str, names: Sequence[str]) -> list[str]:
+        """Remove top-level entries of a volume's disk that the platform wrote and no longer
+        needs (a managed database's superseded data directories); returns those that were there."""
+        raise InvalidInput(f"a {self.kind} cloud cannot remove data from its volumes", field="key")
 
     def snapshot_volume(self, key: str, instance: str | None, snapshot: str, restore: bool = False) -> float:
         """Take (or with `restore`, go back to) a named snapshot of a volume's disk, stopping the

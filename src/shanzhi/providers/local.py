@@ -35,6 +35,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -510,6 +511,18 @@ class LocalProvider(MachineCloud):
         shutil.rmtree(path, ignore_errors=True)
         sized.image_of(path).unlink(missing_ok=True)
         self._ports_file(key).unlink(missing_ok=True)
+
+    def remove_from_volume(self, key: str, names: Sequence[str]) -> list[str]:
+        path = self.sandbox.root / self.name / "volumes" / key
+        bad = [n for n in names if not n or "/" in n or n.startswith(".")]
+        if bad:
+            raise InvalidInput(f"not a top-level entry of a volume: {', '.join(map(repr, bad))}", field="names")
+        # the workload owns the volume: a symlink it put there is never followed (nor is one inside:
+        # rmtree works on file descriptors)
+        removed = [n for n in names if (path / n).is_dir() and not (path / n).is_symlink()]
+        for n in removed:
+            shutil.rmtree(path / n)
+        return removed
 
     def read_log(self, name: str, tail: int) -> LogChunk:
         """The instance's stdout and stderr (one file, kept in the state dir, never the workload's)."""

@@ -718,9 +718,18 @@ class DrCluster(Base):
         """Where in a member's volume its data directory is: a main cluster rebuilt after an
         activation starts afresh in `pgdata-r<n>`, and every member after a restore in place in
         `...-p<n>`; the old data stays beside it."""
-        base = f"pgdata-r{self.generation}" if self.generation and not remote else "pgdata"
-        restored = int((self.restore or {}).get("count", 0))
+        base, restored = self._subdir_base(remote)
         return f"{base}-p{restored}" if restored else base
+
+    def superseded_subdirs(self, remote: bool) -> list[str]:
+        """The data directories of this generation that restores in place left behind, all but
+        the last one's (the data just before the latest restore, kept to go back to)."""
+        base, restored = self._subdir_base(remote)
+        return [f"{base}-p{k}" if k else base for k in range(restored - 1)]
+
+    def _subdir_base(self, remote: bool) -> tuple[str, int]:
+        base = f"pgdata-r{self.generation}" if self.generation and not remote else "pgdata"
+        return base, int((self.restore or {}).get("count", 0))
 
 
 class DrReport(Base):
