@@ -228,9 +228,9 @@ class DrController:
                 else:
                     self._run_on_cloud(cluster, m, ms, *cloud)
                 health[mid] = self._health(m)
-            except (ShanzhiError, OSError) as err:
-                health[mid] = f"down: {err}"
-        self._record_health({mid: (m, was, health[mid]) for mid, _, m, was, _ in members})
+            except (ShanzhiError, OSError, RuntimeError) as err:
+                health[mid] = f"down: {err}"[:255]
+        self._record_health({mid: (was, health[mid]) for mid, _, _, was, _ in members})
         for cluster, ms in clusters.items():
             if cluster not in self._etcd:
                 self._etcd[cluster] = Etcd([m.client_url for m in ms], self._root_password())
@@ -327,24 +327,26 @@ class DrController:
         """`healthy` when the member answers with a leader (etcd's `/health`), else why not."""
         try:
             r = httpx.get(f"{m.client_url}/health", timeout=HEALTH_TIMEOUT)
+            if r.status_code == 200 and r.json().get("health") in ("true", True):
+                return "healthy"
         except httpx.HTTPError as err:
             return f"unreachable: {type(err).__name__}"
-        if r.status_code == 200 and r.json().get("health") in ("true", True):
-            return "healthy"
-        return f"unhealthy: {r.text[:120]}"
+        except ValueError:
+            pass  # not etcd's answer
+        return f"unhealthy: {r.status_code} {r.text[:120]}"
 
-    def _record_health(self, seen: dict[int, tuple[EtcdMember, str, str]]) -> None:
+    def _record_health(self, seen: dict[int, tuple[str, str]]) -> None:
         """Store changed health. A member unhealthy for `QUORUM_GRACE` seconds is an event (not
         the second without a leader that an election takes), and so is its return after that."""
         now_t = time.monotonic()
-        for mid, (_, _, now) in seen.items():
+        for mid, (_, now) in seen.items():
             if now == "healthy":
                 self._unhealthy.pop(mid, None)
             else:
                 self._unhealthy.setdefault(mid, now_t)
         down = {mid for mid, since in self._unhealthy.items() if now_t - since >= QUORUM_GRACE} - self._reported
         back = {mid for mid in self._reported if mid not in self._unhealthy}
-        changed = {mid: now for mid, (_, was, now) in seen.items() if now != was}
+        changed = {mid: now for mid, (was, now) in seen.items() if now != was}
         if not (changed or down or back):
             return
         with self.db.session() as s, s.begin():
@@ -356,7 +358,7 @@ class DrController:
                     row.health, row.health_at = changed[mid], utcnow()
                 if mid in down:
                     record_event(s, "QuorumMemberDown", "site", row.site.name,
-                                 f"etcd member {row.name}: {seen[mid][2]}", warning=True)  # fmt: skip
+                                 f"etcd member {row.name}: {seen[mid][1]}", warning=True)  # fmt: skip
                 elif mid in back:
                     record_event(s, "QuorumMemberHealthy", "site", row.site.name, f"etcd member {row.name}: healthy")
         self._reported = (self._reported | down) - back
