@@ -450,3 +450,37 @@ def test_a_copy_cut_short_by_a_restart_is_stopped_and_removed(centres: World) ->
         r = s.get(DrReport, rid)
         assert r is not None and r.outcome == "failed" and "abandoned" in r.summary and r.finished_at is not None
     assert dr_backup.abandon(w.db, w.data_dir, rid) is False  # once
+
+
+def test_the_dr_gauges_show_each_quorum_members_health_and_each_database_members_state_and_lag(
+    centres: World,
+) -> None:
+    from shanzhi.api.metrics import _dr
+
+    w = centres
+    roles(w, gz_a="production", gz_b="same-city", sz="remote")
+    w.apply(doc("two-sites-three-centres"))
+    w.rec.run_once()
+    with w.db.session() as s, s.begin():
+        sites = {site.name: site.id for site in s.scalars(select(Site))}
+        for name, site, health in (("quorum-gz-a", "gz-a", "healthy"), ("quorum-sz", "sz", "down: cloud far failed")):
+            s.add(DrEtcdMember(cluster="quorum", name=name, site_id=sites[site], address="127.0.0.1", client_port=1,
+                               peer_port=2, health=health))  # fmt: skip
+        c = s.scalar(select(DrCluster))
+        assert c is not None
+        c.status = {"members": [
+            {"cluster": "main", "name": "db-0", "role": "primary", "state": "running", "site": "gz-a", "lag_bytes": 0},
+            {"cluster": "main", "name": "db-1", "role": "replica", "state": "streaming", "site": "gz-b",
+             "lag_bytes": None},
+            {"cluster": "remote", "name": "db-2", "role": "standby_leader", "state": "running", "site": "sz",
+             "lag_bytes": 4096},
+        ]}  # fmt: skip
+    with w.db.session() as s, s.begin():
+        families = {f.name: {tuple(x.labels.values()): x.value for x in f.samples} for f in _dr(s)}
+    assert families["shanzhi_dr_etcd_member_up"] == {("quorum-gz-a", "quorum", "gz-a", ""): 1.0,
+                                                     ("quorum-sz", "quorum", "sz", ""): 0.0}  # fmt: skip
+    up = {k[3]: v for k, v in families["shanzhi_dr_database_member_up"].items()}
+    assert up == {"db-0": 1.0, "db-1": 0.0, "db-2": 1.0}
+    lag = {k[3]: v for k, v in families["shanzhi_dr_database_member_lag_bytes"].items()}
+    assert lag == {"db-0": 0.0, "db-2": 4096.0}  # none where the member's lag is not known
+    assert next(iter(families["shanzhi_dr_database_member_lag_bytes"]))[:3] == ("gz", "tax", "db")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -55,16 +55,20 @@ def quorum(db: Database, data_dir: Path) -> Iterator[tuple[World, DrController]]
     w.rec.close()
 
 
-def health(w: World) -> dict[str, tuple[str | None, str]]:
+Health = dict[str, tuple[str | None, str]]  # member -> (its cloud, its health)
+
+
+def health(w: World) -> Health:
     with w.db.session() as s, s.begin():
         return {m.name: (m.cloud.name if m.cloud else None, m.health) for m in s.scalars(select(DrEtcdMember))}
 
 
-def until(controller: DrController, w: World, cond: object, what: str, timeout: float = 60) -> None:
+def until(controller: DrController, w: World, cond: Callable[[Health], object], what: str, timeout: float = 60) -> None:
+    """Run the DR controller's passes until `cond` holds of the members' recorded health."""
     deadline = time.monotonic() + timeout
     while True:
         controller.run_once()
-        if callable(cond) and cond(health(w)):
+        if cond(health(w)):
             return
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: {health(w)}")
@@ -103,7 +107,7 @@ def test_quorum_members_live_and_die_with_their_centres_clouds(quorum: tuple[Wor
     with w.db.session() as s, s.begin():
         inject_failure(s, w.fleet, "prod", None, recover=False)
 
-    def production_down(h: dict[str, tuple[str | None, str]]) -> bool:
+    def production_down(h: Health) -> bool:
         return h["quorum-gz-a"][1].startswith("down:") and all(
             x == "healthy" for n, (_, x) in h.items() if n != "quorum-gz-a"
         )

@@ -5,6 +5,8 @@ process). What it exposes, read when scraped:
 - every instance's latest use (`shanzhi_instance_*`), as the metrics collector last sampled it;
 - every cloud's health, capacity and what is placed on it, and instances by state (the
   reconciler's backlog is what is not `running`);
+- disaster recovery: each quorum etcd member's health as the DR controller last checked it, and
+  each managed database member's state and replication lag as it last read them from etcd;
 - the control plane: API latency by route (`shanzhi_http_request_seconds`), reconcile pass
   time, apps left alone as settled, metrics sampling time, the ledger's size and the age of its
   latest checkpoint; and this process's own cpu, memory and file descriptors.
@@ -26,7 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from shanzhi.api.policy import PREFIX
 from shanzhi.domain.metrics import SERIES, UNITS
 from shanzhi.services.clouds import usage
-from shanzhi.store.tables import Cloud, Host, Instance, LedgerCheckpoint, utcnow
+from shanzhi.store.tables import Cloud, DrCluster, DrEtcdMember, Host, Instance, LedgerCheckpoint, utcnow
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _NAMES = {"cpu": "cpu_cores", "memory": "memory_bytes"} | {
@@ -115,6 +117,7 @@ class Platform(Collector):
             yield from _instances(controller.metrics.latest.values())
         with Session(rt.db.reader) as s, s.begin():
             yield from _clouds(s)
+            yield from _dr(s)
             yield from _ledger(s, rt.ledger)
 
 
@@ -169,6 +172,28 @@ def _clouds(s: Session) -> Iterator[Metric]:
     for state, n in s.execute(select(Instance.state, func.count()).group_by(Instance.state)):
         states.add_metric([state], n)
     yield from (up, cap, used, states)
+
+
+def _dr(s: Session) -> Iterator[Metric]:
+    etcd = GaugeMetricFamily(
+        "shanzhi_dr_etcd_member_up", "1 if the DR quorum's etcd member answered healthy at the last check",
+        labels=["member", "cluster", "site", "cloud"],
+    )  # fmt: skip
+    for m in s.scalars(select(DrEtcdMember).order_by(DrEtcdMember.name)):
+        etcd.add_metric([m.name, m.cluster, m.site.name, m.cloud.name if m.cloud else ""], float(m.health == "healthy"))
+    labels = ["vdc", "app", "component", "member", "cluster", "site", "role"]
+    up = GaugeMetricFamily("shanzhi_dr_database_member_up", "1 if a managed database's member runs", labels=labels)
+    lag = GaugeMetricFamily(
+        "shanzhi_dr_database_member_lag_bytes", "WAL a managed database's member has yet to replay", labels=labels
+    )
+    for c in s.scalars(select(DrCluster).order_by(DrCluster.id)):
+        for m in c.status.get("members", []):
+            values = [c.app.vdc.path, c.app.name, c.component, str(m.get("name")), str(m.get("cluster")),
+                      str(m.get("site") or ""), str(m.get("role"))]  # fmt: skip
+            up.add_metric(values, float(m.get("state") == "running"))
+            if m.get("lag_bytes") is not None:
+                lag.add_metric(values, float(m["lag_bytes"]))
+    yield from (etcd, up, lag)
 
 
 def _ledger(s: Session, ledger: Any) -> Iterator[Metric]:
