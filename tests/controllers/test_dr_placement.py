@@ -484,3 +484,41 @@ def test_the_dr_gauges_show_each_quorum_members_health_and_each_database_members
     lag = {k[3]: v for k, v in families["shanzhi_dr_database_member_lag_bytes"].items()}
     assert lag == {"db-0": 0.0, "db-2": 4096.0}  # none where the member's lag is not known
     assert next(iter(families["shanzhi_dr_database_member_lag_bytes"]))[:3] == ("gz", "tax", "db")
+
+
+def test_a_members_status_read_before_a_restore_cleared_the_records_is_never_written(centres: World) -> None:
+    """The DR controller reads etcd on its loop while a restore in place (or a rebuild) clears
+    the database's records on its ops thread: what was read before the clear is stale."""
+    import time
+
+    from shanzhi.domain.spec import AppSpec
+    from shanzhi.dr.patroni import MemberStatus
+
+    w = centres
+    roles(w, gz_a="production", gz_b="same-city", fs="arbiter")
+    w.apply(doc("same-city"))
+    w.rec.run_once()
+    controller = DrController(w.db, w.fleet)
+    try:
+        with w.db.session() as s, s.begin():
+            row, sec = seal_passwords(s, w.data_dir)[0]
+            cid, app_id, spec = row.id, row.app_id, AppSpec.model_validate(row.app.spec)
+        old = MemberStatus("tax-db-0", "primary", "running", 1, "127.0.0.9:5432", None, 100)
+
+        def read_then_cleared(cluster: str, sc: str) -> tuple[list[MemberStatus], str, int, set[str]]:
+            controller._cleared[cid] = time.monotonic()  # the ops thread clears the records meanwhile
+            return [old], old.name, 100, set()
+
+        controller._read = read_then_cleared  # type: ignore[method-assign]
+        controller._watch(cid, app_id, "db", spec, sec, False)
+        with w.db.session() as s, s.begin():
+            c = s.get(DrCluster, cid)
+            assert c is not None and "members" not in c.status and c.leader is None
+        controller._read = lambda cluster, sc: ([old], old.name, 100, set())  # type: ignore[method-assign]
+        controller._watch(cid, app_id, "db", spec, sec, False)  # read after the clear: written
+        with w.db.session() as s, s.begin():
+            c = s.get(DrCluster, cid)
+            assert c is not None and [m["name"] for m in c.status["members"]] == ["tax-db-0"]
+            assert c.leader == "tax-db-0"
+    finally:
+        controller.close()

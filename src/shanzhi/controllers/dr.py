@@ -197,6 +197,7 @@ class DrController:
         self._seen: dict[int, dict[str, Any]] = {}  # cluster id -> the leader as last seen
         self._unhealthy: dict[int, float] = {}  # etcd member id -> since when (monotonic)
         self._reported: set[int] = set()  # etcd members whose being down was an event
+        self._cleared: dict[int, float] = {}  # cluster id -> when its records in etcd were last cleared
 
     def close(self) -> None:
         self._backups.shutdown(wait=False, cancel_futures=True)
@@ -414,6 +415,7 @@ class DrController:
                 return
             gone = e.delete_prefix(etcd_prefix(scope(app_id, comp)))
             self._seen.pop(cid, None)
+            self._cleared[cid] = time.monotonic()
             with self.db.session() as s, s.begin():
                 c = s.get(DrCluster, cid)
                 if c is None or (c.activation or {}).get("state") != "rebuilding":
@@ -441,6 +443,7 @@ class DrController:
                     raise RuntimeError(f"the {cluster} etcd is not healthy; the restore waits for it")
                 gone += e.delete_prefix(etcd_prefix(sc))
             self._seen.pop(cid, None)
+            self._cleared[cid] = time.monotonic()
             return gone
 
         try:
@@ -531,6 +534,7 @@ class DrController:
                              vdc=c.app.vdc.path, app=c.app.name)  # fmt: skip
 
     def _watch(self, cid: int, app_id: int, comp: str, spec: AppSpec, sec: dict[str, str], remote: bool) -> None:
+        read_at = time.monotonic()
         members, leader, pos, sync = self._read("quorum", scope(app_id, comp))
         rmembers, rleader, _, _ = self._read("remote", scope(app_id, comp, True)) if remote else ([], None, None, set())
         followed = self._followed(scope(app_id, comp, True)) if remote else None
@@ -542,8 +546,8 @@ class DrController:
         now = utcnow()
         with self.db.session() as s, s.begin():
             c = s.get(DrCluster, cid)
-            if c is None:
-                return
+            if c is None or self._cleared.get(cid, -1.0) >= read_at:
+                return  # gone, or read before a restore or rebuild cleared its records (ops thread): stale
             sites = {
                 r.name: (r.cloud.site.name if r.cloud else None)
                 for r in s.scalars(select(Instance).where(Instance.app_id == app_id, Instance.component == comp))
