@@ -71,16 +71,27 @@ STALL = 120.0  # a crash with no write this long after it counts as stalled
 Crash = Callable[[], Callable[[], None] | None]  # crash the primary; what brings the node back, if anything
 
 
-def crash_loop(name: str, dsn: str, crashes: int, crash: Crash, healthy: Callable[[], bool]) -> dict[str, Any]:
+def crash_loop(
+    name: str, dsn: str, crashes: int, crash: Crash, healthy: Callable[[], bool], diagnose: Callable[[str], None]
+) -> dict[str, Any]:
     """`crashes` times: wait until healthy, crash the primary, time the first write sent after
-    the crash and acknowledged; then bring the lost node back (it rejoins as a replica)."""
+    the crash and acknowledged; then bring the lost node back (it rejoins as a replica). A
+    system not healthy again 240 s after a crash ends the loop (reported, `diagnose` keeps its
+    state and logs)."""
     wait(healthy, 240, f"{name}: a primary and a running synchronous standby")
     wait(lambda: _create_table(dsn), 60, f"{name}: the table")
     w = Writer(dsn)
     rtos: list[float] = []
     stalled = 0
+    stuck: str | None = None
     for i in range(crashes):
-        wait(healthy, 240, f"{name}: a primary and a running synchronous standby")
+        try:
+            wait(healthy, 240, f"{name}: a primary and a running synchronous standby")
+        except TimeoutError:
+            stuck = f"not healthy again 240 s after crash {i} (logs kept)"
+            console.print(f"  {name}: [red]{stuck}[/]")
+            diagnose(f"{name.replace('/', '-').replace(' ', '-')}-crash-{i}")
+            break
         start = len(w.acked)
         wait(lambda start=start: len(w.acked) > start + 20, 60, f"{name}: writes before crash {i + 1}")
         t0 = time.monotonic()
@@ -99,7 +110,15 @@ def crash_loop(name: str, dsn: str, crashes: int, crash: Crash, healthy: Callabl
     with psycopg.connect(dsn, autocommit=True) as c:
         stored = {r[0] for r in c.execute("SELECT id FROM acks")}
     lost = sum(1 for n, _, _ in w.acked if n not in stored)
-    return {"crashes": crashes, "acknowledged": len(w.acked), "lost": lost, "rto": rtos, "stalled": stalled}
+    done = len(rtos) + stalled
+    return {
+        "crashes": done,
+        "acknowledged": len(w.acked),
+        "lost": lost,
+        "rto": rtos,
+        "stalled": stalled,
+        "stuck": stuck,
+    }
 
 
 def _create_table(dsn: str) -> bool:
@@ -116,6 +135,7 @@ def quantile(xs: list[float], p: float) -> float:
 # ------------------------------------------------------------------------- Shanzhi
 class Shanzhi:
     def __init__(self, root: Path, env: dict[str, str] | None = None) -> None:
+        self.root = root
         self.data = root / "shanzhi"
         self.data.mkdir()
         self.port = free_port()
@@ -182,6 +202,17 @@ class Shanzhi:
         primary = next(m for m in self.members() if m["role"] == "primary")
         kill_postmaster(int(primary["host"].rpartition(":")[2]))
 
+    def diagnose(self, dest: Path) -> None:
+        """What the platform says of the database and its quorum, its log and every workload's."""
+        dest.mkdir(parents=True, exist_ok=True)
+        for what, path in (("dr-status", "/apps/tax/dr?vdc=gz/tax"), ("topology", "/dr/topology"),
+                           ("events", "/events?limit=300")):  # fmt: skip
+            with contextlib.suppress(httpx.HTTPError):
+                (dest / f"{what}.json").write_text(self.http.get(path).text)
+        shutil.copy(self.root / "server.log", dest / "server.log")
+        for log in self.data.glob("clouds/*/instances/*/log"):
+            shutil.copy(log, dest / f"{log.parents[2].name}-{log.parent.name}.log")
+
     def close(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait()
@@ -219,13 +250,18 @@ class Bare:
     def crash_postgres(self) -> None:
         self.cluster.crash_postgres(self.cluster.primary())
 
+    def diagnose(self, dest: Path) -> None:
+        dest.mkdir(parents=True, exist_ok=True)
+        for log in self.cluster.root.glob("*.log"):
+            shutil.copy(log, dest / log.name)
+
     def close(self) -> None:
         self.cluster.close()
 
 
 def _etcd_healthy(url: str) -> bool:
     try:
-        return httpx.get(f"{url}/health", timeout=1).json().get("health") == "true"
+        return bool(httpx.get(f"{url}/health", timeout=1).json().get("health") == "true")
     except (httpx.HTTPError, ValueError):
         return False
 
@@ -516,6 +552,7 @@ def crash_table(results: dict[str, dict[str, Any]], crashes: int) -> Table:
         "RTO max",
         f"stalled (>{STALL:.0f}s)",
         "acknowledged",
+        "not healthy again",
     ):
         table.add_column(col, justify="right")
     for key, r in results.items():
@@ -523,7 +560,7 @@ def crash_table(results: dict[str, dict[str, Any]], crashes: int) -> Table:
         rto = r["rto"] or [float("nan")]
         table.add_row(who, kind, f"{r['lost']} in {r['crashes']} crashes", f"{statistics.median(rto):.1f}s",
                       f"{quantile(rto, 0.99):.1f}s", f"{max(rto):.1f}s", f"{r['stalled']}",
-                      f"{r['acknowledged']:,}")  # fmt: skip
+                      f"{r['acknowledged']:,}", r.get("stuck") or "-")  # fmt: skip
     return table
 
 
@@ -557,6 +594,7 @@ def main() -> None:
         root = Path(tmp)
         os.chmod(root, 0o755)
         if args.only in (None, "crashes"):
+            logs = args.output.with_suffix(".logs") if args.output else Path("bench-dr-crash-logs")
             for who, make in (("shanzhi", Shanzhi), ("bare patroni", Bare)):
                 console.print(f"[bold]{who}[/]: starting")
                 system = make(root)
@@ -564,7 +602,10 @@ def main() -> None:
                     dsn = system.setup() if isinstance(system, Shanzhi) else system.dsn()
                     for kind in ("postgres", "node"):
                         crash = system.crash_postgres if kind == "postgres" else system.crash_node
-                        results[f"{who}/{kind}"] = crash_loop(f"{who}/{kind}", dsn, crashes, crash, system.healthy)
+                        results[f"{who}/{kind}"] = crash_loop(
+                            f"{who}/{kind}", dsn, crashes, crash, system.healthy,
+                            lambda tag, system=system: system.diagnose(logs / tag),  # type: ignore[misc]
+                        )  # fmt: skip
                 finally:
                     system.close()
             console.print(crash_table(results, crashes))
