@@ -107,9 +107,10 @@ def crash_loop(
         if recover is not None:
             recover()
     w.stop()
-    with psycopg.connect(dsn, autocommit=True) as c:
+    lost: int | None = None  # unknown when no writable primary is left to count on
+    with contextlib.suppress(psycopg.Error), psycopg.connect(dsn, autocommit=True, connect_timeout=10) as c:
         stored = {r[0] for r in c.execute("SELECT id FROM acks")}
-    lost = sum(1 for n, _, _ in w.acked if n not in stored)
+        lost = sum(1 for n, _, _ in w.acked if n not in stored)
     done = len(rtos) + stalled
     return {
         "crashes": done,
@@ -558,7 +559,8 @@ def crash_table(results: dict[str, dict[str, Any]], crashes: int) -> Table:
     for key, r in results.items():
         who, kind = key.split("/")
         rto = r["rto"] or [float("nan")]
-        table.add_row(who, kind, f"{r['lost']} in {r['crashes']} crashes", f"{statistics.median(rto):.1f}s",
+        lost = "unknown" if r["lost"] is None else r["lost"]
+        table.add_row(who, kind, f"{lost} in {r['crashes']} crashes", f"{statistics.median(rto):.1f}s",
                       f"{quantile(rto, 0.99):.1f}s", f"{max(rto):.1f}s", f"{r['stalled']}",
                       f"{r['acknowledged']:,}", r.get("stuck") or "-")  # fmt: skip
     return table

@@ -145,3 +145,16 @@ def test_after_restores_in_place_only_the_data_before_the_latest_is_kept_beside_
     assert superseded(None, 3) == (["pgdata", "pgdata-p1"], ["pgdata", "pgdata-p1"])  # pgdata-p2 kept
     # a rebuilt main cluster's restores never touch the data from before the activation (pgdata)
     assert superseded({"generation": 1}, 2) == (["pgdata-r1"], ["pgdata"])
+
+
+def test_a_members_wal_fits_its_volume_unless_the_spec_says_otherwise() -> None:
+    wal = ("max_wal_size", "min_wal_size", "wal_keep_size", "max_slot_wal_keep_size")
+    local = config()["postgresql"]["parameters"]  # type: ignore[index]  # a 1 GiB volume, the default
+    assert tuple(local[k] for k in wal) == ("256MB", "64MB", "128MB", "256MB")
+    big = config(volume_bytes=100 * 2**30)["postgresql"]["parameters"]  # type: ignore[index]
+    assert (big["max_wal_size"], big["wal_keep_size"], big["max_slot_wal_keep_size"]) == ("1024MB", "256MB", "25600MB")
+    tiny = config(volume_bytes=64 * 2**20)["postgresql"]["parameters"]  # type: ignore[index]
+    assert (tiny["max_wal_size"], tiny["min_wal_size"]) == ("64MB", "32MB")  # PostgreSQL's own floor: 2 segments
+    mine = config(parameters={"max_wal_size": "4GB"})
+    assert "max_wal_size" not in mine["postgresql"]["parameters"]  # type: ignore[index]
+    assert mine["bootstrap"]["dcs"]["postgresql"]["parameters"]["max_wal_size"] == "4GB"  # type: ignore[index]

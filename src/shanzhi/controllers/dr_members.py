@@ -243,6 +243,7 @@ def member_command(
         # after a restore in place, production's member starts the cluster again from the restored copy
         # (any main member that found the cluster uninitialised would too: never an empty initdb)
         bootstrap_from=clone_from,
+        volume_bytes=next((v.size_bytes for v in comp.volumes), 2**30),
     )
     env = {"PATRONI_CONFIGURATION": config}
     if clone_from is not None:

@@ -123,6 +123,7 @@ def member_config(
     restore_from: str | None = None,
     data_subdir: str = "pgdata",
     bootstrap_from: tuple[str, int] | None = None,
+    volume_bytes: int = 2**30,
 ) -> str:
     """The YAML Patroni runs a member with. `synchronous`: RPO 0 (only a synchronous standby is
     ever promoted); `strict` (default: as `synchronous`): a primary without a synchronous standby
@@ -134,10 +135,10 @@ def member_config(
     from (what its source no longer keeps). `data_subdir`: where in the volume its data directory is (a main
     cluster rebuilt as a standby of the remote one starts afresh beside the old data, kept).
     `bootstrap_from`: a cluster started afresh (a restore in place) is cloned from that PostgreSQL
-    (the restored copy) instead of made empty by initdb."""
+    (the restored copy) instead of made empty by initdb. `volume_bytes`: the size of the member's
+    volume, which its WAL must fit (`wal_limits`)."""
     params: dict[str, Any] = {
         "wal_log_hints": "on",
-        "wal_keep_size": "256MB",
         "wal_retrieve_retry_interval": "500ms",
         "max_wal_senders": 10,
         "max_replication_slots": 10,
@@ -191,7 +192,12 @@ def member_config(
                 f"host replication {REPLICATOR} all scram-sha-256",
                 "host all all all scram-sha-256",
             ],
-            "parameters": {"unix_socket_directories": data},
+            # local, so that members of clusters made before pick them up at their next start; what
+            # the spec's parameters set stays theirs
+            "parameters": {
+                "unix_socket_directories": data,
+                **{k: v for k, v in wal_limits(volume_bytes).items() if k not in (parameters or {})},
+            },
         },
     }
     if bootstrap_from is not None:
@@ -202,6 +208,22 @@ def member_config(
             "keep_existing_recovery_conf": False,
         }
     return yaml.safe_dump(conf, sort_keys=False)
+
+
+def wal_limits(volume_bytes: int) -> dict[str, str]:
+    """WAL settings that fit a member's volume. PostgreSQL's defaults (`max_wal_size` 1 GB, and a
+    replication slot keeping WAL without limit for a standby that is gone) fill a 1 GiB volume
+    under steady writes; a full volume stops the primary, and a standby promoted onto one cannot
+    even write its first segment on the new timeline. Here: `max_wal_size` a quarter of the
+    volume, `wal_keep_size` an eighth, and a slot keeps at most a quarter (a standby that falls
+    further behind re-syncs, from the WAL archive where there is one)."""
+    mb = max(volume_bytes // 2**20, 256)
+    return {
+        "max_wal_size": f"{min(mb // 4, 1024)}MB",
+        "min_wal_size": f"{max(min(mb // 16, 80), 32)}MB",  # at least two 16 MB segments
+        "wal_keep_size": f"{min(mb // 8, 256)}MB",
+        "max_slot_wal_keep_size": f"{mb // 4}MB",
+    }
 
 
 #: where a member started by a restore in place finds the replication password for its clone:
