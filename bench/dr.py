@@ -183,6 +183,10 @@ class Shanzhi:
         roles = sorted((m["role"], m["state"]) for m in ms)
         if roles != [("primary", "running"), ("replica", "running")] or not any(m.get("sync") for m in ms):
             return False
+        # and they are the members the platform runs now (not a lost one's record, not yet expired)
+        rows = self.http.get("/instances", params={"app": "tax", "vdc": "gz/tax"}).json()
+        if {m["name"] for m in ms} != {r["name"] for r in rows if r["state"] == "running"}:
+            return False
         sites = self.http.get("/dr/topology").json()["sites"]
         return all(e["health"] == "healthy" for site in sites for e in site["etcd"])
 

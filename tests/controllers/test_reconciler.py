@@ -340,6 +340,24 @@ def test_sim_cloud_failure_fails_over_and_cleans_up_on_recovery(districts: World
     assert len(districts.rows()) == 4
 
 
+def test_a_lost_replica_nothing_replaced_starts_again_under_its_own_name_when_its_cloud_is_back(world: World) -> None:
+    """The only cloud fails: nothing can take the replicas' places, so when it is back they start
+    again as themselves (a database member stays the member its cluster knows), not as new ones."""
+    world.cloud("only", "sim", "site-a", "district", hosts=2, boot=0)
+    world.apply(sim_doc("permits", 2))
+    world.converge(world.running("permits", 2))
+    names = {r.name for r in world.rows()}
+    with world.db.session() as s, s.begin():
+        inject_failure(s, world.fleet, "only", None, recover=False)
+    world.converge(lambda: {r.state for r in world.rows() if r.name in names} == {"lost"})
+    assert all(r.cloud is None for r in world.rows() if r.name not in names)  # nowhere else to go
+    with world.db.session() as s, s.begin():
+        inject_failure(s, world.fleet, "only", None, recover=True)
+    world.converge(world.running("permits", 2))
+    assert {r.name for r in world.rows()} == names
+    assert set(world.events("InstanceRecovered")) == names  # the replicas asked for meanwhile were never placed
+
+
 def test_draining_a_cloud_moves_its_instances_then_removes_it(districts: World) -> None:
     districts.apply(sim_doc("permits", 4, spread={"over": "cloud", "minGroups": 2}))
     districts.converge(districts.running("permits", 4))

@@ -79,6 +79,24 @@ class _Stale(Exception):
     """The fleet state this pass placed by is out of date: place again."""
 
 
+def _replaced(s: Session, comp: Component, r: Instance) -> bool:
+    """Whether a lost replica has a successor placed: one on its ordinal (a replica with disks, a
+    database member), else as many others as the component wants (those still waiting for room
+    are surplus once it is back, and go first)."""
+    others = [
+        o.ordinal
+        for o in s.scalars(
+            select(Instance).where(
+                Instance.app_id == r.app_id, Instance.component == r.component, Instance.id != r.id,
+                Instance.state.not_in((*ACTIVE_EXCLUDED, RESERVED)), Instance.cloud_id.is_not(None),
+            )
+        )
+    ]  # fmt: skip
+    if comp.volumes or comp.kind == "postgres":
+        return r.ordinal in others
+    return len(others) >= comp.replicas
+
+
 def _backoff(restarts: int) -> timedelta:
     return timedelta(seconds=min(2 ** min(restarts, 6), 60))
 
@@ -689,7 +707,17 @@ class Reconciler:
             return []
         o = obs.get(r.name)
         if r.state == "lost":
-            return self._terminate(s, r, f"cloud {cloud.name} is back; a replacement already runs elsewhere")
+            if _replaced(s, comp, r):
+                return self._terminate(s, r, f"cloud {cloud.name} is back; a replacement already runs elsewhere")
+            # nothing took its place (its centre's only cloud, or no room elsewhere): it starts again
+            # there under its own name, on its own disks (a database member stays the member Patroni knows)
+            r.restarts += 1
+            self._probes.pop(r.name, None)
+            self._set_state(s, r, "scheduled", f"cloud {cloud.name} is back and nothing replaced it: started again")
+            record_event(s, "InstanceRecovered", "instance", r.name, r.reason, **ev)
+            if comp.volumes:
+                self._attach_volumes(s, app, comp, r)
+            return [_Action("create", r.name, cloud.name, self._request(app, comp, r, s))]
         if r.state == "adopting" and o is None:  # its cloud does not know it by its name yet
             return [_Action("adopt", r.name, cloud.name, self._request(app, comp, r, s), r.adopted_from)]
         if o is None and comp.volumes and r.replaces:
