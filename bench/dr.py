@@ -62,6 +62,7 @@ from tests.dr.partitions import KINDS, run_cycle
 from shanzhi.controllers.dr import stop_quorum
 from shanzhi.dr.patroni import PATRONI, TIMING
 from shanzhi.providers.local import stop_all_under
+from shanzhi.providers.sandbox import default_workload_root
 
 console = Console(width=140)
 
@@ -217,6 +218,12 @@ class Shanzhi:
         shutil.copy(self.root / "server.log", dest / "server.log")
         for log in self.data.glob("clouds/*/instances/*/log"):
             shutil.copy(log, dest / f"{log.parents[2].name}-{log.parent.name}.log")
+        # what fills the members' volumes (a full one stops a primary): each top-level entry's size
+        volumes = sorted(default_workload_root(self.data).glob("*/volumes/*/*"))
+        sizes = subprocess.run(
+            ["du", "-s", "--block-size=1M", *map(str, volumes)], check=False, capture_output=True, text=True
+        )
+        (dest / "volumes.txt").write_text(sizes.stdout + sizes.stderr)
 
     def close(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
