@@ -92,7 +92,7 @@ def _replaced(s: Session, comp: Component, r: Instance) -> bool:
             )
         )
     ]  # fmt: skip
-    if comp.volumes or comp.kind == "postgres":
+    if comp.volumes:  # a database member's too: kind postgres always has its data volume
         return r.ordinal in others
     return len(others) >= comp.replicas
 

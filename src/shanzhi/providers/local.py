@@ -165,9 +165,8 @@ class LocalProvider(MachineCloud):
         ports = {str(k): int(v) for k, v in st.get("ports", {}).items()}
         first = next(iter(ports.values()), None)
         endpoint = f"{st.get('address') or '127.0.0.1'}:{first}" if first else None
-        pid = st.get("pid")
-        if pid and _alive(int(pid), float(st["create_time"])):
-            return ObservedInstance(name, str(st["host"]), "running", endpoint, ports, f"pid {pid}")
+        if _running(st):
+            return ObservedInstance(name, str(st["host"]), "running", endpoint, ports, f"pid {st['pid']}")
         return ObservedInstance(name, str(st.get("host", "")), "exited", endpoint, ports, "process not running")
 
     def list_instances(self) -> list[ObservedInstance]:
@@ -506,14 +505,17 @@ class LocalProvider(MachineCloud):
         return path
 
     def delete_volume(self, key: str) -> None:
-        path = self.sandbox.root / self.name / "volumes" / key
+        path = self._volume_path(key)
         sized.release(path)
         shutil.rmtree(path, ignore_errors=True)
         sized.image_of(path).unlink(missing_ok=True)
         self._ports_file(key).unlink(missing_ok=True)
 
+    def _volume_path(self, key: str) -> Path:
+        return self.sandbox.root / self.name / "volumes" / key
+
     def remove_from_volume(self, key: str, names: Sequence[str]) -> list[str]:
-        path = self.sandbox.root / self.name / "volumes" / key
+        path = self._volume_path(key)
         bad = [n for n in names if not n or "/" in n or n.startswith(".")]
         if bad:
             raise InvalidInput(f"not a top-level entry of a volume: {', '.join(map(repr, bad))}", field="names")
