@@ -78,7 +78,9 @@ class BareCluster:
         *,
         strict: bool = True,
         centres: Centres | None = None,
+        archive: Path | None = None,
     ) -> None:
+        """`archive`: a directory the primary archives its WAL to (none by default)."""
         self.root = root
         self.centres = centres
         root.mkdir(parents=True, exist_ok=True)
@@ -88,6 +90,9 @@ class BareCluster:
                 break
             os.chmod(parent, os.stat(parent).st_mode | 0o001)
         self.secrets = Secrets("su-pass-123", "repl-pass-123", "", "")
+        if archive is not None:
+            archive.mkdir(parents=True)
+            shutil.chown(archive, "postgres", "postgres")
         if centres is None:
             self.etcd = [
                 EtcdMember(f"e{i}", "127.0.5.1", free_port("127.0.5.1"), free_port("127.0.5.1")) for i in range(3)
@@ -107,7 +112,7 @@ class BareCluster:
             shutil.chown(data, "postgres", "postgres")
             os.chmod(data, 0o700)
             conf = member_config(cluster_scope="bare", member=name, etcd_hosts=hosts, secrets=self.secrets,
-                                 synchronous=True, strict=strict)  # fmt: skip
+                                 synchronous=True, strict=strict, archive=archive and str(archive))  # fmt: skip
             pg, api = (5432, 8008) if centres else (free_port(addr), free_port(addr))
             for k, v in {
                 "${ADDRESS}": addr,

@@ -9,6 +9,7 @@ retry_timeout 5 s), measured on this project's machines; `wal_retrieve_retry_int
 
 from __future__ import annotations
 
+import inspect
 import json
 import shlex
 from collections.abc import Mapping, Sequence
@@ -17,6 +18,8 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import yaml
+
+from shanzhi.dr import walprune
 
 BIN_DIR = "/usr/lib/postgresql/15/bin"
 PATRONI = "/usr/bin/patroni"  # Debian's: it runs under /usr/bin/python3, which has psycopg2
@@ -59,7 +62,15 @@ def _update_leader(self):
 if list(inspect.signature(AbstractDCS._update_leader).parameters) == ['self']:  # 3.0's, not later ones
     e3.Etcd3._update_leader = e3.catch_return_false_exception(_update_leader)
 """
-_LAUNCH = CAS_PATCH + "from patroni.__main__ import main\nmain()\n"
+#: the launcher also prunes the WAL of earlier timelines from its member's pg_wal (`walprune`)
+_PRUNE = """
+import os, yaml
+_conf = yaml.safe_load(os.environ.get("PATRONI_CONFIGURATION") or "{}") or {}
+_data_dir = (_conf.get("postgresql") or {}).get("data_dir")
+if _data_dir:
+    start_pruning(_data_dir)
+"""
+_LAUNCH = CAS_PATCH + inspect.getsource(walprune) + _PRUNE + "from patroni.__main__ import main\nmain()\n"
 #: how a member's Patroni is started (`PATRONI_CONFIGURATION` in its environment)
 PATRONI_ARGV = ("/usr/bin/python3", "-c", _LAUNCH)
 NAMESPACE = "/shanzhi/"
