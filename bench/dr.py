@@ -529,6 +529,15 @@ def _spread(xs: list[float]) -> str:
     return f"{statistics.median(xs):.1f} / {max(xs):.1f}s" if xs else "—"
 
 
+def _behind(rs: list[dict[str, Any]]) -> tuple[str, str]:
+    """An isolation's standby behind the lost primary's last optime: p50 / max, and how many
+    were beyond Patroni's default `maximum_lag_on_failover` (1 MiB: no failover there)."""
+    lags = [r["race_lag_bytes"] for r in rs if r.get("race_lag_bytes") is not None]
+    if not lags:
+        return "—", "—"
+    return f"{statistics.median(lags):,.0f} / {max(lags):,} B", str(sum(lag > 2**20 for lag in lags))
+
+
 def partition_table(result: dict[str, Any]) -> Table:
     runs = result["cycles"]
     lost = "?" if result["lost"] is None else result["lost"]
@@ -536,7 +545,8 @@ def partition_table(result: dict[str, Any]) -> Table:
     table = Table(title=f"Partition cycles between three centres ({len(runs)}; {result['acknowledged']:,} writes "
                         f"acknowledged, {lost} lost{stuck})")  # fmt: skip
     for col in ("fault", "cycles", "probe rounds", "2 writable", "failovers", "promoted p50/max", "floor: ttl",
-                "write gap p50/max", "healthy p50/max", "not healthy", "packets cut"):  # fmt: skip
+                "write gap p50/max", "healthy p50/max", "not healthy", "packets cut",
+                "standby behind p50/max", "> 1 MiB"):  # fmt: skip
         table.add_column(col, justify="right")
     for kind in KINDS:
         rs = [r for r in runs if r["kind"] == kind]
@@ -549,7 +559,7 @@ def partition_table(result: dict[str, Any]) -> Table:
                       _spread([r["outage_s"] for r in rs]),
                       _spread([r["recovered_s"] for r in rs if r["recovered_s"] is not None]),
                       str(sum(r["recovered_s"] is None for r in rs)),
-                      f"{sum(r['packets_dropped'] for r in rs):,}")  # fmt: skip
+                      f"{sum(r['packets_dropped'] for r in rs):,}", *_behind(rs))  # fmt: skip
     return table
 
 

@@ -19,12 +19,17 @@ until the cluster is healthy again (a primary and its synchronous standby).
 
 from __future__ import annotations
 
+import base64
+import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import httpx
+
 from shanzhi.controllers.dr_activate import writable
+from shanzhi.dr.patroni import NAMESPACE
 from tests.dr.bare import BareCluster, Writer, wait
 from tests.dr.centres import Centres
 
@@ -63,6 +68,21 @@ class Prober:
         self._pool.shutdown()
 
 
+def behind_last_optime(cluster: BareCluster, standby: str, centre: str) -> int | None:
+    """How far (bytes) `standby`'s WAL is behind the last position the primary wrote to etcd
+    (the `/status` key, read from `centre`'s etcd member): what Patroni's
+    `maximum_lag_on_failover` is compared with when the standby races for the leader key."""
+    member = next(m for m in cluster.etcd if m.name == centre)
+    key = base64.b64encode(f"{NAMESPACE}bare/status".encode()).decode()
+    try:
+        kvs = httpx.post(f"{member.client_url}/v3/kv/range", json={"key": key}, timeout=2).json().get("kvs", [])
+        optime = int(json.loads(base64.b64decode(kvs[0]["value"]))["optime"])
+        xlog = httpx.get(f"{cluster.nodes[standby]['api']}/patroni", timeout=2).json()["xlog"]
+    except (httpx.HTTPError, ValueError, LookupError, TypeError):
+        return None
+    return optime - max(int(xlog.get("received_location") or 0), int(xlog.get("replayed_location") or 0))
+
+
 def run_cycle(cluster: BareCluster, centres: Centres, writer: Writer, kind: str, hold: float = 8.0) -> dict[str, Any]:
     """One fault: wait until healthy, apply it, hold it (an isolation: until the standby is
     promoted), heal, wait until healthy again; what the probes and the writer saw."""
@@ -75,9 +95,12 @@ def run_cycle(cluster: BareCluster, centres: Centres, writer: Writer, kind: str,
     prober = Prober(cluster)
     t0 = time.monotonic()
     promoted_after: float | None = None
+    race_lag: int | None = None
     try:
         if kind == "isolate-production":
             centres.cut((prod, same), (prod, "arb"))
+            time.sleep(3.0)  # what reached the standby before the cut has been received
+            race_lag = behind_last_optime(cluster, other, same)
             try:
                 wait(lambda: cluster.role(other) == "primary", FAILOVER_WAIT, "the same-city standby promoted")
                 promoted_after = time.monotonic() - t0
@@ -116,6 +139,7 @@ def run_cycle(cluster: BareCluster, centres: Centres, writer: Writer, kind: str,
         "primary_after": new,
         "failover": new is not None and new != old,
         "promoted_after_s": promoted_after,
+        "race_lag_bytes": race_lag,
         "probe_rounds": prober.rounds,
         "split_rounds": len(prober.split),
         "split": [{"at": round(at - t0, 2), "nodes": nodes} for at, nodes in prober.split],

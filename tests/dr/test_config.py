@@ -18,6 +18,7 @@ from shanzhi.dr.patroni import (
     member_config,
     parse_member,
     scope,
+    settings_to_mend,
 )
 from shanzhi.store.tables import DrCluster
 
@@ -37,6 +38,8 @@ def test_a_member_runs_with_rpo_0_rewind_and_its_own_etcd_user() -> None:
     dcs = c["bootstrap"]["dcs"]  # type: ignore[index]
     assert dcs["synchronous_mode"] is True and dcs["synchronous_mode_strict"] is True
     assert (dcs["ttl"], dcs["loop_wait"], dcs["retry_timeout"]) == (20, 1, 5)
+    # the synchronous standby races even when the lost primary wrote WAL no commit waited for
+    assert dcs["maximum_lag_on_failover"] == 64 * 2**20
     assert dcs["postgresql"]["use_pg_rewind"] is True and dcs["postgresql"]["parameters"]["wal_log_hints"] == "on"
     assert "standby_cluster" not in dcs
     assert c["etcd3"] == {"hosts": ["127.0.1.1:2379"], "username": "patroni-a7-db", "password": "etcd-pw"}
@@ -51,6 +54,7 @@ def test_the_remote_member_is_a_standby_cluster_of_its_source_and_not_synchronou
                parameters={"work_mem": "8MB"}, restore_from="/srv/wal archive/")  # fmt: skip
     dcs = c["bootstrap"]["dcs"]  # type: ignore[index]
     assert c["scope"] == "a7-db-remote" and dcs["synchronous_mode"] is False
+    assert "maximum_lag_on_failover" not in dcs  # Patroni's own 1 MiB where replication is asynchronous
     assert dcs["standby_cluster"]["host"] == "127.0.2.1" and dcs["standby_cluster"]["port"] == 5433
     # what the source no longer keeps comes from the main cluster's WAL archive (the path quoted)
     assert dcs["standby_cluster"]["restore_command"] == "cp '/srv/wal archive'/%f %p"
@@ -158,3 +162,11 @@ def test_a_members_wal_fits_its_volume_unless_the_spec_says_otherwise() -> None:
     mine = config(parameters={"max_wal_size": "4GB"})
     assert "max_wal_size" not in mine["postgresql"]["parameters"]  # type: ignore[index]
     assert mine["bootstrap"]["dcs"]["postgresql"]["parameters"]["max_wal_size"] == "4GB"  # type: ignore[index]
+
+
+def test_a_synchronous_cluster_made_before_gets_the_failover_lag_it_would_be_bootstrapped_with() -> None:
+    assert settings_to_mend({"synchronous_mode": True, "ttl": 20}) == {"maximum_lag_on_failover": 64 * 2**20}
+    assert settings_to_mend({"synchronous_mode": True, "maximum_lag_on_failover": 2**20}) != {}
+    assert settings_to_mend({"synchronous_mode": True, "maximum_lag_on_failover": 64 * 2**20}) == {}
+    assert settings_to_mend({"synchronous_mode": False}) == {}  # a standby cluster keeps Patroni's default
+    assert settings_to_mend({}) == {}

@@ -14,8 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
+from shanzhi.dr.patroni import API_USER, SYNC_LAG_ON_FAILOVER, api_base
 from shanzhi.sealing import Vault
 from shanzhi.store.tables import DR_KEY
 from tests.dr.bare import Writer
@@ -138,6 +140,18 @@ def test_production_lost_same_city_takes_over_with_every_acknowledged_write(worl
     assert password and password not in row and list(json.loads(row)) == ["sealed"]
     keys = Vault.for_data_dir(server.data_dir, DR_KEY).open_json(json.loads(row)["sealed"])
     assert keys["app"] == password and set(keys) == {"superuser", "replication", "app", "etcd"}
+
+    # a cluster made before a dynamic setting came gets it: the DR controller mends the configuration
+    api = api_base(next(m for m in ms if m["role"] == "primary")["api"])
+    lag = {"maximum_lag_on_failover": 2**20}  # Patroni's default, as a cluster made before has it
+    httpx.patch(f"{api}/config", json=lag, auth=(API_USER, keys["superuser"]), timeout=10).raise_for_status()
+
+    def mended() -> bool:
+        return bool(httpx.get(f"{api}/config", timeout=5).json()["maximum_lag_on_failover"] == SYNC_LAG_ON_FAILOVER)
+
+    wait_for(mended, 30, "the cluster's maximum_lag_on_failover set again")
+    events = cli.json("events", "--app", "tax", "--vdc", "gz/tax")
+    assert any(e["reason"] == "DatabaseSettingsMended" and "maximum_lag_on_failover" in e["message"] for e in events)
 
     def connect() -> psycopg.Connection[Any]:
         return psycopg.connect(dsn, autocommit=True)

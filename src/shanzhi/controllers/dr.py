@@ -64,6 +64,7 @@ from shanzhi.dr.patroni import (
     lag_bytes,
     parse_member,
     scope,
+    settings_to_mend,
     standby_cluster,
 )
 from shanzhi.files import write_private
@@ -501,15 +502,44 @@ class DrController:
                 sync = set(str(json.loads(raw).get("sync_standby") or "").split(",")) - {""}
         return members, leader, pos, sync
 
-    def _followed(self, sc: str) -> dict[str, Any] | None:
-        """The remote standby cluster `sc`'s `standby_cluster` section, as its dynamic configuration has it."""
-        e = self._etcd.get("remote")
+    def _config(self, cluster: str, sc: str) -> dict[str, Any] | None:
+        """Patroni cluster `sc`'s dynamic configuration, as etcd has it."""
+        e = self._etcd.get(cluster)
         key = f"{NAMESPACE}{sc}/config"
         with contextlib.suppress(ValueError, TypeError, AttributeError):
             raw = e.get_prefix(key).get(key) if e is not None else None
-            follows = json.loads(raw).get("standby_cluster") if raw else None
-            return dict(follows) if follows else None
+            conf = json.loads(raw) if raw else None
+            return dict(conf) if isinstance(conf, dict) else None
         return None
+
+    def _followed(self, sc: str) -> dict[str, Any] | None:
+        """The remote standby cluster `sc`'s `standby_cluster` section, as its dynamic configuration has it."""
+        follows = (self._config("remote", sc) or {}).get("standby_cluster")
+        return dict(follows) if isinstance(follows, dict) else None
+
+    def _patch_config(self, api: str, body: dict[str, Any], password: str) -> str | None:
+        """A change to a cluster's dynamic configuration through its leader's Patroni API; why it
+        failed, or None."""
+        try:
+            with httpx.Client(timeout=10.0, auth=(API_USER, password)) as http:
+                http.patch(f"{api}/config", json=body).raise_for_status()
+        except httpx.HTTPError as err:
+            return str(err) or type(err).__name__
+        return None
+
+    def _mend(self, cid: int, comp: str, mend: dict[str, Any], api: str, password: str) -> None:
+        """A cluster made before a dynamic setting came gets it (`patroni.settings_to_mend`)."""
+        err = self._patch_config(api, mend, password)
+        if err is not None:
+            log.warning("database %s: setting %s failed (%s); next pass", comp, mend, err)
+            return
+        with self.db.session() as s, s.begin():
+            c = s.get(DrCluster, cid)
+            if c is not None:
+                said = ", ".join(f"{k} {v}" for k, v in mend.items())
+                record_event(s, "DatabaseSettingsMended", "app", c.app.name,
+                             f"database {comp}: its Patroni cluster now runs with {said}",
+                             vdc=c.app.vdc.path, app=c.app.name)  # fmt: skip
 
     def _repoint(self, cid: int, comp: str, follow: dict[str, Any], moved: bool, api: str, password: str) -> None:
         """The remote standby cluster told, through its leader's Patroni API, to replicate from
@@ -518,11 +548,8 @@ class DrController:
         `primary_conninfo`. It is never pointed at production: fed from same-city, it can never
         be ahead of it."""
         to = f"{follow['host']}:{follow['port']}"
-        try:
-            with httpx.Client(timeout=10.0, auth=(API_USER, password)) as http:
-                r = http.patch(f"{api}/config", json={"standby_cluster": follow})
-            r.raise_for_status()
-        except httpx.HTTPError as err:
+        err = self._patch_config(api, {"standby_cluster": follow}, password)
+        if err is not None:
             log.warning("database %s: re-pointing the remote standby at %s failed (%s); next pass", comp, to, err)
             return
         why = "the same-city member moved" if moved else "and from the main cluster's WAL archive"
@@ -540,6 +567,7 @@ class DrController:
         followed = self._followed(scope(app_id, comp, True)) if remote else None
         repoint: tuple[dict[str, Any], bool, str] | None = None
         lead = next((m for m in members if m.name == leader), None)
+        mend = settings_to_mend(self._config("quorum", scope(app_id, comp)) or {})
         lags = lag_bytes(members, pos if pos is not None else (lead.wal_position if lead else None))
         source_pos = pos if pos is not None else (lead.wal_position if lead else None)
         rlags = lag_bytes(rmembers, source_pos)
@@ -599,6 +627,8 @@ class DrController:
             self._bootstrap(cid, host, sec, database)
         if repoint is not None:
             self._repoint(cid, comp, *repoint, sec["superuser"])
+        if mend and lead is not None and lead.role == "primary" and lead.state == "running" and lead.api:
+            self._mend(cid, comp, mend, api_base(lead.api), sec["superuser"])
 
     def _new_leader(
         self, s: Session, c: DrCluster, before: dict[str, Any], leader: str, lead: MemberStatus, now: Any

@@ -80,6 +80,15 @@ REPLICATOR = "replicator"
 
 #: Patroni's dynamic settings: the minimum safe timing and what RPO 0 and rewind need
 TIMING: dict[str, Any] = {"ttl": 20, "loop_wait": 1, "retry_timeout": 5, "primary_start_timeout": 0}
+#: how far (bytes) a synchronous cluster's standby may be behind the last position its lost
+#: primary wrote to etcd and still be promoted. Patroni's default, 1 MiB, counts WAL no commit
+#: waited for (a vacuum's, a checkpoint's): once the primary has written more than that beyond
+#: what reached the standby, no member ever qualifies and the cluster stays without a primary
+#: until the old one returns (patroni/patroni#3703; this project's partition cycles, 3 of 50
+#: isolations). In synchronous mode only the synchronous standby races (the `/sync` key names
+#: it), and it holds every acknowledged commit: what it lacks was never acknowledged. 64 MiB is
+#: the bound where the key is absent (any replica then races), as at a cluster's very start.
+SYNC_LAG_ON_FAILOVER = 64 * 2**20
 
 
 @dataclass(frozen=True)
@@ -165,6 +174,7 @@ def member_config(
         **TIMING,
         "synchronous_mode": synchronous,
         "synchronous_mode_strict": synchronous if strict is None else strict and synchronous,
+        **({"maximum_lag_on_failover": SYNC_LAG_ON_FAILOVER} if synchronous else {}),
         "postgresql": {"use_pg_rewind": True, "use_slots": True, "parameters": params},
     }
     if standby_of is not None:
@@ -219,6 +229,14 @@ def member_config(
             "keep_existing_recovery_conf": False,
         }
     return yaml.safe_dump(conf, sort_keys=False)
+
+
+def settings_to_mend(config: Mapping[str, Any]) -> dict[str, Any]:
+    """What a running cluster's dynamic configuration (`config`) lacks of what `member_config`
+    bootstraps a new one with: bootstrap settings reach only clusters made after them."""
+    if config.get("synchronous_mode") and config.get("maximum_lag_on_failover") != SYNC_LAG_ON_FAILOVER:
+        return {"maximum_lag_on_failover": SYNC_LAG_ON_FAILOVER}
+    return {}
 
 
 def wal_limits(volume_bytes: int) -> dict[str, str]:
