@@ -37,6 +37,18 @@ def missing() -> str | None:
     return f"not installed: {', '.join(gone)} (apt-get install patroni etcd-server postgresql)" if gone else None
 
 
+def need_engines() -> None:
+    """Skip the test where a Patroni cluster cannot run here; fail instead where they are
+    required (`SHANZHI_REQUIRE_DR=1`, as CI sets)."""
+    import pytest
+
+    why = missing()
+    if why is not None:
+        if os.environ.get("SHANZHI_REQUIRE_DR") == "1":
+            pytest.fail(f"DR engines required here: {why}")
+        pytest.skip(why)
+
+
 def free_port(address: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((address, 0))

@@ -15,7 +15,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.dr.bare import BareCluster, Writer, missing, wait
+from tests.dr.bare import BareCluster, Writer, need_engines, wait
 from tests.dr.centres import Centres
 from tests.dr.partitions import KINDS, run_cycle
 from tests.network.kernel import fresh_pool, skip_unless_netns
@@ -24,11 +24,7 @@ from tests.network.kernel import fresh_pool, skip_unless_netns
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[tuple[BareCluster, Centres]]:
     skip_unless_netns()
-    why = missing()
-    if why is not None:
-        if os.environ.get("SHANZHI_REQUIRE_DR") == "1":
-            pytest.fail(f"DR engines required here: {why}")
-        pytest.skip(why)
+    need_engines()
     tag = f"t{os.getpid() % 100000}"
     centres = Centres(tag, fresh_pool())
     try:

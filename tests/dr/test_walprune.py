@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from shanzhi.dr.walprune import prune, superseded_wal
-from tests.dr.bare import BareCluster, missing, wait
+from tests.dr.bare import BareCluster, need_engines, wait
 
 SEG = re.compile(r"^([0-9A-F]{8})([0-9A-F]{16})$")
 
@@ -66,11 +66,7 @@ def test_prune_removes_files_with_their_status_only_while_postgres_runs(tmp_path
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[BareCluster]:
-    why = missing()
-    if why is not None:
-        if os.environ.get("SHANZHI_REQUIRE_DR") == "1":
-            pytest.fail(f"DR engines required here: {why}")
-        pytest.skip(why)
+    need_engines()
     c = BareCluster(tmp_path / "pg", strict=False, archive=tmp_path / "archive")
     try:
         yield c

@@ -6,7 +6,6 @@ every acknowledged transaction, the production member lost, and no acknowledged 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sqlite3
 import time
@@ -20,27 +19,8 @@ import pytest
 from shanzhi.dr.patroni import API_USER, SYNC_LAG_ON_FAILOVER, api_base
 from shanzhi.sealing import Vault
 from shanzhi.store.tables import DR_KEY
-from tests.dr.bare import Writer
+from tests.dr.bare import Writer, need_engines
 from tests.e2e.harness import Cli, Server, stop_everything, wait_for
-
-ENGINES = ("/usr/bin/patroni", "/usr/bin/etcd", "/usr/lib/postgresql/15/bin/postgres")
-
-
-def _missing() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (members run as a VDC's uid in the sandbox)"
-    gone = [e for e in ENGINES if not Path(e).exists()]
-    return f"not installed: {', '.join(gone)} (apt-get install patroni etcd-server postgresql)" if gone else None
-
-
-def _skip_or_fail() -> None:
-    why = _missing()
-    if why is None:
-        return
-    if os.environ.get("SHANZHI_REQUIRE_DR") == "1":
-        pytest.fail(f"DR engines required here: {why}")
-    pytest.skip(why)
-
 
 CENTRES = (("prod", "gz-a", "127.0.1.1", "production"), ("same", "gz-b", "127.0.2.1", "same-city"),
            ("far", "sz", "127.0.3.1", "remote"))  # fmt: skip
@@ -73,7 +53,7 @@ def app_doc(tier: str = "two-sites-three-centres") -> str:
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[tuple[Server, Cli]]:
-    _skip_or_fail()
+    need_engines()
     data = tmp_path / "data"
     data.mkdir()
     server = Server(data)

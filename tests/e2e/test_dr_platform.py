@@ -5,23 +5,18 @@ before the loss is still there."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.dr.bare import BareCluster, missing
+from tests.dr.bare import BareCluster, need_engines
 from tests.e2e.harness import Cli, Server, stop_everything, wait_for
 
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[BareCluster]:
-    why = missing()
-    if why is not None:
-        if os.environ.get("SHANZHI_REQUIRE_DR") == "1":
-            pytest.fail(f"DR engines required here: {why}")
-        pytest.skip(why)
+    need_engines()
     # three nodes: with synchronous_mode_strict the new primary needs a standby left to commit
     c = BareCluster(tmp_path / "pg", addresses=("127.0.8.1", "127.0.9.1", "127.0.10.1"))
     try:
