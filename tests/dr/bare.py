@@ -4,8 +4,10 @@ For the platform's own database in tests, and for bench/dr.py as the floor."""
 
 from __future__ import annotations
 
+import base64
 import bisect
 import itertools
+import json
 import os
 import shutil
 import signal
@@ -23,7 +25,7 @@ import psycopg
 import yaml
 
 from shanzhi.dr.etcd import EtcdMember, member_argv
-from shanzhi.dr.patroni import PATRONI, PATRONI_ARGV, Secrets, connection_string, member_config
+from shanzhi.dr.patroni import NAMESPACE, PATRONI, PATRONI_ARGV, Secrets, connection_string, member_config
 from tests.dr.centres import CENTRES, Centres
 
 ENGINES = (PATRONI, "/usr/bin/etcd", "/usr/lib/postgresql/15/bin/postgres")
@@ -187,17 +189,30 @@ class BareCluster:
 
     def healthy(self) -> bool:
         """A primary, every other node a running replica, one of them its synchronous standby
-        (Patroni promotes only that one: crashing before it is chosen proves nothing)."""
+        (Patroni promotes only that one: crashing before it is chosen proves nothing). The
+        synchronous standby as etcd's `/sync` key names it, which is what Patroni's leader race
+        reads: a member's own `/sync` endpoint answers from its cached view, which can still show
+        the standby the primary dropped when it restarted (a cut then found no candidate)."""
         roles = {n: self.role(n) for n in self.nodes}
         if sorted(str(r) for r in roles.values()) != ["primary"] + ["replica"] * (len(self.nodes) - 1):
             return False
-        return any(self._sync(n) for n, r in roles.items() if r == "replica")
+        sync = self.dcs("sync") or {}
+        primary = next(n for n, r in roles.items() if r == "primary")
+        standbys = set(str(sync.get("sync_standby") or "").split(",")) - {""}
+        return sync.get("leader") == primary and any(roles.get(n) == "replica" for n in standbys)
 
-    def _sync(self, name: str) -> bool:
-        try:
-            return httpx.get(f"{self.nodes[name]['api']}/sync", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
+    def dcs(self, key: str) -> dict[str, Any] | None:
+        """The cluster's `key` in etcd (`sync`, `status`, ...), read from the first etcd member that
+        answers (a linearizable read: what the quorum holds)."""
+        path = base64.b64encode(f"{NAMESPACE}bare/{key}".encode()).decode()
+        for m in self.etcd:
+            try:
+                kvs = httpx.post(f"{m.client_url}/v3/kv/range", json={"key": path}, timeout=1).json().get("kvs", [])
+                value = json.loads(base64.b64decode(kvs[0]["value"])) if kvs else None
+            except (httpx.HTTPError, ValueError, LookupError, TypeError):
+                continue
+            return value if isinstance(value, dict) else None
+        return None
 
     def dsn(self, database: str = "postgres") -> str:
         return connection_string([n["pg"] for n in self.nodes.values()], "postgres", self.secrets.superuser, database)

@@ -12,6 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from shanzhi.dr.patroni import PATRONI_ARGV
 from shanzhi.dr.walprune import prune, superseded_wal
 from tests.dr.bare import BareCluster, need_engines, wait
 
@@ -108,3 +109,10 @@ def test_a_primary_crashing_again_and_again_keeps_one_wal_file_per_segment_numbe
         conn.execute("CREATE TABLE after_prune (id int)")
         conn.execute("INSERT INTO after_prune VALUES (1)")
     wait(cluster.healthy, 60, "still a primary and its synchronous standby")
+
+
+def test_every_member_launcher_runs_the_pruner_without_its_docstring_on_the_command_line() -> None:
+    launcher = PATRONI_ARGV[2]
+    compile(launcher, "launcher", "exec")  # one program: the compare-and-set patch, the pruner, Patroni
+    assert "start_pruning(_data_dir)" in launcher and "def superseded_wal" in launcher
+    assert "Removing the WAL of the timelines" not in launcher  # every `ps` shows it

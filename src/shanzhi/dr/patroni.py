@@ -9,11 +9,13 @@ retry_timeout 5 s), measured on this project's machines; `wal_retrieve_retry_int
 
 from __future__ import annotations
 
+import ast
 import inspect
 import json
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -70,7 +72,19 @@ _data_dir = (_conf.get("postgresql") or {}).get("data_dir")
 if _data_dir:
     start_pruning(_data_dir)
 """
-_LAUNCH = CAS_PATCH + inspect.getsource(walprune) + _PRUNE + "from patroni.__main__ import main\nmain()\n"
+
+
+def _code(module: ModuleType) -> str:
+    """A module's source without its docstring, which would otherwise go on every member's
+    command line."""
+    source = inspect.getsource(module)
+    first = ast.parse(source).body[0]
+    if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and first.end_lineno is not None:
+        return "".join(source.splitlines(keepends=True)[first.end_lineno :])
+    return source
+
+
+_LAUNCH = CAS_PATCH + _code(walprune) + _PRUNE + "from patroni.__main__ import main\nmain()\n"
 #: how a member's Patroni is started (`PATRONI_CONFIGURATION` in its environment)
 PATRONI_ARGV = ("/usr/bin/python3", "-c", _LAUNCH)
 NAMESPACE = "/shanzhi/"
@@ -82,12 +96,14 @@ REPLICATOR = "replicator"
 TIMING: dict[str, Any] = {"ttl": 20, "loop_wait": 1, "retry_timeout": 5, "primary_start_timeout": 0}
 #: how far (bytes) a synchronous cluster's standby may be behind the last position its lost
 #: primary wrote to etcd and still be promoted. Patroni's default, 1 MiB, counts WAL no commit
-#: waited for (a vacuum's, a checkpoint's): once the primary has written more than that beyond
-#: what reached the standby, no member ever qualifies and the cluster stays without a primary
-#: until the old one returns (patroni/patroni#3703; this project's partition cycles, 3 of 50
-#: isolations). In synchronous mode only the synchronous standby races (the `/sync` key names
-#: it), and it holds every acknowledged commit: what it lacks was never acknowledged. 64 MiB is
-#: the bound where the key is absent (any replica then races), as at a cluster's very start.
+#: waited for: a bulk load streams its WAL to the standby as it is written, and over a link
+#: between centres it can be megabytes behind when the primary is lost; then no member ever
+#: qualifies and the cluster stays without a primary until the old one returns
+#: (patroni/patroni#3703, zalando/postgres-operator#1632). In synchronous mode only the
+#: synchronous standby races (the `/sync` key names it), and it holds every acknowledged
+#: commit: what it lacks was never acknowledged. 64 MiB is the bound where the key is absent
+#: (any replica then races), as at a cluster's very start. (This project's partition cycles
+#: measure it at each isolation: there the standby was always ahead of that position.)
 SYNC_LAG_ON_FAILOVER = 64 * 2**20
 
 
