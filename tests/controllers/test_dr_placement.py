@@ -491,6 +491,7 @@ def test_a_members_status_read_before_a_restore_cleared_the_records_is_never_wri
     the database's records on its ops thread: what was read before the clear is stale."""
     import time
 
+    from shanzhi.controllers.dr import ClusterView
     from shanzhi.domain.spec import AppSpec
     from shanzhi.dr.patroni import MemberStatus
 
@@ -505,16 +506,16 @@ def test_a_members_status_read_before_a_restore_cleared_the_records_is_never_wri
             cid, app_id, spec = row.id, row.app_id, AppSpec.model_validate(row.app.spec)
         old = MemberStatus("tax-db-0", "primary", "running", 1, "127.0.0.9:5432", None, 100)
 
-        def read_then_cleared(cluster: str, sc: str) -> tuple[list[MemberStatus], str, int, set[str]]:
+        def read_then_cleared(cluster: str, sc: str) -> ClusterView:
             controller._cleared[cid] = time.monotonic()  # the ops thread clears the records meanwhile
-            return [old], old.name, 100, set()
+            return ClusterView([old], old.name, 100, set(), {})
 
         controller._read = read_then_cleared  # type: ignore[method-assign]
         controller._watch(cid, app_id, "db", spec, sec, False)
         with w.db.session() as s, s.begin():
             c = s.get(DrCluster, cid)
             assert c is not None and "members" not in c.status and c.leader is None
-        controller._read = lambda cluster, sc: ([old], old.name, 100, set())  # type: ignore[method-assign]
+        controller._read = lambda cluster, sc: ClusterView([old], old.name, 100, set(), {})  # type: ignore[method-assign]
         controller._watch(cid, app_id, "db", spec, sec, False)  # read after the clear: written
         with w.db.session() as s, s.begin():
             c = s.get(DrCluster, cid)

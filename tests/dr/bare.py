@@ -4,10 +4,8 @@ For the platform's own database in tests, and for bench/dr.py as the floor."""
 
 from __future__ import annotations
 
-import base64
 import bisect
 import itertools
-import json
 import os
 import shutil
 import signal
@@ -24,8 +22,18 @@ import psutil
 import psycopg
 import yaml
 
+from shanzhi.controllers.dr import Etcd
 from shanzhi.dr.etcd import EtcdMember, member_argv
-from shanzhi.dr.patroni import NAMESPACE, PATRONI, PATRONI_ARGV, Secrets, connection_string, member_config
+from shanzhi.dr.patroni import (
+    NAMESPACE,
+    PATRONI,
+    PATRONI_ARGV,
+    Secrets,
+    connection_string,
+    json_object,
+    member_config,
+    sync_standbys,
+)
 from tests.dr.centres import CENTRES, Centres
 
 ENGINES = (PATRONI, "/usr/bin/etcd", "/usr/lib/postgresql/15/bin/postgres")
@@ -117,6 +125,7 @@ class BareCluster:
             self.where = {c: c for c in CENTRES}
             addresses = (centres.address["prod"], centres.address["same"])
         self.etcd_procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._dcs = Etcd([m.client_url for m in self.etcd], root_password="")  # no auth here
         hosts = [f"{m.address}:{m.client_port}" for m in self.etcd]
         self.nodes: dict[str, dict[str, Any]] = {}
         for i, addr in enumerate(addresses):
@@ -196,23 +205,18 @@ class BareCluster:
         roles = {n: self.role(n) for n in self.nodes}
         if sorted(str(r) for r in roles.values()) != ["primary"] + ["replica"] * (len(self.nodes) - 1):
             return False
-        sync = self.dcs("sync") or {}
         primary = next(n for n, r in roles.items() if r == "primary")
-        standbys = set(str(sync.get("sync_standby") or "").split(",")) - {""}
-        return sync.get("leader") == primary and any(roles.get(n) == "replica" for n in standbys)
+        sync = self.dcs("sync")
+        return sync.get("leader") == primary and any(roles.get(n) == "replica" for n in sync_standbys(sync))
 
-    def dcs(self, key: str) -> dict[str, Any] | None:
+    def dcs(self, key: str) -> dict[str, Any]:
         """The cluster's `key` in etcd (`sync`, `status`, ...), read from the first etcd member that
-        answers (a linearizable read: what the quorum holds)."""
-        path = base64.b64encode(f"{NAMESPACE}bare/{key}".encode()).decode()
-        for m in self.etcd:
-            try:
-                kvs = httpx.post(f"{m.client_url}/v3/kv/range", json={"key": path}, timeout=1).json().get("kvs", [])
-                value = json.loads(base64.b64decode(kvs[0]["value"])) if kvs else None
-            except (httpx.HTTPError, ValueError, LookupError, TypeError):
-                continue
-            return value if isinstance(value, dict) else None
-        return None
+        answers (a linearizable read: what the quorum holds); {} if none does."""
+        path = f"{NAMESPACE}bare/{key}"
+        try:
+            return json_object(self._dcs.get_prefix(path).get(path))
+        except RuntimeError:
+            return {}
 
     def dsn(self, database: str = "postgres") -> str:
         return connection_string([n["pg"] for n in self.nodes.values()], "postgres", self.secrets.superuser, database)
@@ -244,6 +248,7 @@ class BareCluster:
             raise RuntimeError(f"no postmaster for {name}")
 
     def close(self) -> None:
+        self._dcs.close()
         for name, n in self.nodes.items():
             if n.get("proc") is not None and n["proc"].poll() is None:
                 n["proc"].send_signal(signal.SIGKILL)

@@ -69,7 +69,7 @@ def behind_last_optime(cluster: BareCluster, standby: str) -> int | None:
     """How far (bytes) `standby`'s WAL is behind the last position the primary wrote to etcd
     (the `/status` key): what Patroni's `maximum_lag_on_failover` is compared with when the
     standby races for the leader key (negative: the standby is ahead of it)."""
-    status = cluster.dcs("status") or {}
+    status = cluster.dcs("status")
     try:
         xlog = httpx.get(f"{cluster.nodes[standby]['api']}/patroni", timeout=2).json()["xlog"]
         optime = int(status["optime"])

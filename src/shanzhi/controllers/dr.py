@@ -37,7 +37,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import psutil
@@ -61,11 +61,13 @@ from shanzhi.dr.patroni import (
     api_base,
     etcd_prefix,
     etcd_user,
+    json_object,
     lag_bytes,
     parse_member,
     scope,
     settings_to_mend,
     standby_cluster,
+    sync_standbys,
 )
 from shanzhi.files import write_private
 from shanzhi.providers.base import PLATFORM_VDC, InstanceRequest, VolumeRequest, free_port
@@ -89,6 +91,16 @@ def _b64(text: str) -> str:
 
 def _prefix_end(prefix: str) -> str:
     return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
+class ClusterView(NamedTuple):
+    """A Patroni cluster as etcd has it."""
+
+    members: list[MemberStatus]
+    leader: str | None
+    position: int | None  # the leader's last position (its `/status` optime)
+    sync: set[str]  # the synchronous standbys `/sync` names
+    config: dict[str, Any]  # its dynamic configuration
 
 
 class Etcd:
@@ -399,7 +411,7 @@ class DrController:
         try:
             leader: str | None = None
             with contextlib.suppress(RuntimeError, httpx.HTTPError):  # a lost quorum shows no leader
-                members, key, _, _ = self._read("quorum", scope(app_id, comp))
+                members, key, *_ = self._read("quorum", scope(app_id, comp))
                 leader = next((m.name for m in members if m.name == key and m.state == "running"), None)
             dr_activate.activate(self.db, self.data_dir, cid, leader)
         except Exception:
@@ -479,43 +491,28 @@ class DrController:
                 record_event(s, "DatabaseAdmitted", "app", c.app.name, f"database {comp} admitted to the DR quorum",
                              vdc=c.app.vdc.path, app=c.app.name)  # fmt: skip
 
-    def _read(self, cluster: str, sc: str) -> tuple[list[MemberStatus], str | None, int | None, set[str]]:
-        """A Patroni cluster as etcd has it: members, leader, the leader's position, synchronous standbys."""
+    def _read(self, cluster: str, sc: str) -> ClusterView:
+        """A Patroni cluster as etcd has it, in one range read of its prefix."""
         e = self._etcd.get(cluster)
         if e is None:
-            return [], None, None, set()
+            return ClusterView([], None, None, set(), {})
         kv = e.get_prefix(f"{NAMESPACE}{sc}/")
         members = [
             parse_member(k.rsplit("/", 1)[-1], v)
             for k, v in sorted(kv.items())
             if k.startswith(f"{NAMESPACE}{sc}/members/")
         ]
-        leader = kv.get(f"{NAMESPACE}{sc}/leader")
         pos: int | None = None
-        with contextlib.suppress(ValueError, TypeError):
+        with contextlib.suppress(ValueError, TypeError, KeyError):
             st = kv.get(f"{NAMESPACE}{sc}/status")
             pos = int(json.loads(st)["optime"]) if st else None
-        sync: set[str] = set()
-        with contextlib.suppress(ValueError, TypeError, KeyError):
-            raw = kv.get(f"{NAMESPACE}{sc}/sync")
-            if raw:
-                sync = set(str(json.loads(raw).get("sync_standby") or "").split(",")) - {""}
-        return members, leader, pos, sync
-
-    def _config(self, cluster: str, sc: str) -> dict[str, Any] | None:
-        """Patroni cluster `sc`'s dynamic configuration, as etcd has it."""
-        e = self._etcd.get(cluster)
-        key = f"{NAMESPACE}{sc}/config"
-        with contextlib.suppress(ValueError, TypeError, AttributeError):
-            raw = e.get_prefix(key).get(key) if e is not None else None
-            conf = json.loads(raw) if raw else None
-            return dict(conf) if isinstance(conf, dict) else None
-        return None
-
-    def _followed(self, sc: str) -> dict[str, Any] | None:
-        """The remote standby cluster `sc`'s `standby_cluster` section, as its dynamic configuration has it."""
-        follows = (self._config("remote", sc) or {}).get("standby_cluster")
-        return dict(follows) if isinstance(follows, dict) else None
+        return ClusterView(
+            members,
+            kv.get(f"{NAMESPACE}{sc}/leader"),
+            pos,
+            sync_standbys(json_object(kv.get(f"{NAMESPACE}{sc}/sync"))),
+            json_object(kv.get(f"{NAMESPACE}{sc}/config")),
+        )
 
     def _patch_config(self, api: str, body: dict[str, Any], password: str) -> str | None:
         """A change to a cluster's dynamic configuration through its leader's Patroni API; why it
@@ -562,12 +559,15 @@ class DrController:
 
     def _watch(self, cid: int, app_id: int, comp: str, spec: AppSpec, sec: dict[str, str], remote: bool) -> None:
         read_at = time.monotonic()
-        members, leader, pos, sync = self._read("quorum", scope(app_id, comp))
-        rmembers, rleader, _, _ = self._read("remote", scope(app_id, comp, True)) if remote else ([], None, None, set())
-        followed = self._followed(scope(app_id, comp, True)) if remote else None
+        members, leader, pos, sync, config = self._read("quorum", scope(app_id, comp))
+        rview = self._read("remote", scope(app_id, comp, True)) if remote else ClusterView([], None, None, set(), {})
+        rmembers, rleader = rview.members, rview.leader
+        # the remote standby cluster's `standby_cluster` section, as its dynamic configuration has it
+        follows = rview.config.get("standby_cluster")
+        followed = dict(follows) if remote and isinstance(follows, dict) else None
         repoint: tuple[dict[str, Any], bool, str] | None = None
         lead = next((m for m in members if m.name == leader), None)
-        mend = settings_to_mend(self._config("quorum", scope(app_id, comp)) or {})
+        mend = settings_to_mend(config)
         lags = lag_bytes(members, pos if pos is not None else (lead.wal_position if lead else None))
         source_pos = pos if pos is not None else (lead.wal_position if lead else None)
         rlags = lag_bytes(rmembers, source_pos)

@@ -247,6 +247,20 @@ def member_config(
     return yaml.safe_dump(conf, sort_keys=False)
 
 
+def json_object(raw: str | None) -> dict[str, Any]:
+    """A Patroni key's JSON object value ({} if absent or not an object)."""
+    try:
+        value = json.loads(raw) if raw else None
+    except ValueError:
+        return {}
+    return dict(value) if isinstance(value, dict) else {}
+
+
+def sync_standbys(sync: Mapping[str, Any]) -> set[str]:
+    """The synchronous standbys a cluster's `/sync` key (its JSON object) names."""
+    return set(str(sync.get("sync_standby") or "").split(",")) - {""}
+
+
 def settings_to_mend(config: Mapping[str, Any]) -> dict[str, Any]:
     """What a running cluster's dynamic configuration (`config`) lacks of what `member_config`
     bootstraps a new one with: bootstrap settings reach only clusters made after them."""
